@@ -1,0 +1,333 @@
+"""The dbguard shim client: one stdlib-only file, run as `python -IS shim.py NAME DIR ARGS`.
+
+A shim (a two-line sh file named like the command it guards) execs this file with its
+own name and folder. The client finds the real command on PATH outside that folder,
+asks dbguardd over its Unix socket, and then:
+
+    pass   exec the real command at once (not a database operation)
+    allow  run it, forward signals, report how it ended, exit with its status
+    deny   do not run it; exit 77            (policy said no)
+    fail   do not run it; exit 75            (the backup failed)
+    no daemon: do not run it; exit 69
+
+It imports only modules built into the interpreter (_socket, _json, _signal, posix,
+time), so it starts in the time of a bare `python -IS` (tests/unit/test_shim_imports.py
+keeps it that way). It owns no policy: every decision comes from the daemon.
+"""
+
+import _json
+import _signal  # type: ignore[import-not-found]
+import _socket
+import os
+import sys
+import time
+
+TYPE_CHECKING = False  # typing itself would cost start-up time; mypy reads this as True
+if TYPE_CHECKING:
+    from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_DEPTH = 8  # nested guarded commands (npm run test -> php artisan test -> ...)
+EXIT_NOT_FOUND = 127
+EXIT_UNAVAILABLE = 69
+EXIT_SOFTWARE = 70
+EXIT_TEMPFAIL = 75
+EXIT_PROTOCOL = 76
+EXIT_NOPERM = 77
+SI_KERNEL = 0x80  # si_code of signals the kernel sent (terminal ^C, hangup, resize)
+
+# Signals the child gets from us only when someone sent them to us by pid; terminal
+# signals already reach the child, which shares our process group.
+FORWARDED = (
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+    _signal.SIGWINCH,
+    _signal.SIGALRM,
+)
+# Python ignores these at start-up; an exec'd command must not inherit that.
+RESET_TO_DEFAULT = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+_encode = _json.make_encoder(
+    None,
+    None,  # type: ignore[arg-type]
+    _json.encode_basestring_ascii,
+    None,
+    ":",
+    ",",
+    False,
+    False,
+    False,
+)
+
+
+class _DecodeContext:
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = None
+    memo: dict[str, object] = {}  # noqa: RUF012 (what the C scanner expects)
+
+
+_scan = _json.make_scanner(_DecodeContext())  # type: ignore[arg-type]
+
+
+def say(text: str) -> None:
+    os.write(2, ("dbguard: " + text + "\n").encode("utf-8", "surrogateescape"))
+
+
+def socket_path() -> str:
+    """The daemon's socket; the same rule as dbguard.paths.default_socket."""
+    explicit = os.environ.get("DBGUARD_SOCKET")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        return runtime + "/dbguard/dbguard.sock"
+    return f"/tmp/dbguard-{os.getuid()}/dbguard.sock"  # noqa: S108 (checked by the daemon)
+
+
+def find_real(name: str, shims_dir: str) -> str | None:
+    """The first `name` on PATH that is not in the shims folder and is not a shim."""
+    shims_real = os.path.realpath(shims_dir)
+    own = os.path.realpath(os.path.join(shims_dir, name))
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not folder or os.path.realpath(folder) == shims_real:
+            continue
+        candidate = os.path.join(folder, name)
+        if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
+            continue
+        resolved = os.path.realpath(candidate)
+        if resolved == own or os.path.dirname(resolved) == shims_real:
+            continue
+        return candidate
+    return None
+
+
+class Connection:
+    def __init__(self, path: str) -> None:
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.buffer = b""
+
+    def send(self, message: "dict[str, Any]") -> None:
+        message["v"] = PROTOCOL_VERSION
+        self.sock.sendall("".join(_encode(message, 0)).encode("ascii") + b"\n")
+
+    def receive(self) -> "dict[str, Any] | None":
+        """The next message, or None when the daemon closed the connection."""
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        message, _ = _scan(line.decode("utf-8"), 0)
+        return message if isinstance(message, dict) else {"type": "unreadable"}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ProgressLine:
+    """One updating line on stderr while a backup runs, only on a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = os.isatty(2)
+        self.shown = False
+
+    def update(self, message: "dict[str, Any]") -> None:
+        if not self.enabled:
+            return
+        megabytes = message.get("bytes", 0) / 1e6
+        database = message.get("database", "?")
+        elapsed = message.get("elapsed", 0.0)
+        text = f"dbguard: backing up {database}: {megabytes:.1f} MB, {elapsed:.1f} s"
+        os.write(2, ("\r\x1b[2K" + text).encode("utf-8", "replace"))
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            os.write(2, b"\r\x1b[2K")
+            self.shown = False
+
+
+def reset_signals_for_exec() -> None:
+    for sig in RESET_TO_DEFAULT:
+        _signal.signal(sig, _signal.SIG_DFL)
+
+
+def describe_backups(backups: list[dict[str, str]]) -> str:
+    return ", ".join(f"{b['id']} ({b['database']})" for b in backups)
+
+
+def run_allowed(
+    conn: Connection,
+    op: str,
+    real: str,
+    argv: list[str],
+    env: dict[str, str],
+    backups: list[dict[str, str]],
+) -> tuple[int | None, int | None]:
+    """Run the approved command, forward signals, report, and return how it ended."""
+    watched = (*FORWARDED, _signal.SIGCHLD)
+    old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
+    started = time.monotonic()
+    try:
+        pid = os.posix_spawn(real, argv, env, setsigmask=old_mask, setsigdef=RESET_TO_DEFAULT)
+    except OSError as err:
+        say(f"cannot run {real}: {err.strerror}")
+        conn.send({"type": "report", "op": op, "exit": 126, "signal": None, "duration_ms": 0})
+        return 126, None
+    try:
+        conn.send({"type": "started", "op": op, "pid": pid})
+    except OSError:
+        pass  # the daemon went away; the command runs regardless
+    while True:
+        info = _signal.sigwaitinfo(watched)
+        if info.si_signo == _signal.SIGCHLD:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                break
+        elif info.si_code != SI_KERNEL and info.si_pid != pid:
+            try:
+                os.kill(pid, info.si_signo)
+            except ProcessLookupError:
+                pass
+    duration_ms = int((time.monotonic() - started) * 1000)
+    code = os.waitstatus_to_exitcode(status)
+    exit_code, signal = (code, None) if code >= 0 else (None, -code)
+    try:
+        conn.send(
+            {
+                "type": "report",
+                "op": op,
+                "exit": exit_code,
+                "signal": signal,
+                "duration_ms": duration_ms,
+            }
+        )
+    except OSError:
+        say("could not report the outcome to dbguardd (it is no longer running)")
+    if exit_code != 0 and backups:
+        ended = f"exit {exit_code}" if signal is None else f"signal {signal}"
+        say(f"{argv[0]} ended with {ended}. Backups taken before it: {describe_backups(backups)}")
+        for backup in backups:
+            say(f"to undo: dbguardctl restore {backup['id']}")
+    return exit_code, signal
+
+
+def die_like(signal: int) -> None:
+    """Exit the way the child did: by the same signal, so callers see the truth."""
+    sys.stdout.flush()
+    _signal.signal(signal, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (signal,))
+    os.kill(os.getpid(), signal)
+    os._exit(128 + signal)  # a signal whose default action is not to terminate
+
+
+def main(argv: list[str]) -> int | None:
+    if len(argv) < 3:
+        say("usage: shim.py NAME SHIMS_DIR [ARGS...] (run through a shim, not by hand)")
+        return EXIT_SOFTWARE
+    name, shims_dir, args = argv[1], argv[2], argv[3:]
+    try:
+        depth = int(os.environ.get("DBGUARD_DEPTH", "0"))
+    except ValueError:
+        depth = 0
+    if depth >= MAX_DEPTH:
+        say(
+            f"{name}: {depth} guarded commands deep; refusing to recurse (is the shims "
+            f"folder {shims_dir} also the real command's folder?)"
+        )
+        return EXIT_SOFTWARE
+    real = find_real(name, shims_dir)
+    if real is None:
+        say(f"{name}: command not found on PATH (outside {shims_dir})")
+        return EXIT_NOT_FOUND
+    command = [name, *args]
+    child_env = dict(os.environ)
+    child_env["DBGUARD_DEPTH"] = str(depth + 1)
+
+    path = socket_path()
+    try:
+        conn = Connection(path)
+        conn.send(
+            {
+                "type": "invoke",
+                "argv": command,
+                "cwd": os.getcwd(),
+                "env": dict(os.environ),
+                "tty": os.isatty(0),
+                "pid": os.getpid(),
+                "parent": os.environ.get("DBGUARD_PARENT_OP") or None,
+                "executable": real,
+            }
+        )
+    except OSError as err:
+        say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror}).")
+        say(
+            "start it with `dbguardd` (or `systemctl --user start dbguard.socket`), then run "
+            "the command again; `dbguardctl doctor` checks the setup"
+        )
+        return EXIT_UNAVAILABLE
+
+    progress = ProgressLine()
+    while True:
+        try:
+            reply = conn.receive()
+        except (OSError, ValueError) as err:
+            reply = {"type": "error", "message": f"unreadable reply from dbguardd: {err}"}
+        if reply is None:
+            progress.clear()
+            say(
+                f"{name} was not run: dbguardd closed the connection before deciding "
+                "(it may be stopping); run the command again"
+            )
+            return EXIT_UNAVAILABLE
+        kind = reply.get("type")
+        if kind != "progress":
+            progress.clear()
+        if kind == "progress":
+            progress.update(reply)
+        elif kind == "pass":
+            conn.close()
+            reset_signals_for_exec()
+            try:
+                os.execve(real, command, child_env)  # noqa: S606
+            except OSError as err:
+                say(f"cannot run {real}: {err.strerror}")
+                return 126
+        elif kind == "allow":
+            child_env["DBGUARD_PARENT_OP"] = reply["op"]
+            for note in reply.get("notes", []):
+                say(note)
+            fresh = [b for b in reply.get("backups", []) if not b.get("reused")]
+            if fresh and os.isatty(2):
+                say("backed up " + describe_backups(fresh))
+            exit_code, signal = run_allowed(
+                conn, reply["op"], real, command, child_env, reply.get("backups", [])
+            )
+            conn.close()
+            if signal is not None:
+                die_like(signal)
+            return exit_code
+        elif kind in ("deny", "fail"):
+            what = "refused" if kind == "deny" else "could not back up"
+            say(f"{name} was not run: dbguard {what}.")
+            say(reply.get("reason", ""))
+            if reply.get("hint"):
+                say(reply["hint"])
+            return EXIT_NOPERM if kind == "deny" else EXIT_TEMPFAIL
+        else:
+            say(f"{name} was not run: {reply.get('message', f'unexpected reply {kind!r}')}")
+            return EXIT_PROTOCOL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

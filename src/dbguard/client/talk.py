@@ -1,0 +1,45 @@
+"""dbguardctl's side of the socket: send one request, read replies until the final one."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from dbguard.errors import DbguardError
+from dbguard.protocol import Progress, ProtocolError, Reply, decode_reply, encode
+
+
+class DaemonUnavailable(DbguardError):
+    """dbguardd is not listening on the socket."""
+
+
+def request(
+    path: Path,
+    message: BaseModel,
+    on_progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = 10.0,
+) -> Reply:
+    """Send `message`, return the first reply that is not progress."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError as err:
+        sock.close()
+        raise DaemonUnavailable(
+            f"dbguardd is not reachable at {path} ({err.strerror or err})",
+            "start it with `dbguardd` or `systemctl --user start dbguard.socket`",
+        ) from None
+    with sock, sock.makefile("rb") as replies:
+        sock.sendall(encode(message))
+        for line in replies:
+            reply = decode_reply(line)
+            if isinstance(reply, Progress):
+                if on_progress is not None:
+                    on_progress(reply)
+                continue
+            return reply
+    raise ProtocolError("dbguardd closed the connection without replying")

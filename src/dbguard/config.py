@@ -1,0 +1,131 @@
+"""The user's configuration: TOML on disk, validated by pydantic, defaults for everything.
+
+`load_config` is the one way in. It never half-applies a file: it returns a complete
+`Config` or raises `ConfigError` naming the file, the key and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dbguard import paths
+
+DEFAULT_SHIM_COMMANDS = ("php", "pytest", "paratest", "prisma", "npx", "npm", "alembic")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names file, key and problem."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _absolute(value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    value = value.expanduser()
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path (or start with ~)")
+    return value
+
+
+class BackupSettings(_Section):
+    compression_level: int = Field(1, ge=1, le=19, description="zstd level")
+    compression_threads: int = Field(2, ge=0, le=64, description="zstd worker threads, 0 = none")
+    max_parallel: int = Field(2, ge=1, le=64, description="backups of different databases at once")
+    dump_timeout_seconds: float = Field(
+        3600, gt=0, description="a dump tool running longer is killed"
+    )
+
+
+class ShimSettings(_Section):
+    commands: tuple[str, ...] = DEFAULT_SHIM_COMMANDS
+
+    @field_validator("commands")
+    @classmethod
+    def _plain_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name or "/" in name or name.startswith((".", "-")) or not name.isprintable():
+                raise ValueError(f"{name!r} is not a plain command name")
+        return value
+
+
+class Config(_Section):
+    """Everything the daemon and dbguardctl read from config.toml, with defaults filled in."""
+
+    socket: Path | None = None
+    backup_dir: Path | None = None
+    operation_log: Path | None = None
+    backup: BackupSettings = BackupSettings()
+    shims: ShimSettings = ShimSettings()
+
+    _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
+
+    def socket_path(self, env: Mapping[str, str]) -> Path:
+        """DBGUARD_SOCKET, else the `socket` key, else $XDG_RUNTIME_DIR/dbguard/dbguard.sock."""
+        if env.get("DBGUARD_SOCKET"):
+            return Path(env["DBGUARD_SOCKET"])
+        return self.socket or paths.default_socket(env)
+
+    def backup_path(self, env: Mapping[str, str]) -> Path:
+        return self.backup_dir or paths.data_dir(env) / "backups"
+
+    def operation_log_path(self, env: Mapping[str, str]) -> Path:
+        return self.operation_log or paths.state_dir(env) / "operations.jsonl"
+
+
+def config_path(env: Mapping[str, str], explicit: str | Path | None = None) -> Path:
+    """`--config` wins, then DBGUARD_CONFIG, then $XDG_CONFIG_HOME/dbguard/config.toml."""
+    return Path(explicit) if explicit else paths.config_file(env)
+
+
+def load_config(env: Mapping[str, str], explicit: str | Path | None = None) -> Config:
+    """Read and validate the config. A missing default file means defaults; a missing
+    file that was asked for by name (`--config`, DBGUARD_CONFIG) is an error."""
+    path = config_path(env, explicit)
+    asked_for = bool(explicit or env.get("DBGUARD_CONFIG"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if asked_for:
+            raise ConfigError(f"{path}: no such config file") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(path, err)) from None
+
+
+def _describe(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid config"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"  {key}: {message}{_shown(problem)}")
+    return "\n".join(lines)
+
+
+def _shown(problem: Mapping[str, Any]) -> str:
+    if problem["type"] == "extra_forbidden" or "input" not in problem:
+        return ""
+    value = problem["input"]
+    if isinstance(value, dict):
+        return ""
+    return f" (got {value!r})"

@@ -1,0 +1,2 @@
+"""dbguardctl: one module per subcommand; each opens with a summary line that the help
+output reads, so the docs cannot drift from the code."""

@@ -1,0 +1,50 @@
+"""Back up the databases of the project in the current folder, now.
+
+Usage: dbguardctl backup [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dbguard.client.talk import request
+from dbguard.ctl.context import Context
+from dbguard.protocol import PROTOCOL_VERSION, BackupNow, Deny, Done, Fail, Progress
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _show_progress(progress: Progress) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(
+            f"\r\x1b[2Kbacking up {progress.database}: {progress.bytes / 1e6:.1f} MB, "
+            f"{progress.elapsed:.1f} s"
+        )
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=os.getcwd(), env=ctx.env)
+    reply = request(ctx.socket, message, _show_progress, timeout=None)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[2K")
+    if isinstance(reply, Done):
+        if args.json:
+            ctx.print_json(reply.model_dump())
+            return 0
+        for backup in reply.backups:
+            how = "unchanged, reused" if backup.reused else "new"
+            ctx.print(f"{backup.id}  {backup.database}  ({how})")
+        for note in reply.notes:
+            ctx.print(f"note: {note}")
+        return 0
+    if isinstance(reply, Deny | Fail):
+        ctx.print(f"dbguardctl: {reply.reason}")
+        if reply.hint:
+            ctx.print(f"  {reply.hint}")
+        return 77 if isinstance(reply, Deny) else 75
+    ctx.print(f"dbguardctl: unexpected reply from dbguardd: {reply.type}")
+    return 76

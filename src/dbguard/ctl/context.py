@@ -1,0 +1,88 @@
+"""What every subcommand gets: the environment, the config, the store, the socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+from dbguard.config import Config, load_config
+from dbguard.errors import NotFound
+from dbguard.oplog import OperationLog
+from dbguard.store import Store, check_id
+
+
+@dataclass
+class Context:
+    env: dict[str, str]
+    config_file: str | None = None
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.env, self.config_file)  # raises ConfigError
+
+    @cached_property
+    def store(self) -> Store:
+        backup = self.config.backup
+        return Store(
+            self.config.backup_path(self.env),
+            backup.compression_level,
+            backup.compression_threads,
+        )
+
+    @property
+    def socket(self) -> Path:
+        return self.config.socket_path(self.env)
+
+    @property
+    def oplog(self) -> OperationLog:
+        return OperationLog(self.config.operation_log_path(self.env))
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def print_json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=False), file=self.out)
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def age(moment: datetime, now: datetime | None = None) -> str:
+    seconds = ((now or datetime.now(UTC)) - moment).total_seconds()
+    if seconds < 0:
+        return "in the future (clock changed?)"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def table(rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def backup_id(value: str) -> str:
+    """argparse type for a backup id: rejects path tricks and option-looking values."""
+    try:
+        return check_id(value)
+    except NotFound as err:
+        raise argparse.ArgumentTypeError(f"{err.problem} ({err.fix})") from None

@@ -1,0 +1,68 @@
+"""List backups, newest first (damaged ones are listed and marked).
+
+Usage: dbguardctl list-backups [--database TEXT] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dbguard.ctl.context import Context, age, human_size, table
+from dbguard.store import DamagedBackup, Manifest
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database", metavar="TEXT", help="only databases whose name contains TEXT"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _flags(manifest: Manifest) -> str:
+    flags = []
+    if manifest.pinned:
+        flags.append("pinned")
+    if manifest.verified is not None:
+        flags.append("verified" if manifest.verified.ok else "VERIFY-FAILED")
+    return ",".join(flags)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    entries = ctx.store.entries()
+    if args.database:
+        entries = [
+            e for e in entries if isinstance(e, Manifest) and args.database in e.database_label
+        ]
+    if args.json:
+        ctx.print_json(
+            [
+                e.model_dump(mode="json")
+                if isinstance(e, Manifest)
+                else {"id": e.id, "damaged": True, "problem": e.problem, "path": str(e.path)}
+                for e in entries
+            ]
+        )
+        return 0
+    if not entries:
+        ctx.print(f"no backups in {ctx.store.root}")
+        return 0
+    rows = [["ID", "CREATED", "AGE", "DATABASE", "SIZE", "ROWS", "REASON", "FLAGS"]]
+    for entry in entries:
+        if isinstance(entry, DamagedBackup):
+            rows.append([entry.id, "-", "-", "DAMAGED: " + entry.problem, "-", "-", "-", "damaged"])
+            continue
+        reason = " ".join(entry.reason.argv) if entry.reason.argv else entry.reason.kind
+        rows.append(
+            [
+                entry.id,
+                entry.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+                age(entry.created_at),
+                entry.database_label,
+                human_size(entry.data.size),
+                str(sum(entry.tables.values())),
+                reason[:40],
+                _flags(entry),
+            ]
+        )
+    ctx.print(table(rows))
+    return 0

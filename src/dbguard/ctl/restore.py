@@ -1,0 +1,64 @@
+"""Restore a backup into its database (the current contents are backed up first).
+
+Usage: dbguardctl restore ID [--yes]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dbguard import operations
+from dbguard.ctl.confirm import ask_on_terminal
+from dbguard.ctl.context import Context, backup_id, human_size
+from dbguard.engines import Engines
+from dbguard.store import Reason
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", type=backup_id, help="backup id or unique prefix")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    manifest = ctx.store.get(args.id)
+    target = manifest.target()
+    rows = sum(manifest.tables.values())
+    ctx.print(
+        f"backup {manifest.id}: {manifest.database_label}, taken "
+        f"{manifest.created_at.astimezone():%Y-%m-%d %H:%M:%S} before "
+        f"`{' '.join(manifest.reason.argv) or manifest.reason.kind}`, "
+        f"{len(manifest.tables)} tables, {rows} rows, {human_size(manifest.data.size)}"
+    )
+    if not args.yes:
+        answer = ask_on_terminal(
+            f"Replace the current contents of {target.label} with this backup? "
+            "(they are backed up first) [y/N] "
+        )
+        if answer is None:
+            ctx.print("dbguardctl: no terminal to confirm on; pass --yes to restore from a script")
+            return 77
+        if answer.lower() not in ("y", "yes"):
+            ctx.print("not restored")
+            return 1
+    reason = Reason(kind="pre-restore", argv=["dbguardctl", "restore", manifest.id])
+    engines = Engines()
+    try:
+        before = operations.restore_backup(ctx.store, engines, manifest, target, reason)
+    finally:
+        engines.close()
+    ctx.oplog.append(
+        {
+            "argv": ["dbguardctl", "restore", manifest.id],
+            "decision": "restore",
+            "databases": [{"database": target.label}],
+            "backups": [{"id": manifest.id, "restored": True}]
+            + ([{"id": before.id, "pre_restore": True}] if before else []),
+            "outcome": "ok",
+        }
+    )
+    ctx.print(f"restored {manifest.id} into {target.label}")
+    if before is not None:
+        ctx.print(
+            f"the contents it replaced are backup {before.id} (dbguardctl restore {before.id})"
+        )
+    return 0

@@ -1,0 +1,139 @@
+"""Single-flight backups: every caller that needs a database backed up shares one
+in-flight backup, and a backup is skipped when the database provably has not changed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from dbguard import operations
+from dbguard.engines import Engines
+from dbguard.engines.base import Target
+from dbguard.errors import DatabaseMissing
+from dbguard.protocol import Progress
+from dbguard.store import Manifest, Reason, Store
+
+log = structlog.get_logger("dbguard.backups")
+
+
+@dataclass
+class InFlight:
+    target: Target
+    task: asyncio.Task[Manifest] = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What `ensure` did for one database."""
+
+    target: Target
+    manifest: Manifest | None  # None: the database does not exist, nothing to back up
+    reused: bool = False
+    note: str = ""
+
+
+class Backups:
+    def __init__(self, store: Store, engines: Engines, max_parallel: int) -> None:
+        self.store = store
+        self.engines = engines
+        self.cancel = threading.Event()
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._in_flight: dict[str, InFlight] = {}
+
+    async def ensure(self, target: Target, reason: Reason) -> Outcome:
+        """A good backup of `target` as it is now: reused if the database has not changed
+        since its newest backup, shared if one is being taken, else taken. Raises
+        BackupFailed."""
+        engine = self.engines.for_target(target)
+        while True:
+            running = self._in_flight.get(target.key)
+            if running is not None:
+                shared = await asyncio.shield(running.task)
+                if await self._unchanged_since(target, shared):
+                    return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
+                continue
+            try:
+                fingerprint = await asyncio.to_thread(engine.fingerprint, target)
+            except DatabaseMissing as missing:
+                return Outcome(target, None, note=f"{missing.problem}: nothing to back up")
+            newest = await asyncio.to_thread(self.store.newest, target)
+            if newest is not None and fingerprint is not None and newest.fingerprint == fingerprint:
+                since = f"{newest.created_at:%Y-%m-%d %H:%M:%S}"
+                note = f"reused backup {newest.id}, unchanged since {since}"
+                return Outcome(target, newest, reused=True, note=note)
+            if target.key in self._in_flight:
+                continue  # another caller started one while we looked
+            entry = InFlight(target)
+            entry.task = asyncio.create_task(self._take(entry, reason))
+            self._in_flight[target.key] = entry
+            entry.task.add_done_callback(lambda _: self._forget(entry))
+            manifest = await asyncio.shield(entry.task)
+            return Outcome(target, manifest)
+
+    def _forget(self, entry: InFlight) -> None:
+        if self._in_flight.get(entry.target.key) is entry:
+            del self._in_flight[entry.target.key]
+
+    async def _unchanged_since(self, target: Target, manifest: Manifest) -> bool:
+        engine = self.engines.for_target(target)
+        try:
+            now = await asyncio.to_thread(engine.fingerprint, target)
+        except DatabaseMissing:
+            return False
+        return now is not None and now == manifest.fingerprint
+
+    async def _take(self, entry: InFlight, reason: Reason) -> Manifest:
+        loop = asyncio.get_running_loop()
+
+        def progress(count: int) -> None:
+            entry.bytes = count  # an int store from the worker thread; read by the loop
+
+        async with self._slots:
+            entry.started = time.monotonic()
+            log.info("backup started", database=entry.target.label, source=entry.target.source)
+            try:
+                manifest = await loop.run_in_executor(
+                    None,
+                    operations.take_backup,
+                    self.store,
+                    self.engines,
+                    entry.target,
+                    reason,
+                    self.cancel,
+                    progress,
+                )
+            except Exception as err:
+                log.warning("backup failed", database=entry.target.label, error=str(err))
+                raise
+        log.info(
+            "backup done",
+            database=entry.target.label,
+            id=manifest.id,
+            bytes=manifest.data.size,
+            ms=manifest.duration_ms,
+        )
+        return manifest
+
+    def progress(self, keys: list[str]) -> list[Progress]:
+        now = time.monotonic()
+        return [
+            Progress(database=e.target.label, bytes=e.bytes, elapsed=round(now - e.started, 1))
+            for key in keys
+            if (e := self._in_flight.get(key)) is not None
+        ]
+
+    def in_flight(self) -> list[str]:
+        return [entry.target.label for entry in self._in_flight.values()]
+
+    async def drain(self) -> None:
+        """Stop: cancel running backups (their partial files are discarded) and wait."""
+        self.cancel.set()
+        tasks = [entry.task for entry in self._in_flight.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,210 @@
+"""The Unix socket: permissions, peer check, framing, and the conversation per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel
+
+from dbguard.daemon.service import Guard
+from dbguard.errors import DbguardError
+from dbguard.protocol import (
+    MAX_MESSAGE_BYTES,
+    Allow,
+    BackupNow,
+    Error,
+    Invoke,
+    Ok,
+    Progress,
+    ProtocolError,
+    Report,
+    Started,
+    StatusQuery,
+    decode_request,
+    encode,
+)
+
+log = structlog.get_logger("dbguard.server")
+
+FIRST_LINE_TIMEOUT = 10.0  # seconds a client may take to send its request
+
+
+class StartupError(DbguardError):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def prepare_socket_dir(folder: Path) -> None:
+    """Create the socket's folder 0700, refusing one that belongs to someone else."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if folder.is_symlink() or info.st_uid != os.getuid():
+        raise StartupError(
+            f"{folder} is not a folder owned by you",
+            "remove it, or set `socket` in config.toml to a path in a folder of your own",
+        )
+    if info.st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+class Server:
+    def __init__(self, guard: Guard, path: Path) -> None:
+        self.guard = guard
+        self.path = path
+        self._connections: set[asyncio.Task[None]] = set()
+        self._lock_fd: int | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        """One daemon per socket: a lock beside it, then replace a stale socket file."""
+        prepare_socket_dir(self.path.parent)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"another dbguardd is already serving {self.path}",
+                "`dbguardctl status` shows it; stop it first to start a new one",
+            ) from None
+        self._lock_fd = fd
+        if self.path.is_socket():
+            self.path.unlink()  # stale: its daemon died without cleaning up
+        elif self.path.exists() or self.path.is_symlink():
+            raise StartupError(f"{self.path} exists and is not a socket", "remove it")
+
+    async def start(self) -> asyncio.AbstractServer:
+        self._claim()
+        old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
+        try:
+            server = await asyncio.start_unix_server(
+                self._accept, path=str(self.path), limit=MAX_MESSAGE_BYTES
+            )
+        except OSError as err:
+            raise StartupError(f"cannot listen on {self.path}: {err.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        self.path.chmod(0o600)
+        return server
+
+    async def stop(self, server: asyncio.AbstractServer) -> None:
+        server.close()
+        await self.guard.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    # ---- connections -----------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("connection handler failed")
+            with contextlib.suppress(Exception):
+                await self._send(writer, Error(message="internal error in dbguardd; see its log"))
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, message: BaseModel) -> None:
+        writer.write(encode(message))
+        await writer.drain()
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await reader.readline()
+        except ValueError:  # the line exceeded the stream limit
+            raise ProtocolError(f"message too large (limit {MAX_MESSAGE_BYTES} bytes)") from None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = _peer_uid(writer)
+        if uid != os.getuid():
+            log.warning("refused connection from another user", peer_uid=uid)
+            await self._send(
+                writer, Error(message="permission denied: dbguardd serves its own user only")
+            )
+            return
+        try:
+            line = await asyncio.wait_for(self._read(reader), FIRST_LINE_TIMEOUT)
+            if not line:
+                return
+            request = decode_request(line)
+        except ProtocolError as err:
+            await self._send(writer, Error(message=str(err)))
+            return
+        except TimeoutError:
+            await self._send(writer, Error(message="no request received in time"))
+            return
+
+        async def emit(progress: Progress) -> None:
+            await self._send(writer, progress)
+
+        if isinstance(request, Invoke):
+            reply = await self.guard.invoke(request, emit)
+            await self._send(writer, reply)
+            if isinstance(reply, Allow):
+                await self._follow(reply.op, reader, writer)
+        elif isinstance(request, BackupNow):
+            await self._send(writer, await self.guard.backup_now(request, emit))
+        elif isinstance(request, StatusQuery):
+            await self._send(writer, self.guard.status())
+        else:
+            await self._send(writer, Error(message=f"{request.type} without an approved command"))
+
+    async def _follow(
+        self, op_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Wait for started and report; a closed connection without report means the
+        shim died and the outcome is unknown."""
+        report: Report | None = None
+        try:
+            while report is None:
+                line = await self._read(reader)
+                if not line:
+                    break
+                message = decode_request(line)
+                if isinstance(message, Started) and message.op == op_id:
+                    self.guard.started_command(op_id, message.pid)
+                elif isinstance(message, Report) and message.op == op_id:
+                    report = message
+                    with contextlib.suppress(ConnectionError):
+                        await self._send(writer, Ok())
+                else:
+                    await self._send(writer, Error(message="expected started or report"))
+                    break
+        except ProtocolError as err:
+            with contextlib.suppress(ConnectionError):
+                await self._send(writer, Error(message=str(err)))
+        except OSError as err:
+            if err.errno not in (errno.ECONNRESET, errno.EPIPE):
+                raise
+        finally:
+            self.guard.finish(op_id, report)

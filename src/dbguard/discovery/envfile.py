@@ -1,0 +1,43 @@
+"""`.env` files, parsed with python-dotenv's parser but resolved against the invoking
+environment, never the daemon's own (dotenv's high-level API reads os.environ)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+
+from dotenv.parser import parse_stream
+from dotenv.variables import parse_variables
+
+from dbguard.errors import DbguardError
+
+_SINGLE_QUOTED = re.compile(r"^\s*(?:export\s+)?[^=]+=\s*'")
+
+
+class DiscoveryError(DbguardError):
+    """The databases a command would touch cannot be determined; the command is denied."""
+
+
+def parse_env_file(text: str, name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """Variables defined by a .env file. `${VAR}` expands from earlier lines and `env`.
+
+    A line dotenv cannot parse is an error naming the file and line: a framework might
+    read it differently, so guessing could mean backing up the wrong database.
+    """
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.string.rstrip("\n")
+            raise DiscoveryError(
+                f"{name}, line {binding.original.line}: cannot parse {line[:80]!r}",
+                "fix the line (KEY=value), so dbguard can tell which database it names",
+            )
+        if binding.key is None:
+            continue
+        value = binding.value or ""
+        if not _SINGLE_QUOTED.match(binding.original.string):
+            scope = {**values, **env}
+            value = "".join(atom.resolve(scope) for atom in parse_variables(value))
+        values[binding.key] = value
+    return values

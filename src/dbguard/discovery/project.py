@@ -1,0 +1,156 @@
+"""The I/O side of discovery: find the project root, read its files, remember what was
+read so a cached answer can be reused until one of those files changes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dbguard.discovery import Found, discover
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.rules import Operation
+
+# A folder holding any of these is a project root.
+ROOT_MARKERS = (
+    ".dbguard.toml",
+    "artisan",
+    "composer.json",
+    "package.json",
+    "pyproject.toml",
+    "manage.py",
+    "alembic.ini",
+    "Gemfile",
+    "prisma",
+    ".env",
+    ".git",
+)
+MAX_FILE_BYTES = 1 << 20
+
+Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
+
+
+def find_root(cwd: Path) -> Path:
+    """The nearest folder at or above `cwd` with a project marker; `cwd` if none."""
+    for folder in (cwd, *cwd.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    return cwd
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class ProjectFiles:
+    """Reads files under `root`, remembering each one's stamp (also for absent files)."""
+
+    root: Path
+    stamps: dict[Path, Stamp] = field(default_factory=dict)
+
+    def read(self, relative: str) -> str | None:
+        path = self.root / relative
+        self.stamps[path] = _stamp(path)
+        if self.stamps[path] is None or not path.is_file():
+            return None
+        try:
+            with path.open("rb") as stream:
+                data = stream.read(MAX_FILE_BYTES + 1)
+        except OSError as err:
+            raise DiscoveryError(f"cannot read {path}: {err.strerror}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise DiscoveryError(
+                f"{path} is larger than {MAX_FILE_BYTES} bytes; not a config file?"
+            )
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DiscoveryError(f"{path} is not UTF-8 text (byte {err.start})") from None
+
+    def unchanged(self) -> bool:
+        return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
+
+    def package_script(self, manifest: str, script: str) -> str | None:
+        """The command line of `script` in package.json / composer.json, if any."""
+        text = self.read(manifest)
+        if text is None:
+            return None
+        try:
+            scripts = json.loads(text).get("scripts", {})
+        except (ValueError, AttributeError):
+            raise DiscoveryError(f"{self.root / manifest} is not valid JSON") from None
+        value = scripts.get(script) if isinstance(scripts, dict) else None
+        if isinstance(value, list):  # composer allows a list of commands
+            value = " && ".join(str(v) for v in value)
+        return value if isinstance(value, str) else None
+
+
+# Variables that change between otherwise identical invocations and that no framework
+# reads for its database settings. Everything else is part of the cache key: a schema
+# may read its URL from any variable (Prisma's env("...")).
+_VOLATILE = frozenset(
+    {
+        "_",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "TERM",
+        "COLUMNS",
+        "LINES",
+        "DBGUARD_DEPTH",
+        "DBGUARD_PARENT_OP",
+    }
+)
+
+
+def _cache_key(root: Path, env: Mapping[str, str], op: Operation) -> tuple[object, ...]:
+    return (
+        root,
+        op.tool,
+        op.kind,
+        op.framework,
+        tuple(sorted(op.hints.items())),
+        tuple(sorted(op.assignments.items())),
+        tuple(sorted((k, v) for k, v in env.items() if k not in _VOLATILE)),
+    )
+
+
+@dataclass
+class _Cached:
+    files: ProjectFiles
+    found: Found
+
+
+class DiscoveryCache:
+    """Discovery results per (root, operation, environment), reused while no file they
+    were read from has changed; a hit costs one stat() per file."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._entries: dict[tuple[object, ...], _Cached] = {}
+        self._limit = limit
+
+    def discover(self, root: Path, env: Mapping[str, str], operation: Operation) -> Found:
+        key = _cache_key(root, env, operation)
+        cached = self._entries.get(key)
+        if cached is not None and cached.files.unchanged():
+            return cached.found
+        files = ProjectFiles(root)
+        found = discover(root, files.read, env, operation)
+        if len(self._entries) >= self._limit:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = _Cached(files, found)
+        return found
+
+
+def project_root(cwd: str) -> Path:
+    path = Path(cwd)
+    if not path.is_absolute():
+        raise DiscoveryError(f"the working folder {cwd!r} is not an absolute path")
+    return find_root(Path(os.path.normpath(path)))

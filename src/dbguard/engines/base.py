@@ -1,0 +1,141 @@
+"""What every database engine provides, and the description of a database (`Target`).
+
+An engine is stateless apart from caches (kept connections); every method is blocking
+and is called from a worker thread, never from the daemon's event loop. Methods raise
+only the `dbguard.errors` types named in their docstrings, with a message fit for the
+user; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+EngineName = Literal["sqlite", "postgres", "mysql"]
+
+
+class Target(BaseModel):
+    """One database a command can touch, as discovery found it.
+
+    `key` is its identity (no secrets): two targets with the same key are the same
+    database, share backups and share an in-flight backup.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: EngineName
+    path: str | None = None  # sqlite: absolute path of the database file
+    host: str | None = None
+    port: int | None = None
+    socket: str | None = None  # a Unix socket path or folder
+    user: str | None = None
+    password: SecretStr | None = None
+    name: str | None = None  # the database (schema) name on a server
+    params: dict[str, str] = {}  # e.g. sslmode
+    source: str = ""  # where discovery found it, e.g. ".env (DB_DATABASE)"
+
+    @property
+    def key(self) -> str:
+        if self.engine == "sqlite":
+            return f"sqlite:{self.path}"
+        where = self.socket or f"{self.host or 'localhost'}:{self.port or ''}"
+        return f"{self.engine}://{self.user or ''}@{where}/{self.name or ''}"
+
+    @property
+    def label(self) -> str:
+        """Short and human: 'sqlite /srv/app/database.sqlite', 'postgres app@127.0.0.1'."""
+        if self.engine == "sqlite":
+            return f"sqlite {self.path}"
+        return f"{self.engine} {self.name}@{self.socket or self.host or 'localhost'}"
+
+    @property
+    def slug(self) -> str:
+        """A folder name for this database's backups: readable, unique, filesystem-safe."""
+        base = Path(self.path).name if self.engine == "sqlite" and self.path else self.name
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{self.engine}-{base or 'db'}")[:60]
+        digest = hashlib.sha256(self.key.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        return f"{readable}-{digest}"
+
+    def public(self) -> dict[str, object]:
+        """The fields safe to store in a manifest or show: everything but the password."""
+        return self.model_dump(exclude={"password"}, exclude_none=True)
+
+
+class DumpInfo(BaseModel):
+    """What an engine learned while dumping, recorded in the manifest."""
+
+    tables: dict[str, int]  # row count per table, read in the dump's own snapshot
+    fingerprint: str | None  # the change signal read before the snapshot; None = unknown
+    tool: str  # what produced the data, with its version
+    format: str  # how `restore` must read the data
+
+
+class Sink(Protocol):
+    """Where an engine writes its dump (the store's compressing writer)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+class Engine(Protocol):
+    """The small interface every engine implements (sqlite.py, postgres.py, mysql.py)."""
+
+    name: EngineName
+    data_suffix: str  # the stored file's name before ".zst", e.g. "data.sqlite"
+
+    def fingerprint(self, target: Target) -> str | None:
+        """A value that changes with every committed change to the database.
+
+        Returns None when no sound signal is available (then dbguard always backs up).
+        Raises BackupFailed when the database cannot be reached.
+        """
+        ...
+
+    def dump(self, target: Target, out: Sink, scratch: Path, cancel: threading.Event) -> DumpInfo:
+        """Write a consistent, restorable copy of the database to `out`, uncompressed.
+
+        `scratch` is a private empty folder on the backup filesystem for temporary
+        files. Raises BackupFailed (missing tool, unreachable server, tool failure) or
+        Cancelled (when `cancel` is set); in both cases what was written is discarded.
+        """
+        ...
+
+    def restore(self, target: Target, data: BinaryIO, dump_format: str, scratch: Path) -> None:
+        """Replace the database's contents with the dump read from `data`.
+
+        The target is swapped in whole or not at all: raises RestoreFailed and leaves
+        the target as it was when anything goes wrong before the swap.
+        """
+        ...
+
+    def restored_counts(
+        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+    ) -> dict[str, int]:
+        """Restore the dump into a throwaway copy, count rows per table, drop the copy.
+
+        Raises Damaged when the dump does not restore. Used by verify.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close kept connections."""
+        ...
+
+
+def compare_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> list[str]:
+    """Differences between two row-count maps, one readable line each (empty: equal)."""
+    problems = []
+    for table in sorted(set(expected) | set(actual)):
+        want, got = expected.get(table), actual.get(table)
+        if want is None:
+            problems.append(f"table {table}: not in the manifest but restored ({got} rows)")
+        elif got is None:
+            problems.append(f"table {table}: missing after restore (expected {want} rows)")
+        elif want != got:
+            problems.append(f"table {table}: {got} rows restored, manifest says {want}")
+    return problems

@@ -1,0 +1,297 @@
+"""SQLite: backups through SQLite's own locking, so they are consistent while others write.
+
+Rollback-journal databases (the default) are streamed straight from the file while a
+read transaction holds the SHARED lock: no writer can commit until the copy is done, and
+no temporary copy is needed. WAL databases are copied with the online backup API into
+the scratch folder first, because their committed state spans the file and the -wal.
+Row counts come from the same snapshot as the bytes.
+
+Change signal: `PRAGMA data_version` on a connection kept open by the daemon, plus
+`stat()` of the file and its -wal. data_version moves whenever another connection
+commits; stat catches the file being replaced. Each kept connection has a random epoch
+in the fingerprint, so after a daemon restart nothing matches and the first guarded
+command backs up again: no signal survives a restart soundly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+import urllib.parse
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from dbguard.engines.base import DumpInfo, EngineName, Sink, Target
+from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
+
+_CHUNK = 1 << 20
+_BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
+_KEPT_CONNECTIONS = 64
+
+
+def _connect(path: str | Path, *, must_exist: bool = True) -> sqlite3.Connection:
+    """Open without ever creating the file (mode=rw) and in autocommit mode."""
+    mode = "rw" if must_exist else "rwc"
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    return sqlite3.connect(
+        uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def count_rows(conn: sqlite3.Connection) -> dict[str, int]:
+    """Rows per ordinary table (virtual tables are counted through their shadow tables)."""
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
+        )
+    ]
+    return {
+        name: conn.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0] for name in names
+    }
+
+
+def _stat_signature(path: Path) -> str:
+    parts = []
+    for candidate in (path, Path(f"{path}-wal")):
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}.{st.st_ctime_ns}")
+    return "/".join(parts)
+
+
+@dataclass
+class _Kept:
+    conn: sqlite3.Connection
+    inode: int
+    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _missing(path: Path) -> DatabaseMissing:
+    return DatabaseMissing(f"the SQLite database {path} does not exist")
+
+
+def _open_error(path: Path, err: sqlite3.Error) -> BackupFailed:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return BackupFailed(
+            f"{path} stayed locked by another connection for {_BUSY_TIMEOUT:.0f} s",
+            "finish or stop whatever holds the write lock, then run the command again",
+        )
+    if "not a database" in text:
+        return BackupFailed(f"{path} is not an SQLite database", "check the path in your .env")
+    return BackupFailed(f"cannot read the SQLite database {path}: {text}")
+
+
+class SqliteEngine:
+    name: EngineName = "sqlite"
+    data_suffix = "data.sqlite"
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._kept_lock = threading.Lock()
+
+    # ---- change signal -------------------------------------------------------------
+
+    def _watched(self, path: Path) -> _Kept:
+        """The kept-open connection for `path`, reopened if the file was replaced."""
+        try:
+            inode = path.stat().st_ino
+        except FileNotFoundError:
+            raise _missing(path) from None
+        key = str(path)
+        with self._kept_lock:
+            kept = self._kept.get(key)
+            if kept is not None and kept.inode == inode:
+                self._kept.move_to_end(key)
+                return kept
+            if kept is not None:
+                self._kept.pop(key).conn.close()
+            try:
+                kept = _Kept(_connect(path), inode)
+            except sqlite3.Error as err:
+                raise _open_error(path, err) from None
+            self._kept[key] = kept
+            while len(self._kept) > _KEPT_CONNECTIONS:
+                self._kept.popitem(last=False)[1].conn.close()
+            return kept
+
+    def fingerprint(self, target: Target) -> str | None:
+        path = Path(str(target.path))
+        kept = self._watched(path)
+        with kept.lock:
+            try:
+                version = kept.conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as err:
+                raise _open_error(path, err) from None
+        return f"sqlite:{kept.epoch}:{version}:{_stat_signature(path)}"
+
+    # ---- backup --------------------------------------------------------------------
+
+    def dump(self, target: Target, out: Sink, scratch: Path, cancel: threading.Event) -> DumpInfo:
+        path = Path(str(target.path))
+        fingerprint = self.fingerprint(target)  # before the snapshot: never misses a commit
+        try:
+            conn = _connect(path)
+        except sqlite3.Error as err:
+            raise _open_error(path, err) from None
+        try:
+            wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+            if wal:
+                tables = self._dump_wal(conn, out, scratch, cancel)
+            else:
+                tables = self._dump_locked(conn, path, out)
+        except sqlite3.Error as err:
+            raise _open_error(path, err) from None
+        finally:
+            conn.close()
+        return DumpInfo(
+            tables=tables,
+            fingerprint=fingerprint,
+            tool=f"sqlite {sqlite3.sqlite_version} ({'backup API' if wal else 'locked copy'})",
+            format="sqlite-file",
+        )
+
+    def _dump_locked(self, conn: sqlite3.Connection, path: Path, out: Sink) -> dict[str, int]:
+        """Rollback-journal mode: hold SHARED and copy the file; count rows meanwhile."""
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes SHARED
+            with ThreadPoolExecutor(1) as pool:
+                counts = pool.submit(count_rows, conn)
+                with path.open("rb") as source:
+                    while chunk := source.read(_CHUNK):
+                        out.write(chunk)
+                return counts.result()
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _dump_wal(
+        self, conn: sqlite3.Connection, out: Sink, scratch: Path, cancel: threading.Event
+    ) -> dict[str, int]:
+        copy_path = scratch / "copy.sqlite"
+        copy = _connect(copy_path, must_exist=False)
+        try:
+            copy.execute("PRAGMA synchronous = OFF")
+
+            def check_cancel(status: int, remaining: int, total: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled("the backup was cancelled because dbguardd is stopping")
+
+            # Steps of 16k pages let a stop request interrupt a large copy; if another
+            # connection writes between steps, SQLite restarts the copy, so the result
+            # is still one consistent snapshot.
+            conn.backup(copy, pages=16384, progress=check_cancel)
+            tables = count_rows(copy)
+        finally:
+            copy.close()
+        with copy_path.open("rb") as source:
+            while chunk := source.read(_CHUNK):
+                out.write(chunk)
+        copy_path.unlink()
+        return tables
+
+    # ---- restore and verify ----------------------------------------------------------
+
+    def _unpack(self, data: BinaryIO, dest: Path) -> None:
+        """Write the dump to a new file (never following a planted link) and check it."""
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            while chunk := data.read(_CHUNK):
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        conn = _connect(dest)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as err:
+            raise Damaged(f"the backup does not open as an SQLite database: {err}") from None
+        finally:
+            conn.close()
+        if result != "ok":
+            raise Damaged(f"the backup fails SQLite's integrity check: {result}")
+
+    def restore(self, target: Target, data: BinaryIO, dump_format: str, scratch: Path) -> None:
+        path = Path(str(target.path))
+        temp = path.with_name(f".{path.name}.dbguard-restore-{secrets.token_hex(4)}")
+        try:
+            self._unpack(data, temp)
+            if path.exists():
+                self._copy_into(temp, path)
+            else:
+                # Leftovers of a deleted database would be replayed into the new file.
+                for suffix in ("-wal", "-shm", "-journal"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                os.rename(temp, path)
+        except OSError as err:
+            raise RestoreFailed(
+                f"cannot restore {path}: {err}", "the database was not changed"
+            ) from None
+        finally:
+            temp.unlink(missing_ok=True)
+        with self._kept_lock:
+            kept = self._kept.pop(str(path), None)
+        if kept is not None:
+            kept.conn.close()
+
+    def _copy_into(self, source_path: Path, path: Path) -> None:
+        """Replace the live database's contents in one transaction of its own.
+
+        The backup API writes through the target's journal or WAL, so other connections
+        see the old contents or the new ones, never a mix, and a crash rolls back.
+        """
+        source = _connect(source_path)
+        try:
+            dest = _connect(path)
+        except sqlite3.Error as err:
+            source.close()
+            raise RestoreFailed(
+                f"cannot open {path}: {err}", "the database was not changed"
+            ) from None
+        try:
+            source.backup(dest)
+        except sqlite3.Error as err:
+            raise RestoreFailed(
+                f"cannot write {path}: {err}",
+                "close other programs using the database and try again; it was not changed",
+            ) from None
+        finally:
+            dest.close()
+            source.close()
+
+    def restored_counts(
+        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+    ) -> dict[str, int]:
+        copy = scratch / f"verify-{secrets.token_hex(4)}.sqlite"
+        try:
+            self._unpack(data, copy)
+            conn = _connect(copy)
+            try:
+                return count_rows(conn)
+            finally:
+                conn.close()
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{copy}{suffix}").unlink()
+
+    def close(self) -> None:
+        with self._kept_lock:
+            for kept in self._kept.values():
+                kept.conn.close()
+            self._kept.clear()

@@ -1,0 +1,39 @@
+"""Errors that reach a user. Each names the problem and, where there is one, the way out."""
+
+from __future__ import annotations
+
+
+class DbguardError(Exception):
+    """Base class: `problem` says what went wrong, `fix` what the user can do about it."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}\n  {self.fix}" if self.fix else self.problem
+
+
+class BackupFailed(DbguardError):
+    """No good backup could be made; the guarded command must not run (exit 75)."""
+
+
+class Cancelled(BackupFailed):
+    """The daemon is stopping; the partial backup is discarded."""
+
+
+class NotFound(DbguardError):
+    """No backup with that id."""
+
+
+class Damaged(DbguardError):
+    """A backup whose data or manifest does not check out; never restored."""
+
+
+class RestoreFailed(DbguardError):
+    """The restore did not complete; the target was left as it was."""
+
+
+class DatabaseMissing(BackupFailed):
+    """The database does not exist (yet): there is nothing to back up or to lose."""

@@ -1,0 +1,79 @@
+"""Backup, restore and verify: the steps shared by the daemon and dbguardctl.
+
+Blocking code, run in worker threads by the daemon and directly by dbguardctl.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from dbguard.engines import Engines
+from dbguard.engines.base import Target, compare_counts
+from dbguard.errors import Damaged, DatabaseMissing
+from dbguard.store import Manifest, Reason, Store, Verification
+
+
+def take_backup(
+    store: Store,
+    engines: Engines,
+    target: Target,
+    reason: Reason,
+    cancel: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Dump `target` into a new backup. Raises BackupFailed (and its kinds); on any
+    failure nothing is left in the store."""
+    engine = engines.for_target(target)
+    with store.new_backup(target) as pending:
+        with pending.data_writer(engine.data_suffix, cancel or threading.Event(), progress) as sink:
+            info = engine.dump(target, sink, pending.scratch, cancel or threading.Event())
+        return pending.commit(info, reason)
+
+
+def verify_backup(store: Store, engines: Engines, manifest: Manifest) -> Verification:
+    """Checksum, then a scratch restore whose row counts must equal the manifest's.
+    The result is recorded in the manifest."""
+    problems = store.check_data(manifest)
+    if not problems:
+        engine = engines.get(manifest.target().engine)
+        with store.work_folder() as (_, scratch):
+            try:
+                with store.open_data(manifest) as data:
+                    counts = engine.restored_counts(
+                        manifest.target(), data, manifest.data.format, scratch
+                    )
+                problems = compare_counts(manifest.tables, counts)
+            except Damaged as err:
+                problems = [err.problem]
+    result = Verification(at=datetime.now(UTC), ok=not problems, problems=problems)
+    store.update(manifest, verified=result)
+    return result
+
+
+def restore_backup(
+    store: Store,
+    engines: Engines,
+    manifest: Manifest,
+    target: Target,
+    reason: Reason,
+) -> Manifest | None:
+    """Put `manifest`'s data back into `target`, after backing up what is there now.
+
+    Returns the pre-restore backup (None when the database did not exist). Raises
+    Damaged before touching anything if the backup does not check out, BackupFailed
+    if the current state cannot be saved, RestoreFailed if the restore fails (the
+    target is then unchanged).
+    """
+    problems = store.check_data(manifest)
+    if problems:
+        raise Damaged(f"backup {manifest.id} is damaged: {problems[0]}", "it cannot be restored")
+    try:
+        before = take_backup(store, engines, target, reason)
+    except DatabaseMissing:
+        before = None
+    engine = engines.for_target(target)
+    with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
+        engine.restore(target, data, manifest.data.format, scratch)
+    return before

@@ -1,0 +1,88 @@
+"""The operation log: one JSON line per guarded invocation, appended, never rewritten.
+
+Each line is written with a single write() on an O_APPEND descriptor, so lines from the
+daemon and from dbguardctl never interleave. Secrets in argv (URL passwords,
+--password=..., PASSWORD=... assignments) are redacted before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dbguard.discovery.urls import redact_url
+
+MAX_LOG_BYTES = 20 << 20  # rotated to operations.jsonl.1 beyond this
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@]*:[^\s/@]*@\S*")
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|api_?key|credential", re.IGNORECASE)
+
+
+def redact(word: str) -> str:
+    """One argument with any password in it replaced by ***."""
+    word = _URL.sub(lambda m: redact_url(m.group(0)), word)
+    name, sep, value = word.partition("=")
+    if sep and value and _SECRET_NAME.search(name):
+        return f"{name}=***"
+    if re.fullmatch(r"-p\S+", word):  # mysql -pSECRET
+        return "-p***"
+    return word
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    redacted = [redact(word) for word in argv]
+    for index in range(1, len(redacted)):
+        # --password SECRET: the value is the next word
+        if (
+            redacted[index - 1].startswith("--")
+            and _SECRET_NAME.search(redacted[index - 1])
+            and ("=" not in redacted[index - 1])
+        ):
+            redacted[index] = "***"
+    return redacted
+
+
+class OperationLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
+        if "argv" in record:
+            record["argv"] = redact_argv(record["argv"])
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._rotate_if_large()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def _rotate_if_large(self) -> None:
+        try:
+            if self.path.stat().st_size > MAX_LOG_BYTES:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        except FileNotFoundError:
+            pass
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every readable record, oldest first (the rotated file first); a torn or
+        corrupt line is skipped, not fatal."""
+        for path in (self.path.with_name(self.path.name + ".1"), self.path):
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record

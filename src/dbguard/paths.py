@@ -1,0 +1,60 @@
+"""Where dbguard keeps things, following the XDG base directory spec.
+
+Pure: every function takes the environment as a mapping, so tests pass plain dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    value = env.get(var, "")
+    # The spec says relative paths are invalid and must be ignored.
+    if value and Path(value).is_absolute():
+        return Path(value)
+    return Path(env.get("HOME") or Path.home()) / fallback
+
+
+def config_file(env: Mapping[str, str]) -> Path:
+    """The user's config: DBGUARD_CONFIG, else $XDG_CONFIG_HOME/dbguard/config.toml."""
+    if env.get("DBGUARD_CONFIG"):
+        return Path(env["DBGUARD_CONFIG"])
+    return _xdg(env, "XDG_CONFIG_HOME", ".config") / "dbguard" / "config.toml"
+
+
+def runtime_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_RUNTIME_DIR/dbguard, or a per-user folder under /tmp when there is none.
+
+    Containers and `su` sessions often have no XDG_RUNTIME_DIR; the fallback is made
+    0700 and owned by the user like the real one (checked by the daemon).
+    """
+    base = env.get("XDG_RUNTIME_DIR", "")
+    if base and Path(base).is_absolute():
+        return Path(base) / "dbguard"
+    return Path("/tmp") / f"dbguard-{os.getuid()}"  # noqa: S108 (ownership checked at start)
+
+
+def default_socket(env: Mapping[str, str]) -> Path:
+    """Socket path before config: DBGUARD_SOCKET, else the runtime folder's dbguard.sock.
+
+    The shim client (client/shim.py) repeats this rule in stdlib-only code; a test
+    keeps the two in step.
+    """
+    if env.get("DBGUARD_SOCKET"):
+        return Path(env["DBGUARD_SOCKET"])
+    return runtime_dir(env) / "dbguard.sock"
+
+
+def data_dir(env: Mapping[str, str]) -> Path:
+    return _xdg(env, "XDG_DATA_HOME", ".local/share") / "dbguard"
+
+
+def state_dir(env: Mapping[str, str]) -> Path:
+    return _xdg(env, "XDG_STATE_HOME", ".local/state") / "dbguard"
+
+
+def default_shims_dir(env: Mapping[str, str]) -> Path:
+    return data_dir(env) / "shims"

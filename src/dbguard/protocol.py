@@ -1,0 +1,239 @@
+"""The wire protocol between shims, dbguardctl and the daemon.
+
+Newline-delimited JSON over a Unix socket, one object per line, every request carrying
+the protocol version `v`. This module only turns bytes into messages and back (no
+sockets), so it is tested with plain bytes, h11-style.
+
+A conversation is one of:
+
+    invoke  -> progress* -> pass | deny | fail | allow
+               after allow: started -> report -> ok     (the command ran)
+    status  -> status
+    backup  -> progress* -> done | deny | fail
+    anything malformed -> error, and the daemon closes the connection
+
+Strings may hold lone surrogates: the shim sends argv and environment values that are
+not valid UTF-8 the way Python decodes them (surrogateescape), escaped as \\udcXX.
+That is why decoding goes through `json.loads` and then pydantic's Python mode, which
+keep them, and why encoding uses `json.dumps` with ASCII escapes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20  # an environment is typically a few KiB; 1 MiB is generous
+
+# Exit codes a shim uses when the command does not run (sysexits.h).
+EXIT_UNAVAILABLE = 69  # the daemon cannot be reached
+EXIT_SOFTWARE = 70  # dbguard itself is misconfigured (no real command, recursion)
+EXIT_TEMPFAIL = 75  # the backup failed; trying again later may work
+EXIT_PROTOCOL = 76  # shim and daemon do not understand each other
+EXIT_NOPERM = 77  # denied by policy
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; the text is safe to send back to the peer."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Text = Annotated[str, Field(max_length=64 * 1024)]
+
+
+# ---- requests -----------------------------------------------------------------------
+
+
+class Invoke(_Message):
+    """A shim asks whether it may run `argv` (argv[0] is the command name as typed)."""
+
+    type: Literal["invoke"]
+    v: int
+    argv: Annotated[list[Text], Field(min_length=1, max_length=4096)]
+    cwd: Text
+    env: Annotated[dict[Text, Text], Field(max_length=4096)]
+    tty: bool
+    pid: int
+    parent: Text | None = None  # the operation this one runs under, if any
+    executable: Text = ""  # the real binary the shim found
+
+
+class Started(_Message):
+    """The shim started the approved command as process `pid`."""
+
+    type: Literal["started"]
+    v: int
+    op: Text
+    pid: int
+
+
+class Report(_Message):
+    """How the approved command ended: `exit` for a normal exit, `signal` for a death."""
+
+    type: Literal["report"]
+    v: int
+    op: Text
+    exit: int | None = None
+    signal: int | None = None
+    duration_ms: int
+
+
+class StatusQuery(_Message):
+    type: Literal["status"]
+    v: int
+
+
+class BackupNow(_Message):
+    """dbguardctl backup: back up the databases of the project at `cwd` now."""
+
+    type: Literal["backup"]
+    v: int
+    cwd: Text
+    env: Annotated[dict[Text, Text], Field(max_length=4096)]
+
+
+Request = Annotated[
+    Invoke | Started | Report | StatusQuery | BackupNow, Field(discriminator="type")
+]
+_request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
+
+
+# ---- replies ------------------------------------------------------------------------
+
+
+class BackupRef(_Message):
+    id: str
+    database: str  # a human label, e.g. "sqlite database/database.sqlite"
+    reused: bool = False
+
+
+class Pass(_Message):
+    """Not a database operation: run the command at once."""
+
+    type: Literal["pass"] = "pass"
+
+
+class Allow(_Message):
+    """Every database is backed up: run the command, then send started and report."""
+
+    type: Literal["allow"] = "allow"
+    op: str
+    backups: list[BackupRef] = []
+    notes: list[str] = []
+
+
+class Deny(_Message):
+    """Policy says no (exit 77), or the databases could not be determined."""
+
+    type: Literal["deny"] = "deny"
+    reason: str
+    hint: str = ""
+
+
+class Fail(_Message):
+    """The backup could not be made (exit 75): nothing ran, trying again may work."""
+
+    type: Literal["fail"] = "fail"
+    reason: str
+    hint: str = ""
+
+
+class Progress(_Message):
+    type: Literal["progress"] = "progress"
+    database: str
+    bytes: int
+    elapsed: float
+
+
+class Done(_Message):
+    """Reply to `backup`: what was backed up (or reused)."""
+
+    type: Literal["done"] = "done"
+    backups: list[BackupRef] = []
+    notes: list[str] = []
+
+
+class Ok(_Message):
+    type: Literal["ok"] = "ok"
+
+
+class Error(_Message):
+    """The request itself was wrong; the connection is closed after this."""
+
+    type: Literal["error"] = "error"
+    message: str
+
+
+class Status(_Message):
+    type: Literal["status"] = "status"
+    version: str
+    pid: int
+    socket: str
+    uptime_seconds: float
+    backup_dir: str
+    in_flight: list[str] = []
+
+
+Reply = Annotated[
+    Pass | Allow | Deny | Fail | Progress | Done | Ok | Error | Status, Field(discriminator="type")
+]
+_reply_adapter: TypeAdapter[Reply] = TypeAdapter(Reply)
+
+
+# ---- framing ------------------------------------------------------------------------
+
+
+def encode(message: BaseModel) -> bytes:
+    """One message as one line. ASCII escapes keep lone surrogates representable."""
+    data = message.model_dump(mode="python", exclude_defaults=False)
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+def _load(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message too large: {len(line)} bytes (limit {MAX_MESSAGE_BYTES})")
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"not a JSON message: {err}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return data
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line or raise ProtocolError with a message fit for the peer."""
+    data = _load(line)
+    version = data.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this daemon speaks "
+            f"{PROTOCOL_VERSION}); the shims and the daemon are from different "
+            "dbguard versions: run `dbguardctl shims install` and restart dbguardd"
+        )
+    try:
+        return _request_adapter.validate_python(data)
+    except ValidationError as err:
+        raise ProtocolError(_summarize(err)) from None
+
+
+def decode_reply(line: bytes) -> Reply:
+    data = _load(line)
+    try:
+        return _reply_adapter.validate_python(data)
+    except ValidationError as err:
+        raise ProtocolError(_summarize(err)) from None
+
+
+def _summarize(err: ValidationError) -> str:
+    problems = []
+    for problem in err.errors()[:5]:
+        where = ".".join(str(part) for part in problem["loc"]) or "message"
+        problems.append(f"{where}: {problem['msg']}")
+    return "invalid message: " + "; ".join(problems)

@@ -1,0 +1,109 @@
+"""Writing and removing shims: tiny sh files named like the commands they guard.
+
+One template, absolute paths baked in (rbenv style), so a shim costs one `exec` of the
+interpreter on the stdlib-only client and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbguard.client import shim as shim_client
+
+MARKER = "# dbguard shim"
+TEMPLATE = """#!/bin/sh
+{marker} for `{name}`: dbguardd backs up what it touches before the real {name} runs.
+# Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
+{socket}exec {python} -IS {client} {name} {folder} "$@"
+"""
+
+
+def _quote(value: str | Path) -> str:
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+def render(name: str, folder: Path, socket: Path | None = None) -> str:
+    """The shim for `name` living in `folder`. `socket` is baked in only when the user
+    configured one; otherwise the client derives it from the environment."""
+    socket_line = (
+        f': "${{DBGUARD_SOCKET:={_quote(socket)[1:-1]}}}"; export DBGUARD_SOCKET\n'
+        if socket is not None
+        else ""
+    )
+    return TEMPLATE.format(
+        marker=MARKER,
+        name=name,
+        python=_quote(sys.executable),
+        client=_quote(Path(shim_client.__file__).resolve()),
+        folder=_quote(folder.resolve()),
+        socket=socket_line,
+    )
+
+
+def is_shim(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return MARKER.encode() in handle.read(256)
+    except OSError:
+        return False
+
+
+def install(folder: Path, names: list[str], socket: Path | None = None) -> list[Path]:
+    """Write (or rewrite) one shim per name; never overwrites a file that is not a shim."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        path = folder / name
+        if path.exists() and not is_shim(path):
+            raise FileExistsError(f"{path} exists and is not a dbguard shim; not replacing it")
+        temp = folder / f".{name}.tmp"
+        temp.write_text(render(name, folder, socket))
+        temp.chmod(0o755)
+        os.replace(temp, path)
+        written.append(path)
+    return written
+
+
+def uninstall(folder: Path) -> list[Path]:
+    removed = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and is_shim(path):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+@dataclass(frozen=True)
+class ShimState:
+    name: str
+    path: Path
+    wins: bool  # `name` on PATH resolves to this shim
+    resolves_to: str | None  # what `name` resolves to on PATH
+    real: str | None  # the command the shim would run
+
+
+def state(folder: Path, path_env: str) -> list[ShimState]:
+    states: list[ShimState] = []
+    if not folder.is_dir():
+        return states
+    for path in sorted(folder.iterdir()):
+        if not (path.is_file() and is_shim(path)):
+            continue
+        found = shutil.which(path.name, path=path_env)
+        wins = found is not None and Path(found).resolve() == path.resolve()
+        saved = os.environ.get("PATH")
+        os.environ["PATH"] = path_env
+        try:
+            real = shim_client.find_real(path.name, str(folder))
+        finally:
+            if saved is None:
+                del os.environ["PATH"]
+            else:
+                os.environ["PATH"] = saved
+        states.append(ShimState(path.name, path, wins, found, real))
+    return states

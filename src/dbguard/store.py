@@ -1,0 +1,562 @@
+"""Backups on disk: one folder per backup, holding the compressed data and a manifest.
+
+    <backup_dir>/
+      <database-slug>/<id>/manifest.json      # written last; its presence means complete
+      <database-slug>/<id>/<data>.zst
+      .tmp/<id>/ + .tmp/<id>.lock             # a backup being written, locked by its writer
+      .seq                                    # commit counter: orders backups, whatever the clock
+
+A backup is correct by construction: data and manifest are written inside `.tmp`,
+checked, fsynced, and only then renamed into place, so a crash at any point leaves
+either a complete backup or a temporary folder that the next start removes. Nothing in
+`.tmp` is ever listed. Files are created with O_EXCL|O_NOFOLLOW, so a planted symlink is
+never followed, and everything is readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, cast
+
+import zstandard
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dbguard.engines.base import DumpInfo, Target
+from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
+
+ID_RE = re.compile(r"[0-9a-f]{8}")
+ID_PREFIX_RE = re.compile(r"[0-9a-f]{4,8}")
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+_O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Reason(BaseModel):
+    """Why a backup was taken: a guarded command, `dbguardctl backup`, or a restore."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["command", "manual", "pre-restore"]
+    argv: list[str] = []
+    cwd: str = ""
+    operation: str | None = None  # the operation id in the log
+    operation_kind: str | None = None  # test, migrate, destructive, ...
+
+
+class DataFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    size: int  # bytes on disk (compressed)
+    raw_size: int  # bytes the engine produced
+    sha256: str  # of the file on disk
+    compression: Literal["zstd"] = "zstd"
+    format: str  # how the engine reads it back
+
+
+class Verification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    ok: bool
+    problems: list[str] = []
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_version: Literal[1] = 1
+    id: str
+    seq: int
+    created_at: datetime
+    duration_ms: int
+    database: dict[str, Any]  # Target.public(): engine, path or host/name, source ...
+    database_key: str
+    database_label: str
+    data: DataFile
+    tables: dict[str, int]
+    fingerprint: str | None
+    tool: str
+    reason: Reason
+    pinned: bool = False
+    verified: Verification | None = None
+
+    def target(self) -> Target:
+        """The database this backup came from (without its password)."""
+        return Target.model_validate(self.database)
+
+
+@dataclass(frozen=True)
+class DamagedBackup:
+    """A folder that looks like a backup but cannot be trusted; listed, never restored."""
+
+    id: str
+    path: Path
+    problem: str
+
+
+Entry = Manifest | DamagedBackup
+
+
+def new_id() -> str:
+    return secrets.token_hex(4)
+
+
+def check_id(value: str) -> str:
+    """Accept a backup id or unique prefix only if it is plain hex: no path tricks."""
+    if not ID_PREFIX_RE.fullmatch(value):
+        raise NotFound(
+            f"{value!r} is not a backup id",
+            "ids are 4 to 8 hex digits, as shown by `dbguardctl list-backups`",
+        )
+    return value
+
+
+def _mkdir_private(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not path.is_dir() or path.is_symlink():
+        raise BackupFailed(f"{path} is not a folder", "remove it or choose another backup_dir")
+    if info.st_uid != os.getuid():
+        raise BackupFailed(
+            f"{path} belongs to another user (uid {info.st_uid})", "choose another backup_dir"
+        )
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_error(err: OSError, where: Path) -> BackupFailed:
+    if err.errno == errno.ENOSPC:
+        return BackupFailed(
+            f"no space left in {where} while writing the backup",
+            "free some space (`dbguardctl list-backups` shows what is kept) or point "
+            "backup_dir at a larger disk",
+        )
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return BackupFailed(
+            f"cannot write to {where}: {err.strerror}",
+            "make the backup folder writable or point backup_dir elsewhere",
+        )
+    return BackupFailed(f"cannot write the backup in {where}: {err}")
+
+
+class _CountingFile(io.RawIOBase):
+    """The file under the compressor: hashes and counts what reaches the disk."""
+
+    def __init__(self, fd: int, where: Path) -> None:
+        self.fd = fd
+        self.where = where
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except OSError as err:
+            raise _disk_error(err, self.where) from err
+        self.size += done
+        return done
+
+
+class DumpSink(io.RawIOBase):
+    """What an engine writes its dump to: compresses, and stops when cancelled."""
+
+    def __init__(
+        self,
+        compressor: Any,
+        cancel: threading.Event,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._compressor = compressor
+        self._cancel = cancel
+        self._progress = progress
+        self.raw_size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self._cancel.is_set():
+            raise Cancelled("the backup was cancelled because dbguardd is stopping")
+        n = len(memoryview(data).cast("B"))
+        self._compressor.write(data)
+        self.raw_size += n
+        if self._progress is not None:
+            self._progress(self.raw_size)
+        return n
+
+
+class PendingBackup:
+    """A backup being written in `.tmp/<id>`; `commit` moves it into place."""
+
+    def __init__(self, store: Store, target: Target, backup_id: str, folder: Path) -> None:
+        self.store = store
+        self.target = target
+        self.id = backup_id
+        self.folder = folder
+        self.scratch = folder / "scratch"
+        self.scratch.mkdir(mode=0o700)
+        self._started = time.monotonic()
+        self._data: DataFile | None = None
+
+    @contextlib.contextmanager
+    def data_writer(
+        self,
+        suffix: str,
+        cancel: threading.Event,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[DumpSink]:
+        """Yield a sink for the engine's raw dump; on exit the compressed file is final."""
+        name = f"{suffix}.zst"
+        path = self.folder / name
+        try:
+            fd = os.open(path, _O_NEW_FILE, 0o600)
+        except OSError as err:
+            raise _disk_error(err, self.folder) from err
+        try:
+            disk = _CountingFile(fd, self.store.root)
+            compressor = self.store.compressor().stream_writer(cast(IO[bytes], disk), closefd=False)
+            sink = DumpSink(compressor, cancel, progress)
+            yield sink
+            compressor.flush(zstandard.FLUSH_FRAME)
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                raise _disk_error(err, self.store.root) from err
+        finally:
+            os.close(fd)
+        self._data = DataFile(
+            file=name,
+            size=disk.size,
+            raw_size=sink.raw_size,
+            sha256=disk.sha256.hexdigest(),
+            format="",
+        )
+
+    def commit(self, info: DumpInfo, reason: Reason) -> Manifest:
+        """Write the manifest and move the backup into place; returns its manifest."""
+        if self._data is None or self._data.raw_size == 0:
+            raise BackupFailed(f"the dump of {self.target.label} was empty; nothing was kept")
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        manifest = Manifest(
+            id=self.id,
+            seq=self.store.next_seq(),
+            created_at=datetime.now(UTC),
+            duration_ms=int((time.monotonic() - self._started) * 1000),
+            database=self.target.public(),
+            database_key=self.target.key,
+            database_label=self.target.label,
+            data=self._data.model_copy(update={"format": info.format}),
+            tables=info.tables,
+            fingerprint=info.fingerprint,
+            tool=info.tool,
+            reason=reason,
+        )
+        try:
+            _write_new(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            _fsync_dir(self.folder)
+            home = self.store.root / self.target.slug
+            _mkdir_private(home)
+            os.rename(self.folder, home / self.id)
+            _fsync_dir(home)
+            _fsync_dir(self.store.root)
+        except OSError as err:
+            raise _disk_error(err, self.store.root) from err
+        return manifest
+
+
+def _write_new(path: Path, content: bytes) -> None:
+    fd = os.open(path, _O_NEW_FILE, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: Path, content: bytes) -> None:
+    """Atomically replace `path` (same folder temp file, fsync, rename)."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    _write_new(temp, content)
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """The backup folder. Safe to use from several processes at once."""
+
+    def __init__(self, root: Path, compression_level: int = 1, compression_threads: int = 2):
+        self.root = root
+        self.tmp = root / ".tmp"
+        self.compression_level = compression_level
+        self.compression_threads = compression_threads
+
+    def compressor(self) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(
+            level=self.compression_level, threads=self.compression_threads, write_checksum=True
+        )
+
+    def ensure(self) -> None:
+        """Create the folder (0700) if needed; it may have been deleted under us."""
+        try:
+            _mkdir_private(self.root)
+            _mkdir_private(self.tmp)
+        except OSError as err:
+            raise _disk_error(err, self.root) from err
+
+    # ---- writing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def work_folder(self) -> Iterator[tuple[str, Path]]:
+        """A fresh, locked folder in `.tmp` and its id; removed on exit unless moved away.
+
+        The lock tells `cleanup_stale` in another process that the writer is alive."""
+        self.ensure()
+        lock_fd, work_id = self._claim_id()
+        folder = self.tmp / work_id
+        try:
+            try:
+                folder.mkdir(mode=0o700)
+            except OSError as err:
+                raise _disk_error(err, self.root) from err
+            yield work_id, folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already if committed
+            with contextlib.suppress(FileNotFoundError):
+                (self.tmp / f"{work_id}.lock").unlink()
+            os.close(lock_fd)
+
+    @contextlib.contextmanager
+    def new_backup(self, target: Target) -> Iterator[PendingBackup]:
+        """A backup being written; nothing of it remains unless `commit` is called."""
+        with self.work_folder() as (backup_id, folder):
+            yield PendingBackup(self, target, backup_id, folder)
+
+    def _claim_id(self) -> tuple[int, str]:
+        """Create and lock `.tmp/<id>.lock` for an id not used anywhere in the store."""
+        while True:
+            backup_id = new_id()
+            if self._find(backup_id):
+                continue
+            lock = self.tmp / f"{backup_id}.lock"
+            try:
+                fd = os.open(lock, _O_NEW_FILE, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise _disk_error(err, self.root) from err
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A concurrent cleanup may have removed the file between open and flock.
+            try:
+                if os.fstat(fd).st_ino == lock.stat().st_ino:
+                    return fd, backup_id
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def next_seq(self) -> int:
+        """The next commit number: orders backups even when the clock jumps back."""
+        fd = os.open(self.root / ".seq", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 32, 0).strip()
+            value = int(raw) + 1 if raw.isdigit() else self._max_seq() + 1
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(value).encode(), 0)
+            return value
+        finally:
+            os.close(fd)
+
+    def _max_seq(self) -> int:
+        seqs = [e.seq for e in self.entries() if isinstance(e, Manifest)]
+        return max(seqs, default=0)
+
+    def cleanup_stale(self) -> list[str]:
+        """Remove temporary folders whose writer is gone (crash, SIGKILL, power loss)."""
+        removed: list[str] = []
+        if not self.tmp.is_dir():
+            return removed
+        for entry in sorted(self.tmp.iterdir()):
+            name = entry.name.removesuffix(".lock")
+            if entry.name.endswith(".lock") or not (self.tmp / f"{name}.lock").exists():
+                lock = self.tmp / f"{name}.lock"
+                try:
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # its writer is alive
+                if (self.tmp / name).exists():
+                    shutil.rmtree(self.tmp / name, ignore_errors=True)
+                    removed.append(name)
+                lock.unlink(missing_ok=True)
+                os.close(fd)
+        return removed
+
+    # ---- reading -------------------------------------------------------------------
+
+    def _find(self, backup_id: str) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [
+            folder / backup_id
+            for folder in self.root.iterdir()
+            if not folder.name.startswith(".") and (folder / backup_id).is_dir()
+        ]
+
+    def entries(self, target: Target | None = None) -> list[Entry]:
+        """Every backup (of `target`, if given), newest first; unreadable ones as
+        DamagedBackup, never skipped."""
+        found: list[Entry] = []
+        if target is not None:
+            folders = [self.root / target.slug]
+        elif self.root.is_dir():
+            folders = [f for f in self.root.iterdir() if not f.name.startswith(".")]
+        else:
+            folders = []
+        for folder in folders:
+            with contextlib.suppress(NotADirectoryError, FileNotFoundError):
+                for backup in folder.iterdir():
+                    if ID_RE.fullmatch(backup.name) and backup.is_dir():
+                        found.append(self._read(backup))
+        if target is not None:
+            found = [e for e in found if isinstance(e, Manifest) and e.database_key == target.key]
+        return sorted(found, key=_newest_first)
+
+    def manifests(self, target: Target | None = None) -> list[Manifest]:
+        return [e for e in self.entries(target) if isinstance(e, Manifest)]
+
+    def newest(self, target: Target) -> Manifest | None:
+        """The newest good backup of `target`, or None."""
+        manifests = self.manifests(target)
+        return manifests[0] if manifests else None
+
+    def _read(self, folder: Path) -> Entry:
+        try:
+            raw = (folder / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return DamagedBackup(folder.name, folder, "manifest.json is missing")
+        except OSError as err:
+            return DamagedBackup(folder.name, folder, f"manifest.json unreadable: {err}")
+        try:
+            manifest = Manifest.model_validate_json(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return DamagedBackup(folder.name, folder, f"manifest.json is corrupt ({where})")
+        if manifest.id != folder.name:
+            return DamagedBackup(folder.name, folder, "manifest.json belongs to another backup")
+        try:
+            size = (folder / manifest.data.file).stat().st_size
+        except OSError:
+            return DamagedBackup(folder.name, folder, f"{manifest.data.file} is missing")
+        if size != manifest.data.size:
+            return DamagedBackup(
+                folder.name,
+                folder,
+                f"{manifest.data.file} is {size} bytes, manifest says {manifest.data.size}",
+            )
+        return manifest
+
+    def get(self, id_or_prefix: str) -> Manifest:
+        """The backup with this id or unique id prefix. Raises NotFound or Damaged."""
+        check_id(id_or_prefix)
+        matches = [e for e in self.entries() if e.id.startswith(id_or_prefix)]
+        if not matches:
+            raise NotFound(f"no backup {id_or_prefix}", "`dbguardctl list-backups` shows them all")
+        if len(matches) > 1:
+            ids = ", ".join(e.id for e in matches)
+            raise NotFound(f"{id_or_prefix} matches several backups: {ids}", "give more digits")
+        found = matches[0]
+        if isinstance(found, DamagedBackup):
+            raise Damaged(f"backup {found.id} is damaged: {found.problem}", "it cannot be used")
+        return found
+
+    def folder(self, manifest: Manifest) -> Path:
+        return self.root / Target.model_validate(manifest.database).slug / manifest.id
+
+    def check_data(self, manifest: Manifest) -> list[str]:
+        """Recompute the stored file's checksum; problems as readable lines."""
+        path = self.folder(manifest) / manifest.data.file
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as stream:
+                while chunk := stream.read(_CHUNK):
+                    digest.update(chunk)
+        except OSError as err:
+            return [f"cannot read {path}: {err}"]
+        if digest.hexdigest() != manifest.data.sha256:
+            return [f"{manifest.data.file}: checksum mismatch (the file changed after backup)"]
+        return []
+
+    @contextlib.contextmanager
+    def open_data(self, manifest: Manifest) -> Iterator[BinaryIO]:
+        """The decompressed dump. Checks the checksum first: raises Damaged on mismatch."""
+        problems = self.check_data(manifest)
+        if problems:
+            raise Damaged(f"backup {manifest.id} is damaged: {problems[0]}", "it cannot be used")
+        path = self.folder(manifest) / manifest.data.file
+        with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+            yield reader
+
+    # ---- updating ------------------------------------------------------------------
+
+    def update(self, manifest: Manifest, **changes: Any) -> Manifest:
+        """Rewrite a manifest atomically with `changes` (pinned, verified)."""
+        updated = manifest.model_copy(update=changes)
+        Manifest.model_validate(updated.model_dump())
+        _replace_file(self.folder(manifest) / MANIFEST, updated.model_dump_json(indent=2).encode())
+        return updated
+
+    def delete(self, manifest: Manifest) -> None:
+        """Remove a backup: renamed out of sight first, so it never looks half-present."""
+        self.ensure()
+        grave = self.tmp / f"deleted-{manifest.id}"
+        os.rename(self.folder(manifest), grave)
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def total_size(self) -> int:
+        return sum(m.data.size for m in self.manifests())
+
+
+def _newest_first(entry: Entry) -> tuple[int, float]:
+    if isinstance(entry, Manifest):
+        return (-entry.seq, 0.0)
+    try:
+        return (0, -entry.path.stat().st_mtime)
+    except OSError:
+        return (0, 0.0)
