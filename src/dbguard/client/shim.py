@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 MAX_DEPTH = 8  # nested guarded commands (npm run test -> php artisan test -> ...)
+REPORT_TIMEOUT = 5.0  # seconds to wait for the daemon to acknowledge a report
 EXIT_NOT_FOUND = 127
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
@@ -202,17 +203,19 @@ def run_allowed(
     duration_ms = int((time.monotonic() - started) * 1000)
     code = os.waitstatus_to_exitcode(status)
     exit_code, signal = (code, None) if code >= 0 else (None, -code)
+    report = {
+        "type": "report",
+        "op": op,
+        "exit": exit_code,
+        "signal": signal,
+        "duration_ms": duration_ms,
+    }
     try:
-        conn.send(
-            {
-                "type": "report",
-                "op": op,
-                "exit": exit_code,
-                "signal": signal,
-                "duration_ms": duration_ms,
-            }
-        )
-    except OSError:
+        conn.send(report)
+        # Wait for the daemon to log it, so whoever reads the log after us sees it.
+        conn.sock.settimeout(REPORT_TIMEOUT)
+        conn.receive()
+    except (OSError, ValueError):
         say("could not report the outcome to dbguardd (it is no longer running)")
     if exit_code != 0 and backups:
         ended = f"exit {exit_code}" if signal is None else f"signal {signal}"

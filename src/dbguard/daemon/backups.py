@@ -4,6 +4,7 @@ in-flight backup, and a backup is skipped when the database provably has not cha
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,11 +73,11 @@ class Backups:
             entry = InFlight(target)
             entry.task = asyncio.create_task(self._take(entry, reason))
             self._in_flight[target.key] = entry
-            entry.task.add_done_callback(lambda _: self._forget(entry))
+            entry.task.add_done_callback(functools.partial(self._forget, entry))
             manifest = await asyncio.shield(entry.task)
             return Outcome(target, manifest)
 
-    def _forget(self, entry: InFlight) -> None:
+    def _forget(self, entry: InFlight, _task: object) -> None:
         if self._in_flight.get(entry.target.key) is entry:
             del self._in_flight[entry.target.key]
 

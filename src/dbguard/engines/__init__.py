@@ -3,17 +3,19 @@ daemon keeps their connections warm and dbguardctl pays only for the engine it u
 
 from __future__ import annotations
 
+from dbguard.config import BackupSettings
 from dbguard.engines.base import Engine, EngineName, Target
 
 
 class Engines:
-    def __init__(self) -> None:
+    def __init__(self, settings: BackupSettings | None = None) -> None:
+        self.settings = settings or BackupSettings()
         self._instances: dict[EngineName, Engine] = {}
 
     def get(self, name: EngineName) -> Engine:
         engine = self._instances.get(name)
         if engine is None:
-            engine = self._instances[name] = _create(name)
+            engine = self._instances[name] = _create(name, self.settings)
         return engine
 
     def for_target(self, target: Target) -> Engine:
@@ -25,9 +27,15 @@ class Engines:
         self._instances.clear()
 
 
-def _create(name: EngineName) -> Engine:
+def _create(name: EngineName, settings: BackupSettings) -> Engine:
     if name == "sqlite":
         from dbguard.engines.sqlite import SqliteEngine
 
         return SqliteEngine()
-    raise NotImplementedError(f"the {name} engine is not available yet")
+    if name == "postgres":
+        from dbguard.engines.postgres import PostgresEngine
+
+        return PostgresEngine(settings)
+    from dbguard.engines.mysql import MysqlEngine
+
+    return MysqlEngine(settings)

@@ -105,11 +105,21 @@ class Engine(Protocol):
         """
         ...
 
-    def restore(self, target: Target, data: BinaryIO, dump_format: str, scratch: Path) -> None:
+    def restore(
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        *,
+        end_connections: bool = False,
+    ) -> None:
         """Replace the database's contents with the dump read from `data`.
 
         The target is swapped in whole or not at all: raises RestoreFailed and leaves
-        the target as it was when anything goes wrong before the swap.
+        the target as it was when anything goes wrong before the swap. On a server,
+        other clients connected to the target make it raise RestoreFailed naming them,
+        unless `end_connections` is set, which ends their sessions first.
         """
         ...
 

@@ -226,7 +226,15 @@ class SqliteEngine:
         if result != "ok":
             raise Damaged(f"the backup fails SQLite's integrity check: {result}")
 
-    def restore(self, target: Target, data: BinaryIO, dump_format: str, scratch: Path) -> None:
+    def restore(
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        *,
+        end_connections: bool = False,  # SQLite's own locking serializes the swap
+    ) -> None:
         path = Path(str(target.path))
         temp = path.with_name(f".{path.name}.dbguard-restore-{secrets.token_hex(4)}")
         try:

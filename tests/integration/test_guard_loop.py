@@ -1,0 +1,192 @@
+"""The whole path, for real: shim -> daemon -> SQLite backup -> command -> log -> restore."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbguard.protocol import PROTOCOL_VERSION
+from tests.helpers import Daemon, Home, count_users, install_stand_in, laravel_sqlite_project
+
+
+@pytest.fixture
+def project(home: Home) -> Path:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    return laravel_sqlite_project(home.root / "app")
+
+
+def oplog(home: Home) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in home.oplog.read_text().splitlines()]
+
+
+def backups(home: Home) -> list[dict[str, Any]]:
+    listing = home.ctl("list-backups", "--json")
+    assert listing.returncode == 0, listing.stderr
+    return list(json.loads(listing.stdout))
+
+
+def test_destructive_command_leaves_a_backup_that_restores_the_rows(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    assert result.returncode == 0, result.stderr
+    assert b"Dropped all tables" in result.stdout
+    assert count_users(project) is None  # the stand-in really wiped the database
+    [backup] = backups(home)
+    assert backup["tables"] == {"users": 3}
+    assert backup["reason"]["argv"] == ["php", "artisan", "migrate:fresh"]
+
+    assert home.ctl("verify", backup["id"]).returncode == 0
+    restored = home.ctl("restore", backup["id"], "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert count_users(project) == 3
+    # the wiped state it replaced was kept too
+    assert len(backups(home)) == 2
+
+
+def test_read_only_commands_pass_without_a_backup(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    for argv in (["php", "-v"], ["php", "artisan", "migrate:status"], ["php", "artisan", "--help"]):
+        result = home.run(argv, cwd=project)
+        assert result.returncode == 0, result.stderr
+
+    assert backups(home) == []
+    assert [r["decision"] for r in oplog(home)] == ["pass", "pass", "pass"]
+
+
+def test_exit_status_and_output_pass_through(home: Home, daemon: Daemon, project: Path) -> None:
+    result = home.run(
+        ["php", "artisan", "test", "--exit=3", "--echo-stdin"], cwd=project, input=b"hello\n"
+    )
+
+    assert result.returncode == 3
+    assert result.stdout == b"hello\n"
+    [backup] = backups(home)
+    # a failed command tells the user how to undo it
+    assert f"dbguardctl restore {backup['id']}".encode() in result.stderr
+    [record] = oplog(home)
+    assert record["exit"] == 3 and record["outcome"] == "failed"
+
+
+def test_death_by_signal_is_passed_on(home: Home, daemon: Daemon, project: Path) -> None:
+    result = home.run(["php", "artisan", "test", f"--signal={signal.SIGTERM}"], cwd=project)
+
+    assert result.returncode == -signal.SIGTERM
+    [record] = oplog(home)
+    assert record["signal"] == signal.SIGTERM and record["exit"] is None
+
+
+def test_an_unchanged_database_reuses_its_backup(home: Home, daemon: Daemon, project: Path) -> None:
+    for _ in range(2):
+        assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
+    assert len(backups(home)) == 1
+    first, second = oplog(home)
+    assert first["backups"][0]["reused"] is False
+    assert second["backups"][0]["reused"] is True
+
+    conn = sqlite3.connect(project / "database" / "app.sqlite")
+    conn.execute("insert into users (name) values ('new')")
+    conn.commit()
+    conn.close()
+    assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
+    assert len(backups(home)) == 2
+
+
+def test_daemon_down_means_69_and_the_command_does_not_run(home: Home, project: Path) -> None:
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    assert result.returncode == 69
+    assert b"not reachable" in result.stderr
+    assert count_users(project) == 3
+
+
+def test_unknown_database_is_denied_with_77_and_where_it_looked(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    (project / ".env").write_text("DB_CONNECTION=sqlsrv\n")
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    assert result.returncode == 77
+    assert b"sqlsrv" in result.stderr
+    assert count_users(project) == 3
+
+
+def test_failed_backup_means_75_and_the_command_does_not_run(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    (project / "database" / "broken.sqlite").write_bytes(b"this is not a database" * 100)
+    (project / ".env").write_text("DB_CONNECTION=sqlite\nDB_DATABASE=database/broken.sqlite\n")
+    result = home.run(["php", "artisan", "db:wipe"], cwd=project)
+
+    assert result.returncode == 75, result.stderr
+    assert b"not an SQLite database" in result.stderr
+    assert backups(home) == []
+    assert list((home.backups / ".tmp").iterdir()) == []
+
+
+def test_malformed_requests_get_an_error_and_the_daemon_keeps_serving(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    for junk in (
+        b"not json\n",
+        b"[1,2]\n",
+        b'{"v": 99}\n',
+        b'{"type":"invoke","v":1}\n',
+        b"\xff\n",
+    ):
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(home.socket))
+            conn.sendall(junk)
+            reply = json.loads(conn.makefile("rb").readline())
+        assert reply["type"] == "error", junk
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(home.socket))
+        with contextlib.suppress(BrokenPipeError):  # it may answer before reading it all
+            conn.sendall(b"x" * (2 << 20) + b"\n")
+        reply = json.loads(conn.makefile("rb").readline())
+        assert "too large" in reply["message"]
+
+    assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+    assert len(backups(home)) == 1
+
+
+def test_status_reports_the_running_daemon(home: Home, daemon: Daemon) -> None:
+    result = home.ctl("status", "--json")
+    status = json.loads(result.stdout)
+    assert result.returncode == 0
+    assert status["daemon"]["running"] is True
+    assert status["daemon"]["socket"] == str(home.socket)
+
+
+def test_sigterm_stops_the_daemon_cleanly(home: Home, daemon: Daemon) -> None:
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not home.socket.exists()
+    assert "dbguardd stopped" in daemon.log
+
+
+def test_socket_and_folders_are_owner_only(home: Home, daemon: Daemon, project: Path) -> None:
+    assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+    assert home.socket.stat().st_mode & 0o777 == 0o600
+    assert home.socket.parent.stat().st_mode & 0o777 == 0o700
+    for path in home.backups.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+
+
+def test_protocol_version_is_checked(home: Home, daemon: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(home.socket))
+        conn.sendall(json.dumps({"type": "status", "v": PROTOCOL_VERSION + 1}).encode() + b"\n")
+        reply = json.loads(conn.makefile("rb").readline())
+    assert reply["type"] == "error"
+    assert "protocol version" in reply["message"]
