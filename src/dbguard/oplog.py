@@ -58,8 +58,11 @@ class OperationLog:
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._rotate_if_large()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line  # a crash tore the last line: do not glue onto it
             os.write(fd, line.encode())
         finally:
             os.close(fd)

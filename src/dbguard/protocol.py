@@ -44,7 +44,9 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Text = Annotated[str, Field(max_length=64 * 1024)]
+# Plain str: pydantic's length constraints reject lone surrogates, and the message size
+# limit already bounds every field.
+Text = str
 
 
 # ---- requests -----------------------------------------------------------------------

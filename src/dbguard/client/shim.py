@@ -117,7 +117,6 @@ class Connection:
         self.buffer = b""
 
     def send(self, message: "dict[str, Any]") -> None:
-        message["v"] = PROTOCOL_VERSION
         self.sock.sendall("".join(_encode(message, 0)).encode("ascii") + b"\n")
 
     def receive(self) -> "dict[str, Any] | None":
@@ -158,6 +157,41 @@ class ProgressLine:
             self.shown = False
 
 
+# ---- the messages this client sends (tests/unit/test_shim_client.py checks them against
+# the daemon's pydantic models in dbguard.protocol) ------------------------------------
+
+
+def invoke_message(command: list[str], real: str) -> "dict[str, Any]":
+    return {
+        "type": "invoke",
+        "v": PROTOCOL_VERSION,
+        "argv": command,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "tty": os.isatty(0),
+        "pid": os.getpid(),
+        "parent": os.environ.get("DBGUARD_PARENT_OP") or None,
+        "executable": real,
+    }
+
+
+def started_message(op: str, pid: int) -> "dict[str, Any]":
+    return {"type": "started", "v": PROTOCOL_VERSION, "op": op, "pid": pid}
+
+
+def report_message(
+    op: str, exit_code: int | None, signal: int | None, duration_ms: int
+) -> "dict[str, Any]":
+    return {
+        "type": "report",
+        "v": PROTOCOL_VERSION,
+        "op": op,
+        "exit": exit_code,
+        "signal": signal,
+        "duration_ms": duration_ms,
+    }
+
+
 def reset_signals_for_exec() -> None:
     for sig in RESET_TO_DEFAULT:
         _signal.signal(sig, _signal.SIG_DFL)
@@ -183,10 +217,10 @@ def run_allowed(
         pid = os.posix_spawn(real, argv, env, setsigmask=old_mask, setsigdef=RESET_TO_DEFAULT)
     except OSError as err:
         say(f"cannot run {real}: {err.strerror}")
-        conn.send({"type": "report", "op": op, "exit": 126, "signal": None, "duration_ms": 0})
+        conn.send(report_message(op, 126, None, 0))
         return 126, None
     try:
-        conn.send({"type": "started", "op": op, "pid": pid})
+        conn.send(started_message(op, pid))
     except OSError:
         pass  # the daemon went away; the command runs regardless
     while True:
@@ -203,15 +237,8 @@ def run_allowed(
     duration_ms = int((time.monotonic() - started) * 1000)
     code = os.waitstatus_to_exitcode(status)
     exit_code, signal = (code, None) if code >= 0 else (None, -code)
-    report = {
-        "type": "report",
-        "op": op,
-        "exit": exit_code,
-        "signal": signal,
-        "duration_ms": duration_ms,
-    }
     try:
-        conn.send(report)
+        conn.send(report_message(op, exit_code, signal, duration_ms))
         # Wait for the daemon to log it, so whoever reads the log after us sees it.
         conn.sock.settimeout(REPORT_TIMEOUT)
         conn.receive()
@@ -260,18 +287,7 @@ def main(argv: list[str]) -> int | None:
     path = socket_path()
     try:
         conn = Connection(path)
-        conn.send(
-            {
-                "type": "invoke",
-                "argv": command,
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "tty": os.isatty(0),
-                "pid": os.getpid(),
-                "parent": os.environ.get("DBGUARD_PARENT_OP") or None,
-                "executable": real,
-            }
-        )
+        conn.send(invoke_message(command, real))
     except OSError as err:
         say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror}).")
         say(

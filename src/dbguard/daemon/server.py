@@ -195,8 +195,6 @@ class Server:
                     self.guard.started_command(op_id, message.pid)
                 elif isinstance(message, Report) and message.op == op_id:
                     report = message
-                    with contextlib.suppress(ConnectionError):
-                        await self._send(writer, Ok())
                 else:
                     await self._send(writer, Error(message="expected started or report"))
                     break
@@ -207,4 +205,8 @@ class Server:
             if err.errno not in (errno.ECONNRESET, errno.EPIPE):
                 raise
         finally:
+            # Logged before the acknowledgement: once the shim exits, the log is complete.
             self.guard.finish(op_id, report)
+        if report is not None:
+            with contextlib.suppress(ConnectionError):
+                await self._send(writer, Ok())

@@ -1,0 +1,91 @@
+"""The stdlib-only shim client: its imports, its messages, and its socket rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbguard import paths
+from dbguard.client import shim
+from dbguard.protocol import Invoke, Report, Started, decode_request
+
+CLIENT = Path(shim.__file__)
+# What the client may import beyond a bare `python -IS -c pass`: os and its helpers,
+# and three modules compiled into the interpreter.
+ALLOWED_EXTRA = {
+    "os", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
+    "_json", "_socket",
+}  # fmt: skip
+
+
+def imported_modules(*args: str) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-IS", "-X", "importtime", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    } - {"imported package"}
+
+
+def test_the_client_imports_only_built_ins() -> None:
+    baseline = imported_modules("-c", "pass")
+    extra = imported_modules(str(CLIENT)) - baseline
+    assert extra <= ALLOWED_EXTRA, (
+        f"the shim client imports more than it may: {extra - ALLOWED_EXTRA}"
+    )
+
+
+def encoded(message: dict[str, object]) -> bytes:
+    return "".join(shim._encode(message, 0)).encode("ascii") + b"\n"
+
+
+def test_client_messages_are_valid_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ODD", "bytes \udcff here")  # a non-UTF-8 environment value
+    invoke = decode_request(encoded(shim.invoke_message(["php", "x\udc80"], "/usr/bin/php")))
+    assert isinstance(invoke, Invoke)
+    assert invoke.argv == ["php", "x\udc80"]
+    assert invoke.env["ODD"] == "bytes \udcff here"
+    assert isinstance(decode_request(encoded(shim.started_message("ab12cd34", 99))), Started)
+    report = decode_request(encoded(shim.report_message("ab12cd34", None, 15, 1200)))
+    assert isinstance(report, Report) and report.signal == 15
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DBGUARD_SOCKET": "/custom.sock", "XDG_RUNTIME_DIR": "/run/user/5"},
+        {"XDG_RUNTIME_DIR": "/run/user/5"},
+        {"XDG_RUNTIME_DIR": "relative"},
+        {},
+    ],
+)
+def test_client_and_daemon_agree_on_the_socket(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DBGUARD_SOCKET", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Path(shim.socket_path()) == paths.default_socket(env)
+
+
+def test_find_real_skips_the_shims_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shims, real_bin, link_dir = tmp_path / "shims", tmp_path / "bin", tmp_path / "links"
+    for folder in (shims, real_bin, link_dir):
+        folder.mkdir()
+    for path in (shims / "php", real_bin / "php"):
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    (link_dir / "php").symlink_to(shims / "php")  # another way to reach the shim
+    monkeypatch.setenv("PATH", f"{shims}:{link_dir}:{real_bin}")
+    assert shim.find_real("php", str(shims)) == str(real_bin / "php")
+    monkeypatch.setenv("PATH", f"{shims}:{link_dir}")
+    assert shim.find_real("php", str(shims)) is None

@@ -1,0 +1,170 @@
+"""The store on real files: complete-by-construction backups, damage detection, ids."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dbguard.engines.base import DumpInfo, Target
+from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
+from dbguard.store import DamagedBackup, Manifest, Reason, Store, check_id
+
+TARGET = Target(engine="sqlite", path="/srv/app/database.sqlite", source="test")
+INFO = DumpInfo(tables={"users": 3}, fingerprint="fp1", tool="test", format="raw")
+REASON = Reason(kind="manual")
+
+
+def backup(store: Store, payload: bytes = b"x" * 5000, target: Target = TARGET) -> Manifest:
+    with store.new_backup(target) as pending:
+        with pending.data_writer("data.raw", threading.Event()) as sink:
+            sink.write(payload)
+        return pending.commit(INFO, REASON)
+
+
+def test_a_committed_backup_is_listed_and_reads_back(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    manifest = backup(store, b"hello " * 1000)
+
+    assert store.entries() == [manifest]
+    assert store.newest(TARGET) == manifest
+    assert manifest.data.raw_size == 6000
+    assert store.check_data(manifest) == []
+    with store.open_data(manifest) as data:
+        assert data.read() == b"hello " * 1000
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_a_failed_backup_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    with pytest.raises(RuntimeError), store.new_backup(TARGET) as pending:
+        with pending.data_writer("data.raw", threading.Event()) as sink:
+            sink.write(b"partial")
+        raise RuntimeError("dump tool died")
+    assert store.entries() == []
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_an_empty_dump_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    with pytest.raises(BackupFailed, match="empty"), store.new_backup(TARGET) as pending:
+        with pending.data_writer("data.raw", threading.Event()):
+            pass
+        pending.commit(INFO, REASON)
+    assert store.entries() == []
+
+
+def test_cancel_stops_the_writer(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    cancel = threading.Event()
+    with (
+        pytest.raises(Cancelled),
+        store.new_backup(TARGET) as pending,
+        pending.data_writer("data.raw", cancel) as sink,
+    ):
+        sink.write(b"a")
+        cancel.set()
+        sink.write(b"b")
+    assert store.entries() == []
+
+
+def test_order_follows_commits_not_the_clock(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    first = backup(store)
+    second = backup(store)
+    # Rewind the second backup's clock: it must still list as the newest.
+    store.update(second, created_at=first.created_at.replace(year=2000))
+    assert [m.id for m in store.manifests()] == [second.id, first.id]
+
+
+def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    flipped = backup(store)
+    truncated = backup(store)
+    no_manifest = backup(store)
+    bad_manifest = backup(store)
+
+    data = store.folder(flipped) / flipped.data.file
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    (store.folder(truncated) / truncated.data.file).write_bytes(b"short")
+    (store.folder(no_manifest) / "manifest.json").unlink()
+    (store.folder(bad_manifest) / "manifest.json").write_text('{"id": 5')
+
+    entries = {e.id: e for e in store.entries()}
+    assert isinstance(entries[flipped.id], Manifest)  # same size: only the checksum knows
+    assert store.check_data(flipped)
+    with pytest.raises(Damaged), store.open_data(flipped):
+        pass
+    for broken in (truncated, no_manifest, bad_manifest):
+        entry = entries[broken.id]
+        assert isinstance(entry, DamagedBackup), broken.id
+        with pytest.raises(Damaged):
+            store.get(broken.id)
+
+
+def test_stale_temporary_folders_are_cleaned_but_live_ones_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    store.ensure()
+    (store.tmp / "deadbeef").mkdir()
+    (store.tmp / "deadbeef" / "data.raw.zst").write_bytes(b"half")
+    (store.tmp / "deadbeef.lock").touch()
+    with store.new_backup(TARGET) as live:
+        removed = store.cleanup_stale()
+        assert removed == ["deadbeef"]
+        assert live.folder.exists()
+
+
+def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    with pytest.raises(BackupFailed), store.new_backup(TARGET) as pending:
+        os.symlink(victim, pending.folder / "data.raw.zst")
+        with pending.data_writer("data.raw", threading.Event()) as sink:
+            sink.write(b"overwrite")
+    assert victim.read_text() == "precious"
+
+
+def test_everything_is_owner_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    backup(store)
+    for path in [store.root, *store.root.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
+
+
+@pytest.mark.parametrize("value", ["../etc", "abc", "ABCDEF12", "--yes", "1234;rm", "12 34", ""])
+def test_ids_with_tricks_are_refused(value: str) -> None:
+    with pytest.raises(NotFound):
+        check_id(value)
+
+
+def test_prefixes_must_be_unique(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    manifest = backup(store)
+    assert store.get(manifest.id[:4]) == manifest
+    with pytest.raises(NotFound, match="no backup"):
+        store.get("0000" if not manifest.id.startswith("0000") else "ffff")
+
+
+def test_manifest_is_plain_json_with_the_essentials(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    manifest = backup(store)
+    data = json.loads((store.folder(manifest) / "manifest.json").read_text())
+    assert data["database"]["path"] == TARGET.path
+    assert "password" not in json.dumps(data)
+    assert {"id", "created_at", "data", "tables", "reason", "fingerprint"} <= data.keys()
+    assert len(data["data"]["sha256"]) == 64
+
+
+def test_sink_writes_through_the_compressor(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    payload = io.BytesIO(os.urandom(1 << 20) + b"\0" * (4 << 20)).getvalue()
+    manifest = backup(store, payload)
+    assert manifest.data.raw_size == len(payload)
+    assert manifest.data.size < len(payload)  # the zeros compress
