@@ -70,7 +70,9 @@ def _stat_signature(path: Path) -> str:
         except FileNotFoundError:
             parts.append("-")
             continue
-        parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}.{st.st_ctime_ns}")
+        # Not ctime: SQLite running as root fchown()s the -wal on every open, which
+        # moves ctime without any change to the data.
+        parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}")
     return "/".join(parts)
 
 
