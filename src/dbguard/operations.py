@@ -6,12 +6,17 @@ Blocking code, run in worker threads by the daemon and directly by dbguardctl.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
+from pydantic import SecretStr
+
+from dbguard.discovery.project import DiscoveryCache, find_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
-from dbguard.errors import Damaged, DatabaseMissing
+from dbguard.errors import Damaged, DatabaseMissing, DbguardError
+from dbguard.rules import Kind, Operation
 from dbguard.store import Manifest, Reason, Store, Verification
 
 
@@ -52,12 +57,43 @@ def verify_backup(store: Store, engines: Engines, manifest: Manifest) -> Verific
     return result
 
 
+def with_credentials(manifest: Manifest, env: Mapping[str, str]) -> Target:
+    """The backup's database with a password to reach it, since manifests never hold one.
+
+    The project the backup came from is asked again (discovery in its folder, with the
+    current environment); failing that, PGPASSWORD / MYSQL_PWD. Without either the
+    tools fall back to their own sources (~/.pgpass, a Unix socket's peer auth).
+    """
+    target = manifest.target()
+    if target.engine == "sqlite":
+        return target
+    folder = Path(manifest.reason.cwd) if manifest.reason.cwd else None
+    if folder is not None and folder.is_dir():
+        cache = DiscoveryCache()
+        for kind in (Kind.MIGRATE, Kind.TEST):
+            try:
+                found = cache.discover(
+                    find_root(folder), env, Operation(tool="dbguardctl restore", kind=kind)
+                )
+            except DbguardError:
+                continue
+            for candidate in found.targets:
+                if candidate.key == target.key and candidate.password is not None:
+                    return target.model_copy(update={"password": candidate.password})
+    variable = "PGPASSWORD" if target.engine == "postgres" else "MYSQL_PWD"
+    if env.get(variable):
+        return target.model_copy(update={"password": SecretStr(env[variable])})
+    return target
+
+
 def restore_backup(
     store: Store,
     engines: Engines,
     manifest: Manifest,
     target: Target,
     reason: Reason,
+    *,
+    end_connections: bool = False,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
@@ -75,5 +111,5 @@ def restore_backup(
         before = None
     engine = engines.for_target(target)
     with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
-        engine.restore(target, data, manifest.data.format, scratch)
+        engine.restore(target, data, manifest.data.format, scratch, end_connections=end_connections)
     return before

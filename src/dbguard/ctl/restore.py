@@ -1,6 +1,6 @@
 """Restore a backup into its database (the current contents are backed up first).
 
-Usage: dbguardctl restore ID [--yes]
+Usage: dbguardctl restore ID [--yes] [--end-connections]
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ from dbguard.store import Reason
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=backup_id, help="backup id or unique prefix")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "--end-connections",
+        action="store_true",
+        help="end other sessions connected to the database (PostgreSQL, MySQL) instead of stopping",
+    )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     manifest = ctx.store.get(args.id)
-    target = manifest.target()
+    target = operations.with_credentials(manifest, ctx.env)
     rows = sum(manifest.tables.values())
     ctx.print(
         f"backup {manifest.id}: {manifest.database_label}, taken "
@@ -43,7 +48,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     reason = Reason(kind="pre-restore", argv=["dbguardctl", "restore", manifest.id])
     engines = Engines()
     try:
-        before = operations.restore_backup(ctx.store, engines, manifest, target, reason)
+        before = operations.restore_backup(
+            ctx.store, engines, manifest, target, reason, end_connections=args.end_connections
+        )
     finally:
         engines.close()
     ctx.oplog.append(

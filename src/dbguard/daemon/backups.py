@@ -47,6 +47,11 @@ class Backups:
         self._slots = asyncio.Semaphore(max_parallel)
         self._in_flight: dict[str, InFlight] = {}
 
+    def reconfigure(self, store: Store, max_parallel: int) -> None:
+        """New settings for backups started from now on (a config reload)."""
+        self.store = store
+        self._slots = asyncio.Semaphore(max_parallel)
+
     async def ensure(self, target: Target, reason: Reason) -> Outcome:
         """A good backup of `target` as it is now: reused if the database has not changed
         since its newest backup, shared if one is being taken, else taken. Raises

@@ -41,7 +41,20 @@ def configure_logging() -> None:
     )
 
 
-async def serve(guard: Guard) -> None:
+def reload_config(guard: Guard, config_file: str | None) -> None:
+    """SIGHUP: adopt the config file as it is now, or keep the old one if it is invalid."""
+    log = structlog.get_logger("dbguard")
+    try:
+        config = load_config(guard.env, config_file)
+    except ConfigError as err:
+        log.error("new config rejected; the previous one stays in force", error=str(err))
+        return
+    for note in guard.reload(config):
+        log.warning("config reloaded with a change that needs a restart", detail=note)
+    log.info("config reloaded")
+
+
+async def serve(guard: Guard, config_file: str | None = None) -> None:
     log = structlog.get_logger("dbguard")
     guard.store.ensure()
     for stale in guard.store.cleanup_stale():
@@ -52,6 +65,7 @@ async def serve(guard: Guard) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, guard, config_file)
     log.info("dbguardd ready", version=__version__, socket=str(guard.socket_path), pid=os.getpid())
     await stop.wait()
     log.info("dbguardd stopping")
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     guard = Guard(config, env)
     try:
-        uvloop.run(serve(guard))
+        uvloop.run(serve(guard, args.config))
     except (StartupError, DbguardError) as err:
         print(f"dbguardd: {err}", file=sys.stderr)
         return 1

@@ -59,21 +59,32 @@ class Running:
 
 
 class Guard:
-    def __init__(self, config: Config, env: dict[str, str], engines: Engines | None = None):
+    def __init__(self, config: Config, env: dict[str, str]):
+        self.env = env
         self.config = config
         self.socket_path = config.socket_path(env)
-        self.store = Store(
-            config.backup_path(env),
-            config.backup.compression_level,
-            config.backup.compression_threads,
-        )
-        self.engines = engines or Engines()
+        self.store = _store(config, env)
+        self.engines = Engines(config.backup)
         self.oplog = OperationLog(config.operation_log_path(env))
         self.classifier = Classifier(builtin_catalog())
         self.discovery = DiscoveryCache()
         self.backups = Backups(self.store, self.engines, config.backup.max_parallel)
         self.started = time.monotonic()
         self.running: dict[str, Running] = {}
+
+    def reload(self, config: Config) -> list[str]:
+        """Switch to a new, already validated config (SIGHUP). Backups in flight finish
+        under the old settings. Returns what could not change without a restart."""
+        pending = []
+        if config.socket_path(self.env) != self.socket_path:
+            pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
+        self.config = config
+        self.store = _store(config, self.env)
+        self.store.ensure()
+        self.engines.settings = config.backup
+        self.oplog = OperationLog(config.operation_log_path(self.env))
+        self.backups.reconfigure(self.store, config.backup.max_parallel)
+        return pending
 
     # ---- invoke ----------------------------------------------------------------------
 
@@ -211,6 +222,14 @@ class Guard:
         for op_id in list(self.running):
             self.finish(op_id, None)
         self.engines.close()
+
+
+def _store(config: Config, env: dict[str, str]) -> Store:
+    return Store(
+        config.backup_path(env),
+        config.backup.compression_level,
+        config.backup.compression_threads,
+    )
 
 
 def _backup_record(outcome: Outcome) -> dict[str, Any]:

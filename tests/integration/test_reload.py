@@ -1,0 +1,57 @@
+"""SIGHUP reloads the config; an invalid file is rejected and the old one stays."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
+
+
+def wait_for_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.log.count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the daemon log"
+        time.sleep(0.02)
+
+
+def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: Home) -> None:
+    config = home.root / "config.toml"
+    first_dir, second_dir = home.root / "first", home.root / "second"
+    config.write_text(f'backup_dir = "{first_dir}"\n')
+    home.extra_env["DBGUARD_CONFIG"] = str(config)
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = Daemon(home).start()
+    try:
+        assert home.run(["php", "artisan", "test", "--wipe"], cwd=project).returncode == 0
+        assert len(list(first_dir.glob("*/*/manifest.json"))) == 1
+
+        config.write_text(f'backup_dir = "{second_dir}"\n')
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for_log(daemon, "config reloaded")
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        assert len(list(second_dir.glob("*/*/manifest.json"))) == 1
+
+        config.write_text("backup_dir = 42\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for_log(daemon, "new config rejected")
+        assert "backup_dir" in daemon.log
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        assert len(list(second_dir.glob("*/*/manifest.json"))) == 2  # old config in force
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_invalid_config_at_start_is_refused_with_its_key(home: Home, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[backup]\nmax_parallel = 0\n")
+    result = home.run(
+        ["dbguardd", "--config", str(config)], cwd=tmp_path, env={"PATH": home.env["PATH"]}
+    )
+    assert result.returncode == 78
+    assert b"backup.max_parallel" in result.stderr
+    assert str(config).encode() in result.stderr
