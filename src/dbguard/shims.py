@@ -6,7 +6,10 @@ interpreter on the stdlib-only client and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import py_compile
 import shutil
 import sys
 from dataclasses import dataclass
@@ -18,8 +21,11 @@ MARKER = "# dbguard shim"
 TEMPLATE = """#!/bin/sh
 {marker} for `{name}`: dbguardd backs up what it touches before the real {name} runs.
 # Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
-{socket}exec {python} -IS {client} {name} {folder} "$@"
+{socket}exec {python} -IS -c {bootstrap} {name} {folder} "$@"
 """
+# Importing the client (rather than running it as a script) lets Python use its cached
+# bytecode: compiling the file on every run would cost more than everything else.
+BOOTSTRAP = "import sys; sys.path[:0] = [{folder}]; import shim; sys.exit(shim.main(sys.argv))"
 
 
 def _quote(value: str | Path) -> str:
@@ -34,14 +40,22 @@ def render(name: str, folder: Path, socket: Path | None = None) -> str:
         if socket is not None
         else ""
     )
+    client_folder = str(Path(shim_client.__file__).resolve().parent)
     return TEMPLATE.format(
         marker=MARKER,
         name=name,
-        python=_quote(sys.executable),
-        client=_quote(Path(shim_client.__file__).resolve()),
+        python=_quote(interpreter()),
+        bootstrap=_quote(BOOTSTRAP.format(folder=json.dumps(client_folder))),
         folder=_quote(folder.resolve()),
         socket=socket_line,
     )
+
+
+def interpreter() -> str:
+    """The real interpreter behind this one: the client needs only the standard library,
+    and starting the base binary skips the virtualenv's redirection."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(base)
 
 
 def is_shim(path: Path) -> bool:
@@ -55,6 +69,8 @@ def is_shim(path: Path) -> bool:
 def install(folder: Path, names: list[str], socket: Path | None = None) -> list[Path]:
     """Write (or rewrite) one shim per name; never overwrites a file that is not a shim."""
     folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError, py_compile.PyCompileError):
+        py_compile.compile(shim_client.__file__, doraise=True)  # the bytecode shims load
     written = []
     for name in names:
         path = folder / name

@@ -1,7 +1,8 @@
-"""The dbguard shim client: one stdlib-only file, run as `python -IS shim.py NAME DIR ARGS`.
+"""The dbguard shim client: one stdlib-only file that a shim runs as
+`python -IS -c "...import shim; shim.main(sys.argv)" NAME SHIMS_DIR ARGS...`.
 
-A shim (a two-line sh file named like the command it guards) execs this file with its
-own name and folder. The client finds the real command on PATH outside that folder,
+A shim (a tiny sh file named like the command it guards) execs this with its own name
+and folder (see dbguard/shims.py). The client finds the real command on PATH outside that folder,
 asks dbguardd over its Unix socket, and then:
 
     pass   exec the real command at once (not a database operation)
@@ -264,6 +265,7 @@ def die_like(signal: int) -> None:
 def main(argv: list[str]) -> int | None:
     if len(argv) < 3:
         say("usage: shim.py NAME SHIMS_DIR [ARGS...] (run through a shim, not by hand)")
+        # argv[0] is the script, or "-c" when a shim imports this module
         return EXIT_SOFTWARE
     name, shims_dir, args = argv[1], argv[2], argv[3:]
     try:

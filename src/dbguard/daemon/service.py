@@ -139,7 +139,9 @@ class Guard:
         record["decision"] = "allow"
         record["decide_ms"] = round((time.monotonic() - started) * 1000, 1)
         self.running[op_id] = Running(record)
-        return Allow(op=op_id, backups=_refs(outcomes), notes=_notes(found, outcomes))
+        record["notes"] = _notes(found, outcomes)
+        # The shim prints only warnings; what was reused or skipped goes to the log.
+        return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
     async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
         work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
