@@ -321,6 +321,7 @@ class Store:
         self.tmp = root / ".tmp"
         self.compression_level = compression_level
         self.compression_threads = compression_threads
+        self._newest: dict[str, tuple[_Stamp, Manifest | None, _Stamp]] = {}
 
     def compressor(self) -> zstandard.ZstdCompressor:
         return zstandard.ZstdCompressor(
@@ -461,9 +462,25 @@ class Store:
         return [e for e in self.entries(target) if isinstance(e, Manifest)]
 
     def newest(self, target: Target) -> Manifest | None:
-        """The newest good backup of `target`, or None."""
-        manifests = self.manifests(target)
-        return manifests[0] if manifests else None
+        """The newest good backup of `target` (failed verification is not good), or None.
+
+        Called on every guarded command, so the answer is cached until the database's
+        folder or that manifest changes: a hit costs two stat() calls. A stale answer
+        (two commits within one timestamp tick) can only cost an extra backup, since a
+        newer backup's fingerprint is the one the database would still match.
+        """
+        folder = self.root / target.slug
+        folder_stamp = _stamp(folder)
+        cached = self._newest.get(target.key)
+        if cached is not None and cached[0] == folder_stamp:
+            manifest = cached[1]
+            if manifest is None or _stamp(folder / manifest.id / MANIFEST) == cached[2]:
+                return manifest
+        good = [m for m in self.manifests(target) if m.verified is None or m.verified.ok]
+        newest = good[0] if good else None
+        manifest_stamp = _stamp(folder / newest.id / MANIFEST) if newest else None
+        self._newest[target.key] = (folder_stamp, newest, manifest_stamp)
+        return newest
 
     def _read(self, folder: Path) -> Entry:
         try:
@@ -551,6 +568,17 @@ class Store:
 
     def total_size(self) -> int:
         return sum(m.data.size for m in self.manifests())
+
+
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _newest_first(entry: Entry) -> tuple[int, float]:

@@ -6,13 +6,14 @@ import io
 import json
 import os
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
-from dbguard.store import DamagedBackup, Manifest, Reason, Store, check_id
+from dbguard.store import DamagedBackup, Manifest, Reason, Store, Verification, check_id
 
 TARGET = Target(engine="sqlite", path="/srv/app/database.sqlite", source="test")
 INFO = DumpInfo(tables={"users": 3}, fingerprint="fp1", tool="test", format="raw")
@@ -168,3 +169,15 @@ def test_sink_writes_through_the_compressor(tmp_path: Path) -> None:
     manifest = backup(store, payload)
     assert manifest.data.raw_size == len(payload)
     assert manifest.data.size < len(payload)  # the zeros compress
+
+
+def test_newest_skips_backups_that_failed_verification(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    good = backup(store)
+    bad = backup(store)
+    assert store.newest(TARGET) == bad
+    failed = Verification(at=datetime.now(UTC), ok=False, problems=["table x: 1 rows"])
+    store.update(bad, verified=failed)
+    assert store.newest(TARGET) == good
+    newer = backup(store)
+    assert store.newest(TARGET) == newer
