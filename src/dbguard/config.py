@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dbguard import paths
+from dbguard.retention import RetentionSettings, SpaceSettings
 
 DEFAULT_SHIM_COMMANDS = ("php", "pytest", "paratest", "prisma", "npx", "npm", "alembic")
 
@@ -65,6 +66,8 @@ class Config(_Section):
     operation_log: Path | None = None
     backup: BackupSettings = BackupSettings()
     shims: ShimSettings = ShimSettings()
+    retention: RetentionSettings = RetentionSettings()
+    space: SpaceSettings = SpaceSettings()
 
     _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
 

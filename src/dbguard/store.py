@@ -55,6 +55,7 @@ class Reason(BaseModel):
     cwd: str = ""
     operation: str | None = None  # the operation id in the log
     operation_kind: str | None = None  # test, migrate, destructive, ...
+    production: bool = False  # the command targeted a production database
 
 
 class DataFile(BaseModel):

@@ -102,7 +102,8 @@ def test_the_example_documents_every_key_with_its_default() -> None:
     assert parse_config(text, EXAMPLE) == Config()  # as shipped, everything is commented
     switched_on = parse_config(_uncommented(text), EXAMPLE)
     for key in _keys(Config):
-        assert re.search(rf"^# ?{key.rsplit('.', 1)[-1]} = ", text, re.MULTILINE), key
+        leaf = key.rsplit(".", 1)[-1]  # documented as `# leaf = ...` or in a `[...leaf.` header
+        assert re.search(rf"^#\s*(\[\S*\b)?{leaf}( = |\.)", text, re.MULTILINE), key
         default, shown = Config(), switched_on
         for part in key.split("."):
             default, shown = getattr(default, part), getattr(shown, part)

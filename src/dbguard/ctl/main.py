@@ -9,7 +9,7 @@ from types import ModuleType
 
 from dbguard import __version__
 from dbguard.config import ConfigError
-from dbguard.ctl import backup, list_backups, log, restore, shims, status, verify
+from dbguard.ctl import backup, list_backups, log, pin, prune, restore, shims, status, verify
 from dbguard.ctl.context import Context
 from dbguard.errors import BackupFailed, Damaged, DbguardError, NotFound, RestoreFailed
 
@@ -20,6 +20,9 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "restore": restore,
     "verify": verify,
     "log": log,
+    "pin": pin,
+    "unpin": pin,
+    "prune": prune,
     "shims": shims,
 }
 

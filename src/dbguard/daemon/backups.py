@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from dbguard import operations
+from dbguard import operations, space
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import DatabaseMissing
+from dbguard.errors import DatabaseMissing, DbguardError
 from dbguard.protocol import Progress
+from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.store import Manifest, Reason, Store
 
 log = structlog.get_logger("dbguard.backups")
@@ -40,16 +41,34 @@ class Outcome:
 
 
 class Backups:
-    def __init__(self, store: Store, engines: Engines, max_parallel: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engines: Engines,
+        max_parallel: int,
+        retention: RetentionSettings,
+        space_settings: SpaceSettings,
+    ) -> None:
         self.store = store
         self.engines = engines
+        self.retention = retention
+        self.space = space_settings
         self.cancel = threading.Event()
         self._slots = asyncio.Semaphore(max_parallel)
         self._in_flight: dict[str, InFlight] = {}
+        self._pruning: set[asyncio.Task[None]] = set()
 
-    def reconfigure(self, store: Store, max_parallel: int) -> None:
+    def reconfigure(
+        self,
+        store: Store,
+        max_parallel: int,
+        retention: RetentionSettings,
+        space_settings: SpaceSettings,
+    ) -> None:
         """New settings for backups started from now on (a config reload)."""
         self.store = store
+        self.retention = retention
+        self.space = space_settings
         self._slots = asyncio.Semaphore(max_parallel)
 
     async def ensure(self, target: Target, reason: Reason) -> Outcome:
@@ -104,6 +123,20 @@ class Backups:
             entry.started = time.monotonic()
             log.info("backup started", database=entry.target.label, source=entry.target.source)
             try:
+                check = await loop.run_in_executor(
+                    None,
+                    space.ensure_space_for_backup,
+                    self.store,
+                    entry.target,
+                    self.retention,
+                    self.space,
+                )
+                if check.pruned:
+                    log.info(
+                        "pruned to make room",
+                        database=entry.target.label,
+                        removed=[m.id for m in check.pruned],
+                    )
                 manifest = await loop.run_in_executor(
                     None,
                     operations.take_backup,
@@ -124,7 +157,28 @@ class Backups:
             bytes=manifest.data.size,
             ms=manifest.duration_ms,
         )
+        task = asyncio.create_task(self._prune(manifest))
+        self._pruning.add(task)
+        task.add_done_callback(self._pruning.discard)
         return manifest
+
+    async def _prune(self, manifest: Manifest) -> None:
+        """Retention, after a successful backup only and off the callers' path."""
+        try:
+            removed = await asyncio.to_thread(
+                space.prune_after_backup, self.store, self.retention, manifest
+            )
+        except DbguardError as err:
+            log.warning("prune failed", error=str(err))
+            return
+        for pruned in removed:
+            log.info(
+                "backup pruned",
+                id=pruned.id,
+                database=pruned.database_label,
+                bytes=pruned.data.size,
+                seq=pruned.seq,
+            )
 
     def progress(self, keys: list[str]) -> list[Progress]:
         now = time.monotonic()
@@ -141,5 +195,5 @@ class Backups:
         """Stop: cancel running backups (their partial files are discarded) and wait."""
         self.cancel.set()
         tasks = [entry.task for entry in self._in_flight.values()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._pruning, return_exceptions=True)

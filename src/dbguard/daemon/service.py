@@ -68,7 +68,9 @@ class Guard:
         self.oplog = OperationLog(config.operation_log_path(env))
         self.classifier = Classifier(builtin_catalog())
         self.discovery = DiscoveryCache()
-        self.backups = Backups(self.store, self.engines, config.backup.max_parallel)
+        self.backups = Backups(
+            self.store, self.engines, config.backup.max_parallel, config.retention, config.space
+        )
         self.started = time.monotonic()
         self.running: dict[str, Running] = {}
 
@@ -83,7 +85,9 @@ class Guard:
         self.store.ensure()
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))
-        self.backups.reconfigure(self.store, config.backup.max_parallel)
+        self.backups.reconfigure(
+            self.store, config.backup.max_parallel, config.retention, config.space
+        )
         return pending
 
     # ---- invoke ----------------------------------------------------------------------
