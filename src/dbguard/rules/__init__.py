@@ -1,10 +1,15 @@
 """Is this invocation a database operation, and of which kind?
 
-Pure: `classify` reads only its arguments. The knowledge lives in catalog.toml; this
-module only knows how to walk an argument list: interpreter options, launchers (`npx`),
-package scripts (`npm run`), a tool's commands, flags and target options. It parses by
-argument structure, never by substring, so `pytest -k migrate` is a test run and
-`php artisan migrate:status` is read-only.
+Pure: `classify` reads only its arguments (and the ScriptLookup it is given). The
+knowledge lives in catalog.toml; this module only knows how to walk an argument list:
+options and their values, launchers (`npx`, `python -m`, `bundle exec`), package scripts
+(`npm run`), a tool's commands, flags and target options. It parses by argument
+structure, never by substring, so `pytest -k migrate` is a test run and
+`php artisan migrate:status` is read-only. No tool is named in this file.
+
+Everything the catalog says is compiled once, in `Classifier.__init__`, into tables keyed
+by program name; `classify` then costs one dictionary look-up to find the handlers for
+argv[0] and one pass over the arguments per program it walks through.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import resources
-from pathlib import PurePosixPath
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class Kind(StrEnum):
@@ -31,78 +37,184 @@ class Kind(StrEnum):
 
     @property
     def severity(self) -> int:
-        return list(Kind).index(self)
+        return _SEVERITY[self]
 
     @property
     def needs_backup(self) -> bool:
         return self is not Kind.READ_ONLY
 
 
-# Flags that mean "print something and exit" for every tool in the catalog.
-HELP_FLAGS = frozenset({"--help", "-h", "--version", "help"})
+_SEVERITY = {kind: index for index, kind in enumerate(Kind)}
+
+Framework = Literal[
+    "laravel",
+    "symfony",
+    "django",
+    "python",
+    "prisma",
+    "alembic",
+    "rails",
+    "knex",
+    "sequelize",
+    "typeorm",
+    "flyway",
+    "liquibase",
+    "supabase",
+    "client",
+]
+OptionStyle = Literal["getopt", "single-dash"]
+
+# A target written like this is split into connection hints (see catalog.toml).
+DSN_TARGET = "dsn"
+
+
+# ---- the catalog's schema (documented at the top of catalog.toml) ---------------------------
 
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ProgramRule(_Rule):
-    """An interpreter whose own options come before the script (`php -d x=1 artisan`)."""
-
-    name: str
-    value_options: list[str] = []
+def _check_program_names(names: list[str]) -> list[str]:
+    for name in names:
+        if not name or any(c.isspace() for c in name) or "/" in name:
+            raise ValueError(
+                f"{name!r} is not a program name: give the file name only (artisan, not "
+                "`php artisan`); interpreters such as php are [[launcher]] entries"
+            )
+    return names
 
 
 class ToolRule(_Rule):
+    """A program that can touch a database; keys are documented in catalog.toml."""
+
     name: str
-    framework: str | None = None
-    launch: list[str]
+    framework: Framework | None = None
+    extends: str | None = None
+    launch: list[str] = []
+    options: OptionStyle = "getopt"
     value_options: list[str] = []
+    attached_options: list[str] = []
+    help: list[str] = []
     default: Kind | None = None
+    bare: Kind | None = None
+    multiple: bool = False
+    argument_commands: list[str] = []
+    abbreviations: bool = False
+    task_arguments: bool = False
+    assignment_arguments: bool = False
+    positional_targets: list[str] = []
     commands: dict[str, Kind] = {}
     flags: dict[str, Kind] = {}
     targets: dict[str, str] = {}
 
+    _names = field_validator("launch")(_check_program_names)
+
+    @field_validator("commands")
+    @classmethod
+    def _command_keys(cls, commands: dict[str, Kind]) -> dict[str, Kind]:
+        for key in commands:
+            _split_key(key)  # raises ValueError naming the key
+        return commands
+
+    @model_validator(mode="after")
+    def _launched(self) -> ToolRule:
+        if not self.launch and self.extends is None:
+            raise ValueError(f"tool {self.name!r} needs `launch` (or `extends`)")
+        return self
+
 
 class LauncherRule(_Rule):
-    """Runs the program named by its first positional argument (or by `module_option`)."""
+    """A program that runs another program (`npx`, `python -m`, `bundle exec`, `env`)."""
 
     name: str
     programs: list[str]
+    subcommands: list[str] = []
+    options: OptionStyle = "getopt"
     value_options: list[str] = []
-    module_option: str | None = None
+    module_options: list[str] = []
+    script_options: list[str] = []
+    code_options: list[str] = []
+    command_options: list[str] = []
+    no_run: list[str] = []
+    assignments: bool = False
+    assignment_options: list[str] = []
+    line: bool = False
+    line_flags: list[str] = []
+    package_specs: bool = False
+    targets: dict[str, str] = {}
+
+    _names = field_validator("programs")(_check_program_names)
 
 
 class ScriptsRule(_Rule):
-    """A package manager that runs named scripts from a manifest file."""
+    """A package manager running named scripts from a manifest (`npm run`, `composer X`)."""
 
     name: str
     programs: list[str]
     manifest: str
-    run: list[str] = []  # `npm run X`
-    direct: dict[str, str] = {}  # `npm test` -> script "test"
-    any_word: bool = False  # `composer X` runs script X when it exists
+    value_options: list[str] = []
+    run: list[str] = []
+    direct: dict[str, str | list[str]] = {}
+    any_word: bool = False
+    builtins: list[str] = []
+    bins: bool = False
+    pre_post: bool = False
+    forwards_options: bool = False
+    aliases: dict[str, str] = {}
+    reference_prefix: str | None = None
+
+    _names = field_validator("programs")(_check_program_names)
+
+
+_R = TypeVar("_R", ToolRule, LauncherRule, ScriptsRule)
 
 
 class Catalog(_Rule):
-    program: list[ProgramRule] = []
+    """The whole catalog: catalog.toml, optionally merged with a user's entries."""
+
+    help: list[str] = []
+    repeated_hints: list[str] = []
     tool: list[ToolRule] = []
     launcher: list[LauncherRule] = []
     scripts: list[ScriptsRule] = []
 
-    def merged(self, extra: Catalog) -> Catalog:
-        """This catalog with `extra`'s entries first, so a user's entry wins."""
+    def merged(self, extra: Catalog, *, replace: bool = True) -> Catalog:
+        """This catalog with `extra`'s entries added before its own.
+
+        With `replace` (a user's own config), an entry of `extra` replaces the built-in
+        entry of the same name, which may loosen a rule. Without it (a project file, which
+        may only tighten), both stay: every tool entry for a program is consulted and the
+        most dangerous answer wins.
+        """
+
+        def combine(theirs: list[_R], ours: list[_R]) -> list[_R]:
+            names = {rule.name for rule in theirs} if replace else set()
+            return theirs + [rule for rule in ours if rule.name not in names]
+
         return Catalog(
-            program=extra.program + self.program,
-            tool=extra.tool + self.tool,
-            launcher=extra.launcher + self.launcher,
-            scripts=extra.scripts + self.scripts,
+            help=_unique([*self.help, *extra.help]),
+            repeated_hints=_unique([*self.repeated_hints, *extra.repeated_hints]),
+            tool=combine(extra.tool, self.tool),
+            launcher=combine(extra.launcher, self.launcher),
+            scripts=combine(extra.scripts, self.scripts),
         )
+
+    def programs(self) -> list[str]:
+        """Every program name the catalog recognises as argv[0]. Not all deserve a shim:
+        the shells and `env` are here so package scripts can be followed through them."""
+        names = {p for t in self.tool for p in t.launch}
+        names.update(p for launcher in self.launcher for p in launcher.programs)
+        names.update(p for scripts in self.scripts for p in scripts.programs)
+        return sorted(names)
 
 
 def builtin_catalog() -> Catalog:
     text = resources.files(__package__).joinpath("catalog.toml").read_text(encoding="utf-8")
     return Catalog.model_validate(tomllib.loads(text))
+
+
+# ---- results --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -111,7 +223,9 @@ class Operation:
 
     tool: str
     kind: Kind
-    command: str = ""  # the matched command words, e.g. "migrate:fresh"
+    # The catalog key that decided, e.g. "migrate:fresh" or "db push --accept-data-loss";
+    # for tools taking several commands (rake), every recognised one.
+    command: str = ""
     framework: str | None = None
     hints: Mapping[str, str] = field(default_factory=dict)  # target options, e.g. env=testing
     assignments: Mapping[str, str] = field(default_factory=dict)  # VAR=value before it
@@ -126,17 +240,561 @@ class Operation:
 # (manifest file name, script name) -> the script's command line, or None.
 ScriptLookup = Callable[[str, str], str | None]
 
-_MAX_DEPTH = 8
-_VERSION_SUFFIX = re.compile(r"[\d.]+$")
+_MAX_DEPTH = 8  # launchers and scripts nested in each other
+_MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
+_MAX_COMMAND_WORDS = 4
+_VERSION_SUFFIX = re.compile(r"-?[\d.]+$")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
-_ENV_WRAPPERS = frozenset({"env", "cross-env", "cross-env-shell"})
+_SEPARATORS = frozenset(";&|()")
+_REDIRECTS = frozenset("<>")
+_SHELL_SYNTAX = frozenset("'\"\\;&|()<>#")
 
 
 def program_name(word: str) -> str:
     """`/usr/bin/php8.2` -> `php`, `python3.11` -> `python`, `./artisan` -> `artisan`."""
-    name = PurePosixPath(word).name
+    name = word.rstrip("/").rpartition("/")[2]  # PurePosixPath(word).name, 10x faster
     stripped = _VERSION_SUFFIX.sub("", name)
     return stripped or name
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _split_key(key: str) -> tuple[list[str], list[str]]:
+    """A command key -> (command words, required options)."""
+    words = key.split()
+    first_option = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+    command, options = words[:first_option], words[first_option:]
+    if not command:
+        raise ValueError(f"command {key!r} has no command word; options alone go in `flags`")
+    if any(not w.startswith("-") for w in options):
+        raise ValueError(f"command {key!r}: options must come after the command words")
+    return command, options
+
+
+# ---- option parsing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Syntax:
+    """How one program spells its options, and which of them take a value."""
+
+    single_dash: bool = False
+    values: frozenset[str] = frozenset()  # take the next word, or an attached value
+    attached: frozenset[str] = frozenset()  # take only an attached value (-pSECRET)
+    stops: frozenset[str] = frozenset()  # the launcher's own parsing ends after the value
+
+    def normal(self, name: str) -> str:
+        if self.single_dash and name.startswith("--"):
+            return name[1:]
+        return name
+
+
+@dataclass
+class _Parsed:
+    options: list[tuple[str, str | None]] = field(default_factory=list)
+    positionals: list[tuple[int, str]] = field(default_factory=list)
+    end: int = 0  # where parsing stopped (first positional, or after a stop option's value)
+    stopped_by: tuple[str, str] | None = None  # (option, value) that ended parsing
+
+
+def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) -> _Parsed:
+    """Split `args` into options (name, value) and positional words.
+
+    `first_only`: stop at the first positional word (a launcher's own options end there).
+    Everything after `--` is positional.
+    """
+    parsed = _Parsed()
+    count = len(args)
+    index = 0
+    while index < count:
+        word = args[index]
+        if word == "--":
+            parsed.positionals.extend((i, args[i]) for i in range(index + 1, count))
+            if first_only:
+                parsed.end = index + 1
+                return parsed
+            break
+        if len(word) < 2 or word[0] != "-":
+            parsed.positionals.append((index, word))
+            if first_only:
+                parsed.end = index
+                return parsed
+            index += 1
+            continue
+        name: str
+        value: str | None = None
+        takes_next = False
+        if word[1] == "-" or syntax.single_dash:
+            name, eq, attached = syntax.normal(word).partition("=")
+            if eq:
+                value = attached
+            elif name in syntax.values:
+                takes_next = True
+        elif word in syntax.values:
+            name, takes_next = word, True
+        elif word in syntax.attached:
+            name = word
+        else:
+            # A getopt cluster: -xvf is -x -v -f; a value option ends it (-kVALUE, -xk VALUE).
+            name = word[:2]
+            for position in range(1, len(word)):
+                name = "-" + word[position]
+                rest = word[position + 1 :]
+                if name in syntax.values:
+                    if rest:
+                        value = rest
+                    else:
+                        takes_next = True
+                    break
+                if name in syntax.attached:
+                    value = rest or None
+                    break
+                if position < len(word) - 1:
+                    parsed.options.append((name, None))
+        if takes_next and index + 1 < count:
+            index += 1
+            value = args[index]
+        parsed.options.append((name, value))
+        index += 1
+        if name in syntax.stops and value is not None:
+            parsed.stopped_by = (name, value)
+            parsed.end = index
+            return parsed
+    parsed.end = count
+    return parsed
+
+
+# ---- hints ----------------------------------------------------------------------------------
+
+
+def _dsn_hints(value: str) -> dict[str, str]:
+    """A client's database argument: a URI, a libpq conninfo string, or a plain name."""
+    if "://" in value:
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            return {}
+        found = {
+            "host": parts.hostname or "",
+            "port": str(port) if port else "",
+            "database": parts.path.lstrip("/"),
+            "user": parts.username or "",
+        }
+        return {name: item for name, item in found.items() if item}
+    if "=" in value:
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            words = value.split()
+        keys = {"host": "host", "hostaddr": "host", "port": "port", "dbname": "database",
+                "user": "user", "service": "section"}  # fmt: skip
+        found = {}
+        for word in words:
+            key, _, item = word.partition("=")
+            if key in keys and item:
+                found[keys[key]] = item
+        return found
+    return {"database": value}
+
+
+class _Hints:
+    """Collects hints; names in `repeated` keep every value, one per line."""
+
+    def __init__(self, repeated: frozenset[str]) -> None:
+        self.values: dict[str, str] = {}
+        self._repeated = repeated
+
+    def add(self, name: str, value: str) -> None:
+        if name == DSN_TARGET:
+            for key, item in _dsn_hints(value).items():
+                self.add(key, item)
+        elif name in self._repeated and name in self.values:
+            self.values[name] += "\n" + value
+        else:
+            self.values[name] = value
+
+    def from_options(
+        self, options: Iterable[tuple[str, str | None]], targets: Mapping[str, str]
+    ) -> None:
+        for name, value in options:
+            target = targets.get(name)
+            if target is None:
+                continue
+            hint, switch, fixed = target.partition("=")
+            if switch:
+                self.add(hint, fixed)
+            elif value is not None:
+                self.add(hint, value)
+
+
+# ---- compiled tools -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _FlagRule:
+    """Options that, all present, set the kind: "db push --accept-data-loss"."""
+
+    needed: frozenset[str]
+    kind: Kind
+    text: str  # the options as the catalog writes them, for Operation.command
+
+
+@dataclass
+class _Node:
+    """One command word in a tool's command tree."""
+
+    word: str | None = None  # the literal word; None for a pattern ("*", "db:drop:*")
+    exact: dict[str, _Node] = field(default_factory=dict)
+    prefixes: list[tuple[str, _Node]] = field(default_factory=list)  # longest first
+    kind: Kind | None = None
+    flag_rules: list[_FlagRule] = field(default_factory=list)
+
+    @property
+    def is_entry(self) -> bool:
+        return self.kind is not None or bool(self.flag_rules)
+
+    def child(self, word: str) -> _Node:
+        if word.endswith("*"):
+            prefix = word[:-1]
+            for existing, node in self.prefixes:
+                if existing == prefix:
+                    return node
+            node = _Node()
+            self.prefixes.append((prefix, node))
+            self.prefixes.sort(key=lambda item: -len(item[0]))
+            return node
+        return self.exact.setdefault(word, _Node(word))
+
+    def children(self, word: str) -> Iterable[_Node]:
+        """Nodes matching `word`, best first: the exact word, then the longest prefix."""
+        exact = self.exact.get(word)
+        if exact is not None:
+            yield exact
+        for prefix, node in self.prefixes:
+            if word.startswith(prefix):
+                yield node
+
+
+def _walk(node: _Node, words: Sequence[str], index: int) -> list[_Node] | None:
+    """The longest path of nodes matching words[index:] that ends at a catalog entry."""
+    if index >= len(words) or index >= _MAX_COMMAND_WORDS:
+        return None
+    best: list[_Node] | None = None
+    for child in node.children(words[index]):
+        path = _path_from(child, words, index + 1)
+        if path is not None and (best is None or len(path) > len(best)):
+            best = path
+    return best
+
+
+def _path_from(node: _Node, words: Sequence[str], index: int) -> list[_Node] | None:
+    deeper = _walk(node, words, index)
+    if deeper is not None:
+        return [node, *deeper]
+    return [node] if node.is_entry else None
+
+
+@dataclass
+class _Tool:
+    name: str
+    framework: str | None
+    syntax: _Syntax
+    help_options: frozenset[str]
+    help_words: frozenset[str]
+    default: Kind | None
+    bare: Kind | None
+    multiple: bool
+    argument_commands: frozenset[str]
+    task_arguments: bool
+    assignment_arguments: bool
+    positional_targets: tuple[str, ...]
+    targets: dict[str, str]
+    tree: _Node
+    global_rules: list[_FlagRule]
+    # Symfony-style abbreviations: first letter -> (parts of a first command word, its node).
+    abbreviations: dict[str, list[tuple[list[str], _Node]]] | None
+
+    def match(self, args: Sequence[str], repeated: frozenset[str]) -> Operation | None:
+        parsed = _parse(args, self.syntax)
+        present = {name for name, _ in parsed.options}
+        hints = _Hints(repeated)
+        hints.from_options(parsed.options, self.targets)
+        words = [word for _, word in parsed.positionals]
+        assignments: dict[str, str] = {}
+        if self.assignment_arguments:
+            kept = []
+            for word in words:
+                if _ASSIGNMENT.match(word):
+                    name, _, value = word.partition("=")
+                    assignments[name] = value
+                else:
+                    kept.append(word)
+            words = kept
+        for target in self.positional_targets:
+            if not words:
+                break
+            hints.add(target, words.pop(0))
+        if self.task_arguments:
+            words = [w.partition("[")[0] if w.endswith("]") else w for w in words]
+
+        decided = self._decide(words, present)
+        if decided is None:
+            return None
+        kind, command = decided
+        return Operation(self.name, kind, command, self.framework, hints.values, assignments)
+
+    def _decide(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
+        help_option = next((o for o in self.help_options if o in present), None)
+        if help_option is not None or (words and words[0] in self.help_words):
+            return Kind.READ_ONLY, help_option or words[0]
+        if not words:
+            base = self.bare if self.bare is not None else self.default
+            return self._with_flags(base, "", [], present, recognised=False)
+        if not self.multiple:
+            return self._command(words, present)
+        if words[0] in self.argument_commands:
+            words = words[:1]  # `rails generate controller db`: the rest are its arguments
+        found: list[tuple[Kind, str]] = []
+        for word in words:
+            one = self._command([word], present)
+            if one is not None:
+                found.append(one)
+        if not found:
+            return None
+        kind = max((k for k, _ in found), key=_SEVERITY.__getitem__)
+        return kind, " ".join(_unique(c for _, c in found if c))
+
+    def _command(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
+        path = _walk(self.tree, words, 0)
+        if path is not None:
+            return self._on_path(path, words, present)
+        if self.abbreviations is not None:
+            return self._abbreviated(words, present)
+        return self._with_flags(self.default, "", [], present, recognised=False)
+
+    def _on_path(
+        self, path: list[_Node], words: list[str], present: set[str]
+    ) -> tuple[Kind, str] | None:
+        rules = [rule for node in path for rule in node.flag_rules]
+        text = " ".join(node.word or word for node, word in zip(path, words, strict=False))
+        return self._with_flags(path[-1].kind, text, rules, present, recognised=True)
+
+    def _abbreviated(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
+        """`d:s:u` -> doctrine:schema:update. Ambiguous input fails in the console itself,
+        so counting it as the most dangerous candidate never under-protects."""
+        parts = words[0].split(":")
+        best: tuple[Kind, str] | None = None
+        candidates = (self.abbreviations or {}).get(words[0][:1], [])
+        for full, node in candidates:
+            if len(full) < len(parts) or not all(
+                f.startswith(p) for f, p in zip(full, parts, strict=False)
+            ):
+                continue
+            path = _path_from(node, words, 1)
+            found = self._on_path(path, words, present) if path is not None else None
+            if found is not None and (best is None or found[0].severity > best[0].severity):
+                best = found
+        if best is not None:
+            return best
+        return self._with_flags(self.default, "", [], present, recognised=False)
+
+    def _with_flags(
+        self,
+        kind: Kind | None,
+        text: str,
+        rules: list[_FlagRule],
+        present: set[str],
+        *,
+        recognised: bool,
+    ) -> tuple[Kind, str] | None:
+        """Options written in the catalog override the command's own kind; when several are
+        present the most dangerous wins. They count only for a recognised command (or a
+        tool with a default kind)."""
+        if kind is None and not recognised:
+            return None
+        best: _FlagRule | None = None
+        for rule in (*rules, *self.global_rules):
+            if rule.needed <= present and (best is None or rule.kind.severity > best.kind.severity):
+                best = rule
+        if best is not None:
+            return best.kind, f"{text} {best.text}".strip()
+        return (kind, text) if kind is not None else None
+
+
+def _resolve_tools(tools: Sequence[ToolRule]) -> list[ToolRule]:
+    """Apply `extends`: tables merge, lists join, the entry's own scalar values win."""
+    by_name: dict[str, ToolRule] = {}
+    for tool in tools:
+        by_name.setdefault(tool.name, tool)
+
+    def resolve(tool: ToolRule, seen: tuple[str, ...]) -> ToolRule:
+        if tool.extends is None:
+            return tool
+        if tool.extends in seen or tool.extends not in by_name:
+            raise ValueError(f"tool {tool.name!r} extends unknown or circular {tool.extends!r}")
+        parent = resolve(by_name[tool.extends], (*seen, tool.name))
+        merged = parent.model_dump()
+        own = tool.model_dump(exclude_unset=True)
+        for key, value in own.items():
+            if isinstance(value, dict):
+                merged[key] = {**merged[key], **value}
+            elif isinstance(value, list) and key != "launch":
+                merged[key] = _unique([*merged[key], *value])
+            else:
+                merged[key] = value
+        merged["extends"] = None
+        return ToolRule.model_validate(merged)
+
+    return [resolve(tool, ()) for tool in tools]
+
+
+def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
+    single = rule.options == "single-dash"
+    normal = _Syntax(single_dash=single).normal
+    targets = {normal(option): hint for option, hint in rule.targets.items()}
+    values = {normal(o) for o in rule.value_options}
+    values.update(option for option, hint in targets.items() if "=" not in hint)
+    syntax = _Syntax(
+        single_dash=single,
+        values=frozenset(values),
+        attached=frozenset(normal(o) for o in rule.attached_options),
+    )
+    tree = _Node()
+    for key, kind in rule.commands.items():
+        words, options = _split_key(key)
+        node = tree
+        for word in words:
+            node = node.child(word)
+        if options:
+            node.flag_rules.append(
+                _FlagRule(frozenset(map(normal, options)), kind, " ".join(options))
+            )
+        else:
+            node.kind = kind
+    abbreviations: dict[str, list[tuple[list[str], _Node]]] | None = None
+    if rule.abbreviations:
+        abbreviations = {}
+        for word, node in tree.exact.items():
+            abbreviations.setdefault(word[:1], []).append((word.split(":"), node))
+    help_items = [*common_help, *rule.help]
+    return _Tool(
+        name=rule.name,
+        framework=rule.framework,
+        syntax=syntax,
+        help_options=frozenset(normal(h) for h in help_items if h.startswith("-")),
+        help_words=frozenset(h for h in help_items if not h.startswith("-")),
+        default=rule.default,
+        bare=rule.bare,
+        multiple=rule.multiple,
+        argument_commands=frozenset(rule.argument_commands),
+        task_arguments=rule.task_arguments,
+        assignment_arguments=rule.assignment_arguments,
+        positional_targets=tuple(rule.positional_targets),
+        targets=targets,
+        tree=tree,
+        global_rules=[
+            _FlagRule(frozenset({normal(option)}), kind, option)
+            for option, kind in rule.flags.items()
+        ],
+        abbreviations=abbreviations,
+    )
+
+
+# ---- compiled launchers and package managers -------------------------------------------
+
+
+@dataclass
+class _Launcher:
+    rule: LauncherRule
+    syntax: _Syntax
+    subcommands: frozenset[str]
+    code_options: frozenset[str]
+    command_options: frozenset[str]
+    no_run: frozenset[str]
+    assignment_options: frozenset[str]
+    line_flags: frozenset[str]
+
+
+def _compile_launcher(rule: LauncherRule) -> _Launcher:
+    single = rule.options == "single-dash"
+    normal = _Syntax(single_dash=single).normal
+
+    def names(options: Iterable[str]) -> frozenset[str]:
+        return frozenset(map(normal, options))
+
+    # Module, script, command and code options all end the launcher's own options: what
+    # follows belongs to the program they name (`python -m pytest -k x`).
+    stops = names(
+        [*rule.module_options, *rule.script_options, *rule.command_options, *rule.code_options]
+    )
+    takes_value = [option for option, hint in rule.targets.items() if "=" not in hint]
+    values = names([*rule.value_options, *rule.assignment_options, *takes_value]) | stops
+    return _Launcher(
+        rule=rule,
+        syntax=_Syntax(single_dash=single, values=values, stops=stops),
+        subcommands=frozenset(rule.subcommands),
+        code_options=names(rule.code_options),
+        command_options=names(rule.command_options),
+        no_run=names(rule.no_run),
+        assignment_options=names(rule.assignment_options),
+        line_flags=names(rule.line_flags),
+    )
+
+
+@dataclass
+class _Scripts:
+    rule: ScriptsRule
+    syntax: _Syntax
+    run: frozenset[str]
+    builtins: frozenset[str]
+
+
+@dataclass
+class _Handlers:
+    """Everything the catalog knows about one program name."""
+
+    tools: list[_Tool] = field(default_factory=list)
+    launchers: list[_Launcher] = field(default_factory=list)
+    scripts: list[_Scripts] = field(default_factory=list)
+
+
+@dataclass
+class _Walk:
+    """State shared by one classification: the look-up and how much of it is left."""
+
+    lookup: ScriptLookup | None
+    lookups_left: int = _MAX_LOOKUPS
+    active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
+
+    def script(self, manifest: str, name: str) -> str | None:
+        if self.lookup is None or self.lookups_left <= 0:
+            return None
+        self.lookups_left -= 1
+        return self.lookup(manifest, name)
+
+
+def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
+    best: Operation | None = None
+    for operation in operations:
+        if operation is not None and (best is None or operation.kind.severity > best.kind.severity):
+            best = operation
+    return best
+
+
+def _merge_context(
+    operation: Operation | None, hints: Mapping[str, str], assignments: Mapping[str, str]
+) -> Operation | None:
+    """Hints and assignments from a wrapper, under what the inner program said itself."""
+    if operation is None or not (hints or assignments):
+        return operation
+    return replace(
+        operation,
+        hints={**hints, **operation.hints},
+        assignments={**assignments, **operation.assignments},
+    )
 
 
 class Classifier:
@@ -144,248 +802,247 @@ class Classifier:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self._program_options = {p.name: p.value_options for p in catalog.program}
+        self._repeated = frozenset(catalog.repeated_hints)
+        self._programs: dict[str, _Handlers] = {}
+        for rule in _resolve_tools(catalog.tool):
+            tool = _compile_tool(rule, catalog.help)
+            for program in rule.launch:
+                self._handlers(program).tools.append(tool)
+        for launcher in catalog.launcher:
+            compiled = _compile_launcher(launcher)
+            for program in launcher.programs:
+                self._handlers(program).launchers.append(compiled)
+        for scripts in catalog.scripts:
+            syntax = _Syntax(values=frozenset(scripts.value_options))
+            compiled_scripts = _Scripts(
+                scripts, syntax, frozenset(scripts.run), frozenset(scripts.builtins)
+            )
+            for program in scripts.programs:
+                self._handlers(program).scripts.append(compiled_scripts)
+
+    def _handlers(self, program: str) -> _Handlers:
+        return self._programs.setdefault(program_name(program), _Handlers())
+
+    # ---- entry points ------------------------------------------------------------------------
 
     def classify(
         self, argv: Sequence[str], lookup: ScriptLookup | None = None, _depth: int = 0
     ) -> Operation | None:
         """The operation `argv` performs, or None when it is not a database tool."""
-        if not argv or _depth > _MAX_DEPTH:
-            return None
-        argv, assignments = _strip_env_prefix(argv)
-        if not argv:
-            return None
-        program = program_name(argv[0])
-        found = self._as_tool(program, argv[1:]) or self._via_launcher(
-            program, argv[1:], lookup, _depth
-        )
-        if found is None:
-            found = self._via_scripts(program, argv[1:], lookup, _depth)
-        if found is not None and assignments:
-            found = _with_assignments(found, assignments)
-        return found
-
-    # ---- tools ---------------------------------------------------------------------
-
-    def _as_tool(self, program: str, args: Sequence[str]) -> Operation | None:
-        for tool in self.catalog.tool:
-            for launch in tool.launch:
-                rest = self._after_launch(launch, program, args)
-                if rest is not None:
-                    return _match_tool(tool, rest)
-        return None
-
-    def _after_launch(self, launch: str, program: str, args: Sequence[str]) -> list[str] | None:
-        """The arguments after `launch` if `program args` starts with it, else None."""
-        words = launch.split()
-        if program != words[0]:
-            return None
-        if len(words) == 1:
-            return list(args)
-        options = self._program_options.get(program, [])
-        positionals = _positionals(args, options, stop_at_first=True)
-        if not positionals:
-            return None
-        index, word = positionals[0]
-        if PurePosixPath(word).name != words[1]:
-            return None
-        return list(args[index + 1 :])
-
-    # ---- launchers and scripts -------------------------------------------------------
-
-    def _via_launcher(
-        self, program: str, args: Sequence[str], lookup: ScriptLookup | None, depth: int
-    ) -> Operation | None:
-        for launcher in self.catalog.launcher:
-            if program not in launcher.programs:
-                continue
-            if launcher.module_option:
-                module = _option_value(args, launcher.module_option, launcher.value_options)
-                if module is None:
-                    return None
-                index, name = module
-                inner = [name, *args[index + 1 :]]
-            else:
-                positionals = _positionals(args, launcher.value_options, stop_at_first=True)
-                if not positionals:
-                    return None
-                index, _ = positionals[0]
-                inner = list(args[index:])
-            return self.classify(inner, lookup, depth + 1)
-        return None
-
-    def _via_scripts(
-        self, program: str, args: Sequence[str], lookup: ScriptLookup | None, depth: int
-    ) -> Operation | None:
-        if lookup is None:
-            return None
-        for rule in self.catalog.scripts:
-            if program not in rule.programs:
-                continue
-            words = [word for _, word in _positionals(args, [])]
-            if not words:
-                return None
-            if words[0] in rule.direct:
-                script = rule.direct[words[0]]
-            elif words[0] in rule.run and len(words) > 1:
-                script = words[1]
-            elif rule.any_word:
-                script = words[0]
-            else:
-                return None
-            command = lookup(rule.manifest, script)
-            if command is None:
-                return None
-            found = self.classify_command_line(command, lookup, depth + 1)
-            if found is None:
-                return None
-            return replace(found, via=(f"{program} run {script}", *found.via))
-        return None
+        return self._classify(argv, _Walk(lookup), _depth, None)
 
     def classify_command_line(
         self, line: str, lookup: ScriptLookup | None = None, _depth: int = 0
     ) -> Operation | None:
         """Classify a shell command line (a package script): the most dangerous part wins."""
+        return self._line(line, _Walk(lookup), _depth, None)
+
+    # ---- one command -----------------------------------------------------------------------
+
+    def _classify(
+        self, argv: Sequence[str], walk: _Walk, depth: int, within: _Scripts | None
+    ) -> Operation | None:
+        if depth > _MAX_DEPTH:
+            return None
+        start = 0
+        assignments: dict[str, str] = {}
+        while start < len(argv) and _ASSIGNMENT.match(argv[start]):
+            name, _, value = argv[start].partition("=")
+            assignments[name] = value
+            start += 1
+        if start >= len(argv):
+            return None
+        word, args = argv[start], argv[start + 1 :]
+        prefix = within.rule.reference_prefix if within is not None else None
+        if within is not None and prefix and word.startswith(prefix):
+            alias = within.rule.aliases.get(word)
+            if alias is None:  # @other-script inside composer.json
+                found = self._script(
+                    within, "run", word[len(prefix) :], list(args), walk, depth, fallback=False
+                )
+                return _merge_context(found, {}, assignments)
+            word = alias
+        handlers = self._programs.get(program_name(word))
+        if handlers is None:
+            return None
+        return _merge_context(self._dispatch(handlers, args, walk, depth), {}, assignments)
+
+    def _dispatch(
+        self, handlers: _Handlers, args: Sequence[str], walk: _Walk, depth: int
+    ) -> Operation | None:
+        if handlers.tools:
+            found = _most_dangerous(tool.match(args, self._repeated) for tool in handlers.tools)
+            if found is not None:
+                return found
+        for launcher in handlers.launchers:
+            applies, found = self._launch(launcher, args, walk, depth)
+            if applies:
+                return found
+        for scripts in handlers.scripts:
+            return self._scripts(scripts, args, walk, depth)
+        return None
+
+    # ---- launchers ---------------------------------------------------------------------------
+
+    def _launch(
+        self, launcher: _Launcher, args: Sequence[str], walk: _Walk, depth: int
+    ) -> tuple[bool, Operation | None]:
+        """(False, None) when its subcommand is not there (`npm run` is not `npm exec`),
+        else (True, what it runs)."""
+        rule = launcher.rule
+        parsed = _parse(args, launcher.syntax, first_only=True)
+        options = list(parsed.options)
+        if launcher.subcommands:
+            if not parsed.positionals or parsed.positionals[0][1] not in launcher.subcommands:
+                return False, None
+            args = args[parsed.end + 1 :]
+            parsed = _parse(args, launcher.syntax, first_only=True)
+            options += parsed.options
+        hints = _Hints(self._repeated)
+        hints.from_options(options, rule.targets)
+        assignments: dict[str, str] = {}
+        line_mode = rule.line
+        for name, value in options:
+            if name in launcher.no_run or name in launcher.code_options:
+                return True, None
+            if name in launcher.assignment_options and value and _ASSIGNMENT.match(value):
+                key, _, item = value.partition("=")
+                assignments[key] = item
+            line_mode = line_mode or name in launcher.line_flags
+        rest = list(args[parsed.end :])
+        if parsed.stopped_by is not None:
+            name, value = parsed.stopped_by
+            if name in launcher.command_options:
+                found = self._line(value, walk, depth + 1, None)
+                return True, _merge_context(found, hints.values, assignments)
+            inner = [value, *rest]  # a module or script option names the program
+        else:
+            if rule.assignments:
+                while rest and _ASSIGNMENT.match(rest[0]):
+                    key, _, item = rest.pop(0).partition("=")
+                    assignments[key] = item
+            if not rest:
+                return True, None
+            if line_mode:
+                found = self._line(" ".join(rest), walk, depth + 1, None)
+                return True, _merge_context(found, hints.values, assignments)
+            inner = rest
+        if rule.package_specs:
+            inner[0] = _package_bin(inner[0])
+        found = self._classify(inner, walk, depth + 1, None)
+        return True, _merge_context(found, hints.values, assignments)
+
+    # ---- package scripts -------------------------------------------------------------------
+
+    def _scripts(
+        self, scripts: _Scripts, args: Sequence[str], walk: _Walk, depth: int
+    ) -> Operation | None:
+        rule = scripts.rule
+        parsed = _parse(args, scripts.syntax, first_only=True)
+        if not parsed.positionals:
+            return None
+        word = parsed.positionals[0][1]
+        after = list(args[parsed.end + 1 :])
+        if word in scripts.run:
+            inner = _parse(after, scripts.syntax, first_only=True)
+            if not inner.positionals:
+                return None  # `npm run` lists the scripts
+            script = inner.positionals[0][1]
+            after = after[inner.end + 1 :]
+            return self._script(scripts, "run", script, after, walk, depth, fallback=rule.bins)
+        direct = rule.direct.get(word)
+        if isinstance(direct, list):
+            lifecycle = [self._script(scripts, word, name, [], walk, depth) for name in direct]
+            return _most_dangerous(lifecycle)
+        if direct is not None:
+            return self._script(scripts, word, direct, after, walk, depth)
+        if rule.any_word and word not in scripts.builtins:
+            return self._script(scripts, word, word, after, walk, depth, fallback=rule.bins)
+        return None
+
+    def _script(
+        self,
+        scripts: _Scripts,
+        how: str,
+        name: str,
+        extra: list[str],
+        walk: _Walk,
+        depth: int,
+        *,
+        fallback: bool = False,
+        pre_post: bool | None = None,
+    ) -> Operation | None:
+        """Run script `name` with `extra` arguments, as `how` (run, test, install...) does."""
+        rule = scripts.rule
+        if how in rule.direct and isinstance(rule.direct[how], list):
+            pre_post = False  # lifecycle lists name every script themselves
+        key = (rule.manifest, name)
+        if key in walk.active or depth >= _MAX_DEPTH:
+            return None  # a script running itself never ends; npm would loop as well
+        line = walk.script(rule.manifest, name)
+        if line is None:
+            # `yarn prisma migrate reset` runs the package binary when there is no script.
+            return self._classify([name, *extra], walk, depth + 1, None) if fallback else None
+        if not rule.forwards_options:
+            extra = [word for _, word in _parse(extra, _Syntax()).positionals]
+        if extra:
+            line = f"{line} {shlex.join(extra)}"
+        names = [name]
+        if rule.pre_post if pre_post is None else pre_post:
+            names = [f"pre{name}", name, f"post{name}"]
+        program = rule.programs[0]
+        walk.active.add(key)
         try:
-            lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()")
-            lexer.whitespace_split = True
-            tokens = list(lexer)
-        except ValueError:
-            tokens = line.split()
-        found: list[Operation] = []
-        current: list[str] = []
-        for token in [*tokens, ";"]:
-            if token and set(token) <= set(";&|()"):
-                operation = self.classify(current, lookup, _depth)
+            found: list[Operation | None] = []
+            for each in names:
+                text = line if each == name else walk.script(rule.manifest, each)
+                if text is None:
+                    continue
+                operation = self._line(text, walk, depth + 1, scripts)
                 if operation is not None:
-                    found.append(operation)
+                    operation = replace(operation, via=(f"{program} run {each}", *operation.via))
+                found.append(operation)
+        finally:
+            walk.active.discard(key)
+        return _most_dangerous(found)
+
+    # ---- shell lines ------------------------------------------------------------------------
+
+    def _line(
+        self, line: str, walk: _Walk, depth: int, within: _Scripts | None
+    ) -> Operation | None:
+        if _SHELL_SYNTAX.isdisjoint(line):
+            tokens = line.split()  # the common `php artisan test`: shlex costs 10x more
+        else:
+            try:
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+                lexer.whitespace_split = True
+                tokens = list(lexer)
+            except ValueError:
+                return None  # an unbalanced quote: the shell refuses the line, nothing runs
+        found: list[Operation | None] = []
+        current: list[str] = []
+        skip = False
+        for token in [*tokens, ";"]:
+            if skip:
+                skip = False
+                continue
+            characters = set(token)
+            if token and characters & _REDIRECTS and characters <= _REDIRECTS | _SEPARATORS:
+                skip = True  # `> file`, `2>&1`: the next word is where output goes
+                if current and current[-1].isdigit():
+                    current.pop()  # the 2 of 2>&1 is a file descriptor, not an argument
+                continue
+            if token and characters <= _SEPARATORS:
+                if current:
+                    found.append(self._classify(current, walk, depth, within))
                 current = []
             else:
                 current.append(token)
-        return max(found, key=lambda op: op.kind.severity, default=None)
+        return _most_dangerous(found)
 
 
-def _match_tool(tool: ToolRule, args: Sequence[str]) -> Operation | None:
-    options = [*tool.value_options, *tool.targets]
-    positionals = [word for _, word in _positionals(args, options)]
-    flags = _flags(args, options)
-    hints = {tool.targets[name]: value for name, value in _option_values(args, tool.targets)}
-    command, kind = _longest_command(tool, positionals)
-    if flags & HELP_FLAGS or (positionals[:1] == ["help"]):
-        kind = Kind.READ_ONLY
-    elif kind is not None:
-        for flag in sorted(flags & tool.flags.keys()):
-            flag_kind = tool.flags[flag]
-            if flag_kind is Kind.READ_ONLY:
-                kind = Kind.READ_ONLY
-                break
-            if flag_kind.severity > kind.severity:
-                kind = flag_kind
-    if kind is None:
-        return None
-    return Operation(tool.name, kind, command, tool.framework, hints)
-
-
-def _longest_command(tool: ToolRule, positionals: Sequence[str]) -> tuple[str, Kind | None]:
-    for length in range(min(len(positionals), 3), 0, -1):
-        words = " ".join(positionals[:length])
-        if words in tool.commands:
-            return words, tool.commands[words]
-    return "", tool.default
-
-
-def _split_option(word: str) -> tuple[str, str | None]:
-    if word.startswith("--") and "=" in word:
-        name, value = word.split("=", 1)
-        return name, value
-    return word, None
-
-
-def _positionals(
-    args: Sequence[str], value_options: Sequence[str], *, stop_at_first: bool = False
-) -> list[tuple[int, str]]:
-    """(index, word) of the arguments that are not options or option values."""
-    found: list[tuple[int, str]] = []
-    skip_next = False
-    for index, word in enumerate(args):
-        if skip_next:
-            skip_next = False
-            continue
-        if word == "--":
-            found.extend((i, w) for i, w in enumerate(args[index + 1 :], start=index + 1))
-            break
-        if word.startswith("-") and word != "-":
-            name, value = _split_option(word)
-            skip_next = value is None and name in value_options
-            continue
-        found.append((index, word))
-        if stop_at_first:
-            break
-    return found
-
-
-def _flags(args: Sequence[str], value_options: Sequence[str]) -> set[str]:
-    flags: set[str] = set()
-    skip_next = False
-    for word in args:
-        if skip_next:
-            skip_next = False
-            continue
-        if word == "--":
-            break
-        if word.startswith("-") and word != "-":
-            name, value = _split_option(word)
-            flags.add(name)
-            skip_next = value is None and name in value_options
-    return flags
-
-
-def _option_values(args: Sequence[str], wanted: Mapping[str, str]) -> list[tuple[str, str]]:
-    """(option, value) for every occurrence of an option in `wanted`, in either form."""
-    found = []
-    for index, word in enumerate(args):
-        if word == "--":
-            break
-        name, value = _split_option(word)
-        if name not in wanted:
-            continue
-        if value is None and index + 1 < len(args):
-            value = args[index + 1]
-        if value is not None:
-            found.append((name, value))
-    return found
-
-
-def _option_value(
-    args: Sequence[str], option: str, value_options: Sequence[str]
-) -> tuple[int, str] | None:
-    """The value of `option` if it appears before the first positional argument."""
-    for index, word in enumerate(args):
-        if word == option and index + 1 < len(args):
-            return index + 1, args[index + 1]
-        if word.startswith(option) and len(word) > len(option) and not word.startswith("--"):
-            return index, word[len(option) :]
-        if not word.startswith("-"):
-            return None
-        if word in value_options:
-            return None
-    return None
-
-
-def _strip_env_prefix(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """`FOO=1 env BAR=2 cross-env php artisan test` -> (["php", "artisan", "test"], {...})."""
-    words = list(argv)
-    assignments: dict[str, str] = {}
-    while words:
-        if _ASSIGNMENT.match(words[0]):
-            name, value = words.pop(0).split("=", 1)
-            assignments[name] = value
-        elif program_name(words[0]) in _ENV_WRAPPERS and len(words) > 1:
-            words.pop(0)
-        else:
-            break
-    return words, assignments
-
-
-def _with_assignments(operation: Operation, assignments: Mapping[str, str]) -> Operation:
-    return replace(operation, assignments={**assignments, **operation.assignments})
+def _package_bin(spec: str) -> str:
+    """`prisma@5.1` -> `prisma`, `@scope/tool@2` -> `tool`."""
+    name = spec.rsplit("/", 1)[-1]
+    return name.split("@", 1)[0] or name
