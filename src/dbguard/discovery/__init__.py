@@ -4,259 +4,138 @@ Pure: `discover` reads project files only through the `read` function it is give
 the environment only from its `env` argument, so every framework layout is tested with
 plain dicts. The I/O side (finding the root, reading and caching files) is project.py.
 
-Discovery is conservative: every resolver that applies to the project contributes, and
-the union is backed up. Each target records the file and keys it came from.
+Discovery is conservative: the resolver of the command's framework runs, and for test
+runs and commands of no known framework so does every framework whose files are in the
+project (a test suite can reach any of them). DATABASE_URL and the project's own
+`.dbguard.toml` databases always contribute, and PG* variables fill what a PostgreSQL
+setting leaves out, as libpq does. The union is backed up. Each target's `source` says
+which file and keys it came from and why it is included; `Found.facts` carries what
+bears on production (see production.py).
+
+One module per framework: laravel.py, symfony.py, prisma.py, python.py (Alembic,
+Django), rails.py, node.py (Knex, Sequelize, TypeORM), jvm.py (Flyway, Liquibase),
+clients.py (Supabase, psql, mysql, sqlite3); generic.py for what applies everywhere.
+
+Hints read from Operation.hints (named in rules/catalog.toml): env, connection,
+settings, config, section, x and env_file (one value per line when several), schema,
+url, target (supabase linked/local), host, port, database, user, socket.
+
+Raises DiscoveryError (naming the file and line) when a file it needs is malformed, and
+when it finds no database at all (the message lists where it looked).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from dbguard.discovery.envfile import DiscoveryError, parse_env_file
-from dbguard.discovery.urls import parse_database_url
-from dbguard.engines.base import Target
+from dbguard.discovery.clients import client, supabase
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.generic import database_url, pg_environment, project_databases
+from dbguard.discovery.jvm import flyway, liquibase
+from dbguard.discovery.laravel import laravel
+from dbguard.discovery.model import Context, FileReader, Found, Variables
+from dbguard.discovery.node import knex, sequelize, typeorm
+from dbguard.discovery.prisma import prisma
+from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
+from dbguard.discovery.python import alembic, django
+from dbguard.discovery.rails import rails
+from dbguard.discovery.symfony import symfony
 from dbguard.rules import Kind, Operation
 
-__all__ = ["DiscoveryError", "FileReader", "Found", "discover"]
+__all__ = [
+    "FRAMEWORKS",
+    "Context",
+    "DiscoveryError",
+    "FileReader",
+    "Found",
+    "Variables",
+    "discover",
+]
 
-# A project-relative path -> its text, or None when the file does not exist.
-FileReader = Callable[[str], str | None]
+Resolver = Callable[[Context, Found], None]
 
-
-@dataclass
-class Found:
-    targets: list[Target] = field(default_factory=list)
-    looked: list[str] = field(default_factory=list)  # every place consulted, in order
-    notes: list[str] = field(default_factory=list)  # e.g. in-memory databases skipped
-    warnings: list[str] = field(default_factory=list)
-
-    def add(self, target: Target | None, note_if_none: str = "") -> None:
-        if target is None:
-            if note_if_none:
-                self.notes.append(note_if_none)
-        elif all(t.key != target.key for t in self.targets):
-            self.targets.append(target)
-
-    def extend(self, other: Found) -> None:
-        for target in other.targets:
-            self.add(target)
-        self.looked.extend(x for x in other.looked if x not in self.looked)
-        self.notes.extend(other.notes)
-        self.warnings.extend(other.warnings)
-
-
-class Variables:
-    """Layered variables that remember where each value came from."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, tuple[str, str]] = {}
-
-    def layer(self, values: Mapping[str, str], origin: str, *, override: bool) -> None:
-        for name, value in values.items():
-            if override or name not in self._values:
-                self._values[name] = (value, origin)
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        found = self._values.get(name)
-        return found[0] if found else default
-
-    def origin(self, *names: str) -> str:
-        """'.env.testing (DB_CONNECTION, DB_DATABASE)' for the names that are set."""
-        by_origin: dict[str, list[str]] = {}
-        for name in names:
-            if name in self._values:
-                by_origin.setdefault(self._values[name][1], []).append(name)
-        return "; ".join(f"{o} ({', '.join(n)})" for o, n in by_origin.items()) or "defaults"
+# framework -> (resolver, files whose presence says the project uses it)
+FRAMEWORKS: dict[str, tuple[Resolver, tuple[str, ...]]] = {
+    "laravel": (laravel, ("artisan",)),
+    "symfony": (symfony, ("bin/console", "symfony.lock")),
+    "prisma": (prisma, ("prisma/schema.prisma",)),
+    "alembic": (alembic, ("alembic.ini",)),
+    "django": (django, ("manage.py",)),
+    "rails": (rails, ("config/database.yml",)),
+    "knex": (knex, ("knexfile.js", "knexfile.ts", "knexfile.json")),
+    "sequelize": (sequelize, (".sequelizerc",)),
+    "typeorm": (typeorm, ("ormconfig.json",)),
+    "flyway": (flyway, ("flyway.conf", "conf/flyway.conf", "flyway.toml")),
+    "liquibase": (liquibase, ("liquibase.properties",)),
+    "supabase": (supabase, ("supabase/config.toml",)),
+    "client": (client, ()),
+}
+# Frameworks whose commands can reach whatever the project uses: run every detected one.
+_BROAD = {None, "python"}
 
 
-def discover(root: Path, read: FileReader, env: Mapping[str, str], operation: Operation) -> Found:
-    """Every database `operation`, run in `root` with `env`, could touch.
-
-    Raises DiscoveryError when a file it needs is malformed, or when it finds no
-    database at all; the message lists where it looked.
-    """
-    env = {**env, **operation.assignments}
+def discover(
+    root: Path,
+    read: FileReader,
+    env: Mapping[str, str],
+    operation: Operation,
+    *,
+    cwd: Path | None = None,
+) -> Found:
+    """Every database `operation`, run in `root` (from `cwd`, default `root`) with `env`,
+    could touch."""
     found = Found()
-    for resolver in _resolvers(read, operation):
-        found.extend(resolver(root, read, env, operation))
+    project = load_project_config(read)
+    found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
+    ctx = Context(root, read, env, operation, cwd or root, project)
+    found.project = project
+    ctx.load_launcher_env_files(found)
+    for resolver in _resolvers(ctx):
+        resolver(ctx, found)
+    database_url(ctx, found)
+    project_databases(ctx, found)
+    _apply_pg_environment(ctx, found)
     if not found.targets and not found.notes:
         raise DiscoveryError(
             f"{operation.description} is a database operation, but dbguard could not find "
             f"its database in {root}; looked at: {', '.join(found.looked) or 'nothing'}",
             "set DATABASE_URL or DB_CONNECTION/DB_DATABASE, or name the database in "
-            ".dbguard.toml, then run the command again",
+            '.dbguard.toml ([[database]] url = "..."), then run the command again',
         )
     return found
 
 
-Resolver = Callable[[Path, FileReader, Mapping[str, str], Operation], Found]
+def _resolvers(ctx: Context) -> Iterator[Resolver]:
+    framework = ctx.operation.framework
+    if framework == "laravel" and ctx.read("artisan") is None and _present(ctx, "symfony"):
+        framework = "symfony"  # phpunit / pest in a Symfony project
+    chosen = []
+    if framework in FRAMEWORKS:
+        chosen.append(framework)
+    if framework in _BROAD or framework not in FRAMEWORKS or ctx.operation.kind is Kind.TEST:
+        chosen.extend(name for name in FRAMEWORKS if name != "client" and _present(ctx, name))
+    for name in dict.fromkeys(chosen):
+        yield FRAMEWORKS[name][0]
 
 
-def _resolvers(read: FileReader, operation: Operation) -> Iterator[Resolver]:
-    if operation.framework == "laravel" or read("artisan") is not None:
-        yield laravel
-    if operation.framework == "prisma" or read("prisma/schema.prisma") is not None:
-        yield prisma
-    yield database_url
+def _present(ctx: Context, framework: str) -> bool:
+    return any(ctx.read(marker) is not None for marker in FRAMEWORKS[framework][1])
 
 
-def _env_layers(
-    read: FileReader, env: Mapping[str, str], files: list[str], found: Found
-) -> Variables:
-    """The invoking environment over the given .env files (earlier files win)."""
-    variables = Variables()
-    variables.layer(env, "environment", override=True)
-    for name in files:
-        text = read(name)
-        found.looked.append(name if text is not None else f"{name} (absent)")
-        if text is not None:
-            variables.layer(parse_env_file(text, name, env), name, override=False)
-    return variables
-
-
-# ---- generic: DATABASE_URL ----------------------------------------------------------
-
-
-def database_url(root: Path, read: FileReader, env: Mapping[str, str], op: Operation) -> Found:
-    found = Found()
-    variables = _env_layers(read, env, [".env"], found)
-    found.looked.append("DATABASE_URL")
-    url = variables.get("DATABASE_URL")
-    if url:
-        source = variables.origin("DATABASE_URL")
-        found.add(
-            parse_database_url(url, root, source), f"{source}: in-memory SQLite, nothing to back up"
-        )
-    return found
-
-
-# ---- Laravel ------------------------------------------------------------------------
-
-_LARAVEL_KEYS = (
-    "DB_CONNECTION",
-    "DB_URL",
-    "DATABASE_URL",
-    "DB_HOST",
-    "DB_PORT",
-    "DB_DATABASE",
-    "DB_USERNAME",
-    "DB_PASSWORD",
-    "DB_SOCKET",
-)
-
-
-def laravel(root: Path, read: FileReader, env: Mapping[str, str], op: Operation) -> Found:
-    """Laravel loads `.env.{APP_ENV}` instead of `.env` when that file exists; a test
-    run has APP_ENV=testing. Values in the real environment win over both files."""
-    found = Found()
-    app_env = op.hints.get("env") or env.get("APP_ENV")
-    if not app_env and op.kind is Kind.TEST:
-        app_env = "testing"
-    files = [".env"]
-    if app_env and read(f".env.{app_env}") is not None:
-        files = [f".env.{app_env}"]
-    variables = _env_layers(read, env, files, found)
-    found.add(*_laravel_target(root, variables))
-    if files != [".env"] and read("bootstrap/cache/config.php") is not None:
-        # A cached config ignores every .env file: the run would reach the main database.
-        main = _env_layers(read, env, [".env"], Found())
-        found.add(*_laravel_target(root, main))
-        found.warnings.append(
-            "bootstrap/cache/config.php exists: Laravel ignores .env files while it does, so "
-            f"this {op.kind} run could reach the .env database; run `php artisan config:clear`"
-        )
-    return found
-
-
-def _laravel_target(root: Path, variables: Variables) -> tuple[Target | None, str]:
-    source = variables.origin(*_LARAVEL_KEYS)
-    url = variables.get("DB_URL") or variables.get("DATABASE_URL")
-    if url:
-        return parse_database_url(url, root, source), f"{source}: in-memory SQLite"
-    connection = (variables.get("DB_CONNECTION") or "sqlite").lower()
-    if connection == "sqlite":
-        database = variables.get("DB_DATABASE") or "database/database.sqlite"
-        if database == ":memory:":
-            return None, f"{source}: SQLite :memory:, nothing on disk to back up"
-        path = Path(database) if Path(database).is_absolute() else root / database
-        return Target(engine="sqlite", path=str(path), source=source), ""
-    engines = {"pgsql": ("postgres", 5432), "mysql": ("mysql", 3306), "mariadb": ("mysql", 3306)}
-    if connection not in engines:
-        raise DiscoveryError(
-            f"{source}: DB_CONNECTION={connection} is not an engine dbguard can back up",
-            "dbguard supports sqlite, pgsql, mysql and mariadb",
-        )
-    engine, default_port = engines[connection]
-    port = variables.get("DB_PORT") or str(default_port)
-    if not port.isdigit():
-        raise DiscoveryError(f"{source}: DB_PORT={port!r} is not a port number")
-    password = variables.get("DB_PASSWORD")
-    return (
-        Target(
-            engine=engine,
-            host=variables.get("DB_HOST") or "127.0.0.1",
-            port=int(port),
-            socket=variables.get("DB_SOCKET") or None,
-            user=variables.get("DB_USERNAME") or "root",
-            password=SecretStr(password) if password else None,
-            name=variables.get("DB_DATABASE") or "laravel",
-            source=source,
-        ),
-        "",
-    )
-
-
-# ---- Prisma -------------------------------------------------------------------------
-
-
-def prisma(root: Path, read: FileReader, env: Mapping[str, str], op: Operation) -> Found:
-    """The datasource of prisma/schema.prisma; `file:` paths are relative to its folder."""
-    found = Found()
-    schema_path = op.hints.get("schema", "prisma/schema.prisma")
-    text = read(schema_path)
-    found.looked.append(schema_path if text is not None else f"{schema_path} (absent)")
-    if text is None:
-        return found
-    schema_dir = (root / schema_path).parent
-    relative_dir = str(Path(schema_path).parent)
-    variables = _env_layers(read, env, [".env", f"{relative_dir}/.env"], found)
-    url_value = _prisma_datasource_url(text)
-    if url_value is None:
-        raise DiscoveryError(
-            f"{schema_path}: no datasource url found",
-            'add url = env("DATABASE_URL") to the datasource block',
-        )
-    kind, value = url_value
-    if kind == "env":
-        url = variables.get(value)
-        source = f"{schema_path} -> {variables.origin(value)}"
-        if not url:
-            raise DiscoveryError(
-                f"{schema_path} reads the database URL from {value}, which is not set "
-                f"(looked in the environment, .env and {relative_dir}/.env)",
-                f"set {value}, so dbguard and Prisma agree on the database",
-            )
-    else:
-        url, source = value, schema_path
-    found.add(parse_database_url(url, schema_dir, source), f"{source}: in-memory SQLite")
-    return found
-
-
-def _prisma_datasource_url(schema: str) -> tuple[str, str] | None:
-    """('env', NAME) for url = env("NAME"), ('literal', URL) for url = "URL"."""
-    block = re.search(r"datasource\s+\w+\s*\{(.*?)\}", schema, re.DOTALL)
-    if not block:
-        return None
-    body = "\n".join(
-        line for line in block.group(1).splitlines() if not line.strip().startswith("//")
-    )
-    match = re.search(r'^\s*url\s*=\s*env\(\s*"([^"]+)"\s*\)', body, re.MULTILINE)
-    if match:
-        return "env", match.group(1)
-    match = re.search(r'^\s*url\s*=\s*"([^"]*)"', body, re.MULTILINE)
-    return ("literal", match.group(1)) if match else None
+def _apply_pg_environment(ctx: Context, found: Found) -> None:
+    """libpq fills unset fields from PG* variables; so must the backup, or it would
+    back up a different database than the command reaches."""
+    for index, target in enumerate(list(found.targets)):
+        filled, used = pg_environment(ctx, target)
+        if not used:
+            continue
+        facts = found.facts.pop(target.key, None)
+        found.targets[index] = filled
+        if facts is not None:
+            for setting in used:
+                if setting.name == "PGHOST":
+                    facts.fields["host"] = setting
+                elif setting.name == "PGDATABASE":
+                    facts.fields["name"] = setting
+            found.facts[filled.key] = facts

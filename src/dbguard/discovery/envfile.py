@@ -25,7 +25,12 @@ def parse_env_file(text: str, name: str, env: Mapping[str, str]) -> dict[str, st
     A line dotenv cannot parse is an error naming the file and line: a framework might
     read it differently, so guessing could mean backing up the wrong database.
     """
-    values: dict[str, str] = {}
+    return {key: value for key, (value, _) in parse_env_entries(text, name, env).items()}
+
+
+def parse_env_entries(text: str, name: str, env: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+    """Like parse_env_file, with the line each variable was (last) defined on."""
+    values: dict[str, tuple[str, int]] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             line = binding.original.string.rstrip("\n")
@@ -37,7 +42,7 @@ def parse_env_file(text: str, name: str, env: Mapping[str, str]) -> dict[str, st
             continue
         value = binding.value or ""
         if not _SINGLE_QUOTED.match(binding.original.string):
-            scope = {**values, **env}
+            scope = {**{k: v for k, (v, _) in values.items()}, **env}
             value = "".join(atom.resolve(scope) for atom in parse_variables(value))
-        values[binding.key] = value
+        values[binding.key] = (value, binding.original.line)
     return values

@@ -54,6 +54,7 @@ class ProjectFiles:
 
     root: Path
     stamps: dict[Path, Stamp] = field(default_factory=dict)
+    _scripts: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def read(self, relative: str) -> str | None:
         path = self.root / relative
@@ -78,15 +79,16 @@ class ProjectFiles:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 
     def package_script(self, manifest: str, script: str) -> str | None:
-        """The command line of `script` in package.json / composer.json, if any."""
-        text = self.read(manifest)
-        if text is None:
-            return None
-        try:
-            scripts = json.loads(text).get("scripts", {})
-        except (ValueError, AttributeError):
-            raise DiscoveryError(f"{self.root / manifest} is not valid JSON") from None
-        value = scripts.get(script) if isinstance(scripts, dict) else None
+        """The command line of `script` in package.json / composer.json, if any.
+        Each manifest is parsed once per ProjectFiles (npm test looks up pre/post too)."""
+        if manifest not in self._scripts:
+            text = self.read(manifest)
+            try:
+                parsed = json.loads(text).get("scripts", {}) if text is not None else {}
+            except (ValueError, AttributeError):
+                raise DiscoveryError(f"{self.root / manifest} is not valid JSON") from None
+            self._scripts[manifest] = parsed if isinstance(parsed, dict) else {}
+        value = self._scripts[manifest].get(script)
         if isinstance(value, list):  # composer allows a list of commands
             value = " && ".join(str(v) for v in value)
         return value if isinstance(value, str) else None
@@ -110,9 +112,12 @@ _VOLATILE = frozenset(
 )
 
 
-def _cache_key(root: Path, env: Mapping[str, str], op: Operation) -> tuple[object, ...]:
+def _cache_key(
+    root: Path, env: Mapping[str, str], op: Operation, cwd: Path | None
+) -> tuple[object, ...]:
     return (
         root,
+        cwd,
         op.tool,
         op.kind,
         op.framework,
@@ -136,13 +141,22 @@ class DiscoveryCache:
         self._entries: dict[tuple[object, ...], _Cached] = {}
         self._limit = limit
 
-    def discover(self, root: Path, env: Mapping[str, str], operation: Operation) -> Found:
-        key = _cache_key(root, env, operation)
+    def discover(
+        self,
+        root: Path,
+        env: Mapping[str, str],
+        operation: Operation,
+        *,
+        cwd: Path | None = None,
+    ) -> Found:
+        """discover() through a cache; `cwd` (default `root`) is where relative client
+        arguments (`sqlite3 data.db`) are taken from."""
+        key = _cache_key(root, env, operation, cwd)
         cached = self._entries.get(key)
         if cached is not None and cached.files.unchanged():
             return cached.found
         files = ProjectFiles(root)
-        found = discover(root, files.read, env, operation)
+        found = discover(root, files.read, env, operation, cwd=cwd)
         if len(self._entries) >= self._limit:
             self._entries.pop(next(iter(self._entries)))
         self._entries[key] = _Cached(files, found)

@@ -1,7 +1,15 @@
 """Database URLs in the forms frameworks use, turned into Targets.
 
 sqlite:///relative.db  sqlite:////abs.db  sqlite::memory:  file:./dev.db (Prisma)
-postgres://  postgresql://  postgresql+psycopg://  mysql://  mysql+pymysql://  mariadb://
+postgres://  postgresql://  postgresql+psycopg://  postgis://  pgsql://
+mysql://  mysql+pymysql://  mysql2:// (Rails)  trilogy://  mariadb://
+jdbc:postgresql://  jdbc:mysql://  jdbc:mariadb://  jdbc:sqlite:path (Flyway, Liquibase)
+
+Passwords and user names may be percent-encoded. Query parameters understood: sslmode
+(and ssl-mode, sslrootcert, sslcert, sslkey, sslaccept, charset) are kept in
+Target.params; a `host`, `socket` or `unix_socket` parameter holding a path is the Unix
+socket; libpq's host/port/user/password/dbname parameters fill what the URL leaves out.
+A socket may also stand percent-encoded in the host part (`postgres://%2Fvar%2Frun/db`).
 """
 
 from __future__ import annotations
@@ -21,12 +29,25 @@ _SCHEMES: dict[str, EngineName] = {
     "file": "sqlite",
     "postgres": "postgres",
     "postgresql": "postgres",
+    "postgis": "postgres",
     "pgsql": "postgres",
     "mysql": "mysql",
+    "mysql2": "mysql",
+    "trilogy": "mysql",
     "mariadb": "mysql",
+}
+_UNSUPPORTED = {
+    "sqlserver": "SQL Server",
+    "mssql": "SQL Server",
+    "mongodb": "MongoDB",
+    "mongodb+srv": "MongoDB",
+    "cockroachdb": "CockroachDB",
+    "oracle": "Oracle",
+    "redis": "Redis",
 }
 _MEMORY = {"", ":memory:", "memory"}
 _SOCKET_PARAMS = ("host", "unix_socket", "socket")
+_KEPT_PARAMS = ("sslmode", "ssl-mode", "sslrootcert", "sslcert", "sslkey", "sslaccept", "charset")
 
 
 def redact_url(url: str) -> str:
@@ -39,27 +60,59 @@ def redact_url(url: str) -> str:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
-def parse_database_url(url: str, base: Path, source: str) -> Target | None:
+def url_engine(url: str) -> EngineName | None:
+    """The engine a URL's scheme names, or None when it is not one dbguard knows."""
+    scheme, sep, _ = _strip_jdbc(url.strip()).partition(":")
+    return _SCHEMES.get(scheme.split("+", 1)[0].lower()) if sep else None
+
+
+def parse_database_url(
+    url: str, base: Path, source: str, *, where: str | None = None
+) -> Target | None:
     """The database `url` names; relative SQLite paths are taken from `base`.
 
     Returns None for an in-memory SQLite database (nothing on disk to lose). Raises
-    DiscoveryError for a URL that does not parse or names an unsupported engine.
+    DiscoveryError, naming `where` (default `source`; say file and line there), for a
+    URL that does not parse or names an unsupported engine. The password never appears
+    in an error.
     """
-    scheme, sep, rest = url.strip().partition(":")
-    engine = _SCHEMES.get(scheme.split("+", 1)[0].lower()) if sep else None
+    where = where or source
+    text = _strip_jdbc(url.strip().strip("'\""))
+    scheme, sep, rest = text.partition(":")
+    base_scheme = scheme.split("+", 1)[0].lower()
+    engine = _SCHEMES.get(base_scheme) if sep else None
     if engine is None:
-        shown = redact_url(url)
+        shown = redact_url(url.strip())
+        if base_scheme in _UNSUPPORTED and sep:
+            raise DiscoveryError(
+                f"{where}: {shown[:100]!r} is a {_UNSUPPORTED[base_scheme]} database, which "
+                "dbguard cannot back up",
+                "dbguard backs up SQLite, PostgreSQL and MySQL/MariaDB",
+            )
         raise DiscoveryError(
-            f"{source}: {shown[:100]!r} is not a database URL dbguard understands",
+            f"{where}: {shown[:100]!r} is not a database URL dbguard understands",
             "use sqlite:, file:, postgres(ql):// or mysql:// / mariadb://",
         )
     if engine == "sqlite":
-        return _sqlite(scheme.lower(), rest, base, source)
-    return _server(engine, url, source)
+        return _sqlite(base_scheme, rest, base, source)
+    if not rest.startswith("//"):
+        raise DiscoveryError(
+            f"{where}: {redact_url(url.strip())[:100]!r} is missing the // after {scheme}:",
+            f"write it as {scheme}://user:password@host:port/database",
+        )
+    return _server(engine, text, source, where)
+
+
+def _strip_jdbc(url: str) -> str:
+    """jdbc:postgresql://h/db -> postgresql://h/db; jdbc:sqlite:x.db -> sqlite:x.db."""
+    return url[5:] if url[:5].lower() == "jdbc:" else url
 
 
 def _sqlite(scheme: str, rest: str, base: Path, source: str) -> Target | None:
@@ -77,26 +130,53 @@ def _sqlite(scheme: str, rest: str, base: Path, source: str) -> Target | None:
     return Target(engine="sqlite", path=os.path.normpath(resolved), source=source)
 
 
-def _server(engine: EngineName, url: str, source: str) -> Target:
+def _server(engine: EngineName, url: str, source: str, where: str) -> Target:
+    shown = redact_url(url)[:100]
+    if "," in url.partition("//")[2].partition("/")[0].rpartition("@")[2]:
+        raise DiscoveryError(
+            f"{where}: the database URL {shown!r} names several hosts",
+            "dbguard backs up one server per URL; name the primary in .dbguard.toml",
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as err:
-        raise DiscoveryError(f"{source}: the database URL does not parse: {err}") from None
-    params = dict(urllib.parse.parse_qsl(parts.query))
+        raise DiscoveryError(f"{where}: the database URL {shown!r} does not parse: {err}") from None
+    hostport = parts.netloc.rpartition("@")[2]
+    # Parsed by hand, not parts.hostname: that lower-cases, which would change a socket
+    # path written percent-encoded in the host part.
+    if hostport.startswith("["):
+        raw_host = hostport[1:].partition("]")[0]
+    else:
+        raw_host = hostport.rpartition(":")[0] if ":" in hostport else hostport
+    host = urllib.parse.unquote(raw_host) or None
+    user = urllib.parse.unquote(parts.username) if parts.username else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    name = urllib.parse.unquote(parts.path.lstrip("/")) or None
+    params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     socket = next(
         (params.pop(k) for k in _SOCKET_PARAMS if params.get(k, "").startswith("/")), None
     )
-    name = urllib.parse.unquote(parts.path.lstrip("/")) or None
-    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    if host and host.startswith("/"):
+        host, socket = None, socket or host
+    # libpq-style parameters fill what the URL itself leaves out.
+    host = host or params.get("host") or None
+    user = user or params.get("user") or params.get("username") or None
+    if password is None and params.get("password"):
+        password = params["password"]
+    name = name or params.get("dbname") or params.get("database") or None
+    if port is None and params.get("port"):
+        if not params["port"].isdigit():
+            raise DiscoveryError(f"{where}: port {params['port']!r} in {shown!r} is not a number")
+        port = int(params["port"])
     return Target(
         engine=engine,
-        host=urllib.parse.unquote(parts.hostname) if parts.hostname else None,
+        host=host,
         port=port,
         socket=socket,
-        user=urllib.parse.unquote(parts.username) if parts.username else None,
+        user=user,
         password=SecretStr(password) if password is not None else None,
         name=name,
-        params={k: v for k, v in params.items() if k in ("sslmode", "sslrootcert", "charset")},
+        params={k: v for k, v in params.items() if k in _KEPT_PARAMS},
         source=source,
     )

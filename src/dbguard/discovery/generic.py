@@ -1,0 +1,110 @@
+"""What contributes whatever the framework: DATABASE_URL, the project's own
+`.dbguard.toml` databases, and the PG* variables libpq reads for fields a framework
+leaves unset."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from dbguard.discovery.model import Context, Found, Variables, load_env_files, url_target
+from dbguard.engines.base import Target
+from dbguard.production import DEFAULT_APP_ENV_VARIABLES, Setting, TargetFacts
+
+__all__ = ["app_env_facts", "database_url", "pg_environment", "project_databases"]
+
+
+def app_env_facts(variables: Variables, facts: TargetFacts | None = None) -> TargetFacts:
+    """Record every application-environment variable the layers define."""
+    facts = facts or TargetFacts()
+    for name in DEFAULT_APP_ENV_VARIABLES:
+        setting = variables.setting(name)
+        if setting is not None and setting not in facts.app_env:
+            facts.app_env.append(setting)
+    return facts
+
+
+def database_url(ctx: Context, found: Found) -> None:
+    """DATABASE_URL from the environment, else from `.env`: nearly every framework and
+    tool reads it, so it always contributes."""
+    variables = ctx.environment()
+    load_env_files(ctx.read, variables, [".env"], found, ctx.flat_env)
+    found.look("DATABASE_URL")
+    url = variables.get("DATABASE_URL")
+    if not url:
+        return
+    where = variables.where("DATABASE_URL")
+    source = variables.origin("DATABASE_URL")
+    target, facts = url_target(
+        url, ctx.root, f"{source} — DATABASE_URL", where, "DATABASE_URL", app_env_facts(variables)
+    )
+    found.add(target, f"{source}: DATABASE_URL is in-memory SQLite, nothing to back up", facts)
+
+
+def project_databases(ctx: Context, found: Found) -> None:
+    """The `[[database]]` entries of `.dbguard.toml`."""
+    if ctx.project is None or not ctx.project.database:
+        return
+    variables = ctx.environment()
+    load_env_files(ctx.read, variables, [".env"], Found(), ctx.flat_env)
+    values = {
+        entry.password_env: variables.get(entry.password_env) or ""
+        for entry in ctx.project.database
+        if entry.password_env and entry.password_env in variables
+    }
+    for target, facts in ctx.project.targets(ctx.root, values):
+        found.add(target, facts=app_env_facts(variables, facts))
+
+
+# libpq's variables, and the Target field each one fills.
+PG_VARIABLES = {
+    "PGHOST": "host",
+    "PGPORT": "port",
+    "PGDATABASE": "name",
+    "PGUSER": "user",
+    "PGPASSWORD": "password",
+    "PGSSLMODE": "sslmode",
+}
+
+
+def pg_environment(ctx: Context, target: Target) -> tuple[Target, list[Setting]]:
+    """`target` with the fields its settings leave unset taken from PG* variables, as
+    libpq (psql, psycopg, Rails' pg, node-postgres) does; and the settings used."""
+    if target.engine != "postgres":
+        return target, []
+    env = ctx.flat_env
+    update: dict[str, object] = {}
+    used = []
+    for variable, attribute in PG_VARIABLES.items():
+        value = env.get(variable)
+        if not value:
+            continue
+        if attribute == "host":
+            if target.host is not None or target.socket is not None:
+                continue
+            update.update({"socket": value} if value.startswith("/") else {"host": value})
+        elif attribute == "port":
+            if target.port is not None or not value.isdigit():
+                continue
+            update["port"] = int(value)
+        elif attribute == "sslmode":
+            if "sslmode" in target.params:
+                continue
+            update["params"] = {**target.params, "sslmode": value}
+        elif attribute == "password":
+            if target.password is not None:
+                continue
+            update["password"] = SecretStr(value)
+        elif getattr(target, attribute) is None:
+            update[attribute] = value
+        else:
+            continue
+        used.append(
+            Setting(
+                variable, "***" if attribute == "password" else value, "the invoking environment"
+            )
+        )
+    if not update:
+        return target, []
+    names = ", ".join(s.name for s in used)
+    update["source"] = f"{target.source} (with {names} from the environment)"
+    return target.model_copy(update=update), used

@@ -1,0 +1,304 @@
+"""The shapes every resolver shares: what was found (`Found`), layered variables that
+remember where each value came from (`Variables`), and small helpers.
+
+Pure, like the rest of discovery's parsing: files arrive through a `FileReader`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
+from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
+from dbguard.discovery.urls import parse_database_url
+from dbguard.engines.base import EngineName, Target
+from dbguard.production import INVOKING_ENV, Setting, TargetFacts
+from dbguard.rules import Kind, Operation
+
+if TYPE_CHECKING:
+    from dbguard.discovery.project_config import ProjectConfig
+
+# A project-relative path -> its text, or None when the file does not exist.
+FileReader = Callable[[str], str | None]
+
+COMMAND_LINE = "the command line"
+
+
+@dataclass
+class Found:
+    """The answer of discovery: every database, and everything it consulted.
+
+    targets   the databases to back up, each with a `source` saying where and why
+    looked    every place consulted, in order (files, variables, code not executed)
+    notes     things that need no backup, e.g. an in-memory SQLite database
+    warnings  things the user should fix, e.g. a cached Laravel config
+    facts     per target key: what bears on production (app env, which setting gave the
+              host), for production.classify_production
+    project   the project's `.dbguard.toml`, when it has one
+    """
+
+    targets: list[Target] = field(default_factory=list)
+    looked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict[str, TargetFacts] = field(default_factory=dict)
+    project: ProjectConfig | None = None
+
+    def add(
+        self, target: Target | None, note_if_none: str = "", facts: TargetFacts | None = None
+    ) -> None:
+        if target is None:
+            if note_if_none and note_if_none not in self.notes:
+                self.notes.append(note_if_none)
+            return
+        for index, known in enumerate(self.targets):
+            if known.key == target.key:
+                # The same database reached two ways: keep both explanations.
+                if target.source and target.source not in known.source:
+                    source = f"{known.source}; also {target.source}"
+                    self.targets[index] = known.model_copy(update={"source": source})
+                break
+        else:
+            self.targets.append(target)
+        if facts is not None:
+            self.facts.setdefault(target.key, TargetFacts()).merge(facts)
+
+    def facts_for(self, target: Target) -> TargetFacts:
+        return self.facts.get(target.key, TargetFacts())
+
+    def look(self, place: str) -> None:
+        if place not in self.looked:
+            self.looked.append(place)
+
+    def warn(self, warning: str) -> None:
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+
+    def extend(self, other: Found) -> None:
+        for target in other.targets:
+            self.add(target, facts=other.facts.get(target.key))
+        for place in other.looked:
+            self.look(place)
+        self.notes.extend(x for x in other.notes if x not in self.notes)
+        for warning in other.warnings:
+            self.warn(warning)
+        self.project = self.project or other.project
+
+
+@dataclass
+class Context:
+    """One discovery: the project, how to read it, and the invocation."""
+
+    root: Path
+    read: FileReader
+    env: Mapping[str, str]  # the invoking environment, without the command's assignments
+    operation: Operation
+    cwd: Path
+    project: ProjectConfig | None = None
+    # The environment the command starts with: the invoking one, its VAR=value
+    # assignments, and dotenv files a launcher loads first (hint env_file).
+    base: Variables | None = None
+
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = environment(self.env, self.operation.assignments)
+
+    @property
+    def hints(self) -> Mapping[str, str]:
+        return self.operation.hints
+
+    @property
+    def is_test(self) -> bool:
+        return self.operation.kind is Kind.TEST
+
+    @property
+    def flat_env(self) -> dict[str, str]:
+        """The environment the command runs with: its own VAR=value on top."""
+        assert self.base is not None
+        return self.base.values()
+
+    def environment(self) -> Variables:
+        assert self.base is not None
+        return self.base.copy()
+
+    def load_launcher_env_files(self, found: Found) -> None:
+        """`dotenv -e FILE`, `node --env-file=FILE`: variables the command starts with,
+        under the real environment (neither tool overrides a set variable)."""
+        assert self.base is not None
+        files = [f for f in self.hints.get("env_file", "").splitlines() if f.strip()]
+        if files:
+            load_env_files(self.read, self.base, files, found, self.flat_env)
+
+    def read_looked(self, name: str, found: Found) -> str | None:
+        """Read `name`, recording it (or its absence) in found.looked."""
+        text = self.read(name)
+        found.look(name if text is not None else f"{name} (absent)")
+        return text
+
+
+class Variables:
+    """Layered variables that remember where each value came from (file and line)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, str, int | None]] = {}
+
+    def copy(self) -> Variables:
+        other = Variables()
+        other._values = dict(self._values)
+        return other
+
+    def layer(self, values: Mapping[str, str], origin: str, *, override: bool) -> None:
+        for name, value in values.items():
+            if override or name not in self._values:
+                self._values[name] = (value, origin, None)
+
+    def layer_entries(
+        self, entries: Mapping[str, tuple[str, int]], origin: str, *, override: bool
+    ) -> None:
+        for name, (value, line) in entries.items():
+            if override or name not in self._values:
+                self._values[name] = (value, origin, line)
+
+    def layer_variables(self, other: Variables, *, override: bool) -> None:
+        """Another set of variables, keeping where each came from."""
+        for name, entry in other._values.items():
+            if override or name not in self._values:
+                self._values[name] = entry
+
+    def set(self, name: str, value: str, origin: str) -> None:
+        self._values[name] = (value, origin, None)
+
+    def values(self) -> dict[str, str]:
+        return {name: value for name, (value, _, _) in self._values.items()}
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        found = self._values.get(name)
+        return found[0] if found else default
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def file(self, name: str) -> str | None:
+        """The file (or 'the invoking environment') `name` came from."""
+        found = self._values.get(name)
+        return found[1] if found else None
+
+    def where(self, name: str) -> str:
+        """'.env, line 4' / 'the invoking environment' for a set variable."""
+        found = self._values.get(name)
+        if found is None:
+            return "(not set)"
+        _, origin, line = found
+        return f"{origin}, line {line}" if line else origin
+
+    def setting(self, name: str) -> Setting | None:
+        found = self._values.get(name)
+        return Setting(name, found[0], self.where(name)) if found else None
+
+    def origin(self, *names: str) -> str:
+        """'.env.testing (DB_CONNECTION, DB_DATABASE)' for the names that are set."""
+        by_origin: dict[str, list[str]] = {}
+        for name in names:
+            if name in self._values:
+                by_origin.setdefault(self._values[name][1], []).append(name)
+        return "; ".join(f"{o} ({', '.join(n)})" for o, n in by_origin.items()) or "defaults"
+
+
+def environment(env: Mapping[str, str], assignments: Mapping[str, str]) -> Variables:
+    """The invoking environment with the command's own VAR=value assignments on top."""
+    variables = Variables()
+    variables.layer(env, INVOKING_ENV, override=True)
+    variables.layer(assignments, COMMAND_LINE, override=True)
+    return variables
+
+
+def load_env_files(
+    read: FileReader,
+    variables: Variables,
+    files: list[str],
+    found: Found,
+    env: Mapping[str, str],
+    *,
+    override: bool = False,
+) -> list[str]:
+    """Layer .env files under `variables` (earlier files win unless `override`); returns
+    the files that exist. Every file is recorded in `found.looked`, absent ones too."""
+    present = []
+    for name in files:
+        text = read(name)
+        found.look(name if text is not None else f"{name} (absent)")
+        if text is not None:
+            present.append(name)
+            variables.layer_entries(parse_env_entries(text, name, env), name, override=override)
+    return present
+
+
+def url_target(
+    url: str,
+    base: Path,
+    source: str,
+    where: str,
+    setting_name: str,
+    facts: TargetFacts | None = None,
+) -> tuple[Target | None, TargetFacts]:
+    """parse_database_url plus the facts naming `setting_name` (at `where`) as the origin
+    of the host and database name."""
+    target = parse_database_url(url, base, source, where=where)
+    facts = facts or TargetFacts()
+    if target is not None:
+        for field_name, value in (("host", target.host), ("name", target.name)):
+            if value:
+                facts.fields.setdefault(
+                    field_name, Setting(f"{setting_name} {field_name}", value, where)
+                )
+        if target.path:
+            facts.fields.setdefault("path", Setting(setting_name, target.path, where))
+    return target, facts
+
+
+def server_target(
+    engine: EngineName,
+    *,
+    host: str | None,
+    port: str | int | None,
+    name: str | None,
+    user: str | None = None,
+    password: str | None = None,
+    socket: str | None = None,
+    params: Mapping[str, str] | None = None,
+    source: str,
+    where: str,
+) -> Target:
+    """A server Target from loose settings; `where` names them in errors."""
+    port_number: int | None = None
+    if port not in (None, ""):
+        text = str(port).strip()
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise DiscoveryError(f"{where}: port {text!r} is not a port number")
+        port_number = int(text)
+    if host and host.startswith("/") and not socket:
+        host, socket = None, host  # libpq and mysql take a socket folder/path as host
+    return Target(
+        engine=engine,
+        host=host or None,
+        port=port_number,
+        socket=socket or None,
+        user=user or None,
+        password=SecretStr(password) if password else None,
+        name=name or None,
+        params=dict(params or {}),
+        source=source,
+    )
+
+
+def sqlite_target(path: str, base: Path, source: str) -> Target | None:
+    """An SQLite target for `path` (relative to `base`); None for in-memory databases."""
+    if path in ("", ":memory:") or path.startswith(("file::memory:", ":memory:")):
+        return None
+    resolved = Path(path) if Path(path).is_absolute() else base / path
+    return Target(engine="sqlite", path=os.path.normpath(resolved), source=source)

@@ -1,0 +1,127 @@
+"""Prisma: the `datasource` block of the schema.
+
+The schema is `prisma/schema.prisma`, or the one named by `--schema` (hint `schema`) or
+by package.json's `"prisma": {"schema": ...}`. Its `url = env("NAME")` is looked up in
+the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads);
+a literal `url = "..."` is used as is. `file:` URLs are relative to the schema's folder.
+`directUrl` and `shadowDatabaseUrl` are not the target: migrations run through `url`
+(a shadow database is created and dropped by Prisma itself).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.formats import parse_json
+from dbguard.discovery.generic import app_env_facts
+from dbguard.discovery.model import Context, Found, load_env_files, url_target
+from dbguard.discovery.urls import url_engine
+
+__all__ = ["prisma"]
+
+DEFAULT_SCHEMA = "prisma/schema.prisma"
+_PROVIDERS = {
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "mysql": "mysql",
+    "sqlite": "sqlite",
+}
+
+
+def schema_path(ctx: Context, found: Found) -> str:
+    hinted = ctx.hints.get("schema")
+    if hinted:
+        return hinted
+    text = ctx.read("package.json")
+    if text is not None:
+        data = parse_json(text, "package.json")
+        settings = data.get("prisma") if isinstance(data, dict) else None
+        configured = settings.get("schema") if isinstance(settings, dict) else None
+        if isinstance(configured, str) and configured:
+            found.look("package.json (prisma.schema)")
+            return configured
+    return DEFAULT_SCHEMA
+
+
+def prisma(ctx: Context, found: Found) -> None:
+    path = schema_path(ctx, found)
+    text = ctx.read_looked(path, found)
+    if text is None:
+        if ctx.operation.framework == "prisma":
+            raise DiscoveryError(
+                f"{path}: no Prisma schema there",
+                "run the command from the project folder, or pass --schema",
+            )
+        return
+    folder = str(PurePosixPath(path).parent)
+    variables = ctx.environment()
+    env_files = [".env"] if folder in ("", ".") else [".env", f"{folder}/.env"]
+    load_env_files(ctx.read, variables, env_files, found, ctx.flat_env)
+    block = _datasource(text)
+    if block is None:
+        raise DiscoveryError(f"{path}: no datasource block", "add a datasource block with a url")
+    body, first_line = block
+    provider = _field(body, "provider")
+    url_value = _url(body)
+    if url_value is None:
+        raise DiscoveryError(
+            f"{path}, line {first_line}: the datasource has no url",
+            'add url = env("DATABASE_URL") to the datasource block',
+        )
+    kind, value, line = url_value
+    where = f"{path}, line {first_line + line}"
+    if kind == "env":
+        url = variables.get(value)
+        if not url:
+            raise DiscoveryError(
+                f"{where}: the database URL comes from {value}, which is not set "
+                f"(looked in the environment, {' and '.join(env_files)})",
+                f"set {value}, so dbguard and Prisma agree on the database",
+            )
+        source = f'{path} (url = env("{value}")) -> {variables.origin(value)}'
+        url_where = variables.where(value)
+        setting_name = value
+    else:
+        url, source, url_where, setting_name = value, f"{path} (url)", where, "url"
+    if (
+        provider
+        and provider[0] in _PROVIDERS
+        and url_engine(url) not in (None, _PROVIDERS[provider[0]])
+    ):
+        raise DiscoveryError(
+            f"{where}: provider {provider[0]!r} does not match the URL's scheme",
+            "make the datasource provider and the URL name the same kind of database",
+        )
+    base = ctx.root / folder
+    target, facts = url_target(url, base, source, url_where, setting_name, app_env_facts(variables))
+    found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+
+
+def _datasource(schema: str) -> tuple[str, int] | None:
+    """The body of the first datasource block, and the line it starts on."""
+    match = re.search(r"^\s*datasource\s+\w+\s*\{(.*?)^\s*\}", schema, re.DOTALL | re.MULTILINE)
+    if not match:
+        return None
+    first_line = schema.count("\n", 0, match.start(1)) + 1
+    body = "\n".join(
+        "" if line.strip().startswith("//") else line for line in match.group(1).split("\n")
+    )
+    return body, first_line
+
+
+def _field(body: str, name: str) -> tuple[str, int] | None:
+    match = re.search(rf'^[ \t]*{name}\s*=\s*"([^"]*)"', body, re.MULTILINE)
+    return (match.group(1), body.count("\n", 0, match.start())) if match else None
+
+
+def _url(body: str) -> tuple[str, str, int] | None:
+    """('env', NAME, line) for url = env("NAME"), ('literal', URL, line) for url = "URL"."""
+    match = re.search(r'^[ \t]*url\s*=\s*env\(\s*"([^"]+)"\s*\)', body, re.MULTILINE)
+    if match:
+        return "env", match.group(1), body.count("\n", 0, match.start())
+    match = re.search(r'^[ \t]*url\s*=\s*"([^"]*)"', body, re.MULTILINE)
+    if match:
+        return "literal", match.group(1), body.count("\n", 0, match.start())
+    return None

@@ -1,0 +1,247 @@
+"""Python projects: Alembic's alembic.ini and Django.
+
+Alembic: `sqlalchemy.url` in the `[alembic]` section of alembic.ini (or the file named
+by `-c/--config`, hint `config`, or ALEMBIC_CONFIG; the section named by `-n/--name`,
+hint `section`), with `%(here)s` interpolated. An `-x url=...` (hint `x`; also
+`sqlalchemy.url`, `db_url`, `database_url`, `dsn`) overrides it when env.py reads
+-x arguments. env.py is code and never run, but it is read for the variables it takes
+the URL from (`os.environ["DATABASE_URL"]`, `os.getenv(...)`): those are looked up in the
+environment and `.env`. With no URL anywhere else, DATABASE_URL is the fallback, and
+the target's source says so.
+
+Django: settings modules are code and are never run; DATABASE_URL (generic.py) and
+`.dbguard.toml` name the database. The settings module (`--settings`, hint `settings`,
+or DJANGO_SETTINGS_MODULE, or manage.py's default) is recorded in `looked`; only the
+exact stock `startproject` SQLite block (`BASE_DIR / 'db.sqlite3'`) is recognised in it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os.path
+import re
+from pathlib import PurePosixPath
+
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.generic import app_env_facts
+from dbguard.discovery.model import (
+    Context,
+    Found,
+    load_env_files,
+    sqlite_target,
+    url_target,
+)
+from dbguard.production import Setting, TargetFacts
+
+__all__ = ["alembic", "django"]
+
+X_URL_KEYS = ("url", "sqlalchemy.url", "sqlalchemy_url", "db_url", "database_url", "dburl", "dsn")
+_ENV_READ = re.compile(
+    r"""(?:os\.)?(?:environ\s*\[\s*|environ\.get\(\s*|getenv\(\s*|environ\.setdefault\(\s*)['"]([A-Za-z_][A-Za-z0-9_]*)['"]"""
+)
+_URLISH = re.compile(r"URL|DSN|DATABASE|_DB|DB_", re.IGNORECASE)
+
+
+def alembic(ctx: Context, found: Found) -> None:
+    config = ctx.hints.get("config") or ctx.flat_env.get("ALEMBIC_CONFIG") or "alembic.ini"
+    text = ctx.read_looked(config, found)
+    if text is None:
+        if ctx.operation.framework == "alembic":
+            raise DiscoveryError(
+                f"{config}: no such file; alembic needs it to find the database",
+                "run alembic from the project folder, or pass -c",
+            )
+        return
+    here = os.path.normpath(ctx.root / PurePosixPath(config).parent)
+    parser = configparser.ConfigParser(defaults={"here": here})
+    try:
+        parser.read_string(text, source=config)
+    except configparser.Error as err:
+        raise DiscoveryError(
+            f"{config}, line {_error_line(err)}: {_first_line(err)}", "fix the file"
+        ) from None
+    section = ctx.hints.get("section") or "alembic"
+    if not parser.has_section(section):
+        raise DiscoveryError(
+            f"{config}: no [{section}] section",
+            f"add [{section}] with sqlalchemy.url, or pass the right -n/--name",
+        )
+    variables = ctx.environment()
+    load_env_files(ctx.read, variables, [".env"], found, ctx.flat_env)
+    facts = app_env_facts(variables)
+    env_py, env_py_name, reads = _env_py(ctx, parser, section, found)
+    uses_x = env_py is not None and "get_x_argument" in env_py
+    x_url = _x_url(ctx.hints.get("x", ""))
+    if x_url is not None:
+        key, x_value = x_url
+        source = f"-x {key}=... on the command line"
+        target, x_facts = url_target(x_value, ctx.root, source, source, f"-x {key}", facts)
+        found.add(target, f"{source}: in-memory SQLite", x_facts)
+        if uses_x:
+            return  # env.py takes the URL from -x when given
+    added = False
+    for name in reads:
+        value = variables.get(name)
+        if not value:
+            continue
+        source = f"{env_py_name} reads {name}: {variables.where(name)}"
+        target, var_facts = url_target(value, ctx.root, source, variables.where(name), name, facts)
+        found.add(target, f"{source}: in-memory SQLite", var_facts)
+        added = True
+    ini_url = _ini_url(parser, config, section, text)
+    if ini_url:
+        line = _ini_line(text, section, "sqlalchemy.url")
+        where = f"{config}, line {line}" if line else config
+        source = f"{config} [{section}] sqlalchemy.url"
+        try:
+            target, ini_facts = url_target(
+                ini_url, ctx.root, source, where, "sqlalchemy.url", facts
+            )
+        except DiscoveryError:
+            if not added:
+                raise
+            found.notes.append(
+                f"{where}: sqlalchemy.url is not a usable URL; env.py takes it from the "
+                "environment instead"
+            )
+        else:
+            found.add(target, f"{source}: in-memory SQLite", ini_facts)
+        return
+    if added or x_url is not None:
+        return
+    if reads:
+        raise DiscoveryError(
+            f"{config} has no sqlalchemy.url and env.py reads {', '.join(reads)}, which is not set "
+            "in the environment or .env",
+            f"set {reads[0]}, so dbguard and alembic agree on the database",
+        )
+    fallback = variables.get("DATABASE_URL")
+    if not fallback:
+        raise DiscoveryError(
+            f"{config} has no sqlalchemy.url in [{section}], and DATABASE_URL is not set",
+            "set sqlalchemy.url or DATABASE_URL, or name the database in .dbguard.toml",
+        )
+    source = (
+        f"DATABASE_URL ({variables.where('DATABASE_URL')}) — {config} has no sqlalchemy.url, so "
+        "env.py must take it from elsewhere; DATABASE_URL is the usual place"
+    )
+    target, url_facts = url_target(
+        fallback, ctx.root, source, variables.where("DATABASE_URL"), "DATABASE_URL", facts
+    )
+    found.add(target, f"{source}: in-memory SQLite", url_facts)
+
+
+def _ini_url(parser: configparser.ConfigParser, config: str, section: str, text: str) -> str:
+    try:
+        return parser.get(section, "sqlalchemy.url", fallback="").strip()
+    except configparser.Error as err:
+        line = _ini_line(text, section, "sqlalchemy.url")
+        where = f"{config}, line {line}" if line else config
+        raise DiscoveryError(
+            f"{where}: {_first_line(err)}", "fix the interpolation (%% for a literal %)"
+        ) from None
+
+
+def _env_py(
+    ctx: Context, parser: configparser.ConfigParser, section: str, found: Found
+) -> tuple[str | None, str, list[str]]:
+    """env.py's text, its project-relative name, and the URL-like variables it reads."""
+    try:
+        location = parser.get(section, "script_location", fallback="")
+    except configparser.Error:
+        location = ""
+    if not location or ":" in location:  # a package resource: not a file we can name
+        return None, "env.py", []
+    folder = location if os.path.isabs(location) else os.path.join(str(ctx.root), location)
+    relative = os.path.relpath(os.path.normpath(os.path.join(folder, "env.py")), ctx.root)
+    text = ctx.read_looked(relative, found)
+    if text is None:
+        return None, relative, []
+    reads = [name for name in dict.fromkeys(_ENV_READ.findall(text)) if _URLISH.search(name)]
+    return text, relative, reads
+
+
+def _x_url(hint: str) -> tuple[str, str] | None:
+    """The URL among -x values (one per line when several were given)."""
+    for item in hint.splitlines():
+        key, sep, value = item.partition("=")
+        if sep and key.strip().lower() in X_URL_KEYS and value.strip():
+            return key.strip(), value.strip()
+    return None
+
+
+def _ini_line(text: str, section: str, key: str) -> int:
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"^\s*\[([^\]]+)\]", line)
+        if header:
+            current = header.group(1).strip()
+        elif current == section and re.match(rf"^\s*{re.escape(key)}\s*[=:]", line):
+            return number
+    return 0
+
+
+def _error_line(err: configparser.Error) -> int | str:
+    errors = getattr(err, "errors", None)
+    if isinstance(err, configparser.ParsingError) and errors:
+        return int(errors[0][0])
+    return getattr(err, "lineno", None) or "?"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
+
+
+# ---- Django ------------------------------------------------------------------------------
+
+_SETTINGS_DEFAULT = re.compile(
+    r"""environ\.setdefault\(\s*['"]DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([\w.]+)['"]\s*\)"""
+)
+_STOCK_BASE_DIR = re.compile(
+    r"^BASE_DIR\s*=\s*(?:Path\(__file__\)\.resolve\(\)\.parent\.parent"
+    r"|os\.path\.dirname\(os\.path\.dirname\(os\.path\.abspath\(__file__\)\)\))\s*$",
+    re.MULTILINE,
+)
+_STOCK_SQLITE = re.compile(
+    r"""^DATABASES\s*=\s*\{\s*['"]default['"]\s*:\s*\{\s*
+        ['"]ENGINE['"]\s*:\s*['"]django\.db\.backends\.sqlite3['"]\s*,\s*
+        ['"]NAME['"]\s*:\s*(?:BASE_DIR\s*/\s*['"]([^'"]+)['"]
+                          |os\.path\.join\(\s*BASE_DIR\s*,\s*['"]([^'"]+)['"]\s*\))\s*,?\s*
+        \}\s*,?\s*\}""",
+    re.MULTILINE | re.VERBOSE,
+)
+
+
+def django(ctx: Context, found: Found) -> None:
+    module = ctx.hints.get("settings") or ctx.flat_env.get("DJANGO_SETTINGS_MODULE")
+    origin = "--settings" if ctx.hints.get("settings") else "DJANGO_SETTINGS_MODULE"
+    if not module:
+        manage = ctx.read_looked("manage.py", found)
+        match = _SETTINGS_DEFAULT.search(manage or "")
+        module, origin = (match.group(1), "manage.py") if match else (None, "")
+    if not module:
+        return
+    found.look(f"Django settings {module} ({origin}; code, not executed)")
+    path = module.replace(".", "/")
+    for candidate in (f"{path}.py", f"{path}/__init__.py"):
+        text = ctx.read(candidate)
+        if text is None:
+            continue
+        sqlite = _STOCK_SQLITE.search(text)
+        if sqlite and _STOCK_BASE_DIR.search(text):
+            name = sqlite.group(1) or sqlite.group(2)
+            base_dir = ctx.root / PurePosixPath(candidate).parent.parent
+            if candidate.endswith("__init__.py"):
+                base_dir = base_dir.parent
+            line = text.count("\n", 0, sqlite.start()) + 1
+            source = f"{candidate}, line {line} (the stock DATABASES: sqlite3 BASE_DIR / {name!r})"
+            variables = ctx.environment()
+            facts = app_env_facts(variables, TargetFacts())
+            target = sqlite_target(name, base_dir, source)
+            if target is not None:
+                facts.fields["path"] = Setting(
+                    "NAME", target.path or "", f"{candidate}, line {line}"
+                )
+            found.add(target, facts=facts)
+        return

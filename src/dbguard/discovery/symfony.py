@@ -1,0 +1,120 @@
+"""Symfony (Doctrine): DATABASE_URL, the way Symfony's Dotenv loads it.
+
+Files, later ones winning, the real environment over all of them: `.env` (or
+`.env.dist`), `.env.local` (skipped when APP_ENV=test), `.env.{APP_ENV}`,
+`.env.{APP_ENV}.local`. APP_ENV comes from `--env`/`-e` (hint `env`), the environment,
+phpunit.xml's `<server>`/`<env>` for test runs, `.env`, and defaults to `dev` (`test`
+for a test run with nothing setting it). `.env.local.php` (composer dump-env) replaces
+all the files when its APP_ENV is the one in force, and is read like Laravel's cached
+config: as a PHP literal, never run.
+
+Doctrine's `dbname_suffix` under `when@test` in config/packages/doctrine.yaml (the
+recipe's `_test`) is appended for test runs. A test run also backs up the `dev`
+database when nothing sets APP_ENV=test.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.generic import app_env_facts
+from dbguard.discovery.laravel import _phpunit
+from dbguard.discovery.model import (
+    Context,
+    Found,
+    Variables,
+    load_env_files,
+    url_target,
+)
+from dbguard.discovery.php import PhpSyntaxError, parse_php_return
+
+__all__ = ["symfony"]
+
+
+def symfony(ctx: Context, found: Found) -> None:
+    variables, assumed = _variables(ctx, found, test=ctx.is_test)
+    _add(ctx, found, variables, test=ctx.is_test)
+    if ctx.is_test and assumed:
+        main, _ = _variables(ctx, Found(), test=False)
+        _add(
+            ctx,
+            found,
+            main,
+            test=False,
+            why="the application (dev) database, backed up too because nothing sets APP_ENV=test "
+            "for this run",
+        )
+
+
+def _variables(ctx: Context, found: Found, *, test: bool) -> tuple[Variables, bool]:
+    variables = Variables()
+    if ctx.hints.get("env"):
+        variables.set("APP_ENV", ctx.hints["env"], "--env on the command line")
+    phpunit = _phpunit(ctx, found) if test else None
+    if phpunit is not None:
+        variables.layer_entries(phpunit.server, phpunit.file, override=False)
+        variables.layer_entries(phpunit.forced, phpunit.file, override=False)
+    variables.layer_variables(ctx.environment(), override=False)
+    if phpunit is not None:
+        variables.layer_entries(phpunit.soft, phpunit.file, override=False)
+    dumped = ctx.read_looked(".env.local.php", found)
+    if dumped is not None:
+        try:
+            data = parse_php_return(dumped)
+        except PhpSyntaxError as err:
+            raise DiscoveryError(
+                f".env.local.php, {err}: dbguard reads it as a literal array, never runs it",
+                "run `composer dump-env` again, or remove the file",
+            ) from None
+        if isinstance(data, dict):
+            wanted = variables.get("APP_ENV") or data.get("APP_ENV")
+            if data.get("APP_ENV") == wanted:
+                values = {str(k): str(v) for k, v in data.items() if isinstance(v, (str, int))}
+                variables.layer(values, ".env.local.php", override=False)
+                return variables, False
+    base = ".env" if ctx.read(".env") is not None else ".env.dist"
+    probe = variables.copy()
+    load_env_files(ctx.read, probe, [base], found, ctx.flat_env)
+    app_env = probe.get("APP_ENV")
+    assumed = False
+    if not app_env:
+        app_env, assumed = ("test", True) if test else ("dev", False)
+    # Symfony lets later files win; layered here most specific first, none overriding.
+    files = [f".env.{app_env}.local", f".env.{app_env}"]
+    if app_env != "test":
+        files.append(".env.local")
+    load_env_files(ctx.read, variables, [*files, base], found, ctx.flat_env)
+    if "APP_ENV" not in variables:
+        variables.set("APP_ENV", app_env, "Symfony's default")
+    return variables, assumed
+
+
+def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: str = "") -> None:
+    url = variables.get("DATABASE_URL")
+    if not url:
+        found.look("DATABASE_URL (not set)")
+        return
+    where = variables.where("DATABASE_URL")
+    source = f"{variables.origin('DATABASE_URL')} (APP_ENV={variables.get('APP_ENV')})"
+    if why:
+        source += f" — {why}"
+    facts = app_env_facts(variables)
+    target, facts = url_target(url, ctx.root, source, where, "DATABASE_URL", facts)
+    if target is not None and test and target.engine != "sqlite" and target.name:
+        suffix = _test_suffix(ctx, found)
+        if suffix:
+            target = target.model_copy(
+                update={
+                    "name": target.name + suffix,
+                    "source": f"{source}, with Doctrine's test dbname_suffix {suffix!r}",
+                }
+            )
+    found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+
+
+def _test_suffix(ctx: Context, found: Found) -> str:
+    text = ctx.read_looked("config/packages/doctrine.yaml", found) or ""
+    when_test = text.split("when@test:", 1)[1] if "when@test:" in text else ""
+    match = re.search(r"""dbname_suffix:\s*['"]?([A-Za-z0-9_]*)""", when_test)
+    return match.group(1) if match else ""

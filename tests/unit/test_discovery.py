@@ -1,0 +1,581 @@
+"""Discovery: the core, the generic sources (DATABASE_URL, PG*, .dbguard.toml) and Laravel,
+including the incidents (a cached config, an ignored .env.testing, :memory: tests).
+
+Pure: files come from dicts or from the fixture projects through a reader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from dbguard.discovery import FileReader, Found, discover
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.project import DiscoveryCache, ProjectFiles
+from dbguard.engines.base import Target
+from dbguard.production import classify_production
+from dbguard.rules import Kind, Operation
+
+ROOT = Path("/srv/app")
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "projects"
+
+
+def operation(
+    kind: Kind = Kind.MIGRATE,
+    framework: str | None = "laravel",
+    tool: str = "artisan",
+    hints: Mapping[str, str] | None = None,
+    assignments: Mapping[str, str] | None = None,
+) -> Operation:
+    return Operation(tool, kind, "", framework, dict(hints or {}), dict(assignments or {}))
+
+
+def run(
+    files: Mapping[str, str],
+    env: Mapping[str, str] | None = None,
+    *,
+    root: Path = ROOT,
+    cwd: Path | None = None,
+    **op: object,
+) -> Found:
+    return discover(root, dict(files).get, dict(env or {}), operation(**op), cwd=cwd)  # type: ignore[arg-type]
+
+
+def fixture(name: str) -> FileReader:
+    """Reads a fixture project's files (nothing else touches the disk)."""
+    base = FIXTURES / name
+
+    def read(relative: str) -> str | None:
+        path = base / relative
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    return read
+
+
+def run_fixture(
+    name: str, env: Mapping[str, str] | None = None, **op: object
+) -> tuple[Found, Path]:
+    root = Path("/projects") / name
+    return discover(root, fixture(name), dict(env or {}), operation(**op)), root  # type: ignore[arg-type]
+
+
+def only(found: Found) -> Target:
+    assert len(found.targets) == 1, [t.label for t in found.targets]
+    return found.targets[0]
+
+
+def keys(found: Found) -> set[str]:
+    return {t.key for t in found.targets}
+
+
+# ---- Laravel: ordinary commands --------------------------------------------------------------
+
+
+def test_laravel_mysql_from_env_with_every_field() -> None:
+    found, _ = run_fixture("laravel")
+    target = only(found)
+    assert (target.engine, target.host, target.port, target.name) == (
+        "mysql",
+        "127.0.0.1",
+        3306,
+        "shop",
+    )
+    assert target.user == "shop"
+    assert target.password is not None and target.password.get_secret_value() == "s3cr#t pass"
+    assert target.source.startswith(".env (DB_CONNECTION, DB_HOST, DB_PORT, DB_DATABASE")
+    assert "config/database.php" in found.looked
+    facts = found.facts_for(target)
+    assert [str(s) for s in facts.app_env] == ["APP_ENV=local (.env, line 2)"]
+    assert str(facts.fields["host"]) == "DB_HOST=127.0.0.1 (.env, line 4)"
+
+
+@pytest.mark.parametrize(
+    ("connection", "engine", "port"),
+    [("pgsql", "postgres", 5432), ("mysql", "mysql", 3306), ("mariadb", "mysql", 3306)],
+)
+def test_laravel_server_connections(connection: str, engine: str, port: int) -> None:
+    env = (
+        f"DB_CONNECTION={connection}\nDB_HOST=db\nDB_DATABASE=app\nDB_USERNAME=u\n"
+        f"DB_SOCKET=/run/db.sock\n"
+    )
+    target = only(run({"artisan": "", ".env": env}))
+    assert (target.engine, target.host, target.port, target.socket) == (
+        engine,
+        "db",
+        port,
+        "/run/db.sock",
+    )
+
+
+def test_laravel_sqlite_default_path_and_absolute_path() -> None:
+    target = only(run({"artisan": "", ".env": "DB_CONNECTION=sqlite\n"}))
+    assert target.path == "/srv/app/database/database.sqlite"
+    target = only(
+        run({"artisan": "", ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=/var/db/app.sqlite\n"})
+    )
+    assert target.path == "/var/db/app.sqlite"
+
+
+def test_laravel_default_connection_is_read_from_config_database_php() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_DATABASE=shop\n",
+        "config/database.php": "<?php return ['default' => env('DB_CONNECTION', 'pgsql')];",
+    }
+    assert only(run(files)).engine == "postgres"
+
+
+def test_laravel_database_option_picks_the_connection() -> None:
+    files = {"artisan": "", ".env": "DB_CONNECTION=mysql\nDB_DATABASE=shop\n"}
+    target = only(run(files, hints={"connection": "pgsql"}))
+    assert (target.engine, target.name, target.port) == ("postgres", "shop", 5432)
+
+
+def test_laravel_env_option_loads_that_env_file_instead_of_env() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/local.sqlite\n",
+        ".env.staging": "DB_CONNECTION=sqlite\nDB_DATABASE=database/staging.sqlite\n",
+    }
+    found = run(files, hints={"env": "staging"})
+    assert only(found).path == "/srv/app/database/staging.sqlite"
+    assert "loads .env.staging instead of .env" in only(found).source
+    # APP_ENV from the real environment does the same
+    found = run(files, {"APP_ENV": "staging"})
+    assert only(found).path == "/srv/app/database/staging.sqlite"
+
+
+def test_laravel_db_url_wins_and_db_settings_fill_in() -> None:
+    files = {
+        "artisan": "",
+        ".env": (
+            "DB_CONNECTION=pgsql\nDB_URL=postgresql://db.example.com/shop\n"
+            "DB_USERNAME=shop\nDB_PASSWORD=p%w\n"
+        ),
+    }
+    target = only(run(files))
+    assert (target.host, target.name, target.user) == ("db.example.com", "shop", "shop")
+    assert target.password is not None and target.password.get_secret_value() == "p%w"
+
+
+def test_laravel_unsupported_driver_is_named() -> None:
+    with pytest.raises(DiscoveryError, match=r"\.env, line 1: DB_CONNECTION=sqlsrv"):
+        run({"artisan": "", ".env": "DB_CONNECTION=sqlsrv\n"})
+
+
+def test_laravel_custom_connection_needs_dbguard_toml() -> None:
+    files = {"artisan": "", ".env": "DB_CONNECTION=tenant\n"}
+    with pytest.raises(DiscoveryError, match=r"'tenant' is not one of Laravel's built-in"):
+        run(files)
+    files[".dbguard.toml"] = '[[database]]\nurl = "mysql://root@127.0.0.1/tenant"\n'
+    found = run(files)
+    assert only(found).name == "tenant"
+    assert any("'tenant'" in w for w in found.warnings)
+
+
+# ---- Laravel: test runs ------------------------------------------------------------------------
+
+
+def test_laravel_test_run_uses_env_testing_and_is_isolated() -> None:
+    found, _ = run_fixture("laravel", kind=Kind.TEST)
+    target = only(found)
+    assert target.name == "shop_test"
+    assert "the database this test run is configured to use" in target.source
+    assert "APP_ENV=testing (phpunit.xml, line 8) loads .env.testing" in target.source
+    assert "phpunit.xml" in found.looked and ".env.testing" in found.looked
+    assert not found.warnings
+
+
+def test_laravel_env_testing_ignored_because_the_shell_exports_app_env() -> None:
+    # The incident: APP_ENV=local in the environment beats phpunit.xml's non-forced
+    # <env>, so .env.testing is ignored and the tests run against .env's database.
+    found, _ = run_fixture("laravel", {"APP_ENV": "local"}, kind=Kind.TEST)
+    target = only(found)
+    assert target.name == "shop"
+    assert (
+        "the application database, backed up too because the tests take DB_DATABASE from .env"
+        in target.source
+    )
+    assert any("ignore .env.testing" in w and 'force="true"' in w for w in found.warnings)
+
+
+def test_laravel_forced_phpunit_env_beats_the_environment() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        ".env.testing": "DB_CONNECTION=sqlite\nDB_DATABASE=database/test.sqlite\n",
+        "phpunit.xml": (
+            '<phpunit><php><env name="APP_ENV" value="testing" force="true"/></php></phpunit>'
+        ),
+    }
+    found = run(files, {"APP_ENV": "local"}, kind=Kind.TEST)
+    assert only(found).path == "/srv/app/database/test.sqlite"
+
+
+def test_laravel_phpunit_server_variables_always_win() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        "phpunit.xml": (
+            '<phpunit><php><server name="APP_ENV" value="testing"/>'
+            '<server name="DB_DATABASE" value="database/server.sqlite"/></php></phpunit>'
+        ),
+    }
+    found = run(files, {"DB_DATABASE": "database/env.sqlite"}, kind=Kind.TEST)
+    assert only(found).path == "/srv/app/database/server.sqlite"
+
+
+def test_laravel_env_testing_absent_falls_through_to_env() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        "phpunit.xml": '<phpunit><php><env name="APP_ENV" value="testing"/></php></phpunit>',
+    }
+    found = run(files, kind=Kind.TEST)
+    target = only(found)
+    assert target.path == "/srv/app/database/app.sqlite"
+    assert ".env.testing is absent, so Laravel reads .env" in target.source
+    assert "backed up too because the tests take DB_DATABASE from .env" in target.source
+
+
+def test_laravel_test_run_with_nothing_setting_app_env_also_backs_up_the_main_database() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        ".env.testing": "DB_CONNECTION=sqlite\nDB_DATABASE=database/test.sqlite\n",
+    }
+    found = run(files, kind=Kind.TEST)
+    assert keys(found) == {
+        "sqlite:/srv/app/database/test.sqlite",
+        "sqlite:/srv/app/database/app.sqlite",
+    }
+    main = next(t for t in found.targets if t.path and t.path.endswith("app.sqlite"))
+    assert "nothing sets APP_ENV=testing" in main.source
+
+
+def test_laravel_phpunit_memory_database_is_a_note_not_a_target() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=mysql\nDB_DATABASE=shop\n",
+        "phpunit.xml": (
+            '<phpunit><php><env name="APP_ENV" value="testing"/>'
+            '<env name="DB_CONNECTION" value="sqlite"/>'
+            '<env name="DB_DATABASE" value=":memory:"/></php></phpunit>'
+        ),
+    }
+    found = run(files, kind=Kind.TEST)
+    assert found.targets == []
+    assert any(":memory:" in note for note in found.notes)
+
+
+def test_laravel_cached_config_test_run_reaches_production() -> None:
+    # The incident: phpunit.xml says :memory:, but bootstrap/cache/config.php wins and
+    # names the production database. dbguard backs up what the cache names and the
+    # .env database, and warns.
+    found, root = run_fixture("laravel-cached", kind=Kind.TEST)
+    by_engine = {t.engine: t for t in found.targets}
+    cached = by_engine["postgres"]
+    assert (cached.host, cached.port, cached.name, cached.user) == (
+        "db.prod.example.com",
+        5432,
+        "shop",
+        "shop",
+    )
+    assert cached.password is not None and cached.password.get_secret_value() == "pa'ss"
+    assert cached.params == {"sslmode": "require"}
+    assert cached.source.startswith("bootstrap/cache/config.php (database.connections.pgsql)")
+    assert by_engine["sqlite"].path == f"{root}/database/app.sqlite"
+    assert (
+        "the application database, backed up too because bootstrap/cache/config.php exists"
+        in by_engine["sqlite"].source
+    )
+    assert any(
+        "bootstrap/cache/config.php" in w and "php artisan config:clear" in w
+        for w in found.warnings
+    )
+    assert any(":memory:" in n for n in found.notes)
+    verdict = classify_production(cached, {}, facts=found.facts_for(cached))
+    assert verdict.production
+    assert (
+        "production because APP_ENV=production (bootstrap/cache/config.php (app.env))"
+        in verdict.reasons
+    )
+    assert any(
+        "host=db.prod.example.com" in r and "not a development host" in r for r in verdict.reasons
+    )
+
+
+def test_laravel_cached_config_wins_for_ordinary_commands_too() -> None:
+    found, _ = run_fixture("laravel-cached")
+    assert only(found).host == "db.prod.example.com"
+    assert any("ignores .env, which names a different database" in w for w in found.warnings)
+
+
+def test_laravel_cached_config_connection_option_and_missing_connection() -> None:
+    found, _ = run_fixture("laravel-cached", hints={"connection": "sqlite"})
+    assert only(found).path == "/srv/shop/database/database.sqlite"
+    with pytest.raises(DiscoveryError, match="cached config has no database connection 'mysql'"):
+        run_fixture("laravel-cached", hints={"connection": "mysql"})
+
+
+def test_laravel_unreadable_cached_config_falls_back_to_env_and_warns() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        "bootstrap/cache/config.php": "<?php\nreturn array(\n  'database' => load_it(),\n);\n",
+    }
+    found = run(files)
+    assert only(found).path == "/srv/app/database/app.sqlite"
+    [warning] = found.warnings
+    assert "bootstrap/cache/config.php exists but dbguard cannot read" in warning
+    assert "line 3" in warning and "php artisan config:clear" in warning
+
+
+def test_laravel_config_cache_location_from_app_config_cache() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\n",
+        "storage/config.php": (
+            "<?php return ['database' => ['default' => "
+            "'sqlite', 'connections' => ['sqlite' => ['driver' => 'sqlite', "
+            "'database' => '/data/cached.sqlite']]]];"
+        ),
+    }
+    found = run(files, {"APP_CONFIG_CACHE": "storage/config.php"})
+    assert only(found).path == "/data/cached.sqlite"
+
+
+# ---- bad input: file and line, never a crash -------------------------------------------------
+
+
+def test_malformed_env_line_names_file_and_line() -> None:
+    with pytest.raises(DiscoveryError, match=r"^\.env, line 3: cannot parse 'DB HOST=x'"):
+        run({"artisan": "", ".env": "APP_ENV=local\nDB_CONNECTION=mysql\nDB HOST=x\n"})
+
+
+def test_unparseable_database_url_names_file_and_line() -> None:
+    with pytest.raises(DiscoveryError, match=r"^\.env, line 2: .*does not parse") as info:
+        run(
+            {".env": "APP_ENV=local\nDATABASE_URL=postgres://u:secret@host:notaport/db\n"},
+            framework=None,
+        )
+    assert "secret" not in str(info.value)
+    with pytest.raises(DiscoveryError, match=r"^\.env, line 1: 'nonsense' is not a database URL"):
+        run({".env": "DATABASE_URL=nonsense\n"}, framework=None)
+
+
+def test_phpunit_xml_that_is_not_xml_names_file_and_line() -> None:
+    files = {
+        "artisan": "",
+        ".env": "",
+        "phpunit.xml": "<phpunit>\n  <php>\n    <env name='A'>\n</phpunit>\n",
+    }
+    with pytest.raises(
+        DiscoveryError, match=r"^phpunit\.xml, line 4: not valid XML: mismatched tag"
+    ):
+        run(files, kind=Kind.TEST)
+
+
+def test_phpunit_xml_entity_declarations_are_refused() -> None:
+    bomb = (
+        '<?xml version="1.0"?>\n<!DOCTYPE p [\n<!ENTITY a "aaaaaaaaaa">\n]>\n<phpunit>&a;</phpunit>'
+    )
+    with pytest.raises(
+        DiscoveryError, match=r"phpunit\.xml, line 3: not accepted: it declares the entity 'a'"
+    ):
+        run({"artisan": "", "phpunit.xml": bomb}, kind=Kind.TEST)
+
+
+# ---- generic: DATABASE_URL, PG*, nothing found ------------------------------------------------
+
+
+def test_database_url_always_contributes_and_the_environment_wins() -> None:
+    files = {"artisan": "", ".env": "DB_CONNECTION=sqlite\nDATABASE_URL=mysql://a@h1/one\n"}
+    found = run(files, {"DATABASE_URL": "postgres://b@h2/two"})
+    assert keys(found) == {"sqlite:/srv/app/database/database.sqlite", "postgres://b@h2:/two"}
+    url_target = next(t for t in found.targets if t.engine == "postgres")
+    assert url_target.source == "the invoking environment (DATABASE_URL) — DATABASE_URL"
+
+
+def test_pg_variables_fill_what_a_url_leaves_out() -> None:
+    found = run(
+        {".env": "DATABASE_URL=postgresql:///app\n"},
+        {
+            "PGHOST": "db.prod.example.com",
+            "PGPORT": "6432",
+            "PGUSER": "deploy",
+            "PGPASSWORD": "pw",
+            "PGSSLMODE": "verify-full",
+        },
+        framework=None,
+    )
+    target = only(found)
+    assert (target.host, target.port, target.user, target.name) == (
+        "db.prod.example.com",
+        6432,
+        "deploy",
+        "app",
+    )
+    assert target.params == {"sslmode": "verify-full"}
+    assert target.password is not None and target.password.get_secret_value() == "pw"
+    assert (
+        "with PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE from the environment" in target.source
+    )
+    assert (
+        str(found.facts_for(target).fields["host"])
+        == "PGHOST=db.prod.example.com (the invoking environment)"
+    )
+
+
+def test_pg_socket_folder_in_pghost() -> None:
+    target = only(
+        run({}, {"DATABASE_URL": "postgresql:///app", "PGHOST": "/run/postgresql"}, framework=None)
+    )
+    assert (target.host, target.socket) == (None, "/run/postgresql")
+
+
+def test_nothing_found_lists_where_it_looked() -> None:
+    with pytest.raises(DiscoveryError, match="could not find its database") as info:
+        run({}, framework=None)
+    assert "DATABASE_URL" in str(info.value) and ".dbguard.toml" in str(info.value)
+
+
+def test_dbguard_toml_databases_always_contribute() -> None:
+    files = {
+        ".dbguard.toml": (
+            '[[database]]\nengine = "postgres"\nhost = "127.0.0.1"\nname = "reports"\n'
+            'password_env = "REPORTS_PW"\nproduction = true\nlabel = "reporting"\n'
+            '[[database]]\nengine = "sqlite"\npath = "var/cache.db"\n'
+        ),
+        ".env": "REPORTS_PW=hunter2\n",
+    }
+    found = run(files, framework=None)
+    reports, cache = found.targets
+    assert reports.password is not None and reports.password.get_secret_value() == "hunter2"
+    assert reports.source == ".dbguard.toml (database[0]: reporting)"
+    assert cache.path == "/srv/app/var/cache.db"
+    assert found.project is not None
+    verdict = classify_production(reports, {}, facts=found.facts_for(reports))
+    assert verdict.reasons == ["production because .dbguard.toml marks database[0] production"]
+
+
+def test_launcher_env_files_are_loaded_first() -> None:
+    files = {
+        "ci.env": "DATABASE_URL=mysql://root@127.0.0.1/ci\n",
+        ".env": "DATABASE_URL=mysql://root@127.0.0.1/dev\n",
+    }
+    found = run(files, framework=None, hints={"env_file": "ci.env"})
+    assert only(found).name == "ci"
+    assert "ci.env" in found.looked
+
+
+def test_command_line_assignments_count_like_the_environment() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\n",
+        ".env.testing": "DB_CONNECTION=sqlite\nDB_DATABASE=t.sqlite\n",
+    }
+    found = run(files, assignments={"APP_ENV": "testing"})
+    assert only(found).path == "/srv/app/t.sqlite"
+
+
+def test_frameworks_are_detected_for_test_runs_but_not_for_other_tools() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=sqlite\n",
+        "prisma/schema.prisma": (
+            'datasource db {\n  provider = "sqlite"\n  url = "file:./dev.db"\n}\n'
+        ),
+    }
+    prisma_only = run(files, framework="prisma", tool="prisma")
+    assert keys(prisma_only) == {"sqlite:/srv/app/prisma/dev.db"}
+    both = run(files, framework="python", tool="pytest", kind=Kind.TEST)
+    assert keys(both) == {
+        "sqlite:/srv/app/prisma/dev.db",
+        "sqlite:/srv/app/database/database.sqlite",
+    }
+
+
+# ---- the I/O side: DiscoveryCache over a fixture project ---------------------------------------
+
+
+def test_discovery_cache_reads_a_fixture_project_and_reuses_the_answer() -> None:
+    cache = DiscoveryCache()
+    root = FIXTURES / "laravel"
+    first = cache.discover(root, {}, operation(kind=Kind.TEST))
+    assert only(first).name == "shop_test"
+    assert cache.discover(root, {}, operation(kind=Kind.TEST)) is first
+    other = cache.discover(root, {}, operation(kind=Kind.TEST), cwd=root / "tests")
+    assert other is not first and only(other).name == "shop_test"
+
+
+def test_project_files_reader_reports_absent_files() -> None:
+    files = ProjectFiles(FIXTURES / "laravel")
+    assert files.read("no-such-file") is None
+    assert files.read(".env") is not None
+
+
+# ---- bad input never crashes: every file discovery reads, filled with anything ------------------
+
+# (file, framework, kind) for every parser discovery has.
+_PARSED_FILES = [
+    (".env", "laravel", Kind.MIGRATE),
+    ("phpunit.xml", "laravel", Kind.TEST),
+    ("bootstrap/cache/config.php", "laravel", Kind.MIGRATE),
+    (".env.local.php", "symfony", Kind.MIGRATE),
+    ("config/packages/doctrine.yaml", "symfony", Kind.TEST),
+    ("prisma/schema.prisma", "prisma", Kind.MIGRATE),
+    ("package.json", "prisma", Kind.MIGRATE),
+    ("alembic.ini", "alembic", Kind.MIGRATE),
+    ("config/database.yml", "rails", Kind.MIGRATE),
+    ("knexfile.js", "knex", Kind.MIGRATE),
+    ("knexfile.json", "knex", Kind.MIGRATE),
+    ("config/config.json", "sequelize", Kind.MIGRATE),
+    (".sequelizerc", "sequelize", Kind.MIGRATE),
+    ("ormconfig.json", "typeorm", Kind.MIGRATE),
+    ("flyway.conf", "flyway", Kind.MIGRATE),
+    ("flyway.toml", "flyway", Kind.MIGRATE),
+    ("liquibase.properties", "liquibase", Kind.MIGRATE),
+    ("supabase/config.toml", "supabase", Kind.MIGRATE),
+    (".dbguard.toml", None, Kind.MIGRATE),
+]
+_SEEDS = {
+    ".env": "DB_CONNECTION=mysql\nDB_DATABASE=x\n",
+    "phpunit.xml": '<phpunit><php><env name="DB_DATABASE" value="x"/></php></phpunit>',
+    "bootstrap/cache/config.php": "<?php return array('database' => array('default' => 'x'));",
+    "config/database.yml": "development:\n  adapter: postgresql\n  database: <%= ENV['X'] %>\n",
+    "knexfile.js": "module.exports = { development: { client: 'pg', connection: process.env.X } };",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "framework", "kind"), _PARSED_FILES, ids=[f[0] for f in _PARSED_FILES]
+)
+def test_any_file_content_gives_an_answer_or_a_discovery_error(
+    name: str, framework: str | None, kind: Kind
+) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seed = _SEEDS.get(name, "")
+    contents = st.one_of(
+        st.text(max_size=300),
+        st.text(alphabet="{}[]()<>\"'=:;,%$#@!/\\\n \tabcdDB_URLprod0123456789", max_size=300),
+        st.builds(
+            lambda a, b: seed[:a] + b + seed[a:], st.integers(0, len(seed)), st.text(max_size=40)
+        ),
+        st.just("[" * 3000),
+        st.just("<?php return " + "[" * 3000),
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(contents)
+    def check(content: str) -> None:
+        files = {"artisan": "", name: content}
+        try:
+            discover(ROOT, files.get, {"X": "mysql://root@127.0.0.1/x"}, operation(kind, framework))
+        except DiscoveryError as err:
+            assert str(err)
+
+    check()

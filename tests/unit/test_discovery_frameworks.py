@@ -1,0 +1,643 @@
+"""Discovery for every framework other than Laravel: one fixture project per layout
+(tests/fixtures/projects/<name>/) plus dict-built variations and their bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbguard.discovery import discover
+from dbguard.discovery.envfile import DiscoveryError
+from dbguard.production import classify_production
+from dbguard.rules import Kind
+from tests.unit.test_discovery import ROOT, keys, only, operation, run, run_fixture
+
+# ---- every fixture layout, end to end ----------------------------------------------------------
+
+LAYOUTS = [
+    ("laravel", "laravel", {}, {"mysql://shop@127.0.0.1:3306/shop"}),
+    ("symfony", "symfony", {}, {"postgres://app@127.0.0.1:5432/app"}),
+    ("prisma", "prisma", {}, {"postgres://app@localhost:5432/app"}),
+    ("alembic", "alembic", {}, {"sqlite:/projects/alembic/var/app.db"}),
+    ("django", "django", {}, {"sqlite:/projects/django/db.sqlite3"}),
+    (
+        "rails",
+        "rails",
+        {},
+        {"postgres://@localhost:/blog_development", "postgres://@localhost:/animals_development"},
+    ),
+    ("knex", "knex", {}, {"sqlite:/projects/knex/dev.sqlite3"}),
+    ("sequelize", "sequelize", {}, {"mysql://root@127.0.0.1:/app_development"}),
+    ("typeorm", "typeorm", {}, {"postgres://test@localhost:5432/test"}),
+    (
+        "flyway",
+        "flyway",
+        {"LEDGER_USER": "ledger", "LEDGER_PASSWORD": "pw"},
+        {"postgres://ledger@db.internal:5432/ledger"},
+    ),
+    ("liquibase", "liquibase", {}, {"mysql://liquibase@localhost:3306/inventory"}),
+    ("supabase", "supabase", {}, {"postgres://postgres@127.0.0.1:54322/postgres"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "framework", "env", "expected"), LAYOUTS, ids=[x[0] for x in LAYOUTS]
+)
+def test_fixture_layouts(
+    name: str, framework: str, env: dict[str, str], expected: set[str]
+) -> None:
+    found, _ = run_fixture(name, env, framework=framework, tool=framework)
+    assert keys(found) == expected
+    for target in found.targets:
+        assert target.source, target
+
+
+# ---- Symfony ------------------------------------------------------------------------------------
+
+
+def test_symfony_test_run_adds_doctrine_dbname_suffix() -> None:
+    found, _ = run_fixture("symfony", framework="symfony", kind=Kind.TEST)
+    # DATABASE_URL in .env always contributes too: here the dev database.
+    target, dev = found.targets
+    assert (target.name, dev.name) == ("app_test", "app")
+    assert "dbname_suffix '_test'" in target.source
+    assert "APP_ENV=test" in target.source
+
+
+def test_symfony_env_files_override_in_symfony_order() -> None:
+    files = {
+        "bin/console": "",
+        ".env": "APP_ENV=dev\nDATABASE_URL=mysql://root@127.0.0.1/app\n",
+        ".env.local": "DATABASE_URL=mysql://root@127.0.0.1/local\n",
+        ".env.dev.local": "DATABASE_URL=mysql://root@127.0.0.1/dev_local\n",
+    }
+    assert run(files, framework="symfony").targets[0].name == "dev_local"
+
+
+def test_symfony_dumped_env_wins_when_its_env_matches() -> None:
+    files = {
+        "bin/console": "",
+        ".env": "APP_ENV=dev\nDATABASE_URL=mysql://root@127.0.0.1/app\n",
+        ".env.local.php": (
+            "<?php\n\nreturn array (\n  'APP_ENV' => 'prod',\n"
+            "  'DATABASE_URL' => 'mysql://app@db.example.com/shop',\n);\n"
+        ),
+    }
+    target = run(files, {"APP_ENV": "prod"}, framework="symfony").targets[0]
+    assert (target.host, target.name) == ("db.example.com", "shop")
+    assert target.source.startswith(".env.local.php")
+    # a dump for another environment is ignored, like Symfony ignores it
+    assert keys(run(files, {"APP_ENV": "dev"}, framework="symfony")) == {
+        "mysql://root@127.0.0.1:/app"
+    }
+
+
+def test_symfony_phpunit_in_a_symfony_project_reads_symfony_settings() -> None:
+    found, _ = run_fixture("symfony", framework="laravel", tool="phpunit", kind=Kind.TEST)
+    assert found.targets[0].name == "app_test"
+
+
+# ---- Prisma -------------------------------------------------------------------------------------
+
+
+def test_prisma_env_url_with_encoded_password_and_sslmode() -> None:
+    found, _ = run_fixture("prisma", framework="prisma", tool="prisma")
+    target = only(found)
+    assert target.password is not None and target.password.get_secret_value() == "p@ss:word"
+    assert target.params == {"sslmode": "prefer"}
+    assert target.source.startswith(
+        'prisma/schema.prisma (url = env("DATABASE_URL")) -> .env (DATABASE_URL); also .env'
+    )
+
+
+def test_prisma_file_url_is_relative_to_the_schema_folder_and_prisma_env_is_read() -> None:
+    files = {
+        "prisma/schema.prisma": (
+            'datasource db {\n  provider = "sqlite"\n  url      = env("DB_FILE")\n}\n'
+        ),
+        "prisma/.env": "DB_FILE=file:./dev.db\n",
+    }
+    target = only(run(files, framework="prisma", tool="prisma"))
+    assert target.path == "/srv/app/prisma/dev.db"
+
+
+def test_prisma_schema_option_and_package_json_setting() -> None:
+    schema = 'datasource db {\n  provider = "mysql"\n  url = "mysql://root@127.0.0.1/shop"\n}\n'
+    files = {
+        "db/schema.prisma": schema,
+        "package.json": '{"prisma": {"schema": "db/schema.prisma"}}',
+    }
+    assert only(run(files, framework="prisma", tool="prisma")).name == "shop"
+    files = {"other/x.prisma": schema}
+    assert (
+        only(run(files, framework="prisma", tool="prisma", hints={"schema": "other/x.prisma"})).name
+        == "shop"
+    )
+
+
+def test_prisma_unset_variable_and_provider_mismatch() -> None:
+    schema = 'datasource db {\n  provider = "postgresql"\n  url = env("MISSING")\n}\n'
+    with pytest.raises(
+        DiscoveryError, match=r"prisma/schema\.prisma, line 3: the database URL comes from MISSING"
+    ):
+        run({"prisma/schema.prisma": schema}, framework="prisma", tool="prisma")
+    schema = 'datasource db {\n  provider = "postgresql"\n  url = "mysql://root@h/db"\n}\n'
+    with pytest.raises(DiscoveryError, match="provider 'postgresql' does not match"):
+        run({"prisma/schema.prisma": schema}, framework="prisma", tool="prisma")
+
+
+def test_prisma_unsupported_provider_is_named() -> None:
+    schema = 'datasource db {\n  provider = "mongodb"\n  url = "mongodb://h/db"\n}\n'
+    with pytest.raises(DiscoveryError, match="MongoDB database, which dbguard cannot back up"):
+        run({"prisma/schema.prisma": schema}, framework="prisma", tool="prisma")
+
+
+# ---- Alembic ------------------------------------------------------------------------------------
+
+
+def test_alembic_here_interpolation_and_named_section() -> None:
+    found, root = run_fixture("alembic", framework="alembic", tool="alembic")
+    assert only(found).path == f"{root}/var/app.db"
+    assert only(found).source == "alembic.ini [alembic] sqlalchemy.url"
+    found, _ = run_fixture(
+        "alembic", framework="alembic", tool="alembic", hints={"section": "reporting"}
+    )
+    target = only(found)
+    assert (target.engine, target.port, target.user, target.name) == (
+        "postgres",
+        5433,
+        "report",
+        "reports",
+    )
+    assert target.password is not None and target.password.get_secret_value() == "r@pw"
+
+
+def test_alembic_env_py_reading_database_url_adds_it() -> None:
+    found, _ = run_fixture(
+        "alembic",
+        {"DATABASE_URL": "mysql+pymysql://app@db/app?unix_socket=/run/mysqld/mysqld.sock"},
+        framework="alembic",
+        tool="alembic",
+    )
+    by_engine = {t.engine: t for t in found.targets}
+    assert by_engine["mysql"].socket == "/run/mysqld/mysqld.sock"
+    assert by_engine["mysql"].source.startswith("migrations/env.py reads DATABASE_URL")
+    assert "migrations/env.py" in found.looked
+
+
+def test_alembic_x_url_overrides_when_env_py_reads_x_arguments() -> None:
+    files = {
+        "alembic.ini": "[alembic]\nscript_location = migrations\nsqlalchemy.url = sqlite:///a.db\n",
+        "migrations/env.py": "url = context.get_x_argument(as_dictionary=True).get('url')\n",
+    }
+    found = run(
+        files,
+        framework="alembic",
+        tool="alembic",
+        hints={"x": "tenant=acme\nurl=sqlite:///tenant.db"},
+    )
+    assert only(found).path == "/srv/app/tenant.db"
+    assert only(found).source == "-x url=... on the command line"
+
+
+def test_alembic_without_url_falls_back_to_database_url_and_says_so() -> None:
+    files = {
+        "alembic.ini": "[alembic]\nscript_location = pkg:migrations\n",
+        ".env": "DATABASE_URL=sqlite:///app.db\n",
+    }
+    target = only(run(files, framework="alembic", tool="alembic"))
+    assert "alembic.ini has no sqlalchemy.url" in target.source
+    assert "DATABASE_URL (.env, line 1)" in target.source
+
+
+def test_alembic_bad_inputs_name_file_and_line() -> None:
+    with pytest.raises(DiscoveryError, match=r"alembic\.ini, line 2"):
+        run(
+            {"alembic.ini": "[alembic]\nthis line has no equals sign\n"},
+            framework="alembic",
+            tool="alembic",
+        )
+    with pytest.raises(
+        DiscoveryError,
+        match=(
+            r"alembic\.ini, line 2: 'driver://user:\*\*\*@localhost/dbname' is not a "
+            r"database URL"
+        ),
+    ):
+        run(
+            {"alembic.ini": "[alembic]\nsqlalchemy.url = driver://user:pass@localhost/dbname\n"},
+            framework="alembic",
+            tool="alembic",
+        )
+    with pytest.raises(DiscoveryError, match=r"no \[prod\] section"):
+        run(
+            {"alembic.ini": "[alembic]\n"},
+            framework="alembic",
+            tool="alembic",
+            hints={"section": "prod"},
+        )
+
+
+# ---- Django -------------------------------------------------------------------------------------
+
+
+def test_django_stock_sqlite_settings_are_recognised_not_run() -> None:
+    found, root = run_fixture("django", framework="django", tool="manage.py")
+    target = only(found)
+    assert target.path == f"{root}/db.sqlite3"
+    assert target.source.startswith("mysite/settings.py, line 10")
+    assert "Django settings mysite.settings (manage.py; code, not executed)" in found.looked
+
+
+def test_django_database_url_and_settings_option_recorded() -> None:
+    found = run(
+        {"manage.py": "", ".env": "DATABASE_URL=postgres://app@127.0.0.1/app\n"},
+        framework="django",
+        tool="manage.py",
+        hints={"settings": "proj.settings.ci"},
+    )
+    assert only(found).name == "app"
+    assert "Django settings proj.settings.ci (--settings; code, not executed)" in found.looked
+
+
+def test_django_with_settings_only_in_code_asks_for_dbguard_toml() -> None:
+    files = {"manage.py": "", "proj/settings.py": "DATABASES = {'default': get_config()}\n"}
+    with pytest.raises(DiscoveryError, match="could not find its database") as info:
+        run(
+            files, {"DJANGO_SETTINGS_MODULE": "proj.settings"}, framework="django", tool="manage.py"
+        )
+    assert ".dbguard.toml" in info.value.fix
+
+
+# ---- Rails --------------------------------------------------------------------------------------
+
+
+def test_rails_multi_database_development_yields_every_database() -> None:
+    found, _ = run_fixture("rails", framework="rails", tool="rails")
+    assert {t.name for t in found.targets} == {"blog_development", "animals_development"}
+    facts = found.facts_for(found.targets[0])
+    assert any(s.name == "RAILS_ENV" and s.value == "development" for s in facts.app_env)
+
+
+def test_rails_test_run_uses_test_and_erb_fetch_with_default() -> None:
+    found, _ = run_fixture("rails", framework="rails", tool="rails", kind=Kind.TEST)
+    assert only(found).name == "blog_test"
+    found, _ = run_fixture(
+        "rails",
+        {"TEST_DB": "ci_test", "DB_HOST": "pg"},
+        framework="rails",
+        tool="rails",
+        kind=Kind.TEST,
+    )
+    assert (only(found).name, only(found).host) == ("ci_test", "pg")
+
+
+def test_rails_production_skips_replicas_and_is_production() -> None:
+    found, _ = run_fixture(
+        "rails",
+        {
+            "RAILS_ENV": "production",
+            "BLOG_DATABASE_PASSWORD": "pw",
+            "DB_HOST": "db.example.com",
+            "DB_USER": "blog",
+        },
+        framework="rails",
+        tool="rails",
+    )
+    target = only(found)
+    assert (target.name, target.user) == ("blog_production", "blog")
+    assert target.password is not None and target.password.get_secret_value() == "pw"
+    assert any("read replica" in n for n in found.notes)
+    verdict = classify_production(
+        target, {"RAILS_ENV": "production"}, facts=found.facts_for(target)
+    )
+    assert verdict.production
+    assert "production because RAILS_ENV=production (the invoking environment)" in verdict.reasons
+
+
+def test_rails_database_url_overrides_the_primary() -> None:
+    found, _ = run_fixture(
+        "rails",
+        {"DATABASE_URL": "postgres://u@db.example.com/override"},
+        framework="rails",
+        tool="rails",
+    )
+    assert {t.name for t in found.targets} == {"override", "animals_development"}
+    primary = next(t for t in found.targets if t.name == "override")
+    assert primary.source.startswith(
+        "DATABASE_URL (the invoking environment) over config/database.yml (development.primary)"
+    )
+
+
+def test_rails_sqlite_and_env_option() -> None:
+    yml = (
+        "development:\n  adapter: sqlite3\n  database: storage/development.sqlite3\n"
+        "staging:\n  adapter: sqlite3\n  database: storage/staging.sqlite3\n"
+    )
+    files = {"config/database.yml": yml}
+    assert (
+        only(run(files, framework="rails", tool="rails")).path
+        == "/srv/app/storage/development.sqlite3"
+    )
+    assert (
+        only(run(files, framework="rails", tool="rails", hints={"env": "staging"})).path
+        == "/srv/app/storage/staging.sqlite3"
+    )
+
+
+def test_rails_dotenv_files_when_the_gemfile_has_dotenv() -> None:
+    files = {
+        "Gemfile": "gem 'dotenv-rails', groups: [:development, :test]\n",
+        ".env": "DB_NAME=from_dotenv\n",
+        "config/database.yml": (
+            'development:\n  adapter: postgresql\n  database: <%= ENV["DB_NAME"] %>\n'
+        ),
+    }
+    assert only(run(files, framework="rails", tool="rails")).name == "from_dotenv"
+
+
+def test_rails_bad_inputs() -> None:
+    bad_yaml = "development:\n  adapter: postgresql\n   database: x\n"
+    with pytest.raises(DiscoveryError, match=r"config/database\.yml, line 3: not valid YAML"):
+        run({"config/database.yml": bad_yaml}, framework="rails", tool="rails")
+    control = "development:\n<% if ENV['X'] %>\n  adapter: postgresql\n<% end %>\n"
+    with pytest.raises(DiscoveryError, match=r"line 2: ERB code"):
+        run({"config/database.yml": control}, framework="rails", tool="rails")
+    code = (
+        "development:\n  adapter: postgresql\n  database: <%= Secrets.db_name %>\n"
+        "  pool: <%= Etc.nprocessors %>\n"
+    )
+    with pytest.raises(
+        DiscoveryError, match=r"line 3: development\.database is <%= Secrets\.db_name %>"
+    ):
+        run({"config/database.yml": code}, framework="rails", tool="rails")
+    with pytest.raises(DiscoveryError, match="no 'staging' environment"):
+        run(
+            {"config/database.yml": "development:\n  adapter: sqlite3\n  database: x\n"},
+            {"RAILS_ENV": "staging"},
+            framework="rails",
+            tool="rails",
+        )
+
+
+def test_rails_harmless_erb_in_pool_is_ignored() -> None:
+    yml = "development:\n  adapter: postgresql\n  database: app\n  pool: <%= Etc.nprocessors %>\n"
+    assert only(run({"config/database.yml": yml}, framework="rails", tool="rails")).name == "app"
+
+
+# ---- Knex, Sequelize, TypeORM -------------------------------------------------------------------
+
+
+def test_knex_environment_blocks() -> None:
+    found, _ = run_fixture("knex", framework="knex", tool="knex", hints={"env": "staging"})
+    assert (only(found).engine, only(found).name, only(found).user) == (
+        "postgres",
+        "my_db",
+        "username",
+    )
+    found, _ = run_fixture(
+        "knex",
+        {"NODE_ENV": "production", "DATABASE_URL": "postgres://u@db.example.com/prod"},
+        framework="knex",
+        tool="knex",
+    )
+    assert only(found).host == "db.example.com"
+    assert (
+        "knexfile.js (production) -> the invoking environment (DATABASE_URL)" in only(found).source
+    )
+
+
+def test_knex_code_falls_back_to_database_url_or_fails_naming_the_file() -> None:
+    with pytest.raises(
+        DiscoveryError, match=r"knexfile\.js: the connection is code \(buildConnection\(\)\)"
+    ):
+        run_fixture("knex", {"NODE_ENV": "computed"}, framework="knex", tool="knex")
+    found, _ = run_fixture(
+        "knex",
+        {"NODE_ENV": "computed", "DATABASE_URL": "mysql://r@h/x"},
+        framework="knex",
+        tool="knex",
+    )
+    assert "knexfile.js: the connection is code" in only(found).source
+
+
+def test_knex_json_and_env_reference_with_default() -> None:
+    files = {
+        "knexfile.json": (
+            '{"client": "mysql2", "connection": {"host": "127.0.0.1", "database": '
+            '"shop", "user": "root"}}'
+        )
+    }
+    assert only(run(files, framework="knex", tool="knex")).name == "shop"
+    js = (
+        "module.exports = {\n  client: 'pg',\n"
+        "  connection: process.env.PG_URL || 'postgres://u@127.0.0.1/fallback',\n};\n"
+    )
+    assert only(run({"knexfile.js": js}, framework="knex", tool="knex")).name == "fallback"
+
+
+def test_sequelize_sequelizerc_config_path_and_environments() -> None:
+    found, root = run_fixture("sequelize", framework="sequelize", tool="sequelize", kind=Kind.TEST)
+    assert only(found).path == f"{root}/db/test.sqlite3"
+    with pytest.raises(
+        DiscoveryError, match="reads the database URL from DATABASE_URL, which is not set"
+    ):
+        run_fixture(
+            "sequelize", {"NODE_ENV": "production"}, framework="sequelize", tool="sequelize"
+        )
+    found, _ = run_fixture(
+        "sequelize",
+        {"NODE_ENV": "production", "DATABASE_URL": "postgres://u@h.example.com/p"},
+        framework="sequelize",
+        tool="sequelize",
+    )
+    assert only(found).name == "p"
+
+
+def test_sequelize_and_typeorm_url_hint() -> None:
+    found = run(
+        {}, framework="sequelize", tool="sequelize", hints={"url": "mysql://root@127.0.0.1/cli"}
+    )
+    assert only(found).name == "cli"
+
+
+def test_typeorm_data_source_file_and_env_variables() -> None:
+    ts = (
+        "import { DataSource } from 'typeorm';\n"
+        "export const AppDataSource = new DataSource({\n"
+        "  type: 'postgres',\n  url: process.env.DATABASE_URL,\n  entities: [User],\n});\n"
+    )
+    found = run(
+        {"src/data-source.ts": ts},
+        {"DATABASE_URL": "postgres://u@127.0.0.1/orm"},
+        framework="typeorm",
+        tool="typeorm",
+        hints={"config": "src/data-source.ts"},
+    )
+    assert "orm" in {t.name for t in found.targets}
+    found = run(
+        {".env": "TYPEORM_CONNECTION=mysql\nTYPEORM_HOST=db\nTYPEORM_DATABASE=legacy\n"},
+        framework="typeorm",
+        tool="typeorm",
+    )
+    assert only(found).name == "legacy"
+
+
+def test_malformed_json_names_file_and_line() -> None:
+    with pytest.raises(DiscoveryError, match=r"ormconfig\.json, line 2: not valid JSON"):
+        run(
+            {"ormconfig.json": '{"type": "postgres",\n  oops}'}, framework="typeorm", tool="typeorm"
+        )
+
+
+# ---- Flyway, Liquibase --------------------------------------------------------------------------
+
+
+def test_flyway_conf_with_placeholders_and_sslmode() -> None:
+    found, _ = run_fixture(
+        "flyway",
+        {"LEDGER_USER": "ledger", "LEDGER_PASSWORD": "pw"},
+        framework="flyway",
+        tool="flyway",
+    )
+    target = only(found)
+    assert target.params == {"sslmode": "require"}
+    assert target.password is not None and target.password.get_secret_value() == "pw"
+    with pytest.raises(
+        DiscoveryError,
+        match=r"flyway\.conf, line 3: \$\{LEDGER_USER\} names LEDGER_USER, which is not set",
+    ):
+        run_fixture("flyway", framework="flyway", tool="flyway")
+
+
+def test_flyway_url_hint_environment_and_jdbc_forms() -> None:
+    found = run(
+        {},
+        framework="flyway",
+        tool="flyway",
+        hints={"url": "jdbc:mysql://127.0.0.1:3306/app?user=root"},
+    )
+    assert (only(found).engine, only(found).user) == ("mysql", "root")
+    found = run(
+        {},
+        {"FLYWAY_URL": "jdbc:sqlite:db/app.db"},
+        framework="flyway",
+        tool="flyway",
+        cwd=ROOT / "sub",
+    )
+    assert only(found).path == "/srv/app/sub/db/app.db"
+    toml = (
+        '[flyway]\nenvironment = "ci"\n[environments.ci]\nurl = "jdbc:mariadb://db:3306/ci"\n'
+        'user = "ci"\n'
+    )
+    assert only(run({"flyway.toml": toml}, framework="flyway", tool="flyway")).name == "ci"
+
+
+def test_liquibase_properties_and_hint() -> None:
+    found, _ = run_fixture("liquibase", framework="liquibase", tool="liquibase")
+    assert only(found).password is not None
+    found = run(
+        {}, framework="liquibase", tool="liquibase", hints={"url": "jdbc:postgresql://localhost/lb"}
+    )
+    assert only(found).name == "lb"
+
+
+# ---- Supabase and the clients -------------------------------------------------------------------
+
+
+def test_supabase_linked_project_and_db_url() -> None:
+    files = {
+        "supabase/config.toml": "[db]\nport = 54322\n",
+        "supabase/.temp/project-ref": "abcdefghijklmnopqrst\n",
+    }
+    target = only(
+        run(
+            files,
+            {"SUPABASE_DB_PASSWORD": "x"},
+            framework="supabase",
+            tool="supabase",
+            hints={"target": "linked"},
+        )
+    )
+    assert target.host == "db.abcdefghijklmnopqrst.supabase.co"
+    assert classify_production(target, {}).production
+    found = run(
+        files,
+        framework="supabase",
+        tool="supabase",
+        hints={"url": "postgresql://postgres:pw@127.0.0.1:6543/postgres"},
+    )
+    assert only(found).port == 6543
+
+
+def test_supabase_config_toml_errors_name_the_line() -> None:
+    with pytest.raises(DiscoveryError, match=r"supabase/config\.toml, line 2: not valid TOML"):
+        run({"supabase/config.toml": "[db]\nport = = 1\n"}, framework="supabase", tool="supabase")
+
+
+def test_psql_hints_and_pg_variables() -> None:
+    found = run(
+        {},
+        {"PGPASSWORD": "pw", "USER": "me"},
+        framework="client",
+        tool="psql",
+        hints={"host": "db.example.com", "database": "shop"},
+    )
+    target = only(found)
+    assert (target.host, target.name, target.user) == ("db.example.com", "shop", "me")
+    assert str(found.facts_for(target).fields["host"]) == "-h=db.example.com (the command line)"
+    found = run(
+        {},
+        {"PGDATABASE": "pgdb", "PGHOST": "/run/postgresql", "USER": "me"},
+        framework="client",
+        tool="psql",
+    )
+    assert (only(found).socket, only(found).name) == ("/run/postgresql", "pgdb")
+
+
+def test_psql_service_is_refused() -> None:
+    with pytest.raises(DiscoveryError, match="service=prod"):
+        run({}, framework="client", tool="psql", hints={"section": "prod"})
+
+
+def test_mysql_client_needs_a_database() -> None:
+    with pytest.raises(DiscoveryError, match="without a database could change any database"):
+        run({}, framework="client", tool="mysql", hints={"host": "127.0.0.1"})
+    target = only(
+        run(
+            {},
+            {"MYSQL_PWD": "pw"},
+            framework="client",
+            tool="mariadb",
+            hints={"database": "shop", "socket": "/run/mysqld/mysqld.sock"},
+        )
+    )
+    assert (target.engine, target.socket, target.host) == ("mysql", "/run/mysqld/mysqld.sock", None)
+
+
+def test_sqlite3_file_is_relative_to_the_working_folder() -> None:
+    found = run(
+        {},
+        framework="client",
+        tool="sqlite3",
+        hints={"database": "data/app.db"},
+        cwd=ROOT / "tools",
+    )
+    assert only(found).path == "/srv/app/tools/data/app.db"
+    found = run({}, framework="client", tool="sqlite3", hints={"database": ":memory:"})
+    assert found.targets == [] and found.notes
+
+
+def test_client_ignores_unrelated_framework_files() -> None:
+    files = {"artisan": "", ".env": "DB_CONNECTION=sqlsrv\n"}
+    found = run(files, framework="client", tool="sqlite3", hints={"database": "x.db"})
+    assert only(found).path == "/srv/app/x.db"
+
+
+def test_discover_keeps_its_signature() -> None:
+    found = discover(
+        ROOT, {".env": "DATABASE_URL=sqlite:///a.db\n"}.get, {}, operation(framework=None)
+    )
+    assert only(found).path == "/srv/app/a.db"
+    assert isinstance(ROOT, Path)
