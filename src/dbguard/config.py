@@ -14,13 +14,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dbguard import paths
+from dbguard.errors import ConfigError
+from dbguard.production import ProductionSettings
 from dbguard.retention import RetentionSettings, SpaceSettings
 
-DEFAULT_SHIM_COMMANDS = ("php", "pytest", "paratest", "prisma", "npx", "npm", "alembic")
+# The framework tools and their launchers. The interactive clients (psql, mysql, mariadb,
+# sqlite3) and `python` are opt-in: name them to `dbguardctl shims install`.
+__all__ = ["Config", "ConfigError", "config_path", "load_config", "parse_config"]
 
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message names file, key and problem."""
+DEFAULT_SHIM_COMMANDS = (
+    "php", "pytest", "paratest", "phpunit", "pest", "prisma", "npx", "npm", "pnpm", "pnpx",
+    "yarn", "bunx", "composer", "alembic", "django-admin", "rails", "rake", "bundle", "rspec",
+    "knex", "sequelize", "typeorm", "flyway", "liquibase", "supabase",
+)  # fmt: skip
 
 
 class _Section(BaseModel):
@@ -68,6 +74,7 @@ class Config(_Section):
     shims: ShimSettings = ShimSettings()
     retention: RetentionSettings = RetentionSettings()
     space: SpaceSettings = SpaceSettings()
+    production: ProductionSettings = ProductionSettings()
 
     _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
 

@@ -37,3 +37,7 @@ class RestoreFailed(DbguardError):
 
 class DatabaseMissing(BackupFailed):
     """The database does not exist (yet): there is nothing to back up or to lose."""
+
+
+class ConfigError(DbguardError):
+    """A config file that cannot be used; the message names file, key and problem."""

@@ -6,8 +6,10 @@ sockets), so it is tested with plain bytes, h11-style.
 
 A conversation is one of:
 
-    invoke  -> progress* -> pass | deny | fail | allow
+    invoke  -> [confirm -> answer] -> progress* -> pass | deny | fail | allow
                after allow: started -> report -> ok     (the command ran)
+    approval -> approval (what a code stands for)
+    approve  -> ok | error
     status  -> status
     backup  -> progress* -> done | deny | fail
     anything malformed -> error, and the daemon closes the connection
@@ -100,8 +102,35 @@ class BackupNow(_Message):
     env: Annotated[dict[Text, Text], Field(max_length=4096)]
 
 
+class Answer(_Message):
+    """What the person typed at the terminal in reply to `confirm`."""
+
+    type: Literal["answer"]
+    v: int
+    code: Text
+    text: Text
+
+
+class ApprovalQuery(_Message):
+    """dbguardctl approve: what does this code stand for?"""
+
+    type: Literal["approval"]
+    v: int
+    code: Text
+
+
+class Approve(_Message):
+    """dbguardctl approve: a person typed `text` (the database name) for `code`."""
+
+    type: Literal["approve"]
+    v: int
+    code: Text
+    text: Text
+
+
 Request = Annotated[
-    Invoke | Started | Report | StatusQuery | BackupNow, Field(discriminator="type")
+    Invoke | Started | Report | StatusQuery | BackupNow | Answer | ApprovalQuery | Approve,
+    Field(discriminator="type"),
 ]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
 
@@ -153,6 +182,27 @@ class Progress(_Message):
     elapsed: float
 
 
+class Confirm(_Message):
+    """A production database: the shim asks the person at the terminal to type one of
+    `names` and replies with `answer`."""
+
+    type: Literal["confirm"] = "confirm"
+    code: str
+    question: str
+    names: list[str]
+
+
+class ApprovalInfo(_Message):
+    type: Literal["approval"] = "approval"
+    code: str
+    argv: list[str]
+    cwd: str
+    databases: list[str]
+    reasons: list[str]
+    names: list[str]
+    expires_in_seconds: float
+
+
 class Done(_Message):
     """Reply to `backup`: what was backed up (or reused)."""
 
@@ -183,7 +233,8 @@ class Status(_Message):
 
 
 Reply = Annotated[
-    Pass | Allow | Deny | Fail | Progress | Done | Ok | Error | Status, Field(discriminator="type")
+    Pass | Allow | Deny | Fail | Progress | Confirm | ApprovalInfo | Done | Ok | Error | Status,
+    Field(discriminator="type"),
 ]
 _reply_adapter: TypeAdapter[Reply] = TypeAdapter(Reply)
 

@@ -135,6 +135,21 @@ class Connection:
         self.sock.close()
 
 
+def connect(path: str, shims_dir: str) -> Connection:
+    """Connect to the daemon, starting it first when nothing listens and `dbguardctl
+    install` turned autostart on (no systemd to start it)."""
+    try:
+        return Connection(path)
+    except OSError as err:
+        # Loaded only here: the usual path never pays for it. It sits beside this file,
+        # on sys.path through the shim's bootstrap.
+        import autostart  # type: ignore[import-not-found]
+
+        if not autostart.start_if_configured(path, shims_dir, err, say):
+            raise
+    return Connection(path)
+
+
 class ProgressLine:
     """One updating line on stderr while a backup runs, only on a terminal."""
 
@@ -191,6 +206,29 @@ def report_message(
         "signal": signal,
         "duration_ms": duration_ms,
     }
+
+
+def answer_message(code: str, text: str) -> "dict[str, Any]":
+    return {"type": "answer", "v": PROTOCOL_VERSION, "code": code, "text": text}
+
+
+def ask_terminal(question: str) -> str | None:
+    """Ask on the terminal itself (/dev/tty, never stdin: a pipe cannot answer)."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        os.write(tty, question.encode("utf-8", "replace"))
+        typed = b""
+        while not typed.endswith(b"\n"):
+            chunk = os.read(tty, 1024)
+            if not chunk:
+                break
+            typed += chunk
+        return typed.decode("utf-8", "replace").strip()
+    finally:
+        os.close(tty)
 
 
 def reset_signals_for_exec() -> None:
@@ -288,7 +326,7 @@ def main(argv: list[str]) -> int | None:
 
     path = socket_path()
     try:
-        conn = Connection(path)
+        conn = connect(path, shims_dir)
         conn.send(invoke_message(command, real))
     except OSError as err:
         say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror}).")
@@ -316,6 +354,9 @@ def main(argv: list[str]) -> int | None:
             progress.clear()
         if kind == "progress":
             progress.update(reply)
+        elif kind == "confirm":
+            typed = ask_terminal(reply["question"])
+            conn.send(answer_message(reply["code"], typed or ""))
         elif kind == "pass":
             conn.close()
             reset_signals_for_exec()

@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from dbguard.config import Config, load_config
 from dbguard.errors import NotFound
-from dbguard.oplog import OperationLog
-from dbguard.store import Store, check_id
+
+# Imported where used: `dbguardctl shell-init` runs at every shell start and must not
+# pay for pydantic and zstandard.
+if TYPE_CHECKING:
+    from dbguard.config import Config
+    from dbguard.oplog import OperationLog
+    from dbguard.store import Store
 
 
 @dataclass
@@ -25,10 +29,14 @@ class Context:
 
     @cached_property
     def config(self) -> Config:
+        from dbguard.config import load_config
+
         return load_config(self.env, self.config_file)  # raises ConfigError
 
     @cached_property
     def store(self) -> Store:
+        from dbguard.store import Store
+
         backup = self.config.backup
         return Store(
             self.config.backup_path(self.env),
@@ -42,6 +50,8 @@ class Context:
 
     @property
     def oplog(self) -> OperationLog:
+        from dbguard.oplog import OperationLog
+
         return OperationLog(self.config.operation_log_path(self.env))
 
     def print(self, text: str = "") -> None:
@@ -82,6 +92,8 @@ def table(rows: list[list[str]]) -> str:
 
 def backup_id(value: str) -> str:
     """argparse type for a backup id: rejects path tricks and option-looking values."""
+    from dbguard.store import check_id
+
     try:
         return check_id(value)
     except NotFound as err:

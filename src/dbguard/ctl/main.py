@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from types import ModuleType
 
 from dbguard import __version__
-from dbguard.config import ConfigError
-from dbguard.ctl import backup, list_backups, log, pin, prune, restore, shims, status, verify
 from dbguard.ctl.context import Context
-from dbguard.errors import BackupFailed, Damaged, DbguardError, NotFound, RestoreFailed
+from dbguard.errors import BackupFailed, ConfigError, Damaged, DbguardError, NotFound, RestoreFailed
 
-SUBCOMMANDS: dict[str, ModuleType] = {
-    "status": status,
-    "list-backups": list_backups,
-    "backup": backup,
-    "restore": restore,
-    "verify": verify,
-    "log": log,
-    "pin": pin,
-    "unpin": pin,
-    "prune": prune,
-    "shims": shims,
+# command -> module in dbguard.ctl. Modules are imported only when their command runs (or
+# for --help): `shell-init` runs at every shell start and must stay cheap.
+SUBCOMMANDS: dict[str, str] = {
+    "status": "status",
+    "list-backups": "list_backups",
+    "backup": "backup",
+    "restore": "restore",
+    "verify": "verify",
+    "log": "log",
+    "pin": "pin",
+    "unpin": "pin",
+    "prune": "prune",
+    "approve": "approve",
+    "mark": "mark",
+    "install": "install",
+    "uninstall": "install",  # one module, like pin/unpin: run() reads args.command
+    "shell-init": "shell_init",
+    "doctor": "doctor",
+    "shims": "shims",
 }
 
 EXIT_CODES: list[tuple[type[DbguardError], int]] = [
@@ -35,16 +42,38 @@ EXIT_CODES: list[tuple[type[DbguardError], int]] = [
 ]
 
 
+def load(command: str) -> ModuleType:
+    return importlib.import_module(f"dbguard.ctl.{SUBCOMMANDS[command]}")
+
+
 def summary(module: ModuleType) -> str:
     return (module.__doc__ or "").strip().splitlines()[0]
 
 
-def parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand named in argv, if any (skipping the top-level options)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif word in SUBCOMMANDS:
+            return word
+        elif not word.startswith("-"):
+            return None
+    return None
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that subcommand is fully configured."""
     top = argparse.ArgumentParser(prog="dbguardctl", description=__doc__)
     top.add_argument("--config", help="config file (default: $XDG_CONFIG_HOME/dbguard/config.toml)")
     top.add_argument("--version", action="version", version=f"dbguardctl {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for name in SUBCOMMANDS:
+        if only is not None and name != only:
+            commands.add_parser(name)
+            continue
+        module = load(name)
         sub = commands.add_parser(
             name,
             help=summary(module),
@@ -56,10 +85,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(chosen_command(argv)).parse_args(argv)
     ctx = Context(env=dict(os.environ), config_file=args.config)
     try:
-        return int(SUBCOMMANDS[args.command].run(args, ctx))
+        return int(load(args.command).run(args, ctx))
     except ConfigError as err:
         print(f"dbguardctl: {err}", file=sys.stderr)
         return 78

@@ -9,13 +9,16 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
+from pathlib import Path
 
 import structlog
 import uvloop
 
 from dbguard import __version__
 from dbguard.config import ConfigError, load_config
+from dbguard.daemon import systemd
 from dbguard.daemon.server import Server, StartupError
 from dbguard.daemon.service import Guard
 from dbguard.errors import DbguardError
@@ -23,16 +26,38 @@ from dbguard.errors import DbguardError
 EX_CONFIG = 78
 
 
+def _journal_renderer() -> structlog.typing.Processor:
+    """Readable lines for the journal, each with the "<N>" prefix journald reads as the
+    priority; no timestamp, the journal keeps its own."""
+    console = structlog.dev.ConsoleRenderer(colors=False)
+
+    def render(
+        logger: structlog.typing.WrappedLogger, name: str, event: structlog.typing.EventDict
+    ) -> str:
+        prefix = systemd.priority_prefix(str(event.get("level", "info")))
+        return prefix + str(console(logger, name, event))
+
+    return render
+
+
 def configure_logging() -> None:
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+    """Readable lines for the journal (under systemd) or a terminal, JSON lines otherwise
+    (the auto-started daemon's log file)."""
+    journal = systemd.under_journal()
+    renderer: structlog.typing.Processor
+    if journal:
+        renderer = _journal_renderer()
+    elif sys.stderr.isatty():
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    stamp: list[structlog.typing.Processor] = (
+        [] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=True)]
     )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -44,30 +69,52 @@ def configure_logging() -> None:
 def reload_config(guard: Guard, config_file: str | None) -> None:
     """SIGHUP: adopt the config file as it is now, or keep the old one if it is invalid."""
     log = structlog.get_logger("dbguard")
+    systemd.notify_reloading()
     try:
         config = load_config(guard.env, config_file)
     except ConfigError as err:
         log.error("new config rejected; the previous one stays in force", error=str(err))
-        return
-    for note in guard.reload(config):
-        log.warning("config reloaded with a change that needs a restart", detail=note)
-    log.info("config reloaded")
+    else:
+        for note in guard.reload(config):
+            log.warning("config reloaded with a change that needs a restart", detail=note)
+        log.info("config reloaded")
+    # READY=1 either way: a rejected config leaves the daemon serving with the old one.
+    systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
 
 
-async def serve(guard: Guard, config_file: str | None = None) -> None:
+async def serve(
+    guard: Guard, config_file: str | None = None, activated: socket.socket | None = None
+) -> None:
     log = structlog.get_logger("dbguard")
     guard.store.ensure()
     for stale in guard.store.cleanup_stale():
         log.info("removed an unfinished backup left by an earlier run", id=stale)
-    server = Server(guard, guard.socket_path)
+    if activated is not None:
+        passed = Path(activated.getsockname())
+        if passed != guard.socket_path:
+            log.warning(
+                "systemd passed a socket other than the configured one; serving on it",
+                passed=str(passed),
+                configured=str(guard.socket_path),
+            )
+            guard.socket_path = passed
+    server = Server(guard, guard.socket_path, activated)
     listener = await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, guard, config_file)
-    log.info("dbguardd ready", version=__version__, socket=str(guard.socket_path), pid=os.getpid())
+    log.info(
+        "dbguardd ready",
+        version=__version__,
+        socket=str(guard.socket_path),
+        pid=os.getpid(),
+        socket_activated=activated is not None,
+    )
+    systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
     await stop.wait()
+    systemd.notify("STOPPING=1", "STATUS=stopping")
     log.info("dbguardd stopping")
     await server.stop(listener)
     log.info("dbguardd stopped")
@@ -80,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"dbguardd {__version__}")
     args = parser.parse_args(argv)
+    try:
+        # First, so the LISTEN_* variables are gone before anything can spawn a child.
+        activated = systemd.activated_socket()
+    except systemd.ActivationError as err:
+        print(f"dbguardd: {err}", file=sys.stderr)
+        return 1
     configure_logging()
     env = dict(os.environ)
     try:
@@ -89,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     guard = Guard(config, env)
     try:
-        uvloop.run(serve(guard, args.config))
+        uvloop.run(serve(guard, args.config, activated))
     except (StartupError, DbguardError) as err:
         print(f"dbguardd: {err}", file=sys.stderr)
         return 1

@@ -14,12 +14,17 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel
 
+from dbguard.approvals import ApprovalError
 from dbguard.daemon.service import Guard
 from dbguard.errors import DbguardError
 from dbguard.protocol import (
     MAX_MESSAGE_BYTES,
     Allow,
+    Answer,
+    ApprovalQuery,
+    Approve,
     BackupNow,
+    Confirm,
     Error,
     Invoke,
     Ok,
@@ -54,6 +59,15 @@ def prepare_socket_dir(folder: Path) -> None:
         folder.chmod(0o700)
 
 
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     sock = writer.get_extra_info("socket")
     if sock is None:
@@ -64,9 +78,13 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
 
 
 class Server:
-    def __init__(self, guard: Guard, path: Path) -> None:
+    """Serves on `path`, or on `activated`, a listening socket systemd passed us (whose
+    file is systemd's: it is never replaced or removed)."""
+
+    def __init__(self, guard: Guard, path: Path, activated: socket.socket | None = None) -> None:
         self.guard = guard
         self.path = path
+        self.activated = activated
         self._connections: set[asyncio.Task[None]] = set()
         self._lock_fd: int | None = None
 
@@ -86,13 +104,30 @@ class Server:
                 "`dbguardctl status` shows it; stop it first to start a new one",
             ) from None
         self._lock_fd = fd
+        if self.activated is not None:
+            return  # systemd's socket file: ours to serve on, not to replace
         if self.path.is_socket():
+            if _listening(self.path):
+                # Not a daemon (it would hold the lock): systemd's dbguard.socket is
+                # listening and will start dbguardd itself.
+                raise StartupError(
+                    f"something else listens on {self.path} (systemd's dbguard.socket?)",
+                    "use `systemctl --user start dbguard.service`, or stop dbguard.socket "
+                    "to run dbguardd by hand",
+                )
             self.path.unlink()  # stale: its daemon died without cleaning up
         elif self.path.exists() or self.path.is_symlink():
             raise StartupError(f"{self.path} exists and is not a socket", "remove it")
 
     async def start(self) -> asyncio.AbstractServer:
         self._claim()
+        if self.activated is not None:
+            try:
+                return await asyncio.start_unix_server(
+                    self._accept, sock=self.activated, limit=MAX_MESSAGE_BYTES
+                )
+            except OSError as err:
+                raise StartupError(f"cannot serve on the socket systemd passed: {err}") from None
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
             server = await asyncio.start_unix_server(
@@ -111,8 +146,9 @@ class Server:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.activated is None:  # systemd keeps its socket for the next start
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
@@ -167,8 +203,18 @@ class Server:
         async def emit(progress: Progress) -> None:
             await self._send(writer, progress)
 
+        async def ask(question: Confirm) -> str | None:
+            await self._send(writer, question)
+            try:
+                answer = decode_request(await self._read(reader))
+            except ProtocolError:
+                return None
+            if isinstance(answer, Answer) and answer.code == question.code:
+                return answer.text
+            return None
+
         if isinstance(request, Invoke):
-            reply = await self.guard.invoke(request, emit)
+            reply = await self.guard.invoke(request, emit, ask)
             await self._send(writer, reply)
             if isinstance(reply, Allow):
                 await self._follow(reply.op, reader, writer)
@@ -176,6 +222,15 @@ class Server:
             await self._send(writer, await self.guard.backup_now(request, emit))
         elif isinstance(request, StatusQuery):
             await self._send(writer, self.guard.status())
+        elif isinstance(request, ApprovalQuery | Approve):
+            try:
+                if isinstance(request, ApprovalQuery):
+                    await self._send(writer, self.guard.approval_info(request.code))
+                else:
+                    self.guard.approve(request.code, request.text)
+                    await self._send(writer, Ok())
+            except ApprovalError as err:
+                await self._send(writer, Error(message=str(err)))
         else:
             await self._send(writer, Error(message=f"{request.type} without an approved command"))
 

@@ -18,19 +18,26 @@ from typing import Any
 import structlog
 
 from dbguard import __version__
+from dbguard.approvals import ApprovalError, Approvals
+from dbguard.approvals import Request as ApprovalRequest
 from dbguard.config import Config
 from dbguard.daemon.backups import Backups, Outcome
 from dbguard.discovery import Found
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles, project_root
+from dbguard.discovery.project_config import classify_with_project, load_project_config
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import BackupFailed
+from dbguard.errors import BackupFailed, DbguardError
 from dbguard.oplog import OperationLog
+from dbguard.policy import Gate, agent_markers, gate
+from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
 from dbguard.protocol import (
     Allow,
+    ApprovalInfo,
     BackupNow,
     BackupRef,
+    Confirm,
     Deny,
     Done,
     Fail,
@@ -46,6 +53,7 @@ from dbguard.store import Reason, Store
 log = structlog.get_logger("dbguard.service")
 
 Emit = Callable[[Progress], Awaitable[None]]
+Ask = Callable[[Confirm], Awaitable[str | None]]
 PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between lines
 
 
@@ -73,6 +81,7 @@ class Guard:
         )
         self.started = time.monotonic()
         self.running: dict[str, Running] = {}
+        self.approvals = Approvals(ttl=config.production.approval_minutes * 60)
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
@@ -93,14 +102,24 @@ class Guard:
     # ---- invoke ----------------------------------------------------------------------
 
     def classify(self, request: Invoke) -> Operation | None:
+        """The operation `request` performs, by the user's catalog and the project's
+        additions (which can only make a command more guarded)."""
         files = ProjectFiles(Path(request.cwd))
         try:
-            return self.classifier.classify(request.argv, files.package_script)
+            project = load_project_config(ProjectFiles(project_root(request.cwd)).read)
+        except DiscoveryError:
+            project = None  # discovery reads it again and denies with the file's error
+        try:
+            return classify_with_project(
+                self.classifier, project, request.argv, files.package_script
+            )
         except DiscoveryError:
             # An unreadable package.json: let discovery report it properly.
-            return self.classifier.classify(request.argv)
+            return classify_with_project(self.classifier, project, request.argv)
 
-    async def invoke(self, request: Invoke, emit: Emit) -> Pass | Deny | Fail | Allow:
+    async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:
+        """Decide on one invocation; `emit` sends progress, `ask` asks the person at the
+        shim's terminal a question and returns what they typed (None: no answer)."""
         started = time.monotonic()
         record: dict[str, Any] = {
             "argv": request.argv,
@@ -119,18 +138,45 @@ class Guard:
             return Pass()
         try:
             root = project_root(request.cwd)
-            found = await asyncio.to_thread(self.discovery.discover, root, request.env, operation)
+            found = await asyncio.to_thread(
+                self.discovery.discover, root, request.env, operation, cwd=Path(request.cwd)
+            )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
-        record["databases"] = [{"database": t.label, "source": t.source} for t in found.targets]
+        settings = self.config.production
+        if found.project is not None:
+            settings = found.project.production_settings(settings)
+        run_env = {**request.env, **operation.assignments}
+        verdicts = await asyncio.to_thread(self._verdicts, found, run_env, settings)
+        record["databases"] = [
+            {
+                "database": t.label,
+                "source": t.source,
+                "production": verdicts[t.key].production,
+                "why": verdicts[t.key].reasons,
+            }
+            for t in found.targets
+        ]
         if found.warnings:
             record["warnings"] = found.warnings
+        agents = agent_markers(request.env, settings)
+        if agents:
+            record["agent"] = agents
+        production = [t for t in found.targets if verdicts[t.key].production]
+        need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
+        if need is not Gate.PROCEED:
+            refusal = await self._human_check(request, production, verdicts, need, ask, settings)
+            if refusal is not None:
+                self._log(record, "deny", started, reason=refusal.reason)
+                return refusal
+            record["approved"] = True
         reason = Reason(
             kind="command",
             argv=record["argv"],
             cwd=request.cwd,
             operation_kind=str(operation.kind),
+            production=bool(production),
         )
         try:
             outcomes = await self._ensure_all(found.targets, reason, emit)
@@ -146,6 +192,81 @@ class Guard:
         record["notes"] = _notes(found, outcomes)
         # The shim prints only warnings; what was reused or skipped goes to the log.
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
+
+    def _verdicts(
+        self, found: Found, env: dict[str, str], settings: ProductionSettings
+    ) -> dict[str, Verdict]:
+        """Production or not, per target; reads each database's own marker (blocking)."""
+        return {
+            t.key: classify_production(
+                t, env, settings, marker=self._marker(t), facts=found.facts_for(t)
+            )
+            for t in found.targets
+        }
+
+    def _marker(self, target: Target) -> Marker | None:
+        try:
+            return self.engines.for_target(target).marker(target)
+        except DbguardError:
+            return None  # unreachable or missing: the backup step reports that properly
+
+    async def _human_check(
+        self,
+        request: Invoke,
+        production: list[Target],
+        verdicts: dict[str, Verdict],
+        need: Gate,
+        ask: Ask,
+        settings: ProductionSettings,
+    ) -> Deny | None:
+        """None when a human approved this exact command (now or beforehand), else the
+        denial that says why and how to get it approved."""
+        bound = ApprovalRequest(
+            argv=tuple(request.argv),
+            cwd=request.cwd,
+            databases=tuple(sorted(t.key for t in production)),
+            uid=os.getuid(),
+        )
+        if self.approvals.consume(bound) is not None:
+            return None
+        names = tuple(dict.fromkeys(_typed_name(t) for t in production))
+        reasons = tuple(r for t in production for r in verdicts[t.key].reasons)
+        self.approvals.ttl = settings.approval_minutes * 60
+        pending = self.approvals.open(bound, names, reasons)
+        command = " ".join(request.argv)
+        labels = ", ".join(t.label for t in production)
+        why = "; ".join(reasons)
+        if need is Gate.CONFIRM:
+            typed = await ask(
+                Confirm(
+                    code=pending.code,
+                    question=(
+                        f"`{command}` will touch the PRODUCTION database {labels} ({why}).\n"
+                        f"A backup is taken first. Type the database name ({' or '.join(names)}) "
+                        "to go ahead, anything else to stop: "
+                    ),
+                    names=list(names),
+                )
+            )
+            try:
+                self.approvals.approve(pending.code, typed or "")
+            except ApprovalError as err:
+                return Deny(reason=f"not confirmed: {err.problem}", hint="nothing was run")
+            self.approvals.consume(bound)
+            return None
+        minutes = f"{settings.approval_minutes:g} minutes"
+        return Deny(
+            reason=(
+                f"`{command}` would touch the PRODUCTION database {labels}: {why}. "
+                "Production is never touched without a person at a terminal."
+            ),
+            hint=(
+                "If you are an AI agent: stop here, explain what you were about to do and "
+                "why, and ask a human. A human who wants it to run approves it once, within "
+                f"{minutes}, in their own terminal with:  dbguardctl approve {pending.code}  "
+                "and then runs the same command again (a backup is still taken first)."
+            ),
+        )
 
     async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
         work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
@@ -198,7 +319,9 @@ class Guard:
             for kind in (Kind.MIGRATE, Kind.TEST):
                 operation = Operation(tool="dbguardctl backup", kind=kind)
                 found.extend(
-                    await asyncio.to_thread(self.discovery.discover, root, request.env, operation)
+                    await asyncio.to_thread(
+                        self.discovery.discover, root, request.env, operation, cwd=Path(request.cwd)
+                    )
                 )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
@@ -212,6 +335,34 @@ class Guard:
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         self._log(record, "backup", started)
         return Done(backups=_refs(outcomes), notes=_notes(found, outcomes))
+
+    # ---- approvals (dbguardctl approve) ---------------------------------------------
+
+    def approval_info(self, code: str) -> ApprovalInfo:
+        """What `code` stands for. Raises ApprovalError."""
+        pending = self.approvals.lookup(code)
+        return ApprovalInfo(
+            code=pending.code,
+            argv=list(pending.request.argv),
+            cwd=pending.request.cwd,
+            databases=list(pending.request.databases),
+            reasons=list(pending.reasons),
+            names=list(pending.names),
+            expires_in_seconds=round(pending.expires_at - self.approvals.clock(), 1),
+        )
+
+    def approve(self, code: str, typed: str) -> None:
+        """A person typed `typed` for `code` in dbguardctl approve. Raises ApprovalError."""
+        pending = self.approvals.approve(code, typed)
+        self.oplog.append(
+            {
+                "argv": ["dbguardctl", "approve", pending.code],
+                "decision": "approve",
+                "approves": list(pending.request.argv),
+                "cwd": pending.request.cwd,
+                "databases": [{"database": key} for key in pending.request.databases],
+            }
+        )
 
     def status(self) -> Status:
         return Status(
@@ -228,6 +379,13 @@ class Guard:
         for op_id in list(self.running):
             self.finish(op_id, None)
         self.engines.close()
+
+
+def _typed_name(target: Target) -> str:
+    """What a person types to confirm: the database name, or the SQLite file's name."""
+    if target.engine == "sqlite":
+        return Path(str(target.path)).name
+    return target.name or target.label
 
 
 def _store(config: Config, env: dict[str, str]) -> Store:

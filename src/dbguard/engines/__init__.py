@@ -3,12 +3,18 @@ daemon keeps their connections warm and dbguardctl pays only for the engine it u
 
 from __future__ import annotations
 
-from dbguard.config import BackupSettings
+from typing import TYPE_CHECKING
+
 from dbguard.engines.base import Engine, EngineName, Target
+
+if TYPE_CHECKING:  # config imports engines.base (through production): no import cycle
+    from dbguard.config import BackupSettings
 
 
 class Engines:
     def __init__(self, settings: BackupSettings | None = None) -> None:
+        from dbguard.config import BackupSettings
+
         self.settings = settings or BackupSettings()
         self._instances: dict[EngineName, Engine] = {}
 

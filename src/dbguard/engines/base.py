@@ -18,6 +18,7 @@ from typing import BinaryIO, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 EngineName = Literal["sqlite", "postgres", "mysql"]
+Marker = Literal["production", "development"]
 
 
 class Target(BaseModel):
@@ -130,6 +131,17 @@ class Engine(Protocol):
 
         Raises Damaged when the dump does not restore. Used by verify.
         """
+        ...
+
+    def marker(self, target: Target) -> Marker | None:
+        """The environment the database itself is marked with (`dbguardctl mark`), or
+        None. Raises BackupFailed (or DatabaseMissing) when it cannot be read."""
+        ...
+
+    def set_marker(self, target: Target, marker: Marker | None) -> None:
+        """Mark the database production or development (None removes the mark). The mark
+        lives with the database, so it survives .env changes and copies.
+        Raises BackupFailed when it cannot be written."""
         ...
 
     def close(self) -> None:

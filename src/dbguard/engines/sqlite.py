@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from dbguard.engines.base import DumpInfo, EngineName, Sink, Target
+from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
 
 _CHUNK = 1 << 20
 _BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
 _KEPT_CONNECTIONS = 64
+# application_id values meaning "marked by dbguard": 'DBGP' and 'DBGD'.
+_MARKERS: dict[int, Marker] = {0x44424750: "production", 0x44424744: "development"}
 
 
 def _connect(path: str | Path, *, must_exist: bool = True) -> sqlite3.Connection:
@@ -299,6 +301,37 @@ class SqliteEngine:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{copy}{suffix}").unlink()
+
+    # ---- the environment marker --------------------------------------------------------
+    # Kept in the header's application_id, which travels with every copy of the file and
+    # is not part of any schema a migration tool compares. A file whose application_id
+    # is taken by its own format (GeoPackage, Fossil...) cannot carry the mark.
+
+    def marker(self, target: Target) -> Marker | None:
+        kept = self._watched(Path(str(target.path)))
+        with kept.lock:
+            try:
+                value = kept.conn.execute("PRAGMA application_id").fetchone()[0]
+            except sqlite3.Error as err:
+                raise _open_error(Path(str(target.path)), err) from None
+        return _MARKERS.get(value)
+
+    def set_marker(self, target: Target, marker: Marker | None) -> None:
+        path = Path(str(target.path))
+        conn = _connect(path)
+        try:
+            current = conn.execute("PRAGMA application_id").fetchone()[0]
+            if current not in (0, *_MARKERS):
+                raise BackupFailed(
+                    f"{path} already uses its application_id ({current:#x}) for its own format",
+                    "mark it in .dbguard.toml ([[database]] ... production = true) instead",
+                )
+            value = {v: k for k, v in _MARKERS.items()}.get(marker, 0) if marker else 0
+            conn.execute(f"PRAGMA application_id = {int(value)}")
+        except sqlite3.Error as err:
+            raise _open_error(path, err) from None
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._kept_lock:

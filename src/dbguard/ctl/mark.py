@@ -1,0 +1,55 @@
+"""Mark a database of this project as production or development, inside the database.
+
+Usage: dbguardctl mark production|development|none [--database TEXT]
+
+The mark travels with the database (SQLite: the file header's application_id;
+PostgreSQL: a database setting; MySQL: a row on the server) and outranks names and
+hosts: a database marked production is production wherever it is, and a local copy
+marked development is not production because of an old host name in a .env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import get_args
+
+from dbguard.ctl.context import Context
+from dbguard.discovery import Found
+from dbguard.discovery.project import DiscoveryCache, find_root
+from dbguard.engines import Engines
+from dbguard.engines.base import Marker
+from dbguard.rules import Kind, Operation
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("environment", choices=[*get_args(Marker), "none"])
+    parser.add_argument("--database", metavar="TEXT", help="the database whose name contains TEXT")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    cwd = Path(os.getcwd())
+    found = Found()
+    cache = DiscoveryCache()
+    for kind in (Kind.MIGRATE, Kind.TEST):
+        found.extend(
+            cache.discover(find_root(cwd), ctx.env, Operation("dbguardctl mark", kind), cwd=cwd)
+        )
+    targets = [t for t in found.targets if not args.database or args.database in t.label]
+    if len(targets) != 1:
+        listing = "\n".join(f"  {t.label}  ({t.source})" for t in found.targets) or "  none"
+        ctx.print(
+            f"dbguardctl: {'no' if not targets else len(targets)} databases match; "
+            f"choose one with --database TEXT. This project's databases:\n{listing}"
+        )
+        return 2
+    [target] = targets
+    marker: Marker | None = None if args.environment == "none" else args.environment
+    engines = Engines(ctx.config.backup)
+    try:
+        engines.for_target(target).set_marker(target, marker)
+    finally:
+        engines.close()
+    ctx.print(f"{target.label} is now marked {args.environment}")
+    return 0

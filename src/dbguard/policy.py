@@ -1,0 +1,42 @@
+"""When to say no: pure decisions on top of the production verdicts.
+
+A production database is never touched by a caller that is not a person at a terminal:
+no terminal, or an AI agent's environment (even one with a pseudo-terminal). Such a
+caller gets a code a human approves with `dbguardctl approve CODE`. A person at a
+terminal is asked to type the database's name before anything that writes to it runs.
+Nothing here reads a flag or a project file: only the user's own config (the
+ProductionSettings it is given) shapes the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from dbguard.production import ProductionSettings
+from dbguard.rules import Kind
+
+
+class Gate(StrEnum):
+    PROCEED = "proceed"  # back up and run
+    CONFIRM = "confirm"  # the person at the terminal types the database name first
+    APPROVE = "approve"  # a human must approve with `dbguardctl approve CODE`
+
+
+def agent_markers(env: Mapping[str, str], settings: ProductionSettings) -> list[str]:
+    """The agent variables set (non-empty) in `env`, e.g. ["CLAUDECODE"]."""
+    return [name for name in settings.agent_variables if env.get(name)]
+
+
+def gate(kind: Kind, production: bool, *, terminal: bool, agent: bool) -> Gate:
+    """What must happen before `kind` may run against the databases.
+
+    Any operation that needs a backup needs a human when a database is production.
+    Only the interactive query client is exempt at a terminal: a person opening psql on
+    production is looking, and whatever they type is theirs.
+    """
+    if not production or not kind.needs_backup:
+        return Gate.PROCEED
+    if agent or not terminal:
+        return Gate.APPROVE
+    return Gate.PROCEED if kind is Kind.QUERY else Gate.CONFIRM

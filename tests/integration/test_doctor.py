@@ -1,0 +1,220 @@
+"""`dbguardctl doctor` against real setups: healthy, shadowed by a virtualenv, with the
+daemon down, with a broken config, with loose permissions, and in projects whose own
+scripts bypass the shims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbguard import shims
+from dbguard.config import DEFAULT_SHIM_COMMANDS
+from tests.helpers import Daemon, Home
+
+RUNNER = "import sys; from dbguard.ctl.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.fixture
+def setup(home: Home) -> Home:
+    """What `dbguardctl install` plus the profile line leave: shims for the default
+    commands first on PATH, a shell whose startup file runs shell-init."""
+    profile_home = home.root / "home"
+    profile_home.mkdir()
+    (profile_home / ".bashrc").write_text('eval "$(dbguardctl shell-init bash)"\n')
+    shims.install(home.shims, list(DEFAULT_SHIM_COMMANDS))
+    home.extra_env.update(HOME=str(profile_home), SHELL="/bin/bash")
+    (home.root / "project").mkdir()
+    return home
+
+
+def doctor(home: Home, cwd: Path | None = None, path: str | None = None) -> tuple[int, Any]:
+    env = {"PATH": path} if path else {}
+    result = home.run(
+        [sys.executable, "-c", RUNNER, "doctor", "--json", "--dir", str(home.shims)],
+        cwd=cwd or home.root / "project",
+        env=env,
+    )
+    assert result.stderr == b"", result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def failures(report: Any) -> dict[str, str]:
+    return {f["check"]: f["message"] for f in report["findings"] if f["level"] == "fail"}
+
+
+def finding(report: Any, check: str, level: str) -> dict[str, str]:
+    found = [f for f in report["findings"] if f["check"] == check and f["level"] == level]
+    assert found, f"no {level} finding for {check}: {report['findings']}"
+    return dict(found[0])
+
+
+def make_venv(where: Path, tool: str = "pytest") -> Path:
+    """A real virtualenv (no pip, to be quick) with its own `tool` in bin/."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    script = where / "bin" / tool
+    script.write_text(f"#!{where / 'bin' / 'python'}\nprint('the venv {tool}')\n")
+    script.chmod(0o755)
+    return where
+
+
+def test_a_healthy_setup_passes(setup: Home, daemon: Daemon) -> None:
+    code, report = doctor(setup)
+
+    assert code == 0, failures(report)
+    assert report["ok"] is True
+    assert finding(report, "shim pytest", "ok")["message"].startswith("guarded")
+    assert finding(report, "daemon", "ok")
+    assert finding(report, "shell", "ok")
+    assert "not needed" in finding(report, "sqlite", "ok")["message"]
+
+
+def test_a_virtualenv_in_front_of_the_shims_is_caught(setup: Home, daemon: Daemon) -> None:
+    venv = make_venv(setup.root / "project" / ".venv")
+    # What `source .venv/bin/activate` does without shell-init: its bin goes first.
+    shadowed = f"{venv / 'bin'}:{setup.env['PATH']}"
+
+    code, report = doctor(setup, path=shadowed)
+
+    assert code == 1
+    problem = finding(report, "shim pytest", "fail")
+    assert str(venv / "bin" / "pytest") in problem["message"]
+    assert "virtualenv" in problem["message"]
+    assert "shell-init bash" in problem["fix"]
+    # The other commands still resolve to their shims: only pytest is reported.
+    assert set(failures(report)) == {"shim pytest"}
+
+
+def test_text_output_names_the_winner_and_the_fix(setup: Home, daemon: Daemon) -> None:
+    venv = make_venv(setup.root / "project" / "venv")
+    result = setup.run(
+        [sys.executable, "-c", RUNNER, "doctor", "--dir", str(setup.shims)],
+        cwd=setup.root / "project",
+        env={"PATH": f"{venv / 'bin'}:{setup.env['PATH']}"},
+    )
+
+    text = result.stdout.decode()
+    assert result.returncode == 1
+    assert f"FAIL  shim pytest: `pytest` runs {venv / 'bin' / 'pytest'} unguarded" in text
+    assert 'fix: add to ~/.bashrc: eval "$(dbguardctl shell-init bash' in text
+    assert "1 problem(s) to fix" in text
+
+
+def test_a_daemon_that_is_down_is_a_problem(setup: Home) -> None:
+    code, report = doctor(setup)
+
+    assert code == 1
+    down = finding(report, "daemon", "fail")
+    assert "exit 69" in down["message"]
+    assert "dbguardd" in down["fix"]
+
+
+def test_a_daemon_that_is_down_but_autostarts_is_a_warning(setup: Home) -> None:
+    from dbguard.client import autostart
+
+    (setup.shims / autostart.SETTINGS_FILE).write_text(
+        autostart.format_settings([sys.executable, "-m", "dbguard.daemon.main"], 5)
+    )
+
+    code, report = doctor(setup)
+
+    assert code == 0, failures(report)
+    assert "start it on first use" in finding(report, "daemon", "warn")["message"]
+
+
+def test_a_config_error_is_reported_with_its_key(setup: Home, daemon: Daemon) -> None:
+    config = setup.root / "config" / "dbguard" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[backup]\ncompression_level = 99\n")
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    problem = finding(report, "config", "fail")
+    assert "backup.compression_level" in problem["message"]
+    assert str(config) in problem["fix"]
+
+
+def test_loose_socket_folder_permissions_are_a_problem(setup: Home, daemon: Daemon) -> None:
+    setup.socket.parent.chmod(0o755)
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    assert finding(report, "socket", "fail")["fix"] == f"chmod 700 {setup.socket.parent}"
+
+
+def test_missing_shims_and_an_unwritable_backup_folder(setup: Home, daemon: Daemon) -> None:
+    (setup.shims / "prisma").unlink()
+    blocker = setup.root / "not-a-folder"
+    blocker.write_text("")
+    config = setup.root / "config" / "dbguard" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"backup_dir = '{blocker / 'backups'}'\n")
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    assert set(failures(report)) == {"shim prisma", "backups"}
+    assert "dbguardctl install" in finding(report, "shim prisma", "fail")["fix"]
+
+
+def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:
+    shim = setup.shims / "alembic"
+    shim.write_text(shim.read_text().replace("exec ", "exec /nonexistent/python3 ", 1))
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    assert "/nonexistent/python3" in finding(report, "shim alembic", "fail")["message"]
+
+
+def test_project_paths_that_bypass_the_shims_are_named(setup: Home, daemon: Daemon) -> None:
+    project = setup.root / "project"
+    (project / "package.json").write_text("{}")
+    scripts = {
+        "node_modules/.bin/prisma": "#!/usr/bin/env node\n",
+        "vendor/bin/phpunit": "#!/usr/bin/env php\n<?php\n",
+        "vendor/bin/pest": "#!/usr/bin/php\n<?php\n",
+        "bin/rails": "#!/usr/bin/env ruby\n",
+    }
+    for relative, text in scripts.items():
+        path = project / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    make_venv(project / ".venv")
+
+    code, report = doctor(setup, cwd=project / "node_modules")  # found from a subfolder too
+
+    assert code == 0, failures(report)  # habits to change, not a broken setup
+    messages = {
+        f["message"].split(" ", 1)[0]: f for f in report["findings"] if f["check"] == "project"
+    }
+    assert messages["./vendor/bin/phpunit"]["level"] == "ok"  # env php -> the php shim
+    for bypass in ("./node_modules/.bin/prisma", "./vendor/bin/pest", "./bin/rails"):
+        assert messages[bypass]["level"] == "warn", bypass
+    assert "npx prisma" in messages["./node_modules/.bin/prisma"]["fix"]
+    python_m = messages["`python"]
+    assert python_m["level"] == "warn" and ".venv/bin/python" in python_m["message"]
+
+
+def test_units_pointing_at_a_removed_installation_are_stale(setup: Home, daemon: Daemon) -> None:
+    from dbguard.ctl import install
+
+    units = setup.root / "config" / "systemd" / "user"
+    units.mkdir(parents=True)
+    rendered = install.render_units(install.DEFAULT_SOCKET_SPEC, ["/gone/venv/bin/dbguardd"])
+    for name, text in rendered.items():
+        (units / name).write_text(text)
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    stale = finding(report, "systemd", "fail")
+    assert "/gone/venv/bin/dbguardd" in stale["message"]
+    assert stale["fix"].startswith("dbguardctl install")
