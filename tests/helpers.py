@@ -231,3 +231,49 @@ def count_users(project: Path) -> int | None:
         return None  # the table is gone
     finally:
         conn.close()
+
+
+@dataclass
+class TerminalRun:
+    returncode: int
+    output: str
+
+
+def run_in_terminal(
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    answers: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> TerminalRun:
+    """Run `argv` on a new pseudo-terminal (its controlling terminal, so /dev/tty is it)
+    and type each answer once its prompt text has appeared."""
+    import pty
+
+    pending = dict(answers or {})
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pty.fork made the terminal its controlling one
+        try:
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, dict(env))  # noqa: S606
+        finally:
+            os._exit(127)
+    output = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            text = output.decode(errors="replace")
+            for prompt in list(pending):
+                if prompt in text:
+                    os.write(fd, pending.pop(prompt).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
+import os
 
 
 def ask_on_terminal(question: str) -> str | None:
     """The typed answer, or None when there is no terminal to ask on."""
     try:
-        tty = open("/dev/tty", "r+", encoding="utf-8")  # noqa: SIM115
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
         return None
-    with contextlib.closing(tty):
-        tty.write(question)
-        tty.flush()
-        return tty.readline().strip()
+    try:
+        os.write(tty, question.encode())
+        typed = b""
+        while not typed.endswith(b"\n"):
+            chunk = os.read(tty, 1024)
+            if not chunk:
+                return None  # the terminal went away before a whole line
+            typed += chunk
+        return typed.decode(errors="replace").strip()
+    finally:
+        os.close(tty)

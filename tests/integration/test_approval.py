@@ -1,0 +1,180 @@
+"""Production needs a human: refusals, approval on a real pseudo-terminal, and reuse."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dbguard.client.talk import request
+from dbguard.protocol import PROTOCOL_VERSION, ApprovalQuery, Error
+from tests.helpers import (
+    Daemon,
+    Home,
+    count_users,
+    install_stand_in,
+    laravel_sqlite_project,
+    run_in_terminal,
+)
+
+NAME = "app.sqlite"  # what a person types: the SQLite file's name
+CTL = [sys.executable, "-m", "dbguard.ctl.main"]
+
+
+@pytest.fixture
+def production(home: Home) -> Path:
+    """A Laravel project whose .env says APP_ENV=production."""
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")
+    env_file = project / ".env"
+    env_file.write_text(env_file.read_text().replace("APP_ENV=local", "APP_ENV=production"))
+    return project
+
+
+def code_from(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "dbguardctl approve " in text, text
+    return text.split("dbguardctl approve ", 1)[1].split()[0]
+
+
+def approve_on_terminal(home: Home, code: str, typed: str = NAME) -> str:
+    run = run_in_terminal(
+        [*CTL, "approve", code], home.env, home.root, {"Type the database name": typed}
+    )
+    return f"exit {run.returncode}: {run.output}"
+
+
+def test_a_script_is_refused_and_a_human_approves_it_once(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    refused = home.run(["php", "artisan", "migrate:fresh"], cwd=production)
+    assert refused.returncode == 77
+    assert b"PRODUCTION" in refused.stderr and b"APP_ENV=production" in refused.stderr
+    assert b"If you are an AI agent: stop" in refused.stderr
+    assert count_users(production) == 3  # not run
+
+    code = code_from(refused.stderr)
+    outcome = approve_on_terminal(home, code)
+    assert outcome.startswith("exit 0") and "approved" in outcome, outcome
+
+    allowed = home.run(["php", "artisan", "migrate:fresh"], cwd=production)
+    assert allowed.returncode == 0, allowed.stderr
+    assert count_users(production) is None
+    manifests = [json.loads(p.read_text()) for p in home.backups.glob("*/*/manifest.json")]
+    assert [m["reason"]["production"] for m in manifests] == [True]  # backed up first
+
+    again = home.run(["php", "artisan", "migrate:fresh"], cwd=production)
+    assert again.returncode == 77  # single use
+
+
+def test_an_approval_does_not_cover_another_command(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    code = code_from(home.run(["php", "artisan", "migrate:fresh"], cwd=production).stderr)
+    assert approve_on_terminal(home, code).startswith("exit 0")
+    other = home.run(["php", "artisan", "db:wipe"], cwd=production)
+    assert other.returncode == 77
+    assert count_users(production) == 3
+
+
+def test_approval_needs_the_database_name_typed_on_the_terminal(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    code = code_from(home.run(["php", "artisan", "migrate:fresh"], cwd=production).stderr)
+
+    piped = home.run([*CTL, "approve", code], cwd=home.root, input=f"{NAME}\n".encode())
+    assert piped.returncode == 77, piped.stdout  # stdin is never read; no terminal here
+    assert b"no terminal" in piped.stdout
+
+    wrong = approve_on_terminal(home, code, typed="yes")
+    assert wrong.startswith("exit 1") and "not the name" in wrong, wrong
+    assert home.run(["php", "artisan", "migrate:fresh"], cwd=production).returncode == 77
+
+
+def test_an_agent_cannot_approve_itself(home: Home, daemon: Daemon, production: Path) -> None:
+    home.extra_env["CLAUDECODE"] = "1"
+    refused = home.run(["php", "artisan", "test"], cwd=production)
+    assert refused.returncode == 77
+    code = code_from(refused.stderr)
+    outcome = approve_on_terminal(home, code)  # even with a terminal
+    assert outcome.startswith("exit 77") and "AI agent" in outcome, outcome
+    record = json.loads(home.oplog.read_text().splitlines()[0])
+    assert record["decision"] == "deny" and record["agent"] == ["CLAUDECODE"]
+
+
+def test_a_person_at_a_terminal_confirms_in_the_shim(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    declined = run_in_terminal(
+        ["php", "artisan", "migrate:fresh"], home.env, production, {"Type the database": "no"}
+    )
+    assert declined.returncode == 77, declined.output
+    assert count_users(production) == 3
+
+    confirmed = run_in_terminal(
+        ["php", "artisan", "migrate:fresh"], home.env, production, {"Type the database": NAME}
+    )
+    assert confirmed.returncode == 0, confirmed.output
+    assert count_users(production) is None
+    assert len(list(home.backups.glob("*/*/manifest.json"))) == 1
+
+
+def test_an_agent_with_a_terminal_is_still_refused(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    home.extra_env["CURSOR_AGENT"] = "1"
+    run = run_in_terminal(["php", "artisan", "migrate:fresh"], home.env, production)
+    assert run.returncode == 77, run.output
+    assert "dbguardctl approve" in run.output
+
+
+def wait_until_expired(home: Home, code: str) -> None:
+    """Poll the daemon (a read-only query, which does not renew anything) until the
+    approval `code` is gone."""
+    deadline = time.monotonic() + 30
+    while True:
+        reply = request(home.socket, ApprovalQuery(type="approval", v=PROTOCOL_VERSION, code=code))
+        if isinstance(reply, Error):
+            assert "no pending approval" in reply.message
+            return
+        assert time.monotonic() < deadline, reply
+
+
+def test_codes_and_approvals_expire(home: Home, production: Path) -> None:
+    config = home.root / "config.toml"
+    config.write_text("[production]\napproval_minutes = 0.05\n")  # 3 s
+    home.extra_env["DBGUARD_CONFIG"] = str(config)
+    daemon = Daemon(home).start()
+    try:
+        command = ["php", "artisan", "migrate:fresh"]
+        stale = code_from(home.run(command, cwd=production).stderr)
+        wait_until_expired(home, stale)
+        outcome = approve_on_terminal(home, stale)
+        assert outcome.startswith("exit 1") and "no pending approval" in outcome, outcome
+
+        fresh = code_from(home.run(command, cwd=production).stderr)
+        assert approve_on_terminal(home, fresh).startswith("exit 0")
+        wait_until_expired(home, fresh)
+        assert home.run(command, cwd=production).returncode == 77
+        assert count_users(production) == 3
+    finally:
+        daemon.stop()
+
+
+def test_the_database_marker_makes_production_and_travels_with_the_file(
+    home: Home, daemon: Daemon
+) -> None:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")  # APP_ENV=local: not production
+    marked = home.ctl("mark", "production", cwd=project)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    refused = home.run(["php", "artisan", "db:wipe"], cwd=project)
+    assert refused.returncode == 77
+    assert b"marked production" in refused.stderr
+    assert home.ctl("mark", "development", cwd=project).returncode == 0
+    assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 0
