@@ -37,9 +37,12 @@ def take_backup(
         return pending.commit(info, reason)
 
 
-def verify_backup(store: Store, engines: Engines, manifest: Manifest) -> Verification:
+def verify_backup(
+    store: Store, engines: Engines, manifest: Manifest, target: Target | None = None
+) -> Verification:
     """Checksum, then a scratch restore whose row counts must equal the manifest's.
-    The result is recorded in the manifest."""
+    `target` (default: the manifest's, without a password) says how to reach the server
+    for the scratch restore. The result is recorded in the manifest."""
     problems = store.check_data(manifest)
     if not problems:
         engine = engines.get(manifest.target().engine)
@@ -47,7 +50,7 @@ def verify_backup(store: Store, engines: Engines, manifest: Manifest) -> Verific
             try:
                 with store.open_data(manifest) as data:
                     counts = engine.restored_counts(
-                        manifest.target(), data, manifest.data.format, scratch
+                        target or manifest.target(), data, manifest.data.format, scratch
                     )
                 problems = compare_counts(manifest.tables, counts)
             except Damaged as err:

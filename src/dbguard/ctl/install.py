@@ -121,12 +121,13 @@ def unit_dir(env: dict[str, str]) -> Path:
 
 
 def templates_dir() -> Path:
-    """The systemd/ folder of the source tree this dbguard runs from."""
-    folder = Path(dbguard.__file__).resolve().parents[2] / "systemd"
+    """The unit templates, shipped inside the package (systemd/ in the source tree is a
+    link to the same folder)."""
+    folder = Path(dbguard.__file__).resolve().parent / "units"
     if not (folder / "dbguard.service").is_file():
         raise DbguardError(
             f"the unit templates are not at {folder}",
-            "install dbguard from its source tree (pip install -e .), or use --no-systemd",
+            "reinstall dbguard (the package is incomplete), or use --no-systemd",
         )
     return folder
 

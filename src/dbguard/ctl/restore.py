@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print("not restored")
             return 1
     reason = Reason(kind="pre-restore", argv=["dbguardctl", "restore", manifest.id])
-    engines = Engines()
+    engines = Engines(ctx.config.backup)
     try:
         before = operations.restore_backup(
             ctx.store, engines, manifest, target, reason, end_connections=args.end_connections

@@ -19,9 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     manifest = ctx.store.get(args.id)
-    engines = Engines()
+    engines = Engines(ctx.config.backup)
     try:
-        result = operations.verify_backup(ctx.store, engines, manifest)
+        target = operations.with_credentials(manifest, ctx.env)
+        result = operations.verify_backup(ctx.store, engines, manifest, target)
     finally:
         engines.close()
     if args.json:

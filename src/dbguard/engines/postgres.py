@@ -1,0 +1,1476 @@
+"""PostgreSQL: pg_dump in custom format, read in one exported snapshot; restore by swap.
+
+Backup. A psycopg connection reads the change signal, then opens a REPEATABLE READ
+transaction and exports its snapshot; pg_dump (`-Fc -Z0`: the store's zstd compresses
+several times faster than pg_dump's gzip for the same size) imports it with
+`--snapshot`, and the manifest's row counts are read in that same transaction while
+pg_dump runs. pg_dump's stdout streams into the sink a pipe-full at a time; nothing
+holds the whole dump. The pg_dump used is the newest one at least as new as the server,
+looked for in /usr/lib/postgresql/*/bin before PATH (Debian's /usr/bin wrapper costs
+tens of milliseconds per run).
+
+Change signal. `pg_current_wal_insert_lsn()`: every commit of a transaction that wrote
+anything inserts a commit record, which moves the insert position. It is cluster-wide,
+so another database's writes (or a vacuum) can only cause an extra backup, never a
+missed one. The fingerprint also names the cluster (system identifier, timeline,
+postmaster start) so positions from different servers, a promoted standby or a restored
+data folder never compare equal, and the database's oid, so a dropped and re-created
+database never matches. Skip checks read it on a connection kept open per server to the
+`postgres` maintenance database, never to the target: a session in the target would
+make the guarded command's own `DROP DATABASE` or `CREATE DATABASE ... TEMPLATE` fail.
+See `_snapshot_fingerprint` for why the backup's own fingerprint is read before its
+snapshot and when it must be dropped. Known limits: a standby has no insert position
+(None: always back up); a transaction holding an xid anywhere on the cluster while a
+backup starts makes that backup's fingerprint None (the next command backs up again);
+and `nextval` logs WAL only every 32 values, so a bare `SELECT nextval(...)` with no row
+written may not move the position. Such a value is stored nowhere in the database, and
+a restore can hand it out again.
+
+Restore. pg_restore fills a new scratch database (the target's owner, encoding and
+locale); the target's database-level settings, grants and comment are copied over; then
+one transaction renames target -> <name>_dbguard_replaced_<hex> and scratch -> target,
+and the replaced database is dropped. Anything that fails before the swap drops the
+scratch database and leaves the target as it was.
+
+Secrets. psycopg gets the password in-process; the tools get it as PGPASSWORD in their
+environment (readable only by their user), never in argv; tool stderr shown to the user
+is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, TypeVar
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.errors import ObjectInUse
+
+from dbguard.config import BackupSettings
+from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.errors import (
+    BackupFailed,
+    Cancelled,
+    Damaged,
+    DatabaseMissing,
+    DbguardError,
+    RestoreFailed,
+)
+
+log = structlog.get_logger("dbguard.postgres")
+
+FORMAT = "pg-custom"  # pg_dump -Fc without compression; zstd is the store's
+TOOL_ROOT = Path("/usr/lib/postgresql")
+MAINTENANCE_DB = "postgres"
+_CHUNK = 1 << 20
+_CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not stall a guarded command
+_LOCK_WAIT_MS = 60_000  # pg_dump gives up on a table another session keeps locked
+_KEPT_CONNECTIONS = 64
+_NAME_MAX = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server
+_SESSIONS_GONE_WAIT = 10.0  # seconds for terminated sessions to exit
+_STOP_COUNT_WAIT = 30.0
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_TARGET_PARAMS = frozenset({"host", "hostaddr", "port", "user", "dbname"})
+# Settings whose list elements pg_dump quotes one by one (variable_is_guc_list_quote):
+# `SET search_path TO 'a, b'` would make a single schema named "a, b".
+_LIST_QUOTE_SETTINGS = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+T = TypeVar("T")
+Version = tuple[int, ...]
+ErrorKind = type[DbguardError]
+
+
+# ---- versions and tools (pure but for the --version probe) ------------------------
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+
+
+def parse_tool_version(text: str) -> Version | None:
+    """'pg_dump (PostgreSQL) 15.4 (Debian 15.4-1)' -> (15, 4); '... 9.6.24' -> (9, 6, 24)."""
+    match = _VERSION_RE.search(text)
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+def server_version(number: int) -> Version:
+    """libpq's server version number as a tuple: 150004 -> (15, 4); 90624 -> (9, 6, 24)."""
+    if number >= 100000:
+        return (number // 10000, number % 10000)
+    return (number // 10000, number // 100 % 100, number % 100)
+
+
+def major(version: Version) -> Version:
+    """The part of a version that must be matched: (15,) from 10 on, (9, 6) before."""
+    return version[:1] if version[0] >= 10 else version[:2]
+
+
+def version_text(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+@dataclass(frozen=True)
+class Tool:
+    path: Path
+    version: Version
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.name} {version_text(self.version)} ({self.path})"
+
+
+def default_tool_dirs(path_env: str | None = None) -> list[Path]:
+    """/usr/lib/postgresql/<version>/bin, newest first, then the PATH folders."""
+    versioned: list[tuple[Version, Path]] = []
+    for folder in TOOL_ROOT.glob("*/bin"):
+        parts = folder.parent.name.split(".")
+        if all(part.isdigit() for part in parts):
+            versioned.append((tuple(int(part) for part in parts), folder))
+    dirs = [folder for _, folder in sorted(versioned, reverse=True)]
+    path = os.environ.get("PATH", "") if path_env is None else path_env
+    dirs += [Path(entry) for entry in path.split(os.pathsep) if entry]
+    return list(dict.fromkeys(dirs))
+
+
+def _probe_version(path: Path) -> Version | None:
+    try:
+        result = subprocess.run(
+            [str(path), "--version"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return parse_tool_version(result.stdout.decode("utf-8", "replace"))
+
+
+def find_tools(name: str, dirs: Sequence[Path]) -> list[Tool]:
+    """Every runnable `name` in `dirs` whose version it reports, in search order."""
+    found: list[Tool] = []
+    seen: set[Path] = set()
+    for folder in dirs:
+        path = folder / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        real = path.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        version = _probe_version(path)
+        if version is not None:
+            found.append(Tool(path, version))
+    return found
+
+
+def choose_tool(
+    name: str,
+    candidates: Sequence[Tool],
+    server: Version,
+    searched: Sequence[Path],
+    error: ErrorKind = BackupFailed,
+) -> Tool:
+    """The newest candidate whose major version is at least the server's (first found
+    among equals). Raises `error` naming the server version and what was found."""
+    fitting = [tool for tool in candidates if major(tool.version) >= major(server)]
+    if fitting:
+        return max(fitting, key=lambda tool: tool.version)  # max keeps the first of equals
+    wanted = version_text(major(server))
+    install = f"install {name} {wanted} or newer (Debian/Ubuntu: postgresql-client-{wanted})"
+    if not candidates:
+        where = ", ".join(str(folder) for folder in searched) or "nowhere"
+        raise error(
+            f"{name} is not installed; the server runs PostgreSQL {version_text(server)} "
+            f"(looked in {where})",
+            install,
+        )
+    found = ", ".join(f"{version_text(tool.version)} ({tool.path})" for tool in candidates)
+    raise error(
+        f"the server runs PostgreSQL {version_text(server)}, but the only {name} versions "
+        f"found are {found}; {name} must be at least as new as the server",
+        install,
+    )
+
+
+class _Tools:
+    """Finds and remembers the installed tools; the search runs once per engine."""
+
+    def __init__(self, dirs: Sequence[Path] | None) -> None:
+        self._dirs = list(dirs) if dirs is not None else None
+        self._found: dict[str, list[Tool]] = {}
+        self._lock = threading.Lock()
+
+    def dirs(self) -> list[Path]:
+        return list(self._dirs) if self._dirs is not None else default_tool_dirs()
+
+    def choose(self, name: str, server: Version, error: ErrorKind) -> Tool:
+        dirs = self.dirs()
+        with self._lock:
+            if name not in self._found:
+                self._found[name] = find_tools(name, dirs)
+            candidates = self._found[name]
+        return choose_tool(name, candidates, server, dirs, error)
+
+    def forget(self) -> None:
+        """Search again next time (a tool vanished or was upgraded)."""
+        with self._lock:
+            self._found.clear()
+
+
+# ---- connection settings and connection errors ------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnSettings:
+    """How to reach one database, for psycopg and for the command-line tools alike."""
+
+    host: str  # a host name, an address or a Unix socket folder
+    port: int | None
+    user: str | None
+    dbname: str
+    password: str | None = field(default=None, repr=False)
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def where(self) -> str:
+        port = f":{self.port}" if self.port else ""
+        if self.host.startswith("/"):
+            return f"socket {self.host}{port}"
+        return f"{self.host}{port}"
+
+    @property
+    def who(self) -> str:
+        return self.user or "(default user)"
+
+    @property
+    def server_key(self) -> tuple[object, ...]:
+        """Everything but the database: one kept connection serves all its databases."""
+        return (self.host, self.port, self.user, self.password, self.params)
+
+    def for_db(self, dbname: str) -> ConnSettings:
+        return dataclasses.replace(self, dbname=dbname)
+
+    def _public(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"connect_timeout": str(_CONNECT_TIMEOUT)}
+        values.update((key, value) for key, value in self.params if key not in _SECRET_PARAMS)
+        values.update(host=self.host, dbname=self.dbname)
+        if self.port:
+            values["port"] = self.port
+        if self.user:
+            values["user"] = self.user
+        return values
+
+    def psycopg_kwargs(self) -> dict[str, Any]:
+        values = self._public()
+        values.update((key, value) for key, value in self.params if key == "sslpassword")
+        values["fallback_application_name"] = "dbguard"
+        if self.password is not None:
+            values["password"] = self.password
+        return values
+
+    def tool_conninfo(self) -> str:
+        """A conninfo for `--dbname`: safe to show in argv, it holds no secret."""
+        return make_conninfo(**self._public())
+
+    def tool_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+
+def _default_host(port: int | None, env: Mapping[str, str]) -> str:
+    """libpq's defaults differ between builds (psycopg's wheel looks in /tmp, Debian's
+    pg_dump in /var/run/postgresql), so both are given one explicit host."""
+    if env.get("PGHOST"):
+        return env["PGHOST"]
+    number = port or int(env.get("PGPORT") or 5432)
+    for folder in ("/var/run/postgresql", "/run/postgresql", "/tmp"):  # noqa: S108 (sockets)
+        if Path(folder, f".s.PGSQL.{number}").exists():
+            return folder
+    return "localhost"
+
+
+def connection_settings(
+    target: Target, env: Mapping[str, str] | None = None, error: ErrorKind = BackupFailed
+) -> ConnSettings:
+    """Settings for `target`. Raises `error` when it names no database."""
+    env = os.environ if env is None else env
+    if not target.name:
+        raise error(
+            f"the PostgreSQL database at {target.host or target.socket} has no name",
+            "set the database name (DB_DATABASE, or the path of DATABASE_URL)",
+        )
+    port = target.port
+    if target.socket:
+        socket = Path(target.socket)
+        if socket.name.startswith(".s.PGSQL."):  # the socket file itself: libpq wants its folder
+            host = str(socket.parent)
+            suffix = socket.name.removeprefix(".s.PGSQL.")
+            port = port or (int(suffix) if suffix.isdigit() else None)
+        else:
+            host = str(socket)
+    else:
+        host = target.host or _default_host(port, env)
+    password = target.password.get_secret_value() if target.password is not None else None
+    if password is None:
+        password = target.params.get("password")
+    params = tuple(
+        sorted(
+            (key, value)
+            for key, value in target.params.items()
+            if key not in _TARGET_PARAMS and key != "password"
+        )
+    )
+    return ConnSettings(host, port, target.user, target.name, password, params)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` without the password, and without anything that looks like one."""
+    if secret:
+        text = text.replace(secret, "***")
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text, flags=re.I)
+
+
+def _detail(message: str) -> str:
+    """libpq's interesting part: 'connection to server ... failed: FATAL:  x' -> 'x'."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    first = first.split(" failed: ")[-1]
+    return re.sub(r"^(?:connection failed: )?(?:FATAL:\s+)?", "", first).strip()
+
+
+def _connect_error(err: psycopg.Error, s: ConnSettings, kind: ErrorKind) -> DbguardError:
+    """One clear message per way a connection fails; the password never appears."""
+    text = scrub(str(err), s.password)
+    detail = _detail(text)
+    lowered = text.lower()
+    if "password authentication failed" in lowered:
+        return kind(
+            f"PostgreSQL at {s.where} refused the password for user {s.who}",
+            "check the password (DB_PASSWORD, the one in DATABASE_URL, or PGPASSWORD)",
+        )
+    if "no password supplied" in lowered:
+        return kind(
+            f"PostgreSQL at {s.where} wants a password for user {s.who} and none was given",
+            "set the password (DB_PASSWORD, DATABASE_URL or PGPASSWORD)",
+        )
+    if re.search(r'database ".*" does not exist', text):
+        problem = f"the PostgreSQL database {s.dbname} does not exist at {s.where}"
+        if kind is BackupFailed:
+            return DatabaseMissing(problem)
+        return kind(problem, "check the database name")
+    if re.search(r'role ".*" does not exist', text):
+        return kind(
+            f"PostgreSQL at {s.where} has no user {s.who}",
+            "check the user name (DB_USERNAME, DATABASE_URL or PGUSER)",
+        )
+    if "no pg_hba.conf entry" in lowered:
+        return kind(
+            f"PostgreSQL at {s.where} does not accept this connection: {detail}",
+            "allow it in the server's pg_hba.conf, or connect as a user and host it allows",
+        )
+    if "permission denied for database" in lowered:
+        return kind(
+            f"user {s.who} may not connect to the database {s.dbname} at {s.where}",
+            f"GRANT CONNECT ON DATABASE to {s.who}, or use a user that has it",
+        )
+    if "FATAL" in text:
+        return kind(f"PostgreSQL at {s.where} refused the connection: {detail}")
+    return kind(
+        f"the PostgreSQL server at {s.where} is not reachable: {detail}",
+        "start the server, or check the host and port (DB_HOST, DB_PORT, DATABASE_URL)",
+    )
+
+
+def _maintenance_refused(err: psycopg.Error) -> bool:
+    """The server is fine but this maintenance database cannot be used by this user."""
+    text = str(err)
+    return bool(
+        re.search(r'database ".*" does not exist', text)
+        or "permission denied for database" in text
+        or "no pg_hba.conf entry" in text
+    )
+
+
+def _connect(s: ConnSettings, kind: ErrorKind) -> Conn:
+    try:
+        return psycopg.connect(autocommit=True, **s.psycopg_kwargs())
+    except psycopg.Error as err:
+        raise _connect_error(err, s, kind) from None
+
+
+def _query_error(
+    err: psycopg.Error, s: ConnSettings, doing: str, kind: ErrorKind, fix: str = ""
+) -> DbguardError:
+    text = scrub(str(err).strip(), s.password)
+    if isinstance(err, psycopg.OperationalError) and err.sqlstate is None:
+        return kind(
+            f"lost the connection to PostgreSQL at {s.where} while {doing}: {_detail(text)}",
+            f"check that the server is running, then try again{'; ' if fix else ''}{fix}",
+        )
+    return kind(f"PostgreSQL at {s.where} failed while {doing}: {text}", fix)
+
+
+# ---- names -------------------------------------------------------------------------
+
+
+def scratch_name(base: str, role: str) -> str:
+    """'<base>_dbguard_<role>_<hex>', shortened to fit PostgreSQL's 63-byte names."""
+    suffix = f"_dbguard_{role}_{secrets.token_hex(4)}"
+    room = _NAME_MAX - len(suffix.encode())
+    head = base.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def split_setting_list(value: str) -> list[str]:
+    """A list setting as stored ('a, "My Schema"') -> its elements ['a', 'My Schema']."""
+    items: list[str] = []
+    i, n = 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i >= n:
+            return items
+        if value[i] == '"':
+            chars: list[str] = []
+            i += 1
+            while i < n:
+                if value[i] == '"':
+                    if value[i + 1 : i + 2] != '"':
+                        break
+                    i += 1  # a doubled quote stands for one
+                chars.append(value[i])
+                i += 1
+            items.append("".join(chars))
+            end = value.find(",", i)
+        else:
+            end = value.find(",", i)
+            items.append(value[i : n if end < 0 else end].strip())
+        if end < 0:
+            return items
+        i = end + 1
+
+
+# ---- SQL -----------------------------------------------------------------------------
+
+_SIGNAL_SQL = """
+SELECT d.oid,
+       s.system_identifier,
+       (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,
+       w.lsn::text,
+       pg_walfile_name(w.lsn)
+FROM pg_control_system() s
+CROSS JOIN (SELECT CASE WHEN pg_is_in_recovery() THEN NULL
+                        ELSE pg_current_wal_insert_lsn() END AS lsn) w
+LEFT JOIN pg_database d ON d.datname = %s
+"""
+
+# Backends holding a transaction id (a write in progress or committing), and prepared
+# transactions, whose xid sits in a dummy backend that pg_stat_activity does not list.
+_XID_HOLDERS_SQL = """
+SELECT (SELECT count(*) FROM pg_stat_activity
+        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())
+     + (SELECT count(*) FROM pg_prepared_xacts)
+"""
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+_SESSIONS_SQL = """
+SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), backend_type)
+FROM pg_stat_activity
+WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker'
+ORDER BY pid
+"""
+
+
+_MARKER_SETTING = "dbguard.environment"
+_MARKER_SQL = """
+SELECT d.oid,
+       (SELECT split_part(c, '=', 2)
+        FROM pg_db_role_setting s, unnest(s.setconfig) c
+        WHERE s.setdatabase = d.oid AND s.setrole = 0
+          AND split_part(c, '=', 1) = 'dbguard.environment')
+FROM (VALUES (%s::name)) AS n (datname)
+LEFT JOIN pg_database d ON d.datname = n.datname
+"""
+
+
+def _read_marker(conn: Conn, s: ConnSettings) -> Marker | None:
+    row = conn.execute(_MARKER_SQL, (s.dbname,)).fetchone()
+    assert row is not None  # the query always returns one row
+    oid, value = row
+    if oid is None:
+        raise DatabaseMissing(f"the PostgreSQL database {s.dbname} does not exist at {s.where}")
+    if value == "production":
+        return "production"
+    if value == "development":
+        return "development"
+    return None
+
+
+@dataclass(frozen=True)
+class _Signal:
+    value: str | None  # None on a standby: no insert position to read
+
+
+def _read_signal(conn: Conn, s: ConnSettings) -> _Signal:
+    """The change signal for `s.dbname`. Raises DatabaseMissing when it does not exist."""
+    row = conn.execute(_SIGNAL_SQL, (s.dbname,)).fetchone()
+    assert row is not None  # the query always returns one row
+    oid, system_id, started, lsn, walfile = row
+    if oid is None:
+        raise DatabaseMissing(f"the PostgreSQL database {s.dbname} does not exist at {s.where}")
+    if lsn is None:
+        return _Signal(None)
+    timeline = int(str(walfile)[:8], 16)
+    return _Signal(f"postgres:{system_id}:{timeline}:{started}:{oid}:{lsn}")
+
+
+def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int]:
+    """Rows per ordinary table, keyed 'schema.table', in the connection's snapshot.
+
+    Extension-owned tables are left out: pg_dump does not dump their rows."""
+    tables = conn.execute(_TABLES_SQL).fetchall()
+    counts: dict[str, int] = {}
+    for schema, table in tables:
+        if stop is not None and stop.is_set():
+            raise Cancelled("counting rows was stopped")
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        counts[f"{schema}.{table}"] = int(row[0])
+    return counts
+
+
+def _sessions(conn: Conn, dbname: str) -> list[tuple[int, str, str]]:
+    return [
+        (int(pid), str(user), str(app)) for pid, user, app in conn.execute(_SESSIONS_SQL, (dbname,))
+    ]
+
+
+def _busy(dbname: str, sessions: Sequence[tuple[int, str, str]]) -> RestoreFailed:
+    kinds = Counter((app, user) for _, user, app in sessions)
+    described = ", ".join(
+        f"{app} as {user}" + (f" (x{count})" if count > 1 else "")
+        for (app, user), count in sorted(kinds.items())
+    )
+    n = len(sessions)
+    return RestoreFailed(
+        f"{n} other session{'s are' if n > 1 else ' is'} connected to {dbname}: {described}; "
+        "the database was not changed",
+        "close them and restore again, or let dbguard end them "
+        "(restore with end_connections, `dbguardctl restore --end-connections`)",
+    )
+
+
+@dataclass(frozen=True)
+class _Database:
+    """What a scratch database copies from the database it will replace."""
+
+    oid: int
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    provider: str  # 'c' libc, 'i' ICU, 'b' builtin
+    locale: str | None  # the ICU or builtin locale
+    tablespace: str
+    connection_limit: int
+    acl_is_default: bool
+    comment: str | None
+
+
+def _database(conn: Conn, dbname: str) -> _Database | None:
+    number = conn.info.server_version
+    if number >= 170000:
+        provider = "d.datlocprovider::text, d.datlocale"
+    elif number >= 150000:
+        provider = "d.datlocprovider::text, d.daticulocale"
+    else:
+        provider = "'c', NULL::text"
+    row = conn.execute(
+        f"""
+        SELECT d.oid, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding),
+               d.datcollate, d.datctype, {provider}, t.spcname, d.datconnlimit,
+               d.datacl IS NULL, shobj_description(d.oid, 'pg_database')
+        FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
+        WHERE d.datname = %s
+        """,
+        (dbname,),
+    ).fetchone()
+    if row is None:
+        return None
+    return _Database(*row)
+
+
+def _create_database(
+    conn: Conn, name: str, like: _Database | None, *, same_owner: bool = True
+) -> None:
+    """A new empty database with `like`'s encoding and locale (and owner); template0,
+    because dumps assume a pristine database (a template1 with extensions in it would
+    make the restore fail on 'already exists')."""
+    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
+    if like is not None:
+        if same_owner:
+            parts.append(sql.SQL("OWNER {}").format(sql.Identifier(like.owner)))
+        parts.append(
+            sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+                sql.Literal(like.encoding),
+                sql.Literal(like.collate),
+                sql.Literal(like.ctype),
+            )
+        )
+        if like.provider == "i" and like.locale:
+            parts.append(
+                sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(like.locale))
+            )
+        elif like.provider == "b" and like.locale:
+            parts.append(
+                sql.SQL("LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(
+                    sql.Literal(like.locale)
+                )
+            )
+        if like.tablespace != "pg_default":
+            parts.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(like.tablespace)))
+    conn.execute(sql.SQL(" ").join(parts))
+
+
+def _copy_database_properties(conn: Conn, source: _Database, dest: str) -> None:
+    """Grants, per-database settings, connection limit and comment live on the database,
+    not in the dump: without this, a restore would silently drop e.g. a search_path set
+    with ALTER DATABASE, or a REVOKE CONNECT FROM PUBLIC."""
+    target = sql.Identifier(dest)
+    if not source.acl_is_default:
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
+        grants = conn.execute(
+            """
+            SELECT a.privilege_type, a.is_grantable,
+                   CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END
+            FROM pg_database d, aclexplode(d.datacl) a
+            WHERE d.oid = %s AND a.grantee <> d.datdba
+            """,
+            (source.oid,),
+        ).fetchall()
+        for privilege, grantable, grantee in grants:
+            conn.execute(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                    sql.SQL(privilege),
+                    target,
+                    sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+                )
+            )
+    settings = conn.execute(
+        """
+        SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,
+               s.setconfig
+        FROM pg_db_role_setting s WHERE s.setdatabase = %s
+        """,
+        (source.oid,),
+    ).fetchall()
+    for role, config in settings:
+        for entry in config or ():
+            name, _, value = str(entry).partition("=")
+            values = split_setting_list(value) if name in _LIST_QUOTE_SETTINGS else [value]
+            literal = sql.SQL(", ").join(sql.Literal(item) for item in values)
+            if role is None:
+                statement = sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
+                    target, sql.Identifier(name), literal
+                )
+            else:
+                statement = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
+                    sql.Identifier(role), target, sql.Identifier(name), literal
+                )
+            conn.execute(statement)
+    if source.connection_limit != -1:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+                target, sql.Literal(source.connection_limit)
+            )
+        )
+    if source.comment is not None:
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(source.comment))
+        )
+
+
+def _drop_database(conn: Conn, name: str) -> None:
+    force = " WITH (FORCE)" if conn.info.server_version >= 130000 else ""
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}" + force).format(sql.Identifier(name)))
+
+
+# ---- child processes -----------------------------------------------------------------
+
+
+class _Child:
+    """One run of pg_dump or pg_restore: stderr into a file in the scratch folder, and a
+    watchdog that kills it on timeout or cancel. `close` always leaves it dead and reaped,
+    whatever happened, so no pg_dump outlives its backup and no zombie stays behind."""
+
+    def __init__(
+        self,
+        tool: Tool,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        scratch: Path,
+        timeout: float,
+        cancel: threading.Event,
+        *,
+        stdin: int | IO[bytes],
+        stdout: int | IO[bytes],
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.tool = tool
+        self.timeout = timeout
+        self.stderr_path = scratch / f"{tool.path.name}-{secrets.token_hex(4)}.stderr"
+        self.stopped: str | None = None  # "timeout" or "cancelled" if the watchdog fired
+        with self.stderr_path.open("xb") as stderr:
+            # A new session: a Ctrl-C meant for dbguardctl reaches us, and we stop it.
+            self.proc = subprocess.Popen(
+                [str(tool.path), *args],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                env=dict(env),
+                start_new_session=True,
+            )
+        self._done = threading.Event()
+        self._on_stop = on_stop
+        self._watchdog = threading.Thread(
+            target=self._watch, args=(cancel,), name=f"dbguard-{tool.path.name}-watchdog"
+        )
+        self._watchdog.start()
+
+    def _watch(self, cancel: threading.Event) -> None:
+        # An Event cannot wait on a second Event, hence the short polling period; it
+        # only matters while the tool is blocked (a lock), since the sink stops a
+        # dump that is writing as soon as the cancel is set.
+        deadline = time.monotonic() + self.timeout
+        while not self._done.is_set():
+            if cancel.is_set():
+                self.stopped = "cancelled"
+            elif time.monotonic() >= deadline:
+                self.stopped = "timeout"
+            else:
+                self._done.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+                continue
+            self.kill()
+            if self._on_stop is not None:
+                self._on_stop()
+            return
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    def close(self) -> None:
+        self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.proc.wait()
+        self._done.set()
+        self._watchdog.join()
+
+    def stderr_tail(self, secret: str | None, lines: int = 12) -> str:
+        try:
+            with self.stderr_path.open("rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
+                text = file.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return scrub("\n".join(text.strip().splitlines()[-lines:]), secret)
+
+    def failure(self, kind: ErrorKind, secret: str | None, fix: str) -> DbguardError | None:
+        """What went wrong, once the process has exited; None when it succeeded."""
+        name = self.tool.path.name
+        code = self.proc.returncode
+        if self.stopped == "cancelled":
+            return Cancelled(f"{name} was stopped because dbguardd is stopping")
+        if self.stopped == "timeout":
+            return kind(
+                f"{name} ran longer than {self.timeout:g} s and was stopped",
+                "raise backup.dump_timeout_seconds in config.toml, or find what holds it up "
+                "(a long-held lock: look at pg_stat_activity)",
+            )
+        tail = self.stderr_tail(secret)
+        said = f":\n{tail}" if tail else " (it printed nothing)"
+        if code < 0:
+            try:
+                how = signal.Signals(-code).name
+            except ValueError:
+                how = f"signal {-code}"
+            return kind(f"{name} was killed by {how}{said}", fix)
+        if code > 0:
+            return kind(f"{name} failed with exit status {code}{said}", fix)
+        return None
+
+
+def _widen_pipe(fd: int) -> None:
+    # 1 MiB instead of 64 KiB: sixteen times fewer wake-ups and writes per gigabyte.
+    # Refused above /proc/sys/fs/pipe-max-size; the default size works, only slower.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
+
+
+@dataclass
+class _Streamed:
+    size: int = 0
+    head: bytes = b""
+    tail: bytes = b""
+
+
+def _pump_out(child: _Child, out: Sink) -> _Streamed:
+    """Copy the child's stdout into `out` as it arrives; returns what the checks need."""
+    assert child.proc.stdout is not None
+    fd = child.proc.stdout.fileno()
+    _widen_pipe(fd)
+    seen = _Streamed()
+    while chunk := os.read(fd, _CHUNK):
+        if len(seen.head) < 5:
+            seen.head = (seen.head + chunk)[:5]
+        seen.tail = (seen.tail + chunk)[-8:]
+        out.write(chunk)
+        seen.size += len(chunk)
+    return seen
+
+
+def _check_archive(seen: _Streamed, dbname: str) -> None:
+    """pg_dump said it succeeded; check that what arrived looks like a whole archive."""
+    fix = "run pg_dump by hand against this database to see what it does"
+    if seen.size == 0:
+        raise BackupFailed(f"pg_dump exited successfully but wrote nothing for {dbname}", fix)
+    if seen.head != b"PGDMP":
+        raise BackupFailed(
+            f"pg_dump's output for {dbname} is not a custom-format archive "
+            f"(it starts with {seen.head!r})",
+            fix,
+        )
+    # A custom archive written to a pipe ends with the zero length that closes its last
+    # data block, or with the empty offset of its last table-of-contents entry: at least
+    # five zero bytes either way. COPY text never contains a zero byte, so output cut
+    # off inside table data is caught here; verify's full restore catches the rest.
+    if not seen.tail.endswith(b"\0" * 5):
+        raise BackupFailed(f"pg_dump's output for {dbname} ends in mid-archive (truncated)", fix)
+
+
+def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
+    """Copy the dump into the child's stdin; stops quietly when the child stops reading
+    (its exit status then says why)."""
+    stdin = child.proc.stdin
+    assert stdin is not None
+    try:
+        while True:
+            try:
+                chunk = data.read(_CHUNK)
+            except Exception as err:  # the decompressor's errors have no common base
+                raise unreadable(f"the backup data cannot be read: {err}") from None
+            if not chunk:
+                break
+            stdin.write(chunk)
+        stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+# ---- the engine ----------------------------------------------------------------------
+
+
+@dataclass
+class _Kept:
+    conn: Conn
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PostgresEngine:
+    name: EngineName = "postgres"
+    data_suffix = "data.pgdump"
+
+    def __init__(self, settings: BackupSettings, tool_dirs: Sequence[Path] | None = None) -> None:
+        """`tool_dirs` replaces the search for pg_dump/pg_restore (default: the versioned
+        Debian folders, then PATH)."""
+        self.settings = settings
+        self._tools = _Tools(tool_dirs)
+        self._kept: OrderedDict[tuple[object, ...], _Kept] = OrderedDict()
+        self._no_maintenance: set[tuple[object, ...]] = set()
+        self._kept_lock = threading.Lock()
+
+    # ---- change signal -------------------------------------------------------------
+
+    def _kept_for(self, s: ConnSettings) -> _Kept | None:
+        """The kept connection to this server's maintenance database; None when this
+        user cannot use that database (then each check connects to the target)."""
+        key = s.server_key
+        with self._kept_lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+            if key in self._no_maintenance:
+                return None
+        # Connect outside the lock: an unreachable server must not hold up the checks
+        # of every other database for the connect timeout.
+        try:
+            conn = psycopg.connect(autocommit=True, **s.for_db(MAINTENANCE_DB).psycopg_kwargs())
+        except psycopg.Error as err:
+            if _maintenance_refused(err):
+                with self._kept_lock:
+                    self._no_maintenance.add(key)
+                return None
+            raise _connect_error(err, s, BackupFailed) from None
+        with self._kept_lock:
+            kept = self._kept.get(key)
+            if kept is not None:  # another thread connected meanwhile
+                conn.close()
+                return kept
+            kept = self._kept[key] = _Kept(conn)
+            while len(self._kept) > _KEPT_CONNECTIONS:
+                self._kept.popitem(last=False)[1].conn.close()
+            return kept
+
+    def _forget(self, s: ConnSettings) -> None:
+        with self._kept_lock:
+            kept = self._kept.pop(s.server_key, None)
+        if kept is not None:
+            kept.conn.close()
+
+    def _on_server(self, s: ConnSettings, doing: str, read: Callable[[Conn], T]) -> T:
+        """`read` on the kept connection (reconnecting once if it died), or on a
+        short-lived connection to the target where the maintenance database is closed
+        to this user."""
+        for attempt in (1, 2):
+            kept = self._kept_for(s)
+            if kept is None:
+                conn = _connect(s, BackupFailed)
+                try:
+                    return read(conn)
+                except psycopg.Error as err:
+                    raise _query_error(err, s, doing, BackupFailed) from None
+                finally:
+                    conn.close()
+            with kept.lock:
+                try:
+                    return read(kept.conn)
+                except psycopg.OperationalError as err:
+                    # The kept connection died (server restart, idle timeout, network):
+                    # reconnect once; a second failure is the server's real state.
+                    self._forget(s)
+                    if attempt == 2:
+                        raise _query_error(err, s, doing, BackupFailed) from None
+                except psycopg.Error as err:
+                    raise _query_error(err, s, doing, BackupFailed) from None
+        raise AssertionError("unreachable")
+
+    def fingerprint(self, target: Target) -> str | None:
+        """The cluster's WAL insert position, tagged with the cluster and database.
+
+        Returns None on a standby. Raises DatabaseMissing when the database does not
+        exist, BackupFailed when the server cannot be reached or refuses us."""
+        s = connection_settings(target)
+        return self._on_server(
+            s, "reading the change signal", lambda conn: _read_signal(conn, s).value
+        )
+
+    # ---- the environment marker ----------------------------------------------------
+    # A per-database setting (ALTER DATABASE ... SET dbguard.environment): it lives in
+    # the cluster with the database, is readable from the maintenance connection without
+    # touching the target, is carried across dbguard's own restores with the database's
+    # other settings, and is in no schema a migration tool compares.
+
+    def marker(self, target: Target) -> Marker | None:
+        """'production' or 'development' as set by `set_marker`, else None.
+
+        Raises DatabaseMissing when the database does not exist, BackupFailed when the
+        server cannot be reached or refuses us."""
+        s = connection_settings(target)
+        return self._on_server(s, "reading the environment mark", lambda c: _read_marker(c, s))
+
+    def set_marker(self, target: Target, marker: Marker | None) -> None:
+        """Mark the database (None removes the mark).
+
+        Raises DatabaseMissing when it does not exist, BackupFailed when the server
+        cannot be reached or this user may not alter the database (owner or superuser)."""
+        s = connection_settings(target)
+        conn = self._admin(s, BackupFailed)
+        name = sql.Identifier(s.dbname)
+        try:
+            if _database(conn, s.dbname) is None:
+                raise DatabaseMissing(
+                    f"the PostgreSQL database {s.dbname} does not exist at {s.where}"
+                )
+            if marker is None:
+                statement = sql.SQL("ALTER DATABASE {} RESET {}").format(
+                    name, sql.Identifier(_MARKER_SETTING)
+                )
+            else:
+                statement = sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
+                    name, sql.Identifier(_MARKER_SETTING), sql.Literal(marker)
+                )
+            conn.execute(statement)
+        except psycopg.Error as err:
+            raise BackupFailed(
+                f"cannot mark the database {s.dbname} at {s.where}: "
+                f"{scrub(str(err).strip(), s.password)}",
+                "its owner or a superuser can: run the command as that user",
+            ) from None
+        finally:
+            conn.close()
+
+    # ---- backup --------------------------------------------------------------------
+
+    def dump(self, target: Target, out: Sink, scratch: Path, cancel: threading.Event) -> DumpInfo:
+        """pg_dump -Fc -Z0 of one exported snapshot, streamed into `out`.
+
+        Raises DatabaseMissing when the database does not exist; BackupFailed when the
+        server cannot be reached or refuses us, when no fitting pg_dump is installed, or
+        when pg_dump fails, is killed, runs past dump_timeout_seconds or writes a
+        truncated archive; Cancelled when `cancel` is set. Whatever the sink raises is
+        re-raised after pg_dump has been stopped."""
+        if cancel.is_set():
+            raise Cancelled("the backup was cancelled because dbguardd is stopping")
+        s = connection_settings(target)
+        conn = _connect(s, BackupFailed)
+        try:
+            return self._dump(conn, s, out, scratch, cancel)
+        except psycopg.Error as err:
+            raise _query_error(err, s, f"preparing the dump of {s.dbname}", BackupFailed) from None
+        finally:
+            conn.close()
+
+    def _snapshot_fingerprint(self, conn: Conn, s: ConnSettings) -> tuple[str, str | None]:
+        """Export a snapshot for pg_dump; returns its id and the fingerprint it matches.
+
+        Soundness: the fingerprint F stored with this backup is later compared with the
+        then-current insert position; equal must mean "nothing committed since this
+        snapshot". Hence the order:
+
+        1. Read the position L *before* taking the snapshot S. A commit record inserted
+           after the read lies beyond L, so it moves the position. Read after S, L could
+           include a commit that S does not see, and its change would never be backed up.
+        2. A commit record before L is not enough for S to see the commit: the backend
+           makes it visible only after inserting (and flushing, and waiting for sync
+           standbys) the record. Such a transaction still holds its xid in the process
+           array, so after reading L (step 1) and before taking S we look for any backend
+           holding an xid; if there is one, F is None (back up next time, no reuse).
+           Anything that gets its xid later commits after L and moves the position.
+        3. After S, its xip list too: any transaction in progress at snapshot time makes
+           F None. This alone would not do: a running transaction whose xid is not below
+           the snapshot's xmax (the newest one, e.g. a lone writer's) is not in xip.
+
+        Nothing here moves the position itself: a read-only transaction without an xid
+        writes no WAL, not even when it ends."""
+        signal_ = _read_signal(conn, s)  # 1
+        holders = conn.execute(_XID_HOLDERS_SQL).fetchone()  # 2
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot(), pg_current_snapshot()::text").fetchone()
+        assert holders is not None and row is not None
+        snapshot_id, current = str(row[0]), str(row[1])
+        in_progress = current.split(":")[2] != ""  # 3
+        clean = int(holders[0]) == 0 and not in_progress
+        return snapshot_id, signal_.value if clean else None
+
+    def _dump(
+        self, conn: Conn, s: ConnSettings, out: Sink, scratch: Path, cancel: threading.Event
+    ) -> DumpInfo:
+        server = server_version(conn.info.server_version)
+        tool = self._tools.choose("pg_dump", server, BackupFailed)
+        # The user's own timeouts must not end our long snapshot transaction mid-dump;
+        # row_security off makes counting fail where pg_dump would, never undercount.
+        conn.execute("SET statement_timeout = 0")
+        conn.execute("SET idle_in_transaction_session_timeout = 0")
+        conn.execute(f"SET lock_timeout = {_LOCK_WAIT_MS}")
+        conn.execute("SET row_security = off")
+        snapshot_id, fingerprint = self._snapshot_fingerprint(conn, s)
+        args = [
+            "--format=custom",
+            "--compress=0",
+            f"--snapshot={snapshot_id}",
+            f"--lock-wait-timeout={_LOCK_WAIT_MS}",
+            "--no-password",
+            f"--dbname={s.tool_conninfo()}",
+        ]
+        stop_counting = threading.Event()
+
+        def stop() -> None:
+            stop_counting.set()
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=5)
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dbguard-pg-count")
+        counting: Future[dict[str, int]] | None = None
+        try:
+            child = self._spawn(
+                tool,
+                args,
+                s,
+                scratch,
+                cancel,
+                BackupFailed,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                on_stop=stop,
+            )
+            try:
+                # pg_dump and the counts read the same snapshot side by side: the
+                # exporting transaction must stay open until pg_dump is done anyway.
+                counting = pool.submit(count_rows, conn, stop_counting)
+                seen = _pump_out(child, out)
+                child.proc.wait()
+            finally:
+                child.close()
+            failure = child.failure(
+                BackupFailed,
+                s.password,
+                f"nothing was kept; run `pg_dump` by hand against {s.dbname} to see more",
+            )
+            if failure is not None:
+                raise failure
+            _check_archive(seen, s.dbname)
+            tables = counting.result()
+        finally:
+            if counting is not None and not counting.done():
+                stop()
+                deadline = time.monotonic() + _STOP_COUNT_WAIT
+                while not counting.done() and time.monotonic() < deadline:
+                    stop()
+                    wait_for([counting], timeout=0.5)
+            pool.shutdown(wait=counting is None or counting.done())
+        conn.execute("ROLLBACK")
+        return DumpInfo(
+            tables=tables,
+            fingerprint=fingerprint,
+            tool=tool.label,
+            format=FORMAT,
+        )
+
+    def _spawn(
+        self,
+        tool: Tool,
+        args: Sequence[str],
+        s: ConnSettings,
+        scratch: Path,
+        cancel: threading.Event,
+        kind: ErrorKind,
+        *,
+        stdin: int | IO[bytes],
+        stdout: int | IO[bytes],
+        on_stop: Callable[[], None] | None = None,
+    ) -> _Child:
+        try:
+            return _Child(
+                tool,
+                args,
+                s.tool_env(),
+                scratch,
+                self.settings.dump_timeout_seconds,
+                cancel,
+                stdin=stdin,
+                stdout=stdout,
+                on_stop=on_stop,
+            )
+        except OSError as err:
+            self._tools.forget()  # it vanished or changed: search afresh next time
+            raise kind(
+                f"cannot run {tool.path}: {err.strerror or err}",
+                f"reinstall {tool.path.name} (Debian/Ubuntu: the postgresql-client package)",
+            ) from None
+
+    # ---- restore and verify ----------------------------------------------------------
+
+    def _admin(self, s: ConnSettings, kind: ErrorKind) -> Conn:
+        """A connection for CREATE/ALTER/DROP DATABASE: to the maintenance database, or
+        template1 when that cannot be used (or is itself the target)."""
+        candidates = [db for db in (MAINTENANCE_DB, "template1") if db != s.dbname]
+        for i, db in enumerate(candidates):
+            try:
+                return psycopg.connect(autocommit=True, **s.for_db(db).psycopg_kwargs())
+            except psycopg.Error as err:
+                if i + 1 < len(candidates) and _maintenance_refused(err):
+                    continue
+                raise _connect_error(err, s.for_db(db), kind) from None
+        raise AssertionError("unreachable")
+
+    def _pg_restore(
+        self,
+        tool: Tool,
+        s: ConnSettings,
+        data: BinaryIO,
+        scratch: Path,
+        *,
+        kind: ErrorKind,
+        fix: str,
+    ) -> None:
+        """pg_restore the stream into `s.dbname`; stops at the first error."""
+        args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}"]
+        child = self._spawn(
+            tool,
+            args,
+            s,
+            scratch,
+            threading.Event(),
+            kind,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            _feed(child, data, kind)
+            child.proc.wait()
+        finally:
+            child.close()
+        failure = child.failure(kind, s.password, fix)
+        if failure is not None:
+            raise failure
+
+    def restore(
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        *,
+        end_connections: bool = False,
+    ) -> None:
+        """Restore into a scratch database, then swap it in by renaming; the database it
+        replaces is dropped (the store has backed it up). Creates the database when it
+        does not exist.
+
+        Raises RestoreFailed, with the target unchanged, when the server cannot be
+        reached, other sessions are connected and `end_connections` is not set (naming
+        them), pg_restore fails, or the swap is refused."""
+        if dump_format != FORMAT:
+            raise RestoreFailed(
+                f"this backup is in the format {dump_format!r}, not a PostgreSQL dump",
+                "restore it into a database of the kind it came from",
+            )
+        s = connection_settings(target, error=RestoreFailed)
+        conn = self._admin(s, RestoreFailed)
+        try:
+            self._restore(conn, s, data, scratch, end_connections)
+        except psycopg.Error as err:
+            # Errors after the swap are only logged (dropping the replaced copy), so
+            # whatever arrives here happened while the target was still untouched.
+            raise _query_error(
+                err, s, f"restoring {s.dbname}", RestoreFailed, "the database was not changed"
+            ) from None
+        finally:
+            conn.close()
+
+    def _restore(
+        self, conn: Conn, s: ConnSettings, data: BinaryIO, scratch: Path, end_connections: bool
+    ) -> None:
+        tool = self._tools.choose(
+            "pg_restore", server_version(conn.info.server_version), RestoreFailed
+        )
+        existing = _database(conn, s.dbname)
+        if existing is not None and not end_connections:
+            busy = _sessions(conn, s.dbname)
+            if busy:
+                raise _busy(s.dbname, busy)  # before spending minutes on pg_restore
+        temp = scratch_name(s.dbname, "restore")
+        try:
+            _create_database(conn, temp, existing)
+        except psycopg.Error as err:
+            raise RestoreFailed(
+                f"cannot create the scratch database {temp}: {scrub(str(err).strip(), s.password)}",
+                "the restore needs the CREATEDB privilege (and membership in the owner's "
+                "role); the database was not changed",
+            ) from None
+        replaced: str | None = None
+        swapped = False
+        try:
+            self._pg_restore(
+                tool,
+                s.for_db(temp),
+                data,
+                scratch,
+                kind=RestoreFailed,
+                fix=f"the database {s.dbname} was not changed",
+            )
+            if existing is not None:
+                _copy_database_properties(conn, existing, temp)
+            replaced = self._swap(conn, s, temp, existing, end_connections)
+            swapped = True
+        finally:
+            if not swapped:
+                self._drop_quietly(conn, temp)
+        if replaced is not None:
+            self._drop_quietly(conn, replaced)
+
+    def _swap(
+        self,
+        conn: Conn,
+        s: ConnSettings,
+        temp: str,
+        existing: _Database | None,
+        end_connections: bool,
+    ) -> str | None:
+        """Put `temp` in the target's place; returns the replaced database's new name."""
+        name = sql.Identifier(s.dbname)
+        if existing is None:
+            try:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(temp), name)
+                )
+            except psycopg.Error as err:
+                raise RestoreFailed(
+                    f"cannot rename the restored database into place as {s.dbname}: "
+                    f"{scrub(str(err).strip(), s.password)}"
+                ) from None
+            return None
+        replaced = scratch_name(s.dbname, "replaced")
+        blocked = False
+        try:
+            try:
+                if end_connections:
+                    # No new sessions from here on, or a connection pool would reconnect
+                    # between ending its sessions and the rename, every time.
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name)
+                    )
+                    blocked = True
+                    self._end_sessions(conn, s.dbname)
+                else:
+                    busy = _sessions(conn, s.dbname)
+                    if busy:
+                        raise _busy(s.dbname, busy)
+                # Both renames or neither: there is never a moment without the database.
+                with conn.transaction():
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            name, sql.Identifier(replaced)
+                        )
+                    )
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(temp), name)
+                    )
+            except psycopg.Error as err:
+                busy = _sessions(conn, s.dbname) if isinstance(err, ObjectInUse) else []
+                if busy:  # someone connected between the check and the rename
+                    raise _busy(s.dbname, busy) from None
+                raise RestoreFailed(
+                    f"cannot swap the restored database in for {s.dbname}: "
+                    f"{scrub(str(err).strip(), s.password)}",
+                    "the database was not changed",
+                ) from None
+        except BaseException:
+            if blocked:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(name)
+                    )
+            raise
+        return replaced
+
+    def _end_sessions(self, conn: Conn, dbname: str) -> None:
+        sessions = _sessions(conn, dbname)
+        deadline = time.monotonic() + _SESSIONS_GONE_WAIT
+        while sessions:
+            for pid, _, _ in sessions:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            if time.monotonic() >= deadline:
+                failed = _busy(dbname, sessions)
+                raise RestoreFailed(
+                    f"could not end the sessions connected to {dbname}: {failed.problem}",
+                    "the restoring user needs pg_signal_backend (or to own those sessions)",
+                )
+            # Termination is asynchronous: each backend exits on its next interrupt check.
+            time.sleep(0.05)
+            sessions = _sessions(conn, dbname)
+
+    def _drop_quietly(self, conn: Conn, name: str) -> None:
+        try:
+            _drop_database(conn, name)
+        except psycopg.Error as err:
+            log.warning("could not drop scratch database", database=name, error=str(err).strip())
+
+    def restored_counts(
+        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+    ) -> dict[str, int]:
+        """Restore into a throwaway database, count rows per table, drop it.
+
+        Raises Damaged when the dump does not restore; RestoreFailed when the server
+        cannot be reached, no fitting pg_restore is installed, or the scratch database
+        cannot be created. The throwaway database is dropped in every case."""
+        if dump_format != FORMAT:
+            raise Damaged(f"backup format {dump_format!r} is not a PostgreSQL dump")
+        s = connection_settings(target, error=RestoreFailed)
+        conn = self._admin(s, RestoreFailed)
+        temp = scratch_name(s.dbname, "verify")
+        try:
+            tool = self._tools.choose(
+                "pg_restore", server_version(conn.info.server_version), RestoreFailed
+            )
+            # Only for counting: the verifying user need not be able to act as the owner.
+            _create_database(conn, temp, _database(conn, s.dbname), same_owner=False)
+            try:
+                self._pg_restore(
+                    tool,
+                    s.for_db(temp),
+                    data,
+                    scratch,
+                    kind=Damaged,
+                    fix="this backup cannot be restored as it is",
+                )
+                counted = _connect(s.for_db(temp), RestoreFailed)
+                try:
+                    return count_rows(counted)
+                finally:
+                    counted.close()
+            finally:
+                self._drop_quietly(conn, temp)
+        except psycopg.Error as err:
+            raise _query_error(err, s, "checking the backup", RestoreFailed) from None
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._kept_lock:
+            for kept in self._kept.values():
+                kept.conn.close()
+            self._kept.clear()
+            self._no_maintenance.clear()
