@@ -52,6 +52,27 @@ class BackupSettings(_Section):
     )
 
 
+class HealthSettings(_Section):
+    shrink_warning_ratio: float = Field(
+        0.5, gt=0, le=1, description="warn when a backup is smaller than this share of the last"
+    )
+    background_verify: bool = False
+    idle_seconds: float = Field(60, ge=1, description="quiet time before a background verify")
+
+
+class NotifySettings(_Section):
+    command: str | None = None  # run with the JSON event on stdin
+    webhook: str | None = None  # POSTed the JSON event
+    timeout_seconds: float = Field(10, gt=0, le=300)
+
+    @field_validator("webhook")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class ShimSettings(_Section):
     commands: tuple[str, ...] = DEFAULT_SHIM_COMMANDS
 
@@ -75,6 +96,8 @@ class Config(_Section):
     retention: RetentionSettings = RetentionSettings()
     space: SpaceSettings = SpaceSettings()
     production: ProductionSettings = ProductionSettings()
+    health: HealthSettings = HealthSettings()
+    notify: NotifySettings = NotifySettings()
 
     _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from dbguard.client.talk import DaemonUnavailable, request
 from dbguard.ctl.context import Context, age, human_size, table
+from dbguard.health import database_health
 from dbguard.protocol import PROTOCOL_VERSION, Status, StatusQuery
 from dbguard.store import Manifest
 
@@ -28,9 +29,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         daemon["problem"] = err.problem
     entries = ctx.store.entries()
     manifests = [e for e in entries if isinstance(e, Manifest)]
-    latest: dict[str, Manifest] = {}
-    for manifest in manifests:  # newest first
-        latest.setdefault(manifest.database_key, manifest)
+    healths = database_health(
+        manifests, ctx.oplog.records(), ctx.config.health.shrink_warning_ratio
+    )
     total = sum(m.data.size for m in manifests)
     summary: dict[str, Any] = {
         "daemon": daemon,
@@ -39,8 +40,17 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "damaged": len(entries) - len(manifests),
         "total_bytes": total,
         "databases": [
-            {"database": m.database_label, "last_backup": m.id, "created_at": m.created_at}
-            for m in latest.values()
+            {
+                "database": h.label,
+                "last_backup": h.last.id,
+                "created_at": h.last.created_at,
+                "raw_bytes": h.last.data.raw_size,
+                "size_ratio_to_previous": h.size_ratio,
+                "last_verified": h.last_verified.id if h.last_verified else None,
+                "failures_since_last_backup": len(h.failures),
+                "warnings": h.warnings,
+            }
+            for h in healths
         ],
     }
     if args.json:
@@ -60,8 +70,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)}"
         + (f", {summary['damaged']} damaged" if summary["damaged"] else "")
     )
-    if latest:
-        rows = [["DATABASE", "LAST BACKUP", "AGE"]]
-        rows += [[m.database_label, m.id, age(m.created_at)] for m in latest.values()]
+    if healths:
+        rows = [["DATABASE", "LAST BACKUP", "AGE", "SIZE", "TREND", "LAST VERIFIED"]]
+        for h in healths:
+            trend = "" if h.size_ratio is None else f"{h.size_ratio:.0%} of previous"
+            verified = (
+                f"{h.last_verified.id} ({age(h.last_verified.created_at)})"
+                if h.last_verified
+                else "never"
+            )
+            rows.append(
+                [
+                    h.label,
+                    h.last.id,
+                    age(h.last.created_at),
+                    human_size(h.last.data.raw_size),
+                    trend,
+                    verified,
+                ]
+            )
         ctx.print(table(rows))
+        for h in healths:
+            for warning in h.warnings:
+                ctx.print(f"WARNING {h.label}: {warning}")
     return 0 if daemon["running"] else 3

@@ -19,6 +19,7 @@ import uvloop
 from dbguard import __version__
 from dbguard.config import ConfigError, load_config
 from dbguard.daemon import systemd
+from dbguard.daemon.health import BackgroundVerifier
 from dbguard.daemon.server import Server, StartupError
 from dbguard.daemon.service import Guard
 from dbguard.errors import DbguardError
@@ -113,9 +114,11 @@ async def serve(
         socket_activated=activated is not None,
     )
     systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
+    verifier = asyncio.create_task(BackgroundVerifier(guard).run(stop))
     await stop.wait()
     systemd.notify("STOPPING=1", "STATUS=stopping")
     log.info("dbguardd stopping")
+    await verifier
     await server.stop(listener)
     log.info("dbguardd stopped")
 

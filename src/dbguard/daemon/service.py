@@ -22,6 +22,7 @@ from dbguard.approvals import ApprovalError, Approvals
 from dbguard.approvals import Request as ApprovalRequest
 from dbguard.config import Config
 from dbguard.daemon.backups import Backups, Outcome
+from dbguard.daemon.health import Notifier
 from dbguard.discovery import Found
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles, project_root
@@ -82,6 +83,8 @@ class Guard:
         self.started = time.monotonic()
         self.running: dict[str, Running] = {}
         self.approvals = Approvals(ttl=config.production.approval_minutes * 60)
+        self.notifier = Notifier(config.notify)
+        self.last_activity = time.monotonic()  # the background verifier waits for quiet
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
@@ -94,6 +97,7 @@ class Guard:
         self.store.ensure()
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))
+        self.notifier = Notifier(config.notify)
         self.backups.reconfigure(
             self.store, config.backup.max_parallel, config.retention, config.space
         )
@@ -120,7 +124,7 @@ class Guard:
     async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:
         """Decide on one invocation; `emit` sends progress, `ask` asks the person at the
         shim's terminal a question and returns what they typed (None: no answer)."""
-        started = time.monotonic()
+        started = self.last_activity = time.monotonic()
         record: dict[str, Any] = {
             "argv": request.argv,
             "cwd": request.cwd,
@@ -182,6 +186,15 @@ class Guard:
             outcomes = await self._ensure_all(found.targets, reason, emit)
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
+            self.notifier.send_soon(
+                {
+                    "event": "backup_failed",
+                    "command": request.argv,
+                    "cwd": request.cwd,
+                    "databases": [t.label for t in found.targets],
+                    "reason": str(err),
+                }
+            )
             return Fail(reason=err.problem, hint=err.fix)
         op_id = secrets.token_hex(4)
         record["op"] = op_id
