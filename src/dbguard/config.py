@@ -17,6 +17,7 @@ from dbguard import paths
 from dbguard.errors import ConfigError
 from dbguard.production import ProductionSettings
 from dbguard.retention import RetentionSettings, SpaceSettings
+from dbguard.rules import Catalog
 
 # The framework tools and their launchers. The interactive clients (psql, mysql, mariadb,
 # sqlite3) and `python` are opt-in: name them to `dbguardctl shims install`.
@@ -98,6 +99,7 @@ class Config(_Section):
     production: ProductionSettings = ProductionSettings()
     health: HealthSettings = HealthSettings()
     notify: NotifySettings = NotifySettings()
+    rules: Catalog = Catalog()  # entries in the catalog.toml schema; yours replace built-ins
 
     _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
 

@@ -55,3 +55,25 @@ def test_an_invalid_config_at_start_is_refused_with_its_key(home: Home, tmp_path
     assert result.returncode == 78
     assert b"backup.max_parallel" in result.stderr
     assert str(config).encode() in result.stderr
+
+
+def test_the_users_own_rules_can_add_a_tool(home: Home) -> None:
+    config = home.root / "config.toml"
+    config.write_text(
+        '[[rules.tool]]\nname = "shopctl"\nframework = "laravel"\nlaunch = ["shopctl"]\n'
+        '[rules.tool.commands]\n"reset" = "destructive"\n'
+    )
+    home.extra_env["DBGUARD_CONFIG"] = str(config)
+    tool = home.bin / "shopctl"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    home.install_shims("shopctl")
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = Daemon(home).start()
+    try:
+        assert home.run(["shopctl", "status"], cwd=project).returncode == 0
+        assert list(home.backups.glob("*/*/manifest.json")) == []
+        assert home.run(["shopctl", "reset"], cwd=project).returncode == 0
+        assert len(list(home.backups.glob("*/*/manifest.json"))) == 1
+    finally:
+        daemon.stop()

@@ -90,7 +90,8 @@ def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        # The rules catalog's schema is documented in catalog.toml itself.
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name != "rules":
             keys += _keys(annotation, f"{prefix}{name}.")
         else:
             keys.append(f"{prefix}{name}")

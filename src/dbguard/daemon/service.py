@@ -1,7 +1,8 @@
 """The guard's decisions: for each invocation, pass, deny, fail or allow, and the log.
 
-Transport-free: `Guard.invoke` takes a parsed request and an `emit` callback for
-progress lines, and returns the final reply. server.py does the socket work.
+Transport-free: `Guard.invoke` takes a parsed request, an `emit` callback for progress
+lines and an `ask` callback for a question to the person at the shim's terminal, and
+returns the final reply. server.py does the socket work.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
@@ -51,8 +50,6 @@ from dbguard.protocol import (
 from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
 from dbguard.store import Reason, Store
 
-log = structlog.get_logger("dbguard.service")
-
 Emit = Callable[[Progress], Awaitable[None]]
 Ask = Callable[[Confirm], Awaitable[str | None]]
 PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between lines
@@ -63,7 +60,6 @@ class Running:
     """An allowed command, between `allow` and its report."""
 
     record: dict[str, Any]
-    allowed_at: float = field(default_factory=time.monotonic)
     pid: int | None = None
 
 
@@ -75,7 +71,7 @@ class Guard:
         self.store = _store(config, env)
         self.engines = Engines(config.backup)
         self.oplog = OperationLog(config.operation_log_path(env))
-        self.classifier = Classifier(builtin_catalog())
+        self.classifier = _classifier(config)
         self.discovery = DiscoveryCache()
         self.backups = Backups(
             self.store, self.engines, config.backup.max_parallel, config.retention, config.space
@@ -93,6 +89,7 @@ class Guard:
         if config.socket_path(self.env) != self.socket_path:
             pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
         self.config = config
+        self.classifier = _classifier(config)
         self.store = _store(config, self.env)
         self.store.ensure()
         self.engines.settings = config.backup
@@ -399,6 +396,11 @@ def _typed_name(target: Target) -> str:
     if target.engine == "sqlite":
         return Path(str(target.path)).name
     return target.name or target.label
+
+
+def _classifier(config: Config) -> Classifier:
+    """The built-in catalog with the user's own entries, which may replace built-ins."""
+    return Classifier(builtin_catalog().merged(config.rules))
 
 
 def _store(config: Config, env: dict[str, str]) -> Store:
