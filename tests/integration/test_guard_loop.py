@@ -190,3 +190,27 @@ def test_protocol_version_is_checked(home: Home, daemon: Daemon) -> None:
         reply = json.loads(conn.makefile("rb").readline())
     assert reply["type"] == "error"
     assert "protocol version" in reply["message"]
+
+
+def test_dbguardctl_backup_backs_up_the_project_now(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    (project / ".env.testing").write_text(
+        "DB_CONNECTION=sqlite\nDB_DATABASE=database/test.sqlite\n"
+    )
+    sqlite3.connect(project / "database" / "test.sqlite").execute("create table t (x)").close()
+
+    result = home.ctl("backup", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    done = json.loads(result.stdout)
+    # the database it runs against and the one its tests use
+    assert sorted(b["database"].rsplit("/", 1)[1] for b in done["backups"]) == [
+        "app.sqlite",
+        "test.sqlite",
+    ]
+    again = json.loads(home.ctl("backup", "--json", cwd=project).stdout)
+    assert all(b["reused"] for b in again["backups"])  # nothing changed since
+    only_app = home.ctl("list-backups", "--database", "app.sqlite", "--json")
+    assert len(json.loads(only_app.stdout)) == 1
+    records = json.loads(home.ctl("log", "--json").stdout)
+    assert [r["decision"] for r in records] == ["backup", "backup"]
