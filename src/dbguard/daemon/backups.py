@@ -27,6 +27,8 @@ class InFlight:
     target: Target
     task: asyncio.Task[Manifest] = field(init=False)
     started: float = field(default_factory=time.monotonic)
+    # When the engine was handed the job: its snapshot is taken after this moment.
+    dump_started: float | None = None
     bytes: int = 0
 
 
@@ -76,11 +78,16 @@ class Backups:
         since its newest backup, shared if one is being taken, else taken. Raises
         BackupFailed."""
         engine = self.engines.for_target(target)
+        arrived = time.monotonic()
         while True:
             running = self._in_flight.get(target.key)
             if running is not None:
                 shared = await asyncio.shield(running.task)
-                if await self._unchanged_since(target, shared):
+                # A dump that started after this caller asked has the database as this
+                # caller would find it (its command has not run yet). One that started
+                # earlier covers it only if the database has not changed since.
+                covered = running.dump_started is not None and arrived <= running.dump_started
+                if covered or await self._unchanged_since(target, shared):
                     return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
                 continue
             try:
@@ -137,6 +144,7 @@ class Backups:
                         database=entry.target.label,
                         removed=[m.id for m in check.pruned],
                     )
+                entry.dump_started = time.monotonic()
                 manifest = await loop.run_in_executor(
                     None,
                     operations.take_backup,
