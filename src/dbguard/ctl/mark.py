@@ -3,9 +3,10 @@
 Usage: dbguardctl mark production|development|none [--database TEXT]
 
 The mark travels with the database (SQLite: the file header's application_id;
-PostgreSQL: a database setting; MySQL: a row on the server) and outranks names and
-hosts: a database marked production is production wherever it is, and a local copy
-marked development is not production because of an old host name in a .env.
+PostgreSQL: a database setting; MySQL: a stored procedure `dbguard_environment` whose
+comment holds the mark) and outranks names and hosts: a database marked production is
+production wherever it is, and a local copy marked development is not production
+because of an old host name in a .env.
 """
 
 from __future__ import annotations

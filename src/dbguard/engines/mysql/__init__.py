@@ -1,0 +1,37 @@
+"""MySQL and MariaDB: dumps by the server's own tool, restore by one RENAME TABLE.
+
+Backup. mariadb-dump or mysqldump (the one matching the server's flavour first) runs
+with `--single-transaction --quick`, routines, triggers and events, hex for binary
+data, utf8mb4, and without `--databases`, so the dump holds no CREATE DATABASE or USE
+and restores into any schema. Its output streams into the sink a megabyte at a time;
+nothing holds the whole dump. The password reaches the tool in a 0600 option file in
+the backup's scratch folder (created O_EXCL|O_NOFOLLOW, removed afterwards), never in
+argv or the environment; the tool reads no other option file. Without either tool, a
+PyMySQL dumper (pydump.py) writes the same layout from one consistent snapshot. Row
+counts for the manifest come from the dump itself (sqltext.DumpScanner), so they are
+exactly the snapshot's. A tool that fails, is killed, times out or ends without its
+`-- Dump completed` line fails the backup.
+
+Change signal. Where the binary log is on (and unfiltered): its position, which every
+committed change moves. Otherwise InnoDB's log sequence number, but only when every
+table of the database is InnoDB: MyISAM and Aria writes leave no redo. Views,
+triggers, routines and events are not InnoDB data in MariaDB, so a digest of their
+definitions (and of the tables' definitions) is part of the fingerprint. The
+fingerprint names the server and the kept connection it was read on, so values from
+different servers, or from before a reconnect, never compare equal. A backup's own
+fingerprint is read before its snapshot, and dropped when another transaction had
+written something at that moment (engine.MysqlEngine._no_writers says why).
+
+Restore. The dump's table statements run in a new scratch schema; its views,
+triggers and routines are created there too, to prove they can be. Then one RENAME
+TABLE moves the target's tables to a holding schema and the restored tables into the
+target, and the backup's views, triggers, routines and events are created in the
+target (MySQL refuses to move views, and tables with triggers, across schemas). If
+that fails, everything moves back. Other sessions using the target stop the restore
+unless the caller asks to end them. Verify loads the dump into a scratch schema,
+counts rows, and drops it.
+"""
+
+from dbguard.engines.mysql.engine import FORMAT, MysqlEngine
+
+__all__ = ["FORMAT", "MysqlEngine"]

@@ -1,0 +1,1331 @@
+"""MysqlEngine: fingerprint, dump, restore and verify for MySQL and MariaDB.
+
+See the package docstring (dbguard/engines/mysql/__init__.py) for the design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import pymysql
+import structlog
+
+from dbguard.config import BackupSettings
+from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.engines.mysql import pydump
+from dbguard.engines.mysql.server import (
+    SERVER_STATUS_NO_BACKSLASH_ESCAPES,
+    Endpoint,
+    ObjectDef,
+    ObjectKind,
+    ServerInfo,
+    capture_objects,
+    error_code,
+    error_text,
+    explain,
+    fetch_text,
+    object_names,
+    option_file,
+    server_info,
+)
+from dbguard.engines.mysql.sqltext import (
+    DumpReader,
+    DumpScanner,
+    DumpSyntaxError,
+    Kind,
+    classify,
+    meta_line,
+    quote_ident,
+    quote_string,
+    scrub,
+    statement_head,
+    without_database_name,
+)
+from dbguard.errors import (
+    BackupFailed,
+    Cancelled,
+    Damaged,
+    DatabaseMissing,
+    DbguardError,
+    RestoreFailed,
+)
+from dbguard.shims import is_shim
+
+log = structlog.get_logger("dbguard.mysql")
+
+FORMAT = "mysql-sql"  # SQL in mysqldump's layout, from either dumper
+_CHUNK = 1 << 20
+_KEPT_CONNECTIONS = 16
+_KEPT_READ_TIMEOUT = 30  # seconds a skip check waits for a stuck server
+_LOCK_WAIT_SECONDS = 30  # a restore's RENAME gives up on tables another session holds
+_SESSIONS_GONE_SECONDS = 10.0  # how long killed sessions may take to go away
+_TRX_CACHE_SECONDS = 0.11  # InnoDB refreshes INNODB_TRX at most every 0.1 s
+_STDERR_TAIL = 4000
+_DEFAULT_TOOL_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/local/mysql/bin", "/opt/homebrew/bin")
+_UNREACHABLE_DURING_USE = {2006, 2013, 2055, 0}  # the kept connection was lost
+_ALL_OBJECTS: tuple[ObjectKind, ...] = ("TRIGGER", "VIEW", "PROCEDURE", "FUNCTION", "EVENT")
+_MARKER_ROUTINE = "dbguard_environment"
+_MARKER_PREFIX = "dbguard environment: "
+_TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE')"  # what RENAME TABLE moves
+_NAME = re.compile(r"[A-Za-z0-9_]+")  # a character set or collation name
+
+# The change signal's second half: a digest of everything in the schema that InnoDB's
+# redo log does not see in MariaDB (views and triggers live in .frm/.TRG files,
+# routines and events in Aria tables, and some ALTERs only rewrite the .frm). Only
+# columns that come from the definition files are read: nothing here opens a table's
+# data or statistics, so reading it never moves the LSN itself. Plain SELECTs, hashed
+# here: the first version folded them with GROUP_CONCAT on the server, and MariaDB
+# 10.11.19 once died (signal 11, in GROUP_CONCAT's temporary-table cleanup) running it.
+_DIGEST_PARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "TABLES",
+        "TABLE_SCHEMA",
+        (
+            "TABLE_NAME",
+            "TABLE_TYPE",
+            "ENGINE",
+            "TABLE_COLLATION",
+            "CREATE_OPTIONS",
+            "TABLE_COMMENT",
+        ),
+    ),
+    (
+        "COLUMNS",
+        "TABLE_SCHEMA",
+        (
+            "TABLE_NAME",
+            "COLUMN_NAME",
+            "ORDINAL_POSITION",
+            "COLUMN_DEFAULT",
+            "IS_NULLABLE",
+            "COLUMN_TYPE",
+            "CHARACTER_SET_NAME",
+            "COLLATION_NAME",
+            "COLUMN_KEY",
+            "EXTRA",
+            "COLUMN_COMMENT",
+            "GENERATION_EXPRESSION",
+        ),
+    ),
+    (
+        "STATISTICS",
+        "TABLE_SCHEMA",
+        (
+            "TABLE_NAME",
+            "INDEX_NAME",
+            "SEQ_IN_INDEX",
+            "COLUMN_NAME",
+            "NON_UNIQUE",
+            "SUB_PART",
+            "INDEX_TYPE",
+            "INDEX_COMMENT",
+        ),
+    ),
+    (
+        "VIEWS",
+        "TABLE_SCHEMA",
+        (
+            "TABLE_NAME",
+            "VIEW_DEFINITION",
+            "CHECK_OPTION",
+            "DEFINER",
+            "SECURITY_TYPE",
+            "CHARACTER_SET_CLIENT",
+            "COLLATION_CONNECTION",
+        ),
+    ),
+    (
+        "TRIGGERS",
+        "EVENT_OBJECT_SCHEMA",  # the same as TRIGGER_SCHEMA, and the catalog's lookup key
+        (
+            "TRIGGER_NAME",
+            "EVENT_MANIPULATION",
+            "EVENT_OBJECT_TABLE",
+            "ACTION_ORDER",
+            "ACTION_TIMING",
+            "ACTION_STATEMENT",
+            "CREATED",
+            "SQL_MODE",
+            "DEFINER",
+            "CHARACTER_SET_CLIENT",
+            "COLLATION_CONNECTION",
+        ),
+    ),
+    (
+        "ROUTINES",
+        "ROUTINE_SCHEMA",
+        (
+            "SPECIFIC_NAME",
+            "ROUTINE_TYPE",
+            "DTD_IDENTIFIER",
+            "ROUTINE_DEFINITION",
+            "IS_DETERMINISTIC",
+            "SQL_DATA_ACCESS",
+            "SECURITY_TYPE",
+            "CREATED",
+            "LAST_ALTERED",
+            "SQL_MODE",
+            "ROUTINE_COMMENT",
+            "DEFINER",
+            "CHARACTER_SET_CLIENT",
+            "COLLATION_CONNECTION",
+        ),
+    ),
+    (
+        "PARAMETERS",
+        "SPECIFIC_SCHEMA",
+        (
+            "SPECIFIC_NAME",
+            "ROUTINE_TYPE",
+            "ORDINAL_POSITION",
+            "PARAMETER_MODE",
+            "PARAMETER_NAME",
+            "DTD_IDENTIFIER",
+        ),
+    ),
+    (
+        "EVENTS",
+        "EVENT_SCHEMA",
+        (
+            "EVENT_NAME",
+            "DEFINER",
+            "TIME_ZONE",
+            "EVENT_DEFINITION",
+            "EVENT_TYPE",
+            "EXECUTE_AT",
+            "INTERVAL_VALUE",
+            "INTERVAL_FIELD",
+            "SQL_MODE",
+            "STARTS",
+            "ENDS",
+            "STATUS",
+            "ON_COMPLETION",
+            "CREATED",
+            "LAST_ALTERED",
+            "EVENT_COMMENT",
+            "CHARACTER_SET_CLIENT",
+            "COLLATION_CONNECTION",
+        ),
+    ),
+    (
+        "CHECK_CONSTRAINTS",
+        "CONSTRAINT_SCHEMA",
+        ("CONSTRAINT_NAME", "CHECK_CLAUSE"),
+    ),
+)
+
+
+_SCHEMA_SQL = (
+    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, "
+    "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %(db)s "
+    "AND TABLE_TYPE <> 'VIEW' AND COALESCE(ENGINE, '') <> 'InnoDB') "
+    "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %(db)s"
+)
+
+
+def _catalog_batch(parts: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
+    """One round trip (a multi-statement batch): the schema's defaults and how many of
+    its tables are not InnoDB, then each catalog's rows for the digest."""
+    selects = [
+        f"SELECT {', '.join(columns)} FROM information_schema.{table} "
+        f"WHERE {schema_column} = %(db)s"
+        for table, schema_column, columns in parts
+    ]
+    return "; ".join([_SCHEMA_SQL, *selects])
+
+
+def _digest(catalogs: Sequence[Sequence[tuple[Any, ...]]]) -> str:
+    """A hash of the catalog rows, independent of the order the server returns them in."""
+    digest = hashlib.sha256()
+    for rows in catalogs:
+        lines = sorted(json.dumps(list(row), default=str, ensure_ascii=False) for row in rows)
+        digest.update(json.dumps(lines, ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DumpTool:
+    path: Path
+    version: str  # the first line of `--version`
+    mariadb: bool
+
+    @property
+    def major(self) -> int:
+        for word in self.version.replace(",", " ").split():
+            head = word.split(".")[0]
+            if "." in word and head.isdigit():
+                return int(head)
+        return 0
+
+
+@dataclass
+class _Kept:
+    """A connection kept open per server and user for skip checks."""
+
+    conn: Any
+    info: ServerInfo
+    batch: str  # _catalog_batch: the schema, then its definitions
+    where: str
+    # A fresh value per connection: after a reconnect (server restart, a new daemon)
+    # nothing matches an older fingerprint, because nothing proves the data was not
+    # replaced while nobody was looking.
+    epoch: str = field(default_factory=lambda: secrets.token_hex(4))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class _Signal:
+    fingerprint: str | None
+    charset: str
+    collation: str
+
+
+T = TypeVar("T")
+
+
+class _Watchdog:
+    """Kills the dump tool when the deadline passes or `cancel` is set."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], seconds: float, cancel: threading.Event
+    ) -> None:
+        self.fired: str | None = None
+        self._proc = proc
+        self._deadline = time.monotonic() + seconds
+        self._cancel = cancel
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mysql-dump-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Polls `cancel` a few times a second: a stalled tool (waiting on a lock) writes
+        # nothing, so the sink never gets the chance to raise Cancelled.
+        while not self._done.wait(min(0.1, max(0.0, self._deadline - time.monotonic()))):
+            if self._cancel.is_set():
+                self.fired = "cancel"
+            elif time.monotonic() >= self._deadline:
+                self.fired = "timeout"
+            if self.fired:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _read_full(stream: Any, view: memoryview) -> int:
+    """Fill `view` from the pipe (or stop at its end): a megabyte per sink write keeps
+    the per-chunk Python cost negligible next to the tool's own work."""
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)
+
+
+def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...], ...]]:
+    """Every result set of a multi-statement batch, read to the end."""
+    cur.execute(batch, {"db": database})
+    results = [cur.fetchall()]
+    while cur.nextset():
+        results.append(cur.fetchall())
+    return results
+
+
+class MysqlEngine:
+    """MySQL and MariaDB, through mariadb-dump/mysqldump (or PyMySQL) and PyMySQL."""
+
+    name: EngineName = "mysql"
+    data_suffix = "data.sql"
+
+    def __init__(
+        self,
+        settings: BackupSettings | None = None,
+        tool_dirs: Sequence[Path] | None = None,
+    ) -> None:
+        """`tool_dirs`: where to look for mariadb-dump and mysqldump (default: PATH and
+        the usual install folders); an empty folder forces the PyMySQL fallback."""
+        self.settings = settings or BackupSettings()
+        self._tool_dirs = list(tool_dirs) if tool_dirs is not None else None
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._kept_lock = threading.Lock()
+        self._tools: dict[tuple[str, int], DumpTool | None] = {}
+
+    # ---- connections ---------------------------------------------------------------
+
+    @staticmethod
+    def _name(target: Target, kind: type[DbguardError] = BackupFailed) -> str:
+        if not target.name:
+            raise kind(f"{target.label}: no database name", "set DB_DATABASE (or the URL path)")
+        return target.name
+
+    def _open_kept(self, endpoint: Endpoint, database: str) -> _Kept:
+        try:
+            conn = endpoint.connect(read_timeout=_KEPT_READ_TIMEOUT, multi_statements=True)
+        except pymysql.MySQLError as err:
+            raise explain(err, endpoint, database) from None
+        try:
+            info = server_info(conn, endpoint)
+            parts = list(_DIGEST_PARTS)
+            with conn.cursor() as cur:
+                try:
+                    _run_batch(cur, _catalog_batch(parts), database)
+                except pymysql.MySQLError:
+                    # Servers older than MariaDB 10.2 / MySQL 8.0.16 have no CHECK_CONSTRAINTS.
+                    parts = [p for p in parts if p[0] != "CHECK_CONSTRAINTS"]
+            return _Kept(conn, info, _catalog_batch(parts), endpoint.where)
+        except pymysql.MySQLError as err:
+            conn.close()
+            raise explain(err, endpoint, database) from None
+
+    def _with_kept(self, target: Target, action: Callable[[_Kept], T]) -> T:
+        """Run `action` on the kept connection for the target's server, reconnecting
+        once if the connection was lost (server restart, wait_timeout)."""
+        endpoint = Endpoint.of(target)
+        database = self._name(target)
+        for attempt in (1, 2):
+            with self._kept_lock:
+                kept = self._kept.get(endpoint.key)
+                if kept is not None:
+                    self._kept.move_to_end(endpoint.key)
+            if kept is None:
+                opened = self._open_kept(endpoint, database)
+                with self._kept_lock:
+                    kept = self._kept.setdefault(endpoint.key, opened)
+                    while len(self._kept) > _KEPT_CONNECTIONS:
+                        self._kept.popitem(last=False)[1].conn.close()
+                if kept is not opened:  # another thread opened one meanwhile
+                    opened.conn.close()
+            with kept.lock:
+                try:
+                    return action(kept)
+                except pymysql.MySQLError as err:
+                    # Closed whatever went wrong: a batch cut short by an error can
+                    # leave unread results behind.
+                    self._forget(endpoint.key, kept)
+                    lost = isinstance(err, pymysql.err.InterfaceError) or (
+                        error_code(err) in _UNREACHABLE_DURING_USE
+                    )
+                    if not lost or attempt == 2:
+                        raise explain(err, endpoint, database) from None
+        raise AssertionError("unreachable")
+
+    def _forget(self, key: str, kept: _Kept) -> None:
+        with self._kept_lock:
+            if self._kept.get(key) is kept:
+                del self._kept[key]
+        with contextlib.suppress(Exception):
+            kept.conn.close()
+
+    def close(self) -> None:
+        with self._kept_lock:
+            kept = list(self._kept.values())
+            self._kept.clear()
+        for entry in kept:
+            with contextlib.suppress(Exception):
+                entry.conn.close()
+
+    # ---- change signal ---------------------------------------------------------------
+
+    def fingerprint(self, target: Target) -> str | None:
+        """The change signal (see the package docstring); None when there is no sound
+        one. Raises DatabaseMissing when the database does not exist, BackupFailed when
+        the server cannot be reached or refuses the user."""
+        database = self._name(target)
+        return self._with_kept(target, lambda kept: self._signal(kept, database, False)).fingerprint
+
+    def _signal(self, kept: _Kept, database: str, for_dump: bool) -> _Signal:
+        with kept.conn.cursor() as cur:
+            # With the binary log, every DDL is logged too: the definitions digest (some
+            # milliseconds of catalog reads) is only needed when the position is not
+            # usable.
+            binlog = kept.info.log_bin
+            results = _run_batch(cur, kept.batch if not binlog else _SCHEMA_SQL, database)
+            if not results[0]:
+                raise DatabaseMissing(
+                    f"the MySQL/MariaDB database {database!r} on {kept.where} does not exist"
+                )
+            charset, collation, foreign_tables = results[0][0]
+            position = self._binlog_position(cur) if binlog else None
+            if position is None and not foreign_tables:
+                if binlog:
+                    results = _run_batch(cur, kept.batch, database)
+                lsn = self._lsn(cur, kept.info)
+                if lsn is not None:
+                    position = f"lsn:{lsn}:{_digest(results[1:])[:24]}"
+            # No position: the binlog is off and a table is not InnoDB (its writes leave no
+            # trace in the redo log), or the server would not tell. Then always back up.
+            fingerprint = None
+            if position is not None:
+                fingerprint = f"mysql:{kept.info.identity}:{kept.epoch}:{position}"
+            if fingerprint is not None and for_dump and not self._no_writers(cur):
+                fingerprint = None
+        return _Signal(fingerprint, fetch_text(charset), fetch_text(collation))
+
+    @staticmethod
+    def _binlog_position(cur: Any) -> str | None:
+        """File and offset of the binary log, which every committed change (any engine,
+        DDL included) moves. None when unreadable or filtered: with binlog-do-db or
+        binlog-ignore-db some changes are never logged."""
+        try:
+            try:
+                cur.execute("SHOW MASTER STATUS")
+            except pymysql.err.ProgrammingError:  # MySQL 8.4 renamed it
+                cur.execute("SHOW BINARY LOG STATUS")
+            row = cur.fetchone()
+        except pymysql.err.OperationalError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            return None  # no privilege to read it
+        if not row or row[2] or row[3]:
+            return None
+        return f"binlog:{fetch_text(row[0])}:{row[1]}"
+
+    @staticmethod
+    def _lsn(cur: Any, info: ServerInfo) -> int | None:
+        """InnoDB's current log sequence number: every change to InnoDB data (and, in
+        MySQL 8, its data dictionary) writes redo and moves it. Cluster-wide, so other
+        databases' writes (and purge, and statistics) only cause extra backups."""
+        try:
+            if info.mariadb:
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+                row = cur.fetchone()
+                return int(row[1]) if row else None
+            cur.execute(
+                "SELECT COUNT FROM information_schema.INNODB_METRICS "
+                "WHERE NAME = 'log_lsn_current' AND STATUS = 'enabled'"
+            )
+            row = cur.fetchone()
+            if row:
+                return int(row[0])
+            cur.execute("SHOW ENGINE INNODB STATUS")
+            status = fetch_text(cur.fetchone()[2])
+        except pymysql.err.OperationalError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            return None
+        for line in status.splitlines():
+            if line.startswith("Log sequence number"):
+                return int(line.split()[-1])
+        return None
+
+    @staticmethod
+    def _no_writers(cur: Any) -> bool:
+        """True when, right after the position was read, no other transaction had
+        written anything.
+
+        A commit writes its redo (moving the LSN) a moment before it becomes visible
+        to new snapshots. Read in that moment, the position would claim a change the
+        snapshot opened next does not hold, and a later equal position would wrongly
+        say "unchanged". So the backup's fingerprint is kept only when no transaction
+        with modified rows exists once the position is known: every earlier commit has
+        then finished, and is in the snapshot. (A transaction that has modified nothing
+        yet writes its redo, if ever, after the read, and so moves the position.)
+
+        INNODB_TRX is a cache that InnoDB refills only when nobody has read it for 0.1 s
+        (so under frequent reads it does not change at all), and a stale answer could
+        predate the position read. The answer is trusted only if it shows this very
+        query, marked with a fresh nonce, running in our own transaction begun after
+        the read; otherwise it is asked again after a cache period, twice, and then
+        there is no fingerprint.
+        """
+        try:
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            try:
+                for attempt in range(3):
+                    if attempt:
+                        time.sleep(_TRX_CACHE_SECONDS)
+                    nonce = secrets.token_hex(8)
+                    cur.execute(
+                        f"SELECT /* dbguard {nonce} */ trx_mysql_thread_id = CONNECTION_ID(), "
+                        "trx_query, trx_rows_modified FROM information_schema.INNODB_TRX"
+                    )
+                    rows = cur.fetchall()
+                    if any(mine and nonce in fetch_text(query) for mine, query, _ in rows):
+                        return not any(not mine and modified for mine, _, modified in rows)
+                return False
+            finally:
+                cur.execute("COMMIT")
+        except pymysql.err.OperationalError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            return False  # no PROCESS privilege: INNODB_TRX is not readable
+
+    # ---- the environment marker --------------------------------------------------------
+    # A stored procedure in the database, `dbguard_environment`, whose comment holds the
+    # mark. A routine travels with the data (every dump with --routines, dbguard's own
+    # included), survives commands that drop all tables (migrate:fresh, db:wipe), is in
+    # no table list that Prisma, Rails or Django compare, works on MySQL and MariaDB
+    # alike, and needs only CREATE ROUTINE on the database. A procedure, not a
+    # function: with the binary log on, MySQL lets only SUPER create functions.
+
+    def marker(self, target: Target) -> Marker | None:
+        """'production' or 'development' as set by `set_marker`, else None. Raises
+        DatabaseMissing when the database does not exist, BackupFailed when the server
+        cannot be reached or refuses the user."""
+        database = self._name(target)
+
+        def read(kept: _Kept) -> str:
+            with kept.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT r.ROUTINE_COMMENT FROM information_schema.SCHEMATA s "
+                    "LEFT JOIN information_schema.ROUTINES r ON r.ROUTINE_SCHEMA = s.SCHEMA_NAME "
+                    "AND r.ROUTINE_NAME = %s AND r.ROUTINE_TYPE = 'PROCEDURE' "
+                    "WHERE s.SCHEMA_NAME = %s",
+                    (_MARKER_ROUTINE, database),
+                )
+                row = cur.fetchone()
+            if row is None:
+                raise DatabaseMissing(
+                    f"the MySQL/MariaDB database {database!r} on {kept.where} does not exist"
+                )
+            return fetch_text(row[0])
+
+        value = self._with_kept(target, read).removeprefix(_MARKER_PREFIX)
+        if value == "production":
+            return "production"
+        if value == "development":
+            return "development"
+        return None
+
+    def set_marker(self, target: Target, marker: Marker | None) -> None:
+        """Mark the database (None removes the mark). Raises DatabaseMissing when it
+        does not exist, BackupFailed when the server cannot be reached or the user may
+        not create routines in it."""
+        database = self._name(target)
+        endpoint = Endpoint.of(target)
+        conn = self._connect(endpoint, database, BackupFailed)
+        routine = quote_ident(_MARKER_ROUTINE)
+        try:
+            with conn.cursor() as cur:
+                if self._schema_defaults(cur, database) is None:
+                    raise DatabaseMissing(
+                        f"the MySQL/MariaDB database {database!r} on {endpoint.where} "
+                        "does not exist"
+                    )
+                conn.select_db(database)
+                if marker is None:
+                    cur.execute(f"DROP PROCEDURE IF EXISTS {routine}")
+                    return
+                comment = quote_string(_MARKER_PREFIX + marker)
+                body = (
+                    f"PROCEDURE {routine}() SQL SECURITY INVOKER COMMENT {comment} "
+                    f"SELECT {quote_string(marker)} AS dbguard_environment"
+                )
+                if "mariadb" in str(conn.get_server_info()).lower():
+                    cur.execute(f"CREATE OR REPLACE {body}")  # never unmarked in between
+                else:
+                    cur.execute(f"DROP PROCEDURE IF EXISTS {routine}")
+                    cur.execute(f"CREATE {body}")
+        except pymysql.MySQLError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise explain(err, endpoint, database) from None
+            raise BackupFailed(
+                f"cannot mark {database!r} on {endpoint.where}: "
+                f"{scrub(error_text(err), endpoint.password)}",
+                "the mark is a stored procedure: run the command as a user with the "
+                "CREATE ROUTINE and ALTER ROUTINE privileges on the database",
+            ) from None
+        finally:
+            conn.close()
+
+    # ---- backup ----------------------------------------------------------------------
+
+    def dump(self, target: Target, out: Sink, scratch: Path, cancel: threading.Event) -> DumpInfo:
+        """Dump with mariadb-dump/mysqldump (the one matching the server first), else
+        with the PyMySQL fallback. Raises DatabaseMissing, BackupFailed (unreachable,
+        access denied, missing tools and failed fallback, tool failure, timeout,
+        truncated output) or Cancelled; the sink's own errors pass through."""
+        database = self._name(target)
+        if cancel.is_set():
+            raise Cancelled("the backup was cancelled because dbguardd is stopping")
+        # The signal is read before the dump's snapshot opens: a commit after this point
+        # either is in the dump or moves the signal, so an equal signal later is proof.
+        signal, info = self._with_kept(
+            target, lambda kept: (self._signal(kept, database, True), kept.info)
+        )
+        endpoint = Endpoint.of(target)
+        out.write(meta_line({"charset": signal.charset, "collation": signal.collation}))
+        tool = self.find_tool(info)
+        if tool is not None:
+            tables = self._dump_with_tool(tool, endpoint, database, out, scratch, cancel)
+            used = " ".join(tool.version.split())
+        else:
+            tables = self._dump_with_pymysql(endpoint, database, out, cancel)
+            used = f"dbguard PyMySQL dumper (PyMySQL {pymysql.__version__}; no dump tool found)"
+        return DumpInfo(tables=tables, fingerprint=signal.fingerprint, tool=used, format=FORMAT)
+
+    def _folders(self) -> list[Path]:
+        if self._tool_dirs is not None:
+            return self._tool_dirs
+        folders = [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+        return folders + [Path(p) for p in _DEFAULT_TOOL_DIRS if Path(p) not in folders]
+
+    def find_tool(self, info: ServerInfo) -> DumpTool | None:
+        """The dump tool to use: one of the server's own flavour if there is one."""
+        names = ("mariadb-dump", "mysqldump") if info.mariadb else ("mysqldump", "mariadb-dump")
+        tools = []
+        for name in names:
+            for folder in self._folders():
+                path = folder / name
+                # A shimmed tool would call back into dbguard.
+                if path.is_file() and os.access(path, os.X_OK) and not is_shim(path):
+                    tool = self._probe(path)
+                    if tool is not None:
+                        tools.append(tool)
+        matching = [t for t in tools if t.mariadb == info.mariadb]
+        preferred = matching or tools
+        return preferred[0] if preferred else None
+
+    def _probe(self, path: Path) -> DumpTool | None:
+        try:
+            key = (str(path.resolve()), path.stat().st_mtime_ns)
+        except OSError:
+            return None
+        if key not in self._tools:
+            try:
+                result = subprocess.run(
+                    [str(path), "--version"],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                )
+                line = result.stdout.decode("utf-8", "replace").strip().splitlines()
+                version = line[0] if result.returncode == 0 and line else ""
+            except (OSError, subprocess.SubprocessError):
+                version = ""
+            self._tools[key] = (
+                DumpTool(path, version, "mariadb" in version.lower()) if version else None
+            )
+        return self._tools[key]
+
+    def _tool_argv(self, tool: DumpTool, options: Path, database: str) -> list[str]:
+        argv = [
+            str(tool.path),
+            # Only our file is read, never ~/.my.cnf or /etc/mysql: a [mysqldump] group
+            # there (no-data, skip-triggers, compact ...) would silently change what
+            # the backup holds.
+            f"--defaults-file={options}",
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+            "--tz-utc",
+            "--add-locks",  # DumpScanner ends a table's rows at UNLOCK TABLES
+            "--comments",  # the `-- Dump completed` trailer proves the output is whole
+            "--no-tablespaces",
+            "--max-allowed-packet=1G",
+        ]
+        if not tool.mariadb:
+            argv.append("--set-gtid-purged=OFF")  # a restore must not touch GTID state
+            if tool.major >= 8:
+                argv.append("--column-statistics=0")  # MariaDB has no such table
+        # No --databases: then the dump has no CREATE DATABASE or USE lines and
+        # restores into whatever schema the session is in.
+        return [*argv, "--", database]
+
+    def _dump_with_tool(
+        self,
+        tool: DumpTool,
+        endpoint: Endpoint,
+        database: str,
+        out: Sink,
+        scratch: Path,
+        cancel: threading.Event,
+    ) -> dict[str, int]:
+        """Run the tool, stream its output into `out`, and count rows on the way.
+
+        Row counts come from the dump's own rows (DumpScanner), so they are exactly
+        what mysqldump read in its snapshot: --single-transaction gives one
+        REPEATABLE READ snapshot for all InnoDB tables, and the counts cannot drift
+        from it because they are not read separately. (MyISAM and Aria tables are not
+        transactional: mysqldump reads each as it is at that moment, and the counts
+        say what the dump holds for them too.)
+        """
+        env = {
+            k: v for k, v in os.environ.items() if not k.upper().startswith(("MYSQL", "MARIADB"))
+        }
+        scanner = DumpScanner()
+        name = tool.path.name
+        timeout = self.settings.dump_timeout_seconds
+        stderr_path = scratch / f"{name}-{secrets.token_hex(4)}.stderr"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with option_file(endpoint, scratch) as options:
+            stderr_fd = os.open(stderr_path, flags, 0o600)
+            try:
+                try:
+                    proc = subprocess.Popen(
+                        self._tool_argv(tool, options, database),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=stderr_fd,
+                        env=env,
+                        bufsize=0,
+                    )
+                except OSError as err:
+                    raise BackupFailed(f"cannot run {tool.path}: {err}") from None
+                watchdog = _Watchdog(proc, timeout, cancel)
+                try:
+                    assert proc.stdout is not None
+                    _grow_pipe(proc.stdout.fileno())
+                    buffer = bytearray(_CHUNK)
+                    view = memoryview(buffer)
+                    while n := _read_full(proc.stdout, view):
+                        chunk = bytes(view[:n])
+                        scanner.feed(chunk)
+                        out.write(chunk)
+                    code = proc.wait()
+                finally:
+                    # Also when the sink raised (cancelled, disk full): never leave the
+                    # tool running or unreaped.
+                    watchdog.stop()
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+                    proc.stdout.close()  # type: ignore[union-attr]
+                stderr = self._tail(stderr_fd, endpoint.password)
+            finally:
+                os.close(stderr_fd)
+                stderr_path.unlink(missing_ok=True)
+        if watchdog.fired == "cancel":
+            raise Cancelled("the backup was cancelled because dbguardd is stopping")
+        if watchdog.fired == "timeout":
+            raise BackupFailed(
+                f"{name} was still running after {timeout:g} s and was stopped",
+                "raise backup.dump_timeout_seconds in the config, or find what blocks the "
+                "dump (a long ALTER TABLE or LOCK TABLES holds its metadata lock)",
+            )
+        if code < 0:
+            signame = signal.Signals(-code).name
+            raise BackupFailed(
+                f"{name} was killed by {signame} before it finished; nothing was kept"
+                + (f"\n{stderr}" if stderr else ""),
+                "look for the out-of-memory killer or someone stopping it, and run the "
+                "command again",
+            )
+        if code != 0:
+            raise self._tool_error(name, code, stderr, endpoint, database)
+        if not scanner.complete:
+            raise BackupFailed(
+                f"{name} exited with status 0 but its output ends early (no '-- Dump "
+                "completed' line): the dump is incomplete and was not kept",
+                "run the command again; if it repeats, check the server's error log",
+            )
+        return scanner.rows
+
+    @staticmethod
+    def _tail(fd: int, password: str) -> str:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, _STDERR_TAIL, max(0, size - _STDERR_TAIL))
+        return scrub(data.decode("utf-8", "replace").strip(), password)
+
+    @staticmethod
+    def _tool_error(
+        name: str, code: int, stderr: str, endpoint: Endpoint, database: str
+    ) -> BackupFailed:
+        """mysqldump prints `Got error: <code>: <text>`; the common codes get the same
+        messages as PyMySQL's failures."""
+        for known in (1049, 1045, 1044, 2002, 2003, 2005, 2013):
+            if f"error: {known}" in stderr or f"Got error: {known}" in stderr:
+                err = pymysql.err.OperationalError(known, stderr)
+                explained = explain(err, endpoint, database)
+                if isinstance(explained, BackupFailed):
+                    return explained
+        return BackupFailed(
+            f"{name} failed with exit status {code}" + (f":\n{stderr}" if stderr else ""),
+            "fix what it reports and run the command again",
+        )
+
+    def _dump_with_pymysql(
+        self, endpoint: Endpoint, database: str, out: Sink, cancel: threading.Event
+    ) -> dict[str, int]:
+        looked = ", ".join(str(p) for p in self._folders()) or "(no folders)"
+        try:
+            timeout = max(1, int(self.settings.dump_timeout_seconds))  # per read, not overall
+            conn = endpoint.connect(read_timeout=timeout, raw=True)
+        except pymysql.MySQLError as err:
+            raise explain(err, endpoint, database) from None
+        try:
+            return pydump.dump_database(conn, database, out, cancel)
+        except pymysql.MySQLError as err:
+            if error_code(err) in (1049, 2002, 2003, 2006, 2013, 1045):
+                raise explain(err, endpoint, database) from None
+            problem = scrub(error_text(err), endpoint.password)
+        except PermissionError as err:
+            problem = str(err)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        raise BackupFailed(
+            f"no mariadb-dump or mysqldump was found (looked in {looked}), and the "
+            f"built-in PyMySQL dumper could not dump {database!r}: {problem}",
+            "install the client tools (e.g. `apt install mariadb-client`) so the "
+            "server's own dump tool is used",
+        )
+
+    # ---- restore and verify ------------------------------------------------------------
+
+    @staticmethod
+    def _check_format(dump_format: str, kind: type[DbguardError]) -> None:
+        if dump_format != FORMAT:
+            raise kind(f"this backup's format is {dump_format!r}, not a MySQL dump ({FORMAT})")
+
+    def _connect(self, endpoint: Endpoint, database: str, kind: type[DbguardError]) -> Any:
+        try:
+            conn = endpoint.connect()
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION lock_wait_timeout = %s", (_LOCK_WAIT_SECONDS,))
+            return conn
+        except pymysql.MySQLError as err:
+            raise explain(err, endpoint, database, kind) from None
+
+    @staticmethod
+    def _scratch_name(database: str, purpose: str) -> str:
+        # <= 64 characters, the identifier limit; readable in SHOW DATABASES
+        return f"{database[:30]}_dbguard_{purpose}_{secrets.token_hex(4)}"
+
+    def _load(
+        self, conn: Any, data: BinaryIO, schema: str, damage: type[DbguardError]
+    ) -> tuple[list[tuple[Kind, bytes]], dict[str, str]]:
+        """Create `schema` and run the dump's table statements in it. Returns the
+        statements that recreate views, triggers, routines and events, with the
+        session settings around them, to be run where the tables end up; and the
+        dump's metadata (the original schema's character set and collation).
+
+        Raises `damage` when the dump does not load or is incomplete; pymysql errors
+        that mean the connection was lost pass through.
+        """
+        reader = DumpReader(data)
+        # Definitions only (and the session settings around them): small next to the
+        # data, which streams through and is never held.
+        deferred: list[tuple[Kind, bytes]] = []
+        created = False
+        with conn.cursor() as cur:
+            try:
+                for statement in reader:
+                    if not created:
+                        self._create_scratch(cur, schema, reader.meta)
+                        conn.select_db(schema)
+                        created = True
+                    kind = classify(statement)
+                    if kind == "forbidden":
+                        raise damage(
+                            "the backup contains a statement that would act outside the "
+                            f"database being restored: {statement_head(statement, 200)!r}",
+                            "it was not made by dbguard; nothing was changed",
+                        )
+                    if kind in ("object", "event"):
+                        deferred.append((kind, statement))
+                        continue
+                    if kind == "alter-database":
+                        deferred.append((kind, without_database_name(statement)))
+                        continue
+                    self._run(cur, statement, damage)
+                    if kind == "set":
+                        deferred.append((kind, statement))
+                    # As the mysql client does: quotes follow the session's sql_mode.
+                    no_escapes = conn.server_status & SERVER_STATUS_NO_BACKSLASH_ESCAPES
+                    reader.backslash_escapes = not no_escapes
+            except DumpSyntaxError as err:
+                raise damage(f"the backup is not a complete dump: {err}") from None
+            if not created:
+                self._create_scratch(cur, schema, reader.meta)
+                conn.select_db(schema)
+        if not reader.complete:
+            raise damage(
+                "the backup is incomplete: it lacks the closing '-- Dump completed' line",
+                "use an older backup",
+            )
+        return deferred, reader.meta
+
+    @staticmethod
+    def _run(cur: Any, statement: bytes, damage: type[DbguardError]) -> None:
+        try:
+            cur.execute(statement)
+        except pymysql.MySQLError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE | {2003}:
+                raise
+            head = statement_head(statement, 160)
+            raise damage(
+                f"the backup does not load: {error_text(err)} (in: {head[:120]!r})"
+            ) from None
+
+    @staticmethod
+    def _create_schema(cur: Any, schema: str, meta: dict[str, str]) -> None:
+        """Create `schema` with the original's default character set and collation
+        (recorded in the dump's first line), which routines and new columns inherit."""
+        charset = meta.get("charset", "")
+        collation = meta.get("collation", "")
+        clause = "CHARACTER SET utf8mb4"
+        if _NAME.fullmatch(charset) and _NAME.fullmatch(collation):
+            clause = f"CHARACTER SET {charset} COLLATE {collation}"
+        cur.execute(f"CREATE DATABASE {quote_ident(schema)} {clause}")
+
+    def _create_scratch(self, cur: Any, schema: str, meta: dict[str, str]) -> None:
+        try:
+            self._create_schema(cur, schema, meta)
+        except pymysql.MySQLError as err:
+            if error_code(err) not in (1044, 1227):
+                raise
+            stem = schema.rsplit("_dbguard_", 1)[0].replace("_", "\\_")
+            # Not Damaged even in verify: the backup is fine, the permissions are not.
+            raise RestoreFailed(
+                f"cannot create the scratch schema {schema!r}: {error_text(err)}",
+                "restoring and verifying load the backup into a scratch schema next to the "
+                f"database first: grant the user ALL ON `{stem}\\_dbguard\\_%`.*, or run "
+                "the restore as a user who may create databases",
+            ) from None
+
+    def _apply(
+        self,
+        cur: Any,
+        deferred: list[tuple[Kind, bytes]],
+        damage: type[DbguardError],
+        *,
+        events: bool,
+    ) -> None:
+        for kind, statement in deferred:
+            if kind == "event" and not events:
+                continue  # a scratch schema must never run the backup's events
+            self._run(cur, statement, damage)
+
+    @staticmethod
+    def _tables(cur: Any, schema: str) -> list[str]:
+        cur.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+            f"AND TABLE_TYPE IN {_TABLE_TYPES} ORDER BY TABLE_NAME",
+            (schema,),
+        )
+        return [fetch_text(row[0]) for row in cur.fetchall()]
+
+    def _discard(self, cur: Any, schema: str) -> None:
+        """Drop a scratch schema on the way out; a failure here is logged, never raised
+        over the error that may be on its way."""
+        try:
+            self._drop_schema(cur, schema)
+        except pymysql.MySQLError as err:
+            log.warning("could not drop scratch schema", schema=schema, error=error_text(err))
+
+    @staticmethod
+    def _drop_schema(cur: Any, schema: str) -> None:
+        # A dump that stopped half way leaves its LOCK TABLES in force, and the server
+        # refuses DDL under table locks.
+        cur.execute("UNLOCK TABLES")
+        cur.execute("SET SESSION foreign_key_checks = 0")
+        cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(schema)}")
+
+    def restored_counts(
+        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+    ) -> dict[str, int]:
+        """Load the dump into a scratch schema, recreate its views, triggers and
+        routines there (not its events, which could fire), count rows per table, and
+        drop the schema whatever happens. Raises Damaged when the dump does not
+        restore, RestoreFailed when the server cannot be used."""
+        self._check_format(dump_format, Damaged)
+        database = self._name(target, RestoreFailed)
+        endpoint = Endpoint.of(target)
+        conn = self._connect(endpoint, database, RestoreFailed)
+        schema = self._scratch_name(database, "verify")
+        try:
+            with conn.cursor() as cur:
+                try:
+                    deferred, _ = self._load(conn, data, schema, Damaged)
+                    self._apply(cur, deferred, Damaged, events=False)
+                    counts: dict[str, int] = {}
+                    cur.execute(
+                        "SELECT TABLE_NAME, ENGINE FROM information_schema.TABLES "
+                        "WHERE TABLE_SCHEMA = %s "
+                        "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED')",
+                        (schema,),
+                    )
+                    for name, engine in cur.fetchall():
+                        if fetch_text(engine) in pydump.NO_DATA_ENGINES:
+                            continue
+                        table = fetch_text(name)
+                        cur.execute(
+                            f"SELECT COUNT(*) FROM {quote_ident(schema)}.{quote_ident(table)}"
+                        )
+                        counts[table] = int(cur.fetchone()[0])
+                    return counts
+                finally:
+                    self._discard(cur, schema)
+        except pymysql.MySQLError as err:
+            raise explain(err, endpoint, database, RestoreFailed) from None
+        finally:
+            conn.close()
+
+    def restore(
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        *,
+        end_connections: bool = False,
+    ) -> None:
+        """Load the dump into a scratch schema, check its views, triggers and routines
+        there, then swap: one RENAME TABLE moves the current tables to a holding schema
+        and the restored ones into the target, and the target's views, triggers,
+        routines and events are replaced by the backup's. Raises RestoreFailed (target
+        unchanged) when loading, checking or the swap fails, and when other sessions
+        use the target (unless `end_connections`, which ends them)."""
+        self._check_format(dump_format, RestoreFailed)
+        database = self._name(target, RestoreFailed)
+        endpoint = Endpoint.of(target)
+        conn = self._connect(endpoint, database, RestoreFailed)
+        new = self._scratch_name(database, "restore")
+        try:
+            with conn.cursor() as cur:
+                existing = self._schema_defaults(cur, database)
+                if existing is not None:
+                    self._check_sessions(cur, database, end_connections)
+                try:
+                    deferred, meta = self._load(conn, data, new, RestoreFailed)
+                    # Views, triggers and routines are tried in the scratch schema first,
+                    # so a definition that cannot be created fails before the swap.
+                    self._apply(cur, deferred, RestoreFailed, events=False)
+                    # RENAME TABLE refuses tables with triggers across schemas.
+                    for trigger in object_names(cur, new, "TRIGGER"):
+                        cur.execute(f"DROP TRIGGER {quote_ident(new)}.{quote_ident(trigger)}")
+                    self._swap(
+                        conn,
+                        cur,
+                        database,
+                        new,
+                        deferred,
+                        existing or meta,
+                        existing is None,
+                        end_connections,
+                    )
+                finally:
+                    self._discard(cur, new)
+        except pymysql.MySQLError as err:
+            raise explain(err, endpoint, database, RestoreFailed) from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _schema_defaults(cur: Any, database: str) -> dict[str, str] | None:
+        cur.execute(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+            "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            (database,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return {"charset": fetch_text(row[0]), "collation": fetch_text(row[1])}
+
+    @staticmethod
+    def _check_sessions(cur: Any, database: str, end_connections: bool) -> None:
+        """Refuse (or end) other sessions whose current database is the target: they
+        would write into tables while they are being replaced. Sessions that use it
+        without selecting it are not visible here; RENAME TABLE still waits for their
+        open transactions (metadata locks), up to the lock wait timeout."""
+        query = (
+            "SELECT ID, USER, HOST, COMMAND, TIME FROM information_schema.PROCESSLIST "
+            "WHERE DB = %s AND ID <> CONNECTION_ID() ORDER BY ID"
+        )
+        cur.execute(query, (database,))
+        others = cur.fetchall()
+        if not others:
+            return
+        described = ", ".join(
+            f"#{sid} {fetch_text(user)}@{fetch_text(host)} ({fetch_text(command)}, {secs} s)"
+            for sid, user, host, command, secs in others
+        )
+        if not end_connections:
+            raise RestoreFailed(
+                f"{len(others)} other session(s) use {database!r}: {described}",
+                "stop them (app server, queue workers, database consoles), or pass "
+                "--end-connections to end them; the database was not changed",
+            )
+        for sid, *_ in others:
+            try:
+                cur.execute(f"KILL CONNECTION {int(sid)}")
+            except pymysql.err.OperationalError as err:
+                if error_code(err) != 1094:  # already gone
+                    raise RestoreFailed(
+                        f"cannot end session #{sid} on {database!r}: {error_text(err)}",
+                        "end it yourself, or restore as a user allowed to (CONNECTION ADMIN)",
+                    ) from None
+        deadline = time.monotonic() + _SESSIONS_GONE_SECONDS
+        while time.monotonic() < deadline:
+            cur.execute(query, (database,))
+            if not cur.fetchall():
+                return
+            time.sleep(0.05)
+        raise RestoreFailed(
+            f"sessions on {database!r} did not end within {_SESSIONS_GONE_SECONDS:g} s",
+            "the database was not changed; try again",
+        )
+
+    def _swap(
+        self,
+        conn: Any,
+        cur: Any,
+        database: str,
+        new: str,
+        deferred: list[tuple[Kind, bytes]],
+        defaults: dict[str, str],
+        create: bool,
+        end_connections: bool,
+    ) -> None:
+        """Move the restored tables into `database` and recreate its other objects.
+
+        The window: between dropping the target's triggers and recreating the backup's
+        (milliseconds), the target's tables have no triggers, and views and routines
+        are being replaced. Nothing writes in that window: sessions on the target were
+        refused or ended just before, and the swap waits for their metadata locks. A
+        client connecting in that instant could write without triggers firing; the
+        pre-restore backup holds what the target was.
+        """
+        holding = self._scratch_name(database, "replaced")
+        cur.execute(f"CREATE DATABASE {quote_ident(holding)}")
+        keep_holding = False
+        try:
+            if create:
+                self._create_schema(cur, database, defaults)
+            conn.select_db(database)
+            if not create:
+                self._check_sessions(cur, database, end_connections)
+            old_objects = capture_objects(cur, database, _ALL_OBJECTS)
+            old_tables = self._tables(cur, database)
+            new_tables = self._tables(cur, new)
+            dropped: list[ObjectDef] = []
+            try:
+                cur.execute("SET SESSION foreign_key_checks = 0")
+                for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
+                    cur.execute(trigger.drop())
+                    dropped.append(trigger)
+                # One statement: all tables move, or none (RENAME TABLE is atomic).
+                self._rename(
+                    cur,
+                    [(database, t, holding, t) for t in old_tables]
+                    + [(new, t, database, t) for t in new_tables],
+                )
+            except pymysql.MySQLError as err:
+                if error_code(err) in _UNREACHABLE_DURING_USE:
+                    raise
+                for trigger in dropped:
+                    trigger.apply(cur)
+                if create:
+                    self._drop_schema(cur, database)
+                raise RestoreFailed(
+                    f"could not move the restored tables into {database!r}: {error_text(err)}",
+                    "the database was not changed",
+                ) from None
+            try:
+                for obj in old_objects:
+                    if obj.kind != "TRIGGER":
+                        cur.execute(obj.drop())
+                self._apply(cur, deferred, RestoreFailed, events=True)
+            except (RestoreFailed, pymysql.MySQLError) as err:
+                if (
+                    isinstance(err, pymysql.MySQLError)
+                    and error_code(err) in _UNREACHABLE_DURING_USE
+                ):
+                    keep_holding = True
+                    raise
+                problem = err.problem if isinstance(err, RestoreFailed) else error_text(err)
+                try:
+                    self._roll_back(
+                        cur, database, new, holding, old_tables, new_tables, old_objects
+                    )
+                    if create:
+                        self._drop_schema(cur, database)
+                except pymysql.MySQLError as again:
+                    keep_holding = True
+                    raise RestoreFailed(
+                        f"restoring {database!r} failed ({problem}) and putting it back "
+                        f"failed too ({error_text(again)}); its previous tables are in "
+                        f"schema {holding!r}",
+                        "restore the pre-restore backup (dbguardctl list-backups shows it)",
+                    ) from None
+                raise RestoreFailed(
+                    f"could not recreate the backup's views, triggers, routines or events "
+                    f"in {database!r}: {problem}",
+                    "the database was put back as it was",
+                ) from None
+        finally:
+            if not keep_holding:
+                self._discard(cur, holding)
+
+    @staticmethod
+    def _rename(cur: Any, moves: list[tuple[str, str, str, str]]) -> None:
+        if moves:
+            cur.execute(
+                "RENAME TABLE "
+                + ", ".join(
+                    f"{quote_ident(a)}.{quote_ident(t)} TO {quote_ident(b)}.{quote_ident(u)}"
+                    for a, t, b, u in moves
+                )
+            )
+
+    def _roll_back(
+        self,
+        cur: Any,
+        database: str,
+        new: str,
+        holding: str,
+        old_tables: list[str],
+        new_tables: list[str],
+        old_objects: list[ObjectDef],
+    ) -> None:
+        """Put the target back as it was before the swap: the new objects go, the
+        tables move back in one RENAME, and the old objects are recreated."""
+        for kind in _ALL_OBJECTS:
+            for name in object_names(cur, database, kind):
+                cur.execute(f"DROP {kind} IF EXISTS {quote_ident(name)}")
+        self._rename(
+            cur,
+            [(database, t, new, t) for t in new_tables]
+            + [(holding, t, database, t) for t in old_tables],
+        )
+        pending = [o for o in old_objects if o.kind != "VIEW"]
+        for obj in pending:
+            obj.apply(cur)
+        views = [o for o in old_objects if o.kind == "VIEW"]
+        while views:  # views may use each other: create what can be created, repeat
+            failed = []
+            last: pymysql.MySQLError | None = None
+            for view in views:
+                try:
+                    view.apply(cur)
+                except pymysql.MySQLError as err:
+                    failed.append(view)
+                    last = err
+            if len(failed) == len(views) and last is not None:
+                raise last
+            views = failed
+
+
+__all__ = ["FORMAT", "DumpTool", "MysqlEngine"]

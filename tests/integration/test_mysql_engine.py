@@ -1,0 +1,897 @@
+"""The MySQL/MariaDB engine against the real server: every test in its own database.
+
+Backups go through dbguard.operations with a real Store, as the daemon and dbguardctl
+use them. Tables in the change-signal tests use STATS_PERSISTENT=0: InnoDB otherwise
+saves statistics in the background after writes, which moves the LSN by itself (that
+only causes an extra backup in real use, but would make "stays put" depend on timing).
+Other sessions on a shared server can move the LSN at any moment, so the tests that
+say "stays put" retry within a deadline; a signal that moved on every read would fail
+all attempts.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from pydantic import SecretStr
+
+from dbguard import operations
+from dbguard.config import BackupSettings
+from dbguard.engines import Engines
+from dbguard.engines.base import Engine, EngineName, Target
+from dbguard.engines.mysql import FORMAT, MysqlEngine
+from dbguard.engines.mysql.server import ServerInfo
+from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
+from dbguard.store import Manifest, Reason, Store
+from tests.servers import mysql_connect
+
+pytestmark = pytest.mark.mysql
+
+REASON = Reason(kind="manual")
+PRE_RESTORE = Reason(kind="pre-restore")
+ALL_BYTES = bytes(range(256))
+# Several megabytes in one row: hex doubles it in the dump, still under the server's
+# default 16 MB max_allowed_packet.
+LARGE = (ALL_BYTES * 4096 * 5)[: 5 * 1024 * 1024 + 7]
+TRICKY_TEXT = 'it\'s "quoted" \\ back\nslash\r\n\ttab ;),( \x1a end'
+UNICODE_TEXT = "🦄 ünïcødé 𝔘𝔫𝔦 日本語 ✓"
+
+
+class OneEngine(Engines):
+    """Engines whose MySQL engine is the one given (e.g. with injected tool folders)."""
+
+    def __init__(self, engine: MysqlEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def get(self, name: EngineName) -> Engine:
+        return self.engine if name == "mysql" else super().get(name)
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def run(target: Target, *statements: str) -> list[Any]:
+    """Run statements as root in the target database; the last one's rows."""
+    conn = mysql_connect(target.name)
+    try:
+        rows: list[Any] = []
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+        return rows
+    finally:
+        conn.close()
+
+
+def schemas_like(prefix: str) -> list[str]:
+    conn = mysql_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES")
+            return [row[0] for row in cur.fetchall() if row[0].startswith(prefix)]
+    finally:
+        conn.close()
+
+
+def create_schema(target: Target, *, with_aria: bool = True, with_event: bool = True) -> None:
+    """A schema with what dumps get wrong."""
+    statements = [
+        "CREATE TABLE parent (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(200) NOT NULL,"
+        " note TEXT NULL) ENGINE=InnoDB STATS_PERSISTENT=0",
+        "CREATE TABLE child (id BIGINT AUTO_INCREMENT PRIMARY KEY, parent_id INT NOT NULL,"
+        " payload LONGBLOB NULL, bin VARBINARY(300) NULL, created DATETIME(6) NULL,"
+        " amount DECIMAL(20,6) NULL, ratio DOUBLE NULL, flags BIT(8) NULL,"
+        " doubled INT AS (parent_id * 2) VIRTUAL,"
+        " CONSTRAINT child_parent FOREIGN KEY (parent_id) REFERENCES parent (id)"
+        " ON DELETE CASCADE) ENGINE=InnoDB STATS_PERSISTENT=0",
+        "CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, msg VARCHAR(200))"
+        " ENGINE=InnoDB STATS_PERSISTENT=0",
+        "CREATE VIEW parent_summary AS SELECT p.id, p.name, COUNT(c.id) AS children"
+        " FROM parent p LEFT JOIN child c ON c.parent_id = p.id GROUP BY p.id, p.name",
+        "CREATE VIEW summary_of_summary AS SELECT COUNT(*) AS n FROM parent_summary",
+        "CREATE TRIGGER child_audit AFTER INSERT ON child FOR EACH ROW"
+        " INSERT INTO audit (msg) VALUES (CONCAT('child ', NEW.id, ';'))",
+        "CREATE PROCEDURE count_parents() BEGIN SELECT COUNT(*) FROM parent; END",
+        "CREATE FUNCTION shout(s TEXT) RETURNS TEXT DETERMINISTIC RETURN UPPER(s)",
+        f"INSERT INTO parent (name, note) VALUES ({quote(UNICODE_TEXT)}, NULL),"
+        f" ({quote(TRICKY_TEXT)}, {quote(UNICODE_TEXT)}), ('plain', 'x')",
+        "INSERT INTO child (parent_id, payload, bin, created, amount, ratio, flags) VALUES"
+        f" (1, 0x{ALL_BYTES.hex()}, 0x{ALL_BYTES[:255].hex()}, '2024-02-29 23:59:59.123456',"
+        " 12345678901234.123456, 0.1, b'10100101'),"
+        " (2, NULL, NULL, NULL, NULL, NULL, NULL),"
+        " (2, '', 0x00, '1970-01-01 00:00:01', -0.000001, 1e-300, b'0')",
+        f"INSERT INTO child (parent_id, payload) VALUES (3, 0x{LARGE.hex()})",
+        # An AUTO_INCREMENT counter ahead of the highest id: a restore must keep it.
+        "INSERT INTO parent (name) VALUES ('gone')",
+        "DELETE FROM parent WHERE name = 'gone'",
+    ]
+    if with_aria:
+        statements += [
+            "CREATE TABLE legacy (id INT PRIMARY KEY, label VARCHAR(50)) ENGINE=Aria",
+            "INSERT INTO legacy VALUES (1, 'one'), (2, NULL)",
+        ]
+    if with_event:
+        # DISABLE: it never runs, whether or not the event scheduler is on.
+        statements.append(
+            "CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00'"
+            " DISABLE DO DELETE FROM audit"
+        )
+    run(target, *statements)
+
+
+def quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def state(target: Target, database: str | None = None) -> dict[str, Any]:
+    """Everything a restore must give back: every row, every definition, the counters."""
+    name = database or target.name
+    conn = mysql_connect(name)
+    found: dict[str, Any] = {}
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, AUTO_INCREMENT FROM "
+                "information_schema.TABLES WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME",
+                (name,),
+            )
+            for table, kind, engine, counter in cur.fetchall():
+                if kind == "VIEW":
+                    cur.execute(f"SHOW CREATE VIEW `{table}`")
+                    found[f"view {table}"] = cur.fetchone()[1]
+                    cur.execute(f"SELECT * FROM `{table}` ORDER BY 1")
+                    found[f"view rows {table}"] = cur.fetchall()
+                    continue
+                cur.execute(f"SHOW CREATE TABLE `{table}`")
+                found[f"table {table}"] = (cur.fetchone()[1], engine, counter)
+                cur.execute(f"SELECT * FROM `{table}` ORDER BY 1")
+                found[f"rows {table}"] = cur.fetchall()
+            for kind, query in (
+                ("TRIGGER", "SHOW TRIGGERS"),
+                ("PROCEDURE", f"SHOW PROCEDURE STATUS WHERE Db = '{name}'"),
+                ("FUNCTION", f"SHOW FUNCTION STATUS WHERE Db = '{name}'"),
+                ("EVENT", "SHOW EVENTS"),
+            ):
+                cur.execute(query)
+                names = [row[1] if kind != "TRIGGER" else row[0] for row in cur.fetchall()]
+                for object_name in names:
+                    cur.execute(f"SHOW CREATE {kind} `{object_name}`")
+                    row = cur.fetchone()
+                    # (name, sql_mode, statement, ...); events: statement is column 3
+                    found[f"{kind} {object_name}"] = row[3] if kind == "EVENT" else row[2]
+    finally:
+        conn.close()
+    return found
+
+
+def row_counts(target: Target) -> dict[str, int]:
+    rows = run(
+        target,
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_TYPE = 'BASE TABLE'",
+    )
+    return {t: run(target, f"SELECT COUNT(*) FROM `{t}`")[0][0] for (t,) in rows}
+
+
+def dump_children() -> list[int]:
+    """Our child processes that are dumping (not just printing their version)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and b"--single-transaction" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """The process no longer exists (it was reaped, not left a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def poll(check: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """True as soon as `check()` is; False if it never was within the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+    return False
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "backups")
+
+
+@pytest.fixture
+def engines() -> Iterator[Engines]:
+    engines = Engines()
+    yield engines
+    engines.close()
+
+
+@pytest.fixture
+def engine(engines: Engines) -> MysqlEngine:
+    found = engines.get("mysql")
+    assert isinstance(found, MysqlEngine)
+    return found
+
+
+@pytest.fixture
+def user(mysql_database: Target) -> Iterator[tuple[str, str]]:
+    """A user with a password (with characters option files must escape) who owns
+    the test database; dropped afterwards."""
+    name = f"dbg_{secrets.token_hex(4)}"
+    password = f"pw\"#{secrets.token_hex(6)}\\ 'x"
+    run(
+        mysql_database,
+        f"CREATE USER '{name}'@'%' IDENTIFIED BY {quote(password)}",
+        f"GRANT ALL PRIVILEGES ON `{mysql_database.name}`.* TO '{name}'@'%'",
+    )
+    try:
+        yield name, password
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+def as_user(target: Target, user: tuple[str, str]) -> Target:
+    return target.model_copy(update={"user": user[0], "password": SecretStr(user[1])})
+
+
+# ---- round trips -----------------------------------------------------------------------
+
+
+def test_round_trip_gives_back_every_row_and_definition(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    create_schema(mysql_database)
+    before = state(mysql_database)
+    counts = row_counts(mysql_database)
+
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+
+    assert manifest.tool.startswith(("mariadb-dump", "mysqldump"))
+    assert manifest.tables == counts
+    assert manifest.data.format == FORMAT
+    # Damage everything a command could: rows, tables, views, triggers, routines, events.
+    run(
+        mysql_database,
+        "UPDATE parent SET name = 'changed'",
+        "DELETE FROM child WHERE id = 1",
+        "DROP VIEW summary_of_summary",
+        "DROP TRIGGER child_audit",
+        "DROP PROCEDURE count_parents",
+        "DROP EVENT nightly",
+        "DROP TABLE legacy",
+        "CREATE TABLE intruder (id INT) ENGINE=InnoDB",
+        "CREATE VIEW intruder_view AS SELECT 1 AS one",
+    )
+    assert state(mysql_database) != before
+
+    pre = operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert state(mysql_database) == before
+    assert pre is not None and "intruder" in pre.tables  # what it replaced was kept
+    # AUTO_INCREMENT continues where it was, past the deleted row; the trigger fires.
+    run(mysql_database, "INSERT INTO parent (name) VALUES ('next')")
+    assert run(mysql_database, "SELECT MAX(id) FROM parent")[0][0] == 5
+    run(mysql_database, "INSERT INTO child (parent_id) VALUES (5)")
+    assert run(mysql_database, "SELECT msg FROM audit ORDER BY id DESC LIMIT 1")[0][0] == "child 5;"
+    assert schemas_like(f"{mysql_database.name}_dbguard") == []
+
+
+def test_fallback_dumper_round_trips_the_same_schema(
+    mysql_database: Target, store: Store, tmp_path: Path
+) -> None:
+    create_schema(mysql_database)
+    before = state(mysql_database)
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    engine = MysqlEngine(BackupSettings(), tool_dirs=[empty])
+    engines = OneEngine(engine)
+    try:
+        manifest = operations.take_backup(store, engines, mysql_database, REASON)
+        assert manifest.tool.startswith("dbguard PyMySQL dumper")
+        assert manifest.tables == row_counts(mysql_database)
+        assert operations.verify_backup(store, engines, manifest).ok
+
+        run(
+            mysql_database,
+            "DELETE FROM parent",
+            "DROP VIEW summary_of_summary, parent_summary",
+            "DROP EVENT nightly",
+        )
+        operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+    finally:
+        engine.close()
+
+    assert state(mysql_database) == before
+    assert schemas_like(f"{mysql_database.name}_dbguard") == []
+
+
+def test_the_two_dumpers_give_the_same_database(
+    mysql_database: Target, store: Store, engines: Engines, tmp_path: Path
+) -> None:
+    """Restored side by side, mariadb-dump's and the fallback's backups are equal."""
+    create_schema(mysql_database)
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    fallback = MysqlEngine(BackupSettings(), tool_dirs=[empty])
+    copies = [f"{mysql_database.name}_a", f"{mysql_database.name}_b"]
+    try:
+        for copy, chosen in zip(copies, (engines, OneEngine(fallback)), strict=True):
+            manifest = operations.take_backup(store, chosen, mysql_database, REASON)
+            other = mysql_database.model_copy(update={"name": copy})
+            assert operations.restore_backup(store, chosen, manifest, other, PRE_RESTORE) is None
+        first, second = (state(mysql_database, copy) for copy in copies)
+        assert first == second == state(mysql_database)
+    finally:
+        fallback.close()
+        for copy in copies:
+            run(mysql_database, f"DROP DATABASE IF EXISTS `{copy}`")
+
+
+def test_verify_counts_rows_in_a_scratch_schema_and_drops_it(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine, tmp_path: Path
+) -> None:
+    create_schema(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+
+    result = operations.verify_backup(store, engines, manifest)
+
+    assert result.ok, result.problems
+    assert schemas_like(f"{mysql_database.name}_dbguard") == []
+    # A cut-off dump is damage, and its scratch schema goes too.
+    with store.open_data(manifest) as data:
+        whole = data.read()
+    for cut in (whole[: len(whole) // 2], whole[: whole.rindex(b"-- Dump completed")]):
+        with pytest.raises(Damaged, match=r"not a complete dump|incomplete"):
+            engine.restored_counts(mysql_database, io.BytesIO(cut), FORMAT, tmp_path)
+    assert schemas_like(f"{mysql_database.name}_dbguard") == []
+
+
+def test_a_failed_restore_leaves_the_target_as_it_was(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine, tmp_path: Path
+) -> None:
+    create_schema(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    run(mysql_database, "DELETE FROM child WHERE id > 2")
+    current = state(mysql_database)
+    with store.open_data(manifest) as data:
+        whole = data.read()
+
+    with pytest.raises(RestoreFailed, match="not a complete dump"):
+        engine.restore(mysql_database, io.BytesIO(whole[:-2000]), FORMAT, tmp_path)
+    with pytest.raises(RestoreFailed, match="outside the database"):
+        evil = whole.replace(b"LOCK TABLES `parent`", b"USE mysql;\nLOCK TABLES `parent`", 1)
+        engine.restore(mysql_database, io.BytesIO(evil), FORMAT, tmp_path)
+
+    assert state(mysql_database) == current
+    assert schemas_like(f"{mysql_database.name}_dbguard") == []
+
+
+def test_a_failure_after_the_swap_moves_everything_back(
+    mysql_database: Target, store: Store, engines: Engines, tmp_path: Path
+) -> None:
+    """A user who may do everything but create events: the backup's event fails in the
+    target after the tables moved in, and the restore puts the old state back."""
+    name = f"dbg_{secrets.token_hex(4)}"
+    pattern = str(mysql_database.name).replace("_", "\\_") + "%"
+    run(
+        mysql_database,
+        f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW,"
+        " SHOW VIEW, TRIGGER, CREATE ROUTINE, ALTER ROUTINE, LOCK TABLES, REFERENCES"
+        f" ON `{pattern}`.* TO '{name}'@'%'",
+    )
+    try:
+        run(
+            mysql_database,
+            "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB",
+            "INSERT INTO t VALUES (1), (2)",
+            f"CREATE DEFINER='{name}'@'%' VIEW v AS SELECT id FROM t",
+            f"CREATE DEFINER='{name}'@'%' TRIGGER t_ins BEFORE INSERT ON t FOR EACH ROW"
+            " SET NEW.id = NEW.id + 0",
+            f"CREATE DEFINER='{name}'@'%' EVENT e ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM t",
+        )
+        manifest = operations.take_backup(store, engines, mysql_database, REASON)
+        run(mysql_database, "DROP EVENT e", "INSERT INTO t VALUES (3)", "DROP VIEW v")
+        current = state(mysql_database)
+
+        limited = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
+        # The engine itself: dbguard's pre-restore backup would need the EVENT privilege.
+        with (
+            pytest.raises(RestoreFailed, match="put back as it was") as failed,
+            store.open_data(manifest) as data,
+        ):
+            engines.for_target(limited).restore(limited, data, FORMAT, tmp_path)
+
+        assert "EVENT" in str(failed.value) or "event" in str(failed.value)
+        assert state(mysql_database) == current
+        assert schemas_like(f"{mysql_database.name}_dbguard") == []
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+def test_restore_refuses_while_another_session_uses_the_target(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    create_schema(mysql_database, with_aria=False)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    run(mysql_database, "DELETE FROM child")
+    other = mysql_connect(mysql_database.name)
+    try:
+        with pytest.raises(RestoreFailed, match=rf"#{other.thread_id()} ") as refused:
+            operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+        assert "--end-connections" in str(refused.value)
+        assert run(mysql_database, "SELECT COUNT(*) FROM child")[0][0] == 0
+
+        operations.restore_backup(
+            store, engines, manifest, mysql_database, PRE_RESTORE, end_connections=True
+        )
+
+        assert run(mysql_database, "SELECT COUNT(*) FROM child")[0][0] == manifest.tables["child"]
+        with pytest.raises(pymysql.err.OperationalError):
+            other.ping(reconnect=False)
+    finally:
+        other.close()
+
+
+# ---- the change signal -----------------------------------------------------------------
+
+
+def digest(fingerprint: str | None) -> str:
+    assert fingerprint is not None
+    return fingerprint.rsplit(":", 1)[1]
+
+
+@pytest.fixture
+def innodb_only(mysql_database: Target) -> Target:
+    create_schema(mysql_database, with_aria=False)
+    return mysql_database
+
+
+@pytest.mark.parametrize(
+    ("change", "definition"),
+    [
+        ("INSERT INTO parent (name) VALUES ('new')", False),
+        ("UPDATE parent SET note = 'updated' WHERE id = 3", False),
+        ("DELETE FROM audit", False),
+        ("ALTER TABLE parent ADD COLUMN extra INT", True),
+        ("ALTER TABLE parent ALTER COLUMN note SET DEFAULT 'd'", True),  # .frm only
+        ("CREATE VIEW another AS SELECT 1 AS one", True),
+        ("CREATE OR REPLACE VIEW parent_summary AS SELECT id FROM parent", True),
+        ("CREATE TRIGGER p_ins BEFORE INSERT ON parent FOR EACH ROW SET NEW.note = 'x'", True),
+        ("DROP PROCEDURE count_parents", True),
+        ("ALTER EVENT nightly COMMENT 'changed'", True),
+    ],
+)
+def test_fingerprint_moves_with_every_change(
+    innodb_only: Target, engine: MysqlEngine, change: str, definition: bool
+) -> None:
+    before = engine.fingerprint(innodb_only)
+    assert before is not None
+
+    run(innodb_only, change)
+
+    after = engine.fingerprint(innodb_only)
+    assert after != before
+    if definition:  # not InnoDB data in MariaDB: the definitions digest must see it
+        assert digest(after) != digest(before)
+
+
+def test_fingerprint_moves_with_a_commit_from_another_connection(
+    innodb_only: Target, engine: MysqlEngine
+) -> None:
+    other = mysql_connect(innodb_only.name)
+    try:
+        with other.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO parent (name) VALUES ('other')")
+            before = engine.fingerprint(innodb_only)
+            cur.execute("COMMIT")
+    finally:
+        other.close()
+    assert engine.fingerprint(innodb_only) != before
+
+
+def test_fingerprint_stays_put_after_reads(innodb_only: Target, engine: MysqlEngine) -> None:
+    def reads_leave_it() -> bool:
+        before = engine.fingerprint(innodb_only)
+        run(
+            innodb_only,
+            "SELECT * FROM parent",
+            "SELECT * FROM child",
+            "SELECT * FROM parent_summary",
+            "SELECT shout(name) FROM parent",
+            "CALL count_parents()",
+        )
+        return before is not None and engine.fingerprint(innodb_only) == before
+
+    assert poll(reads_leave_it)
+
+
+def test_fingerprint_stays_put_after_its_own_backup(
+    innodb_only: Target, store: Store, engines: Engines, engine: MysqlEngine
+) -> None:
+    def backup_leaves_it() -> bool:
+        manifest = operations.take_backup(store, engines, innodb_only, REASON)
+        return manifest.fingerprint is not None and engine.fingerprint(innodb_only) == (
+            manifest.fingerprint
+        )
+
+    assert poll(backup_leaves_it, seconds=30)
+
+
+def test_fingerprint_names_the_server_and_the_connection(
+    innodb_only: Target, engine: MysqlEngine
+) -> None:
+    first = engine.fingerprint(innodb_only)
+    assert first is not None and first.startswith("mysql:")
+    engine.close()  # a new connection: nothing proves what happened in between
+    assert engine.fingerprint(innodb_only) != first
+
+
+def test_no_fingerprint_with_a_table_innodb_does_not_log(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine
+) -> None:
+    create_schema(mysql_database, with_aria=True)
+
+    assert engine.fingerprint(mysql_database) is None
+    assert operations.take_backup(store, engines, mysql_database, REASON).fingerprint is None
+
+
+def test_no_backup_fingerprint_while_another_transaction_has_written(
+    innodb_only: Target, store: Store, engines: Engines
+) -> None:
+    other = mysql_connect(innodb_only.name)
+    try:
+        with other.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO audit (msg) VALUES ('uncommitted')")
+            during = operations.take_backup(store, engines, innodb_only, REASON)
+            cur.execute("COMMIT")
+    finally:
+        other.close()
+
+    assert during.fingerprint is None
+    assert poll(
+        lambda: operations.take_backup(store, engines, innodb_only, REASON).fingerprint is not None
+    )
+
+
+# ---- failures --------------------------------------------------------------------------
+
+
+def test_unreachable_server(mysql_database: Target, store: Store, engines: Engines) -> None:
+    nowhere = mysql_database.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+
+    with pytest.raises(BackupFailed, match="cannot reach") as failed:
+        operations.take_backup(store, engines, nowhere, REASON)
+
+    assert "DB_HOST" in failed.value.fix
+    assert store.entries() == []
+
+
+def test_wrong_password(
+    mysql_database: Target, store: Store, engines: Engines, user: tuple[str, str]
+) -> None:
+    wrong = as_user(mysql_database, (user[0], "wrong"))
+
+    with pytest.raises(BackupFailed, match="access denied") as failed:
+        operations.take_backup(store, engines, wrong, REASON)
+
+    assert "DB_PASSWORD" in failed.value.fix
+    assert user[1] not in str(failed.value)
+    # the right password (with quotes, # and a backslash) works through the option file
+    good = operations.take_backup(store, engines, as_user(mysql_database, user), REASON)
+    assert good.tool.startswith(("mariadb-dump", "mysqldump"))
+
+
+def test_missing_database(mysql_database: Target, store: Store, engines: Engines) -> None:
+    missing = mysql_database.model_copy(update={"name": f"{mysql_database.name}_missing"})
+
+    with pytest.raises(DatabaseMissing, match="does not exist"):
+        engines.for_target(missing).fingerprint(missing)
+    with pytest.raises(DatabaseMissing):
+        operations.take_backup(store, engines, missing, REASON)
+
+
+def bulky(target: Target) -> None:
+    """Enough data (20 MB as hex) that the dump tool is still writing when the first
+    chunk arrives: it then waits on the full pipe."""
+    run(target, "CREATE TABLE bulk (id INT PRIMARY KEY, data MEDIUMBLOB) ENGINE=InnoDB")
+    conn = mysql_connect(target.name)
+    try:
+        with conn.cursor() as cur:
+            for row in range(10):
+                cur.execute("INSERT INTO bulk VALUES (%s, %s)", (row, os.urandom(1 << 20)))
+    finally:
+        conn.close()
+
+
+def test_the_running_tool_never_sees_the_password_and_is_reaped_when_the_sink_fails(
+    mysql_database: Target, store: Store, engines: Engines, user: tuple[str, str]
+) -> None:
+    bulky(mysql_database)
+    target = as_user(mysql_database, user)
+    seen: dict[str, Any] = {}
+
+    def disk_full(written: int) -> None:
+        if written < 4096 or seen:
+            return
+        [pid] = dump_children()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        options = next(a for a in cmdline.split(b"\0") if a.startswith(b"--defaults-file="))
+        option_path = Path(options.split(b"=", 1)[1].decode())
+        seen.update(pid=pid, cmdline=cmdline, environ=environ, options=option_path)
+        seen["mode"] = stat.S_IMODE(option_path.stat().st_mode)
+        raise OSError(28, "No space left on device (simulated by the test)")
+
+    with pytest.raises(OSError, match="simulated"):
+        operations.take_backup(store, engines, target, REASON, progress=disk_full)
+
+    secret = user[1].encode()
+    assert secret not in seen["cmdline"] and secret not in seen["environ"]
+    assert seen["mode"] == 0o600
+    assert not seen["options"].exists()
+    assert gone(seen["pid"])
+    assert store.entries() == []
+
+
+def test_a_killed_dump_tool_fails_the_backup(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    bulky(mysql_database)
+    killed: list[int] = []
+
+    def kill_it(written: int) -> None:
+        if written > 4096 and not killed:
+            [pid] = dump_children()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with pytest.raises(BackupFailed, match="killed by SIGKILL"):
+        operations.take_backup(store, engines, mysql_database, REASON, progress=kill_it)
+
+    assert killed and gone(killed[0])
+    assert store.entries() == []
+
+
+def test_a_dump_tool_that_fails_reports_its_error(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    run(
+        mysql_database,
+        "CREATE TABLE t (id INT) ENGINE=InnoDB",
+        "CREATE VIEW broken AS SELECT id FROM t",
+        "DROP TABLE t",
+    )
+
+    with pytest.raises(BackupFailed, match=r"failed with exit status \d+:\n.*broken"):
+        operations.take_backup(store, engines, mysql_database, REASON)
+    assert store.entries() == []
+
+
+def test_a_dump_cut_short_with_status_0_is_refused(
+    mysql_database: Target, store: Store, tmp_path: Path
+) -> None:
+    """A real mariadb-dump behind a wrapper that passes on only its first 3000 bytes."""
+    bulky(mysql_database)
+    real = Path(shutil.which("mariadb-dump") or shutil.which("mysqldump") or "mariadb-dump")
+    wrapper = tmp_path / "tools" / real.name
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then exec {real} --version; fi\n'
+        f'{real} "$@" | head -c 3000\nexit 0\n'
+    )
+    wrapper.chmod(0o755)
+    engine = MysqlEngine(tool_dirs=[wrapper.parent])
+    try:
+        with pytest.raises(BackupFailed, match="ends early"):
+            operations.take_backup(store, OneEngine(engine), mysql_database, REASON)
+    finally:
+        engine.close()
+    assert store.entries() == []
+
+
+def cancel_when_dumping(cancel: threading.Event) -> None:
+    poll(lambda: bool(dump_children()))
+    cancel.set()
+
+
+def lock_and_run(
+    target: Target, settings: BackupSettings, cancel: threading.Event | None, store: Store
+) -> BaseException:
+    """Take a backup while another session holds a write lock the dump must wait for."""
+    run(target, "CREATE TABLE locked (id INT PRIMARY KEY) ENGINE=InnoDB")
+    holder = mysql_connect(target.name)
+    engine = MysqlEngine(settings)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLES locked WRITE")
+        with pytest.raises((BackupFailed, Cancelled)) as failed:
+            if cancel is not None:
+                threading.Thread(target=cancel_when_dumping, args=(cancel,), daemon=True).start()
+            operations.take_backup(store, OneEngine(engine), target, REASON, cancel=cancel)
+        return failed.value
+    finally:
+        engine.close()
+        holder.close()
+
+
+def test_a_dump_tool_that_runs_too_long_is_stopped(mysql_database: Target, store: Store) -> None:
+    failure = lock_and_run(mysql_database, BackupSettings(dump_timeout_seconds=1), None, store)
+
+    assert type(failure) is BackupFailed
+    assert "still running after 1 s" in failure.problem
+    assert dump_children() == []
+    assert store.entries() == []
+
+
+def test_cancelling_stops_a_waiting_dump_tool(mysql_database: Target, store: Store) -> None:
+    failure = lock_and_run(mysql_database, BackupSettings(), threading.Event(), store)
+
+    assert isinstance(failure, Cancelled)
+    assert dump_children() == []
+    assert store.entries() == []
+
+
+def test_the_tool_matching_the_server_is_preferred(tmp_path: Path) -> None:
+    versions = {
+        "mariadb-dump": "mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu",
+        "mysqldump": "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)",
+    }
+    for name, version in versions.items():
+        tool = tmp_path / name
+        tool.write_text(f"#!/bin/sh\necho '{version}'\n")
+        tool.chmod(0o755)
+    engine = MysqlEngine(tool_dirs=[tmp_path])
+    mariadb = ServerInfo("10.11.19-MariaDB", mariadb=True, log_bin=False, identity="a")
+    mysql = ServerInfo("8.0.36", mariadb=False, log_bin=True, identity="b")
+
+    assert (chosen := engine.find_tool(mariadb)) is not None and chosen.path.name == "mariadb-dump"
+    assert (chosen := engine.find_tool(mysql)) is not None and chosen.path.name == "mysqldump"
+    assert chosen.major == 8
+    (tmp_path / "mysqldump").unlink()
+    assert (chosen := engine.find_tool(mysql)) is not None and chosen.path.name == "mariadb-dump"
+    (tmp_path / "mariadb-dump").unlink()
+    assert engine.find_tool(mariadb) is None
+
+
+def test_restore_into_a_database_that_does_not_exist_creates_it(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    create_schema(mysql_database, with_event=False)
+    manifest: Manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    before = state(mysql_database)
+    conn = mysql_connect()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{mysql_database.name}`")
+    conn.close()
+
+    assert operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE) is None
+    assert state(mysql_database) == before
+
+
+# ---- the environment marker ------------------------------------------------------------
+
+
+def test_the_marker_lives_in_the_database_and_travels_with_its_backups(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine
+) -> None:
+    run(mysql_database, "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+    assert engine.marker(mysql_database) is None
+
+    engine.set_marker(mysql_database, "production")
+    assert engine.marker(mysql_database) == "production"
+    run(mysql_database, "DROP TABLE t")  # what migrate:fresh does to every table
+    assert engine.marker(mysql_database) == "production"
+    engine.set_marker(mysql_database, "development")
+    assert engine.marker(mysql_database) == "development"
+
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    copy = mysql_database.model_copy(update={"name": f"{mysql_database.name}_copy"})
+    try:
+        operations.restore_backup(store, engines, manifest, copy, PRE_RESTORE)
+        assert engine.marker(copy) == "development"
+    finally:
+        run(mysql_database, f"DROP DATABASE IF EXISTS `{copy.name}`")
+
+    engine.set_marker(mysql_database, None)
+    assert engine.marker(mysql_database) is None
+    missing = mysql_database.model_copy(update={"name": f"{mysql_database.name}_missing"})
+    with pytest.raises(DatabaseMissing):
+        engine.marker(missing)
+    with pytest.raises(DatabaseMissing):
+        engine.set_marker(missing, "production")
+
+
+def test_a_unix_socket_target_is_reached_through_the_socket(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    path = os.environ.get("DBGUARD_TEST_MYSQL_SOCKET", "/run/mysqld/mysqld.sock")
+    if not Path(path).is_socket():
+        pytest.skip(f"no MariaDB/MySQL socket at {path} (set DBGUARD_TEST_MYSQL_SOCKET)")
+    create_schema(mysql_database, with_aria=False, with_event=False)
+    # A closed port: only the socket can work, for PyMySQL and the tool alike.
+    local = mysql_database.model_copy(update={"socket": path, "port": free_port()})
+
+    manifest = operations.take_backup(store, engines, local, REASON)
+
+    assert manifest.tables == row_counts(mysql_database)
+    assert operations.verify_backup(store, engines, manifest, local).ok
+
+
+def test_restoring_needs_room_for_a_scratch_schema_and_says_so(
+    mysql_database: Target,
+    store: Store,
+    engines: Engines,
+    engine: MysqlEngine,
+    user: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    create_schema(mysql_database, with_aria=False, with_event=False)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    current = state(mysql_database)
+    owner = as_user(mysql_database, user)  # ALL on the database, nothing beside it
+
+    with (
+        pytest.raises(RestoreFailed, match="scratch schema") as failed,
+        store.open_data(manifest) as data,
+    ):
+        engine.restore(owner, data, FORMAT, tmp_path)
+
+    assert "_dbguard\\_%" in failed.value.fix
+    assert state(mysql_database) == current
+
+
+def test_no_tool_and_a_fallback_that_cannot_dump_says_both(
+    mysql_database: Target, store: Store, tmp_path: Path
+) -> None:
+    run(
+        mysql_database,
+        "CREATE TABLE t (id INT) ENGINE=InnoDB",
+        "CREATE VIEW broken AS SELECT id FROM t",
+        "DROP TABLE t",
+    )
+    engine = MysqlEngine(tool_dirs=[tmp_path])
+    try:
+        with pytest.raises(BackupFailed, match="no mariadb-dump or mysqldump") as failed:
+            operations.take_backup(store, OneEngine(engine), mysql_database, REASON)
+    finally:
+        engine.close()
+    assert "broken" in failed.value.problem
+    assert "apt install" in failed.value.fix
+    assert store.entries() == []

@@ -1,0 +1,161 @@
+"""Issue 3's "done means": a guarded destructive command on a PostgreSQL or MySQL
+project leaves a backup that `dbguardctl verify` accepts and `dbguardctl restore`
+brings back, rows identical. Real servers, real shims, stand-ins for the tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbguard.engines.base import Target
+from tests.helpers import Daemon, Home
+from tests.servers import mysql_connect, pg_connect
+
+# Drops every table of the database in DBGUARD_TEST_DSN when run as a destructive
+# command: what migrate:fresh, downgrade base and migrate reset do first.
+WIPER = """#!{python}
+import os, sys
+words = [w for w in sys.argv[1:] if not w.startswith("-") and w != "artisan"]
+if words[:1] in (["migrate:fresh"], ["downgrade"], ["migrate"]):
+    dsn = os.environ["DBGUARD_TEST_DSN"]
+    if dsn.startswith("postgres"):
+        import psycopg
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    else:
+        import pymysql
+        name = dsn.rsplit("/", 1)[1]
+        conn = pymysql.connect(host="127.0.0.1", user="root", database=name, autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+            cur.execute("SHOW TABLES")
+            for (table,) in cur.fetchall():
+                cur.execute(f"DROP TABLE `{{table}}`")
+        conn.close()
+    print("wiped")
+"""
+
+ROWS = [(1, "ada", "ünïcode ✓", b"\\x00\\x01\\xff"), (2, "grace", None, None)]
+
+
+def seed_pg(target: Target) -> Callable[[], list[tuple[Any, ...]]]:
+    with pg_connect(str(target.name)) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text, note text, raw bytea)")
+        conn.cursor().executemany("INSERT INTO users VALUES (%s, %s, %s, %s)", ROWS)
+
+    def rows() -> list[tuple[Any, ...]]:
+        with pg_connect(str(target.name)) as conn:
+            found = conn.execute("SELECT to_regclass('public.users') IS NOT NULL").fetchone()
+            if not found or not found[0]:
+                return []
+            return [
+                (r[0], r[1], r[2], bytes(r[3]) if r[3] is not None else None)
+                for r in conn.execute("SELECT * FROM users ORDER BY id").fetchall()
+            ]
+
+    return rows
+
+
+def seed_mysql(target: Target) -> Callable[[], list[tuple[Any, ...]]]:
+    conn = mysql_connect(target.name)
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text, note text, raw blob) ENGINE=InnoDB"
+        )
+        cur.executemany("INSERT INTO users VALUES (%s, %s, %s, %s)", ROWS)
+    conn.close()
+
+    def rows() -> list[tuple[Any, ...]]:
+        conn = mysql_connect(target.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW TABLES LIKE 'users'")
+                if not cur.fetchall():
+                    return []
+                cur.execute("SELECT * FROM users ORDER BY id")
+                return [tuple(r) for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    return rows
+
+
+def laravel(project: Path, target: Target) -> list[str]:
+    connection = "pgsql" if target.engine == "postgres" else "mysql"
+    (project / "artisan").write_text("<?php\n")
+    (project / ".env").write_text(
+        f"APP_ENV=local\nDB_CONNECTION={connection}\nDB_HOST={target.host}\n"
+        f"DB_PORT={target.port}\nDB_DATABASE={target.name}\nDB_USERNAME={target.user}\n"
+    )
+    return ["php", "artisan", "migrate:fresh"]
+
+
+def alembic(project: Path, target: Target) -> list[str]:
+    (project / "alembic.ini").write_text(
+        f"[alembic]\nsqlalchemy.url = {dsn(target).replace('postgresql', 'postgresql+psycopg')}\n"
+    )
+    return ["alembic", "downgrade", "base"]
+
+
+def prisma(project: Path, target: Target) -> list[str]:
+    (project / "prisma").mkdir()
+    provider = "postgresql" if target.engine == "postgres" else "mysql"
+    (project / "prisma" / "schema.prisma").write_text(
+        f'datasource db {{\n  provider = "{provider}"\n  url = env("DATABASE_URL")\n}}\n'
+    )
+    (project / ".env").write_text(f"DATABASE_URL={dsn(target)}\n")
+    return ["prisma", "migrate", "reset", "--force"]
+
+
+def dsn(target: Target) -> str:
+    scheme = "postgresql" if target.engine == "postgres" else "mysql"
+    return f"{scheme}://{target.user}@{target.host}:{target.port}/{target.name}"
+
+
+@pytest.mark.parametrize(
+    ("server", "layout"),
+    [
+        ("postgres", laravel),
+        ("postgres", alembic),
+        ("postgres", prisma),
+        ("mysql", laravel),
+        ("mysql", prisma),
+    ],
+    ids=["pg-artisan", "pg-alembic", "pg-prisma", "mysql-artisan", "mysql-prisma"],
+)
+def test_destructive_command_is_backed_up_verified_and_restored(
+    request: pytest.FixtureRequest,
+    home: Home,
+    daemon: Daemon,
+    server: str,
+    layout: Callable[[Path, Target], list[str]],
+) -> None:
+    target: Target = request.getfixturevalue(
+        "pg_database" if server == "postgres" else "mysql_database"
+    )
+    rows = seed_pg(target) if server == "postgres" else seed_mysql(target)
+    before = rows()
+    project = home.root / "app"
+    project.mkdir()
+    command = layout(project, target)
+    tool = home.bin / command[0]
+    tool.write_text(WIPER.format(python=sys.executable))
+    tool.chmod(0o755)
+    home.install_shims(command[0])
+
+    result = home.run(command, cwd=project, env={"DBGUARD_TEST_DSN": dsn(target)})
+    assert result.returncode == 0, result.stderr
+    assert rows() == []  # the command really wiped it
+
+    [backup] = json.loads(home.ctl("list-backups", "--json").stdout)
+    assert backup["database"]["engine"] == server
+    verified = home.ctl("verify", backup["id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    restored = home.ctl("restore", backup["id"], "--yes", cwd=project)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert rows() == before

@@ -1,0 +1,259 @@
+"""The MySQL engine's pure parts: counting rows in dump output, splitting a dump into
+statements, telling what a statement does, quoting. No server needed."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbguard.engines.mysql.sqltext import (
+    DumpReader,
+    DumpScanner,
+    DumpSyntaxError,
+    classify,
+    count_tuples,
+    meta_line,
+    option_value,
+    quote_string,
+    statement_head,
+    without_database_name,
+)
+
+# What mariadb-dump 10.11 writes (shortened): one row per line.
+MARIADB_DUMP = (
+    b"/*M!999999\\- enable the sandbox mode */ \n"
+    + b"""\
+-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)
+--
+/*!40101 SET NAMES utf8mb4 */;
+/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;
+
+--
+-- Table structure for table `a``b`
+--
+
+DROP TABLE IF EXISTS `a``b`;
+CREATE TABLE `a``b` (
+  `id` int(11) NOT NULL COMMENT 'a;b',
+  PRIMARY KEY (`id`)
+) ENGINE=InnoDB;
+
+--
+-- Dumping data for table `a``b`
+--
+
+LOCK TABLES `a``b` WRITE;
+/*!40000 ALTER TABLE `a``b` DISABLE KEYS */;
+INSERT INTO `a``b` VALUES
+(1,'x;'),
+(2,'it\\'s ),( here;'),
+(3,NULL);
+INSERT INTO `a``b` VALUES
+(4,'\\n(not a row)');
+/*!40000 ALTER TABLE `a``b` ENABLE KEYS */;
+UNLOCK TABLES;
+/*!50003 SET sql_mode              = '' */ ;
+DELIMITER ;;
+/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 trigger t after insert on `a``b`
+for each row begin
+  insert into log values ('(1);;'); -- a comment ;;
+  insert into log values (2);
+end */;;
+DELIMITER ;
+
+--
+-- Dumping data for table `empty`
+--
+
+LOCK TABLES `empty` WRITE;
+UNLOCK TABLES;
+
+--
+-- Dumping routines for database 'db'
+--
+/*!50003 ALTER DATABASE `db` CHARACTER SET latin1 COLLATE latin1_swedish_ci */ ;
+DELIMITER ;;
+CREATE DEFINER=`root`@`%` PROCEDURE `p`()
+begin select ';;'; /* ;; */ end ;;
+DELIMITER ;
+
+--
+-- Final view structure for view `v`
+--
+
+/*!50001 DROP VIEW IF EXISTS `v`*/;
+/*!50001 CREATE ALGORITHM=UNDEFINED */
+/*!50013 DEFINER=`root`@`localhost` SQL SECURITY DEFINER */
+/*!50001 VIEW `v` AS select 1 AS `one` */;
+
+-- Dump completed on 2024-01-01 10:00:00
+"""
+)
+
+# What MySQL's mysqldump writes: a whole INSERT on one line.
+MYSQL_DUMP = b"""\
+-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)
+
+--
+-- Dumping data for table `t`
+--
+
+LOCK TABLES `t` WRITE;
+INSERT INTO `t` VALUES (1,'a),(b'),(2,'it\\'s'),(3,0x28292C28);
+INSERT INTO `t` VALUES (4,NULL);
+UNLOCK TABLES;
+
+--
+-- Dumping data for table `u`
+--
+
+LOCK TABLES `u` WRITE;
+INSERT INTO `u` (`a`, `b`) VALUES (1,2),(3,4);
+UNLOCK TABLES;
+-- Dump completed on 2024-01-01 10:00:00
+"""
+
+
+def scan(data: bytes, sizes: list[int]) -> DumpScanner:
+    scanner = DumpScanner()
+    pos = 0
+    for size in sizes:
+        scanner.feed(data[pos : pos + size])
+        pos += size
+    scanner.feed(data[pos:])
+    return scanner
+
+
+@pytest.mark.parametrize(
+    ("dump", "expected"),
+    [(MARIADB_DUMP, {"a`b": 4, "empty": 0}), (MYSQL_DUMP, {"t": 4, "u": 2})],
+)
+def test_scanner_counts_rows_per_table(dump: bytes, expected: dict[str, int]) -> None:
+    scanner = scan(dump, [])
+    assert scanner.rows == expected
+    assert scanner.complete
+
+
+@given(st.lists(st.integers(min_value=1, max_value=64), max_size=80))
+def test_scanner_counts_the_same_however_the_stream_is_cut(sizes: list[int]) -> None:
+    for dump, expected in ((MARIADB_DUMP, {"a`b": 4, "empty": 0}), (MYSQL_DUMP, {"t": 4, "u": 2})):
+        scanner = scan(dump, sizes)
+        assert scanner.rows == expected
+        assert scanner.complete
+
+
+def test_scanner_notices_a_missing_trailer() -> None:
+    assert not scan(MARIADB_DUMP[:-45], []).complete
+    assert not scan(MARIADB_DUMP + b"INSERT INTO `x` VALUES (1);\n", []).complete
+
+
+def test_count_tuples_ignores_separators_inside_strings() -> None:
+    assert count_tuples(b"INSERT INTO `t` VALUES (1,'a),(b'),(2,'\\'),('),(3,NULL);\n") == 3
+    assert count_tuples(b"INSERT INTO `x VALUES ``y` VALUES (1),(2);\n") == 2
+
+
+def statements(dump: bytes, chunk_size: int = 1 << 20) -> tuple[list[bytes], DumpReader]:
+    reader = DumpReader(io.BytesIO(dump), chunk_size=chunk_size)
+    return list(reader), reader
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1 << 20])
+def test_reader_splits_a_dump_into_statements(chunk_size: int) -> None:
+    found, reader = statements(MARIADB_DUMP, chunk_size)
+
+    heads = [statement_head(s, 40) for s in found]
+    assert heads[0] == "SET NAMES utf8mb4"  # the sandbox line and comments are skipped
+    assert found[3].startswith(b"CREATE TABLE `a``b`") and found[3].endswith(b"ENGINE=InnoDB")
+    inserts = [s for s in found if s.startswith(b"INSERT")]
+    assert inserts[0] == b"INSERT INTO `a``b` VALUES\n(1,'x;'),\n(2,'it\\'s ),( here;'),\n(3,NULL)"
+    assert inserts[1].endswith(b"(4,'\\n(not a row)')")
+    trigger = next(s for s in found if b"trigger t" in s)
+    assert trigger.endswith(b"end */")  # ;; inside strings and comments ends nothing
+    procedure = next(s for s in found if b"PROCEDURE `p`" in s)
+    assert procedure.endswith(b"end ")
+    assert found[-1].endswith(b"VIEW `v` AS select 1 AS `one` */")
+    assert reader.complete
+
+
+def test_reader_reads_the_metadata_line() -> None:
+    found, reader = statements(meta_line({"charset": "latin1"}) + MARIADB_DUMP)
+    assert reader.meta == {"charset": "latin1"}
+    assert found == statements(MARIADB_DUMP)[0]
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        MARIADB_DUMP[: MARIADB_DUMP.index(b"(3,NULL)")],  # inside an INSERT
+        MARIADB_DUMP[: MARIADB_DUMP.index(b"PRIMARY KEY")],  # inside CREATE TABLE
+        MARIADB_DUMP[: MARIADB_DUMP.index(b"here;")],  # inside a string
+    ],
+)
+def test_reader_refuses_a_dump_cut_inside_a_statement(cut: bytes) -> None:
+    with pytest.raises(DumpSyntaxError):
+        statements(cut)
+
+
+def test_reader_reports_a_dump_cut_between_statements_as_incomplete() -> None:
+    _, reader = statements(MARIADB_DUMP[: MARIADB_DUMP.index(b"-- Dump completed")])
+    assert not reader.complete
+
+
+def test_reader_follows_no_backslash_escapes() -> None:
+    dump = b"SELECT 'a\\';\nSELECT 2;\n-- Dump completed\n"
+    reader = DumpReader(io.BytesIO(dump))
+    reader.backslash_escapes = False
+    assert list(reader) == [b"SELECT 'a\\'", b"SELECT 2"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind"),
+    [
+        (b"/*!40101 SET NAMES utf8mb4 */", "set"),
+        (b"SET @saved_cs_client = @@character_set_client", "set"),
+        (b"CREATE TABLE `trigger` (id int)", "data"),
+        (b"INSERT INTO `view` VALUES\n(1)", "data"),
+        (b"DROP TABLE IF EXISTS `v`", "data"),
+        (b"/*!50003 CREATE*/ /*!50017 DEFINER=`a b`@`%`*/ /*!50003 trigger t after", "object"),
+        (
+            b"/*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER=`r`@`l` SQL SECURITY"
+            b" DEFINER */\n/*!50001 VIEW `v` AS select 1 */",
+            "object",
+        ),
+        (b"/*!50001 DROP VIEW IF EXISTS `v`*/", "object"),
+        (b"CREATE DEFINER=`root`@`%` PROCEDURE `p`()\nbegin end", "object"),
+        (b"CREATE DEFINER=CURRENT_USER FUNCTION f() RETURNS int RETURN 1", "object"),
+        (b"/*!50106 CREATE*/ /*!50117 DEFINER=`r`@`l`*/ /*!50106 EVENT `e` ON", "event"),
+        (b"/*!50106 DROP EVENT IF EXISTS `e` */", "event"),
+        (b"/*!50003 ALTER DATABASE `db` CHARACTER SET latin1 */", "alter-database"),
+        (b"USE `production`", "forbidden"),
+        (b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `db`", "forbidden"),
+        (b"DROP SCHEMA db", "forbidden"),
+        (b"SET @@GLOBAL.GTID_PURGED='x'", "forbidden"),
+        (b"SET GLOBAL event_scheduler = ON", "forbidden"),
+    ],
+)
+def test_classify(statement: bytes, kind: str) -> None:
+    assert classify(statement) == kind
+
+
+def test_alter_database_loses_its_name() -> None:
+    assert (
+        without_database_name(b"/*!50003 ALTER DATABASE `my``db` CHARACTER SET utf8 */")
+        == b"/*!50003 ALTER DATABASE CHARACTER SET utf8 */"
+    )
+    unnamed = b"ALTER DATABASE CHARACTER SET utf8"
+    assert without_database_name(unnamed) == unnamed
+
+
+def test_string_literals_never_hold_a_raw_newline() -> None:
+    quoted = quote_string("a'b\"c\\d\ne\rf\0g\x1ah")
+    assert quoted == "'a\\'b\\\"c\\\\d\\ne\\rf\\0g\\Zh'"
+    assert "\n" not in quoted and "\r" not in quoted
+
+
+def test_option_values_are_quoted_and_escaped() -> None:
+    assert option_value('p"a#ss\\w\nord') == '"p\\"a#ss\\\\w\\nord"'
