@@ -12,11 +12,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from dbguard.discovery.project import DiscoveryCache, find_root
+from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
 from dbguard.errors import Damaged, DatabaseMissing, DbguardError
-from dbguard.rules import Kind, Operation
 from dbguard.store import Manifest, Reason, Store, Verification
 
 
@@ -72,17 +71,13 @@ def with_credentials(manifest: Manifest, env: Mapping[str, str]) -> Target:
         return target
     folder = Path(manifest.reason.cwd) if manifest.reason.cwd else None
     if folder is not None and folder.is_dir():
-        cache = DiscoveryCache()
-        for kind in (Kind.MIGRATE, Kind.TEST):
-            try:
-                found = cache.discover(
-                    find_root(folder), env, Operation(tool="dbguardctl restore", kind=kind)
-                )
-            except DbguardError:
-                continue
-            for candidate in found.targets:
-                if candidate.key == target.key and candidate.password is not None:
-                    return target.model_copy(update={"password": candidate.password})
+        try:
+            found = DiscoveryCache().project_databases(folder, env, "dbguardctl restore")
+        except DbguardError:
+            found = None  # the project changed since; fall back to the environment
+        for candidate in found.targets if found else []:
+            if candidate.key == target.key and candidate.password is not None:
+                return target.model_copy(update={"password": candidate.password})
     variable = "PGPASSWORD" if target.engine == "postgres" else "MYSQL_PWD"
     if env.get(variable):
         return target.model_copy(update={"password": SecretStr(env[variable])})

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import get_args
 
 from dbguard.ctl.context import Context
-from dbguard.discovery import Found
-from dbguard.discovery.project import DiscoveryCache, find_root
+from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker
-from dbguard.rules import Kind, Operation
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,13 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    cwd = Path(os.getcwd())
-    found = Found()
-    cache = DiscoveryCache()
-    for kind in (Kind.MIGRATE, Kind.TEST):
-        found.extend(
-            cache.discover(find_root(cwd), ctx.env, Operation("dbguardctl mark", kind), cwd=cwd)
-        )
+    found = DiscoveryCache().project_databases(Path(os.getcwd()), ctx.env, "dbguardctl mark")
     targets = [t for t in found.targets if not args.database or args.database in t.label]
     if len(targets) != 1:
         listing = "\n".join(f"  {t.label}  ({t.source})" for t in found.targets) or "  none"

@@ -47,7 +47,7 @@ from dbguard.protocol import (
     Report,
     Status,
 )
-from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
+from dbguard.rules import Classifier, Operation, builtin_catalog
 from dbguard.store import Reason, Store
 
 Emit = Callable[[Progress], Awaitable[None]]
@@ -322,17 +322,13 @@ class Guard:
         """dbguardctl backup: every database of the project at cwd, now."""
         started = time.monotonic()
         record: dict[str, Any] = {"argv": ["dbguardctl", "backup"], "cwd": request.cwd}
-        found = Found()
         try:
-            root = project_root(request.cwd)
-            # The project's databases: the one it runs against and the one its tests use.
-            for kind in (Kind.MIGRATE, Kind.TEST):
-                operation = Operation(tool="dbguardctl backup", kind=kind)
-                found.extend(
-                    await asyncio.to_thread(
-                        self.discovery.discover, root, request.env, operation, cwd=Path(request.cwd)
-                    )
-                )
+            found = await asyncio.to_thread(
+                self.discovery.project_databases,
+                Path(request.cwd),
+                request.env,
+                "dbguardctl backup",
+            )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbguard.discovery import Found, discover
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.rules import Operation
+from dbguard.rules import Kind, Operation
 
 # A folder holding any of these is a project root.
 ROOT_MARKERS = (
@@ -140,6 +140,16 @@ class DiscoveryCache:
     def __init__(self, limit: int = 256) -> None:
         self._entries: dict[tuple[object, ...], _Cached] = {}
         self._limit = limit
+
+    def project_databases(self, cwd: Path, env: Mapping[str, str], tool: str) -> Found:
+        """Every database of the project at `cwd`: the one it runs against and the one
+        its tests use (for dbguardctl backup, mark, and finding a restore's password).
+        Raises DiscoveryError."""
+        found = Found()
+        root = project_root(str(cwd))
+        for kind in (Kind.MIGRATE, Kind.TEST):
+            found.extend(self.discover(root, env, Operation(tool=tool, kind=kind), cwd=cwd))
+        return found
 
     def discover(
         self,
