@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,15 @@ DEFAULT_SHIM_COMMANDS = (
     "yarn", "bunx", "composer", "alembic", "django-admin", "rails", "rake", "bundle", "rspec",
     "knex", "sequelize", "typeorm", "flyway", "liquibase", "supabase",
 )  # fmt: skip
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
+def plain_command_name(name: str) -> bool:
+    """A command name safe as a file name and as a word of the sh shim: no path, no
+    option, no shell syntax (`$(...)`, backquotes, `;`, spaces, newlines)."""
+    return _PLAIN_NAME.fullmatch(name) is not None
 
 
 class _Section(BaseModel):
@@ -81,7 +91,7 @@ class ShimSettings(_Section):
     @classmethod
     def _plain_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if not name or "/" in name or name.startswith((".", "-")) or not name.isprintable():
+            if not plain_command_name(name):
                 raise ValueError(f"{name!r} is not a plain command name")
         return value
 

@@ -15,11 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from dbguard.discovery.urls import redact_url
+
+log = structlog.get_logger("dbguard.oplog")
 
 MAX_LOG_BYTES = 20 << 20  # rotated to operations.jsonl.1 beyond this
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@]*:[^\s/@]*@\S*")
+# A bounded scheme and a user part without ':' keep this linear on any word; the
+# unbounded form backtracked quadratically on one long argument (60 kB: 9 s).
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,63}://[^\s/@:]*:[^\s/@]*@\S*")
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|api_?key|credential", re.IGNORECASE)
 
 
@@ -56,6 +62,13 @@ class OperationLog:
         if "argv" in record:
             record["argv"] = redact_argv(record["argv"])
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        try:
+            self._write(line)
+        except OSError as err:
+            # Never lose the record, never fail the caller: it goes to dbguardd's own log.
+            log.error("operation log not written", path=str(self.path), error=str(err), record=line)
+
+    def _write(self, line: str) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._rotate_if_large()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)

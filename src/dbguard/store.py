@@ -128,7 +128,11 @@ def check_id(value: str) -> str:
 
 
 def _mkdir_private(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Every folder made on the way is private too: mkdir(parents=True) would give the
+    # intermediate ones the process umask (0777 under umask 000).
+    for folder in reversed([path, *path.parents]):
+        if not folder.exists():
+            folder.mkdir(mode=0o700, exist_ok=True)
     info = path.lstat()
     if not path.is_dir() or path.is_symlink():
         raise BackupFailed(f"{path} is not a folder", "remove it or choose another backup_dir")
@@ -268,9 +272,13 @@ class PendingBackup:
         if self._data is None or self._data.raw_size == 0:
             raise BackupFailed(f"the dump of {self.target.label} was empty; nothing was kept")
         shutil.rmtree(self.scratch, ignore_errors=True)
+        try:
+            seq = self.store.next_seq()
+        except OSError as err:  # the folder vanished, is full or read-only, a planted link
+            raise _disk_error(err, self.store.root / ".seq") from err
         manifest = Manifest(
             id=self.id,
-            seq=self.store.next_seq(),
+            seq=seq,
             created_at=datetime.now(UTC),
             duration_ms=int((time.monotonic() - self._started) * 1000),
             database=self.target.public(),
@@ -323,6 +331,7 @@ class Store:
         self.compression_level = compression_level
         self.compression_threads = compression_threads
         self._newest: dict[str, tuple[_Stamp, Manifest | None, _Stamp]] = {}
+        self._intact: dict[str, tuple[_Stamp, bool]] = {}
 
     def compressor(self) -> zstandard.ZstdCompressor:
         return zstandard.ZstdCompressor(
@@ -540,6 +549,18 @@ class Store:
         if digest.hexdigest() != manifest.data.sha256:
             return [f"{manifest.data.file}: checksum mismatch (the file changed after backup)"]
         return []
+
+    def intact(self, manifest: Manifest) -> bool:
+        """Whether the backup's data file is still the one committed. The checksum is
+        recomputed once per version of the file (its inode, size and mtime); after
+        that, a call costs one stat()."""
+        stamp = _stamp(self.folder(manifest) / manifest.data.file)
+        if stamp is None:
+            return False
+        known = self._intact.get(manifest.id)
+        if known is None or known[0] != stamp:
+            known = self._intact[manifest.id] = (stamp, not self.check_data(manifest))
+        return known[1]
 
     @contextlib.contextmanager
     def open_data(self, manifest: Manifest) -> Iterator[BinaryIO]:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from dbguard import paths, shims
+from dbguard.config import plain_command_name
 from dbguard.ctl.context import Context, table
 
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.action == "install":
         names = args.commands or list(ctx.config.shims.commands)
         for name in names:
-            if "/" in name or name.startswith((".", "-")) or not name:
+            if not plain_command_name(name):
                 ctx.print(f"dbguardctl: {name!r} is not a plain command name")
                 return 2
         written = shims.install(folder, names, ctx.config.socket)

@@ -95,7 +95,12 @@ class Backups:
             except DatabaseMissing as missing:
                 return Outcome(target, None, note=f"{missing.problem}: nothing to back up")
             newest = await asyncio.to_thread(self.store.newest, target)
-            if newest is not None and fingerprint is not None and newest.fingerprint == fingerprint:
+            if (
+                newest is not None
+                and fingerprint is not None
+                and newest.fingerprint == fingerprint
+                and await asyncio.to_thread(self.store.intact, newest)
+            ):
                 since = f"{newest.created_at:%Y-%m-%d %H:%M:%S}"
                 note = f"reused backup {newest.id}, unchanged since {since}"
                 return Outcome(target, newest, reused=True, note=note)

@@ -29,7 +29,7 @@ from dbguard.discovery.project_config import classify_with_project, load_project
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import BackupFailed, DbguardError
-from dbguard.oplog import OperationLog
+from dbguard.oplog import OperationLog, redact_argv
 from dbguard.policy import Gate, agent_markers, gate
 from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
 from dbguard.protocol import (
@@ -174,7 +174,7 @@ class Guard:
             record["approved"] = True
         reason = Reason(
             kind="command",
-            argv=record["argv"],
+            argv=redact_argv(record["argv"]),
             cwd=request.cwd,
             operation_kind=str(operation.kind),
             production=bool(production),

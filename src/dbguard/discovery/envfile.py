@@ -7,7 +7,7 @@ import io
 import re
 from collections.abc import Mapping
 
-from dotenv.parser import parse_stream
+from dotenv.parser import Binding, parse_stream
 from dotenv.variables import parse_variables
 
 from dbguard.errors import DbguardError
@@ -17,6 +17,12 @@ _SINGLE_QUOTED = re.compile(r"^\s*(?:export\s+)?[^=]+=\s*'")
 
 class DiscoveryError(DbguardError):
     """The databases a command would touch cannot be determined; the command is denied."""
+
+
+def _line(binding: Binding) -> int:
+    """The line of the binding itself: dotenv counts from the blank lines before it."""
+    text = binding.original.string
+    return binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
 
 
 def parse_env_file(text: str, name: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -35,7 +41,7 @@ def parse_env_entries(text: str, name: str, env: Mapping[str, str]) -> dict[str,
         if binding.error:
             line = binding.original.string.rstrip("\n")
             raise DiscoveryError(
-                f"{name}, line {binding.original.line}: cannot parse {line[:80]!r}",
+                f"{name}, line {_line(binding)}: cannot parse {line[:80]!r}",
                 "fix the line (KEY=value), so dbguard can tell which database it names",
             )
         if binding.key is None:
@@ -44,5 +50,5 @@ def parse_env_entries(text: str, name: str, env: Mapping[str, str]) -> dict[str,
         if not _SINGLE_QUOTED.match(binding.original.string):
             scope = {**{k: v for k, (v, _) in values.items()}, **env}
             value = "".join(atom.resolve(scope) for atom in parse_variables(value))
-        values[binding.key] = (value, binding.original.line)
+        values[binding.key] = (value, _line(binding))
     return values

@@ -35,15 +35,22 @@ Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
 def find_root(cwd: Path) -> Path:
     """The nearest folder at or above `cwd` with a project marker; `cwd` if none."""
     for folder in (cwd, *cwd.parents):
-        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+        if any(_exists(folder / marker) for marker in ROOT_MARKERS):
             return folder
     return cwd
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, an embedded NUL
+        return False
 
 
 def _stamp(path: Path) -> Stamp:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -177,4 +184,6 @@ def project_root(cwd: str) -> Path:
     path = Path(cwd)
     if not path.is_absolute():
         raise DiscoveryError(f"the working folder {cwd!r} is not an absolute path")
+    if "\0" in cwd or len(os.fsencode(cwd)) >= 4096:
+        raise DiscoveryError(f"the working folder {cwd[:200]!r} is not a usable path")
     return find_root(Path(os.path.normpath(path)))

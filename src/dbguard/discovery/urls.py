@@ -15,6 +15,7 @@ A socket may also stand percent-encoded in the host part (`postgres://%2Fvar%2Fr
 from __future__ import annotations
 
 import os.path
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -50,12 +51,15 @@ _SOCKET_PARAMS = ("host", "unix_socket", "socket")
 _KEPT_PARAMS = ("sslmode", "ssl-mode", "sslrootcert", "sslcert", "sslkey", "sslaccept", "charset")
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^/@:\s]*:)[^/@\s]*@")
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***."""
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
+    except ValueError:  # unparseable (e.g. a broken [IPv6] host): redact by shape
+        return _USERINFO_PASSWORD.sub(r"\1***@", url)
     if parts.password is None:
         return url
     user = parts.username or ""

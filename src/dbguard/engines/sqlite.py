@@ -69,7 +69,7 @@ def _stat_signature(path: Path) -> str:
     for candidate in (path, Path(f"{path}-wal")):
         try:
             st = candidate.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             parts.append("-")
             continue
         # Not ctime: SQLite running as root fchown()s the -wal on every open, which
@@ -116,8 +116,10 @@ class SqliteEngine:
         """The kept-open connection for `path`, reopened if the file was replaced."""
         try:
             inode = path.stat().st_ino
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise _missing(path) from None
+        except OSError as err:
+            raise BackupFailed(f"cannot read the SQLite database {path}: {err.strerror}") from None
         key = str(path)
         with self._kept_lock:
             kept = self._kept.get(key)

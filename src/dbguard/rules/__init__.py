@@ -243,7 +243,6 @@ ScriptLookup = Callable[[str, str], str | None]
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
 _MAX_COMMAND_WORDS = 4
-_VERSION_SUFFIX = re.compile(r"-?[\d.]+$")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _SEPARATORS = frozenset(";&|()")
 _REDIRECTS = frozenset("<>")
@@ -253,7 +252,10 @@ _SHELL_SYNTAX = frozenset("'\"\\;&|()<>#")
 def program_name(word: str) -> str:
     """`/usr/bin/php8.2` -> `php`, `python3.11` -> `python`, `./artisan` -> `artisan`."""
     name = word.rstrip("/").rpartition("/")[2]  # PurePosixPath(word).name, 10x faster
-    stripped = _VERSION_SUFFIX.sub("", name)
+    # Not a regex: `-?[\d.]+$` searched from every position is quadratic on a long word.
+    stripped = name.rstrip("0123456789.")
+    if stripped != name and stripped.endswith("-"):
+        stripped = stripped[:-1]
     return stripped or name
 
 

@@ -1,0 +1,274 @@
+"""The backup folder fails under a running daemon: full, read-only, or deleted.
+
+The folder is a real small tmpfs (mounted for the test, so the kernel itself says
+ENOSPC and EROFS). Each case: the command exits 75 without running and says why,
+nothing is listed, .tmp is empty, and once the fault is gone the same command is served.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dbguard.engines.base import Target
+from tests.faults.support import (
+    FaultDaemon,
+    FaultTool,
+    committed_manifests,
+    fill_pg,
+    injected,
+    install_php,
+    leftovers,
+    listing,
+    oplog,
+    pg_rows,
+    ran,
+    remount,
+    server_project,
+    sqlite_rows,
+    stderr_text,
+    tmpfs,
+    write_config,
+)
+from tests.helpers import Home, laravel_sqlite_project
+
+
+@dataclass
+class Setup:
+    home: Home
+    daemon: FaultDaemon
+    store: Path
+    project: Path
+
+    @property
+    def database(self) -> Path:
+        return self.project / "database" / "app.sqlite"
+
+    def command(self) -> subprocess.CompletedProcess[bytes]:
+        return self.home.run(["php", "artisan", "migrate:fresh"], cwd=self.project)
+
+    def assert_refused(self, result: subprocess.CompletedProcess[bytes], *words: str) -> None:
+        message = stderr_text(result)
+        assert result.returncode == 75, message
+        for word in words:
+            assert word in message, message
+        assert ran(self.project) == []
+        assert sqlite_rows(self.database) == 3
+        assert listing(self.home) == []
+        assert leftovers(self.home, self.store) == []
+        assert [r["decision"] for r in oplog(self.home)] == ["fail"]
+        self.daemon.assert_no_crash()
+
+    def assert_served(self) -> None:
+        assert sqlite_rows(self.database) == 3
+        result = self.command()
+        assert result.returncode == 0, stderr_text(result)
+        [backup] = listing(self.home)
+        assert backup["tables"]["users"] == 3
+        assert sqlite_rows(self.database) is None  # migrate:fresh ran
+        assert leftovers(self.home, self.store) == []
+
+
+def incompressible_wal_database(path: Path, mib: int) -> None:
+    """A WAL database: its backup is first copied whole into the store's scratch folder,
+    so it needs about twice its size in the backup folder while being taken."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("create table blobs (id integer primary key, data blob)")
+    conn.execute(
+        "insert into blobs (data) select randomblob(1048576) from "
+        "(with recursive g(i) as (select 1 union all select i + 1 from g where i < ?) "
+        "select i from g)",
+        (mib,),
+    )
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+@pytest.fixture
+def on_tmpfs(home: Home, tmp_path: Path) -> Iterator[Setup]:
+    with tmpfs(tmp_path / "store", "8m") as store:
+        install_php(home)
+        project = laravel_sqlite_project(home.root / "app")
+        # Single-threaded zstd streams out as it goes: the scratch copy of a WAL database
+        # and the compressed data are then on the disk at the same time.
+        write_config(
+            home,
+            f'backup_dir = "{store}"\n[backup]\ncompression_threads = 0\n'
+            "[space]\nunknown_size_estimate = 1000000\n",
+        )
+        daemon = FaultDaemon(home).start()
+        try:
+            yield Setup(home, daemon, store, project)
+        finally:
+            daemon.stop()
+
+
+def test_disk_full_while_writing(on_tmpfs: Setup) -> None:
+    """The space check passes (it expects the compressed size), then the scratch copy of
+    a WAL database and the compressed data together fill the 8 MiB filesystem."""
+    setup = on_tmpfs
+    incompressible_wal_database(setup.database, 5)
+    result = setup.command()
+    injected("backup folder full mid-write (8 MiB tmpfs)")
+
+    setup.assert_refused(result, "no space left in", str(setup.store), "free some space")
+    remount(setup.store, "size=64m")
+    setup.assert_served()
+
+
+def test_disk_filled_by_another_writer_mid_backup(on_tmpfs: Setup, pg_database: Target) -> None:
+    setup, home = on_tmpfs, on_tmpfs.home
+    fill_pg(pg_database, 20_000)
+    tool = FaultTool.install(home.bin, "pg_dump")
+    project = server_project(home.root / "pg", pg_database)
+    gate = tool.gate(home.root / "gate")
+    command = subprocess.Popen(
+        ["php", "artisan", "migrate:fresh"],
+        cwd=project,
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    gate.wait_ready()
+    fill_up(setup.store / "filler")
+    injected("backup folder filled by another writer mid-backup")
+    gate.open()
+    _, err = command.communicate(timeout=60)
+
+    message = err.decode()
+    assert command.returncode == 75, message
+    assert "no space left in" in message
+    assert ran(project) == []
+    assert pg_rows(pg_database) == 20_000
+    assert listing(home) == []
+    assert leftovers(home, setup.store) == []
+    (setup.store / "filler").unlink()
+    tool.set("real")
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert result.returncode == 0, stderr_text(result)
+    assert len(listing(home)) == 1
+    setup.daemon.assert_no_crash()
+
+
+def fill_up(path: Path) -> None:
+    """Write until the kernel says the filesystem is full."""
+    with path.open("wb") as file:
+        while True:
+            try:
+                file.write(b"\0" * (1 << 16))
+                file.flush()
+            except OSError:
+                return
+
+
+def test_disk_already_full(on_tmpfs: Setup) -> None:
+    setup = on_tmpfs
+    filler = setup.store / "filler"
+    fill_up(filler)
+    injected("backup folder full before the backup (8 MiB tmpfs)")
+    result = setup.command()
+
+    setup.assert_refused(result, str(setup.store))
+    assert "not enough space" in stderr_text(result) or "no space left" in stderr_text(result)
+    filler.unlink()
+    setup.assert_served()
+
+
+def test_read_only_backup_folder(on_tmpfs: Setup) -> None:
+    setup = on_tmpfs
+    remount(setup.store, "ro")
+    injected("backup folder read-only (tmpfs remounted ro)")
+    try:
+        result = setup.command()
+    finally:
+        remount(setup.store, "rw")
+
+    setup.assert_refused(result, "Read-only file system", "writable")
+    setup.assert_served()
+
+
+def test_backup_folder_deleted_while_the_daemon_runs(home: Home) -> None:
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = FaultDaemon(home).start()
+    try:
+        first = home.run(["php", "artisan", "test"], cwd=project)
+        assert first.returncode == 0, stderr_text(first)
+        [kept] = listing(home)
+        shutil.rmtree(home.backups)
+        injected("backup folder deleted while the daemon runs")
+
+        # The database has not changed, but its backup is gone: a new one is taken.
+        again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert again.returncode == 0, stderr_text(again)
+        [backup] = listing(home)
+        assert backup["id"] != kept["id"]
+        assert backup["tables"] == {"users": 3}
+        assert home.backups.stat().st_mode & 0o777 == 0o700
+        assert [r["backups"][0]["reused"] for r in oplog(home)] == [False, False]
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()
+
+
+def delete_store_mid_backup(home: Home, target: Target) -> tuple[int, str, str]:
+    """Hold pg_dump mid-dump, delete the whole backup folder, let the dump finish.
+    Returns the command's exit status and stderr, and the daemon's log."""
+    fill_pg(target, 20_000)
+    tool = FaultTool.install(home.bin, "pg_dump")
+    install_php(home)
+    project = server_project(home.root / "app", target)
+    daemon = FaultDaemon(home).start()
+    try:
+        gate = tool.gate(home.root / "gate")
+        command = subprocess.Popen(
+            ["php", "artisan", "migrate:fresh"],
+            cwd=project,
+            env=home.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        gate.wait_ready()
+        shutil.rmtree(home.backups)
+        injected("backup folder deleted mid-backup")
+        gate.open()
+        _, err = command.communicate(timeout=60)
+
+        # What must hold whatever the message: nothing ran, nothing is listed or left.
+        assert command.returncode != 0
+        assert ran(project) == []
+        assert pg_rows(target) == 20_000
+        assert committed_manifests(home.backups) == []
+        assert listing(home) == []
+        assert leftovers(home) == []
+
+        tool.set("real")
+        result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert result.returncode == 0, stderr_text(result)
+        [backup] = listing(home)
+        assert sum(backup["tables"].values()) == 20_000
+        return command.returncode, err.decode(), daemon.log
+    finally:
+        daemon.stop()
+
+
+def test_backup_folder_deleted_mid_backup(home: Home, pg_database: Target) -> None:
+    delete_store_mid_backup(home, pg_database)
+
+
+def test_backup_folder_deleted_mid_backup_is_a_clear_backup_failure(
+    home: Home, pg_database: Target
+) -> None:
+    code, message, log = delete_store_mid_backup(home, pg_database)
+    assert code == 75, message
+    assert "cannot write the backup" in message
+    assert "internal error" not in message
+    assert "connection handler failed" not in log

@@ -1,0 +1,185 @@
+"""dbguardd is SIGKILLed in the middle of a backup, then started again.
+
+Nothing of the half-written backup may be listed; the next start removes it from .tmp;
+the guarded command that was waiting did not run; the restarted daemon serves the same
+command with a complete backup.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbguard.engines.base import Target
+from tests.faults.support import (
+    FaultDaemon,
+    FaultTool,
+    committed_manifests,
+    descendants,
+    fill_pg,
+    injected,
+    install_php,
+    leftovers,
+    listing,
+    pg_rows,
+    process_exists,
+    ran,
+    server_project,
+    sqlite_rows,
+    stderr_text,
+    wait_until,
+)
+from tests.helpers import Home, laravel_sqlite_project
+
+BLOB_MIB = 320  # the WAL database is copied (≈1.5 s) then compressed: a wide window
+
+
+@pytest.fixture(scope="module")
+def large_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 320 MiB SQLite database in WAL mode whose data does not compress."""
+    path = tmp_path_factory.mktemp("large") / "app.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("create table users (id integer primary key, name text)")
+    conn.executemany("insert into users (name) values (?)", [(f"user{i}",) for i in range(3)])
+    conn.execute("create table blobs (id integer primary key, data blob)")
+    conn.execute(
+        "with recursive g(i) as (select 1 union all select i + 1 from g where i < ?) "
+        "insert into blobs (data) select randomblob(1048576) from g",
+        (BLOB_MIB,),
+    )
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path
+
+
+def cleaned(daemon: FaultDaemon) -> list[str]:
+    """The ids of unfinished backups the daemon said it removed at start."""
+    return [
+        str(r.get("id"))
+        for r in daemon.log_records()
+        if str(r.get("event", "")).startswith("removed an unfinished backup")
+    ]
+
+
+def partial_backup(home: Home) -> Path | None:
+    """The unfinished backup's folder in .tmp once it holds some data, else None."""
+    tmp = home.backups / ".tmp"
+    if not tmp.is_dir():
+        return None
+    for folder in tmp.iterdir():
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                try:
+                    if path.is_file() and path.stat().st_size > 0:
+                        return folder
+                except FileNotFoundError:
+                    continue
+    return None
+
+
+@pytest.mark.slow
+def test_sigkill_mid_backup_of_a_large_database_then_restart(
+    home: Home, large_database: Path
+) -> None:
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app", rows=0)
+    (project / ".env").write_text(
+        f"APP_ENV=local\nDB_CONNECTION=sqlite\nDB_DATABASE={large_database}\n"
+    )
+    daemon = FaultDaemon(home).start()
+    command = subprocess.Popen(
+        ["php", "artisan", "migrate:fresh"],
+        cwd=project,
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_until(lambda: partial_backup(home) is not None, "the backup to write data")
+    assert daemon.kill() == -9
+    injected("dbguardd SIGKILLed mid-backup (320 MiB SQLite database)")
+    _, err = command.communicate(timeout=60)
+
+    # The kill landed mid-backup: its folder is still in .tmp, half written, unlisted.
+    unfinished = partial_backup(home)
+    assert unfinished is not None, "the backup finished before the kill: widen the window"
+    assert not (unfinished / "manifest.json").exists()
+    assert committed_manifests(home.backups) == []
+    assert command.returncode == 69, err.decode()
+    assert b"closed the connection before deciding" in err
+    assert ran(project) == []
+    assert sqlite_rows(large_database) == 3  # migrate:fresh did not run
+    assert listing(home) == []  # dbguardctl reads the store while no daemon runs
+
+    restarted = FaultDaemon(home).start()
+    try:
+        assert cleaned(restarted) == [unfinished.name]
+        assert leftovers(home) == []
+        assert listing(home) == []
+
+        result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert result.returncode == 0, stderr_text(result)
+        assert len(ran(project)) == 1
+        [backup] = listing(home)
+        assert backup["tables"] == {"users": 3, "blobs": BLOB_MIB}
+        assert backup["data"]["raw_size"] >= BLOB_MIB << 20
+        assert sqlite_rows(large_database) is None  # the command ran this time
+        restarted.assert_no_crash()
+    finally:
+        restarted.stop()
+
+
+@pytest.fixture
+def gated_pg(home: Home, pg_database: Target) -> Iterator[tuple[FaultTool, Path]]:
+    fill_pg(pg_database, 20_000)  # a few MB: pg_dump blocks on the full pipe at the gate
+    tool = FaultTool.install(home.bin, "pg_dump")
+    install_php(home)
+    yield tool, server_project(home.root / "app", pg_database)
+
+
+def test_sigkill_while_pg_dump_is_mid_dump_leaves_no_process_or_partial_backup(
+    home: Home, pg_database: Target, gated_pg: tuple[FaultTool, Path]
+) -> None:
+    """Deterministic: pg_dump is held mid-dump when the daemon dies."""
+    tool, project = gated_pg
+    daemon = FaultDaemon(home).start()
+    gate = tool.gate(home.root / "gate")
+    command = subprocess.Popen(
+        ["php", "artisan", "migrate:fresh"],
+        cwd=project,
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    dump_pids = gate.wait_ready()
+    assert set(dump_pids) <= set(descendants(daemon.pid))
+    [work] = [p for p in (home.backups / ".tmp").iterdir() if p.is_dir()]
+    assert daemon.kill() == -9
+    injected("dbguardd SIGKILLed while pg_dump is mid-dump")
+    _, err = command.communicate(timeout=60)
+    gate.open()  # pg_dump's next write meets a pipe nobody reads
+
+    assert command.returncode == 69, err.decode()
+    assert ran(project) == []
+    assert pg_rows(pg_database) == 20_000
+    wait_until(lambda: not any(process_exists(p) for p in dump_pids), "pg_dump to exit")
+    assert work.exists() and not (work / "manifest.json").exists()
+    assert listing(home) == []
+
+    tool.set("real")
+    restarted = FaultDaemon(home).start()
+    try:
+        assert cleaned(restarted) == [work.name]
+        assert leftovers(home) == []
+        result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert result.returncode == 0, stderr_text(result)
+        [backup] = listing(home)
+        assert sum(backup["tables"].values()) == 20_000
+        restarted.assert_no_crash()
+    finally:
+        restarted.stop()
