@@ -300,6 +300,9 @@ class PendingBackup:
             _fsync_dir(self.store.root)
         except OSError as err:
             raise _disk_error(err, self.store.root) from err
+        # Its checksum was just computed from the bytes written: no need to read the file
+        # back the first time this backup is reused.
+        self.store.remember_intact(manifest)
         return manifest
 
 
@@ -549,6 +552,12 @@ class Store:
         if digest.hexdigest() != manifest.data.sha256:
             return [f"{manifest.data.file}: checksum mismatch (the file changed after backup)"]
         return []
+
+    def remember_intact(self, manifest: Manifest) -> None:
+        """Record that `manifest`'s data file, as it is now, matches its checksum."""
+        stamp = _stamp(self.folder(manifest) / manifest.data.file)
+        if stamp is not None:
+            self._intact[manifest.id] = (stamp, True)
 
     def intact(self, manifest: Manifest) -> bool:
         """Whether the backup's data file is still the one committed. The checksum is

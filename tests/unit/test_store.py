@@ -181,3 +181,22 @@ def test_newest_skips_backups_that_failed_verification(tmp_path: Path) -> None:
     assert store.newest(TARGET) == good
     newer = backup(store)
     assert store.newest(TARGET) == newer
+
+
+def test_intact_trusts_what_it_wrote_until_the_file_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    manifest = backup(store)
+    data = store.folder(manifest) / manifest.data.file
+    before = data.stat()
+    with data.open("r+b") as handle:  # the same inode and size...
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 0xFF]))
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and mtime
+    # The store that wrote it remembers the checksum it computed and does not re-read;
+    # a new daemon (a new Store) reads the file and notices.
+    assert store.intact(manifest)
+    assert not Store(tmp_path / "b").intact(manifest)
+    data.touch()  # a visible change: the first store re-reads too
+    assert not store.intact(manifest)
