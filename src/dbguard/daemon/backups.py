@@ -82,11 +82,17 @@ class Backups:
         while True:
             running = self._in_flight.get(target.key)
             if running is not None:
+                # The database as this caller finds it now. The dump reads its own
+                # fingerprint before its snapshot; if the two are equal, nothing was
+                # committed between the reads, so the snapshot holds all this caller saw,
+                # whatever other sessions commit while the dump runs.
+                seen = await self._fingerprint_or_none(target)
                 shared = await asyncio.shield(running.task)
                 # A dump that started after this caller asked has the database as this
                 # caller would find it (its command has not run yet). One that started
                 # earlier covers it only if the database has not changed since.
                 covered = running.dump_started is not None and arrived <= running.dump_started
+                covered = covered or (seen is not None and seen == shared.fingerprint)
                 if covered or await self._unchanged_since(target, shared):
                     return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
                 continue
@@ -116,6 +122,12 @@ class Backups:
     def _forget(self, entry: InFlight, _task: object) -> None:
         if self._in_flight.get(entry.target.key) is entry:
             del self._in_flight[entry.target.key]
+
+    async def _fingerprint_or_none(self, target: Target) -> str | None:
+        try:
+            return await asyncio.to_thread(self.engines.for_target(target).fingerprint, target)
+        except DbguardError:
+            return None  # missing or unreachable: the checks after the backup decide
 
     async def _unchanged_since(self, target: Target, manifest: Manifest) -> bool:
         engine = self.engines.for_target(target)
