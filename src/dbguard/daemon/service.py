@@ -186,7 +186,7 @@ class Guard:
             self.notifier.send_soon(
                 {
                     "event": "backup_failed",
-                    "command": request.argv,
+                    "command": reason.argv,  # redacted: a hook may post it anywhere
                     "cwd": request.cwd,
                     "databases": [t.label for t in found.targets],
                     "reason": str(err),
