@@ -77,7 +77,6 @@ class Backups:
         """A good backup of `target` as it is now: reused if the database has not changed
         since its newest backup, shared if one is being taken, else taken. Raises
         BackupFailed."""
-        engine = self.engines.for_target(target)
         arrived = time.monotonic()
         while True:
             running = self._in_flight.get(target.key)
@@ -97,19 +96,13 @@ class Backups:
                     return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
                 continue
             try:
-                fingerprint = await asyncio.to_thread(engine.fingerprint, target)
+                reusable = await asyncio.to_thread(self._reusable, target)
             except DatabaseMissing as missing:
                 return Outcome(target, None, note=f"{missing.problem}: nothing to back up")
-            newest = await asyncio.to_thread(self.store.newest, target)
-            if (
-                newest is not None
-                and fingerprint is not None
-                and newest.fingerprint == fingerprint
-                and await asyncio.to_thread(self.store.intact, newest)
-            ):
-                since = f"{newest.created_at:%Y-%m-%d %H:%M:%S}"
-                note = f"reused backup {newest.id}, unchanged since {since}"
-                return Outcome(target, newest, reused=True, note=note)
+            if reusable is not None:
+                since = f"{reusable.created_at:%Y-%m-%d %H:%M:%S}"
+                note = f"reused backup {reusable.id}, unchanged since {since}"
+                return Outcome(target, reusable, reused=True, note=note)
             if target.key in self._in_flight:
                 continue  # another caller started one while we looked
             entry = InFlight(target)
@@ -118,6 +111,16 @@ class Backups:
             entry.task.add_done_callback(functools.partial(self._forget, entry))
             manifest = await asyncio.shield(entry.task)
             return Outcome(target, manifest)
+
+    def _reusable(self, target: Target) -> Manifest | None:
+        """The newest backup if the database provably has not changed since and the
+        backup is intact (blocking: one worker-thread hop for the whole skip check).
+        Raises DatabaseMissing, BackupFailed."""
+        fingerprint = self.engines.for_target(target).fingerprint(target)
+        newest = self.store.newest(target)
+        if newest is None or fingerprint is None or newest.fingerprint != fingerprint:
+            return None
+        return newest if self.store.intact(newest) else None
 
     def _forget(self, entry: InFlight, _task: object) -> None:
         if self._in_flight.get(entry.target.key) is entry:

@@ -138,18 +138,10 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            root = project_root(request.cwd)
-            found = await asyncio.to_thread(
-                self.discovery.discover, root, request.env, operation, cwd=Path(request.cwd)
-            )
+            found, settings, verdicts = await asyncio.to_thread(self._assess, request, operation)
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
-        settings = self.config.production
-        if found.project is not None:
-            settings = found.project.production_settings(settings)
-        run_env = {**request.env, **operation.assignments}
-        verdicts = await asyncio.to_thread(self._verdicts, found, run_env, settings)
         record["databases"] = [
             {
                 "database": t.label,
@@ -203,16 +195,24 @@ class Guard:
         # The shim prints only warnings; what was reused or skipped goes to the log.
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
-    def _verdicts(
-        self, found: Found, env: dict[str, str], settings: ProductionSettings
-    ) -> dict[str, Verdict]:
-        """Production or not, per target; reads each database's own marker (blocking)."""
-        return {
+    def _assess(
+        self, request: Invoke, operation: Operation
+    ) -> tuple[Found, ProductionSettings, dict[str, Verdict]]:
+        """Discovery, then production or not per target, reading each database's own
+        marker: blocking, in one worker-thread hop. Raises DiscoveryError."""
+        root = project_root(request.cwd)
+        found = self.discovery.discover(root, request.env, operation, cwd=Path(request.cwd))
+        settings = self.config.production
+        if found.project is not None:
+            settings = found.project.production_settings(settings)
+        run_env = {**request.env, **operation.assignments}
+        verdicts = {
             t.key: classify_production(
-                t, env, settings, marker=self._marker(t), facts=found.facts_for(t)
+                t, run_env, settings, marker=self._marker(t), facts=found.facts_for(t)
             )
             for t in found.targets
         }
+        return found, settings, verdicts
 
     def _marker(self, target: Target) -> Marker | None:
         try:
