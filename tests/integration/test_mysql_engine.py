@@ -525,6 +525,47 @@ def test_fingerprint_moves_with_a_commit_from_another_connection(
     assert engine.fingerprint(innodb_only) != before
 
 
+def test_fingerprint_moves_when_a_sequence_advances(
+    innodb_only: Target, engine: MysqlEngine
+) -> None:
+    # NEXTVAL writes without a transaction id, so MariaDB's transaction counter alone
+    # would miss it.
+    run(innodb_only, "CREATE SEQUENCE ticket ENGINE=InnoDB")
+    before = engine.fingerprint(innodb_only)
+    assert before is not None
+
+    run(innodb_only, "SELECT NEXTVAL(ticket)")
+
+    assert engine.fingerprint(innodb_only) != before
+
+
+def global_status(target: Target, name: str) -> int:
+    return int(run(target, f"SHOW GLOBAL STATUS LIKE '{name}'")[0][1])
+
+
+def test_mariadb_fingerprint_stays_put_while_purge_runs(
+    innodb_only: Target, engine: MysqlEngine
+) -> None:
+    """Purge rewrites pages (moving the LSN) for a while after a large delete; the
+    next command must still find the database unchanged."""
+    if ":trx:" not in (engine.fingerprint(innodb_only) or ""):
+        pytest.skip("MySQL has no transaction counter; its signal is the LSN")
+
+    def purge_leaves_it() -> bool:
+        run(
+            innodb_only,
+            "INSERT INTO audit (msg) SELECT CONCAT('row ', seq) FROM seq_1_to_20000",
+            "DELETE FROM audit",
+        )
+        before = engine.fingerprint(innodb_only)
+        lsn = global_status(innodb_only, "Innodb_lsn_current")
+        purged = poll(lambda: global_status(innodb_only, "Innodb_history_list_length") == 0)
+        moved = global_status(innodb_only, "Innodb_lsn_current") != lsn
+        return purged and moved and engine.fingerprint(innodb_only) == before
+
+    assert poll(purge_leaves_it, seconds=30)
+
+
 def test_fingerprint_stays_put_after_reads(innodb_only: Target, engine: MysqlEngine) -> None:
     def reads_leave_it() -> bool:
         before = engine.fingerprint(innodb_only)

@@ -13,8 +13,11 @@ exactly the snapshot's. A tool that fails, is killed, times out or ends without 
 `-- Dump completed` line fails the backup.
 
 Change signal. Where the binary log is on (and unfiltered): its position, which every
-committed change moves. Otherwise InnoDB's log sequence number, but only when every
-table of the database is InnoDB: MyISAM and Aria writes leave no redo. Views,
+committed change moves. Otherwise an InnoDB counter, but only when every table of
+the database is InnoDB (MyISAM and Aria writes leave no trace in InnoDB): on MariaDB
+the transaction id counter, which purge and flushing do not move (sequences excepted:
+they write without a transaction id, so a database with one uses the log sequence
+number), and on MySQL the log sequence number (engine._innodb_counter says why). Views,
 triggers, routines and events are not InnoDB data in MariaDB, so a digest of their
 definitions (and of the tables' definitions) is part of the fingerprint. The
 fingerprint names the server and the kept connection it was read on, so values from
