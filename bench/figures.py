@@ -38,7 +38,6 @@ MY_BYTES_TARGET = 1 / 3  # x the bytes of mariadb-dump > file
 SQLITE_THROUGHPUT_TARGET = 0.8  # x the throughput of the backup API (sqlite3 .backup)
 CALLERS_TARGET = 1.3  # x the wall time of a single backup
 MEMORY_TARGET = 100 * 1024 * 1024  # bytes of peak RSS
-SETTLE_SECONDS = 2.0  # a database "at rest" for the skip figure
 
 
 @dataclass(frozen=True)
@@ -186,13 +185,7 @@ def skip_overhead(ctx: Context) -> None:
 def _skip_one(ctx: Context, name: str, dataset: Dataset) -> None:
     project = ctx.inst.home.project(f"skip-{dataset.key}", dataset.env)
     ctx.inst.oplog.skip_to_end()
-    # The first backup, which the runs reuse. InnoDB writes a little redo about a second
-    # after any commit (purge), which moves MariaDB's signal once: a database at rest
-    # has had that happen, so the runs start after it, with a second backup if needed.
-    prime = _guarded(ctx, project, "artisan", "test")
-    prime()
-    time.sleep(SETTLE_SECONDS)
-    prime()
+    _guarded(ctx, project, "artisan", "test")()  # the first backup, which the runs reuse
     ctx.inst.oplog.new_records()
     samples = interleaved(
         {
@@ -298,6 +291,7 @@ def _run_baseline(
 
     def run() -> float:
         out.unlink(missing_ok=True)
+        os.sync()  # as for dbguard's rounds
         before = children_cpu_seconds()
         if baseline.stdout is None:
             elapsed = run_timed(baseline.argv, cwd=ctx.work, env=env)
@@ -329,8 +323,7 @@ def _dbguard_backup(
 
     def run() -> float:
         ctx.data.touch(dataset)
-        if after is not None and dataset.engine == "mysql":
-            time.sleep(SETTLE_SECONDS)  # InnoDB's purge would move the signal meanwhile
+        os.sync()  # the previous round's output is not this round's writeback
         ctx.inst.oplog.skip_to_end()
         own, tools = cpu_seconds(pid)
         with RssSampler(pid) as sampler:
@@ -611,15 +604,12 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
     backups_per_run: list[int] = []
     failures: list[str] = []
     for _ in range(ctx.runs.callers):
-        # Each change is left to settle first (SETTLE_SECONDS): InnoDB writes a little
-        # redo about a second after a commit, which moves MariaDB's server-wide signal;
-        # a burst that straddles that moment can need a second backup (see the README).
         ctx.data.touch(dataset)
-        time.sleep(SETTLE_SECONDS)
+        os.sync()  # each burst starts with no other round's writeback pending
         ctx.inst.oplog.skip_to_end()
         single_times.append(run_timed([shim, "artisan", "test"], cwd=project, env=env))
         ctx.data.touch(dataset)
-        time.sleep(SETTLE_SECONDS)
+        os.sync()
         ctx.inst.oplog.skip_to_end()
         started = time.perf_counter()
         procs = [
