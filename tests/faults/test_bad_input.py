@@ -37,13 +37,15 @@ CANARY = "PWNED"  # what an injected shell command would create
 
 
 def tricks(backup_id: str) -> list[str]:
+    # The id in upper case; an id of digits only has none, so one digit becomes "F".
+    shouted = backup_id.upper() if backup_id.upper() != backup_id else f"{backup_id[:-1]}F"
     return [
         "../../etc/passwd", "..", "/etc/passwd", f"{backup_id[:4]}/../{backup_id[:4]}",
         f"{backup_id}/", f"./{backup_id}", f"{backup_id}*", f"{backup_id}?", "%2e%2e%2f",
         f"$(touch {CANARY})", f"`touch {CANARY}`", f"; touch {CANARY}",
         f"{backup_id}; touch {CANARY}",
         f"| touch {CANARY}", f"{backup_id}\ntouch {CANARY}", "--yes", "-h", "--end-connections",
-        "-1234", f"{backup_id}\u202e", "ａｂｃｄ", backup_id.upper(), f" {backup_id}",
+        "-1234", f"{backup_id}\u202e", "ａｂｃｄ", shouted, f" {backup_id}",
         "", "a" * 5000, "\udcff\udcfe",
     ]  # fmt: skip
 
