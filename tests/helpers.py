@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,3 +277,12 @@ def run_in_terminal(
     finally:
         os.close(fd)
     return TerminalRun(os.waitstatus_to_exitcode(status), output.decode(errors="replace"))
+
+
+def poll(check: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """True as soon as `check()` is; False if it never was within the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+    return False

@@ -19,8 +19,7 @@ import signal
 import socket
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,11 @@ from dbguard.config import BackupSettings
 from dbguard.engines import Engines
 from dbguard.engines.base import Engine, EngineName, Target
 from dbguard.engines.mysql import FORMAT, MysqlEngine
+from dbguard.engines.mysql.engine import claim_scratch
 from dbguard.engines.mysql.server import ServerInfo
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
+from tests.helpers import poll
 from tests.servers import mysql_connect
 
 pytestmark = pytest.mark.mysql
@@ -219,15 +220,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def poll(check: Callable[[], bool], seconds: float = 15.0) -> bool:
-    """True as soon as `check()` is; False if it never was within the deadline."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-    return False
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "backups")
@@ -359,6 +351,48 @@ def test_the_two_dumpers_give_the_same_database(
         fallback.close()
         for copy in copies:
             run(mysql_database, f"DROP DATABASE IF EXISTS `{copy}`")
+
+
+def test_the_next_verify_drops_a_scratch_schema_a_killed_one_left(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    create_schema(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    prefix = f"{mysql_database.name}_dbguard"
+    orphan = f"{prefix}_verify_{secrets.token_hex(4)}"  # its verify was killed
+    running = f"{prefix}_restore_{secrets.token_hex(4)}"  # claimed by a restore at work
+    replaced = f"{prefix}_replaced_{secrets.token_hex(4)}"  # earlier data: never dropped
+    try:
+        for name in (orphan, running, replaced):
+            run(mysql_database, f"CREATE DATABASE `{name}`")
+        # Tables with a foreign key between them, as a half-loaded dump leaves.
+        run(
+            mysql_database,
+            f"CREATE TABLE `{orphan}`.p (id INT PRIMARY KEY) ENGINE=InnoDB",
+            f"CREATE TABLE `{orphan}`.c (p INT, FOREIGN KEY (p) REFERENCES `{orphan}`.p (id))"
+            " ENGINE=InnoDB",
+            f"INSERT INTO `{orphan}`.p VALUES (1)",
+            f"INSERT INTO `{orphan}`.c VALUES (1)",
+        )
+        restore_at_work = mysql_connect()
+        try:
+            with restore_at_work.cursor() as cur:
+                claim_scratch(cur, running)
+                cur.execute("SELECT CONNECTION_ID()")
+                session = cur.fetchone()[0]
+
+            assert operations.verify_backup(store, engines, manifest).ok
+            assert sorted(schemas_like(prefix)) == sorted([running, replaced])
+        finally:
+            restore_at_work.close()  # its claim ends with it, as when the process is killed
+        sessions = "SELECT ID FROM information_schema.PROCESSLIST"
+        assert poll(lambda: (session,) not in run(mysql_database, sessions))
+
+        assert operations.verify_backup(store, engines, manifest).ok
+        assert schemas_like(prefix) == [replaced]
+    finally:
+        for name in schemas_like(prefix):
+            run(mysql_database, f"DROP DATABASE `{name}`")
 
 
 def test_verify_counts_rows_in_a_scratch_schema_and_drops_it(

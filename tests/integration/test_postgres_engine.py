@@ -29,9 +29,10 @@ from dbguard import operations
 from dbguard.config import BackupSettings
 from dbguard.engines import Engines
 from dbguard.engines.base import Engine, EngineName, Target
-from dbguard.engines.postgres import PostgresEngine
+from dbguard.engines.postgres import PostgresEngine, claim_scratch, scratch_name
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
+from tests.helpers import poll
 
 pytestmark = pytest.mark.postgres
 
@@ -324,6 +325,35 @@ def test_verify_restores_into_a_scratch_database_and_drops_it(
     with store.work_folder() as (_, scratch), store.open_data(backup) as data:
         assert engine.restored_counts(rich, data, backup.data.format, scratch) == backup.tables
     assert leftovers(rich) == []
+
+
+def test_the_next_verify_drops_a_scratch_database_a_killed_one_left(
+    rich: Target, store: Store, engines: Engines
+) -> None:
+    backup = operations.take_backup(store, engines, rich, REASON)
+    admin = rich.model_copy(update={"name": "postgres"})
+    assert rich.name is not None
+    orphan = scratch_name(rich.name, "verify")  # its verify was killed: nobody claims it
+    running = scratch_name(rich.name, "restore")  # claimed by a restore still at work
+    replaced = scratch_name(rich.name, "replaced")  # a restore's earlier data: never dropped
+    try:
+        for name in (orphan, running, replaced):
+            run(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with connect(admin) as restore_at_work:
+            claim_scratch(restore_at_work, running)
+            session = restore_at_work.info.backend_pid
+
+            assert operations.verify_backup(store, engines, backup).ok
+            assert sorted(leftovers(rich)) == sorted([running, replaced])
+
+        # The claim ends with its session, as it does when the process is killed.
+        gone = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)"
+        assert poll(lambda: query(admin, gone, (session,))[0][0])
+        assert operations.verify_backup(store, engines, backup).ok
+        assert leftovers(rich) == [replaced]
+    finally:
+        for name in leftovers(rich):
+            run(admin, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def dump_bytes(store: Store, backup: Manifest) -> bytes:

@@ -30,7 +30,9 @@ Restore. pg_restore fills a new scratch database (the target's owner, encoding a
 locale); the target's database-level settings, grants and comment are copied over; then
 one transaction renames target -> <name>_dbguard_replaced_<hex> and scratch -> target,
 and the replaced database is dropped. Anything that fails before the swap drops the
-scratch database and leaves the target as it was.
+scratch database and leaves the target as it was. A verify or restore that is killed
+cannot drop its scratch database; the next one on the same server does (see
+claim_scratch).
 
 Secrets. psycopg gets the password in-process; the tools get it as PGPASSWORD in their
 environment (readable only by their user), never in argv; tool stderr shown to the user
@@ -49,6 +51,7 @@ import signal
 import subprocess
 import threading
 import time
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -452,6 +455,57 @@ def scratch_name(base: str, role: str) -> str:
     room = _NAME_MAX - len(suffix.encode())
     head = base.encode("utf-8")[:room].decode("utf-8", "ignore")
     return head + suffix
+
+
+# A scratch database in use carries a session-level advisory lock, taken by the
+# connection that creates it before it does, and released with that session, however
+# it ends. pg_locks lists the advisory locks of every database, so a later verify or
+# restore, connected anywhere on the server, can tell a scratch database whose creator
+# is gone (killed mid-verify, say) and drop it. The replaced copy a restore keeps
+# until its swap is done holds the user's earlier data: it is never dropped this way.
+_SCRATCH_LOCK_CLASS = 0x64626773  # "dbgs"
+_LEFT_BEHIND = r"_dbguard_(verify|restore)_[0-9a-f]{8}$"
+
+
+def _scratch_lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def claim_scratch(conn: Conn, name: str) -> None:
+    """Mark `name` as in use for as long as `conn` lives; call before creating it."""
+    conn.execute(
+        "SELECT pg_advisory_lock(%s::int4, %s::int4)",
+        (_SCRATCH_LOCK_CLASS, _scratch_lock_key(name)),
+    )
+
+
+def _drop_left_behind(conn: Conn) -> None:
+    """Drop the scratch databases of verifies and restores that were killed mid-way:
+    named as dbguard names them, with no claim on them, and nobody connected (no
+    FORCE). Never raises: this is housekeeping before the real work."""
+    try:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname ~ %s", (_LEFT_BEHIND,)
+            )
+        ]
+        for name in names:
+            claimed = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = %s::oid AND objid = %s::oid AND objsubid = 2)",
+                (_SCRATCH_LOCK_CLASS, _scratch_lock_key(name)),
+            ).fetchone()
+            if claimed is None or claimed[0]:
+                continue
+            try:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            except psycopg.Error as err:  # someone is connected, or it is not ours to drop
+                log.info("left a scratch database in place", database=name, error=str(err))
+                continue
+            log.info("dropped a scratch database a killed verify or restore left", database=name)
+    except psycopg.Error as err:
+        log.warning("could not look for left-behind scratch databases", error=str(err))
 
 
 def split_setting_list(value: str) -> list[str]:
@@ -1319,7 +1373,9 @@ class PostgresEngine:
             busy = _sessions(conn, s.dbname)
             if busy:
                 raise _busy(s.dbname, busy)  # before spending minutes on pg_restore
+        _drop_left_behind(conn)
         temp = scratch_name(s.dbname, "restore")
+        claim_scratch(conn, temp)
         try:
             _create_database(conn, temp, existing)
         except psycopg.Error as err:
@@ -1453,6 +1509,8 @@ class PostgresEngine:
             tool = self._tools.choose(
                 "pg_restore", server_version(conn.info.server_version), RestoreFailed
             )
+            _drop_left_behind(conn)
+            claim_scratch(conn, temp)
             # Only for counting: the verifying user need not be able to act as the owner.
             _create_database(conn, temp, _database(conn, s.dbname), same_owner=False)
             try:

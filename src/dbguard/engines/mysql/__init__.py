@@ -32,7 +32,8 @@ target, and the backup's views, triggers, routines and events are created in the
 target (MySQL refuses to move views, and tables with triggers, across schemas). If
 that fails, everything moves back. Other sessions using the target stop the restore
 unless the caller asks to end them. Verify loads the dump into a scratch schema,
-counts rows, and drops it.
+counts rows, and drops it. A verify or restore that is killed cannot drop its scratch
+schema; the next one on the same server does (engine.claim_scratch).
 """
 
 from dbguard.engines.mysql.engine import FORMAT, MysqlEngine

@@ -301,6 +301,26 @@ class _Signal:
 
 T = TypeVar("T")
 
+# As for PostgreSQL (postgres.claim_scratch): a scratch schema in use carries a named
+# lock (GET_LOCK), taken by the connection that creates it before it does; named locks
+# are server-wide and end with their session, however it ends. So a later verify or
+# restore can tell the scratch schema of one that was killed, and drop it. Holding
+# schemas (a restore's earlier tables, kept until its swap is done) are never dropped
+# this way.
+_LEFT_BEHIND = re.compile(r"_dbguard_(verify|restore)_[0-9a-f]{8}\Z")
+_LEFT_BEHIND_LOCK_WAIT = 5  # seconds a drop waits for a table someone has open
+
+
+def scratch_lock(schema: str) -> str:
+    """The named lock of a scratch schema (at most 64 characters, as MySQL requires)."""
+    return "dbguard-scratch-" + hashlib.sha256(schema.encode()).hexdigest()[:40]
+
+
+def claim_scratch(cur: Any, schema: str) -> None:
+    """Mark `schema` as in use for as long as the session lives; call before creating it."""
+    cur.execute("SELECT GET_LOCK(%s, 0)", (scratch_lock(schema),))
+    cur.fetchall()
+
 
 class _Watchdog:
     """Kills the dump tool when the deadline passes or `cancel` is set."""
@@ -1065,6 +1085,40 @@ class MysqlEngine:
             log.warning("could not drop scratch schema", schema=schema, error=error_text(err))
 
     @staticmethod
+    def _drop_left_behind(cur: Any) -> None:
+        """Drop the scratch schemas of verifies and restores that were killed mid-way:
+        named as dbguard names them, and with nobody holding their lock. A failure is
+        logged, never raised (this is housekeeping before the real work), except a
+        lost connection."""
+        try:
+            cur.execute("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+            names = [fetch_text(row[0]) for row in cur.fetchall()]
+            cur.execute("SELECT @@SESSION.lock_wait_timeout")
+            lock_wait = int(cur.fetchone()[0])
+            for name in filter(_LEFT_BEHIND.search, names):
+                cur.execute("SELECT GET_LOCK(%s, 0)", (scratch_lock(name),))
+                if cur.fetchone()[0] != 1:
+                    continue  # its verify or restore is still at work
+                try:
+                    cur.execute("SET SESSION lock_wait_timeout = %s", (_LEFT_BEHIND_LOCK_WAIT,))
+                    cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+                except pymysql.MySQLError as err:
+                    if error_code(err) in _UNREACHABLE_DURING_USE:
+                        raise
+                    log.info("left a scratch schema in place", schema=name, error=error_text(err))
+                else:
+                    log.info(
+                        "dropped a scratch schema a killed verify or restore left", schema=name
+                    )
+                finally:
+                    cur.execute("SET SESSION lock_wait_timeout = %s", (lock_wait,))
+                    cur.execute("DO RELEASE_LOCK(%s)", (scratch_lock(name),))
+        except pymysql.MySQLError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            log.warning("could not look for left-behind scratch schemas", error=error_text(err))
+
+    @staticmethod
     def _drop_schema(cur: Any, schema: str) -> None:
         # A dump that stopped half way leaves its LOCK TABLES in force, and the server
         # refuses DDL under table locks.
@@ -1086,6 +1140,8 @@ class MysqlEngine:
         schema = self._scratch_name(database, "verify")
         try:
             with conn.cursor() as cur:
+                self._drop_left_behind(cur)
+                claim_scratch(cur, schema)
                 try:
                     deferred, _ = self._load(conn, data, schema, Damaged)
                     self._apply(cur, deferred, Damaged, events=False)
@@ -1137,6 +1193,8 @@ class MysqlEngine:
                 existing = self._schema_defaults(cur, database)
                 if existing is not None:
                     self._check_sessions(cur, database, end_connections)
+                self._drop_left_behind(cur)
+                claim_scratch(cur, new)
                 try:
                     deferred, meta = self._load(conn, data, new, RestoreFailed)
                     # Views, triggers and routines are tried in the scratch schema first,
