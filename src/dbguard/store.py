@@ -478,9 +478,12 @@ class Store:
         """The newest good backup of `target` (failed verification is not good), or None.
 
         Called on every guarded command, so the answer is cached until the database's
-        folder or that manifest changes: a hit costs two stat() calls. A stale answer
-        (two commits within one timestamp tick) can only cost an extra backup, since a
-        newer backup's fingerprint is the one the database would still match.
+        folder or that manifest changes: a hit costs two stat() calls. A folder changed
+        within the last second is not cached: file times move in clock ticks, so a
+        backup moved into it within the same tick as the listing would leave its
+        timestamp as it was, and the cache would hide that backup until the next
+        change (each check meanwhile would back up again). Git calls such entries
+        racily clean.
         """
         folder = self.root / target.slug
         folder_stamp = _stamp(folder)
@@ -492,7 +495,10 @@ class Store:
         good = [m for m in self.manifests(target) if m.verified is None or m.verified.ok]
         newest = good[0] if good else None
         manifest_stamp = _stamp(folder / newest.id / MANIFEST) if newest else None
-        self._newest[target.key] = (folder_stamp, newest, manifest_stamp)
+        if folder_stamp is None or time.time_ns() - folder_stamp[1] > _SETTLED_NS:
+            self._newest[target.key] = (folder_stamp, newest, manifest_stamp)
+        else:
+            self._newest.pop(target.key, None)
         return newest
 
     def _read(self, folder: Path) -> Entry:
@@ -601,7 +607,8 @@ class Store:
         return sum(m.data.size for m in self.manifests())
 
 
-_Stamp = tuple[int, int, int] | None
+_Stamp = tuple[int, int, int] | None  # inode, mtime in ns, size
+_SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime
 
 
 def _stamp(path: Path) -> _Stamp:
