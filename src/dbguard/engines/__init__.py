@@ -3,6 +3,7 @@ daemon keeps their connections warm and dbguardctl pays only for the engine it u
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from dbguard.engines.base import Engine, EngineName, Target
@@ -17,11 +18,19 @@ class Engines:
 
         self.settings = settings or BackupSettings()
         self._instances: dict[EngineName, Engine] = {}
+        self._creating = threading.Lock()
 
     def get(self, name: EngineName) -> Engine:
+        """The one instance of engine `name`. Worker threads ask at once when the first
+        commands arrive; without the lock each could build its own, with its own kept
+        connections and change-signal epoch, and a backup's fingerprint would then match
+        no later check (16 concurrent commands took two backups that way)."""
         engine = self._instances.get(name)
         if engine is None:
-            engine = self._instances[name] = _create(name, self.settings)
+            with self._creating:
+                engine = self._instances.get(name)
+                if engine is None:
+                    engine = self._instances[name] = _create(name, self.settings)
         return engine
 
     def for_target(self, target: Target) -> Engine:
