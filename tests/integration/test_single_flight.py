@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
+from dbguard.daemon.backups import Backups
+from dbguard.engines import Engines
+from dbguard.engines.base import Target
+from dbguard.retention import RetentionSettings, SpaceSettings
+from dbguard.store import Manifest, Reason, Store
 from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
 
 
@@ -45,3 +53,35 @@ def test_a_change_after_the_shared_backup_gets_its_own(home: Home, daemon: Daemo
     assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
     # the first run deleted rows after its backup: the second must not reuse it
     assert len(list(home.backups.glob("*/*/manifest.json"))) == 2
+
+
+async def test_a_caller_whose_look_outlasts_a_whole_backup_reuses_it(tmp_path: Path) -> None:
+    """Under load, one caller's skip check (a worker thread) can answer "no backup" and
+    resume only after another caller has taken a whole backup; it must not take a
+    second one."""
+    database = tmp_path / "app.sqlite"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    target = Target(engine="sqlite", path=str(database), source="test")
+    looked, release = threading.Event(), threading.Event()
+
+    class SlowFirstLook(Backups):
+        def _reusable(self, target: Target) -> Manifest | None:
+            answer = super()._reusable(target)
+            if not looked.is_set():
+                looked.set()
+                release.wait(timeout=30)
+            return answer
+
+    store = Store(tmp_path / "backups")
+    backups = SlowFirstLook(store, Engines(), 2, RetentionSettings(), SpaceSettings())
+    slow = asyncio.create_task(backups.ensure(target, Reason(kind="manual")))
+    await asyncio.to_thread(looked.wait, 30)
+
+    fast = await backups.ensure(target, Reason(kind="manual"))
+    release.set()
+    late = await slow
+
+    assert fast.manifest is not None and not fast.reused
+    assert late.reused and late.manifest == fast.manifest
+    assert [entry.id for entry in store.entries()] == [fast.manifest.id]

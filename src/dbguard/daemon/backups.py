@@ -58,6 +58,7 @@ class Backups:
         self.cancel = threading.Event()
         self._slots = asyncio.Semaphore(max_parallel)
         self._in_flight: dict[str, InFlight] = {}
+        self._finished: dict[str, int] = {}  # backups of each database ended so far
         self._pruning: set[asyncio.Task[None]] = set()
 
     def reconfigure(
@@ -95,6 +96,7 @@ class Backups:
                 if covered or await self._unchanged_since(target, shared):
                     return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
                 continue
+            finished = self._finished.get(target.key, 0)
             try:
                 reusable = await asyncio.to_thread(self._reusable, target)
             except DatabaseMissing as missing:
@@ -103,8 +105,11 @@ class Backups:
                 since = f"{reusable.created_at:%Y-%m-%d %H:%M:%S}"
                 note = f"reused backup {reusable.id}, unchanged since {since}"
                 return Outcome(target, reusable, reused=True, note=note)
-            if target.key in self._in_flight:
-                continue  # another caller started one while we looked
+            if target.key in self._in_flight or self._finished.get(target.key, 0) != finished:
+                # Another caller started a backup while we looked, or even took one
+                # whole (under load, a worker thread can take longer than a small
+                # backup): look again, and share or reuse it.
+                continue
             entry = InFlight(target)
             entry.task = asyncio.create_task(self._take(entry, reason))
             self._in_flight[target.key] = entry
@@ -123,8 +128,10 @@ class Backups:
         return newest if self.store.intact(newest) else None
 
     def _forget(self, entry: InFlight, _task: object) -> None:
-        if self._in_flight.get(entry.target.key) is entry:
-            del self._in_flight[entry.target.key]
+        key = entry.target.key
+        self._finished[key] = self._finished.get(key, 0) + 1
+        if self._in_flight.get(key) is entry:
+            del self._in_flight[key]
 
     async def _fingerprint_or_none(self, target: Target) -> str | None:
         try:
