@@ -174,6 +174,14 @@ def stderr_text(result: subprocess.CompletedProcess[bytes]) -> str:
     return result.stderr.decode("utf-8", "replace")
 
 
+def start_guarded(home: Home, project: Path, *argv: str) -> subprocess.Popen[bytes]:
+    """A command through the home's shims, in `project`, running in the background
+    (a fault is injected while it waits); its stdout and stderr are captured."""
+    return subprocess.Popen(
+        list(argv), cwd=project, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
 # ---- stand-in tools ---------------------------------------------------------------------------
 
 

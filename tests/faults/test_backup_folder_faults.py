@@ -32,6 +32,7 @@ from tests.faults.support import (
     remount,
     server_project,
     sqlite_rows,
+    start_guarded,
     stderr_text,
     tmpfs,
     write_config,
@@ -130,13 +131,7 @@ def test_disk_filled_by_another_writer_mid_backup(on_tmpfs: Setup, pg_database: 
     tool = FaultTool.install(home.bin, "pg_dump")
     project = server_project(home.root / "pg", pg_database)
     gate = tool.gate(home.root / "gate")
-    command = subprocess.Popen(
-        ["php", "artisan", "migrate:fresh"],
-        cwd=project,
-        env=home.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
     gate.wait_ready()
     fill_up(setup.store / "filler")
     injected("backup folder filled by another writer mid-backup")
@@ -229,13 +224,7 @@ def delete_store_mid_backup(home: Home, target: Target) -> tuple[int, str, str]:
     daemon = FaultDaemon(home).start()
     try:
         gate = tool.gate(home.root / "gate")
-        command = subprocess.Popen(
-            ["php", "artisan", "migrate:fresh"],
-            cwd=project,
-            env=home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
         gate.wait_ready()
         shutil.rmtree(home.backups)
         injected("backup folder deleted mid-backup")

@@ -8,7 +8,6 @@ command with a complete backup.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.faults.support import (
     ran,
     server_project,
     sqlite_rows,
+    start_guarded,
     stderr_text,
     wait_until,
 )
@@ -93,13 +93,7 @@ def test_sigkill_mid_backup_of_a_large_database_then_restart(
         f"APP_ENV=local\nDB_CONNECTION=sqlite\nDB_DATABASE={large_database}\n"
     )
     daemon = FaultDaemon(home).start()
-    command = subprocess.Popen(
-        ["php", "artisan", "migrate:fresh"],
-        cwd=project,
-        env=home.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
     wait_until(lambda: partial_backup(home) is not None, "the backup to write data")
     assert daemon.kill() == -9
     injected("dbguardd SIGKILLed mid-backup (320 MiB SQLite database)")
@@ -149,13 +143,7 @@ def test_sigkill_while_pg_dump_is_mid_dump_leaves_no_process_or_partial_backup(
     tool, project = gated_pg
     daemon = FaultDaemon(home).start()
     gate = tool.gate(home.root / "gate")
-    command = subprocess.Popen(
-        ["php", "artisan", "migrate:fresh"],
-        cwd=project,
-        env=home.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
     dump_pids = gate.wait_ready()
     assert set(dump_pids) <= set(descendants(daemon.pid))
     [work] = [p for p in (home.backups / ".tmp").iterdir() if p.is_dir()]

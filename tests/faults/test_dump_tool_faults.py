@@ -42,6 +42,7 @@ from tests.faults.support import (
     process_exists,
     ran,
     server_project,
+    start_guarded,
     stderr_text,
     write_config,
 )
@@ -74,13 +75,7 @@ class Case:
         return self.home.run(["php", "artisan", "migrate:fresh"], cwd=self.project)
 
     def start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            ["php", "artisan", "migrate:fresh"],
-            cwd=self.project,
-            env=self.home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        return start_guarded(self.home, self.project, "php", "artisan", "migrate:fresh")
 
 
 def make_case(

@@ -37,6 +37,7 @@ from tests.faults.support import (
     ran,
     server_project,
     sqlite_rows,
+    start_guarded,
     stderr_text,
     wait_until,
     write_config,
@@ -314,10 +315,7 @@ def test_no_password_in_argv_log_status_or_errors_postgres(
     try:
         gate = tool.gate(home.root / "gate")
         with ArgvWatch(password) as watch:
-            command = subprocess.Popen(
-                ["php", "artisan", "migrate"],
-                cwd=project, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
+            command = start_guarded(home, project, "php", "artisan", "migrate")
             _, real = gate.wait_ready()
             watch.scan()  # while pg_dump is mid-dump, for certain
             argv = Path(f"/proc/{real}/cmdline").read_bytes().split(b"\0")
@@ -374,10 +372,7 @@ def test_no_password_in_argv_log_status_or_errors_mysql(home: Home, mysql_databa
         try:
             gate = tool.gate(home.root / "gate")
             with ArgvWatch(password) as watch:
-                command = subprocess.Popen(
-                    ["php", "artisan", "migrate"], cwd=project, env=home.env,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                )  # fmt: skip
+                command = start_guarded(home, project, "php", "artisan", "migrate")
                 gate.wait_ready()
                 watch.scan()
                 # The password reaches the tool in an option file only its owner reads.

@@ -8,7 +8,6 @@ mariadb-dump), the server is stopped, and the dump is let go against a dead serv
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.faults.support import (
     process_exists,
     ran,
     server_project,
+    start_guarded,
     stderr_text,
 )
 from tests.helpers import Home
@@ -92,13 +92,7 @@ def test_postgres_stopped_during_the_backup(home: Home, own_postgres: PrivatePos
     daemon = FaultDaemon(home).start()
     try:
         gate = tool.gate(home.root / "gate")
-        command = subprocess.Popen(
-            ["php", "artisan", "migrate:fresh"],
-            cwd=project,
-            env=home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
         pids = gate.wait_ready()
         cluster.stop("immediate")  # as a crash or an OOM kill of the server would
         injected("PostgreSQL server stopped mid-backup (private cluster, pg_ctl -m immediate)")
@@ -149,13 +143,7 @@ def test_mariadb_stopped_during_the_backup(home: Home, own_mariadb: PrivateMaria
     daemon = FaultDaemon(home).start()
     try:
         gate = tool.gate(home.root / "gate")
-        command = subprocess.Popen(
-            ["php", "artisan", "migrate:fresh"],
-            cwd=project,
-            env=home.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        command = start_guarded(home, project, "php", "artisan", "migrate:fresh")
         pids = gate.wait_ready()
         server.kill()  # SIGKILL: the server vanishes mid-dump
         injected("MariaDB server killed mid-backup (private mariadbd, SIGKILL)")
