@@ -544,6 +544,71 @@ def test_fingerprint_moves_with_every_change(
         assert digest(after) != digest(before)
 
 
+def kept_session_selects(engine: MysqlEngine) -> int:
+    """How many SELECTs the engine's kept connection has run (its session counter)."""
+    (kept,) = engine._kept.values()
+    with kept.conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Com_select'")
+        return int(cur.fetchone()[1])
+
+
+def test_a_check_on_unchanged_mariadb_definitions_reads_no_catalog(
+    innodb_only: Target, engine: MysqlEngine
+) -> None:
+    first = engine.fingerprint(innodb_only)
+    if ":trx:" not in (first or ""):
+        pytest.skip("MySQL reads its catalogs on every check")
+    before = kept_session_selects(engine)
+
+    assert engine.fingerprint(innodb_only) == first
+
+    # The existence, statement-counter and session checks; the catalogs are 10 more.
+    assert kept_session_selects(engine) - before == 3
+
+
+@pytest.mark.parametrize("who", ["root", "a user without PROCESS"])
+def test_fingerprint_sees_a_definition_change_that_was_waiting_during_a_check(
+    innodb_only: Target, user: tuple[str, str], who: str
+) -> None:
+    """A statement counts itself when it starts: read while it waits for a lock, the
+    statement counters already hold it but the catalogs do not. The next check must
+    not take that reading for the definitions' current state."""
+    target = innodb_only if who == "root" else as_user(innodb_only, user)
+    engine = MysqlEngine()
+    holder = mysql_connect(innodb_only.name)
+    changer = mysql_connect(innodb_only.name)
+    try:
+        assert engine.fingerprint(target) is not None
+        with holder.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT * FROM parent")  # a table lock until COMMIT
+        alter = threading.Thread(
+            target=lambda: changer.cursor().execute(
+                "ALTER TABLE parent ALTER COLUMN note SET DEFAULT 'waited'"  # .frm only
+            )
+        )
+        alter.start()
+        assert poll(
+            lambda: bool(
+                run(
+                    innodb_only,
+                    "SELECT 1 FROM information_schema.PROCESSLIST "
+                    "WHERE STATE = 'Waiting for table metadata lock'",
+                )
+            )
+        )
+        during = engine.fingerprint(target)
+        with holder.cursor() as cur:
+            cur.execute("COMMIT")  # a statement that changes no definition
+        alter.join()
+
+        assert digest(engine.fingerprint(target)) != digest(during)
+    finally:
+        holder.close()
+        changer.close()
+        engine.close()
+
+
 def test_fingerprint_moves_with_a_commit_from_another_connection(
     innodb_only: Target, engine: MysqlEngine
 ) -> None:

@@ -19,7 +19,9 @@ the transaction id counter, which purge and flushing do not move (sequences exce
 they write without a transaction id, so a database with one uses the log sequence
 number), and on MySQL the log sequence number (engine._innodb_counter says why). Views,
 triggers, routines and events are not InnoDB data in MariaDB, so a digest of their
-definitions (and of the tables' definitions) is part of the fingerprint. The
+definitions (and of the tables' definitions) is part of the fingerprint; a check on
+MariaDB reads the catalogs again only when the server's statement counters moved
+(engine._UNCHANGED_SQL says when that is sound). The
 fingerprint names the server and the kept connection it was read on, so values from
 different servers, or from before a reconnect, never compare equal. A backup's own
 fingerprint is read before its snapshot, and dropped when another transaction had

@@ -242,6 +242,56 @@ _SCHEMA_SQL = (
 )
 
 
+# What lets a skip check on MariaDB reuse the digest it read last time instead of
+# reading every catalog again (some milliseconds per check, most of a skip's cost):
+#
+# - The server counts every statement it runs in its Com_* status counters, at the
+#   start of the statement, and the global values sum the live sessions' own. Every
+#   statement that can change a definition counts in one of them; the ones left out
+#   here cannot (reads, SHOW, session settings, transaction control, USE), and they
+#   are all that these checks and the dump tools issue. Equal sums: no definition
+#   changed, unless a statement counted earlier was still running when the catalogs
+#   were read (a CREATE TRIGGER waiting for a table lock, say).
+# - So the digest is kept only when, after the sum was read and before the catalogs
+#   were, no other session was running a statement: every statement counted by then
+#   had finished, and the catalogs show what it did. Only a user with the PROCESS
+#   privilege sees every session; without it nothing is kept.
+# - FLUSH STATUS may reset global counters on some servers (MariaDB 10.11 keeps the
+#   Com_* ones): the moment of the last one is part of the key.
+#
+# MySQL 8 keeps every definition in InnoDB, so this would rarely matter there; it reads
+# the catalogs every time (no MySQL server has run these tests).
+_STATEMENT_KINDS_THAT_CHANGE_NOTHING = (
+    "COM_SELECT",
+    "COM_SET_OPTION",
+    "COM_BEGIN",
+    "COM_COMMIT",
+    "COM_ROLLBACK",
+    "COM_SAVEPOINT",
+    "COM_ROLLBACK_TO_SAVEPOINT",
+    "COM_RELEASE_SAVEPOINT",
+    "COM_CHANGE_DB",
+    "COM_UNLOCK_TABLES",
+)
+_STATEMENTS_COUNTED = (
+    "LEFT(VARIABLE_NAME, 4) = 'COM_' AND LEFT(VARIABLE_NAME, 9) <> 'COM_SHOW_' "
+    "AND VARIABLE_NAME NOT IN ("
+    + ", ".join(f"'{name}'" for name in _STATEMENT_KINDS_THAT_CHANGE_NOTHING)
+    + ")"
+)
+# The WHERE matters: the server then computes only the status values asked for.
+_UNCHANGED_SQL = (
+    "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %(db)s; "
+    f"SELECT SUM(CASE WHEN {_STATEMENTS_COUNTED} THEN VARIABLE_VALUE END), "
+    "MAX(CASE VARIABLE_NAME WHEN 'UPTIME' THEN VARIABLE_VALUE END) "
+    "- MAX(CASE VARIABLE_NAME WHEN 'UPTIME_SINCE_FLUSH_STATUS' THEN VARIABLE_VALUE END) "
+    "FROM information_schema.GLOBAL_STATUS "
+    f"WHERE ({_STATEMENTS_COUNTED}) OR VARIABLE_NAME IN ('UPTIME', 'UPTIME_SINCE_FLUSH_STATUS'); "
+    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+    "AND COMMAND <> 'Sleep' AND NOT (USER = 'event_scheduler' AND COMMAND = 'Daemon')"
+)
+
+
 def _catalog_batch(parts: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
     """One round trip (a multi-statement batch): the schema's defaults and how many of
     its tables are not InnoDB, then each catalog's rows for the digest."""
@@ -277,6 +327,17 @@ class DumpTool:
         return 0
 
 
+@dataclass(frozen=True)
+class _Definitions:
+    """The schema's defaults and a digest of its definitions (see _DIGEST_PARTS)."""
+
+    charset: Any
+    collation: Any
+    foreign_tables: int  # tables InnoDB does not log
+    sequences: int
+    digest: str
+
+
 @dataclass
 class _Kept:
     """A connection kept open per server and user for skip checks."""
@@ -285,11 +346,14 @@ class _Kept:
     info: ServerInfo
     batch: str  # _catalog_batch: the schema, then its definitions
     where: str
+    sees_every_session: bool  # may keep definitions (see _UNCHANGED_SQL)
     # A fresh value per connection: after a reconnect (server restart, a new daemon)
     # nothing matches an older fingerprint, because nothing proves the data was not
     # replaced while nobody was looking.
     epoch: str = field(default_factory=lambda: secrets.token_hex(4))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # database -> (the statement counters they were read at, what was read)
+    definitions: dict[str, tuple[tuple[Any, ...], _Definitions]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -380,6 +444,25 @@ def _grow_pipe(fd: int) -> bool:
         return False
 
 
+def _missing(kept: _Kept, database: str) -> DatabaseMissing:
+    return DatabaseMissing(
+        f"the MySQL/MariaDB database {database!r} on {kept.where} does not exist"
+    )
+
+
+def _has_process_privilege(cur: Any) -> bool:
+    """Whether this user sees every session in PROCESSLIST (INNODB_TRX needs the same
+    PROCESS privilege, and says so by refusing)."""
+    try:
+        cur.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+        cur.fetchall()
+    except pymysql.err.OperationalError as err:
+        if error_code(err) in _UNREACHABLE_DURING_USE:
+            raise
+        return False
+    return True
+
+
 def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...], ...]]:
     """Every result set of a multi-statement batch, read to the end."""
     cur.execute(batch, {"db": database})
@@ -430,7 +513,8 @@ class MysqlEngine:
                 except pymysql.MySQLError:
                     # Servers older than MariaDB 10.2 / MySQL 8.0.16 have no CHECK_CONSTRAINTS.
                     parts = [p for p in parts if p[0] != "CHECK_CONSTRAINTS"]
-            return _Kept(conn, info, _catalog_batch(parts), endpoint.where)
+                sees_every_session = info.mariadb and _has_process_privilege(cur)
+            return _Kept(conn, info, _catalog_batch(parts), endpoint.where, sees_every_session)
         except pymysql.MySQLError as err:
             conn.close()
             raise explain(err, endpoint, database) from None
@@ -496,20 +580,17 @@ class MysqlEngine:
             # With the binary log, every DDL is logged too: the definitions digest (some
             # milliseconds of catalog reads) is only needed when the position is not
             # usable.
-            binlog = kept.info.log_bin
-            results = _run_batch(cur, kept.batch if not binlog else _SCHEMA_SQL, database)
-            if not results[0]:
-                raise DatabaseMissing(
-                    f"the MySQL/MariaDB database {database!r} on {kept.where} does not exist"
-                )
-            charset, collation, foreign_tables, sequences = results[0][0]
-            position = self._binlog_position(cur) if binlog else None
-            if position is None and not foreign_tables:
-                if binlog:
-                    results = _run_batch(cur, kept.batch, database)
-                counter = self._innodb_counter(cur, kept.info, sequences=bool(sequences))
-                if counter is not None:
-                    position = f"{counter}:{_digest(results[1:])[:24]}"
+            position = None
+            if kept.info.log_bin:
+                charset, collation, *_ = self._schema(cur, kept, database)
+                position = self._binlog_position(cur)
+            if position is None:
+                defined = self._definitions(cur, kept, database)
+                charset, collation = defined.charset, defined.collation
+                if not defined.foreign_tables:
+                    counter = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
+                    if counter is not None:
+                        position = f"{counter}:{defined.digest}"
             # No position: the binlog is off and a table is not InnoDB (its writes leave no
             # trace in the redo log), or the server would not tell. Then always back up.
             fingerprint = None
@@ -518,6 +599,43 @@ class MysqlEngine:
             if fingerprint is not None and for_dump and not self._no_writers(cur):
                 fingerprint = None
         return _Signal(fingerprint, fetch_text(charset), fetch_text(collation))
+
+    @staticmethod
+    def _schema(cur: Any, kept: _Kept, database: str) -> tuple[Any, ...]:
+        """The schema's defaults and table counts (_SCHEMA_SQL); raises DatabaseMissing."""
+        rows = _run_batch(cur, _SCHEMA_SQL, database)[0]
+        if not rows:
+            raise _missing(kept, database)
+        return tuple(rows[0])
+
+    @staticmethod
+    def _definitions(cur: Any, kept: _Kept, database: str) -> _Definitions:
+        """The schema's definitions: read from the catalogs, or, where the statement
+        counters prove nothing changed since the last read, as read then (see
+        _UNCHANGED_SQL). Raises DatabaseMissing."""
+        key: tuple[Any, ...] | None = None
+        if kept.sees_every_session:
+            exists, counters, busy = _run_batch(cur, _UNCHANGED_SQL, database)
+            if not exists[0][0]:
+                raise _missing(kept, database)
+            key = tuple(counters[0])
+            known = kept.definitions.get(database)
+            if known is not None and known[0] == key:
+                return known[1]
+            if busy[0][0]:
+                key = None  # a statement counted in `counters` may not have finished
+        results = _run_batch(cur, kept.batch, database)
+        if not results[0]:
+            raise _missing(kept, database)
+        charset, collation, foreign_tables, sequences = results[0][0]
+        defined = _Definitions(
+            charset, collation, int(foreign_tables), int(sequences), _digest(results[1:])[:24]
+        )
+        if key is not None:
+            kept.definitions[database] = (key, defined)
+        else:
+            kept.definitions.pop(database, None)
+        return defined
 
     @staticmethod
     def _binlog_position(cur: Any) -> str | None:
@@ -650,9 +768,7 @@ class MysqlEngine:
                 )
                 row = cur.fetchone()
             if row is None:
-                raise DatabaseMissing(
-                    f"the MySQL/MariaDB database {database!r} on {kept.where} does not exist"
-                )
+                raise _missing(kept, database)
             return fetch_text(row[0])
 
         value = self._with_kept(target, read).removeprefix(_MARKER_PREFIX)
