@@ -25,7 +25,7 @@ TEMPLATE = """#!/bin/sh
 """
 # Importing the client (rather than running it as a script) lets Python use its cached
 # bytecode: compiling the file on every run would cost more than everything else.
-BOOTSTRAP = "import sys; sys.path[:0] = [{folder}]; import shim; sys.exit(shim.main(sys.argv))"
+BOOTSTRAP = "import sys; sys.path[:0] = [{folder}]; import shim; shim.run(sys.argv)"
 
 
 def _quote(value: str | Path) -> str:
