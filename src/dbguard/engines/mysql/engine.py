@@ -286,7 +286,11 @@ _UNCHANGED_SQL = (
     "MAX(CASE VARIABLE_NAME WHEN 'UPTIME' THEN VARIABLE_VALUE END) "
     "- MAX(CASE VARIABLE_NAME WHEN 'UPTIME_SINCE_FLUSH_STATUS' THEN VARIABLE_VALUE END) "
     "FROM information_schema.GLOBAL_STATUS "
-    f"WHERE ({_STATEMENTS_COUNTED}) OR VARIABLE_NAME IN ('UPTIME', 'UPTIME_SINCE_FLUSH_STATUS'); "
+    f"WHERE ({_STATEMENTS_COUNTED}) OR VARIABLE_NAME IN ('UPTIME', 'UPTIME_SINCE_FLUSH_STATUS')"
+)
+# Other sessions in the middle of a statement; read after the counters and (in the same
+# batch) before the catalogs.
+_BUSY_SQL = (
     "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
     "AND COMMAND <> 'Sleep' AND NOT (USER = 'event_scheduler' AND COMMAND = 'Daemon')"
 )
@@ -346,7 +350,7 @@ class _Kept:
     info: ServerInfo
     batch: str  # _catalog_batch: the schema, then its definitions
     where: str
-    sees_every_session: bool  # may keep definitions (see _UNCHANGED_SQL)
+    keeps_definitions: bool  # MariaDB, and this user sees every session (_UNCHANGED_SQL)
     # A fresh value per connection: after a reconnect (server restart, a new daemon)
     # nothing matches an older fingerprint, because nothing proves the data was not
     # replaced while nobody was looking.
@@ -513,8 +517,8 @@ class MysqlEngine:
                 except pymysql.MySQLError:
                     # Servers older than MariaDB 10.2 / MySQL 8.0.16 have no CHECK_CONSTRAINTS.
                     parts = [p for p in parts if p[0] != "CHECK_CONSTRAINTS"]
-                sees_every_session = info.mariadb and _has_process_privilege(cur)
-            return _Kept(conn, info, _catalog_batch(parts), endpoint.where, sees_every_session)
+                keeps_definitions = info.mariadb and _has_process_privilege(cur)
+            return _Kept(conn, info, _catalog_batch(parts), endpoint.where, keeps_definitions)
         except pymysql.MySQLError as err:
             conn.close()
             raise explain(err, endpoint, database) from None
@@ -614,17 +618,21 @@ class MysqlEngine:
         counters prove nothing changed since the last read, as read then (see
         _UNCHANGED_SQL). Raises DatabaseMissing."""
         key: tuple[Any, ...] | None = None
-        if kept.sees_every_session:
-            exists, counters, busy = _run_batch(cur, _UNCHANGED_SQL, database)
+        batch = kept.batch
+        if kept.keeps_definitions:
+            exists, counters = _run_batch(cur, _UNCHANGED_SQL, database)
             if not exists[0][0]:
                 raise _missing(kept, database)
             key = tuple(counters[0])
             known = kept.definitions.get(database)
             if known is not None and known[0] == key:
                 return known[1]
+            batch = f"{_BUSY_SQL}; {batch}"
+        results = _run_batch(cur, batch, database)
+        if key is not None:
+            busy, *results = results
             if busy[0][0]:
                 key = None  # a statement counted in `counters` may not have finished
-        results = _run_batch(cur, kept.batch, database)
         if not results[0]:
             raise _missing(kept, database)
         charset, collation, foreign_tables, sequences = results[0][0]
