@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dbguard import shims
 from dbguard.client import shim as shim_client
 from dbguard.engines.base import Target
 from tests.faults.support import (
@@ -93,7 +94,7 @@ def test_a_client_of_another_user_is_refused(home: Home, other_user: str) -> Non
         client = str(Path(shim_client.__file__).parent)
         shim = [
             SYSTEM_PYTHON, "-IS", "-c",
-            f"import sys; sys.path[:0] = [{client!r}]; import shim; sys.exit(shim.main(sys.argv))",
+            shims.BOOTSTRAP.format(folder=json.dumps(client)),
             "php", str(theirs / "shims"), "artisan", "migrate:fresh",
         ]  # fmt: skip
         env = {"PATH": f"{theirs}:/usr/bin:/bin", "DBGUARD_SOCKET": str(home.socket)}

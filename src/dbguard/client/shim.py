@@ -1,5 +1,5 @@
 """The dbguard shim client: one stdlib-only file that a shim runs as
-`python -IS -c "...import shim; shim.main(sys.argv)" NAME SHIMS_DIR ARGS...`.
+`python -IS -c "...import shim; shim.run(sys.argv)" NAME SHIMS_DIR ARGS...`.
 
 A shim (a tiny sh file named like the command it guards) execs this with its own name
 and folder (see dbguard/shims.py). The client finds the real command on PATH outside that folder,
