@@ -23,6 +23,8 @@ from bench.harness import (
     children_cpu_seconds,
     cpu_seconds,
     fresh_backups,
+    server_cpu,
+    server_cpu_since,
 )
 from bench.timing import CommandFailed, interleaved, mb, median, ms, run_timed, secs, spread
 from dbguard import shims
@@ -284,22 +286,27 @@ def _baseline_commands(ctx: Context, dataset: Dataset, out: Path) -> list[Baseli
 
 
 def _run_baseline(
-    ctx: Context, baseline: Baseline, out: Path, cpu: list[float] | None = None
+    ctx: Context,
+    baseline: Baseline,
+    out: Path,
+    engine: str,
+    cpu: list[tuple[float, float | None]] | None = None,
 ) -> Callable[[], float]:
-    """A timed run of `baseline`; its CPU seconds go to `cpu`."""
+    """A timed run of `baseline`; its CPU seconds and the server's go to `cpu`."""
     env = ctx.inst.home.env
 
     def run() -> float:
         out.unlink(missing_ok=True)
         os.sync()  # as for dbguard's rounds
         before = children_cpu_seconds()
+        server = server_cpu(engine)
         if baseline.stdout is None:
             elapsed = run_timed(baseline.argv, cwd=ctx.work, env=env)
         else:
             with baseline.stdout.open("wb") as sink:
                 elapsed = run_timed(baseline.argv, cwd=ctx.work, env=env, stdout=sink)
         if cpu is not None:
-            cpu.append(children_cpu_seconds() - before)
+            cpu.append((children_cpu_seconds() - before, server_cpu_since(engine, server)))
         return elapsed
 
     return run
@@ -310,12 +317,12 @@ def _dbguard_backup(
     dataset: Dataset,
     project: Path,
     ids: list[str] | None = None,
-    cpu: list[tuple[float, float]] | None = None,
+    cpu: list[tuple[float, float, float | None]] | None = None,
     after: list[tuple[float, bool]] | None = None,
 ) -> Callable[[], float]:
     """One guarded command that must back up (the database was just changed), timed end
     to end, with the daemon's RSS sampled throughout; the backup's id goes to `ids`,
-    the daemon's CPU seconds (its own, its dump tool's) to `cpu`. With `after`, the
+    the CPU seconds (the daemon's own, its dump tool's, the server's) to `cpu`. With `after`, the
     same command runs once more (untimed for the backup figure): its time, and whether
     it reused the new backup, go there."""
     guarded = _guarded(ctx, project, "artisan", "test")
@@ -326,11 +333,13 @@ def _dbguard_backup(
         os.sync()  # the previous round's output is not this round's writeback
         ctx.inst.oplog.skip_to_end()
         own, tools = cpu_seconds(pid)
+        server = server_cpu(dataset.engine)
         with RssSampler(pid) as sampler:
             elapsed = guarded()
         own_after, tools_after = cpu_seconds(pid)
         if cpu is not None:
-            cpu.append((own_after - own, tools_after - tools))
+            server_used = server_cpu_since(dataset.engine, server)
+            cpu.append((own_after - own, tools_after - tools, server_used))
         ctx.peak_rss[dataset.key] = max(ctx.peak_rss.get(dataset.key, 0), sampler.peak)
         taken = fresh_backups(ctx.inst.oplog.new_records())
         if len(taken) != 1:
@@ -362,11 +371,11 @@ def _backup_one(ctx: Context, name: str, dataset: Dataset) -> None:
     project = ctx.inst.home.project(f"backup-{dataset.key}", dataset.env)
     out = ctx.work / f"baseline-{dataset.key}.out"
     commands = _baseline_commands(ctx, dataset, out)
-    base_cpu: list[float] = []
-    variants = {b.label: _run_baseline(ctx, b, out, base_cpu if i == 0 else None)
+    base_cpu: list[tuple[float, float | None]] = []
+    variants = {b.label: _run_baseline(ctx, b, out, dataset.engine, base_cpu if i == 0 else None)
                 for i, b in enumerate(commands)}  # fmt: skip
     ids: list[str] = []
-    cpu: list[tuple[float, float]] = []
+    cpu: list[tuple[float, float, float | None]] = []
     first: list[tuple[float, bool]] = []
     variants["dbguard"] = _dbguard_backup(ctx, dataset, project, ids, cpu, first)
     samples = interleaved(variants, ctx.runs.backup)
@@ -375,7 +384,9 @@ def _backup_one(ctx: Context, name: str, dataset: Dataset) -> None:
     _first_reuse(ctx, dataset, project, first)
     cpu_daemon = median([c[0] for c in cpu])
     cpu_tool = median([c[1] for c in cpu])
-    cpu_base = median(base_cpu)
+    cpu_base = median([c[0] for c in base_cpu])
+    server = _median_known([c[2] for c in cpu])
+    server_base = _median_known([c[1] for c in base_cpu])
     baseline_label = commands[0].label
     # The baseline's own output, once more, to weigh it (the runs delete it as they go).
     variants[baseline_label]()
@@ -406,8 +417,10 @@ def _backup_one(ctx: Context, name: str, dataset: Dataset) -> None:
             "dbguard_daemon": cpu_daemon,
             "dbguard_dump_tool": cpu_tool,
             "baseline": cpu_base,
-            "note": "client side only: user+system seconds; the database server's own "
-            "work is the same for both and not counted",
+            "server_during_dbguard": server,
+            "server_during_baseline": server_base,
+            "note": "user+system seconds; the server's are its local processes' "
+            "(None: not visible from here)",
         },
     }
     floor_text = ""
@@ -445,9 +458,35 @@ def _backup_one(ctx: Context, name: str, dataset: Dataset) -> None:
             met,
             data,
             f"backup inside the daemon {secs(in_daemon)} of the {secs(t_dbguard)}; CPU "
-            f"seconds dbguard {cpu_daemon:.2f} (daemon) + {cpu_tool:.2f} (dump tool), "
-            f"{baseline_label} {cpu_base:.2f}",
+            f"seconds dbguard {cpu_daemon:.2f} (daemon) + {cpu_tool:.2f} (dump tool)"
+            f"{_server_text(server)}, {baseline_label} {cpu_base:.2f}"
+            f"{_server_text(server_base)}"
+            f"{_cpu_floor_text(cpu_daemon + cpu_tool, server, cpu_base, server_base, t_base)}",
         )
+    )
+
+
+def _median_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return median(known) if known else None
+
+
+def _server_text(seconds: float | None) -> str:
+    return "" if seconds is None else f" + {seconds:.2f} (server)"
+
+
+def _cpu_floor_text(
+    dbguard: float, server: float | None, base: float, base_server: float | None, wall: float
+) -> str:
+    """How busy the baseline keeps the machine, and the least wall time dbguard's CPU
+    seconds allow on its cores: near the core count, whatever dbguard adds costs time."""
+    if server is None or base_server is None or wall <= 0:
+        return ""
+    cores = os.cpu_count() or 1
+    total = dbguard + server
+    return (
+        f"; the baseline kept {(base + base_server) / wall:.1f} of {cores} cores busy; "
+        f"dbguard's {total:.2f} CPU s take at least {total / cores:.2f} s on {cores} cores"
     )
 
 
@@ -689,7 +728,9 @@ def _restore_one(ctx: Context, name: str, dataset: Dataset) -> None:
         manifest = store.get(ctx.last_backup[dataset.key])
     backup_id = manifest.id
     out = ctx.work / f"restore-{dataset.key}.dump"
-    _run_baseline(ctx, _baseline_commands(ctx, dataset, out)[0], out)()  # what users restore
+    _run_baseline(
+        ctx, _baseline_commands(ctx, dataset, out)[0], out, dataset.engine
+    )()  # to restore
     baseline_label, baseline = _baseline_restore(ctx, dataset, out)
     engines = Engines()
     target = dataset.target()

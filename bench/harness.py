@@ -178,6 +178,58 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return utime + stime, cutime + cstime
 
 
+SERVER_PROCESSES = {"postgres": ("postgres",), "mysql": ("mariadbd", "mysqld")}
+SERVER_SETTLE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class ServerCpu:
+    seconds: float
+    pids: frozenset[int]
+
+
+def server_cpu(engine: str) -> ServerCpu | None:
+    """CPU seconds the engine's local server processes have used so far: their own
+    and their reaped children's (PostgreSQL's postmaster collects those of backends that
+    ended). None when no such process is visible (a remote server, or no access)."""
+    names = SERVER_PROCESSES.get(engine)
+    if not names:
+        return None
+    total, pids = 0.0, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        head, _, rest = stat.rpartition(")")
+        if head.partition("(")[2] not in names:
+            continue
+        pids.add(int(entry.name))
+        total += sum(int(x) for x in rest.split()[11:15]) / _TICK
+    return ServerCpu(total, frozenset(pids)) if pids else None
+
+
+def server_cpu_since(engine: str, before: ServerCpu | None) -> float | None:
+    """The server's CPU seconds since `before`, read once the backends started since
+    have ended and been reaped. A backend outlives its client for a moment, and one
+    reaped while a scan runs can be missed twice (read before it reached the
+    postmaster's total, gone when the scan reaches its own pid); so the reading is the
+    scan after the first one that finds none of them."""
+    if before is None:
+        return None
+    deadline = time.monotonic() + SERVER_SETTLE_TIMEOUT
+    while True:
+        now = server_cpu(engine)
+        if now is None:
+            return None
+        if now.pids <= before.pids or time.monotonic() >= deadline:
+            settled = server_cpu(engine)
+            return None if settled is None else settled.seconds - before.seconds
+        time.sleep(0.01)
+
+
 def children_cpu_seconds() -> float:
     """CPU seconds of this process's waited-for children (the baseline commands)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
