@@ -237,7 +237,8 @@ _SCHEMA_SQL = (
     "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %(db)s "
     "AND TABLE_TYPE <> 'VIEW' AND COALESCE(ENGINE, '') <> 'InnoDB'), "
     "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %(db)s "
-    "AND TABLE_TYPE = 'SEQUENCE') "
+    "AND TABLE_TYPE = 'SEQUENCE'), "
+    "(SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %(db)s) "
     "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %(db)s"
 )
 
@@ -255,7 +256,11 @@ _SCHEMA_SQL = (
 # - So the digest is kept only when, after the sum was read and before the catalogs
 #   were, no other session was running a statement: every statement counted by then
 #   had finished, and the catalogs show what it did. Only a user with the PROCESS
-#   privilege sees every session; without it nothing is kept.
+#   privilege sees every session; without it nothing is kept. Nor on a Galera node,
+#   whose appliers may not show as running the statements they apply.
+# - The event scheduler disables and drops its events without running a statement
+#   (an event that has run its course): a schema with events is read every time. One
+#   without cannot get one without CREATE EVENT, which counts.
 # - FLUSH STATUS may reset global counters on some servers (MariaDB 10.11 keeps the
 #   Com_* ones): the moment of the last one is part of the key.
 #
@@ -339,6 +344,7 @@ class _Definitions:
     collation: Any
     foreign_tables: int  # tables InnoDB does not log
     sequences: int
+    events: int
     digest: str
 
 
@@ -467,6 +473,18 @@ def _has_process_privilege(cur: Any) -> bool:
     return True
 
 
+def _galera(cur: Any) -> bool:
+    """Whether this server replicates with Galera (wsrep)."""
+    try:
+        cur.execute("SELECT @@wsrep_on")
+        row = cur.fetchone()
+    except pymysql.MySQLError as err:
+        if error_code(err) in _UNREACHABLE_DURING_USE:
+            raise
+        return False  # a build without wsrep has no such variable
+    return bool(row and int(row[0] or 0))
+
+
 def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...], ...]]:
     """Every result set of a multi-statement batch, read to the end."""
     cur.execute(batch, {"db": database})
@@ -517,7 +535,9 @@ class MysqlEngine:
                 except pymysql.MySQLError:
                     # Servers older than MariaDB 10.2 / MySQL 8.0.16 have no CHECK_CONSTRAINTS.
                     parts = [p for p in parts if p[0] != "CHECK_CONSTRAINTS"]
-                keeps_definitions = info.mariadb and _has_process_privilege(cur)
+                keeps_definitions = (
+                    info.mariadb and _has_process_privilege(cur) and not _galera(cur)
+                )
             return _Kept(conn, info, _catalog_batch(parts), endpoint.where, keeps_definitions)
         except pymysql.MySQLError as err:
             conn.close()
@@ -617,30 +637,35 @@ class MysqlEngine:
         """The schema's definitions: read from the catalogs, or, where the statement
         counters prove nothing changed since the last read, as read then (see
         _UNCHANGED_SQL). Raises DatabaseMissing."""
-        key: tuple[Any, ...] | None = None
         batch = kept.batch
+        counters: tuple[Any, ...] | None = None
         if kept.keeps_definitions:
-            exists, counters = _run_batch(cur, _UNCHANGED_SQL, database)
+            exists, read = _run_batch(cur, _UNCHANGED_SQL, database)
             if not exists[0][0]:
                 raise _missing(kept, database)
-            key = tuple(counters[0])
+            counters = tuple(read[0])
             known = kept.definitions.get(database)
-            if known is not None and known[0] == key:
+            if known is not None and known[0] == counters:
                 return known[1]
             batch = f"{_BUSY_SQL}; {batch}"
         results = _run_batch(cur, batch, database)
-        if key is not None:
+        keep = counters is not None
+        if keep:
             busy, *results = results
-            if busy[0][0]:
-                key = None  # a statement counted in `counters` may not have finished
+            keep = not busy[0][0]  # else a statement counted may not have finished
         if not results[0]:
             raise _missing(kept, database)
-        charset, collation, foreign_tables, sequences = results[0][0]
+        charset, collation, foreign_tables, sequences, events = results[0][0]
         defined = _Definitions(
-            charset, collation, int(foreign_tables), int(sequences), _digest(results[1:])[:24]
+            charset,
+            collation,
+            int(foreign_tables),
+            int(sequences),
+            int(events),
+            _digest(results[1:])[:24],
         )
-        if key is not None:
-            kept.definitions[database] = (key, defined)
+        if counters is not None and keep and not defined.events:
+            kept.definitions[database] = (counters, defined)
         else:
             kept.definitions.pop(database, None)
         return defined
