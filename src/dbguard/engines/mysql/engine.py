@@ -248,7 +248,8 @@ _SCHEMA_SQL = (
 #
 # - The server counts every statement it runs in its Com_* status counters, at the
 #   start of the statement, and the global values sum the live sessions' own. Every
-#   statement that can change a definition counts in one of them; the ones left out
+#   statement that can change a definition counts in one of them (the event scheduler
+#   changes some without a statement: see below); the ones left out
 #   here cannot (reads, SHOW, session settings, transaction control, USE), and they
 #   are all that these checks and the dump tools issue. Equal sums: no definition
 #   changed, unless a statement counted earlier was still running when the catalogs
