@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dbguard import store as store_module
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
 from dbguard.store import DamagedBackup, Manifest, Reason, Store, Verification, check_id
@@ -48,6 +50,27 @@ def test_a_failed_backup_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("dump tool died")
     assert store.entries() == []
     assert list(store.tmp.iterdir()) == []
+
+
+def test_writeback_starts_early_for_every_part_of_a_large_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        "dbguard.store._start_writeback", lambda fd, offset, n: started.append((offset, n))
+    )
+    store = Store(tmp_path / "b")
+    payload = os.urandom(3 * store_module._WRITEBACK_STEP)  # incompressible: ~3 steps on disk
+    manifest = backup(store, payload)
+
+    assert len(started) >= 2
+    assert started[0][0] == 0
+    for (offset, n), (next_offset, _) in itertools.pairwise(started):
+        assert next_offset == offset + n  # no part skipped, none asked twice
+    assert all(n >= store_module._WRITEBACK_STEP for _, n in started)
+    assert started[-1][0] + started[-1][1] <= manifest.data.size
+    with store.open_data(manifest) as data:
+        assert data.read() == payload
 
 
 def test_an_empty_dump_is_refused(tmp_path: Path) -> None:
