@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import re
 import secrets
@@ -68,6 +67,7 @@ from psycopg.errors import ObjectInUse
 
 from dbguard.config import BackupSettings
 from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.engines.pipe import stdout_chunks
 from dbguard.errors import (
     BackupFailed,
     Cancelled,
@@ -83,8 +83,6 @@ FORMAT = "pg-custom"  # pg_dump -Fc without compression; zstd is the store's
 TOOL_ROOT = Path("/usr/lib/postgresql")
 MAINTENANCE_DB = "postgres"
 _CHUNK = 1 << 20
-_SHORT_READ = 1 << 16  # a read this small found the pipe nearly empty
-_FILL_WAIT = 0.003  # seconds to let it fill: a few hundred KB at pg_dump's pace
 _CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not stall a guarded command
 _LOCK_WAIT_MS = 60_000  # pg_dump gives up on a table another session keeps locked
 _KEPT_CONNECTIONS = 64
@@ -907,15 +905,6 @@ class _Child:
         return None
 
 
-def _widen_pipe(fd: int) -> bool:
-    # 1 MiB instead of 64 KiB: sixteen times fewer wake-ups and writes per gigabyte.
-    # Refused above /proc/sys/fs/pipe-max-size; the default size works, only slower.
-    try:
-        return int(fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)) >= _CHUNK
-    except OSError:
-        return False
-
-
 @dataclass
 class _Streamed:
     size: int = 0
@@ -925,20 +914,13 @@ class _Streamed:
 
 def _pump_out(child: _Child, out: Sink) -> _Streamed:
     """Copy the child's stdout into `out` as it arrives; returns what the checks need."""
-    assert child.proc.stdout is not None
-    fd = child.proc.stdout.fileno()
-    # pg_dump writes 8-30 KB at a time; waking up for each write costs both processes
-    # more CPU than letting the megabyte pipe fill for a moment costs time.
-    patient = _widen_pipe(fd)
     seen = _Streamed()
-    while chunk := os.read(fd, _CHUNK):
+    for chunk in stdout_chunks(child.proc):
         if len(seen.head) < 5:
             seen.head = (seen.head + chunk)[:5]
         seen.tail = (seen.tail + chunk)[-8:]
         out.write(chunk)
         seen.size += len(chunk)
-        if patient and len(chunk) < _SHORT_READ:
-            time.sleep(_FILL_WAIT)
     return seen
 
 

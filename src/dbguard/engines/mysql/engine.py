@@ -6,7 +6,6 @@ See the package docstring (dbguard/engines/mysql/__init__.py) for the design.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +55,7 @@ from dbguard.engines.mysql.sqltext import (
     statement_head,
     without_database_name,
 )
+from dbguard.engines.pipe import stdout_chunks
 from dbguard.errors import (
     BackupFailed,
     Cancelled,
@@ -69,9 +69,6 @@ from dbguard.shims import is_shim
 log = structlog.get_logger("dbguard.mysql")
 
 FORMAT = "mysql-sql"  # SQL in mysqldump's layout, from either dumper
-_CHUNK = 1 << 20
-_SHORT_READ = 1 << 16  # a read this small found the pipe nearly empty
-_FILL_WAIT = 0.003  # seconds to let it fill: a few hundred KB at a dump tool's pace
 _KEPT_CONNECTIONS = 16
 _KEPT_READ_TIMEOUT = 30  # seconds a skip check waits for a stuck server
 _LOCK_WAIT_SECONDS = 30  # a restore's RENAME gives up on tables another session holds
@@ -427,32 +424,6 @@ class _Watchdog:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
-
-
-def _read_full(stream: Any, view: memoryview, patient: bool = False) -> int:
-    """Fill `view` from the pipe (or stop at its end): a megabyte per sink write keeps
-    the per-chunk Python cost negligible next to the tool's own work.
-
-    `patient` (the pipe holds a megabyte): after a short read, give the pipe a moment
-    to fill. mariadb-dump writes a few kilobytes at a time; waking up for each write
-    (about 37,000 times for 265 MB) costs both processes more CPU than the wait costs."""
-    got = 0
-    while got < len(view):
-        n = stream.readinto(view[got:])
-        if not n:
-            break
-        got += n
-        if patient and n < _SHORT_READ:
-            time.sleep(_FILL_WAIT)
-    return got
-
-
-def _grow_pipe(fd: int) -> bool:
-    """Make the pipe hold a megabyte; False when the system refuses."""
-    try:
-        return int(fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _CHUNK)) >= _CHUNK
-    except (OSError, AttributeError):
-        return False
 
 
 def _missing(kept: _Kept, database: str) -> DatabaseMissing:
@@ -994,12 +965,7 @@ class MysqlEngine:
                     raise BackupFailed(f"cannot run {tool.path}: {err}") from None
                 watchdog = _Watchdog(proc, timeout, cancel)
                 try:
-                    assert proc.stdout is not None
-                    patient = _grow_pipe(proc.stdout.fileno())
-                    buffer = bytearray(_CHUNK)
-                    view = memoryview(buffer)
-                    while n := _read_full(proc.stdout, view, patient):
-                        chunk = bytes(view[:n])
+                    for chunk in stdout_chunks(proc):
                         scanner.feed(chunk)
                         out.write(chunk)
                     code = proc.wait()
