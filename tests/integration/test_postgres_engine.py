@@ -208,11 +208,11 @@ def store(tmp_path: Path) -> Store:
 
 
 class NullSink:
-    def __init__(self, on_write: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, on_write: Callable[[bytes | bytearray], None] | None = None) -> None:
         self.size = 0
         self.on_write = on_write
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | bytearray, /) -> int:
         if self.on_write is not None:
             self.on_write(data)
         self.size += len(data)
@@ -834,7 +834,7 @@ def test_cancel_stops_pg_dump(rich: Target, store: Store, engines: Engines) -> N
 def test_a_failing_sink_stops_pg_dump_and_its_error_comes_through(
     rich: Target, engine: PostgresEngine
 ) -> None:
-    def disk_full(_data: bytes) -> None:
+    def disk_full(_data: bytes | bytearray) -> None:
         raise BackupFailed("no space left in /backups while writing the backup")
 
     with pytest.raises(BackupFailed, match="no space left"):

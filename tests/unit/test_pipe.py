@@ -32,7 +32,8 @@ def run_writer(size: int) -> tuple[list[bytes], str]:
         [sys.executable, "-c", WRITER, str(size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        chunks = list(stdout_chunks(proc))
+        # Copied as they come: the reader fills the same buffer again.
+        chunks = [bytes(chunk) for chunk in stdout_chunks(proc)]
     finally:
         assert proc.stderr is not None
         written = proc.stderr.read().decode()

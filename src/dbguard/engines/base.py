@@ -80,7 +80,7 @@ class DumpInfo(BaseModel):
 class Sink(Protocol):
     """Where an engine writes its dump (the store's compressing writer)."""
 
-    def write(self, data: bytes, /) -> int: ...
+    def write(self, data: bytes | bytearray, /) -> int: ...
 
 
 class Engine(Protocol):

@@ -20,16 +20,19 @@ _SHORT_READ = 1 << 16  # a read this small found the pipe nearly empty
 _FILL_WAIT = 0.003  # seconds to let it fill: a few hundred KB at a dump tool's pace
 
 
-def stdout_chunks(proc: subprocess.Popen[bytes]) -> Iterator[bytes]:
+def stdout_chunks(proc: subprocess.Popen[bytes]) -> Iterator[bytearray]:
     """The tool's stdout (opened with stdout=PIPE) in chunks of a megabyte, the last one
-    shorter, until it is closed. Reads the descriptor itself: a buffered reader would
-    wake up for every write the tool makes."""
+    shorter, until it is closed. Every chunk but the last is the same buffer, filled
+    anew: use or copy it before asking for the next. (A copy of each would cost a
+    megabyte more memory and a memcpy of the whole dump.) Reads the descriptor itself:
+    a buffered reader would wake up for every write the tool makes."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     patient = _widen(fd)
-    view = memoryview(bytearray(CHUNK))
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     while n := _read_full(fd, view, patient):
-        yield bytes(view[:n])
+        yield buffer if n == CHUNK else buffer[:n]
 
 
 def _read_full(fd: int, view: memoryview, patient: bool) -> int:

@@ -918,7 +918,7 @@ def _pump_out(child: _Child, out: Sink) -> _Streamed:
     for chunk in stdout_chunks(child.proc):
         if len(seen.head) < 5:
             seen.head = (seen.head + chunk)[:5]
-        seen.tail = (seen.tail + chunk)[-8:]
+        seen.tail = (seen.tail + chunk[-8:])[-8:]
         out.write(chunk)
         seen.size += len(chunk)
     return seen

@@ -97,7 +97,7 @@ _TRAILER = b"-- Dump completed"
 _TAIL = 512
 
 
-def _ident_in_comment(text: bytes) -> str | None:
+def _ident_in_comment(text: bytes | bytearray) -> str | None:
     """The table name in mysqldump's `-- ... for table `name`` comment lines."""
     text = text.rstrip(b"\r\n")
     if len(text) < 2 or not (text.startswith(b"`") and text.endswith(b"`")):
@@ -105,7 +105,7 @@ def _ident_in_comment(text: bytes) -> str | None:
     return text[1:-1].replace(b"``", b"`").decode("utf-8", "replace")
 
 
-def count_tuples(insert_line: bytes) -> int:
+def count_tuples(insert_line: bytes | bytearray) -> int:
     """Rows in one single-line INSERT (`INSERT INTO `t` VALUES (..),(..);`), as MySQL's
     mysqldump writes them: tuple separators outside string literals, plus one."""
     pos = len(_INSERT)
@@ -125,7 +125,7 @@ def count_tuples(insert_line: bytes) -> int:
     return outside.count(b"),(") + 1
 
 
-def _statement_end(chunk: bytes, pos: int) -> int:
+def _statement_end(chunk: bytes | bytearray, pos: int) -> int:
     """Index of the first ";" followed by a newline at or after `pos`, or -1."""
     while (pos := chunk.find(b";", pos)) >= 0:
         if chunk[pos + 1 : pos + 2] == b"\n":
@@ -147,7 +147,7 @@ class DumpScanner:
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
         self._table: str | None = None  # inside this table's data section
-        self._partial: list[bytes] = []  # the start of a line we need whole
+        self._partial: list[bytes | bytearray] = []  # the start of a line we need whole
         self._in_row = False  # inside a row line (not needed whole)
         self._tables_done = False  # past the last data section: only the tail matters
         self._tail = b""
@@ -158,7 +158,7 @@ class DumpScanner:
         lines = self._tail.rstrip().rsplit(b"\n", 1)
         return lines[-1].startswith(_TRAILER)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | bytearray) -> None:
         self._tail = (self._tail + chunk[-_TAIL:])[-_TAIL:]
         if self._tables_done:
             return
@@ -197,7 +197,7 @@ class DumpScanner:
             self._line(chunk[pos : newline + 1])
             pos = newline + 1
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes | bytearray) -> None:
         if line.startswith(b"-- "):  # a section header (the "--" lines around it are not)
             self._table = None
             if line.startswith(_DATA_HEADER):
