@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from dbguard import operations, space
+from dbguard.daemon.memory import release_free_memory
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import DatabaseMissing, DbguardError
@@ -185,6 +186,9 @@ class Backups:
             except Exception as err:
                 log.warning("backup failed", database=entry.target.label, error=str(err))
                 raise
+            finally:
+                # After the callers have their answer, not before.
+                loop.call_soon(loop.run_in_executor, None, release_free_memory)
         log.info(
             "backup done",
             database=entry.target.label,

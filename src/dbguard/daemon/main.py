@@ -18,7 +18,7 @@ import uvloop
 
 from dbguard import __version__
 from dbguard.config import ConfigError, load_config
-from dbguard.daemon import systemd
+from dbguard.daemon import memory, systemd
 from dbguard.daemon.health import BackgroundVerifier
 from dbguard.daemon.server import Server, StartupError
 from dbguard.daemon.service import Guard
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"dbguardd {__version__}")
     args = parser.parse_args(argv)
+    memory.limit_arenas()  # before any thread exists
     try:
         # First, so the LISTEN_* variables are gone before anything can spawn a child.
         activated = systemd.activated_socket()
