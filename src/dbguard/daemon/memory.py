@@ -4,10 +4,10 @@ where the C library has neither call).
 glibc gives threads arenas of their own, up to eight per core, and keeps what a
 thread frees in its arena for later. Every backup starts new zstd worker threads
 and runs on whichever executor thread is free, so arenas multiply and each keeps its
-high-water mark: 16 SQLite backups of 316 MB in a row, in one process with six worker
-threads, left the RSS at 51 -> 147 MB (flat from the eighth on). With two arenas
-and the free pages handed back after each backup, the same run stayed at 52-68 MB
-after each backup and peaked at 78 MB.
+high-water mark: SQLite backups of 316 MB in a row, in one process with six worker
+threads, took the RSS from 51 to 141 MB by the eighth and 148 MB by the 24th. With
+two arenas and the free pages handed back after each backup, 16 of them left it at
+52-68 MB after each, with an 86 MB peak.
 """
 
 from __future__ import annotations
