@@ -187,8 +187,8 @@ class Backups:
                 log.warning("backup failed", database=entry.target.label, error=str(err))
                 raise
             finally:
-                # After the callers have their answer, not before.
-                loop.call_soon(loop.run_in_executor, None, release_free_memory)
+                # Not awaited: the callers need not wait for it.
+                loop.run_in_executor(None, release_free_memory)
         log.info(
             "backup done",
             database=entry.target.label,
