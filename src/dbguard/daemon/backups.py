@@ -4,6 +4,7 @@ in-flight backup, and a backup is skipped when the database provably has not cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -187,8 +188,10 @@ class Backups:
                 log.warning("backup failed", database=entry.target.label, error=str(err))
                 raise
             finally:
-                # Not awaited: the callers need not wait for it.
-                loop.run_in_executor(None, release_free_memory)
+                # Not awaited: the callers need not wait for it. Never an error of the
+                # backup's (an executor already shut down refuses new work).
+                with contextlib.suppress(RuntimeError):
+                    loop.run_in_executor(None, release_free_memory)
         log.info(
             "backup done",
             database=entry.target.label,
