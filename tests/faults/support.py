@@ -561,19 +561,27 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @dataclass
 class PrivateMariadb:
-    """A throwaway mariadbd of our own on 127.0.0.1:`port` and a private socket."""
+    """A throwaway mariadbd of our own on 127.0.0.1:`port` and a private socket, with
+    the binary log on if asked; `options` are added to its command line."""
 
     folder: Path
     port: int
+    log_bin: bool = False
+    options: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        binlog = (
+            [f"--log-bin={self.folder / 'data' / 'binlog'}", "--server-id=1"]
+            if self.log_bin
+            else ["--skip-log-bin"]
+        )
         log = (self.folder / "log").open("ab")
         self.process = subprocess.Popen(
             [
                 "mariadbd", "--no-defaults", f"--datadir={self.folder / 'data'}",
                 f"--socket={self.folder / 'sock'}", f"--port={self.port}",
-                "--bind-address=127.0.0.1", "--user=root", "--skip-log-bin",
+                "--bind-address=127.0.0.1", "--user=root", *binlog, *self.options,
                 "--innodb-buffer-pool-size=32M", f"--pid-file={self.folder / 'pid'}",
             ],
             stdout=log,
@@ -624,7 +632,7 @@ class PrivateMariadb:
 
 
 @contextlib.contextmanager
-def private_mariadb() -> Iterator[PrivateMariadb]:
+def private_mariadb(*, log_bin: bool = False) -> Iterator[PrivateMariadb]:
     import shutil
     import tempfile
 
@@ -633,7 +641,7 @@ def private_mariadb() -> Iterator[PrivateMariadb]:
     if shutil.which("mariadb-install-db") is None or shutil.which("mariadbd") is None:
         unavailable("a private MariaDB", FileNotFoundError("mariadb-install-db, mariadbd"))
     folder = Path(tempfile.mkdtemp(prefix="dbgmy", dir="/tmp"))  # short socket path
-    server = PrivateMariadb(folder, free_port())
+    server = PrivateMariadb(folder, free_port(), log_bin)
     try:
         subprocess.run(
             [

@@ -457,6 +457,22 @@ def _galera(cur: Any) -> bool:
     return bool(row and int(row[0] or 0))
 
 
+def _replicates(cur: Any, info: ServerInfo) -> bool:
+    """Whether changes can arrive from another server: a replication connection is
+    set up (running or not: it can start between two checks), or this is a Galera
+    node. True too when the server will not say."""
+    if _galera(cur):
+        return True
+    status = "SHOW ALL SLAVES STATUS" if info.mariadb else "SHOW REPLICA STATUS"
+    try:
+        cur.execute(status)
+        return bool(cur.fetchall())
+    except pymysql.MySQLError as err:
+        if error_code(err) in _UNREACHABLE_DURING_USE:
+            raise
+        return True
+
+
 def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...], ...]]:
     """Every result set of a multi-statement batch, read to the end."""
     cur.execute(batch, {"db": database})
@@ -573,36 +589,26 @@ class MysqlEngine:
 
     def _signal(self, kept: _Kept, database: str, for_dump: bool) -> _Signal:
         with kept.conn.cursor() as cur:
-            # With the binary log, every DDL is logged too: the definitions digest (some
-            # milliseconds of catalog reads) is only needed when the position is not
-            # usable.
-            position = None
-            if kept.info.log_bin:
-                charset, collation, *_ = self._schema(cur, kept, database)
-                position = self._binlog_position(cur)
-            if position is None:
-                defined = self._definitions(cur, kept, database)
-                charset, collation = defined.charset, defined.collation
-                if not defined.foreign_tables:
-                    counter = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
-                    if counter is not None:
-                        position = f"{counter}:{defined.digest}"
-            # No position: the binlog is off and a table is not InnoDB (its writes leave no
-            # trace in the redo log), or the server would not tell. Then always back up.
+            defined = self._definitions(cur, kept, database)
+            # An InnoDB counter wherever it covers every table, even with the binary log
+            # on: a session with sql_log_bin = 0 (or a replica's applier, without
+            # log_slave_updates) commits without moving the log's position, never
+            # without drawing from InnoDB's counters. The binary log is for databases
+            # with MyISAM or Aria tables, whose writes leave no trace in InnoDB.
+            signal_ = None
+            if not defined.foreign_tables:
+                signal_ = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
+            elif kept.info.log_bin:
+                signal_ = self._binlog_position(cur, kept.info)
+            # No signal: a table is not InnoDB and the binlog is off, filtered or
+            # misses what a replica applies; or the server would not tell. Always back up.
             fingerprint = None
-            if position is not None:
+            if signal_ is not None:
+                position = f"{signal_}:{defined.digest}"
                 fingerprint = f"mysql:{kept.info.identity}:{kept.epoch}:{position}"
             if fingerprint is not None and for_dump and not self._no_writers(cur):
                 fingerprint = None
-        return _Signal(fingerprint, fetch_text(charset), fetch_text(collation))
-
-    @staticmethod
-    def _schema(cur: Any, kept: _Kept, database: str) -> tuple[Any, ...]:
-        """The schema's defaults and table counts (_SCHEMA_SQL); raises DatabaseMissing."""
-        rows = _run_batch(cur, _SCHEMA_SQL, database)[0]
-        if not rows:
-            raise _missing(kept, database)
-        return tuple(rows[0])
+        return _Signal(fingerprint, fetch_text(defined.charset), fetch_text(defined.collation))
 
     @staticmethod
     def _definitions(cur: Any, kept: _Kept, database: str) -> _Definitions:
@@ -643,11 +649,14 @@ class MysqlEngine:
         return defined
 
     @staticmethod
-    def _binlog_position(cur: Any) -> str | None:
-        """File and offset of the binary log, which every committed change (any engine,
-        DDL included) moves. None when unreadable or filtered: with binlog-do-db or
-        binlog-ignore-db some changes are never logged."""
+    def _binlog_position(cur: Any, info: ServerInfo) -> str | None:
+        """File and offset of the binary log, which every change logged moves (any
+        engine, DDL included). None where changes can reach the database unlogged: with
+        binlog-do-db or binlog-ignore-db, and on a replica that does not log what it
+        applies (log_slave_updates off). None too when the server will not tell."""
         try:
+            if not info.logs_replicated and _replicates(cur, info):
+                return None
             try:
                 cur.execute("SHOW MASTER STATUS")
             except pymysql.err.ProgrammingError:  # MySQL 8.4 renamed it

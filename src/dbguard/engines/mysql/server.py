@@ -28,6 +28,7 @@ _UNREACHABLE = {2002, 2003, 2005, 2006, 2013, 2055}
 _ACCESS_DENIED = 1045
 _DATABASE_ACCESS_DENIED = 1044
 _UNKNOWN_DATABASE = 1049
+_UNKNOWN_SYSTEM_VARIABLE = 1193
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ class ServerInfo:
     mariadb: bool
     log_bin: bool
     identity: str  # short hash naming this server (never equal for two servers)
+    # log_slave_updates: what a replica applies goes to its own binary log too.
+    logs_replicated: bool = False
 
     @property
     def flavour(self) -> str:
@@ -215,11 +218,26 @@ def server_info(conn: Any, endpoint: Endpoint) -> ServerInfo:
         if not mariadb:  # MariaDB has no server_uuid
             cur.execute("SELECT @@server_uuid")
             uuid = str(cur.fetchone()[0])
+        logs_replicated = _logs_replicated(cur)
     # hostname+port+server_id+uuid tell servers apart; where we reached it from is
     # included so a tunnel to another server on the same port never looks the same.
     seed = f"{hostname}|{port}|{server_id}|{uuid}|{version}|{endpoint.where}"
     identity = hashlib.sha256(seed.encode()).hexdigest()[:12]
-    return ServerInfo(str(version), mariadb, bool(int(log_bin or 0)), identity)
+    return ServerInfo(str(version), mariadb, bool(int(log_bin or 0)), identity, logs_replicated)
+
+
+def _logs_replicated(cur: Any) -> bool:
+    """log_slave_updates (log_replica_updates on MySQL 8.0.26 and later); False when
+    neither name is known, which only costs a check for replication."""
+    for name in ("log_replica_updates", "log_slave_updates"):
+        try:
+            cur.execute(f"SELECT @@{name}")
+        except pymysql.MySQLError as err:
+            if error_code(err) == _UNKNOWN_SYSTEM_VARIABLE:
+                continue
+            raise
+        return bool(int(cur.fetchone()[0] or 0))
+    return False
 
 
 def fetch_text(value: Any) -> str:
