@@ -9,22 +9,28 @@ holds the whole dump. The pg_dump used is the newest one at least as new as the 
 looked for in /usr/lib/postgresql/*/bin before PATH (Debian's /usr/bin wrapper costs
 tens of milliseconds per run).
 
-Change signal. `pg_current_wal_insert_lsn()`: every commit of a transaction that wrote
-anything inserts a commit record, which moves the insert position. It is cluster-wide,
-so another database's writes (or a vacuum) can only cause an extra backup, never a
-missed one. The fingerprint also names the cluster (system identifier, timeline,
-postmaster start) so positions from different servers, a promoted standby or a restored
-data folder never compare equal, and the database's oid, so a dropped and re-created
-database never matches. Skip checks read it on a connection kept open per server to the
-`postgres` maintenance database, never to the target: a session in the target would
-make the guarded command's own `DROP DATABASE` or `CREATE DATABASE ... TEMPLATE` fail.
-See `_snapshot_fingerprint` for why the backup's own fingerprint is read before its
-snapshot and when it must be dropped. Known limits: a standby has no insert position
-(None: always back up); a transaction holding an xid anywhere on the cluster while a
-backup starts makes that backup's fingerprint None (the next command backs up again);
-and `nextval` logs WAL only every 32 values, so a bare `SELECT nextval(...)` with no row
-written may not move the position. Such a value is stored nowhere in the database, and
-a restore can hand it out again.
+Change signal. The cluster's current snapshot, `pg_current_snapshot()` (xmin:xmax:xip):
+it changes when, and only when, a transaction that holds an xid ends, which every
+committed change does. A transaction in progress at the first reading is in its xip
+list, or at or above its xmax; its end takes it out of the list or moves xmax past it.
+So two equal readings prove that nothing committed in between, and the backup's own
+fingerprint is its exported snapshot, read in it: exactly what pg_dump sees, with no
+window between the two. It is cluster-wide, so another database's commits (or an
+autovacuum's ANALYZE) can only cause an extra backup, never a missed one. (Snapshots
+leave out lazy VACUUM's backends, which change nothing a dump holds.)
+`pg_current_wal_insert_lsn()`, the position in the WAL, was the first signal: it proves
+the same, but it also moves without any commit, above all by the standby snapshot that
+the background writer logs within 15 s of any write, so the command after a backup
+taken right after a write backed up again. The fingerprint also names the cluster
+(system identifier, timeline, postmaster start) so readings from different servers, a
+promoted standby or a restored data folder never compare equal, and the database's oid,
+so a dropped and re-created database never matches. Skip checks read it on a connection
+kept open per server to the `postgres` maintenance database, never to the target: a
+session in the target would make the guarded command's own `DROP DATABASE` or `CREATE
+DATABASE ... TEMPLATE` fail. Known limits: a standby gives no signal (None: always back
+up), and `nextval` takes an xid (and writes WAL) only every 32 values, so a bare
+`SELECT nextval(...)` with no row written may not move the signal. Such a value is
+stored nowhere in the database, and a restore can hand it out again.
 
 Restore. pg_restore fills a new scratch database (the target's owner, encoding and
 locale); the target's database-level settings, grants and comment are copied over; then
@@ -541,20 +547,14 @@ _SIGNAL_SQL = """
 SELECT d.oid,
        s.system_identifier,
        (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,
-       w.lsn::text,
-       pg_walfile_name(w.lsn)
+       w.timeline,
+       w.snapshot
 FROM pg_control_system() s
 CROSS JOIN (SELECT CASE WHEN pg_is_in_recovery() THEN NULL
-                        ELSE pg_current_wal_insert_lsn() END AS lsn) w
+                        ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END AS timeline,
+                   CASE WHEN pg_is_in_recovery() THEN NULL
+                        ELSE pg_current_snapshot()::text END AS snapshot) w
 LEFT JOIN pg_database d ON d.datname = %s
-"""
-
-# Backends holding a transaction id (a write in progress or committing), and prepared
-# transactions, whose xid sits in a dummy backend that pg_stat_activity does not list.
-_XID_HOLDERS_SQL = """
-SELECT (SELECT count(*) FROM pg_stat_activity
-        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())
-     + (SELECT count(*) FROM pg_prepared_xacts)
 """
 
 _TABLES_SQL = """
@@ -603,22 +603,19 @@ def _read_marker(conn: Conn, s: ConnSettings) -> Marker | None:
     return None
 
 
-@dataclass(frozen=True)
-class _Signal:
-    value: str | None  # None on a standby: no insert position to read
-
-
-def _read_signal(conn: Conn, s: ConnSettings) -> _Signal:
-    """The change signal for `s.dbname`. Raises DatabaseMissing when it does not exist."""
+def _read_signal(conn: Conn, s: ConnSettings) -> str | None:
+    """The change signal for `s.dbname`, in the connection's current snapshot (in a
+    REPEATABLE READ transaction, the transaction's); None on a standby. Raises
+    DatabaseMissing when the database does not exist."""
     row = conn.execute(_SIGNAL_SQL, (s.dbname,)).fetchone()
     assert row is not None  # the query always returns one row
-    oid, system_id, started, lsn, walfile = row
+    oid, system_id, started, walfile, snapshot = row
     if oid is None:
         raise DatabaseMissing(f"the PostgreSQL database {s.dbname} does not exist at {s.where}")
-    if lsn is None:
-        return _Signal(None)
+    if snapshot is None:
+        return None
     timeline = int(str(walfile)[:8], 16)
-    return _Signal(f"postgres:{system_id}:{timeline}:{started}:{oid}:{lsn}")
+    return f"postgres:{system_id}:{timeline}:{started}:{oid}:{snapshot}"
 
 
 def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int]:
@@ -1051,14 +1048,12 @@ class PostgresEngine:
         raise AssertionError("unreachable")
 
     def fingerprint(self, target: Target) -> str | None:
-        """The cluster's WAL insert position, tagged with the cluster and database.
+        """The cluster's current snapshot, tagged with the cluster and database.
 
         Returns None on a standby. Raises DatabaseMissing when the database does not
         exist, BackupFailed when the server cannot be reached or refuses us."""
         s = connection_settings(target)
-        return self._on_server(
-            s, "reading the change signal", lambda conn: _read_signal(conn, s).value
-        )
+        return self._on_server(s, "reading the change signal", lambda conn: _read_signal(conn, s))
 
     # ---- the environment marker ----------------------------------------------------
     # A per-database setting (ALTER DATABASE ... SET dbguard.environment): it lives in
@@ -1127,36 +1122,14 @@ class PostgresEngine:
             conn.close()
 
     def _snapshot_fingerprint(self, conn: Conn, s: ConnSettings) -> tuple[str, str | None]:
-        """Export a snapshot for pg_dump; returns its id and the fingerprint it matches.
-
-        Soundness: the fingerprint F stored with this backup is later compared with the
-        then-current insert position; equal must mean "nothing committed since this
-        snapshot". Hence the order:
-
-        1. Read the position L *before* taking the snapshot S. A commit record inserted
-           after the read lies beyond L, so it moves the position. Read after S, L could
-           include a commit that S does not see, and its change would never be backed up.
-        2. A commit record before L is not enough for S to see the commit: the backend
-           makes it visible only after inserting (and flushing, and waiting for sync
-           standbys) the record. Such a transaction still holds its xid in the process
-           array, so after reading L (step 1) and before taking S we look for any backend
-           holding an xid; if there is one, F is None (back up next time, no reuse).
-           Anything that gets its xid later commits after L and moves the position.
-        3. After S, its xip list too: any transaction in progress at snapshot time makes
-           F None. This alone would not do: a running transaction whose xid is not below
-           the snapshot's xmax (the newest one, e.g. a lone writer's) is not in xip.
-
-        Nothing here moves the position itself: a read-only transaction without an xid
-        writes no WAL, not even when it ends."""
-        signal_ = _read_signal(conn, s)  # 1
-        holders = conn.execute(_XID_HOLDERS_SQL).fetchone()  # 2
+        """Export a snapshot for pg_dump; returns its id and the fingerprint it matches:
+        the change signal read in that very snapshot. A transaction in progress then
+        (even one that has written) is not in the dump, and its end will move the
+        signal; nothing here moves it, as a read-only transaction takes no xid."""
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        row = conn.execute("SELECT pg_export_snapshot(), pg_current_snapshot()::text").fetchone()
-        assert holders is not None and row is not None
-        snapshot_id, current = str(row[0]), str(row[1])
-        in_progress = current.split(":")[2] != ""  # 3
-        clean = int(holders[0]) == 0 and not in_progress
-        return snapshot_id, signal_.value if clean else None
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        return str(row[0]), _read_signal(conn, s)
 
     def _dump(
         self, conn: Conn, s: ConnSettings, out: Sink, scratch: Path, cancel: threading.Event
