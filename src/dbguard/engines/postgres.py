@@ -20,17 +20,21 @@ autovacuum's ANALYZE) can only cause an extra backup, never a missed one. (Snaps
 leave out lazy VACUUM's backends, which change nothing a dump holds.)
 `pg_current_wal_insert_lsn()`, the position in the WAL, was the first signal: it proves
 the same, but it also moves without any commit, above all by the standby snapshot that
-the background writer logs within 15 s of any write, so the command after a backup
-taken right after a write backed up again. The fingerprint also names the cluster
+the background writer logs within 15 s of any write, so a command after a backup
+taken in those 15 s could back up again. The fingerprint also names the cluster
 (system identifier, timeline, postmaster start) so readings from different servers, a
-promoted standby or a restored data folder never compare equal, and the database's oid,
-so a dropped and re-created database never matches. Skip checks read it on a connection
-kept open per server to the `postgres` maintenance database, never to the target: a
-session in the target would make the guarded command's own `DROP DATABASE` or `CREATE
-DATABASE ... TEMPLATE` fail. Known limits: a standby gives no signal (None: always back
-up), and `nextval` takes an xid (and writes WAL) only every 32 values, so a bare
-`SELECT nextval(...)` with no row written may not move the signal. Such a value is
-stored nowhere in the database, and a restore can hand it out again.
+promoted standby or a restored data folder never compare equal; the moment the shared
+statistics were last reset, which a crash restart does (the postmaster keeps running,
+and asynchronous commits a backup saw may be lost, their xids handed out again); and
+the database's oid, so a dropped and re-created database never matches. Skip checks
+read it on a connection kept open per server to the `postgres` maintenance database,
+never to the target: a session in the target would make the guarded command's own
+`DROP DATABASE` or `CREATE DATABASE ... TEMPLATE` fail. Known limits: a standby gives
+no signal (None: always back up), nor does a database with an unlogged sequence (its
+nextval and setval take no xid at all); and `nextval` on other sequences takes an xid
+(and writes WAL) only every 32 values, so a bare `SELECT nextval(...)` with no row
+written may not move the signal. Such a value is stored nowhere in the database, and a
+restore can hand it out again.
 
 Restore. pg_restore fills a new scratch database (the target's owner, encoding and
 locale); the target's database-level settings, grants and comment are copied over; then
@@ -547,6 +551,7 @@ _SIGNAL_SQL = """
 SELECT d.oid,
        s.system_identifier,
        (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,
+       (SELECT (extract(epoch FROM stats_reset) * 1000000)::bigint FROM pg_stat_bgwriter),
        w.timeline,
        w.snapshot
 FROM pg_control_system() s
@@ -556,6 +561,12 @@ CROSS JOIN (SELECT CASE WHEN pg_is_in_recovery() THEN NULL
                         ELSE pg_current_snapshot()::text END AS snapshot) w
 LEFT JOIN pg_database d ON d.datname = %s
 """
+
+# nextval and setval on an unlogged sequence take no xid (they write no WAL), so they
+# never move the signal; pg_dump keeps such a sequence's value all the same.
+_UNLOGGED_SEQUENCES_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relkind = 'S' AND relpersistence = 'u')"
+)
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname
@@ -609,13 +620,13 @@ def _read_signal(conn: Conn, s: ConnSettings) -> str | None:
     DatabaseMissing when the database does not exist."""
     row = conn.execute(_SIGNAL_SQL, (s.dbname,)).fetchone()
     assert row is not None  # the query always returns one row
-    oid, system_id, started, walfile, snapshot = row
+    oid, system_id, started, stats_reset, walfile, snapshot = row
     if oid is None:
         raise DatabaseMissing(f"the PostgreSQL database {s.dbname} does not exist at {s.where}")
     if snapshot is None:
         return None
     timeline = int(str(walfile)[:8], 16)
-    return f"postgres:{system_id}:{timeline}:{started}:{oid}:{snapshot}"
+    return f"postgres:{system_id}:{timeline}:{started}:{stats_reset}:{oid}:{snapshot}"
 
 
 def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int]:
@@ -1129,7 +1140,10 @@ class PostgresEngine:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
-        return str(row[0]), _read_signal(conn, s)
+        signal_ = _read_signal(conn, s)
+        unlogged = conn.execute(_UNLOGGED_SEQUENCES_SQL).fetchone()
+        assert unlogged is not None
+        return str(row[0]), None if unlogged[0] else signal_
 
     def _dump(
         self, conn: Conn, s: ConnSettings, out: Sink, scratch: Path, cancel: threading.Event
