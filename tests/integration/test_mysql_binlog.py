@@ -1,9 +1,9 @@
 """The MySQL/MariaDB change signal with the binary log on, against a mariadbd of the
 tests' own started with --log-bin (the shared server runs without it).
 
-A database with an Aria table has only the binary log's position to go by; an
-InnoDB-only one keeps InnoDB's counter even here, because some commits never reach
-the binary log. Tables use STATS_PERSISTENT=0 for the reason test_mysql_engine gives.
+Every database goes by InnoDB's counter, even here, because some commits never reach
+the binary log; one with an Aria table by the log's position too. Tables use
+STATS_PERSISTENT=0 for the reason test_mysql_engine gives.
 """
 
 from __future__ import annotations
@@ -177,22 +177,24 @@ def test_the_binary_log_signal_stays_put_after_its_own_backup(
     assert poll(backup_leaves_it, seconds=30)
 
 
-def test_an_innodb_database_sees_a_commit_the_binary_log_does_not(
-    server: PrivateMariadb, innodb_only: Target, engine: MysqlEngine
+@pytest.mark.parametrize("schema", ["innodb_only", "with_aria"])
+def test_a_commit_the_binary_log_never_sees_moves_the_signal(
+    server: PrivateMariadb, engine: MysqlEngine, request: pytest.FixtureRequest, schema: str
 ) -> None:
-    before = engine.fingerprint(innodb_only)
+    target: Target = request.getfixturevalue(schema)
+    before = engine.fingerprint(target)
     log_before = run(server, None, "SHOW MASTER STATUS")
 
     run(
         server,
-        innodb_only.name,
+        target.name,
         "SET SESSION sql_log_bin = 0",
         "UPDATE account SET balance = 0 WHERE id = 1",
     )
 
     assert run(server, None, "SHOW MASTER STATUS") == log_before  # the log never saw it
-    assert signal(before) == "trx"
-    assert engine.fingerprint(innodb_only) != before
+    assert signal(before) == ("trx" if schema == "innodb_only" else "binlog")
+    assert engine.fingerprint(target) != before
 
 
 def test_no_signal_while_a_replication_connection_is_set_up(

@@ -12,19 +12,19 @@ counts for the manifest come from the dump itself (sqltext.DumpScanner), so they
 exactly the snapshot's. A tool that fails, is killed, times out or ends without its
 `-- Dump completed` line fails the backup.
 
-Change signal. Where every table of the database is InnoDB: an InnoDB counter, on
-MariaDB the transaction id counter, which purge and flushing do not move (sequences
-excepted: they write without a transaction id, so a database with one uses the log
-sequence number), and on MySQL the log sequence number (engine._innodb_counter says
-why). That holds with the binary log on too: a session with sql_log_bin = 0 commits
-without moving the log's position. Where a table is MyISAM or Aria, whose writes leave
-no trace in InnoDB: the binary log's position, when the log is on, unfiltered and holds
-everything applied here (no replication connection or Galera node, or log_slave_updates
-on); else no signal, and every command backs up. The one write that signal cannot see
-is a privileged session's with sql_log_bin = 0 to such a table (README, Limits). Views,
-triggers, routines and events are not InnoDB data in MariaDB, so a digest of their
-definitions (and of the tables' definitions) is part of every fingerprint; a check on
-MariaDB reads the catalogs again only when the server's statement counters moved
+Change signal. An InnoDB counter: on MariaDB the transaction id counter, which purge
+and flushing do not move (sequences excepted: they write without a transaction id, so a
+database with one uses the log sequence number), and on MySQL the log sequence number
+(engine._innodb_counter says why). That holds with the binary log on too: a session
+with sql_log_bin = 0 commits without moving the log's position. Where a table is MyISAM
+or Aria, whose writes leave no trace in InnoDB, the binary log's position as well, when
+the log is on, unfiltered and holds everything applied here (no replication connection
+or Galera node, or log_slave_updates on); else no signal, and every command backs up.
+The one write such a database's signal cannot see is a privileged session's with
+sql_log_bin = 0 to its MyISAM or Aria table (README, Limits). Views, triggers,
+routines and events are not InnoDB data in MariaDB, so a digest of their definitions
+(and of the tables' definitions) is part of every fingerprint; a check on MariaDB reads
+the catalogs again only when the server's statement counters moved
 (engine._UNCHANGED_SQL says when that is sound). The fingerprint names the server and
 the kept connection it was read on, so values from different servers, or from before a
 reconnect, never compare equal. A backup's own fingerprint is read before its snapshot,

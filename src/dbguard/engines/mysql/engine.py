@@ -463,14 +463,30 @@ def _replicates(cur: Any, info: ServerInfo) -> bool:
     node. True too when the server will not say."""
     if _galera(cur):
         return True
-    status = "SHOW ALL SLAVES STATUS" if info.mariadb else "SHOW REPLICA STATUS"
-    try:
-        cur.execute(status)
-        return bool(cur.fetchall())
-    except pymysql.MySQLError as err:
-        if error_code(err) in _UNREACHABLE_DURING_USE:
-            raise
-        return True
+    statements = (
+        ("SHOW ALL SLAVES STATUS",)
+        if info.mariadb
+        else ("SHOW REPLICA STATUS", "SHOW SLAVE STATUS")  # before 8.0.22
+    )
+    row = _first_that_runs(cur, *statements)
+    return row != ()
+
+
+def _first_that_runs(cur: Any, *statements: str) -> tuple[Any, ...] | None:
+    """The first row of the first statement the server runs; () when it returns no
+    rows, None when it runs none of them (unknown to this version, or a privilege
+    missing)."""
+    for statement in statements:
+        try:
+            cur.execute(statement)
+        except pymysql.MySQLError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            continue
+        row = cur.fetchone()
+        cur.fetchall()
+        return () if row is None else tuple(row)
+    return None
 
 
 def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...], ...]]:
@@ -590,16 +606,15 @@ class MysqlEngine:
     def _signal(self, kept: _Kept, database: str, for_dump: bool) -> _Signal:
         with kept.conn.cursor() as cur:
             defined = self._definitions(cur, kept, database)
-            # An InnoDB counter wherever it covers every table, even with the binary log
-            # on: a session with sql_log_bin = 0 (or a replica's applier, without
-            # log_slave_updates) commits without moving the log's position, never
-            # without drawing from InnoDB's counters. The binary log is for databases
-            # with MyISAM or Aria tables, whose writes leave no trace in InnoDB.
-            signal_ = None
-            if not defined.foreign_tables:
-                signal_ = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
-            elif kept.info.log_bin:
-                signal_ = self._binlog_position(cur, kept.info)
+            # InnoDB's counter always, even with the binary log on: a session with
+            # sql_log_bin = 0 (or a replica's applier, without log_slave_updates)
+            # commits without moving the log's position, never without drawing from
+            # InnoDB's counters. MyISAM and Aria writes leave no trace in InnoDB: where
+            # the database has such a table, the log's position too.
+            signal_ = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
+            if signal_ is not None and defined.foreign_tables:
+                position = self._binlog_position(cur, kept.info) if kept.info.log_bin else None
+                signal_ = None if position is None else f"{position}:{signal_}"
             # No signal: a table is not InnoDB and the binlog is off, filtered or
             # misses what a replica applies; or the server would not tell. Always back up.
             fingerprint = None
@@ -654,18 +669,9 @@ class MysqlEngine:
         engine, DDL included). None where changes can reach the database unlogged: with
         binlog-do-db or binlog-ignore-db, and on a replica that does not log what it
         applies (log_slave_updates off). None too when the server will not tell."""
-        try:
-            if not info.logs_replicated and _replicates(cur, info):
-                return None
-            try:
-                cur.execute("SHOW MASTER STATUS")
-            except pymysql.err.ProgrammingError:  # MySQL 8.4 renamed it
-                cur.execute("SHOW BINARY LOG STATUS")
-            row = cur.fetchone()
-        except pymysql.err.OperationalError as err:
-            if error_code(err) in _UNREACHABLE_DURING_USE:
-                raise
-            return None  # no privilege to read it
+        if not info.logs_replicated and _replicates(cur, info):
+            return None
+        row = _first_that_runs(cur, "SHOW MASTER STATUS", "SHOW BINARY LOG STATUS")  # 8.4
         if not row or row[2] or row[3]:
             return None
         return f"binlog:{fetch_text(row[0])}:{row[1]}"
