@@ -636,22 +636,31 @@ def test_skip_checks_reuse_one_connection_to_the_maintenance_database(
         engine.fingerprint(target)
 
 
+@pytest.mark.parametrize("xid", ["the newest", "below a newer commit"])
 def test_a_backup_beside_an_open_write_is_reused_until_that_write_commits(
     quiet: Target,
     private_server: PrivateServer | None,
     engine: PostgresEngine,
     store: Store,
     engines: Engines,
+    xid: str,
 ) -> None:
+    """The open write's xid is either at the snapshot's xmax (a lone writer: in
+    progress, yet not in the xip list) or in the xip list (a newer one committed)."""
     with connect(quiet) as writer:
         writer.execute("BEGIN")
         writer.execute("INSERT INTO app.customers (name) VALUES ('not yet committed')")
-        if private_server is not None:  # alone on the cluster, the pitfall is visible:
-            # a lone writer holds the newest xid, which is not below the snapshot's xmax
-            # and so not in its xip list, though in progress.
-            xid = writer.execute("SELECT pg_current_xact_id()::text").fetchone()
+        if xid == "below a newer commit":
+            run(quiet, "INSERT INTO app.customers (name) VALUES ('committed')")
+        own = writer.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert own is not None
+        if private_server is not None:  # alone on the cluster, the case is visible
             snapshot = query(quiet, "SELECT pg_current_snapshot()::text")[0][0]
-            assert xid is not None and snapshot == f"{xid[0]}:{xid[0]}:"
+            _, xmax, xip = snapshot.split(":")
+            if xid == "below a newer commit":
+                assert xip == own[0]
+            else:
+                assert (xmax, xip) == (own[0], "")
         # Retried: on a shared server any transaction anywhere can end in between.
         for _ in range(5):
             backup = operations.take_backup(store, engines, quiet, REASON)
@@ -659,7 +668,8 @@ def test_a_backup_beside_an_open_write_is_reused_until_that_write_commits(
                 break
         else:
             pytest.fail("no backup's fingerprint matched the next check")
-        assert backup.tables["app.customers"] == 7  # without the open write
+        committed = 8 if xid == "below a newer commit" else 7
+        assert backup.tables["app.customers"] == committed  # without the open write
         writer.execute("COMMIT")
 
     assert engine.fingerprint(quiet) != backup.fingerprint
