@@ -616,14 +616,15 @@ def _read_marker(conn: Conn, s: ConnSettings) -> Marker | None:
 
 def _read_signal(conn: Conn, s: ConnSettings) -> str | None:
     """The change signal for `s.dbname`, in the connection's current snapshot (in a
-    REPEATABLE READ transaction, the transaction's); None on a standby. Raises
+    REPEATABLE READ transaction, the transaction's); None on a standby, or where the
+    statistics show no reset time (a crash would then go unseen). Raises
     DatabaseMissing when the database does not exist."""
     row = conn.execute(_SIGNAL_SQL, (s.dbname,)).fetchone()
     assert row is not None  # the query always returns one row
     oid, system_id, started, stats_reset, walfile, snapshot = row
     if oid is None:
         raise DatabaseMissing(f"the PostgreSQL database {s.dbname} does not exist at {s.where}")
-    if snapshot is None:
+    if snapshot is None or stats_reset is None:  # a standby; statistics never reset
         return None
     timeline = int(str(walfile)[:8], 16)
     return f"postgres:{system_id}:{timeline}:{started}:{stats_reset}:{oid}:{snapshot}"
