@@ -613,14 +613,13 @@ class MysqlEngine:
             # the database has such a table, the log's position too.
             signal_ = self._innodb_counter(cur, kept.info, sequences=defined.sequences > 0)
             if signal_ is not None and defined.foreign_tables:
-                position = self._binlog_position(cur, kept.info) if kept.info.log_bin else None
-                signal_ = None if position is None else f"{position}:{signal_}"
+                logged = self._binlog_position(cur, kept.info) if kept.info.log_bin else None
+                signal_ = None if logged is None else f"{logged}:{signal_}"
             # No signal: a table is not InnoDB and the binlog is off, filtered or
             # misses what a replica applies; or the server would not tell. Always back up.
             fingerprint = None
             if signal_ is not None:
-                position = f"{signal_}:{defined.digest}"
-                fingerprint = f"mysql:{kept.info.identity}:{kept.epoch}:{position}"
+                fingerprint = f"mysql:{kept.info.identity}:{kept.epoch}:{signal_}:{defined.digest}"
             if fingerprint is not None and for_dump and not self._no_writers(cur):
                 fingerprint = None
         return _Signal(fingerprint, fetch_text(defined.charset), fetch_text(defined.collation))
