@@ -1013,3 +1013,21 @@ def test_no_backup_fingerprint_with_an_unlogged_sequence(
     assert engine.fingerprint(password_db) == before  # why: the setval left no trace
 
     assert dump(engine, password_db).fingerprint is None
+
+
+def test_a_look_alike_catalog_ahead_on_the_search_path_hides_no_unlogged_sequence(
+    password_db: Target, engine: PostgresEngine
+) -> None:
+    run(
+        password_db,
+        "CREATE UNLOGGED SEQUENCE tickets",
+        "CREATE TABLE public.pg_class (relkind char, relpersistence char)",
+        sql.SQL("ALTER DATABASE {} SET search_path = public, pg_catalog").format(
+            sql.Identifier(str(password_db.name))
+        ),
+    )
+
+    info = dump(engine, password_db)
+
+    assert info.fingerprint is None
+    assert info.tables == {"public.pg_class": 0, "public.t": 50}

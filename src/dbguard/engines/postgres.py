@@ -547,36 +547,44 @@ def split_setting_list(value: str) -> list[str]:
 
 # ---- SQL -----------------------------------------------------------------------------
 
+# Names qualified: the backup reads this in the target database, where a search path
+# with pg_catalog after public could let a same-named table or function stand in.
+# A reset time of zero (2000-01-01) would mean "never reset": then no signal.
 _SIGNAL_SQL = """
 SELECT d.oid,
        s.system_identifier,
-       (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint,
-       (SELECT (extract(epoch FROM stats_reset) * 1000000)::bigint FROM pg_stat_bgwriter),
+       (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::bigint,
+       (SELECT (extract(epoch FROM
+                NULLIF(stats_reset, '2000-01-01 00:00:00+00')) * 1000000)::bigint
+        FROM pg_catalog.pg_stat_bgwriter),
        w.timeline,
        w.snapshot
-FROM pg_control_system() s
-CROSS JOIN (SELECT CASE WHEN pg_is_in_recovery() THEN NULL
-                        ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END AS timeline,
-                   CASE WHEN pg_is_in_recovery() THEN NULL
-                        ELSE pg_current_snapshot()::text END AS snapshot) w
-LEFT JOIN pg_database d ON d.datname = %s
+FROM pg_catalog.pg_control_system() s
+CROSS JOIN (SELECT CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                        ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn())
+                        END AS timeline,
+                   CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+                        ELSE pg_catalog.pg_current_snapshot()::text END AS snapshot) w
+LEFT JOIN pg_catalog.pg_database d ON d.datname = %s
 """
 
 # nextval and setval on an unlogged sequence take no xid (they write no WAL), so they
 # never move the signal; pg_dump keeps such a sequence's value all the same.
 _UNLOGGED_SEQUENCES_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relkind = 'S' AND relpersistence = 'u')"
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class "
+    "WHERE relkind = 'S' AND relpersistence = 'u')"
 )
 
+# Qualified for the reason _SIGNAL_SQL gives.
 _TABLES_SQL = """
 SELECT n.nspname, c.relname
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
                     AND d.deptype = 'e')
 ORDER BY 1, 2
 """
