@@ -571,8 +571,7 @@ LEFT JOIN pg_catalog.pg_database d ON d.datname = %s
 # nextval and setval on an unlogged sequence take no xid (they write no WAL), so they
 # never move the signal; pg_dump keeps such a sequence's value all the same.
 _UNLOGGED_SEQUENCES_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class "
-    "WHERE relkind = 'S' AND relpersistence = 'u')"
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relkind = 'S' AND relpersistence = 'u')"
 )
 
 # Qualified for the reason _SIGNAL_SQL gives.
