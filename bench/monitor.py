@@ -1,7 +1,7 @@
 """Who else is using the servers while a figure runs.
 
-PostgreSQL's change signal (the WAL insert position) and MariaDB's (the InnoDB log
-sequence number) are server-wide: another database's writes move them, which makes
+PostgreSQL's change signal (the cluster's snapshot) and MariaDB's (an InnoDB counter)
+are server-wide: another database's commits move them, which makes
 dbguard back up again where it would otherwise reuse or share a backup. On a shared
 machine that is someone else's doing, not dbguard's cost, so the report names the
 other databases that had active sessions during each figure, and any server restart.
