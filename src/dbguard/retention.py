@@ -11,6 +11,8 @@ The rules, per database (backups ordered by their commit counter `seq`, newest f
    backup (a person asked for it, and only `dbguardctl unpin` takes that back).
 2. Never removed while younger than `protect_pre_destructive_days`: a backup taken
    before a destructive or production command (and the one taken before a restore).
+   A backup such a command reused (the database had not changed since) is protected
+   for as long from the moment of that command.
    It is the copy people reach for after the accident, and accidents are often noticed
    days later.
 3. Kept by count: the last `keep_last` backups, and the newest backup of each of the
@@ -174,6 +176,8 @@ class BackupRecord:
     size: int
     pinned: bool = False
     pre_destructive: bool = False  # taken before a destructive/production command or restore
+    # ... or reused (or shared) by one later: protected from that moment instead
+    destructive_reuse_at: datetime | None = None
     good: bool = True  # False once a verification has failed
     database_label: str = ""
 
@@ -354,17 +358,21 @@ def _protect(
         if backup.pinned:
             reasons[index].append("pinned")
             protected.add(index)
+        since, what = None, ""
         if backup.pre_destructive:
-            created = _utc(backup.created_at)
-            # A backup dated after `now` means the clock went backwards (or was ahead
-            # when it was taken). Its true age is unknown, so it counts as brand new:
-            # a negative age must never be what ends a protection.
-            age = max(now - created, timedelta(0))
+            since, what = _utc(backup.created_at), "taken"
+        reused = backup.destructive_reuse_at
+        if reused is not None and (since is None or _utc(reused) > since):
+            since, what = _utc(reused), "reused"
+        if since is not None:
+            # A time after `now` means the clock went backwards (or was ahead when it
+            # was recorded). The true age is unknown, so it counts as brand new: a
+            # negative age must never be what ends a protection.
+            age = max(now - since, timedelta(0))
             if age < window:
-                until = created + window
                 reasons[index].append(
-                    "taken before a destructive command; protected until "
-                    f"{until:%Y-%m-%d %H:%M} UTC"
+                    f"{what} before a destructive command; protected until "
+                    f"{since + window:%Y-%m-%d %H:%M} UTC"
                 )
                 protected.add(index)
 

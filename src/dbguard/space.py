@@ -17,9 +17,8 @@ daemon's and `dbguardctl prune`) never work from different pictures of the store
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +104,7 @@ def record_of(manifest: Manifest) -> BackupRecord:
         size=manifest.data.size,
         pinned=manifest.pinned,
         pre_destructive=is_pre_destructive(manifest.reason),
+        destructive_reuse_at=manifest.destructive_reuse_at,
         good=manifest.verified is None or manifest.verified.ok,
         database_label=manifest.database_label,
     )
@@ -148,23 +148,21 @@ def estimate_backup_size(
     return int(estimate * GROWTH_MARGIN)
 
 
-@contextlib.contextmanager
-def retention_lock(store: Store) -> Iterator[None]:
-    """Hold the store's retention lock (prune and pin/unpin), across processes.
+def retention_lock(store: Store) -> contextlib.AbstractContextManager[None]:
+    """Hold the store's retention lock (prune, pin/unpin, protecting a reused backup),
+    across processes. Raises BackupFailed if the folder or the lock cannot be made."""
+    return store.locked(LOCK_FILE)
 
-    Raises BackupFailed if the backup folder cannot be created or the lock opened."""
-    store.ensure()
-    try:
-        fd = os.open(
-            store.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-    except OSError as err:
-        raise BackupFailed(f"cannot open {store.root / LOCK_FILE}: {err.strerror}") from err
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+
+def protect_reused(store: Store, manifest: Manifest, now: datetime) -> Manifest:
+    """Record that a destructive or production command goes ahead on `manifest`, reused
+    rather than taken for it: retention protects it from `now` as if it were new.
+
+    Under the retention lock, so a prune planning right now either sees the mark or has
+    finished. Raises NotFound if that prune removed the backup (take a new one), Damaged
+    or BackupFailed as `Store.update`."""
+    with retention_lock(store):
+        return store.update(manifest, destructive_reuse_at=now)
 
 
 def plan_store(

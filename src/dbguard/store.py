@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -44,6 +45,7 @@ MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 # How much new data on disk starts its writeback early (see _CountingFile).
 _WRITEBACK_STEP = 4 << 20
+_UPDATE_LOCK = ".update.lock"  # held while a manifest is rewritten
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -97,6 +99,9 @@ class Manifest(BaseModel):
     reason: Reason
     pinned: bool = False
     verified: Verification | None = None
+    # When a destructive or production command last went ahead on this backup without
+    # a new one (it was reused or shared): retention protects it from that moment.
+    destructive_reuse_at: datetime | None = None
 
     def target(self) -> Target:
         """The database this backup came from (without its password)."""
@@ -311,7 +316,7 @@ class PendingBackup:
             reason=reason,
         )
         try:
-            _write_new(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            _write_new(self.folder / MANIFEST, _manifest_bytes(manifest))
             _fsync_dir(self.folder)
             home = self.store.root / self.target.slug
             _mkdir_private(home)
@@ -335,6 +340,13 @@ def _write_new(path: Path, content: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    """The manifest as ASCII JSON: a path or argument that is not UTF-8 (kept by Python as
+    lone surrogates) is written as a \\u escape and read back unchanged, where pydantic's
+    own JSON would refuse it."""
+    return json.dumps(manifest.model_dump(mode="json"), indent=2, ensure_ascii=True).encode()
 
 
 def _replace_file(path: Path, content: bytes) -> None:
@@ -537,11 +549,12 @@ class Store:
         except OSError as err:
             return DamagedBackup(folder.name, folder, f"manifest.json unreadable: {err}")
         try:
-            manifest = Manifest.model_validate_json(raw)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return DamagedBackup(folder.name, folder, f"manifest.json is corrupt ({where})")
+            manifest = Manifest.model_validate(json.loads(raw))
+        except ValueError as err:  # not JSON, not UTF-8, or a ValidationError
+            where = ""
+            if isinstance(err, ValidationError):
+                where = " (" + ".".join(str(p) for p in err.errors()[0]["loc"]) + ")"
+            return DamagedBackup(folder.name, folder, f"manifest.json is corrupt{where}")
         if manifest.id != folder.name:
             return DamagedBackup(folder.name, folder, "manifest.json belongs to another backup")
         try:
@@ -618,11 +631,45 @@ class Store:
     # ---- updating ------------------------------------------------------------------
 
     def update(self, manifest: Manifest, **changes: Any) -> Manifest:
-        """Rewrite a manifest atomically with `changes` (pinned, verified)."""
-        updated = manifest.model_copy(update=changes)
-        Manifest.model_validate(updated.model_dump())
-        _replace_file(self.folder(manifest) / MANIFEST, updated.model_dump_json(indent=2).encode())
+        """Set `changes` (pinned, verified, ...) in a backup's manifest, atomically; returns
+        the manifest as written.
+
+        Read-modify-write under a lock, across processes: the manifest is read again
+        from disk, so fields another process changed meanwhile (a pin during a long
+        verify) are kept. Raises NotFound if the backup is gone (pruned meanwhile),
+        Damaged if its manifest no longer reads, BackupFailed if it cannot be written."""
+        folder = self.folder(manifest)
+        with self.locked(_UPDATE_LOCK):
+            current = self._read(folder) if folder.is_dir() else None
+            if current is None:
+                raise NotFound(f"backup {manifest.id} is gone (pruned or deleted)")
+            if isinstance(current, DamagedBackup):
+                raise Damaged(f"backup {manifest.id} is damaged: {current.problem}")
+            updated = current.model_copy(update=changes)
+            Manifest.model_validate(updated.model_dump())
+            try:
+                _replace_file(folder / MANIFEST, _manifest_bytes(updated))
+            except OSError as err:
+                raise _disk_error(err, folder) from err
         return updated
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold an exclusive flock on the lock file `root/name`, across processes. Not
+        reentrant: a second hold of the same name in one process waits forever.
+        Raises BackupFailed if the folder or the lock file cannot be created."""
+        self.ensure()
+        try:
+            fd = os.open(
+                self.root / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as err:
+            raise _disk_error(err, self.root / name) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     def delete(self, manifest: Manifest) -> None:
         """Remove a backup: renamed out of sight first, so it never looks half-present."""

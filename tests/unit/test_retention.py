@@ -519,3 +519,35 @@ def test_a_year_under_the_default_policy() -> None:
         f"{peak_after / GB:.2f} GB, peak before pruning {peak_before / GB:.2f} GB, "
         f"cap {cap / GB:.0f} GB"
     )
+
+
+def test_a_backup_reused_by_a_destructive_command_is_protected_from_that_moment() -> None:
+    # Taken a month ago before `php artisan test`; `migrate:fresh` ran on it two days
+    # ago (the database had not changed): it is the only copy of what that wiped.
+    old = rec(1, T0 - timedelta(days=30), destructive_reuse_at=T0 - timedelta(days=2))
+    newer = [rec(seq, T0 - timedelta(hours=12 - seq)) for seq in range(2, 6)]
+    result = plan([old, *newer], policy(keep_last=1, **NO_GFS), T0)
+
+    assert old.id in kept_ids(result)
+    assert reasons_of(result, old.id) == (
+        "reused before a destructive command; protected until 2024-03-09 09:00 UTC",
+    )
+    later = plan([old, *newer], policy(keep_last=1, **NO_GFS), T0 + timedelta(days=5, hours=1))
+    assert old.id not in kept_ids(later)
+
+
+def test_protection_runs_from_the_later_of_taking_and_reuse() -> None:
+    taken_for_one = rec(
+        1, T0 - timedelta(days=6), pre_destructive=True, destructive_reuse_at=T0 - timedelta(days=1)
+    )
+    result = plan([taken_for_one, rec(2, T0)], policy(keep_last=0, **NO_GFS), T0)
+    assert (
+        "reused before a destructive command; protected until 2024-03-10"
+        in (reasons_of(result, taken_for_one.id)[0])
+    )
+    reused_earlier = replace(taken_for_one, destructive_reuse_at=T0 - timedelta(days=8))
+    result = plan([reused_earlier, rec(2, T0)], policy(keep_last=0, **NO_GFS), T0)
+    assert (
+        "taken before a destructive command; protected until 2024-03-05"
+        in (reasons_of(result, taken_for_one.id)[0])
+    )

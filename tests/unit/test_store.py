@@ -240,3 +240,38 @@ def test_intact_trusts_what_it_wrote_until_the_file_changes(tmp_path: Path) -> N
     assert not Store(tmp_path / "b").intact(manifest)
     data.touch()  # a visible change: the first store re-reads too
     assert not store.intact(manifest)
+
+
+def test_update_keeps_what_another_process_changed_meanwhile(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    started_verify = backup(store)  # a verify read this copy, then ran for minutes
+    Store(store.root).update(started_verify, pinned=True)  # a pin meanwhile, elsewhere
+
+    verified = Verification(at=datetime.now(UTC), ok=True)
+    written = store.update(started_verify, verified=verified)
+
+    assert written.pinned and written.verified == verified
+    assert store.get(started_verify.id) == written
+
+
+def test_update_of_a_backup_removed_meanwhile_says_so(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    manifest = backup(store)
+    store.delete(manifest)
+    with pytest.raises(NotFound, match="gone"):
+        store.update(manifest, pinned=True)
+
+
+def test_a_path_and_argument_that_are_not_utf8_read_back_unchanged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    odd = os.fsdecode(b"/srv/caf\xe9/app.sqlite")  # as Python holds such a path
+    target = Target(engine="sqlite", path=odd, source="test")
+    with store.new_backup(target) as pending:
+        with pending.data_writer("data.raw", threading.Event()) as sink:
+            sink.write(b"x" * 100)
+        manifest = pending.commit(INFO, Reason(kind="command", argv=["php", odd]))
+
+    [read] = store.entries()
+    assert read == manifest
+    assert read.target().path == odd and read.reason.argv == ["php", odd]
+    assert store.update(read, pinned=True).reason.argv == ["php", odd]

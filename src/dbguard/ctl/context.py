@@ -58,7 +58,9 @@ class Context:
         print(text, file=self.out)
 
     def print_json(self, data: Any) -> None:
-        print(json.dumps(data, indent=2, default=str, ensure_ascii=False), file=self.out)
+        # ASCII: an argument or path that is not UTF-8 becomes a \u escape, where
+        # writing it raw would make the output invalid JSON.
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=True), file=self.out)
 
 
 def human_size(size: float) -> str:

@@ -9,6 +9,7 @@ import functools
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 
@@ -16,7 +17,7 @@ from dbguard import operations, space
 from dbguard.daemon.memory import release_free_memory
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import DatabaseMissing, DbguardError
+from dbguard.errors import Damaged, DatabaseMissing, DbguardError, NotFound
 from dbguard.protocol import Progress
 from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.store import Manifest, Reason, Store
@@ -95,7 +96,8 @@ class Backups:
                 # earlier covers it only if the database has not changed since.
                 covered = running.dump_started is not None and arrived <= running.dump_started
                 covered = covered or (seen is not None and seen == shared.fingerprint)
-                if covered or await self._unchanged_since(target, shared):
+                covered = covered or await self._unchanged_since(target, shared)
+                if covered and await self._protect(shared, reason):
                     return Outcome(target, shared, reused=True, note=f"shared backup {shared.id}")
                 continue
             finished = self._finished.get(target.key, 0)
@@ -103,7 +105,7 @@ class Backups:
                 reusable = await asyncio.to_thread(self._reusable, target)
             except DatabaseMissing as missing:
                 return Outcome(target, None, note=f"{missing.problem}: nothing to back up")
-            if reusable is not None:
+            if reusable is not None and await self._protect(reusable, reason):
                 since = f"{reusable.created_at:%Y-%m-%d %H:%M:%S}"
                 note = f"reused backup {reusable.id}, unchanged since {since}"
                 return Outcome(target, reusable, reused=True, note=note)
@@ -128,6 +130,19 @@ class Backups:
         if newest is None or fingerprint is None or newest.fingerprint != fingerprint:
             return None
         return newest if self.store.intact(newest) else None
+
+    async def _protect(self, manifest: Manifest, reason: Reason) -> bool:
+        """Before a destructive or production command goes ahead on a backup it did not
+        take (reused or shared), mark the backup so that retention keeps it as long as
+        one taken for it. False if the backup is gone meanwhile (pruned): the caller
+        needs another."""
+        if not space.is_pre_destructive(reason):
+            return True
+        try:
+            await asyncio.to_thread(space.protect_reused, self.store, manifest, datetime.now(UTC))
+        except (NotFound, Damaged):
+            return False
+        return True
 
     def _forget(self, entry: InFlight, _task: object) -> None:
         key = entry.target.key
