@@ -177,7 +177,7 @@ elif command in ("migrate:fresh", "db:wipe"):
 elif command == "migrate:status":
     print("Migration name ... Ran")
 elif command == "test":
-    # flags: --exit=N, --signal=N, --echo-stdin, --wipe, --wait-for-file=PATH
+    # flags: --exit=N, --signal=N, --echo-stdin, --echo-args, --wipe, --wait-for-file=PATH
     opts = dict(
         a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in args[1:] if a.startswith("--")
     )
@@ -185,6 +185,8 @@ elif command == "test":
         conn = sqlite3.connect(database()); conn.execute("delete from users"); conn.commit()
     if "echo-stdin" in opts:
         sys.stdout.write(sys.stdin.read())
+    if "echo-args" in opts:
+        sys.stdout.buffer.write(b"\\n".join(os.fsencode(a) for a in args) + b"\\n")
     if "print-env" in opts:
         print(os.environ.get(opts["print-env"], ""))
     if "wait-for-file" in opts:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
-from dbguard.errors import Damaged, DatabaseMissing, DbguardError
+from dbguard.errors import Damaged, DatabaseMissing, DbguardError, RestoreFailed
 from dbguard.store import Manifest, Reason, Store, Verification
 
 
@@ -41,7 +41,10 @@ def verify_backup(
 ) -> Verification:
     """Checksum, then a scratch restore whose row counts must equal the manifest's.
     `target` (default: the manifest's, without a password) says how to reach the server
-    for the scratch restore. The result is recorded in the manifest."""
+    for the scratch restore. The result is recorded in the manifest.
+
+    Raises RestoreFailed when the check cannot run (server unreachable, no room for the
+    scratch copy), NotFound if the backup was pruned meanwhile."""
     problems = store.check_data(manifest)
     if not problems:
         engine = engines.get(manifest.target().engine)
@@ -54,6 +57,13 @@ def verify_backup(
                 problems = compare_counts(manifest.tables, counts)
             except Damaged as err:
                 problems = [err.problem]
+            except OSError as err:  # the scratch copy: a full disk, a vanished folder
+                raise RestoreFailed(
+                    f"cannot check backup {manifest.id}: writing its scratch copy in "
+                    f"{scratch} failed: {err.strerror or err}",
+                    "free some space on that filesystem and verify again; the backup "
+                    "itself is unchanged",
+                ) from err
     result = Verification(at=datetime.now(UTC), ok=not problems, problems=problems)
     store.update(manifest, verified=result)
     return result

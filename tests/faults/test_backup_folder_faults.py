@@ -153,6 +153,55 @@ def test_disk_filled_by_another_writer_mid_backup(on_tmpfs: Setup, pg_database: 
     setup.daemon.assert_no_crash()
 
 
+def test_disk_full_while_copying_a_wal_database(on_tmpfs: Setup) -> None:
+    """A WAL database is copied whole into the backup folder before it is compressed.
+    The last backup was small and compressed well, so the space check expects little;
+    the copy of the grown database then fills the 8 MiB filesystem. The message must
+    blame the backup folder, not the database."""
+    setup = on_tmpfs
+    first = setup.home.run(["php", "artisan", "test"], cwd=setup.project)
+    assert first.returncode == 0, stderr_text(first)
+    conn = sqlite3.connect(setup.database)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("create table padding (data blob)")
+    conn.execute("insert into padding select zeroblob(1048576) from users, users")  # 9 MiB
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+    result = setup.command()
+    injected("backup folder full while copying a WAL database (8 MiB tmpfs)")
+
+    message = stderr_text(result)
+    assert result.returncode == 75, message
+    assert "no space left in" in message and str(setup.store) in message, message
+    assert "point backup_dir at a larger disk" in message
+    assert "cannot read the SQLite database" not in message
+    assert [r["argv"][-1] for r in ran(setup.project)] == ["test"]  # not migrate:fresh
+    assert [b["reason"]["argv"][2] for b in listing(setup.home)] == ["test"]
+    assert leftovers(setup.home, setup.store) == []
+    setup.daemon.assert_no_crash()
+
+
+def test_verify_with_no_room_for_its_scratch_copy_says_so(on_tmpfs: Setup) -> None:
+    setup = on_tmpfs
+    first = setup.home.run(["php", "artisan", "test"], cwd=setup.project)
+    assert first.returncode == 0, stderr_text(first)
+    [backup] = listing(setup.home)
+    fill_up(setup.store / "filler")
+    injected("backup folder full during verify (8 MiB tmpfs)")
+
+    result = setup.home.ctl("verify", backup["id"])
+
+    message = stderr_text(result)
+    assert result.returncode != 0 and "Traceback" not in message, message
+    assert f"cannot check backup {backup['id']}" in message and "free some space" in message
+    [after] = listing(setup.home)
+    assert after["verified"] is None  # could not run: neither passed nor failed
+    (setup.store / "filler").unlink()
+    assert setup.home.ctl("verify", backup["id"]).returncode == 0
+
+
 def fill_up(path: Path) -> None:
     """Write until the kernel says the filesystem is full."""
     with path.open("wb") as file:

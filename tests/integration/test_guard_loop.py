@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -214,3 +215,46 @@ def test_dbguardctl_backup_backs_up_the_project_now(
     assert len(json.loads(only_app.stdout)) == 1
     records = json.loads(home.ctl("log", "--json").stdout)
     assert [r["decision"] for r in records] == ["backup", "backup"]
+
+
+def test_an_empty_database_file_has_nothing_to_back_up(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    # Laravel's setup step is `touch database/database.sqlite`: zero bytes, no tables.
+    (project / "database" / "app.sqlite").write_bytes(b"")
+    result = home.run(["php", "artisan", "migrate"], cwd=project)
+
+    assert result.returncode == 0, result.stderr
+    assert backups(home) == []
+    [record] = oplog(home)
+    assert record["outcome"] == "ok"
+    assert "is empty (0 bytes): nothing to back up" in json.dumps(record)
+
+
+def test_an_argument_that_is_not_utf8_is_backed_up_and_passed_on(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    odd = os.fsdecode(b"--filter=caf\xe9")  # Latin-1 bytes, as a shell passes them on
+    result = home.run(["php", "artisan", "test", odd, "--echo-args"], cwd=project)
+
+    assert result.returncode == 0, result.stderr
+    assert b"--filter=caf\xe9" in result.stdout  # the real command got the same bytes
+    [backup] = backups(home)
+    assert backup["reason"]["argv"] == ["php", "artisan", "test", odd, "--echo-args"]
+
+
+def test_a_backup_reused_by_a_destructive_command_is_protected_from_then(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
+    [taken] = backups(home)
+    assert taken["destructive_reuse_at"] is None
+
+    wipe = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    assert wipe.returncode == 0, wipe.stderr
+    [reused] = backups(home)  # the database had not changed: no new backup
+    assert reused["id"] == taken["id"] and reused["destructive_reuse_at"] is not None
+    plan = home.ctl("prune", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert b"reused before a destructive command; protected until" in plan.stdout

@@ -119,4 +119,6 @@ class BackgroundVerifier:
                     await loop.run_in_executor(self._pool, self._verify, manifest)
                 except DbguardError as err:
                     log.warning("background verify could not run", id=manifest.id, error=str(err))
+                except Exception:  # a bug must not end background verification for good
+                    log.exception("background verify crashed", id=manifest.id)
         self._pool.shutdown(wait=True)

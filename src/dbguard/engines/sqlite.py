@@ -86,6 +86,13 @@ class _Kept:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _missing(path: Path) -> DatabaseMissing:
     return DatabaseMissing(f"the SQLite database {path} does not exist")
 
@@ -115,11 +122,16 @@ class SqliteEngine:
     def _watched(self, path: Path) -> _Kept:
         """The kept-open connection for `path`, reopened if the file was replaced."""
         try:
-            inode = path.stat().st_ino
+            st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             raise _missing(path) from None
         except OSError as err:
             raise BackupFailed(f"cannot read the SQLite database {path}: {err.strerror}") from None
+        if st.st_size == 0 and _size(Path(f"{path}-wal")) == 0:
+            # `touch database/database.sqlite` (Laravel's setup) makes a database with
+            # no tables and no rows yet: nothing to lose, and nothing a copy would hold.
+            raise DatabaseMissing(f"the SQLite database {path} is empty (0 bytes)")
+        inode = st.st_ino
         key = str(path)
         with self._kept_lock:
             kept = self._kept.get(key)
@@ -159,7 +171,7 @@ class SqliteEngine:
         try:
             wal = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
             if wal:
-                tables = self._dump_wal(conn, out, scratch, cancel)
+                tables = self._dump_wal(conn, path, out, scratch, cancel)
             else:
                 tables = self._dump_locked(conn, path, out)
         except sqlite3.Error as err:
@@ -188,7 +200,12 @@ class SqliteEngine:
             conn.execute("ROLLBACK")
 
     def _dump_wal(
-        self, conn: sqlite3.Connection, out: Sink, scratch: Path, cancel: threading.Event
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        out: Sink,
+        scratch: Path,
+        cancel: threading.Event,
     ) -> dict[str, int]:
         copy_path = scratch / "copy.sqlite"
         copy = _connect(copy_path, must_exist=False)
@@ -202,7 +219,17 @@ class SqliteEngine:
             # Steps of 16k pages let a stop request interrupt a large copy; if another
             # connection writes between steps, SQLite restarts the copy, so the result
             # is still one consistent snapshot.
-            conn.backup(copy, pages=16384, progress=check_cancel)
+            try:
+                conn.backup(copy, pages=16384, progress=check_cancel)
+            except sqlite3.Error as err:
+                if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    # The copy's disk is full, not the database's: say which.
+                    raise BackupFailed(
+                        f"no space left in {scratch} for the copy of the WAL database "
+                        f"{path} (it is copied whole before it is compressed)",
+                        "free some space on that filesystem or point backup_dir at a larger disk",
+                    ) from None
+                raise
             tables = count_rows(copy)
         finally:
             copy.close()
