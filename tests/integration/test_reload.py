@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: 
         assert "backup_dir" in daemon.log
         assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
         assert len(list(second_dir.glob("*/*/manifest.json"))) == 2  # old config in force
+
+        # Valid TOML, but the folder cannot be made: rejected whole, not half applied.
+        (home.root / "a-file").write_text("")
+        config.write_text(f'backup_dir = "{home.root / "a-file" / "backups"}"\n')
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for_log(daemon, "new config rejected", count=2)
+        assert "Not a directory" in daemon.log
+        status = home.ctl("status")
+        assert f"but dbguardd writes its backups to {second_dir}".encode() in status.stdout
+        with sqlite3.connect(project / "database" / "app.sqlite") as conn:
+            conn.execute("create table changed (x)")  # so that the next command backs up
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        assert len(list(second_dir.glob("*/*/manifest.json"))) == 3
     finally:
         assert daemon.stop() == 0
 

@@ -70,6 +70,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)}"
         + (f", {summary['damaged']} damaged" if summary["damaged"] else "")
     )
+    if daemon["running"] and daemon["backup_dir"] != str(ctx.store.root):
+        ctx.print(
+            f"  but dbguardd writes its backups to {daemon['backup_dir']}: the config file "
+            "changed since it loaded it, or it rejected the change (its log says why); "
+            "reload it with `systemctl --user reload dbguard` or SIGHUP"
+        )
     if healths:
         rows = [["DATABASE", "LAST BACKUP", "AGE", "SIZE", "TREND", "LAST VERIFIED"]]
         for h in healths:

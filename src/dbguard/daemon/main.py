@@ -73,10 +73,11 @@ def reload_config(guard: Guard, config_file: str | None) -> None:
     systemd.notify_reloading()
     try:
         config = load_config(guard.env, config_file)
-    except ConfigError as err:
+        pending = guard.reload(config)
+    except DbguardError as err:  # a ConfigError, or a backup folder that cannot be made
         log.error("new config rejected; the previous one stays in force", error=str(err))
     else:
-        for note in guard.reload(config):
+        for note in pending:
             log.warning("config reloaded with a change that needs a restart", detail=note)
         log.info("config reloaded")
     # READY=1 either way: a rejected config leaves the daemon serving with the old one.

@@ -84,14 +84,18 @@ class Guard:
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
-        under the old settings. Returns what could not change without a restart."""
+        under the old settings. Returns what could not change without a restart.
+
+        Raises BackupFailed, with nothing changed, if the new backup folder cannot be
+        made."""
+        store = _store(config, self.env)
+        store.ensure()  # first: a folder that cannot be made leaves the old config whole
         pending = []
         if config.socket_path(self.env) != self.socket_path:
             pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
         self.config = config
         self.classifier = _classifier(config)
-        self.store = _store(config, self.env)
-        self.store.ensure()
+        self.store = store
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))
         self.notifier = Notifier(config.notify)
