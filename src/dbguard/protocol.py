@@ -28,7 +28,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 1 << 20  # an environment is typically a few KiB; 1 MiB is generous
+# Whatever the kernel lets a command be started with must fit: Linux allows 2 MiB of
+# arguments and environment (a quarter of the default 8 MiB stack), and JSON's ASCII
+# escapes can make a byte six. 16 MiB covers that; the socket is the owner's alone.
+MAX_MESSAGE_BYTES = 16 << 20
+MAX_ITEMS = 1 << 18  # arguments or variables: each takes at least 9 of the 2 MiB
 
 # Exit codes a shim uses when the command does not run (sysexits.h).
 EXIT_UNAVAILABLE = 69  # the daemon cannot be reached
@@ -59,9 +63,9 @@ class Invoke(_Message):
 
     type: Literal["invoke"]
     v: int
-    argv: Annotated[list[Text], Field(min_length=1, max_length=4096)]
+    argv: Annotated[list[Text], Field(min_length=1, max_length=MAX_ITEMS)]
     cwd: Text
-    env: Annotated[dict[Text, Text], Field(max_length=4096)]
+    env: Annotated[dict[Text, Text], Field(max_length=MAX_ITEMS)]
     tty: bool
     pid: int
     parent: Text | None = None  # the operation this one runs under, if any
@@ -99,7 +103,7 @@ class BackupNow(_Message):
     type: Literal["backup"]
     v: int
     cwd: Text
-    env: Annotated[dict[Text, Text], Field(max_length=4096)]
+    env: Annotated[dict[Text, Text], Field(max_length=MAX_ITEMS)]
 
 
 class Answer(_Message):

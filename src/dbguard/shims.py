@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dbguard.client import shim as shim_client
 
-MARKER = "# dbguard shim"
+MARKER = shim_client.SHIM_MARKER.decode()
 TEMPLATE = """#!/bin/sh
 {marker} for `{name}`: dbguardd backs up what it touches before the real {name} runs.
 # Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
@@ -59,11 +59,7 @@ def interpreter() -> str:
 
 
 def is_shim(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            return MARKER.encode() in handle.read(256)
-    except OSError:
-        return False
+    return shim_client.is_shim(str(path))
 
 
 def install(folder: Path, names: list[str], socket: Path | None = None) -> list[Path]:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from dbguard.protocol import PROTOCOL_VERSION
+from dbguard import shims
+from dbguard.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from tests.helpers import Daemon, Home, count_users, install_stand_in, laravel_sqlite_project
 
 
@@ -79,12 +80,41 @@ def test_exit_status_and_output_pass_through(home: Home, daemon: Daemon, project
     assert record["exit"] == 3 and record["outcome"] == "failed"
 
 
-def test_death_by_signal_is_passed_on(home: Home, daemon: Daemon, project: Path) -> None:
-    result = home.run(["php", "artisan", "test", f"--signal={signal.SIGTERM}"], cwd=project)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_death_by_signal_is_passed_on(
+    home: Home, daemon: Daemon, project: Path, sig: signal.Signals
+) -> None:
+    result = home.run(["php", "artisan", "test", f"--signal={sig}"], cwd=project)
 
-    assert result.returncode == -signal.SIGTERM
+    assert result.returncode == -sig, result.stderr  # SIGKILL: the OOM killer, say
+    assert b"Traceback" not in result.stderr
     [record] = oplog(home)
-    assert record["signal"] == signal.SIGTERM and record["exit"] is None
+    assert record["signal"] == sig and record["exit"] is None
+
+
+def test_a_second_shims_folder_on_path_is_passed_over(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    other = home.root / "other-shims"  # another install's, or an old one left behind
+    shims.install(other, ["php"])
+    path = f"{home.shims}:{other}:{home.bin}:/usr/bin:/bin"
+    result = home.run(["php", "-v"], cwd=project, env={"PATH": path})
+
+    assert result.returncode == 0, result.stderr
+    assert b"dbguard test stand-in" in result.stdout
+    assert [r["decision"] for r in oplog(home)] == ["pass"]
+
+
+def test_a_deleted_working_folder_is_named_as_the_problem(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    gone = home.root / "gone"
+    gone.mkdir()
+    result = home.run(["sh", "-c", f"cd {gone} && rmdir {gone} && exec php -v"], cwd=project)
+
+    assert result.returncode == 70, result.stderr
+    assert b"the current folder is gone" in result.stderr
+    assert b"not reachable" not in result.stderr
 
 
 def test_an_unchanged_database_reuses_its_backup(home: Home, daemon: Daemon, project: Path) -> None:
@@ -153,7 +183,7 @@ def test_malformed_requests_get_an_error_and_the_daemon_keeps_serving(
     with socket.socket(socket.AF_UNIX) as conn:
         conn.connect(str(home.socket))
         with contextlib.suppress(BrokenPipeError):  # it may answer before reading it all
-            conn.sendall(b"x" * (2 << 20) + b"\n")
+            conn.sendall(b"x" * (MAX_MESSAGE_BYTES + 1) + b"\n")
         reply = json.loads(conn.makefile("rb").readline())
         assert "too large" in reply["message"]
 
@@ -258,3 +288,13 @@ def test_a_backup_reused_by_a_destructive_command_is_protected_from_then(
     plan = home.ctl("prune", "--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert b"reused before a destructive command; protected until" in plan.stdout
+
+
+def test_as_many_arguments_as_the_kernel_allows_are_accepted(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    many = [f"src/File{i}.php" for i in range(5000)]  # `find ... | xargs php -l`
+    long = ["x" * 120_000] * 9  # each near the kernel's 128 KiB for one argument
+    for args in (many, long):
+        result = home.run(["php", "-l", *args], cwd=project)
+        assert result.returncode == 0, result.stderr[-300:]

@@ -511,7 +511,9 @@ print(json.dumps({{"ok": ok, "said": said, "seconds": time.monotonic() - started
 """
 
 
-def call_ensure(home: Home, argv: list[str], timeout: float = 10.0) -> subprocess.Popen[str]:
+def call_ensure(
+    home: Home, argv: list[str], timeout: float = 10.0, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[str]:
     """ensure_daemon in a fresh `python -IS`, the way a shim runs it."""
     code = CALLER.format(
         client=str(CLIENT_DIR), socket=str(home.socket), argv=argv, timeout=timeout
@@ -523,6 +525,7 @@ def call_ensure(home: Home, argv: list[str], timeout: float = 10.0) -> subproces
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        pass_fds=pass_fds,
     )
 
 
@@ -556,11 +559,24 @@ def proc_stat(pid: int) -> list[str]:
 
 
 def test_autostart_brings_up_a_detached_daemon(home: Home, started_daemons: list[int]) -> None:
-    caller = call_ensure(home, DAEMON)
-    result = outcome(caller)
+    # The caller holds an extra descriptor, as `{ php -v 3>&1; } | cat` or make's
+    # jobserver give it: the daemon must not keep it open, or the reader never ends.
+    reader, writer = os.pipe()
+    try:
+        caller = call_ensure(home, DAEMON, pass_fds=(writer,))
+        result = outcome(caller)
+        pipe = f"pipe:[{os.fstat(writer).st_ino}]"
+    finally:
+        os.close(writer)
     assert result.ok, result.said
     pid = int(str(status(home.socket)["pid"]))
     started_daemons.append(pid)
+    try:
+        held = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        assert pipe not in held
+        assert os.read(reader, 1) == b""  # end of file: no writer is left anywhere
+    finally:
+        os.close(reader)
 
     fields = proc_stat(pid)
     assert int(fields[3]) == pid  # its own session: no terminal's ^C or hangup reaches it

@@ -50,7 +50,9 @@ def encoded(message: dict[str, object]) -> bytes:
 
 def test_client_messages_are_valid_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ODD", "bytes \udcff here")  # a non-UTF-8 environment value
-    invoke = decode_request(encoded(shim.invoke_message(["php", "x\udc80"], "/usr/bin/php")))
+    invoke = decode_request(
+        encoded(shim.invoke_message(["php", "x\udc80"], "/usr/bin/php", "/srv/app"))
+    )
     assert isinstance(invoke, Invoke)
     assert invoke.argv == ["php", "x\udc80"]
     assert invoke.env["ODD"] == "bytes \udcff here"

@@ -272,6 +272,10 @@ def _intermediate(
     start) through the pipe, and return the exit code."""
     try:
         os.close(reader)
+        # The caller's other descriptors (a pipe on fd 3, a make jobserver) must not live
+        # on in the daemon: whoever waits for their other end would wait for ever.
+        os.closerange(3, writer)
+        os.closerange(writer + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir("/")  # never keep a project folder busy (or unmountable)
         pid = os.posix_spawn(
             argv[0],

@@ -37,6 +37,7 @@ EXIT_TEMPFAIL = 75
 EXIT_PROTOCOL = 76
 EXIT_NOPERM = 77
 SI_KERNEL = 0x80  # si_code of signals the kernel sent (terminal ^C, hangup, resize)
+SHIM_MARKER = b"# dbguard shim"  # in the first line of every shim (dbguard/shims.py)
 
 # Signals the child gets from us only when someone sent them to us by pid; terminal
 # signals already reach the child, which shares our process group.
@@ -94,8 +95,24 @@ def socket_path() -> str:
     return f"/tmp/dbguard-{os.getuid()}/dbguard.sock"  # noqa: S108 (checked by the daemon)
 
 
+def is_shim(path: str) -> bool:
+    """Whether `path` is a dbguard shim (of any shims folder): its first bytes say so."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return SHIM_MARKER in os.read(fd, 256)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def find_real(name: str, shims_dir: str) -> str | None:
-    """The first `name` on PATH that is not in the shims folder and is not a shim."""
+    """The first `name` on PATH that is not in the shims folder and is not a shim: a
+    second shims folder (another install, another user's) must not bounce between the
+    two until the depth limit."""
     shims_real = os.path.realpath(shims_dir)
     own = os.path.realpath(os.path.join(shims_dir, name))
     for folder in os.environ.get("PATH", "").split(os.pathsep):
@@ -105,7 +122,7 @@ def find_real(name: str, shims_dir: str) -> str | None:
         if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
             continue
         resolved = os.path.realpath(candidate)
-        if resolved == own or os.path.dirname(resolved) == shims_real:
+        if resolved == own or os.path.dirname(resolved) == shims_real or is_shim(resolved):
             continue
         return candidate
     return None
@@ -177,12 +194,12 @@ class ProgressLine:
 # the daemon's pydantic models in dbguard.protocol) ------------------------------------
 
 
-def invoke_message(command: list[str], real: str) -> "dict[str, Any]":
+def invoke_message(command: list[str], real: str, cwd: str) -> "dict[str, Any]":
     return {
         "type": "invoke",
         "v": PROTOCOL_VERSION,
         "argv": command,
-        "cwd": os.getcwd(),
+        "cwd": cwd,
         "env": dict(os.environ),
         "tty": os.isatty(0),
         "pid": os.getpid(),
@@ -294,7 +311,8 @@ def run_allowed(
 def die_like(signal: int) -> None:
     """Exit the way the child did: by the same signal, so callers see the truth."""
     sys.stdout.flush()
-    _signal.signal(signal, _signal.SIG_DFL)
+    if signal not in (_signal.SIGKILL, _signal.SIGSTOP):  # (these cannot be caught)
+        _signal.signal(signal, _signal.SIG_DFL)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (signal,))
     os.kill(os.getpid(), signal)
     os._exit(128 + signal)  # a signal whose default action is not to terminate
@@ -324,10 +342,16 @@ def main(argv: list[str]) -> int | None:
     child_env = dict(os.environ)
     child_env["DBGUARD_DEPTH"] = str(depth + 1)
 
+    try:
+        cwd = os.getcwd()
+    except OSError as err:
+        say(f"{name} was not run: the current folder is gone ({err.strerror}).")
+        say("cd into the project's folder (it may have been deleted and made again)")
+        return EXIT_SOFTWARE
     path = socket_path()
     try:
         conn = connect(path, shims_dir)
-        conn.send(invoke_message(command, real))
+        conn.send(invoke_message(command, real, cwd))
     except OSError as err:
         say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror}).")
         say(
