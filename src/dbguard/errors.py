@@ -41,3 +41,12 @@ class DatabaseMissing(BackupFailed):
 
 class ConfigError(DbguardError):
     """A config file that cannot be used; the message names file, key and problem."""
+
+
+class DaemonUnavailable(DbguardError):
+    """dbguardd is not listening on the socket."""
+
+
+class DaemonNotAnswering(DaemonUnavailable):
+    """Something accepted the connection but gave no usable answer: stuck, killed
+    mid-request, or not dbguardd (another version, another program)."""

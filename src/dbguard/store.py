@@ -558,6 +558,15 @@ class Store:
         if manifest.id != folder.name:
             return DamagedBackup(folder.name, folder, "manifest.json belongs to another backup")
         try:
+            manifest.target()
+        except ValidationError as err:  # an engine this version lacks, say
+            where = ".".join(str(p) for p in err.errors()[0]["loc"])
+            return DamagedBackup(
+                folder.name,
+                folder,
+                f"manifest.json names a database this version cannot use ({where})",
+            )
+        try:
             size = (folder / manifest.data.file).stat().st_size
         except OSError:
             return DamagedBackup(folder.name, folder, f"{manifest.data.file} is missing")

@@ -87,8 +87,8 @@ def test_approval_needs_the_database_name_typed_on_the_terminal(
     code = code_from(home.run(["php", "artisan", "migrate:fresh"], cwd=production).stderr)
 
     piped = home.run([*CTL, "approve", code], cwd=home.root, input=f"{NAME}\n".encode())
-    assert piped.returncode == 77, piped.stdout  # stdin is never read; no terminal here
-    assert b"no terminal" in piped.stdout
+    assert piped.returncode == 77, piped.stderr  # stdin is never read; no terminal here
+    assert b"no terminal" in piped.stderr
 
     wrong = approve_on_terminal(home, code, typed="yes")
     assert wrong.startswith("exit 1") and "not the name" in wrong, wrong

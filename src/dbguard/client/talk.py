@@ -8,12 +8,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from dbguard.errors import DbguardError
+from dbguard.errors import DaemonNotAnswering, DaemonUnavailable
 from dbguard.protocol import Progress, ProtocolError, Reply, decode_reply, encode
 
-
-class DaemonUnavailable(DbguardError):
-    """dbguardd is not listening on the socket."""
+__all__ = ["DaemonNotAnswering", "DaemonUnavailable", "request"]
 
 
 def request(
@@ -33,13 +31,32 @@ def request(
             f"dbguardd is not reachable at {path} ({err.strerror or err})",
             "start it with `dbguardd` or `systemctl --user start dbguard.socket`",
         ) from None
-    with sock, sock.makefile("rb") as replies:
-        sock.sendall(encode(message))
-        for line in replies:
-            reply = decode_reply(line)
-            if isinstance(reply, Progress):
-                if on_progress is not None:
-                    on_progress(reply)
-                continue
-            return reply
-    raise ProtocolError("dbguardd closed the connection without replying")
+    restart = "see its log (`dbguardctl doctor` says where), then restart it"
+    try:
+        with sock, sock.makefile("rb") as replies:
+            sock.sendall(encode(message))
+            for line in replies:
+                reply = decode_reply(line)
+                if isinstance(reply, Progress):
+                    if on_progress is not None:
+                        on_progress(reply)
+                    continue
+                return reply
+    except TimeoutError:
+        raise DaemonNotAnswering(
+            f"dbguardd at {path} accepted the request but did not answer within {timeout} s",
+            f"it may be stuck or stopped (SIGSTOP); {restart}",
+        ) from None
+    except ProtocolError as err:
+        raise DaemonNotAnswering(
+            f"dbguardd at {path} sent a reply dbguardctl cannot read ({err})",
+            "the two may be different versions: restart dbguardd after an upgrade",
+        ) from None
+    except OSError as err:
+        raise DaemonNotAnswering(
+            f"the connection to dbguardd at {path} broke ({err.strerror or err})", restart
+        ) from None
+    raise DaemonNotAnswering(
+        f"dbguardd at {path} closed the connection without replying (it stopped or died)",
+        restart,
+    )

@@ -27,17 +27,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     agents = agent_markers(ctx.env, ctx.config.production)
     if agents:
-        ctx.print(
+        ctx.error(
             f"dbguardctl approve refuses to run in an AI agent's environment ({', '.join(agents)} "
             "is set): a person approves production commands, in their own terminal"
         )
         return 77
     info = request(ctx.socket, ApprovalQuery(type="approval", v=PROTOCOL_VERSION, code=args.code))
     if isinstance(info, Error):
-        ctx.print(f"dbguardctl: {info.message}")
+        ctx.error(f"dbguardctl: {info.message}")
         return 1
     if not isinstance(info, ApprovalInfo):
-        ctx.print(f"dbguardctl: unexpected reply from dbguardd: {info.type}")
+        ctx.error(f"dbguardctl: unexpected reply from dbguardd: {info.type}")
         return 76
     ctx.print(f"command:   {' '.join(info.argv)}")
     ctx.print(f"folder:    {info.cwd}")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"Type the database name ({' or '.join(info.names)}) to let this command run once: "
     )
     if typed is None:
-        ctx.print("dbguardctl: no terminal to ask on; approvals are typed by a person at one")
+        ctx.error("dbguardctl: no terminal to ask on; approvals are typed by a person at one")
         return 77
     reply = request(
         ctx.socket, Approve(type="approve", v=PROTOCOL_VERSION, code=args.code, text=typed)
@@ -58,5 +58,5 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if isinstance(reply, Ok):
         ctx.print("approved: run the same command again (a backup is taken first)")
         return 0
-    ctx.print(f"dbguardctl: {reply.message if isinstance(reply, Error) else reply.type}")
+    ctx.error(f"dbguardctl: {reply.message if isinstance(reply, Error) else reply.type}")
     return 1

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print(f"note: {note}")
         return 0
     if isinstance(reply, Deny | Fail):
-        ctx.print(f"dbguardctl: {reply.reason}")
+        ctx.error(f"dbguardctl: {reply.reason}")
         if reply.hint:
-            ctx.print(f"  {reply.hint}")
+            ctx.error(f"  {reply.hint}")
         return 77 if isinstance(reply, Deny) else 75
-    ctx.print(f"dbguardctl: unexpected reply from dbguardd: {reply.type}")
+    ctx.error(f"dbguardctl: unexpected reply from dbguardd: {reply.type}")
     return 76

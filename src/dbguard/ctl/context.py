@@ -57,6 +57,10 @@ class Context:
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
 
+    def error(self, text: str) -> None:
+        """Why a command failed: on stderr, so output piped elsewhere stays clean."""
+        print(text, file=sys.stderr)
+
     def print_json(self, data: Any) -> None:
         # ASCII: an argument or path that is not UTF-8 becomes a \u escape, where
         # writing it raw would make the output invalid JSON.

@@ -30,7 +30,7 @@ from typing import Literal
 
 from dbguard import __version__, paths, shims
 from dbguard.client import autostart
-from dbguard.client.talk import DaemonUnavailable, request
+from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.config import Config, ConfigError, config_path, load_config
 from dbguard.ctl.context import Context, human_size
 from dbguard.ctl.install import (
@@ -42,7 +42,7 @@ from dbguard.ctl.install import (
     unit_dir,
 )
 from dbguard.discovery.project import find_root
-from dbguard.protocol import PROTOCOL_VERSION, ProtocolError, Status, StatusQuery
+from dbguard.protocol import PROTOCOL_VERSION, Status, StatusQuery
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -291,18 +291,18 @@ def check_shell_hook(env: dict[str, str], folder: Path) -> list[Finding]:
 def check_daemon(env: dict[str, str], socket: Path, folder: Path) -> list[Finding]:
     try:
         reply = request(socket, StatusQuery(type="status", v=PROTOCOL_VERSION), timeout=5)
-    except DaemonUnavailable as err:
-        return [_daemon_down(env, socket, folder, err.problem)]
-    except (OSError, ProtocolError) as err:
+    except DaemonNotAnswering as err:
         return [
             Finding(
                 "daemon",
                 "fail",
-                f"something listens on {socket} but does not answer like dbguardd ({err})",
+                f"something listens on {socket} but does not answer like dbguardd ({err.problem})",
                 "restart it: systemctl --user restart dbguard.service, or stop the process "
                 "and run dbguardd",
             )
         ]
+    except DaemonUnavailable as err:
+        return [_daemon_down(env, socket, folder, err.problem)]
     if not isinstance(reply, Status):
         return [Finding("daemon", "fail", f"unexpected reply to a status query: {reply.type}")]
     found = [

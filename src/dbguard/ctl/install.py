@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.command == "uninstall":
         return uninstall(ctx, folder, use_systemd=not args.no_systemd)
     if args.autostart_timeout <= 0 or args.autostart_timeout > 60:
-        ctx.print("dbguardctl: --autostart-timeout must be between 0 and 60 seconds")
+        ctx.error("dbguardctl: --autostart-timeout must be between 0 and 60 seconds")
         return 2
     return install(ctx, folder, args)
 

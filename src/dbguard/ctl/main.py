@@ -10,7 +10,15 @@ from types import ModuleType
 
 from dbguard import __version__
 from dbguard.ctl.context import Context
-from dbguard.errors import BackupFailed, ConfigError, Damaged, DbguardError, NotFound, RestoreFailed
+from dbguard.errors import (
+    BackupFailed,
+    ConfigError,
+    DaemonUnavailable,
+    Damaged,
+    DbguardError,
+    NotFound,
+    RestoreFailed,
+)
 
 # command -> module in dbguard.ctl. Modules are imported only when their command runs (or
 # for --help): `shell-init` runs at every shell start and must stay cheap.
@@ -35,6 +43,7 @@ SUBCOMMANDS: dict[str, str] = {
 
 EXIT_CODES: list[tuple[type[DbguardError], int]] = [
     (NotFound, 2),
+    (DaemonUnavailable, 69),  # EX_UNAVAILABLE, as the shims
     (Damaged, 65),  # EX_DATAERR
     (RestoreFailed, 74),  # EX_IOERR
     (BackupFailed, 75),  # EX_TEMPFAIL
@@ -98,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         return next(code for kind, code in EXIT_CODES if isinstance(err, kind))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `dbguardctl list-backups | head -1`: the reader has what it wanted. Point stdout
+        # at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as if SIGPIPE had ended it, as it does other tools
 
 
 if __name__ == "__main__":

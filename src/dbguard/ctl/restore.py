@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             "(they are backed up first) [y/N] "
         )
         if answer is None:
-            ctx.print("dbguardctl: no terminal to confirm on; pass --yes to restore from a script")
+            ctx.error("dbguardctl: no terminal to confirm on; pass --yes to restore from a script")
             return 77
         if answer.lower() not in ("y", "yes"):
             ctx.print("not restored")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         names = args.commands or list(ctx.config.shims.commands)
         for name in names:
             if not plain_command_name(name):
-                ctx.print(f"dbguardctl: {name!r} is not a plain command name")
+                ctx.error(f"dbguardctl: {name!r} is not a plain command name")
                 return 2
         written = shims.install(folder, names, ctx.config.socket)
         ctx.print(
