@@ -22,7 +22,7 @@ from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
 
 
 @contextlib.contextmanager
-def fake_daemon(path: Path, answer: Callable[[socket.socket], None]) -> Iterator[None]:
+def fake_daemon(path: Path, answer: Callable[[socket.socket], object]) -> Iterator[None]:
     """A Unix socket at `path` whose every connection gets `answer`."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     server = socket.socket(socket.AF_UNIX)
