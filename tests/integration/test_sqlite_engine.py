@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +14,10 @@ import pytest
 
 from dbguard import operations
 from dbguard.engines import Engines
+from dbguard.engines import sqlite as sqlite_engine
 from dbguard.engines.base import Target
 from dbguard.engines.sqlite import SqliteEngine
-from dbguard.errors import BackupFailed, DatabaseMissing
+from dbguard.errors import BackupFailed, DatabaseMissing, RestoreFailed
 from dbguard.store import Reason, Store
 
 REASON = Reason(kind="manual")
@@ -207,6 +211,95 @@ def test_restore_while_another_connection_is_open(tmp_path: Path, engines: Engin
         assert reader.execute("SELECT count(*) FROM items").fetchone()[0] == 100
     finally:
         reader.close()
+
+
+HOLD_OPEN = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
+conn.execute("SELECT count(*) FROM items").fetchone()  # a read transaction left open
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_restore_gives_up_on_a_database_held_open_and_names_the_holder(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    execute(db, "DELETE FROM items WHERE id > 10")
+    monkeypatch.setattr(sqlite_engine, "_RESTORE_LOCK_WAIT", 0.5)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        with pytest.raises(RestoreFailed, match="stayed in use") as failed:
+            operations.restore_backup(store, engines, manifest, target, REASON)
+        assert f"pid {holder.pid} (python" in failed.value.problem
+        assert "was not changed" in str(failed.value.fix)
+    finally:
+        holder.communicate(b"")
+    assert len(rows(db)) == 10  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite", "b"]  # no leftovers
+
+    operations.restore_backup(store, engines, manifest, target, REASON)  # now it is free
+    assert len(rows(db)) == 100
+
+
+def test_restore_into_a_deleted_database_gives_it_the_usual_mode(
+    tmp_path: Path, engines: Engines
+) -> None:
+    db = tmp_path / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    db.unlink()
+    old_umask = os.umask(0o022)
+    try:
+        operations.restore_backup(store, engines, manifest, target, REASON)
+    finally:
+        os.umask(old_umask)
+    assert len(rows(db)) == 100
+    assert db.stat().st_mode & 0o777 == 0o644  # what SQLite gives a new file, not 0600
+
+
+def test_restore_into_a_folder_that_cannot_be_written_says_what_to_fix(
+    tmp_path: Path, engines: Engines
+) -> None:
+    folder = tmp_path / "app"
+    folder.mkdir()
+    db = folder / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    engines.close()
+    gone = Target(engine="sqlite", path=str(tmp_path / "missing" / "app.sqlite"))
+    with pytest.raises(RestoreFailed, match="does not exist") as failed:
+        operations.restore_backup(store, engines, manifest, gone, REASON)
+    assert "create it" in str(failed.value.fix)
+
+    folder.chmod(0o500)
+    subprocess.run(["chattr", "+i", str(folder)], check=False)  # root ignores mode bits
+    try:
+        if os.access(folder, os.W_OK) and not _immutable(folder):
+            pytest.skip("this user can write to a read-only folder (root without chattr)")
+        with pytest.raises(RestoreFailed) as failed:
+            operations.restore_backup(store, engines, manifest, target, REASON)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+        folder.chmod(0o700)
+    assert "writable" in str(failed.value.fix) and "not changed" in str(failed.value.fix)
+
+
+def _immutable(path: Path) -> bool:
+    listed = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, check=False)
+    return listed.returncode == 0 and "i" in listed.stdout.split()[0].decode()
 
 
 def test_verify_catches_a_manifest_that_disagrees(tmp_path: Path, engines: Engines) -> None:

@@ -16,10 +16,13 @@ command backs up again: no signal survives a restart soundly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,17 +35,22 @@ from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, Re
 
 _CHUNK = 1 << 20
 _BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
+# Seconds a restore waits for other connections to let go. While it waits to commit,
+# SQLite keeps new readers out (the PENDING lock), so it must not wait for ever.
+_RESTORE_LOCK_WAIT = _BUSY_TIMEOUT
 _KEPT_CONNECTIONS = 64
 # application_id values meaning "marked by dbguard": 'DBGP' and 'DBGD'.
 _MARKERS: dict[int, Marker] = {0x44424750: "production", 0x44424744: "development"}
 
 
-def _connect(path: str | Path, *, must_exist: bool = True) -> sqlite3.Connection:
+def _connect(
+    path: str | Path, *, must_exist: bool = True, timeout: float = _BUSY_TIMEOUT
+) -> sqlite3.Connection:
     """Open without ever creating the file (mode=rw) and in autocommit mode."""
     mode = "rw" if must_exist else "rwc"
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
     return sqlite3.connect(
-        uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
     )
 
 
@@ -91,6 +99,69 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+class _StillInUse(Exception):
+    """Another connection kept the database locked past the restore's wait."""
+
+
+def _holders(path: Path) -> list[str]:
+    """Other processes with the database (or its -wal) open, as 'pid 12 (php)'; Linux's
+    /proc only, best effort: empty where it cannot be read."""
+    names = {str(path), f"{path}-wal"}
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (proc / "fd").iterdir()):
+                comm = (proc / "comm").read_text().strip()
+                found.append(f"pid {proc.name} ({comm})")
+        except OSError:
+            continue
+    return sorted(found, key=lambda text: int(text.split()[1]))
+
+
+def _write_error(path: Path, err: sqlite3.Error) -> RestoreFailed:
+    code = getattr(err, "sqlite_errorcode", None)
+    unchanged = "the database was not changed"
+    if code == sqlite3.SQLITE_READONLY:
+        return RestoreFailed(
+            f"cannot write {path}: it is read-only ({err})",
+            f"make {path} and its folder writable for this user (SQLite writes a journal "
+            f"beside it); {unchanged}",
+        )
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return RestoreFailed(
+            f"cannot open {path} for writing ({err})",
+            f"check that {path.parent} exists and is writable for this user (SQLite writes "
+            f"a journal beside the database); {unchanged}",
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return RestoreFailed(
+            f"no space left on the filesystem holding {path}", f"free some space; {unchanged}"
+        )
+    return RestoreFailed(f"cannot write {path}: {err}", unchanged)
+
+
+def _restore_error(path: Path, err: OSError) -> RestoreFailed:
+    unchanged = "the database was not changed"
+    if isinstance(err, FileNotFoundError):
+        return RestoreFailed(
+            f"cannot restore {path}: the folder {path.parent} does not exist",
+            f"create it, then restore again; {unchanged}",
+        )
+    if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+        return RestoreFailed(
+            f"cannot restore {path}: {err.strerror} ({err.filename})",
+            f"make {path.parent} writable for this user; {unchanged}",
+        )
+    if err.errno == errno.ENOSPC:
+        return RestoreFailed(
+            f"no space left while restoring {path} ({err.filename})",
+            f"free some space; {unchanged}",
+        )
+    return RestoreFailed(f"cannot restore {path}: {err}", unchanged)
 
 
 def _missing(path: Path) -> DatabaseMissing:
@@ -269,26 +340,40 @@ class SqliteEngine:
         end_connections: bool = False,  # SQLite's own locking serializes the swap
     ) -> None:
         path = Path(str(target.path))
-        temp = path.with_name(f".{path.name}.dbguard-restore-{secrets.token_hex(4)}")
+        # Unpacked in the store's work folder, not beside the database: a restore that
+        # is killed leaves nothing in the project (the store clears its work folders).
+        unpacked = scratch / f"restore-{secrets.token_hex(4)}.sqlite"
         try:
-            self._unpack(data, temp)
+            self._unpack(data, unpacked)
             if path.exists():
-                self._copy_into(temp, path)
+                self._copy_into(unpacked, path)
             else:
-                # Leftovers of a deleted database would be replayed into the new file.
-                for suffix in ("-wal", "-shm", "-journal"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
-                os.rename(temp, path)
+                self._create_from(unpacked, path)
         except OSError as err:
-            raise RestoreFailed(
-                f"cannot restore {path}: {err}", "the database was not changed"
-            ) from None
+            raise _restore_error(path, err) from None
         finally:
-            temp.unlink(missing_ok=True)
+            unpacked.unlink(missing_ok=True)
         with self._kept_lock:
             kept = self._kept.pop(str(path), None)
         if kept is not None:
             kept.conn.close()
+
+    def _create_from(self, unpacked: Path, path: Path) -> None:
+        """A deleted database comes back by rename: whole, or not at all."""
+        # Leftovers of a deleted database would be replayed into the new file.
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        temp = path.with_name(f".{path.name}.dbguard-restore-{secrets.token_hex(4)}")
+        try:
+            # 0644 less the umask: the mode SQLite itself gives a new database.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as file, unpacked.open("rb") as source:
+                shutil.copyfileobj(source, file, _CHUNK)
+                file.flush()
+                os.fsync(file.fileno())
+            os.rename(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
 
     def _copy_into(self, source_path: Path, path: Path) -> None:
         """Replace the live database's contents in one transaction of its own.
@@ -298,19 +383,31 @@ class SqliteEngine:
         """
         source = _connect(source_path)
         try:
-            dest = _connect(path)
+            dest = _connect(path, timeout=_RESTORE_LOCK_WAIT)
         except sqlite3.Error as err:
             source.close()
-            raise RestoreFailed(
-                f"cannot open {path}: {err}", "the database was not changed"
-            ) from None
+            raise _write_error(path, err) from None
+        deadline = time.monotonic() + _RESTORE_LOCK_WAIT
+
+        def give_up_when_held(status: int, remaining: int, total: int) -> None:
+            # Python's backup() retries a busy step for ever; this ends it (and ^C works).
+            busy = status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if busy and time.monotonic() >= deadline:
+                raise _StillInUse
+
         try:
-            source.backup(dest)
-        except sqlite3.Error as err:
+            source.backup(dest, progress=give_up_when_held)
+        except _StillInUse:
+            holders = _holders(path)
+            held_by = f" (open in {', '.join(holders)})" if holders else ""
             raise RestoreFailed(
-                f"cannot write {path}: {err}",
-                "close other programs using the database and try again; it was not changed",
+                f"{path} stayed in use by another connection for "
+                f"{_RESTORE_LOCK_WAIT:.0f} s{held_by}",
+                "finish or stop what holds it (a test run, a server, a database browser), "
+                "then restore again; the database was not changed",
             ) from None
+        except sqlite3.Error as err:
+            raise _write_error(path, err) from None
         finally:
             dest.close()
             source.close()
