@@ -15,7 +15,14 @@ import pytest
 
 from dbguard import shims
 from dbguard.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
-from tests.helpers import Daemon, Home, count_users, install_stand_in, laravel_sqlite_project
+from tests.helpers import (
+    Daemon,
+    Home,
+    count_users,
+    install_stand_in,
+    laravel_sqlite_project,
+    poll,
+)
 
 
 @pytest.fixture
@@ -298,3 +305,29 @@ def test_as_many_arguments_as_the_kernel_allows_are_accepted(
     for args in (many, long):
         result = home.run(["php", "-l", *args], cwd=project)
         assert result.returncode == 0, result.stderr[-300:]
+
+
+def test_a_shim_that_leaves_during_the_backup_is_logged_at_once(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    invoke = {
+        "type": "invoke",
+        "v": PROTOCOL_VERSION,
+        "argv": ["php", "artisan", "migrate:fresh"],
+        "cwd": str(project),
+        "env": {"PATH": home.env["PATH"]},
+        "tty": False,
+        "pid": os.getpid(),
+    }
+    with socket.socket(socket.AF_UNIX) as conn:  # a shim whose user pressed ^C
+        conn.connect(str(home.socket))
+        conn.sendall(json.dumps(invoke).encode() + b"\n")
+
+    def logged() -> bool:
+        return home.oplog.exists() and bool(oplog(home))
+
+    assert poll(logged), "nothing in the operation log while dbguardd keeps running"
+    [record] = oplog(home)
+    assert record["decision"] == "allow"
+    assert record["outcome"] in ("not run", "unknown"), record
+    assert count_users(project) == 3  # the command itself never ran

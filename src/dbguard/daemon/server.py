@@ -215,7 +215,12 @@ class Server:
 
         if isinstance(request, Invoke):
             reply = await self.guard.invoke(request, emit, ask)
-            await self._send(writer, reply)
+            try:
+                await self._send(writer, reply)
+            except BaseException:
+                if isinstance(reply, Allow):  # the shim left (^C while backing up)
+                    self.guard.finish(reply.op, None, ran=False)
+                raise
             if isinstance(reply, Allow):
                 await self._follow(reply.op, reader, writer)
         elif isinstance(request, BackupNow):

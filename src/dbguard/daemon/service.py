@@ -296,13 +296,17 @@ class Guard:
         if op_id in self.running:
             self.running[op_id].pid = pid
 
-    def finish(self, op_id: str, report: Report | None) -> None:
-        """The command ended (`report`), or its shim vanished without saying (None)."""
+    def finish(self, op_id: str, report: Report | None, *, ran: bool = True) -> None:
+        """The command ended (`report`), or its shim vanished without saying (None); with
+        `ran` False, the shim left before it was told to run the command."""
         running = self.running.pop(op_id, None)
         if running is None:
             return
         record = running.record
-        if report is None:
+        if not ran:
+            record["outcome"] = "not run"
+            record["detail"] = "the shim disconnected before it was told to run the command"
+        elif report is None:
             record["outcome"] = "unknown"
             record["detail"] = "the shim disconnected before reporting how the command ended" + (
                 f"; command pid {running.pid}" if running.pid else ""
