@@ -39,6 +39,10 @@ class DatabaseMissing(BackupFailed):
     """The database does not exist (yet): there is nothing to back up or to lose."""
 
 
+class Unreadable(BackupFailed):
+    """The database is there but does not read as one (not a database, or damaged)."""
+
+
 class ConfigError(DbguardError):
     """A config file that cannot be used; the message names file, key and problem."""
 

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
-from dbguard.errors import Damaged, DatabaseMissing, DbguardError, RestoreFailed
+from dbguard.errors import Damaged, DatabaseMissing, DbguardError, RestoreFailed, Unreadable
 from dbguard.store import Manifest, Reason, Store, Verification
 
 
@@ -107,8 +107,9 @@ def restore_backup(
 
     Returns the pre-restore backup (None when the database did not exist). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
-    if the current state cannot be saved, RestoreFailed if the restore fails (the
-    target is then unchanged).
+    if the current state cannot be saved (RestoreFailed, saying how to go on, when it
+    does not read as a database), RestoreFailed if the restore fails (the target is
+    then unchanged).
     """
     problems = store.check_data(manifest)
     if problems:
@@ -117,6 +118,15 @@ def restore_backup(
         before = take_backup(store, engines, target, reason)
     except DatabaseMissing:
         before = None
+    except Unreadable as err:
+        # Restoring is the cure for a broken file, but what it holds now cannot be backed
+        # up, and nothing is replaced without a copy: the person moves it aside.
+        aside = f"mv {target.path} {target.path}.broken" if target.path else "move it aside"
+        raise RestoreFailed(
+            f"{err.problem}, so its current contents cannot be backed up before the restore",
+            f"keep it by moving it aside ({aside}), then restore again: a database that "
+            "is not there is restored without a backup first; nothing was changed",
+        ) from None
     engine = engines.for_target(target)
     with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
         engine.restore(target, data, manifest.data.format, scratch, end_connections=end_connections)

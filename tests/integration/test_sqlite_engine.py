@@ -302,6 +302,27 @@ def _immutable(path: Path) -> bool:
     return listed.returncode == 0 and "i" in listed.stdout.split()[0].decode()
 
 
+def test_restore_over_a_broken_file_says_to_move_it_aside_first(
+    tmp_path: Path, engines: Engines
+) -> None:
+    db = tmp_path / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    engines.close()
+    junk = os.urandom(8192)  # a test run that wrote over the file
+    db.write_bytes(junk)
+
+    with pytest.raises(RestoreFailed, match="is not an SQLite database") as failed:
+        operations.restore_backup(store, engines, manifest, target, REASON)
+    assert f"mv {db} {db}.broken" in str(failed.value.fix)
+    assert db.read_bytes() == junk  # nothing replaced without a copy
+
+    db.rename(f"{db}.broken")
+    operations.restore_backup(store, engines, manifest, target, REASON)
+    assert len(rows(db)) == 100
+
+
 def test_verify_catches_a_manifest_that_disagrees(tmp_path: Path, engines: Engines) -> None:
     target = make_db(tmp_path / "app.sqlite")
     store = Store(tmp_path / "b")

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
-from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
+from dbguard.errors import (
+    BackupFailed,
+    Cancelled,
+    Damaged,
+    DatabaseMissing,
+    RestoreFailed,
+    Unreadable,
+)
 
 _CHUNK = 1 << 20
 _BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
@@ -175,8 +182,14 @@ def _open_error(path: Path, err: sqlite3.Error) -> BackupFailed:
             f"{path} stayed locked by another connection for {_BUSY_TIMEOUT:.0f} s",
             "finish or stop whatever holds the write lock, then run the command again",
         )
-    if "not a database" in text:
-        return BackupFailed(f"{path} is not an SQLite database", "check the path in your .env")
+    code = getattr(err, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or "not a database" in text:
+        what = "is not an SQLite database" if "not a database" in text else f"is damaged ({text})"
+        return Unreadable(
+            f"{path} {what}",
+            "check the path in your .env; if this is the database, restore a backup of it "
+            "(`dbguardctl list-backups`)",
+        )
     return BackupFailed(f"cannot read the SQLite database {path}: {text}")
 
 
