@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dbguard import shims
+from dbguard.oplog import OperationLog
 
 READY_TIMEOUT = 20.0  # seconds a daemon may take to start on a loaded CI machine
 
@@ -80,6 +82,10 @@ class Home:
     @property
     def oplog(self) -> Path:
         return self.root / "state" / "dbguard" / "operations.jsonl"
+
+    def operations(self) -> list[dict[str, Any]]:
+        """The operation log as dbguardctl reads it: each operation's latest record."""
+        return list(OperationLog(self.oplog).records())
 
     def run(
         self,

@@ -3,6 +3,10 @@
 Each line is written with a single write() on an O_APPEND descriptor, so lines from the
 daemon and from dbguardctl never interleave. Secrets in argv (URL passwords,
 --password=..., PASSWORD=... assignments) are redacted before anything is written.
+
+An allowed command gets two lines with the same `op`: one with the outcome "running"
+when it is allowed (so a daemon killed while it runs still leaves its record) and the
+complete one when it ends. `records()` gives each operation once: its latest line.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dbguard.discovery.urls import redact_url
 log = structlog.get_logger("dbguard.oplog")
 
 MAX_LOG_BYTES = 20 << 20  # rotated to operations.jsonl.1 beyond this
+RUNNING = "running"  # the outcome of an allowed command until it ends
 
 # A bounded scheme and a user part without ':' keep this linear on any word; the
 # unbounded form backtracked quadratically on one long argument (60 kB: 9 s).
@@ -88,8 +93,19 @@ class OperationLog:
             pass
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every readable record, oldest first (the rotated file first); a torn or
-        corrupt line is skipped, not fatal."""
+        """Every operation's latest record, in the order those were written (the rotated
+        file first); a torn or corrupt line is skipped, not fatal."""
+        lines = list(self._lines())
+        latest = {record["op"]: index for index, record in enumerate(lines) if "op" in record}
+        for index, record in enumerate(lines):
+            if latest.get(record.get("op"), index) == index:
+                yield record
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Operations whose latest record still says "running"."""
+        return [r for r in self.records() if r.get("outcome") == RUNNING]
+
+    def _lines(self) -> Iterator[dict[str, Any]]:
         for path in (self.path.with_name(self.path.name + ".1"), self.path):
             try:
                 lines = path.read_bytes().splitlines()

@@ -136,9 +136,7 @@ def write_config(home: Home, text: str) -> Path:
 
 
 def oplog(home: Home) -> list[dict[str, Any]]:
-    if not home.oplog.exists():
-        return []
-    return [json.loads(line) for line in home.oplog.read_text().splitlines() if line.strip()]
+    return home.operations()
 
 
 def listing(home: Home) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from tests.faults.support import (
     install_php,
     leftovers,
     listing,
+    oplog,
     pg_rows,
     process_exists,
     ran,
@@ -168,6 +169,37 @@ def test_sigkill_while_pg_dump_is_mid_dump_leaves_no_process_or_partial_backup(
         assert result.returncode == 0, stderr_text(result)
         [backup] = listing(home)
         assert sum(backup["tables"].values()) == 20_000
+        restarted.assert_no_crash()
+    finally:
+        restarted.stop()
+
+
+def test_sigkill_while_an_allowed_command_runs_leaves_its_record(home: Home) -> None:
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    gate = home.root / "gate"
+    daemon = FaultDaemon(home).start()
+    command = start_guarded(
+        home, project, "php", "artisan", "migrate:fresh", f"--wait-for-file={gate}"
+    )
+    wait_until(Path(f"{gate}.ready").exists, "the allowed command to start")
+    assert daemon.kill() == -9
+    injected("dbguardd SIGKILLed while an allowed command runs")
+    gate.touch()
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err.decode()  # the command itself ended well
+
+    [record] = oplog(home)  # written when it was allowed, before it ran
+    assert record["decision"] == "allow" and record["outcome"] == "running"
+    assert record["argv"][:3] == ["php", "artisan", "migrate:fresh"]
+
+    restarted = FaultDaemon(home).start()
+    try:
+        wait_until(lambda: oplog(home)[0]["outcome"] != "running", "the record to be closed")
+        [closed] = oplog(home)
+        assert closed["op"] == record["op"] and closed["outcome"] == "unknown"
+        assert "dbguardd stopped while the command ran" in closed["detail"]
+        assert closed["backups"] == record["backups"]
         restarted.assert_no_crash()
     finally:
         restarted.stop()

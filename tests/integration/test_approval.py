@@ -102,7 +102,7 @@ def test_an_agent_cannot_approve_itself(home: Home, daemon: Daemon, production: 
     code = code_from(refused.stderr)
     outcome = approve_on_terminal(home, code)  # even with a terminal
     assert outcome.startswith("exit 77") and "AI agent" in outcome, outcome
-    record = json.loads(home.oplog.read_text().splitlines()[0])
+    record = home.operations()[0]
     assert record["decision"] == "deny" and record["agent"] == ["CLAUDECODE"]
 
 

@@ -33,7 +33,7 @@ def project(home: Home) -> Path:
 
 
 def oplog(home: Home) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in home.oplog.read_text().splitlines()]
+    return home.operations()
 
 
 def backups(home: Home) -> list[dict[str, Any]]:

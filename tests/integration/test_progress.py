@@ -11,7 +11,6 @@ anything took.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -70,7 +69,7 @@ def change(project: Path) -> None:
 
 
 def oplog(home: Home) -> list[dict[str, object]]:
-    return [json.loads(line) for line in home.oplog.read_text().splitlines()]
+    return home.operations()
 
 
 def took_a_backup(record: dict[str, object]) -> bool:

@@ -39,7 +39,7 @@ def test_sixteen_concurrent_commands_make_exactly_one_backup(home: Home, daemon:
     manifests = list(home.backups.glob("*/*/manifest.json"))
     assert len(manifests) == 1
     backup_id = json.loads(manifests[0].read_text())["id"]
-    records = [json.loads(line) for line in home.oplog.read_text().splitlines()]
+    records = home.operations()
     assert len(records) == 16
     assert {r["backups"][0]["id"] for r in records} == {backup_id}
     assert sum(not r["backups"][0]["reused"] for r in records) == 1

@@ -52,3 +52,18 @@ def test_a_torn_line_is_skipped_not_fatal(tmp_path: Path) -> None:
         handle.write('{"decision": "allo')  # a crash mid-write
     log.append({"decision": "deny"})
     assert [r["decision"] for r in log.records()] == ["pass", "deny"]
+
+
+def test_an_operation_is_read_once_as_its_latest_record(tmp_path: Path) -> None:
+    log = OperationLog(tmp_path / "operations.jsonl")
+    log.append({"op": "aa", "decision": "allow", "outcome": "running"})
+    log.append({"decision": "pass"})
+    log.append({"op": "bb", "decision": "allow", "outcome": "running"})
+    log.append({"op": "aa", "decision": "allow", "outcome": "ok", "exit": 0})
+
+    assert [(r.get("op"), r.get("outcome")) for r in log.records()] == [
+        (None, None),
+        ("bb", "running"),
+        ("aa", "ok"),
+    ]
+    assert [r["op"] for r in log.unfinished()] == ["bb"]

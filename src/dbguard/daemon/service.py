@@ -19,6 +19,7 @@ from typing import Any
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
 from dbguard.approvals import Request as ApprovalRequest
+from dbguard.client.autostart import alive
 from dbguard.config import Config
 from dbguard.daemon.backups import Backups, Outcome
 from dbguard.daemon.health import Notifier
@@ -29,7 +30,7 @@ from dbguard.discovery.project_config import classify_with_project, load_project
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import BackupFailed, DbguardError
-from dbguard.oplog import OperationLog, redact_argv
+from dbguard.oplog import RUNNING, OperationLog, redact_argv
 from dbguard.policy import Gate, agent_markers, gate
 from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
 from dbguard.protocol import (
@@ -196,6 +197,8 @@ class Guard:
         record["decide_ms"] = round((time.monotonic() - started) * 1000, 1)
         self.running[op_id] = Running(record)
         record["notes"] = _notes(found, outcomes)
+        # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
+        self.oplog.append({**record, "outcome": RUNNING, "daemon_pid": os.getpid()})
         # The shim prints only warnings; what was reused or skipped goes to the log.
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
@@ -387,6 +390,21 @@ class Guard:
             backup_dir=str(self.store.root),
             in_flight=self.backups.in_flight(),
         )
+
+    def close_orphans(self) -> list[str]:
+        """Operations an earlier dbguardd logged as running and never saw end (it was
+        killed): logged again with outcome "unknown". Returns their ids."""
+        closed = []
+        for record in self.oplog.unfinished():
+            pid = record.get("daemon_pid")
+            if isinstance(pid, int) and (pid == os.getpid() or alive(pid)):
+                continue  # ours, or another dbguardd's on the same log: still running
+            record = {k: v for k, v in record.items() if k not in ("time", "daemon_pid")}
+            record["outcome"] = "unknown"
+            record["detail"] = "dbguardd stopped while the command ran (killed or crashed)"
+            self.oplog.append(record)
+            closed.append(str(record.get("op")))
+        return closed
 
     async def close(self) -> None:
         await self.backups.drain()
