@@ -35,7 +35,7 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
 def plain_command_name(name: str) -> bool:
-    """A command name safe as a file name and as a word of the sh shim: no path, no
+    """A command name safe as a file name and as a word of a shim: no path, no
     option, no shell syntax (`$(...)`, backquotes, `;`, spaces, newlines)."""
     return _PLAIN_NAME.fullmatch(name) is not None
 

@@ -1,7 +1,7 @@
-"""Writing and removing shims: tiny sh files named like the commands they guard.
+"""Writing and removing shims: tiny Python scripts named like the commands they guard.
 
-One template, absolute paths baked in (rbenv style), so a shim costs one `exec` of the
-interpreter on the stdlib-only client and nothing else.
+Absolute paths baked in (rbenv style), so a shim costs the start of the interpreter on
+the stdlib-only client and nothing else.
 """
 
 from __future__ import annotations
@@ -18,14 +18,28 @@ from pathlib import Path
 from dbguard.client import shim as shim_client
 
 MARKER = shim_client.SHIM_MARKER.decode()
-TEMPLATE = """#!/bin/sh
+# The shim is a Python script run by the interpreter on its #! line, with no shell in
+# between: a shell would drop environment variables whose names are not shell names
+# (`spring.datasource.url`, `ODD-NAME`) before the real command could see them, and
+# would cost an exec. It imports the client rather than running it as a script, so
+# Python uses the client's cached bytecode; only these few lines are compiled.
+TEMPLATE = """#!{python} -IS
 {marker} for `{name}`: dbguardd backs up what it touches before the real {name} runs.
 # Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
-{socket}exec {python} -IS -c {bootstrap} {name} {folder} "$@"
+{bootstrap}
 """
-# Importing the client (rather than running it as a script) lets Python use its cached
-# bytecode: compiling the file on every run would cost more than everything else.
-BOOTSTRAP = "import sys; sys.path[:0] = [{folder}]; import shim; shim.run(sys.argv)"
+BOOTSTRAP = (
+    "import sys; sys.path[:0] = [{client}]; import shim; "
+    "shim.run(['-c', {name}, {folder}, *sys.argv[1:]])"
+)
+# Where the interpreter's path cannot stand on a #! line (a space, or too long for the
+# kernel), a sh shim starts it instead, at the cost named above.
+SH_TEMPLATE = """#!/bin/sh
+{marker} for `{name}`: dbguardd backs up what it touches before the real {name} runs.
+# Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
+exec {python} -IS -c {bootstrap} "$@"
+"""
+_SHEBANG_MAX = 200  # Linux reads 255 bytes of a #! line (127 before 5.1); stay well in
 
 
 def _quote(value: str | Path) -> str:
@@ -35,19 +49,19 @@ def _quote(value: str | Path) -> str:
 def render(name: str, folder: Path, socket: Path | None = None) -> str:
     """The shim for `name` living in `folder`. `socket` is baked in only when the user
     configured one; otherwise the client derives it from the environment."""
-    socket_line = (
-        f': "${{DBGUARD_SOCKET:={_quote(socket)[1:-1]}}}"; export DBGUARD_SOCKET\n'
-        if socket is not None
-        else ""
+    bootstrap = BOOTSTRAP.format(
+        client=json.dumps(str(Path(shim_client.__file__).resolve().parent)),
+        name=json.dumps(name),
+        folder=json.dumps(str(folder.resolve())),
     )
-    client_folder = str(Path(shim_client.__file__).resolve().parent)
-    return TEMPLATE.format(
-        marker=MARKER,
-        name=name,
-        python=_quote(interpreter()),
-        bootstrap=_quote(BOOTSTRAP.format(folder=json.dumps(client_folder))),
-        folder=_quote(folder.resolve()),
-        socket=socket_line,
+    if socket is not None:
+        default = f"os.environ.setdefault('DBGUARD_SOCKET', {json.dumps(str(socket))})"
+        bootstrap = f"import os; {default}; {bootstrap}"
+    python = interpreter()
+    if len(python) <= _SHEBANG_MAX and not any(c.isspace() for c in python):
+        return TEMPLATE.format(marker=MARKER, name=name, python=python, bootstrap=bootstrap)
+    return SH_TEMPLATE.format(
+        marker=MARKER, name=name, python=_quote(python), bootstrap=_quote(bootstrap)
     )
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from dbguard import shims
-from dbguard.client import shim as shim_client
 from dbguard.engines.base import Target
 from tests.faults.support import (
     FaultDaemon,
@@ -91,12 +90,11 @@ def test_a_client_of_another_user_is_refused(home: Home, other_user: str) -> Non
         php = theirs / "php"
         php.write_text(f"#!/bin/sh\ntouch {theirs}/ran\n")
         php.chmod(0o755)
-        client = str(Path(shim_client.__file__).parent)
-        shim = [
-            SYSTEM_PYTHON, "-IS", "-c",
-            shims.BOOTSTRAP.format(folder=json.dumps(client)),
-            "php", str(theirs / "shims"), "artisan", "migrate:fresh",
-        ]  # fmt: skip
+        # Their shim, run by the system's Python (this one's may be out of their reach).
+        shim_file = theirs / "shims" / "php"
+        shim_file.write_text(shims.render("php", theirs / "shims"))
+        shim_file.chmod(0o755)
+        shim = [SYSTEM_PYTHON, "-IS", str(shim_file), "artisan", "migrate:fresh"]
         env = {"PATH": f"{theirs}:/usr/bin:/bin", "DBGUARD_SOCKET": str(home.socket)}
         status = [
             SYSTEM_PYTHON, "-IS", "-c",

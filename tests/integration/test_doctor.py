@@ -165,12 +165,24 @@ def test_missing_shims_and_an_unwritable_backup_folder(setup: Home, daemon: Daem
 
 def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:
     shim = setup.shims / "alembic"
-    shim.write_text(shim.read_text().replace("exec ", "exec /nonexistent/python3 ", 1))
+    first, rest = shim.read_text().split("\n", 1)
+    shim.write_text(f"#!/nonexistent/python3 -IS\n{rest}")  # Python moved or removed
 
     code, report = doctor(setup)
 
     assert code == 1
     assert "/nonexistent/python3" in finding(report, "shim alembic", "fail")["message"]
+    assert first.startswith("#!/")
+
+
+def test_a_shim_whose_client_folder_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:
+    shim = setup.shims / "alembic"
+    shim.write_text(shim.read_text().replace('sys.path[:0] = ["', 'sys.path[:0] = ["/gone', 1))
+
+    code, report = doctor(setup)
+
+    assert code == 1
+    assert "/gone" in finding(report, "shim alembic", "fail")["message"]
 
 
 def test_project_paths_that_bypass_the_shims_are_named(setup: Home, daemon: Daemon) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dbguard import shims
 from dbguard.client import autostart
 from dbguard.config import DEFAULT_SHIM_COMMANDS
 from dbguard.ctl import install
@@ -213,3 +214,22 @@ def test_units_left_by_an_earlier_install_are_named_and_removed(
     assert code == 0, output
     assert f"removed {units / 'dbguard.socket'}" in output
     assert sorted(p.name for p in units.iterdir()) == ["other.service"]
+
+
+def test_an_interpreter_path_with_a_space_gets_a_sh_shim_that_works(
+    home: Home, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spaced = home.root / "my python"  # cannot stand on a #! line
+    spaced.mkdir()
+    (spaced / "python3").symlink_to(shims.interpreter())
+    monkeypatch.setattr(shims, "interpreter", lambda: str(spaced / "python3"))
+    shims.install(home.shims, ["php"])
+    text = (home.shims / "php").read_text()
+    assert text.startswith("#!/bin/sh\n") and is_shim(home.shims / "php")
+    (home.bin / "php").write_text('#!/bin/sh\necho real php "$@"\n')
+    (home.bin / "php").chmod(0o755)
+
+    result = home.run(["php", "-v"], cwd=home.root)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"real php -v\n"

@@ -1,9 +1,10 @@
-"""The dbguard shim client: one stdlib-only file that a shim runs as
-`python -IS -c "...import shim; shim.run(sys.argv)" NAME SHIMS_DIR ARGS...`.
+"""The dbguard shim client: one stdlib-only file that a shim imports and runs as
+`shim.run(["-c", NAME, SHIMS_DIR, *ARGS])`.
 
-A shim (a tiny sh file named like the command it guards) execs this with its own name
-and folder (see dbguard/shims.py). The client finds the real command on PATH outside that folder,
-asks dbguardd over its Unix socket, and then:
+A shim (a three-line Python script named like the command it guards, run by the
+interpreter on its #! line; see dbguard/shims.py) passes its own name and folder. The
+client finds the real command on PATH outside that folder, asks dbguardd over its
+Unix socket, and then:
 
     pass   exec the real command at once (not a database operation)
     allow  run it, forward signals, report how it ended, exit with its status

@@ -238,21 +238,22 @@ def check_shims(env: dict[str, str], folder: Path, commands: list[str]) -> list[
 
 
 def _stale_paths(shim: Path) -> list[str]:
-    """Absolute paths the shim's exec line names that are gone (the interpreter, the
-    client's folder)."""
+    """Paths the shim needs that are gone: its interpreter (on the #! line, or after
+    `exec` in a sh shim) and the client's folder (in the bootstrap's sys.path)."""
     try:
         text = shim.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return [str(shim)]
-    exec_line = next((line for line in text.splitlines() if line.startswith("exec ")), "")
-    try:
-        words = shlex.split(exec_line.split("exec ", 1)[1]) if exec_line else []
-    except ValueError:
-        return []
-    named = [w for w in words if w.startswith("/")]
-    # The bootstrap code quotes the client's folder as a JSON string.
-    named += re.findall(r'"(/[^"]+)"', " ".join(words))
-    return [p for p in named if not os.path.exists(p)]
+    lines = text.splitlines()
+    interpreter = lines[0][2:].split()[:1] if lines and lines[0].startswith("#!") else []
+    exec_line = next((line for line in lines if line.startswith("exec ")), "")
+    if exec_line:
+        try:
+            interpreter = shlex.split(exec_line.split("exec ", 1)[1])[:1]
+        except ValueError:
+            interpreter = []
+    client = re.findall(r'sys\.path\[:0\] = \["(/[^"]+)"\]', text)
+    return [p for p in interpreter + client if p.startswith("/") and not os.path.exists(p)]
 
 
 def check_shell_hook(env: dict[str, str], folder: Path) -> list[Finding]:
