@@ -178,3 +178,22 @@ def test_the_database_marker_makes_production_and_travels_with_the_file(
     assert b"marked production" in refused.stderr
     assert home.ctl("mark", "development", cwd=project).returncode == 0
     assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 0
+
+
+def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: Daemon) -> None:
+    install_stand_in(home, "php")
+    project = laravel_sqlite_project(home.root / "app")
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+
+    home.extra_env["CLAUDECODE"] = "1"
+    refused = home.ctl("restore", backup_id, "--yes")
+    assert refused.returncode == 77, refused.stderr
+    assert b"refuses to replace a production database" in refused.stderr
+    assert b"marked production" in refused.stderr
+    assert len(json.loads(home.ctl("list-backups", "--json").stdout)) == 1  # nothing ran
+
+    del home.extra_env["CLAUDECODE"]  # a person, in their own terminal
+    assert home.ctl("restore", backup_id, "--yes").returncode == 0

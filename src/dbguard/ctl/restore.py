@@ -11,6 +11,10 @@ from dbguard import operations
 from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.engines import Engines
+from dbguard.engines.base import Target
+from dbguard.errors import DbguardError
+from dbguard.policy import agent_markers
+from dbguard.production import classify_production
 from dbguard.store import Reason
 
 
@@ -34,6 +38,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"`{' '.join(manifest.reason.argv) or manifest.reason.kind}`, "
         f"{len(manifest.tables)} tables, {rows} rows, {human_size(manifest.data.size)}"
     )
+    refusal = _agent_on_production(ctx, target)
+    if refusal:
+        ctx.error(refusal)
+        return 77
     if not args.yes:
         answer = ask_on_terminal(
             f"Replace the current contents of {target.label} with this backup? "
@@ -69,3 +77,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             f"the contents it replaced are backup {before.id} (dbguardctl restore {before.id})"
         )
     return 0
+
+
+def _agent_on_production(ctx: Context, target: Target) -> str | None:
+    """Why an AI agent may not run this restore, or None. Production data is replaced by
+    a person, as production commands are approved by one (`dbguardctl approve`)."""
+    settings = ctx.config.production
+    agents = agent_markers(ctx.env, settings)
+    if not agents:
+        return None
+    engines = Engines(ctx.config.backup)
+    try:
+        marker = engines.for_target(target).marker(target)
+    except DbguardError:
+        marker = None  # unreachable or missing: the names and the settings still count
+    finally:
+        engines.close()
+    verdict = classify_production(target, ctx.env, settings, marker=marker)
+    if not verdict.production:
+        return None
+    return (
+        f"dbguardctl restore refuses to replace a production database in an AI agent's "
+        f"environment ({', '.join(agents)} is set): {verdict.reasons[0]}; a person runs "
+        "this restore, in their own terminal"
+    )
