@@ -562,6 +562,8 @@ def test_autostart_brings_up_a_detached_daemon(home: Home, started_daemons: list
     # The caller holds an extra descriptor, as `{ php -v 3>&1; } | cat` or make's
     # jobserver give it: the daemon must not keep it open, or the reader never ends.
     reader, writer = os.pipe()
+    # The first caller's project credentials must not become every later backup's.
+    home.extra_env.update(PGPASSWORD="project-a", MYSQL_PWD="a", DATABASE_URL="pg://a")
     try:
         caller = call_ensure(home, DAEMON, pass_fds=(writer,))
         result = outcome(caller)
@@ -584,6 +586,8 @@ def test_autostart_brings_up_a_detached_daemon(home: Home, started_daemons: list
     assert os.readlink(f"/proc/{pid}/cwd") == "/"
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert f"DBGUARD_SOCKET={home.socket}".encode() in environ
+    names = {entry.split(b"=", 1)[0] for entry in environ}
+    assert not names & {b"PGPASSWORD", b"MYSQL_PWD", b"DATABASE_URL"}
     log = home.root / "state" / "dbguard" / "dbguardd.log"
     assert "dbguardd ready" in log.read_text()
     assert oct(log.stat().st_mode & 0o777) == oct(0o600)

@@ -39,8 +39,12 @@ LOG_MAX_BYTES = 8 << 20  # the log is moved to .1 past this, so it never grows u
 POLL_INTERVAL = 0.01  # seconds between looks at the socket while the daemon starts
 
 # Variables that belong to the shim's caller, not to a long-lived daemon: the guard's
-# nesting markers and another service manager's protocol. PYTHON* variables go too
-# (daemon_env): a project's PYTHONPATH could make the daemon import its modules.
+# nesting markers and another service manager's protocol (NOT_INHERITED); PYTHON*, as
+# a project's PYTHONPATH could make the daemon import its modules; and the database
+# clients' (PG*, MYSQL*, ...), which belong to the first caller's project: in the
+# daemon they would reach every later project's pg_dump or mariadb-dump (another
+# project's PGPASSWORD sent to this one's server). Each request brings its own.
+NOT_INHERITED_PREFIXES = ("PYTHON", "PG", "MYSQL", "MARIADB", "DATABASE_URL")
 NOT_INHERITED = (
     "DBGUARD_DEPTH",
     "DBGUARD_PARENT_OP",
@@ -138,7 +142,7 @@ def daemon_env(socket_path: str, base: "dict[str, str] | None" = None) -> "dict[
     env = {
         key: value
         for key, value in (os.environ if base is None else base).items()
-        if key not in NOT_INHERITED and not key.startswith("PYTHON")
+        if key not in NOT_INHERITED and not key.startswith(NOT_INHERITED_PREFIXES)
     }
     env["DBGUARD_SOCKET"] = socket_path
     return env
