@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -294,3 +296,31 @@ def poll(check: Callable[[], bool], seconds: float = 15.0) -> bool:
         if check():
             return True
     return False
+
+
+@contextlib.contextmanager
+def fake_daemon(path: Path, answer: Callable[[socket.socket], object]) -> Iterator[None]:
+    """A Unix socket at `path` whose every connection gets `answer`."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            conn, _ = server.accept()
+            with conn:
+                if not stop.is_set():
+                    answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        with socket.socket(socket.AF_UNIX) as wake:
+            wake.connect(str(path))
+        thread.join()
+        server.close()

@@ -448,6 +448,9 @@ class Store:
             value = int(raw) + 1 if raw.isdigit() else self._max_seq() + 1
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(value).encode(), 0)
+            # Durable before the backup it numbers is: after a power cut the next backup
+            # must not get the same number, or "newest" would be a tie.
+            os.fsync(fd)
             return value
         finally:
             os.close(fd)

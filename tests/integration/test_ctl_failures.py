@@ -4,49 +4,19 @@ Each ends with a message and an exit code, never a traceback."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from dbguard.client.talk import DaemonNotAnswering, request
 from dbguard.protocol import PROTOCOL_VERSION, StatusQuery
-from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
-
-
-@contextlib.contextmanager
-def fake_daemon(path: Path, answer: Callable[[socket.socket], object]) -> Iterator[None]:
-    """A Unix socket at `path` whose every connection gets `answer`."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen()
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            conn, _ = server.accept()
-            with conn:
-                if not stop.is_set():
-                    answer(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        with socket.socket(socket.AF_UNIX) as wake:
-            wake.connect(str(path))
-        thread.join()
-        server.close()
+from tests.helpers import Daemon, Home, fake_daemon, install_stand_in, laravel_sqlite_project
 
 
 def hang_up(conn: socket.socket) -> None:

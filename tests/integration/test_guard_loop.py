@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.helpers import (
     Daemon,
     Home,
     count_users,
+    fake_daemon,
     install_stand_in,
     laravel_sqlite_project,
     poll,
@@ -342,3 +345,32 @@ def test_environment_variables_with_any_name_reach_the_command(
         result = home.run(["php", "artisan", "test", f"--print-env={name}"], cwd=project, env=odd)
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"{value}\n".encode()
+
+
+def test_ctrl_c_while_waiting_for_the_daemon_is_a_message_not_a_traceback(
+    home: Home, project: Path
+) -> None:
+    asked = threading.Event()
+    release = threading.Event()
+
+    def stall(conn: socket.socket) -> None:  # a daemon busy with a long backup
+        conn.recv(65536)
+        asked.set()
+        release.wait(30)
+
+    with fake_daemon(home.socket, stall):
+        shim = subprocess.Popen(
+            ["php", "artisan", "migrate:fresh"],
+            cwd=project,
+            env=home.env,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert asked.wait(30), "the shim never asked"
+            shim.send_signal(signal.SIGINT)
+            _, err = shim.communicate(timeout=30)
+        finally:
+            release.set()
+    assert shim.returncode == 130, err
+    assert b"interrupted: php was not run" in err and b"Traceback" not in err
+    assert count_users(project) == 3

@@ -421,7 +421,12 @@ def run(argv: list[str]) -> None:
     the interpreter's own clean-up would cost about 3 ms (measured: `python -IS`
     importing this module and exiting normally, against os._exit), a quarter of what a
     guarded command that reuses a backup costs over a bare interpreter start."""
-    code = main(argv)
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # ^C while the daemon backs up (signals pass on later)
+        name = argv[1] if len(argv) > 1 else "the command"
+        say(f"interrupted: {name} was not run")
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0 if code is None else code)

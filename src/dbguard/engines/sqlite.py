@@ -101,6 +101,13 @@ class _Kept:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _close(kept: _Kept) -> None:
+    """Close a kept connection once no fingerprint read is using it (another thread may
+    hold it right now: closing it under that read would fail the read)."""
+    with kept.lock:
+        kept.conn.close()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -223,14 +230,14 @@ class SqliteEngine:
                 self._kept.move_to_end(key)
                 return kept
             if kept is not None:
-                self._kept.pop(key).conn.close()
+                _close(self._kept.pop(key))
             try:
                 kept = _Kept(_connect(path), inode)
             except sqlite3.Error as err:
                 raise _open_error(path, err) from None
             self._kept[key] = kept
             while len(self._kept) > _KEPT_CONNECTIONS:
-                self._kept.popitem(last=False)[1].conn.close()
+                _close(self._kept.popitem(last=False)[1])
             return kept
 
     def fingerprint(self, target: Target) -> str | None:
@@ -369,7 +376,7 @@ class SqliteEngine:
         with self._kept_lock:
             kept = self._kept.pop(str(path), None)
         if kept is not None:
-            kept.conn.close()
+            _close(kept)
 
     def _create_from(self, unpacked: Path, path: Path) -> None:
         """A deleted database comes back by rename: whole, or not at all."""
