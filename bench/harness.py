@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from dbguard import shims
+from dbguard.oplog import RUNNING
 
 READY_TIMEOUT = 30.0
 # A stand-in for the guarded tool: the figures are dbguard's cost, not PHP's start-up.
@@ -142,7 +143,9 @@ class OpLog:
             data = log.read()
         complete = data[: data.rfind(b"\n") + 1]
         self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        # An allowed command's first line says "running"; its complete line follows.
+        return [r for r in records if r.get("outcome") != RUNNING]
 
 
 def fresh_backups(records: list[dict[str, Any]]) -> list[str]:

@@ -93,23 +93,48 @@ class OperationLog:
             pass
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every operation's latest record, in the order those were written (the rotated
-        file first); a torn or corrupt line is skipped, not fatal."""
-        lines = list(self._lines())
-        latest = {record["op"]: index for index, record in enumerate(lines) if "op" in record}
-        for index, record in enumerate(lines):
-            if latest.get(record.get("op"), index) == index:
+        """Each operation once, oldest first (the rotated file first): a "running" line
+        is replaced by the line that ends it; a "running" line with no end yet comes
+        last. Streams: memory holds only the operations still running. A torn or
+        corrupt line is skipped, not fatal."""
+        yield from self._merged(self._lines())
+
+    def unfinished(self, tail_bytes: int = 1 << 20) -> list[dict[str, Any]]:
+        """Operations whose latest line says "running", among the last `tail_bytes` of
+        each file: a killed daemon's last lines are there (later lines come only from
+        its successor), and a start must not read 40 MB of log."""
+        return [
+            r
+            for r in self._merged(self._lines(tail_bytes))
+            if r.get("outcome") == RUNNING and isinstance(r.get("op"), str)
+        ]
+
+    @staticmethod
+    def _merged(lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        running: dict[str, dict[str, Any]] = {}
+        for record in lines:
+            op = record.get("op")
+            if not isinstance(op, str):
                 yield record
+            elif record.get("outcome") == RUNNING:
+                if op in running:  # the same id twice: not one operation's two lines
+                    yield running.pop(op)
+                running[op] = record
+            else:
+                running.pop(op, None)
+                yield record
+        yield from running.values()
 
-    def unfinished(self) -> list[dict[str, Any]]:
-        """Operations whose latest record still says "running"."""
-        return [r for r in self.records() if r.get("outcome") == RUNNING]
-
-    def _lines(self) -> Iterator[dict[str, Any]]:
+    def _lines(self, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:
         for path in (self.path.with_name(self.path.name + ".1"), self.path):
             try:
-                lines = path.read_bytes().splitlines()
-            except FileNotFoundError:
+                with path.open("rb") as file:
+                    start = os.fstat(file.fileno()).st_size - (tail_bytes or 0)
+                    if tail_bytes is not None and start > 0:
+                        file.seek(start - 1)
+                        file.readline()  # the rest of a line cut by the seek
+                    lines = file.read().splitlines()
+            except OSError:  # missing, a folder, unreadable: nothing to read there
                 continue
             for line in lines:
                 try:

@@ -661,6 +661,8 @@ class Store:
             Manifest.model_validate(updated.model_dump())
             try:
                 _replace_file(folder / MANIFEST, _manifest_bytes(updated))
+            except FileNotFoundError:  # removed between the read and the write
+                raise NotFound(f"backup {manifest.id} is gone (pruned or deleted)") from None
             except OSError as err:
                 raise _disk_error(err, folder) from err
         return updated

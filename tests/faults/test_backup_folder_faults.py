@@ -66,6 +66,13 @@ class Setup:
         assert [r["decision"] for r in oplog(self.home)] == ["fail"]
         self.daemon.assert_no_crash()
 
+    def assert_served_reusing(self) -> None:
+        result = self.command()
+        assert result.returncode == 0, stderr_text(result)
+        [backup] = listing(self.home)
+        assert backup["destructive_reuse_at"] is not None
+        assert sqlite_rows(self.database) is None  # migrate:fresh ran
+
     def assert_served(self) -> None:
         assert sqlite_rows(self.database) == 3
         result = self.command()
@@ -224,6 +231,25 @@ def test_disk_already_full(on_tmpfs: Setup) -> None:
     assert "not enough space" in stderr_text(result) or "no space left" in stderr_text(result)
     filler.unlink()
     setup.assert_served()
+
+
+def test_disk_full_when_a_destructive_command_would_reuse_a_backup(on_tmpfs: Setup) -> None:
+    """The database is unchanged, so migrate:fresh would reuse the last backup, but the
+    mark that keeps that backup from being pruned cannot be written: refused, saying so."""
+    setup = on_tmpfs
+    first = setup.home.run(["php", "artisan", "test"], cwd=setup.project)
+    assert first.returncode == 0, stderr_text(first)
+    fill_up(setup.store / "filler")
+    injected("backup folder full when a reused backup is marked (8 MiB tmpfs)")
+
+    result = setup.command()
+
+    message = stderr_text(result)
+    assert result.returncode == 75, message
+    assert "cannot record in backup" in message and "no space left" in message, message
+    assert sqlite_rows(setup.database) == 3  # migrate:fresh did not run
+    (setup.store / "filler").unlink()
+    setup.assert_served_reusing()
 
 
 def test_read_only_backup_folder(on_tmpfs: Setup) -> None:

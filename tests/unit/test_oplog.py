@@ -63,7 +63,35 @@ def test_an_operation_is_read_once_as_its_latest_record(tmp_path: Path) -> None:
 
     assert [(r.get("op"), r.get("outcome")) for r in log.records()] == [
         (None, None),
-        ("bb", "running"),
         ("aa", "ok"),
+        ("bb", "running"),  # still running: last
     ]
     assert [r["op"] for r in log.unfinished()] == ["bb"]
+
+
+def test_a_second_running_line_with_the_same_id_is_another_operation(tmp_path: Path) -> None:
+    log = OperationLog(tmp_path / "operations.jsonl")
+    log.append({"op": "aa", "outcome": "running", "n": 1})
+    log.append({"op": "aa", "outcome": "running", "n": 2})
+    log.append({"op": "aa", "outcome": "ok", "n": 3})
+    log.append({"op": "aa", "outcome": "ok", "n": 4})  # ends lines are never merged
+    assert [r["n"] for r in log.records()] == [1, 3, 4]
+
+
+def test_odd_records_and_an_unreadable_rotated_file_are_passed_over(tmp_path: Path) -> None:
+    log = OperationLog(tmp_path / "operations.jsonl")
+    (tmp_path / "operations.jsonl.1").mkdir()  # not a file at all
+    log.append({"op": ["not", "a", "string"], "decision": "allow", "outcome": "running"})
+    log.append({"op": 7, "decision": "pass"})
+    assert [r["decision"] for r in log.records()] == ["allow", "pass"]
+    assert log.unfinished() == []  # no id to close it by
+
+
+def test_unfinished_reads_only_the_end_of_a_long_log(tmp_path: Path) -> None:
+    log = OperationLog(tmp_path / "operations.jsonl")
+    log.append({"op": "old", "outcome": "running"})  # far back: not a dead daemon's last
+    for n in range(200):
+        log.append({"decision": "pass", "argv": ["php", "-v", "x" * 100, str(n)]})
+    log.append({"op": "new", "outcome": "running"})
+    assert [r["op"] for r in log.unfinished(tail_bytes=4096)] == ["new"]
+    assert [r["op"] for r in log.unfinished()] == ["old", "new"]

@@ -17,7 +17,7 @@ from dbguard import operations, space
 from dbguard.daemon.memory import release_free_memory
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import Damaged, DatabaseMissing, DbguardError, NotFound
+from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, DbguardError, NotFound
 from dbguard.protocol import Progress
 from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.store import Manifest, Reason, Store
@@ -142,6 +142,12 @@ class Backups:
             await asyncio.to_thread(space.protect_reused, self.store, manifest, datetime.now(UTC))
         except (NotFound, Damaged):
             return False
+        except BackupFailed as err:  # a full or read-only backup folder
+            raise BackupFailed(
+                f"cannot record in backup {manifest.id} that this command relies on it, so "
+                f"retention could remove it: {err.problem}",
+                err.fix,
+            ) from None
         return True
 
     def _forget(self, entry: InFlight, _task: object) -> None:

@@ -115,8 +115,11 @@ async def serve(
         socket_activated=activated is not None,
     )
     systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
-    for op in await asyncio.to_thread(guard.close_orphans):
-        log.warning("an earlier dbguardd stopped while this command ran; logged as unknown", op=op)
+    try:
+        for op in await asyncio.to_thread(guard.close_orphans):
+            log.warning("an earlier dbguardd stopped while this command ran", op=op)
+    except Exception:  # a damaged log must not keep the daemon from serving
+        log.exception("could not close the operations an earlier dbguardd left running")
     verifier = asyncio.create_task(BackgroundVerifier(guard).run(stop))
     await stop.wait()
     systemd.notify("STOPPING=1", "STATUS=stopping")

@@ -82,6 +82,7 @@ class Guard:
         self.approvals = Approvals(ttl=config.production.approval_minutes * 60)
         self.notifier = Notifier(config.notify)
         self.last_activity = time.monotonic()  # the background verifier waits for quiet
+        self.identity = process_identity(os.getpid())
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
@@ -190,7 +191,7 @@ class Guard:
                 }
             )
             return Fail(reason=err.problem, hint=err.fix)
-        op_id = secrets.token_hex(4)
+        op_id = secrets.token_hex(8)  # unique across a log that keeps 100,000s of them
         record["op"] = op_id
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         record["decision"] = "allow"
@@ -198,7 +199,14 @@ class Guard:
         self.running[op_id] = Running(record)
         record["notes"] = _notes(found, outcomes)
         # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
-        self.oplog.append({**record, "outcome": RUNNING, "daemon_pid": os.getpid()})
+        self.oplog.append(
+            {
+                **{k: record[k] for k in ("argv", "cwd", "op", "decision", "backups")},
+                "databases": [{"database": d["database"]} for d in record["databases"]],
+                "outcome": RUNNING,
+                "daemon": self.identity,
+            }
+        )
         # The shim prints only warnings; what was reused or skipped goes to the log.
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
@@ -396,10 +404,10 @@ class Guard:
         killed): logged again with outcome "unknown". Returns their ids."""
         closed = []
         for record in self.oplog.unfinished():
-            pid = record.get("daemon_pid")
-            if isinstance(pid, int) and (pid == os.getpid() or alive(pid)):
-                continue  # ours, or another dbguardd's on the same log: still running
-            record = {k: v for k, v in record.items() if k not in ("time", "daemon_pid")}
+            daemon = str(record.get("daemon", ""))
+            if daemon == self.identity or _still_running(daemon):
+                continue  # ours, or another dbguardd's on the same log
+            record = {k: v for k, v in record.items() if k not in ("time", "daemon")}
             record["outcome"] = "unknown"
             record["detail"] = "dbguardd stopped while the command ran (killed or crashed)"
             self.oplog.append(record)
@@ -411,6 +419,28 @@ class Guard:
         for op_id in list(self.running):
             self.finish(op_id, None)
         self.engines.close()
+
+
+def process_identity(pid: int) -> str:
+    """'boot:pid:start' names one process for good, where a pid alone is reused (after
+    a reboot, surely); just the pid where /proc cannot say more."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return str(pid)
+    start = stat[stat.rfind(")") + 2 :].split()[19]  # field 22, starttime
+    return f"{boot}:{pid}:{start}"
+
+
+def _still_running(daemon: str) -> bool:
+    """Whether the dbguardd that `process_identity` named is alive."""
+    pid = daemon.split(":")[1] if daemon.count(":") == 2 else daemon
+    if not pid.isdigit():
+        return False
+    if ":" in daemon:
+        return process_identity(int(pid)) == daemon
+    return alive(int(pid))
 
 
 def _typed_name(target: Target) -> str:
