@@ -7,7 +7,6 @@ the stdlib-only client and nothing else.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import py_compile
 import shutil
@@ -39,7 +38,9 @@ SH_TEMPLATE = """#!/bin/sh
 # Written by `dbguardctl shims install`; remove with `dbguardctl shims uninstall`.
 exec {python} -IS -c {bootstrap} "$@"
 """
-_SHEBANG_MAX = 200  # Linux reads 255 bytes of a #! line (127 before 5.1); stay well in
+# Bytes of the interpreter's path on a #! line: Linux before 5.1 read 127 bytes of it
+# (now 255), and the marker on the next line must stay in the 256 bytes is_shim reads.
+_SHEBANG_MAX = 120
 
 
 def _quote(value: str | Path) -> str:
@@ -49,16 +50,19 @@ def _quote(value: str | Path) -> str:
 def render(name: str, folder: Path, socket: Path | None = None) -> str:
     """The shim for `name` living in `folder`. `socket` is baked in only when the user
     configured one; otherwise the client derives it from the environment."""
+    # repr() is a Python literal of the very string (JSON would split a character
+    # beyond U+FFFF into two surrogates, and the path would no longer be the same).
     bootstrap = BOOTSTRAP.format(
-        client=json.dumps(str(Path(shim_client.__file__).resolve().parent)),
-        name=json.dumps(name),
-        folder=json.dumps(str(folder.resolve())),
+        client=repr(str(Path(shim_client.__file__).resolve().parent)),
+        name=repr(name),
+        folder=repr(str(folder.resolve())),
     )
     if socket is not None:
-        default = f"os.environ.setdefault('DBGUARD_SOCKET', {json.dumps(str(socket))})"
+        default = f"os.environ.setdefault('DBGUARD_SOCKET', {str(socket)!r})"
         bootstrap = f"import os; {default}; {bootstrap}"
     python = interpreter()
-    if len(python) <= _SHEBANG_MAX and not any(c.isspace() for c in python):
+    fits = len(os.fsencode(python)) <= _SHEBANG_MAX
+    if fits and not any(c.isspace() for c in python):
         return TEMPLATE.format(marker=MARKER, name=name, python=python, bootstrap=bootstrap)
     return SH_TEMPLATE.format(
         marker=MARKER, name=name, python=_quote(python), bootstrap=_quote(bootstrap)

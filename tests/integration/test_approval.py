@@ -197,3 +197,18 @@ def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: 
 
     del home.extra_env["CLAUDECODE"]  # a person, in their own terminal
     assert home.ctl("restore", backup_id, "--yes").returncode == 0
+
+
+def test_an_agent_cannot_restore_over_a_database_its_project_calls_production(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    approved = run_in_terminal(  # a person ran a command there, so a backup exists
+        ["php", "artisan", "test"], home.env, production, {"Type the database": NAME}
+    )
+    assert approved.returncode == 0, approved.output
+    [backup] = json.loads(home.ctl("list-backups", "--json").stdout)
+
+    home.extra_env["CLAUDECODE"] = "1"
+    refused = home.ctl("restore", backup["id"], "--yes")
+    assert refused.returncode == 77, refused.stderr
+    assert b"judged it so when it backed it up" in refused.stderr

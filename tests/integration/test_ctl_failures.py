@@ -64,7 +64,8 @@ def test_a_reader_that_stops_reading_ends_the_listing_quietly(home: Home, daemon
     try:
         result = subprocess.run(
             [sys.executable, "-m", "dbguard.ctl.main", "list-backups"],
-            env=home.env,
+            # Buffered, as in a terminal session: the last write happens at the flush.
+            env={k: v for k, v in home.env.items() if k != "PYTHONUNBUFFERED"},
             stdout=writer,
             stderr=subprocess.PIPE,
             check=False,

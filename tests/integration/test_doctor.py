@@ -5,6 +5,7 @@ scripts bypass the shims."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -175,14 +176,26 @@ def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) 
     assert first.startswith("#!/")
 
 
-def test_a_shim_whose_client_folder_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:
+@pytest.mark.parametrize(("folder", "stale"), [("/gone/client", True), ("josé 😀", False)])
+def test_a_shim_whose_client_folder_is_gone_is_stale(
+    setup: Home, daemon: Daemon, folder: str, stale: bool
+) -> None:
+    client = setup.root / folder  # absolute either way
+    if not stale:
+        client.mkdir()  # a folder that exists, however its name is spelled in the shim
     shim = setup.shims / "alembic"
-    shim.write_text(shim.read_text().replace('sys.path[:0] = ["', 'sys.path[:0] = ["/gone', 1))
+    text = re.sub(
+        r"sys\.path\[:0\] = \[[^\]]*\]", f"sys.path[:0] = [{str(client)!r}]", shim.read_text()
+    )
+    shim.write_text(text)
 
     code, report = doctor(setup)
 
-    assert code == 1
-    assert "/gone" in finding(report, "shim alembic", "fail")["message"]
+    if stale:
+        assert code == 1
+        assert str(client) in finding(report, "shim alembic", "fail")["message"]
+    else:
+        assert finding(report, "shim alembic", "ok")
 
 
 def test_project_paths_that_bypass_the_shims_are_named(setup: Home, daemon: Daemon) -> None:

@@ -233,3 +233,25 @@ def test_an_interpreter_path_with_a_space_gets_a_sh_shim_that_works(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"real php -v\n"
+
+
+def test_shims_work_from_a_folder_named_beyond_ascii(home: Home, daemon: Daemon) -> None:
+    folder = home.root / "sh😀ims josé"  # a character beyond U+FFFF, a space, an accent
+    shims.install(folder, ["php"])
+    (home.bin / "php").write_text('#!/bin/sh\necho real php "$@"\n')
+    (home.bin / "php").chmod(0o755)
+
+    result = home.run(["php", "-v"], cwd=home.root, env={"PATH": f"{folder}:{home.env['PATH']}"})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"real php -v\n"
+
+
+def test_a_long_interpreter_path_in_bytes_gets_a_sh_shim(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long = "/opt/" + "é" * 60 + "/python3"  # 70 characters, 130 bytes
+    monkeypatch.setattr(shims, "interpreter", lambda: long)
+    text = shims.render("php", home.shims)
+    assert text.startswith("#!/bin/sh\n")
+    assert shims.MARKER.encode() in text.encode()[:256]

@@ -232,24 +232,53 @@ def test_restore_gives_up_on_a_database_held_open_and_names_the_holder(
     manifest = operations.take_backup(store, engines, target, REASON)
     execute(db, "DELETE FROM items WHERE id > 10")
     monkeypatch.setattr(sqlite_engine, "_RESTORE_LOCK_WAIT", 0.5)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+    holder, idle = (
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for script in (HOLD_OPEN, HOLD_OPEN.replace('conn.execute("BEGIN")', ""))
     )
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        for process in (holder, idle):
+            assert process.stdout is not None and process.stdout.readline() == b"holding\n"
         with pytest.raises(RestoreFailed, match="stayed in use") as failed:
             operations.restore_backup(store, engines, manifest, target, REASON)
         assert f"pid {holder.pid} (python" in failed.value.problem
+        assert f"pid {idle.pid}" not in failed.value.problem  # open, but holding nothing
         assert "was not changed" in str(failed.value.fix)
     finally:
         holder.communicate(b"")
+        idle.communicate(b"")
     assert len(rows(db)) == 10  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite", "b"]  # no leftovers
 
     operations.restore_backup(store, engines, manifest, target, REASON)  # now it is free
     assert len(rows(db)) == 100
+
+
+def test_restore_over_a_wal_database_of_another_page_size(tmp_path: Path, engines: Engines) -> None:
+    """SQLite will not copy pages of another size into a WAL database ('attempt to write
+    a readonly database'); the restore's scratch copy takes the target's size."""
+    db = tmp_path / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    expected = rows(db)
+    engines.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DELETE FROM items")
+    conn.execute("PRAGMA page_size = 8192")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+
+    operations.restore_backup(store, engines, manifest, target, REASON)
+
+    assert rows(db) == expected
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert check.execute("PRAGMA page_size").fetchone()[0] == 8192
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_restore_into_a_deleted_database_gives_it_the_usual_mode(

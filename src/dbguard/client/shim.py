@@ -335,6 +335,12 @@ def main(argv: list[str]) -> int | None:
             f"folder {shims_dir} also the real command's folder?)"
         )
         return EXIT_SOFTWARE
+    try:
+        cwd = os.getcwd()  # before find_real, which resolves relative PATH entries with it
+    except OSError as err:
+        say(f"{name} was not run: the current folder is gone ({err.strerror}).")
+        say("cd into the project's folder (it may have been deleted and made again)")
+        return EXIT_SOFTWARE
     real = find_real(name, shims_dir)
     if real is None:
         say(f"{name}: command not found on PATH (outside {shims_dir})")
@@ -343,12 +349,6 @@ def main(argv: list[str]) -> int | None:
     child_env = dict(os.environ)
     child_env["DBGUARD_DEPTH"] = str(depth + 1)
 
-    try:
-        cwd = os.getcwd()
-    except OSError as err:
-        say(f"{name} was not run: the current folder is gone ({err.strerror}).")
-        say("cd into the project's folder (it may have been deleted and made again)")
-        return EXIT_SOFTWARE
     path = socket_path()
     try:
         conn = connect(path, shims_dir)
@@ -426,6 +426,7 @@ def run(argv: list[str]) -> None:
     except KeyboardInterrupt:  # ^C while the daemon backs up (signals pass on later)
         name = argv[1] if len(argv) > 1 else "the command"
         say(f"interrupted: {name} was not run")
+        die_like(_signal.SIGINT)  # so that a calling shell loop stops too
         code = 130
     sys.stdout.flush()
     sys.stderr.flush()

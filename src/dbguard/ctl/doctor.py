@@ -16,6 +16,8 @@ Exit status: 0 when nothing failed (warnings allowed), 1 when something did.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import os
 import re
 import shlex
@@ -252,7 +254,12 @@ def _stale_paths(shim: Path) -> list[str]:
             interpreter = shlex.split(exec_line.split("exec ", 1)[1])[:1]
         except ValueError:
             interpreter = []
-    client = re.findall(r'sys\.path\[:0\] = \["(/[^"]+)"\]', text)
+    client = []
+    for literal in re.findall(
+        r"sys\.path\[:0\] = \[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]", text
+    ):
+        with contextlib.suppress(ValueError, SyntaxError):
+            client.append(str(ast.literal_eval(literal)))  # the shim's own Python literal
     return [p for p in interpreter + client if p.startswith("/") and not os.path.exists(p)]
 
 

@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(chosen_command(argv)).parse_args(argv)
     ctx = Context(env=dict(os.environ), config_file=args.config)
     try:
-        return int(load(args.command).run(args, ctx))
+        code = int(load(args.command).run(args, ctx))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except ConfigError as err:
         print(f"dbguardctl: {err}", file=sys.stderr)
         return 78

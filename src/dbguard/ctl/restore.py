@@ -94,10 +94,16 @@ def _agent_on_production(ctx: Context, target: Target) -> str | None:
     finally:
         engines.close()
     verdict = classify_production(target, ctx.env, settings, marker=marker)
-    if not verdict.production:
+    if verdict.production:
+        why = verdict.reasons[0]
+    elif any(m.reason.production for m in ctx.store.manifests(target)):
+        # What the daemon found from the project (its .env, .dbguard.toml) when it took
+        # them; this process does not run discovery for a SQLite file.
+        why = "production because dbguardd judged it so when it backed it up"
+    else:
         return None
     return (
         f"dbguardctl restore refuses to replace a production database in an AI agent's "
-        f"environment ({', '.join(agents)} is set): {verdict.reasons[0]}; a person runs "
-        "this restore, in their own terminal"
+        f"environment ({', '.join(agents)} is set): {why}; a person runs this restore, "
+        "in their own terminal"
     )

@@ -120,20 +120,48 @@ class _StillInUse(Exception):
 
 
 def _holders(path: Path) -> list[str]:
-    """Other processes with the database (or its -wal) open, as 'pid 12 (php)'; Linux's
-    /proc only, best effort: empty where it cannot be read."""
-    names = {str(path), f"{path}-wal"}
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        if proc.name == str(os.getpid()):
-            continue
+    """The processes holding a lock on the database (its file, or the -shm of a WAL
+    database), as 'pid 12 (php)', from Linux's /proc/locks; best effort: empty where
+    that cannot be read. Locks, not open files: dbguardd keeps an idle connection open
+    to every database it watches, and holds no lock with it."""
+    files = set()
+    for candidate in (path, Path(f"{path}-shm")):
         try:
-            if any(os.readlink(fd) in names for fd in (proc / "fd").iterdir()):
-                comm = (proc / "comm").read_text().strip()
-                found.append(f"pid {proc.name} ({comm})")
+            st = candidate.stat()
         except OSError:
             continue
-    return sorted(found, key=lambda text: int(text.split()[1]))
+        files.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 4277 08:01:1234 1073741824 1073741824"
+        if len(fields) >= 6 and fields[5] in files and fields[4].isdigit():
+            pids.add(int(fields[4]))
+    pids.discard(os.getpid())
+    found = []
+    for pid in sorted(pids):
+        try:
+            found.append(f"pid {pid} ({Path(f'/proc/{pid}/comm').read_text().strip()})")
+        except OSError:
+            found.append(f"pid {pid}")
+    return found
+
+
+def _adopt_page_size(source: sqlite3.Connection, dest: sqlite3.Connection) -> None:
+    """A WAL database cannot change its page size, and the backup API refuses to copy
+    pages of another size into it ('attempt to write a readonly database'). The source
+    is the restore's own scratch copy, so it takes the target's page size instead."""
+    if dest.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        return  # the copy sets the target's page size itself
+    theirs = dest.execute("PRAGMA page_size").fetchone()[0]
+    if source.execute("PRAGMA page_size").fetchone()[0] != theirs:
+        source.execute("PRAGMA journal_mode = DELETE")
+        source.execute(f"PRAGMA page_size = {int(theirs)}")
+        source.execute("VACUUM")
 
 
 def _write_error(path: Path, err: sqlite3.Error) -> RestoreFailed:
@@ -416,6 +444,7 @@ class SqliteEngine:
                 raise _StillInUse
 
         try:
+            _adopt_page_size(source, dest)
             source.backup(dest, progress=give_up_when_held)
         except _StillInUse:
             holders = _holders(path)
