@@ -27,8 +27,9 @@ def operation(
     tool: str = "artisan",
     hints: Mapping[str, str] | None = None,
     assignments: Mapping[str, str] | None = None,
+    command: str = "",
 ) -> Operation:
-    return Operation(tool, kind, "", framework, dict(hints or {}), dict(assignments or {}))
+    return Operation(tool, kind, command, framework, dict(hints or {}), dict(assignments or {}))
 
 
 def run(

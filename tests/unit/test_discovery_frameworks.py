@@ -280,6 +280,36 @@ def test_rails_multi_database_development_yields_every_database() -> None:
     assert any(s.name == "RAILS_ENV" and s.value == "development" for s in facts.app_env)
 
 
+@pytest.mark.parametrize("task", ["db:reset", "db:drop db:create", "db:schema:load"])
+def test_rails_tasks_that_also_hit_the_test_database_in_development(task: str) -> None:
+    found, _ = run_fixture(
+        "rails", framework="rails", tool="rails", kind=Kind.DESTRUCTIVE, command=task
+    )
+    assert {t.name for t in found.targets} == {
+        "blog_development",
+        "animals_development",
+        "blog_test",  # ActiveRecord runs these on the test database too
+    }
+    test_db = next(t for t in found.targets if t.name == "blog_test")
+    assert "on it too in development" in test_db.source
+
+
+@pytest.mark.parametrize(
+    ("task", "env"),
+    [
+        ("db:migrate", {}),  # migrations run on the current environment only
+        ("db:reset", {"SKIP_TEST_DATABASE": "true"}),
+        ("db:reset", {"DATABASE_URL": "postgres://app@db/blog_development"}),
+    ],
+)
+def test_rails_tasks_that_stay_in_their_environment(task: str, env: dict[str, str]) -> None:
+    found, _ = run_fixture(
+        "rails", env, framework="rails", tool="rails", kind=Kind.DESTRUCTIVE, command=task
+    )
+    names = {t.name for t in found.targets}
+    assert "blog_development" in names and "blog_test" not in names
+
+
 def test_rails_test_run_uses_test_and_erb_fetch_with_default() -> None:
     found, _ = run_fixture("rails", framework="rails", tool="rails", kind=Kind.TEST)
     assert only(found).name == "blog_test"

@@ -63,6 +63,25 @@ _DECIDING = (
 )
 
 
+# Tasks ActiveRecord runs on the test database as well when the environment is
+# development (DatabaseTasks.each_current_configuration), unless DATABASE_URL or
+# SKIP_TEST_DATABASE is set: `bin/rails db:reset` resets blog_test too.
+_ALSO_ON_TEST = frozenset(
+    {
+        "db:create",
+        "db:drop",
+        "db:drop:_unsafe",
+        "db:purge",
+        "db:reset",
+        "db:setup",
+        "db:prepare",
+        "db:schema:load",
+        "db:structure:load",
+        "db:truncate_all",
+    }
+)
+
+
 @dataclass
 class _Erb:
     """One `<%= ... %>` tag: its line and value (None when dbguard cannot evaluate it)."""
@@ -98,6 +117,32 @@ def rails(ctx: Context, found: Found) -> None:
             f"{DATABASE_YML}: no {rails_env!r} environment ({env_origin})",
             f"add {rails_env}: to {DATABASE_YML}, or set RAILS_ENV to one it has",
         )
+    _add_environment(ctx, found, config, rails_env, env_origin, tags, variables, facts)
+    tasks = set(ctx.operation.command.split())
+    also_test = (
+        rails_env == "development"
+        and tasks & _ALSO_ON_TEST
+        and not variables.get("DATABASE_URL")
+        and not variables.get("SKIP_TEST_DATABASE")
+        and isinstance(data.get("test"), dict)
+    )
+    if also_test:
+        test_facts = TargetFacts([*facts.app_env, Setting("RAILS_ENV", "test", "Rails")])
+        origin = f"Rails runs {' '.join(sorted(tasks & _ALSO_ON_TEST))} on it too in development"
+        _add_environment(ctx, found, data["test"], "test", origin, tags, variables, test_facts)
+
+
+def _add_environment(
+    ctx: Context,
+    found: Found,
+    config: Any,
+    rails_env: str,
+    env_origin: str,
+    tags: list[_Erb],
+    variables: Variables,
+    facts: TargetFacts,
+) -> None:
+    """Every database of one environment of database.yml."""
     if not isinstance(config, dict):
         raise DiscoveryError(f"{DATABASE_YML}: {rails_env} is not a mapping")
     if _CONFIG_KEYS & set(config) or not all(isinstance(v, dict) for v in config.values()):
