@@ -193,12 +193,14 @@ def classify_production(
     *,
     marker: Marker | None = None,
     facts: TargetFacts | None = None,
+    project_root: str | None = None,
 ) -> Verdict:
     """Whether `target` is production and why.
 
     `env` is the invoking environment (with the command's own VAR=value assignments);
     `marker` the value the engine read from the database's own marker (None when it has
-    none or could not be read); `facts` what discovery recorded for the target.
+    none or could not be read); `facts` what discovery recorded for the target;
+    `project_root` the project's folder, whose own name says nothing about the data.
     """
     settings = settings or ProductionSettings()
     facts = facts or TargetFacts()
@@ -211,7 +213,7 @@ def classify_production(
         strong.append("production because the settings treat every database as production")
     strong.extend(_app_env_reasons(env, facts, settings))
     if target.engine == "sqlite":
-        named.extend(_sqlite_reasons(target, settings))
+        named.extend(_sqlite_reasons(target, settings, project_root))
         strong.extend(_production_path_reasons(target, settings))
     else:
         host_reasons, host_notes = _host_reasons(target, facts, settings)
@@ -313,13 +315,19 @@ def _production_host_reasons(
     return []
 
 
-def _sqlite_reasons(target: Target, settings: ProductionSettings) -> list[str]:
+def _sqlite_reasons(
+    target: Target, settings: ProductionSettings, project_root: str | None
+) -> list[str]:
     if not target.path:
         return []
     path = PurePosixPath(target.path)
-    # The file and its folder: the rest of the path says where the checkout lives, not
-    # what the data is ("~/code/live-chat/database.sqlite" is not production).
-    for part in (path.stem, path.parent.name):
+    # The file and its folder inside the project: the rest of the path, the project's
+    # own folder included, says where the checkout lives, not what the data is
+    # ("~/code/live-chat/db.sqlite3" is not production; "storage/prod/app.db" is).
+    parts = [path.stem]
+    if project_root is None or str(path.parent) != str(PurePosixPath(project_root)):
+        parts.append(path.parent.name)
+    for part in parts:
         pattern = name_matches(part, settings.name_patterns)
         if pattern:
             return [

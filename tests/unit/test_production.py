@@ -235,3 +235,15 @@ def test_every_reason_is_plain_words() -> None:
     assert all(r.startswith("production because ") for r in verdict.reasons)
     assert len(verdict.reasons) == len(set(verdict.reasons)) == 5
     assert str(verdict) == "; ".join(verdict.reasons)
+
+
+def test_a_sqlite_file_at_the_project_root_is_not_judged_by_the_project_folder_name() -> None:
+    # Django's stock db.sqlite3, in a checkout whose folder says "live"; Prisma's dev.db
+    # beside prisma/ in "prod-tools".
+    for root, path in (("/home/me/live-chat", "db.sqlite3"), ("/w/prod-tools", "dev.db")):
+        target = sqlite(f"{root}/{path}")
+        assert not classify_production(target, {}, project_root=root).production
+        assert classify_production(target, {}).production  # without the root: cautious
+    # A folder inside the project still speaks for its data.
+    inside = sqlite("/home/me/app/storage/prod/app.db")
+    assert classify_production(inside, {}, project_root="/home/me/app").production

@@ -223,7 +223,12 @@ class Guard:
         run_env = {**request.env, **operation.assignments}
         verdicts = {
             t.key: classify_production(
-                t, run_env, settings, marker=self._marker(t), facts=found.facts_for(t)
+                t,
+                run_env,
+                settings,
+                marker=self._marker(t),
+                facts=found.facts_for(t),
+                project_root=str(root),
             )
             for t in found.targets
         }
