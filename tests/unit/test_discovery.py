@@ -580,3 +580,14 @@ def test_any_file_content_gives_an_answer_or_a_discovery_error(
             assert str(err)
 
     check()
+
+
+def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
+    # `php backend/artisan migrate:fresh` from a monorepo's top: no artisan here, and
+    # Laravel's default SQLite file would not exist, so nothing would be backed up.
+    with pytest.raises(DiscoveryError, match="has no artisan file") as info:
+        run({"composer.json": "{}", "backend/.env": "DB_CONNECTION=pgsql\n"})
+    assert "cd into the Laravel project's folder" in info.value.fix
+    # phpunit in a PHP project without artisan keeps Laravel's defaults, as before.
+    found = run({"composer.json": "{}"}, tool="phpunit", kind=Kind.TEST)
+    assert [t.path for t in found.targets] == [f"{ROOT}/database/database.sqlite"]

@@ -81,6 +81,16 @@ class PhpUnitVariables:
 
 
 def laravel(ctx: Context, found: Found) -> None:
+    if ctx.operation.tool == "artisan" and ctx.read("artisan") is None:
+        # `php backend/artisan migrate:fresh` from a monorepo's top: the settings are
+        # beside that artisan, not here, and Laravel's defaults (an SQLite file that is
+        # not there) would let the command through with nothing backed up.
+        raise DiscoveryError(
+            f"artisan runs from a folder other than the project dbguard looked in ({ctx.root}"
+            " has no artisan file)",
+            "cd into the Laravel project's folder (where artisan is) and run the command "
+            "there",
+        )
     loaded = _variables(ctx, found, test=ctx.is_test)
     cache = _read_cache(ctx, found)
     if ctx.is_test:
