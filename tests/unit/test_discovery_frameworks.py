@@ -601,6 +601,30 @@ def test_supabase_linked_project_and_db_url() -> None:
     assert only(found).port == 6543
 
 
+@pytest.mark.parametrize(
+    ("command", "hints", "where"),
+    [
+        ("db push", {}, "remote"),  # the CLI pushes to the linked project by default
+        ("db pull", {}, "remote"),
+        ("migration repair", {}, "remote"),
+        ("db push", {"target": "local"}, "local"),
+        ("db reset", {}, "local"),  # reset defaults to the local stack
+    ],
+)
+def test_supabase_commands_act_where_the_cli_would(
+    command: str, hints: dict[str, str], where: str
+) -> None:
+    files = {
+        "supabase/config.toml": "[db]\nport = 54322\n",
+        "supabase/.temp/project-ref": "abcdefghijklmnopqrst\n",
+    }
+    target = only(run(files, framework="supabase", tool="supabase", command=command, hints=hints))
+    remote = target.host == "db.abcdefghijklmnopqrst.supabase.co"
+    assert remote == (where == "remote"), target.label
+    if where == "local":
+        assert (target.host, target.port) == ("127.0.0.1", 54322)
+
+
 def test_supabase_config_toml_errors_name_the_line() -> None:
     with pytest.raises(DiscoveryError, match=r"supabase/config\.toml, line 2: not valid TOML"):
         run({"supabase/config.toml": "[db]\nport = = 1\n"}, framework="supabase", tool="supabase")

@@ -1,8 +1,9 @@
 """Supabase's local stack and the interactive clients psql, mysql/mariadb and sqlite3.
 
-Supabase: `--db-url` (hint `url`) is the target; `--linked` (hint `target=linked`) is the
-remote project named in `supabase/.temp/project-ref` (db.REF.supabase.co, user and
-database postgres, password from SUPABASE_DB_PASSWORD); otherwise the local stack:
+Supabase: `--db-url` (hint `url`) is the target; `--linked` (hint `target=linked`), and
+the default of `db push`, `db pull` and `migration repair`, is the remote project named
+in `supabase/.temp/project-ref` (db.REF.supabase.co, user and database postgres,
+password from SUPABASE_DB_PASSWORD); otherwise the local stack:
 postgres on 127.0.0.1 at `[db] port` of supabase/config.toml (default 54322), database
 and user `postgres`.
 
@@ -29,6 +30,9 @@ from dbguard.production import INVOKING_ENV, Setting, TargetFacts
 __all__ = ["client", "supabase"]
 
 SUPABASE_CONFIG = "supabase/config.toml"
+# Commands that act on the linked remote project unless told --local (the CLI's own
+# defaults); the others default to the local stack.
+_DEFAULT_TARGET = {"db push": "linked", "db pull": "linked", "migration repair": "linked"}
 POSTGRES_CLIENTS = {"psql", "pgcli"}
 MYSQL_CLIENTS = {"mysql", "mariadb", "mycli"}
 SQLITE_CLIENTS = {"sqlite3", "sqlite", "litecli"}
@@ -43,7 +47,7 @@ def supabase(ctx: Context, found: Found) -> None:
         )
         found.add(target, f"{source}: in-memory SQLite", url_facts)
         return
-    if ctx.hints.get("target") == "linked":
+    if ctx.hints.get("target", _DEFAULT_TARGET.get(ctx.operation.command, "local")) == "linked":
         ref = (ctx.read_looked("supabase/.temp/project-ref", found) or "").strip()
         if not re.fullmatch(r"[a-z0-9]{10,40}", ref):
             raise DiscoveryError(

@@ -88,8 +88,7 @@ def laravel(ctx: Context, found: Found) -> None:
         raise DiscoveryError(
             f"artisan runs from a folder other than the project dbguard looked in ({ctx.root}"
             " has no artisan file)",
-            "cd into the Laravel project's folder (where artisan is) and run the command "
-            "there",
+            "cd into the Laravel project's folder (where artisan is) and run the command there",
         )
     loaded = _variables(ctx, found, test=ctx.is_test)
     cache = _read_cache(ctx, found)
