@@ -261,13 +261,36 @@ def test_django_database_url_and_settings_option_recorded() -> None:
     assert "Django settings proj.settings.ci (--settings; code, not executed)" in found.looked
 
 
-def test_django_with_settings_only_in_code_asks_for_dbguard_toml() -> None:
-    files = {"manage.py": "", "proj/settings.py": "DATABASES = {'default': get_config()}\n"}
-    with pytest.raises(DiscoveryError, match="could not find its database") as info:
+@pytest.mark.parametrize("env", [{}, {"DATABASE_URL": "postgres://app@127.0.0.1/analytics"}])
+def test_django_with_settings_only_in_code_asks_for_dbguard_toml(env: dict[str, str]) -> None:
+    # Also with a DATABASE_URL about: these settings never read it, so it names some
+    # other database than the one `manage.py flush` would empty.
+    settings = (
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop'}}\n"
+    )
+    files = {"manage.py": "", "proj/settings.py": settings}
+    with pytest.raises(DiscoveryError, match="DATABASES is set in code") as info:
         run(
-            files, {"DJANGO_SETTINGS_MODULE": "proj.settings"}, framework="django", tool="manage.py"
+            files,
+            {"DJANGO_SETTINGS_MODULE": "proj.settings", **env},
+            framework="django",
+            tool="manage.py",
         )
     assert ".dbguard.toml" in info.value.fix
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "import dj_database_url\nDATABASES = {'default': dj_database_url.config()}\n",
+        "DATABASES = {'default': env.db('DATABASE_URL')}\n",
+        "DATABASES = {'default': parse(os.environ['DATABASE_URL'])}\n",
+    ],
+)
+def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
+    files = {"manage.py": "", "proj/settings.py": settings}
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings", "DATABASE_URL": "postgres://a@h/shop"}
+    assert only(run(files, env, framework="django", tool="manage.py")).name == "shop"
 
 
 # ---- Rails --------------------------------------------------------------------------------------

@@ -213,6 +213,11 @@ _STOCK_SQLITE = re.compile(
 )
 
 
+# Settings that take their database from DATABASE_URL: the variable itself, dj-database-url,
+# django-environ's env.db() / env.db_url().
+_READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\benv\.db(?:_url)?\(")
+
+
 def django(ctx: Context, found: Found) -> None:
     module = ctx.hints.get("settings") or ctx.flat_env.get("DJANGO_SETTINGS_MODULE")
     origin = "--settings" if ctx.hints.get("settings") else "DJANGO_SETTINGS_MODULE"
@@ -244,4 +249,16 @@ def django(ctx: Context, found: Found) -> None:
                     "NAME", target.path or "", f"{candidate}, line {line}"
                 )
             found.add(target, facts=facts)
+            return
+        named_in_project = ctx.project is not None and bool(ctx.project.database)
+        if "DATABASES" in text and not _READS_URL.search(text) and not named_in_project:
+            # Settings that build DATABASES in code without DATABASE_URL: a DATABASE_URL in
+            # the environment or .env would name some other database than the one run.
+            line = text.count("\n", 0, text.index("DATABASES")) + 1
+            raise DiscoveryError(
+                f"{candidate}, line {line}: DATABASES is set in code dbguard does not run, "
+                "and not from DATABASE_URL",
+                'name the database in .dbguard.toml ([[database]] url = "..."), then run '
+                "the command again",
+            )
         return
