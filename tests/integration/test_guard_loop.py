@@ -61,8 +61,11 @@ def test_destructive_command_leaves_a_backup_that_restores_the_rows(
     restored = home.ctl("restore", backup["id"], "--yes")
     assert restored.returncode == 0, restored.stderr
     assert count_users(project) == 3
-    # the wiped state it replaced was kept too
-    assert len(backups(home)) == 2
+    # the wiped state it replaced was kept too, with the project folder its undo needs
+    # to find the database's password again
+    before, _ = backups(home)
+    assert before["reason"]["kind"] == "pre-restore"
+    assert before["reason"]["cwd"] == backup["reason"]["cwd"] == str(project)
 
 
 def test_read_only_commands_pass_without_a_backup(

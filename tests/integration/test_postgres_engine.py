@@ -1031,3 +1031,53 @@ def test_a_look_alike_catalog_ahead_on_the_search_path_hides_no_unlogged_sequenc
 
     assert info.fingerprint is None
     assert info.tables == {"public.pg_class": 0, "public.t": 50}
+
+
+@pytest.fixture
+def other_roles(pg_database: Target) -> Iterator[tuple[str, str]]:
+    """Two login roles: one owns a table in the database, one only may create databases."""
+    suffix = secrets.token_hex(4)
+    owner, verifier = f"dbguard_test_owner_{suffix}", f"dbguard_test_verifier_{suffix}"
+    admin = pg_database.model_copy(update={"name": "postgres"})
+    run(
+        admin,
+        sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)),
+        sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(verifier)),
+    )
+    roles = sql.SQL(", ").join([sql.Identifier(owner), sql.Identifier(verifier)])
+    try:
+        yield owner, verifier
+    finally:
+        run(pg_database, sql.SQL("DROP OWNED BY {}").format(roles))  # the table
+        run(admin, sql.SQL("DROP OWNED BY {}").format(roles), sql.SQL("DROP ROLE {}").format(roles))
+
+
+def test_verify_by_a_user_who_is_not_every_owner_checks_the_rows(
+    pg_database: Target, other_roles: tuple[str, str], store: Store, engines: Engines
+) -> None:
+    owner, verifier = other_roles
+    run(
+        pg_database,
+        "CREATE TABLE theirs (id int)",
+        "INSERT INTO theirs VALUES (1), (2)",
+        sql.SQL("ALTER TABLE theirs OWNER TO {}").format(sql.Identifier(owner)),
+    )
+    backup = operations.take_backup(store, engines, pg_database, REASON)
+    as_verifier = pg_database.model_copy(update={"user": verifier})
+
+    result = operations.verify_backup(store, engines, backup, as_verifier)
+
+    assert result.ok, result.problems  # not "must be member of role ..."
+    assert backup.tables == {"public.theirs": 2}
+
+
+def test_sessions_of_other_roles_count_for_a_user_who_cannot_see_them(
+    pg_database: Target, other_roles: tuple[str, str]
+) -> None:
+    from dbguard.engines.postgres import _sessions
+
+    owner, verifier = other_roles
+    as_verifier = pg_database.model_copy(update={"user": verifier, "name": "postgres"})
+    with connect(pg_database.model_copy(update={"user": owner})), connect(as_verifier) as conn:
+        sessions = _sessions(conn, str(pg_database.name))
+    assert [(user, app) for _, user, app in sessions] == [(owner, "a session of another role")]

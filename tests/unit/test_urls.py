@@ -135,7 +135,22 @@ def test_bad_urls_name_where_and_never_the_password(url: str, message: str) -> N
 
 def test_redact_and_engine() -> None:
     assert redact_url("postgres://u:secret@h:5432/db") == "postgres://u:***@h:5432/db"
-    assert redact_url("postgres://u:secret@h:bad/db") == "postgres://u:***@h/db"
+    assert redact_url("postgres://u:secret@h:bad/db") == "postgres://u:***@h:bad/db"
+    # A password with unencoded @ : / # ?: everything up to the last @ goes.
+    odd = "mysql://u:p@ss:w/rd%41#?&x@127.0.0.1:3306/db"
+    assert redact_url(odd) == "mysql://u:***@127.0.0.1:3306/db"
+    assert redact_url("postgres://u:pw@[::1]:5432/db") == "postgres://u:***@[::1]:5432/db"
+    assert redact_url("postgres://u@h/db") == "postgres://u@h/db"
     assert url_engine("postgresql+psycopg://h/db") == "postgres"
     assert url_engine("jdbc:sqlite:x") == "sqlite"
     assert url_engine("redis://h") is None
+
+
+def test_a_url_that_does_not_parse_never_shows_its_password() -> None:
+    url = "mysql://u:p@ss:w/rd%41#?&x@127.0.0.1:3306/db"
+    with pytest.raises(DiscoveryError) as info:
+        parse_database_url(url, Path("/srv/app"), ".env", where=".env, line 1")
+    text = f"{info.value.problem} {info.value.fix}"
+    for piece in ("p@ss", "ss:w", "rd%41", "'w'"):
+        assert piece not in text, text
+    assert "percent-encode" in str(info.value.fix)

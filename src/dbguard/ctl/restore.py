@@ -53,7 +53,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if answer.lower() not in ("y", "yes"):
             ctx.print("not restored")
             return 1
-    reason = Reason(kind="pre-restore", argv=["dbguardctl", "restore", manifest.id])
+    # The project folder, as the backup had it: its undo (`dbguardctl restore` of this
+    # pre-restore backup) finds the database's password there again.
+    reason = Reason(
+        kind="pre-restore", argv=["dbguardctl", "restore", manifest.id], cwd=manifest.reason.cwd
+    )
     engines = Engines(ctx.config.backup)
     try:
         before = operations.restore_backup(

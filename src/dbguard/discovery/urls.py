@@ -15,7 +15,6 @@ A socket may also stand percent-encoded in the host part (`postgres://%2Fvar%2Fr
 from __future__ import annotations
 
 import os.path
-import re
 import urllib.parse
 from pathlib import Path
 
@@ -51,24 +50,31 @@ _SOCKET_PARAMS = ("host", "unix_socket", "socket")
 _KEPT_PARAMS = ("sslmode", "ssl-mode", "sslrootcert", "sslcert", "sslkey", "sslaccept", "charset")
 
 
-_USERINFO_PASSWORD = re.compile(r"(//[^/@:\s]*:)[^/@\s]*@")
-
-
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL with its password replaced by ***.
+
+    A password with an unencoded @, :, /, # or ? makes the URL parse wrong (part of the
+    password becomes the host or the path), so anything unusual is redacted by shape:
+    everything from the first ':' after the user to the last '@' goes."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:  # unparseable (e.g. a broken [IPv6] host): redact by shape
-        return _USERINFO_PASSWORD.sub(r"\1***@", url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+        clean = rest.count("@") == 1 and parts.password is not None
     except ValueError:
-        port = ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        clean = False
+    if clean:
+        user, host = parts.username or "", parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # IPv6
+        port = f":{parts.port}" if parts.port else ""
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    userinfo, _, after = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not colon:
+        return url  # no password
+    return f"{scheme}://{user}:***@{after}"
 
 
 def url_engine(url: str) -> EngineName | None:
@@ -144,8 +150,11 @@ def _server(engine: EngineName, url: str, source: str, where: str) -> Target:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
-    except ValueError as err:
-        raise DiscoveryError(f"{where}: the database URL {shown!r} does not parse: {err}") from None
+    except ValueError:  # urllib's message can quote a piece of the password
+        raise DiscoveryError(
+            f"{where}: the database URL {shown!r} does not parse",
+            "percent-encode @ : / # ? and % in the user name and password (@ is %40)",
+        ) from None
     hostport = parts.netloc.rpartition("@")[2]
     # Parsed by hand, not parts.hostname: that lower-cases, which would change a socket
     # path written percent-encoded in the host part.

@@ -589,9 +589,11 @@ ORDER BY 1, 2
 """
 
 _SESSIONS_SQL = """
-SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), backend_type)
+SELECT pid, coalesce(usename, '?'),
+       coalesce(nullif(application_name, ''), backend_type, 'a session of another role')
 FROM pg_stat_activity
-WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker'
+WHERE datname = %s AND pid <> pg_backend_pid()
+  AND backend_type IS DISTINCT FROM 'autovacuum worker' -- NULL: another role's session
 ORDER BY pid
 """
 
@@ -1283,9 +1285,10 @@ class PostgresEngine:
         *,
         kind: ErrorKind,
         fix: str,
+        options: Sequence[str] = (),
     ) -> None:
         """pg_restore the stream into `s.dbname`; stops at the first error."""
-        args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}"]
+        args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}", *options]
         child = self._spawn(
             tool,
             args,
@@ -1498,6 +1501,9 @@ class PostgresEngine:
                     scratch,
                     kind=Damaged,
                     fix="this backup cannot be restored as it is",
+                    # Rows are what is checked: owners and grants would only make a
+                    # user who is not a member of every owning role fail a good backup.
+                    options=("--no-owner", "--no-privileges"),
                 )
                 counted = _connect(s.for_db(temp), RestoreFailed)
                 try:
