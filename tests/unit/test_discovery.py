@@ -13,9 +13,10 @@ import pytest
 from dbguard.discovery import FileReader, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles
+from dbguard.discovery.project_config import classify_with_project
 from dbguard.engines.base import Target
 from dbguard.production import classify_production
-from dbguard.rules import Kind, Operation
+from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
 
 ROOT = Path("/srv/app")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "projects"
@@ -591,3 +592,22 @@ def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
     # phpunit in a PHP project without artisan keeps Laravel's defaults, as before.
     found = run({"composer.json": "{}"}, tool="phpunit", kind=Kind.TEST)
     assert [t.path for t in found.targets] == [f"{ROOT}/database/database.sqlite"]
+
+
+def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) -> None:
+    # `npm run db:reset` in src/ runs the project's script, as npm finds it.
+    (tmp_path / "package.json").write_text(
+        '{"scripts": {"db:reset": "prisma migrate reset --force"}}'
+    )
+    inner = tmp_path / "src" / "components"
+    inner.mkdir(parents=True)
+    files = ProjectFiles(inner)
+    assert files.package_script("package.json", "db:reset") == "prisma migrate reset --force"
+    classifier = Classifier(builtin_catalog())
+    found = classify_with_project(
+        classifier, None, ["npm", "run", "db:reset"], files.package_script
+    )
+    assert found is not None and found.kind is Kind.DESTRUCTIVE
+    # The nearest one wins, as for npm: a workspace package's own scripts.
+    (inner / "package.json").write_text('{"scripts": {"test": "vitest"}}')
+    assert ProjectFiles(inner).package_script("package.json", "db:reset") is None

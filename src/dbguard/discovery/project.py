@@ -86,14 +86,20 @@ class ProjectFiles:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 
     def package_script(self, manifest: str, script: str) -> str | None:
-        """The command line of `script` in package.json / composer.json, if any.
-        Each manifest is parsed once per ProjectFiles (npm test looks up pre/post too)."""
+        """The command line of `script` in package.json / composer.json, if any: the
+        nearest one at or above the folder, as npm and composer find it (`npm run
+        db:reset` in src/ runs the project's script). Each manifest is parsed once per
+        ProjectFiles (npm test looks up pre/post too)."""
         if manifest not in self._scripts:
-            text = self.read(manifest)
+            for folder in (self.root, *self.root.parents):
+                path = folder / manifest
+                text = self.read(str(path))  # absolute: root / path is path itself
+                if text is not None:
+                    break
             try:
                 parsed = json.loads(text).get("scripts", {}) if text is not None else {}
             except (ValueError, AttributeError):
-                raise DiscoveryError(f"{self.root / manifest} is not valid JSON") from None
+                raise DiscoveryError(f"{path} is not valid JSON") from None
             self._scripts[manifest] = parsed if isinstance(parsed, dict) else {}
         value = self._scripts[manifest].get(script)
         if isinstance(value, list):  # composer allows a list of commands
