@@ -718,3 +718,17 @@ def test_discover_keeps_its_signature() -> None:
     )
     assert only(found).path == "/srv/app/a.db"
     assert isinstance(ROOT, Path)
+
+
+def test_dropdb_and_pg_restore_back_up_the_database_they_name() -> None:
+    for tool, hints in (
+        ("dropdb", {"host": "db.internal", "database": "shop"}),
+        ("pg_restore", {"host": "db.internal", "database": "shop"}),
+    ):
+        target = only(run({}, {"PGUSER": "app"}, framework="client", tool=tool, hints=hints))
+        assert (target.engine, target.host, target.name, target.user) == (
+            "postgres",
+            "db.internal",
+            "shop",
+            "app",
+        )

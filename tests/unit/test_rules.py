@@ -783,6 +783,19 @@ LIQUIBASE = [
 # ---- clients ---------------------------------------------------------------------------------
 
 CLIENTS = [
+    case(
+        "dropdb -h db.internal shop",
+        DESTRUCTIVE,
+        "dropdb",
+        hints={"host": "db.internal", "database": "shop"},
+    ),
+    case("dropdb --help", RO, "dropdb"),
+    case(
+        "pg_restore -d shop --clean app.dump", DESTRUCTIVE, "pg_restore", hints={"database": "shop"}
+    ),
+    case("pg_restore -d shop app.dump", SEED, "pg_restore", hints={"database": "shop"}),
+    case("pg_restore -l app.dump", RO, "pg_restore"),
+    case("python manage.py reset_db --noinput", DESTRUCTIVE, "django", "reset_db"),
     case("psql", QUERY, "psql", ""),
     case("psql mydb", QUERY, "psql", hints={"database": "mydb"}),
     case("psql mydb alice", QUERY, "psql", hints={"database": "mydb", "user": "alice"}),

@@ -33,7 +33,7 @@ SUPABASE_CONFIG = "supabase/config.toml"
 # Commands that act on the linked remote project unless told --local (the CLI's own
 # defaults); the others default to the local stack.
 _DEFAULT_TARGET = {"db push": "linked", "db pull": "linked", "migration repair": "linked"}
-POSTGRES_CLIENTS = {"psql", "pgcli"}
+POSTGRES_CLIENTS = {"psql", "pgcli", "dropdb", "pg_restore"}
 MYSQL_CLIENTS = {"mysql", "mariadb", "mycli"}
 SQLITE_CLIENTS = {"sqlite3", "sqlite", "litecli"}
 
