@@ -65,6 +65,26 @@ def test_symfony_test_run_adds_doctrine_dbname_suffix() -> None:
     assert "APP_ENV=test" in target.source
 
 
+def test_symfony_reads_the_variable_doctrine_yaml_names() -> None:
+    files = {
+        "bin/console": "",
+        ".env": "DATABASE_URL=postgresql://app@db/other\nDB_URL=postgresql://app@db/shop\n",
+        "config/packages/doctrine.yaml": "doctrine:\n  dbal:\n    url: '%env(resolve:DB_URL)%'\n",
+    }
+    found = run(files, framework="symfony", tool="console")
+    assert "shop" in {t.name for t in found.targets}
+    assert "DB_URL" in next(t for t in found.targets if t.name == "shop").source
+
+
+def test_symfony_named_connection_is_refused_not_guessed() -> None:
+    files = {"bin/console": "", ".env": "DATABASE_URL=postgresql://app@db/app\n"}
+    with pytest.raises(DiscoveryError, match="--em/--connection customer") as info:
+        run(files, framework="symfony", tool="console", hints={"connection": "customer"})
+    assert ".dbguard.toml" in info.value.fix
+    found = run(files, framework="symfony", tool="console", hints={"connection": "default"})
+    assert only(found).name == "app"
+
+
 def test_symfony_env_files_override_in_symfony_order() -> None:
     files = {
         "bin/console": "",

@@ -33,6 +33,16 @@ __all__ = ["symfony"]
 
 
 def symfony(ctx: Context, found: Found) -> None:
+    connection = ctx.hints.get("connection")
+    if connection and connection != "default":
+        # Each Doctrine connection or entity manager has its own URL in doctrine.yaml,
+        # which may be any variable: backing up DATABASE_URL would be the wrong one.
+        raise DiscoveryError(
+            f"--em/--connection {connection}: dbguard does not follow Doctrine's named "
+            "connections to their databases",
+            f'name {connection}\'s database in .dbguard.toml ([[database]] url = "..."), '
+            "then run the command again",
+        )
     variables, assumed = _variables(ctx, found, test=ctx.is_test)
     _add(ctx, found, variables, test=ctx.is_test)
     if ctx.is_test and assumed:
@@ -91,16 +101,17 @@ def _variables(ctx: Context, found: Found, *, test: bool) -> tuple[Variables, bo
 
 
 def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: str = "") -> None:
-    url = variables.get("DATABASE_URL")
+    name = _url_variable(ctx, found)
+    url = variables.get(name)
     if not url:
-        found.look("DATABASE_URL (not set)")
+        found.look(f"{name} (not set)")
         return
-    where = variables.where("DATABASE_URL")
-    source = f"{variables.origin('DATABASE_URL')} (APP_ENV={variables.get('APP_ENV')})"
+    where = variables.where(name)
+    source = f"{variables.origin(name)} (APP_ENV={variables.get('APP_ENV')})"
     if why:
         source += f" — {why}"
     facts = app_env_facts(variables)
-    target, facts = url_target(url, ctx.root, source, where, "DATABASE_URL", facts)
+    target, facts = url_target(url, ctx.root, source, where, name, facts)
     if target is not None and test and target.engine != "sqlite" and target.name:
         suffix = _test_suffix(ctx, found)
         if suffix:
@@ -111,6 +122,17 @@ def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: s
                 }
             )
     found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+
+
+# `url: '%env(resolve:DB_URL)%'` in doctrine.yaml's dbal section: the variable the
+# default connection reads (DATABASE_URL in Symfony's recipe).
+_URL_ENV = re.compile(r"""^\s*url:\s*['"]?%env\((?:[a-z_]+:)*([A-Za-z_][A-Za-z0-9_]*)\)%""", re.M)
+
+
+def _url_variable(ctx: Context, found: Found) -> str:
+    text = ctx.read_looked("config/packages/doctrine.yaml", found) or ""
+    match = _URL_ENV.search(text.split("when@", 1)[0])
+    return match.group(1) if match else "DATABASE_URL"
 
 
 def _test_suffix(ctx: Context, found: Found) -> str:
