@@ -752,3 +752,25 @@ def test_dropdb_and_pg_restore_back_up_the_database_they_name() -> None:
             "shop",
             "app",
         )
+
+
+def test_prisma_7_takes_the_url_from_prisma_config_ts() -> None:
+    schema = 'datasource db {\n  provider = "postgresql"\n}\n'
+    config = (
+        'import { defineConfig, env } from "prisma/config"\n'
+        "export default defineConfig({\n"
+        '  schema: "prisma/schema.prisma",\n'
+        '  datasource: { url: env("APP_DB_URL") },\n'
+        "})\n"
+    )
+    files = {
+        "prisma/schema.prisma": schema,
+        "prisma.config.ts": config,
+        ".env": "APP_DB_URL=postgresql://app@db/shop\n",
+    }
+    target = only(run(files, framework="prisma", tool="prisma"))
+    assert target.name == "shop" and "prisma.config.ts, line 4" in target.source
+    del files["prisma.config.ts"]
+    with pytest.raises(DiscoveryError, match=r"no url, and no prisma\.config\.ts") as info:
+        run(files, framework="prisma", tool="prisma")
+    assert ".dbguard.toml" in info.value.fix

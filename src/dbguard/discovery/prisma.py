@@ -45,6 +45,26 @@ def schema_path(ctx: Context, found: Found) -> str:
     return DEFAULT_SCHEMA
 
 
+CONFIG_FILES = ("prisma.config.ts", "prisma.config.mts", "prisma.config.js")
+# In prisma.config.ts: datasource: { url: env("X") } or process.env.X / process.env["X"].
+_CONFIG_URL = re.compile(
+    r"""\burl\s*:\s*(?:env\(\s*['"](\w+)['"]\s*\)|process\.env\.(\w+)"""
+    r"""|process\.env\[\s*['"](\w+)['"]\s*\])"""
+)
+
+
+def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] | None:
+    """The variable prisma.config.* takes the datasource URL from, and where it says so."""
+    for name in CONFIG_FILES:
+        text = ctx.read_looked(name, found)
+        match = _CONFIG_URL.search(text or "")
+        if match:
+            line = text.count("\n", 0, match.start()) + 1 if text else 1
+            variable = next(group for group in match.groups() if group)
+            return ("env", variable, 0), f"{name}, line {line}"
+    return None
+
+
 def prisma(ctx: Context, found: Found) -> None:
     path = schema_path(ctx, found)
     text = ctx.read_looked(path, found)
@@ -65,13 +85,19 @@ def prisma(ctx: Context, found: Found) -> None:
     body, first_line = block
     provider = _field(body, "provider")
     url_value = _url(body)
+    where = ""
     if url_value is None:
-        raise DiscoveryError(
-            f"{path}, line {first_line}: the datasource has no url",
-            'add url = env("DATABASE_URL") to the datasource block',
-        )
+        config = _config_url(ctx, found)  # Prisma 7: the URL moved to prisma.config.ts
+        if config is None:
+            raise DiscoveryError(
+                f"{path}, line {first_line}: the datasource has no url, and no "
+                f"{' or '.join(CONFIG_FILES)} names one",
+                'name it in prisma.config.ts (datasource: { url: env("DATABASE_URL") }), '
+                'or in .dbguard.toml ([[database]] url = "...")',
+            )
+        url_value, where = config
     kind, value, line = url_value
-    where = f"{path}, line {first_line + line}"
+    where = where or f"{path}, line {first_line + line}"
     if kind == "env":
         url = variables.get(value)
         if not url:
@@ -80,7 +106,8 @@ def prisma(ctx: Context, found: Found) -> None:
                 f"(looked in the environment, {' and '.join(env_files)})",
                 f"set {value}, so dbguard and Prisma agree on the database",
             )
-        source = f'{path} (url = env("{value}")) -> {variables.origin(value)}'
+        said = where if where.startswith("prisma.config") else f'{path} (url = env("{value}"))'
+        source = f"{said} -> {variables.origin(value)}"
         url_where = variables.where(value)
         setting_name = value
     else:
