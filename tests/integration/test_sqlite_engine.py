@@ -18,7 +18,7 @@ from dbguard.engines import sqlite as sqlite_engine
 from dbguard.engines.base import Target
 from dbguard.engines.sqlite import SqliteEngine
 from dbguard.errors import BackupFailed, DatabaseMissing, RestoreFailed
-from dbguard.store import Reason, Store
+from dbguard.store import Manifest, Reason, Store
 
 REASON = Reason(kind="manual")
 
@@ -48,6 +48,14 @@ def execute(path: Path, sql: str) -> None:
     conn.execute(sql)
     conn.commit()
     conn.close()
+
+
+def backed_up(tmp_path: Path, engines: Engines) -> tuple[Path, Target, Store, Manifest]:
+    """An SQLite database of 100 rows and its first backup: where restore tests start."""
+    db = tmp_path / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    return db, target, store, operations.take_backup(store, engines, target, REASON)
 
 
 @pytest.fixture
@@ -200,10 +208,7 @@ def test_restore_into_a_deleted_database_ignores_its_stale_wal(
 
 
 def test_restore_while_another_connection_is_open(tmp_path: Path, engines: Engines) -> None:
-    db = tmp_path / "app.sqlite"
-    target = make_db(db)
-    store = Store(tmp_path / "b")
-    manifest = operations.take_backup(store, engines, target, REASON)
+    db, target, store, manifest = backed_up(tmp_path, engines)
     execute(db, "DELETE FROM items")
     reader = sqlite3.connect(db)
     try:
@@ -226,10 +231,7 @@ sys.stdin.read()
 def test_restore_gives_up_on_a_database_held_open_and_names_the_holder(
     tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "app.sqlite"
-    target = make_db(db)
-    store = Store(tmp_path / "b")
-    manifest = operations.take_backup(store, engines, target, REASON)
+    db, target, store, manifest = backed_up(tmp_path, engines)
     execute(db, "DELETE FROM items WHERE id > 10")
     monkeypatch.setattr(sqlite_engine, "_RESTORE_LOCK_WAIT", 0.5)
     holder, idle = (
@@ -259,10 +261,7 @@ def test_restore_gives_up_on_a_database_held_open_and_names_the_holder(
 def test_restore_over_a_wal_database_of_another_page_size(tmp_path: Path, engines: Engines) -> None:
     """SQLite will not copy pages of another size into a WAL database ('attempt to write
     a readonly database'); the restore's scratch copy takes the target's size."""
-    db = tmp_path / "app.sqlite"
-    target = make_db(db)
-    store = Store(tmp_path / "b")
-    manifest = operations.take_backup(store, engines, target, REASON)
+    db, target, store, manifest = backed_up(tmp_path, engines)
     expected = rows(db)
     engines.close()
     conn = sqlite3.connect(db, isolation_level=None)
@@ -284,10 +283,7 @@ def test_restore_over_a_wal_database_of_another_page_size(tmp_path: Path, engine
 def test_restore_into_a_deleted_database_gives_it_the_usual_mode(
     tmp_path: Path, engines: Engines
 ) -> None:
-    db = tmp_path / "app.sqlite"
-    target = make_db(db)
-    store = Store(tmp_path / "b")
-    manifest = operations.take_backup(store, engines, target, REASON)
+    db, target, store, manifest = backed_up(tmp_path, engines)
     db.unlink()
     old_umask = os.umask(0o022)
     try:
@@ -334,10 +330,7 @@ def _immutable(path: Path) -> bool:
 def test_restore_over_a_broken_file_says_to_move_it_aside_first(
     tmp_path: Path, engines: Engines
 ) -> None:
-    db = tmp_path / "app.sqlite"
-    target = make_db(db)
-    store = Store(tmp_path / "b")
-    manifest = operations.take_backup(store, engines, target, REASON)
+    db, target, store, manifest = backed_up(tmp_path, engines)
     engines.close()
     junk = os.urandom(8192)  # a test run that wrote over the file
     db.write_bytes(junk)
