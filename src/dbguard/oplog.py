@@ -95,8 +95,8 @@ class OperationLog:
     def records(self) -> Iterator[dict[str, Any]]:
         """Each operation once, oldest first (the rotated file first): a "running" line
         is replaced by the line that ends it; a "running" line with no end yet comes
-        last. Streams: memory holds only the operations still running. A torn or
-        corrupt line is skipped, not fatal."""
+        last. Parsed records are not kept (only those of operations still running),
+        so a consumer keeping the last N holds N. A torn or corrupt line is skipped."""
         yield from self._merged(self._lines())
 
     def unfinished(self, tail_bytes: int = 1 << 20) -> list[dict[str, Any]]:
@@ -126,17 +126,28 @@ class OperationLog:
         yield from running.values()
 
     def _lines(self, tail_bytes: int | None = None) -> Iterator[dict[str, Any]]:
-        for path in (self.path.with_name(self.path.name + ".1"), self.path):
+        """Records oldest first: the rotated file, then the current one; with
+        `tail_bytes`, only the last that many bytes of the two as one stream (the
+        rotated file is read only for what the current one falls short of)."""
+        chunks: list[bytes] = []
+        budget = tail_bytes
+        for path in (self.path, self.path.with_name(self.path.name + ".1")):
+            if budget is not None and budget <= 0:
+                break
             try:
                 with path.open("rb") as file:
-                    start = os.fstat(file.fileno()).st_size - (tail_bytes or 0)
-                    if tail_bytes is not None and start > 0:
+                    size = os.fstat(file.fileno()).st_size
+                    start = 0 if budget is None else max(0, size - budget)
+                    if start > 0:
                         file.seek(start - 1)
                         file.readline()  # the rest of a line cut by the seek
-                    lines = file.read().splitlines()
+                    chunks.append(file.read())
+                    if budget is not None:
+                        budget -= size
             except OSError:  # missing, a folder, unreadable: nothing to read there
                 continue
-            for line in lines:
+        for chunk in reversed(chunks):
+            for line in chunk.splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:

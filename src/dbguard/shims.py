@@ -91,7 +91,7 @@ def install(folder: Path, names: list[str], socket: Path | None = None) -> list[
         if path.exists() and not is_shim(path):
             raise FileExistsError(f"{path} exists and is not a dbguard shim; not replacing it")
         temp = folder / f".{name}.tmp"
-        temp.write_text(render(name, folder, socket))
+        temp.write_text(render(name, folder, socket), encoding="utf-8")  # as Python reads it
         temp.chmod(0o755)
         os.replace(temp, path)
         written.append(path)

@@ -280,6 +280,45 @@ def test_restore_over_a_wal_database_of_another_page_size(tmp_path: Path, engine
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+HOLD_WAL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("SELECT count(*) FROM items").fetchone()  # every WAL reader locks the -shm
+if sys.argv[2] == "writer":
+    conn.execute("BEGIN IMMEDIATE")  # the write lock a restore waits for
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_wal_restore_names_the_writer_not_the_idle_readers(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "app.sqlite"
+    target = make_db(db, wal=True)
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    monkeypatch.setattr(sqlite_engine, "_RESTORE_LOCK_WAIT", 0.5)
+    writer, reader = (
+        subprocess.Popen(
+            [sys.executable, "-c", HOLD_WAL, str(db), role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for role in ("writer", "reader")
+    )
+    try:
+        for process in (writer, reader):
+            assert process.stdout is not None and process.stdout.readline() == b"holding\n"
+        with pytest.raises(RestoreFailed, match="stayed in use") as failed:
+            operations.restore_backup(store, engines, manifest, target, REASON)
+    finally:
+        writer.communicate(b"")
+        reader.communicate(b"")
+    assert f"pid {writer.pid} (python" in failed.value.problem
+    assert f"pid {reader.pid}" not in failed.value.problem
+
+
 def test_restore_into_a_deleted_database_gives_it_the_usual_mode(
     tmp_path: Path, engines: Engines
 ) -> None:

@@ -589,6 +589,10 @@ def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
     with pytest.raises(DiscoveryError, match="has no artisan file") as info:
         run({"composer.json": "{}", "backend/.env": "DB_CONNECTION=pgsql\n"})
     assert "cd into the Laravel project's folder" in info.value.fix
+    # The way out: the database named in .dbguard.toml.
+    toml = '[[database]]\nurl = "postgresql://app@db/shop"\n'
+    found = run({".dbguard.toml": toml, "backend/.env": "DB_CONNECTION=pgsql\n"})
+    assert only(found).name == "shop"
     # phpunit in a PHP project without artisan keeps Laravel's defaults, as before.
     found = run({"composer.json": "{}"}, tool="phpunit", kind=Kind.TEST)
     assert [t.path for t in found.targets] == [f"{ROOT}/database/database.sqlite"]

@@ -77,12 +77,21 @@ def test_symfony_reads_the_variable_doctrine_yaml_names() -> None:
 
 
 def test_symfony_named_connection_is_refused_not_guessed() -> None:
-    files = {"bin/console": "", ".env": "DATABASE_URL=postgresql://app@db/app\n"}
+    files = {
+        "bin/console": "",
+        ".env": "DATABASE_URL=postgresql://app@db/app\n",
+        "config/packages/doctrine.yaml": "doctrine:\n  dbal:\n    default_connection: main\n",
+    }
     with pytest.raises(DiscoveryError, match="--em/--connection customer") as info:
         run(files, framework="symfony", tool="console", hints={"connection": "customer"})
     assert ".dbguard.toml" in info.value.fix
-    found = run(files, framework="symfony", tool="console", hints={"connection": "default"})
-    assert only(found).name == "app"
+    for name in ("default", "main"):  # main is the default connection here
+        found = run(files, framework="symfony", tool="console", hints={"connection": name})
+        assert only(found).name == "app"
+    # The way out the refusal names works.
+    files[".dbguard.toml"] = '[[database]]\nurl = "postgresql://app@db/customer"\n'
+    found = run(files, framework="symfony", tool="console", hints={"connection": "customer"})
+    assert "customer" in {t.name for t in found.targets}
 
 
 def test_symfony_env_files_override_in_symfony_order() -> None:
@@ -304,7 +313,13 @@ def test_django_with_settings_only_in_code_asks_for_dbguard_toml(env: dict[str, 
     [
         "import dj_database_url\nDATABASES = {'default': dj_database_url.config()}\n",
         "DATABASES = {'default': env.db('DATABASE_URL')}\n",
+        "DATABASES = {'default': ENV.db()}\n",
+        "DATABASES = {'default': environ.Env().db()}\n",
         "DATABASES = {'default': parse(os.environ['DATABASE_URL'])}\n",
+        "DATABASES = values.DatabaseURLValue()\n",  # django-configurations
+        # cookiecutter-django's production.py: adjusts what base.py built from the URL
+        "from .base import *  # noqa\nDATABASES['default']['CONN_MAX_AGE'] = 60\n",
+        "DATABASES['default']['TEST'] = {'NAME': 'x'}\n",
     ],
 )
 def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
@@ -323,7 +338,9 @@ def test_rails_multi_database_development_yields_every_database() -> None:
     assert any(s.name == "RAILS_ENV" and s.value == "development" for s in facts.app_env)
 
 
-@pytest.mark.parametrize("task", ["db:reset", "db:drop db:create", "db:schema:load"])
+@pytest.mark.parametrize(
+    "task", ["db:reset", "db:drop db:create", "db:schema:load", "db:migrate:reset", "db:drop:all"]
+)
 def test_rails_tasks_that_also_hit_the_test_database_in_development(task: str) -> None:
     found, _ = run_fixture(
         "rails", framework="rails", tool="rails", kind=Kind.DESTRUCTIVE, command=task
@@ -759,8 +776,8 @@ def test_prisma_7_takes_the_url_from_prisma_config_ts() -> None:
     config = (
         'import { defineConfig, env } from "prisma/config"\n'
         "export default defineConfig({\n"
-        '  schema: "prisma/schema.prisma",\n'
-        '  datasource: { url: env("APP_DB_URL") },\n'
+        '  // datasource: { url: env("OLD_URL") },\n'
+        '  datasource: { url: env<Env>("APP_DB_URL") },\n'
         "})\n"
     )
     files = {

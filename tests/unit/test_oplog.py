@@ -95,3 +95,22 @@ def test_unfinished_reads_only_the_end_of_a_long_log(tmp_path: Path) -> None:
     log.append({"op": "new", "outcome": "running"})
     assert [r["op"] for r in log.unfinished(tail_bytes=4096)] == ["new"]
     assert [r["op"] for r in log.unfinished()] == ["old", "new"]
+
+
+def test_an_operation_that_ended_after_rotation_is_not_taken_for_an_orphan(
+    tmp_path: Path,
+) -> None:
+    log = OperationLog(tmp_path / "operations.jsonl")
+    rotated = tmp_path / "operations.jsonl.1"
+    rotated.write_text('{"op": "x", "outcome": "running"}\n')  # rotated while it ran
+    log.append({"op": "x", "outcome": "ok"})
+    for n in range(100):
+        log.append({"decision": "pass", "argv": ["php", "-v", "y" * 100, str(n)]})
+
+    assert log.unfinished(tail_bytes=4096) == []  # its end is in the tail, its start not
+    assert [r.get("outcome") for r in log.records() if r.get("op") == "x"] == ["ok"]
+    short = OperationLog(tmp_path / "short" / "operations.jsonl")
+    short.path.parent.mkdir()
+    (tmp_path / "short" / "operations.jsonl.1").write_text('{"op": "z", "outcome": "running"}\n')
+    short.append({"decision": "pass"})
+    assert [r["op"] for r in short.unfinished(tail_bytes=4096)] == ["z"]  # reaches into .1

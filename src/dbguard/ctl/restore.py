@@ -10,12 +10,13 @@ import argparse
 from dbguard import operations
 from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
+from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import DbguardError
 from dbguard.policy import agent_markers
 from dbguard.production import classify_production
-from dbguard.store import Reason
+from dbguard.store import Manifest, Reason
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"`{' '.join(manifest.reason.argv) or manifest.reason.kind}`, "
         f"{len(manifest.tables)} tables, {rows} rows, {human_size(manifest.data.size)}"
     )
-    refusal = _agent_on_production(ctx, target)
+    refusal = _agent_on_production(ctx, manifest, target)
     if refusal:
         ctx.error(refusal)
         return 77
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _agent_on_production(ctx: Context, target: Target) -> str | None:
+def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> str | None:
     """Why an AI agent may not run this restore, or None. Production data is replaced by
     a person, as production commands are approved by one (`dbguardctl approve`)."""
     settings = ctx.config.production
@@ -97,7 +98,8 @@ def _agent_on_production(ctx: Context, target: Target) -> str | None:
         marker = None  # unreachable or missing: the names and the settings still count
     finally:
         engines.close()
-    verdict = classify_production(target, ctx.env, settings, marker=marker)
+    root = str(project_root(manifest.reason.cwd)) if manifest.reason.cwd else None
+    verdict = classify_production(target, ctx.env, settings, marker=marker, project_root=root)
     if verdict.production:
         why = verdict.reasons[0]
     elif any(m.reason.production for m in ctx.store.manifests(target)):

@@ -45,21 +45,23 @@ def schema_path(ctx: Context, found: Found) -> str:
     return DEFAULT_SCHEMA
 
 
-CONFIG_FILES = ("prisma.config.ts", "prisma.config.mts", "prisma.config.js")
-# In prisma.config.ts: datasource: { url: env("X") } or process.env.X / process.env["X"].
+CONFIG_FILES = ("prisma.config.ts", "prisma.config.mts", "prisma.config.js", ".config/prisma.ts")
+# In prisma.config.ts: datasource: { url: env("X") } (also env<Env>("X")), process.env.X or
+# process.env["X"].
 _CONFIG_URL = re.compile(
-    r"""\burl\s*:\s*(?:env\(\s*['"](\w+)['"]\s*\)|process\.env\.(\w+)"""
+    r"""\burl\s*:\s*(?:env\s*(?:<[^>]*>)?\(\s*['"](\w+)['"]\s*\)|process\.env\.(\w+)"""
     r"""|process\.env\[\s*['"](\w+)['"]\s*\])"""
 )
+_LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
 
 
 def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] | None:
     """The variable prisma.config.* takes the datasource URL from, and where it says so."""
     for name in CONFIG_FILES:
-        text = ctx.read_looked(name, found)
-        match = _CONFIG_URL.search(text or "")
+        text = _LINE_COMMENT.sub("", ctx.read_looked(name, found) or "")  # keeps line numbers
+        match = _CONFIG_URL.search(text)
         if match:
-            line = text.count("\n", 0, match.start()) + 1 if text else 1
+            line = text.count("\n", 0, match.start()) + 1
             variable = next(group for group in match.groups() if group)
             return ("env", variable, 0), f"{name}, line {line}"
     return None

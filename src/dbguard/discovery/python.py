@@ -214,8 +214,17 @@ _STOCK_SQLITE = re.compile(
 
 
 # Settings that take their database from DATABASE_URL: the variable itself, dj-database-url,
-# django-environ's env.db() / env.db_url().
-_READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\benv\.db(?:_url)?\(")
+# django-environ's env.db() / env.db_url() (under any name), django-configurations.
+_READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\.db(?:_url)?\(|DatabaseURLValue")
+# DATABASES = ... as a statement of this module (not DATABASES["default"][...] = ...,
+# which adjusts what another module built).
+_ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
+# `from .base import *`: the DATABASES it adjusts may come from DATABASE_URL there.
+_STAR_IMPORT = re.compile(r"^from\s+\S+\s+import\s+\*", re.MULTILINE)
+
+
+def _named_in_project(ctx: Context) -> bool:
+    return ctx.project is not None and bool(ctx.project.database)
 
 
 def django(ctx: Context, found: Found) -> None:
@@ -250,11 +259,12 @@ def django(ctx: Context, found: Found) -> None:
                 )
             found.add(target, facts=facts)
             return
-        named_in_project = ctx.project is not None and bool(ctx.project.database)
-        if "DATABASES" in text and not _READS_URL.search(text) and not named_in_project:
+        assigned = _ASSIGNS_DATABASES.search(text)
+        reads_url = _READS_URL.search(text) or _STAR_IMPORT.search(text)
+        if assigned and not reads_url and not _named_in_project(ctx):
             # Settings that build DATABASES in code without DATABASE_URL: a DATABASE_URL in
             # the environment or .env would name some other database than the one run.
-            line = text.count("\n", 0, text.index("DATABASES")) + 1
+            line = text.count("\n", 0, assigned.start()) + 1
             raise DiscoveryError(
                 f"{candidate}, line {line}: DATABASES is set in code dbguard does not run, "
                 "and not from DATABASE_URL",

@@ -71,6 +71,8 @@ _ALSO_ON_TEST = frozenset(
         "db:create",
         "db:drop",
         "db:drop:_unsafe",
+        "db:drop:all",
+        "db:migrate:reset",
         "db:purge",
         "db:reset",
         "db:setup",

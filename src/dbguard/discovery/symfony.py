@@ -34,7 +34,8 @@ __all__ = ["symfony"]
 
 def symfony(ctx: Context, found: Found) -> None:
     connection = ctx.hints.get("connection")
-    if connection and connection != "default":
+    named = ctx.project is not None and bool(ctx.project.database)
+    if connection and connection not in _default_names(ctx, found) and not named:
         # Each Doctrine connection or entity manager has its own URL in doctrine.yaml,
         # which may be any variable: backing up DATABASE_URL would be the wrong one.
         raise DiscoveryError(
@@ -127,6 +128,15 @@ def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: s
 # `url: '%env(resolve:DB_URL)%'` in doctrine.yaml's dbal section: the variable the
 # default connection reads (DATABASE_URL in Symfony's recipe).
 _URL_ENV = re.compile(r"""^\s*url:\s*['"]?%env\((?:[a-z_]+:)*([A-Za-z_][A-Za-z0-9_]*)\)%""", re.M)
+
+
+_DEFAULT_NAME = re.compile(r"^\s*default_(?:connection|entity_manager):\s*['\"]?(\w+)", re.M)
+
+
+def _default_names(ctx: Context, found: Found) -> set[str]:
+    """What --em/--conn may name and still mean the default connection."""
+    text = ctx.read_looked("config/packages/doctrine.yaml", found) or ""
+    return {"default", *_DEFAULT_NAME.findall(text)}
 
 
 def _url_variable(ctx: Context, found: Found) -> str:

@@ -120,17 +120,22 @@ class _StillInUse(Exception):
 
 
 def _holders(path: Path) -> list[str]:
-    """The processes holding a lock on the database (its file, or the -shm of a WAL
-    database), as 'pid 12 (php)', from Linux's /proc/locks; best effort: empty where
-    that cannot be read. Locks, not open files: dbguardd keeps an idle connection open
-    to every database it watches, and holds no lock with it."""
-    files = set()
-    for candidate in (path, Path(f"{path}-shm")):
+    """The processes holding a lock that blocks a writer (on the file, or a write lock on
+    a WAL database's -shm), as 'pid 12 (php)', from Linux's /proc/locks; best effort:
+    empty where that cannot be read. Locks, not open files: dbguardd keeps an idle
+    connection open to every database it watches."""
+    # Rollback journal: any lock on the file blocks a writer (a reader's SHARED too).
+    # WAL: only write locks, on the file or its -shm; every open WAL connection keeps
+    # read locks on both, and readers do not block a writer there.
+    wal = _header_byte(path, 18) == 2
+    blocking = ("WRITE",) if wal else ("READ", "WRITE")
+    files: dict[str, tuple[str, ...]] = {}
+    for candidate, kinds in ((path, blocking), (Path(f"{path}-shm"), ("WRITE",))):
         try:
             st = candidate.stat()
         except OSError:
             continue
-        files.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+        files[f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"] = kinds
     try:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
@@ -139,7 +144,7 @@ def _holders(path: Path) -> list[str]:
     for line in lines:
         fields = line.split()
         # "1: POSIX  ADVISORY  READ 4277 08:01:1234 1073741824 1073741824"
-        if len(fields) >= 6 and fields[5] in files and fields[4].isdigit():
+        if len(fields) >= 6 and fields[3] in files.get(fields[5], ()) and fields[4].isdigit():
             pids.add(int(fields[4]))
     pids.discard(os.getpid())
     found = []
@@ -162,6 +167,17 @@ def _adopt_page_size(source: sqlite3.Connection, dest: sqlite3.Connection) -> No
         source.execute("PRAGMA journal_mode = DELETE")
         source.execute(f"PRAGMA page_size = {int(theirs)}")
         source.execute("VACUUM")
+
+
+def _header_byte(path: Path, offset: int) -> int | None:
+    """One byte of the database header (18: 2 in WAL mode), or None if unreadable."""
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            byte = file.read(1)
+    except OSError:
+        return None
+    return byte[0] if byte else None
 
 
 def _write_error(path: Path, err: sqlite3.Error) -> RestoreFailed:
