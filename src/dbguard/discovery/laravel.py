@@ -82,7 +82,7 @@ class PhpUnitVariables:
 
 def laravel(ctx: Context, found: Found) -> None:
     if ctx.operation.tool == "artisan" and ctx.read("artisan") is None:
-        if ctx.project is not None and ctx.project.database:
+        if ctx.names_databases:
             return  # .dbguard.toml names the databases; Laravel's settings are elsewhere
         # `php backend/artisan migrate:fresh` from a monorepo's top: the settings are
         # beside that artisan, not here, and Laravel's defaults (an SQLite file that is

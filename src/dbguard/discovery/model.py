@@ -117,6 +117,11 @@ class Context:
         return self.operation.kind is Kind.TEST
 
     @property
+    def names_databases(self) -> bool:
+        """Whether .dbguard.toml names databases: the way out where discovery cannot tell."""
+        return self.project is not None and bool(self.project.database)
+
+    @property
     def flat_env(self) -> dict[str, str]:
         """The environment the command runs with: its own VAR=value on top."""
         assert self.base is not None

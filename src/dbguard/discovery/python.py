@@ -223,10 +223,6 @@ _ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
 _STAR_IMPORT = re.compile(r"^from\s+\S+\s+import\s+\*", re.MULTILINE)
 
 
-def _named_in_project(ctx: Context) -> bool:
-    return ctx.project is not None and bool(ctx.project.database)
-
-
 def django(ctx: Context, found: Found) -> None:
     module = ctx.hints.get("settings") or ctx.flat_env.get("DJANGO_SETTINGS_MODULE")
     origin = "--settings" if ctx.hints.get("settings") else "DJANGO_SETTINGS_MODULE"
@@ -261,7 +257,7 @@ def django(ctx: Context, found: Found) -> None:
             return
         assigned = _ASSIGNS_DATABASES.search(text)
         reads_url = _READS_URL.search(text) or _STAR_IMPORT.search(text)
-        if assigned and not reads_url and not _named_in_project(ctx):
+        if assigned and not reads_url and not ctx.names_databases:
             # Settings that build DATABASES in code without DATABASE_URL: a DATABASE_URL in
             # the environment or .env would name some other database than the one run.
             line = text.count("\n", 0, assigned.start()) + 1

@@ -34,8 +34,7 @@ __all__ = ["symfony"]
 
 def symfony(ctx: Context, found: Found) -> None:
     connection = ctx.hints.get("connection")
-    named = ctx.project is not None and bool(ctx.project.database)
-    if connection and connection not in _default_names(ctx, found) and not named:
+    if connection and connection not in _default_names(ctx, found) and not ctx.names_databases:
         # Each Doctrine connection or entity manager has its own URL in doctrine.yaml,
         # which may be any variable: backing up DATABASE_URL would be the wrong one.
         raise DiscoveryError(
