@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from dbguard import shims
+from dbguard.discovery import NO_DATABASE
 from dbguard.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from tests.helpers import (
     Daemon,
@@ -168,6 +169,61 @@ def test_unknown_database_is_denied_with_77_and_where_it_looked(
     assert result.returncode == 77
     assert b"sqlsrv" in result.stderr
     assert count_users(project) == 3
+
+
+def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
+    home: Home, daemon: Daemon
+) -> None:
+    install_stand_in(home, "vitest")
+    home.install_shims("vitest")
+    web = home.root / "web"
+    web.mkdir()
+    (web / "package.json").write_text('{"devDependencies": {"vitest": "^2", "react": "^18"}}')
+
+    result = home.run(["vitest", "test", "--exit=0"], cwd=web)
+
+    assert result.returncode == 0, result.stderr
+    assert backups(home) == []
+    [record] = oplog(home)
+    assert (record["decision"], record["outcome"]) == ("allow", "ok")
+    assert record["notes"] == [f"{web}: {NO_DATABASE}"]
+
+    # A driver among the dependencies, with no settings dbguard can follow: refused.
+    (web / "package.json").write_text('{"dependencies": {"pg": "^8"}}')
+    result = home.run(["vitest", "test", "--exit=0"], cwd=web)
+    assert result.returncode == 77
+    assert b"package.json depends on pg" in result.stderr
+
+    # With the database named, it is backed up first.
+    conn = sqlite3.connect(web / "app.db")
+    conn.execute("create table users (id integer primary key)")
+    conn.commit()
+    conn.close()
+    (web / ".env").write_text("DATABASE_URL=sqlite:///app.db\n")
+    assert home.run(["vitest", "test", "--exit=0"], cwd=web).returncode == 0
+    [backup] = backups(home)
+    assert backup["tables"] == {"users": 0}
+
+
+def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
+    home: Home, daemon: Daemon
+) -> None:
+    # `vitest api/tests` from a monorepo's top: the top has no database, api has one.
+    install_stand_in(home, "vitest")
+    home.install_shims("vitest")
+    top = home.root / "repo"
+    (top / ".git").mkdir(parents=True)
+    (top / "api" / "tests").mkdir(parents=True)
+    (top / "api" / ".env").write_text("DATABASE_URL=sqlite:///api.db\n")
+    conn = sqlite3.connect(top / "api" / "api.db")
+    conn.execute("create table users (id integer primary key)")
+    conn.commit()
+    conn.close()
+
+    assert home.run(["vitest", "api/tests", "--exit=0"], cwd=top).returncode == 0
+
+    [backup] = backups(home)
+    assert backup["database"]["path"] == str(top / "api" / "api.db")
 
 
 def test_failed_backup_means_75_and_the_command_does_not_run(

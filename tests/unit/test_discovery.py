@@ -12,7 +12,7 @@ import pytest
 
 from dbguard.discovery import FileReader, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.discovery.project import DiscoveryCache, ProjectFiles
+from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots
 from dbguard.discovery.project_config import classify_with_project
 from dbguard.engines.base import Target
 from dbguard.production import classify_production
@@ -443,6 +443,105 @@ def test_nothing_found_lists_where_it_looked() -> None:
     assert "DATABASE_URL" in str(info.value) and ".dbguard.toml" in str(info.value)
 
 
+# ---- a test run in a project with no database ------------------------------------------------
+
+NO_SIGNS = {
+    "pyproject.toml": '[project]\nname = "lib"\ndependencies = ["requests", "attrs>=23"]\n'
+    '[dependency-groups]\ndev = ["pytest", {include-group = "lint"}]\n',
+    "requirements-dev.txt": "-r requirements.txt\n-e .\npytest  # sqlalchemy later\n",
+    "package.json": '{"dependencies": {"react": "^18"}, "devDependencies": {"vitest": "^2"}}',
+    "composer.json": '{"require": {"php": ">=8.2", "ext-json": "*"}}',
+    "Gemfile": "source 'https://rubygems.org'\ngem 'rspec', '~> 3'\n",
+    ".env": "SENTRY_DSN=https://key@sentry.example.com/1\nAPI_URL=http://localhost\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("framework", "tool"),
+    [("python", "pytest"), (None, "vitest"), ("rails", "rspec"), ("laravel", "phpunit")],
+)
+def test_a_test_run_in_a_project_with_no_sign_of_a_database_needs_no_backup(
+    framework: str | None, tool: str
+) -> None:
+    found = run(NO_SIGNS, kind=Kind.TEST, framework=framework, tool=tool)
+    assert found.targets == []
+    assert found.notes[-1].startswith(f"{ROOT}: no sign of a database (no framework's files")
+
+
+def test_a_database_tool_with_nothing_found_is_still_refused() -> None:
+    with pytest.raises(DiscoveryError, match="could not find its database"):
+        run(NO_SIGNS, kind=Kind.MIGRATE, framework=None, tool="db-migrate")
+    with pytest.raises(DiscoveryError, match=r"config/database\.yml: no such file"):
+        run(NO_SIGNS, kind=Kind.MIGRATE, framework="rails", tool="rake")
+
+
+@pytest.mark.parametrize(
+    ("files", "sign"),
+    [
+        ({".env": "DB_HOST=127.0.0.1\nDB_PASSWORD=x\n"}, ".env sets DB_HOST, DB_PASSWORD"),
+        ({".env.test": "TEST_DATABASE_URL=\n"}, ".env.test sets TEST_DATABASE_URL"),
+        ({".env.example": "POSTGRES_DB=app\n"}, ".env.example sets POSTGRES_DB"),
+        (
+            {"pyproject.toml": '[project]\ndependencies = ["SQLAlchemy[asyncio]>=2"]\n'},
+            "pyproject.toml depends on sqlalchemy",
+        ),
+        (
+            {"pyproject.toml": '[project.optional-dependencies]\npg = ["psycopg[binary]"]\n'},
+            "pyproject.toml depends on psycopg",
+        ),
+        (
+            {"pyproject.toml": '[tool.poetry.group.test.dependencies]\nPyMySQL = "*"\n'},
+            "pyproject.toml depends on pymysql",
+        ),
+        (
+            {"requirements/test.txt": "pytest\nPsycopg2_Binary==2.9 ; python_version > '3'\n"},
+            "requirements/test.txt depends on psycopg2-binary",
+        ),
+        ({"Pipfile": '[dev-packages]\nasyncpg = "*"\n'}, "Pipfile depends on asyncpg"),
+        (
+            {"setup.cfg": "[options]\ninstall_requires =\n    requests\n    peewee>=3\n"},
+            "setup.cfg depends on peewee",
+        ),
+        (
+            {"package.json": '{"devDependencies": {"@prisma/client": "5", "pg": "8"}}'},
+            "package.json depends on @prisma/client, pg",
+        ),
+        ({"composer.json": '{"require": {"ext-pdo_pgsql": "*"}}'}, "composer.json depends on"),
+        ({"Gemfile": 'gem "sqlite3", "~> 1.7"\n'}, "Gemfile depends on sqlite3"),
+        ({"sequelize.config.js": "", ".sequelizerc": ""}, ".sequelizerc (sequelize)"),
+        ({".dbguard.toml": "[production]\nevery_database = true\n"}, ".dbguard.toml, which"),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
+)
+def test_a_test_run_with_a_sign_of_a_database_it_cannot_follow_is_refused(
+    files: dict[str, str], sign: str
+) -> None:
+    with pytest.raises(DiscoveryError, match="could not find its database") as info:
+        run(files, kind=Kind.TEST, framework="python", tool="pytest")
+    assert sign in str(info.value)
+
+
+def test_tests_that_use_only_in_memory_sqlite_say_so_in_dbguard_toml() -> None:
+    files = {
+        "requirements.txt": "sqlalchemy\n",
+        ".dbguard.toml": '[[database]]\nurl = "sqlite:///:memory:"\n',
+    }
+    found = run(files, kind=Kind.TEST, framework="python", tool="pytest")
+    assert found.targets == []
+    assert found.notes == [".dbguard.toml (database[0]): in-memory SQLite, nothing to back up"]
+
+
+def test_the_command_s_own_database_variables_are_a_sign() -> None:
+    with pytest.raises(DiscoveryError, match="the command sets DB_DATABASE"):
+        run({}, kind=Kind.TEST, framework=None, tool="jest", assignments={"DB_DATABASE": "app"})
+
+
+def test_a_test_run_with_no_sign_still_backs_up_what_it_finds() -> None:
+    found = run(NO_SIGNS, {"DATABASE_URL": "sqlite:///app.db"}, kind=Kind.TEST, framework=None)
+    assert only(found).path == "/srv/app/app.db"
+    assert found.notes == []
+
+
 def test_dbguard_toml_databases_always_contribute() -> None:
     files = {
         ".dbguard.toml": (
@@ -593,9 +692,28 @@ def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
     toml = '[[database]]\nurl = "postgresql://app@db/shop"\n'
     found = run({".dbguard.toml": toml, "backend/.env": "DB_CONNECTION=pgsql\n"})
     assert only(found).name == "shop"
-    # phpunit in a PHP project without artisan keeps Laravel's defaults, as before.
+    # phpunit in a PHP library (no artisan, no DB_* anywhere) is not given Laravel's
+    # defaults: with no sign of a database, there is nothing to back up.
     found = run({"composer.json": "{}"}, tool="phpunit", kind=Kind.TEST)
-    assert [t.path for t in found.targets] == [f"{ROOT}/database/database.sqlite"]
+    assert found.targets == [] and "no sign of a database" in found.notes[-1]
+    # A package tested with orchestra/testbench sets its database in phpunit.xml.
+    phpunit_xml = '<phpunit><php><env name="DB_CONNECTION" value="pgsql"/></php></phpunit>'
+    found = run({"phpunit.xml": phpunit_xml}, tool="phpunit", kind=Kind.TEST)
+    assert ("postgres", "laravel") in [(t.engine, t.name) for t in found.targets]
+
+
+def test_path_arguments_into_another_project_name_its_root(tmp_path: Path) -> None:
+    # `pytest backend/tests/test_a.py::test_x` from a monorepo's top runs backend's tests.
+    (tmp_path / ".git").mkdir()
+    tests = tmp_path / "backend" / "tests"
+    tests.mkdir(parents=True)
+    (tmp_path / "backend" / "pyproject.toml").write_text("")
+    (tests / "test_a.py").write_text("")
+    (tmp_path / "docs").mkdir()  # in the top project: adds nothing
+    args = ["-k", "users", "backend/tests/test_a.py::test_x", "backend", "docs", "missing/"]
+    assert argument_roots(args, tmp_path, tmp_path) == [tmp_path / "backend"]
+    assert argument_roots(["../backend"], tmp_path / "docs", tmp_path) == [tmp_path / "backend"]
+    assert argument_roots(["--rootdir=backend", "-x"], tmp_path, tmp_path) == []
 
 
 def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) -> None:

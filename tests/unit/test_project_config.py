@@ -46,9 +46,11 @@ def test_full_schema_parses() -> None:
     config = parse_project_config(FULL)
     assert [d.label for d in config.database] == ["the app", None]
     assert config.catalog.tool[0].name == "reset-db"
-    targets = list(config.targets(Path("/srv/app"), {}))
-    assert targets[1][0].path == "/srv/app/var/app.sqlite3"
-    assert targets[0][1].marked == [".dbguard.toml marks database[0] production"]
+    [(_, first, facts), (source, second, _)] = config.targets(Path("/srv/app"), {})
+    assert first is not None and second is not None
+    assert second.path == "/srv/app/var/app.sqlite3"
+    assert source == ".dbguard.toml (database[1])"
+    assert facts.marked == [".dbguard.toml marks database[0] production"]
 
 
 def test_production_settings_only_grow() -> None:
@@ -143,8 +145,9 @@ def test_password_env_must_be_set() -> None:
     )
     with pytest.raises(ProjectConfigError, match="password_env names APP_PW, which is not set"):
         list(config.targets(Path("/srv/app"), {}))
-    [(target, _)] = config.targets(Path("/srv/app"), {"APP_PW": "pw"})
-    assert target.password is not None and target.password.get_secret_value() == "pw"
+    [(_, target, _)] = config.targets(Path("/srv/app"), {"APP_PW": "pw"})
+    assert target is not None and target.password is not None
+    assert target.password.get_secret_value() == "pw"
 
 
 def test_stricter_takes_the_more_dangerous() -> None:

@@ -530,6 +530,31 @@ PRISMA = [
     case("node -e 'require(\"./x\")'", None),
 ]
 
+JS_TESTS = [
+    case("jest", TEST, "jest", ""),
+    case("npx jest src/a.test.ts -t migrate", TEST, "jest"),
+    case("yarn jest --ci", TEST, "jest"),
+    case("npx jest --listTests", RO, "jest", "--listTests"),
+    case("jest --showConfig", RO, "jest"),
+    case("npx vitest", TEST, "vitest"),
+    case("pnpm vitest run --project api", TEST, "vitest"),
+    # a filter word is not a command: `vitest users` runs the users tests
+    case("vitest users", TEST, "vitest"),
+    case("npx vitest list", RO, "vitest", "list"),
+    case("mocha 'test/**/*.spec.js' --timeout 5000", TEST, "mocha"),
+    case("npx mocha --dry-run", RO, "mocha"),
+    case("npx ava --match 'signup*'", TEST, "ava"),
+    case("ava reset-cache", RO, "ava"),
+    case("npx playwright test --project chromium", TEST, "playwright", "test"),
+    case("npx playwright test --list", RO, "playwright"),
+    case("npx playwright install chromium", None),
+    case("npx playwright codegen", None),
+    case("npx cypress run --spec cypress/e2e/signup.cy.ts", TEST, "cypress", "run"),
+    case("npx cypress open", TEST, "cypress", "open"),
+    case("npx cypress install", None),
+    case("npx cypress verify", None),
+]
+
 KNEX = [
     case("knex migrate:latest", MIGRATE, "knex", "migrate:latest"),
     case("knex migrate:up", MIGRATE, "knex"),
@@ -907,6 +932,7 @@ ALL_CASES = [
     *PYTEST,
     *ALEMBIC,
     *PRISMA,
+    *JS_TESTS,
     *KNEX,
     *SEQUELIZE,
     *TYPEORM,
@@ -959,6 +985,8 @@ PACKAGE_JSON = {
     "loop": "npm run loop",
     "ping": "npm run pong",
     "pong": "npm run ping",
+    "test:unit": "vitest run --coverage",
+    "test:e2e": "playwright test",
 }
 COMPOSER_JSON: dict[str, str | list[str]] = {
     "test": ["@clear", "@php artisan test"],
@@ -1023,6 +1051,8 @@ SCRIPT_CASES = [
     script_case("npm run db reset", DESTRUCTIVE, ("npm run db",), "prisma"),
     script_case("npm test -- --filter=UserTest", TEST, ("npm run test",)),
     script_case("npm run prisma -- migrate deploy", MIGRATE, ("npm run prisma",)),
+    script_case("npm run test:unit", TEST, ("npm run test:unit",), "vitest"),
+    script_case("npm run test:e2e", TEST, ("npm run test:e2e",), "playwright", "test"),
     script_case("npm run build", None),
     script_case("npm run dev", None),
     script_case("npm run lint", None),
@@ -1239,8 +1269,9 @@ def test_kinds_are_ordered_by_danger() -> None:
 
 
 def test_every_framework_is_one_discovery_knows() -> None:
-    known = {"laravel", "symfony", "django", "python", "prisma", "alembic", "rails", "knex"}
-    known |= {"sequelize", "typeorm", "flyway", "liquibase", "supabase", "client"}
+    known: set[str | None] = {"laravel", "symfony", "django", "python", "prisma", "alembic"}
+    known |= {"rails", "knex", "sequelize", "typeorm", "flyway", "liquibase", "supabase"}
+    known |= {"client", None}  # None: a test runner; every framework the project uses
     assert {t.framework for t in CATALOG.tool} <= known
 
 

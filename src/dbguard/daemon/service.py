@@ -25,7 +25,12 @@ from dbguard.daemon.backups import Backups, Outcome
 from dbguard.daemon.health import Notifier
 from dbguard.discovery import Found
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.discovery.project import DiscoveryCache, ProjectFiles, project_root
+from dbguard.discovery.project import (
+    DiscoveryCache,
+    ProjectFiles,
+    argument_roots,
+    project_root,
+)
 from dbguard.discovery.project_config import classify_with_project, load_project_config
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
@@ -48,7 +53,7 @@ from dbguard.protocol import (
     Report,
     Status,
 )
-from dbguard.rules import Classifier, Operation, builtin_catalog
+from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
 from dbguard.store import Reason, Store
 
 Emit = Callable[[Progress], Awaitable[None]]
@@ -217,6 +222,9 @@ class Guard:
         marker: blocking, in one worker-thread hop. Raises DiscoveryError."""
         root = project_root(request.cwd)
         found = self.discovery.discover(root, request.env, operation, cwd=Path(request.cwd))
+        if operation.kind is Kind.TEST:
+            for other in argument_roots(request.argv[1:], Path(request.cwd), root):
+                found.extend(self.discovery.discover(other, request.env, operation))
         settings = self.config.production
         if found.project is not None:
             settings = found.project.production_settings(settings)

@@ -21,7 +21,8 @@ settings, config, section, x and env_file (one value per line when several), sch
 url, target (supabase linked/local), host, port, database, user, socket.
 
 Raises DiscoveryError (naming the file and line) when a file it needs is malformed, and
-when it finds no database at all (the message lists where it looked).
+when it finds no database at all (the message lists where it looked), except for a
+test run in a project with no sign of a database (signs.py): that one needs no backup.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
 from dbguard.discovery.python import alembic, django
 from dbguard.discovery.rails import rails
+from dbguard.discovery.signs import database_signs
 from dbguard.discovery.symfony import symfony
 from dbguard.rules import Kind, Operation
 
@@ -97,13 +99,38 @@ def discover(
     project_databases(ctx, found)
     _apply_pg_environment(ctx, found)
     if not found.targets and not found.notes:
+        signs = _signs(ctx)
+        if ctx.is_test and not signs:
+            found.notes.append(f"{root}: {NO_DATABASE}")
+            return found
+        shown = f"; signs of a database: {'; '.join(signs)}" if signs else ""
         raise DiscoveryError(
             f"{operation.description} is a database operation, but dbguard could not find "
-            f"its database in {root}; looked at: {', '.join(found.looked) or 'nothing'}",
+            f"its database in {root}; looked at: {', '.join(found.looked) or 'nothing'}"
+            f"{shown}",
             "set DATABASE_URL or DB_CONNECTION/DB_DATABASE, or name the database in "
             '.dbguard.toml ([[database]] url = "..."), then run the command again',
         )
     return found
+
+
+NO_DATABASE = (
+    "no sign of a database (no framework's files, no database settings "
+    "in .env, no database driver among its dependencies): nothing to back up"
+)
+
+
+def _signs(ctx: Context) -> list[str]:
+    """Why a test run that found no database may still reach one (see signs.py)."""
+    present = [
+        f"{marker} ({name})"
+        for name, (_, markers) in FRAMEWORKS.items()
+        for marker in markers[:1]
+        if _present(ctx, name)
+    ]
+    if ctx.project is not None:
+        present.append(f"{PROJECT_FILE}, which names no database")
+    return [*present, *database_signs(ctx)]
 
 
 def _resolvers(ctx: Context) -> Iterator[Resolver]:

@@ -51,8 +51,9 @@ def project_databases(ctx: Context, found: Found) -> None:
         for entry in ctx.project.database
         if entry.password_env and entry.password_env in variables
     }
-    for target, facts in ctx.project.targets(ctx.root, values):
-        found.add(target, facts=app_env_facts(variables, facts))
+    for source, target, facts in ctx.project.targets(ctx.root, values):
+        note = f"{source}: in-memory SQLite, nothing to back up"
+        found.add(target, note, app_env_facts(variables, facts))
 
 
 # libpq's variables, and the Target field each one fills.

@@ -93,6 +93,11 @@ def laravel(ctx: Context, found: Found) -> None:
             "cd into the Laravel project's folder (where artisan is) and run the command there",
         )
     loaded = _variables(ctx, found, test=ctx.is_test)
+    if ctx.read("artisan") is None and not any(name in loaded.variables for name in KEYS):
+        # phpunit in a PHP library: Laravel's defaults describe a Laravel app, and no
+        # DB_* setting anywhere says this project is one (a package tested with
+        # orchestra/testbench sets them in phpunit.xml).
+        return
     cache = _read_cache(ctx, found)
     if ctx.is_test:
         _test_run(ctx, found, loaded, cache)

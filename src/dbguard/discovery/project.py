@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +184,27 @@ class DiscoveryCache:
             self._entries.pop(next(iter(self._entries)))
         self._entries[key] = _Cached(files, found)
         return found
+
+
+# Arguments looked at for paths into another project (a test run's file arguments).
+_MAX_PATH_ARGUMENTS = 64
+
+
+def argument_roots(args: Sequence[str], cwd: Path, root: Path) -> list[Path]:
+    """The project roots, other than `root`, of the existing paths among `args` (taken
+    from `cwd`): `pytest backend/tests` from a monorepo's top runs backend's conftest,
+    settings and .env, so backend is discovered too."""
+    roots: list[Path] = []
+    for word in args[:_MAX_PATH_ARGUMENTS]:
+        if not word or word.startswith("-"):
+            continue
+        path = Path(os.path.normpath(cwd / word.split("::", 1)[0]))  # pytest's a.py::test_x
+        if not _exists(path):
+            continue
+        other = find_root(path if path.is_dir() else path.parent)
+        if other != root and other not in roots:
+            roots.append(other)
+    return roots
 
 
 def project_root(cwd: str) -> Path:

@@ -164,9 +164,10 @@ class ProjectConfig(_Strict):
 
     def targets(
         self, root: Path, variables: Mapping[str, str]
-    ) -> Iterator[tuple[Target, TargetFacts]]:
-        """The databases it names; `variables` (environment over .env) supply the
-        `password_env` values."""
+    ) -> Iterator[tuple[str, Target | None, TargetFacts]]:
+        """Each database it names, as (source, target, facts); the target is None for
+        in-memory SQLite (tests that use nothing else say so this way). `variables`
+        (environment over .env) supply the `password_env` values."""
         for index, entry in enumerate(self.database):
             key = f"database[{index}]"
             source = f"{self.file} ({key}{': ' + entry.label if entry.label else ''})"
@@ -180,16 +181,17 @@ class ProjectConfig(_Strict):
                         f"set {entry.password_env}, or remove password_env",
                     )
             target = self._target(entry, root, source, key, password)
-            if target is None:
-                continue
             facts = TargetFacts()
+            if target is None:
+                yield source, None, facts
+                continue
             for field_name in ("host", "name", "path"):
                 value = getattr(target, field_name)
                 if value:
                     facts.fields[field_name] = Setting(f"{key}.{field_name}", value, self.file)
             if entry.production:
                 facts.marked.append(f"{self.file} marks {key} production")
-            yield target, facts
+            yield source, target, facts
 
     def _target(
         self,

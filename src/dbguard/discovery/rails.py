@@ -101,7 +101,9 @@ def rails(ctx: Context, found: Found) -> None:
     facts = app_env_facts(variables)
     facts.app_env.append(Setting("RAILS_ENV", rails_env, env_origin))
     if text is None:
-        if ctx.operation.framework == "rails" and not variables.get("DATABASE_URL"):
+        # rspec outside Rails (a gem's specs) is left to the test-run rules.
+        rails_command = ctx.operation.framework == "rails" and not ctx.is_test
+        if rails_command and not variables.get("DATABASE_URL"):
             raise DiscoveryError(
                 f"{DATABASE_YML}: no such file, and DATABASE_URL is not set",
                 "run the command from the Rails project folder",
