@@ -226,6 +226,28 @@ def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
     assert backup["database"]["path"] == str(top / "api" / "api.db")
 
 
+def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(
+    home: Home, daemon: Daemon
+) -> None:
+    # `npm --prefix backend run fresh` from a monorepo's top: backend's script, and
+    # backend's database, not the top folder's (which has neither).
+    install_stand_in(home, "npm")
+    home.install_shims("npm")
+    top = home.root / "repo"
+    (top / ".git").mkdir(parents=True)
+    backend = laravel_sqlite_project(top / "backend")
+    (backend / "package.json").write_text('{"scripts": {"fresh": "php artisan migrate:fresh"}}')
+
+    result = home.run(["npm", "--prefix", "backend", "run", "fresh"], cwd=top)
+
+    assert result.returncode == 0, result.stderr
+    [backup] = backups(home)
+    assert backup["database"]["path"] == str(backend / "database" / "app.sqlite")
+    assert backup["reason"]["cwd"] == str(backend)  # where its undo finds the settings
+    [record] = oplog(home)
+    assert record["cwd"] == str(top)
+
+
 def test_failed_backup_means_75_and_the_command_does_not_run(
     home: Home, daemon: Daemon, project: Path
 ) -> None:

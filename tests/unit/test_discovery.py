@@ -733,3 +733,7 @@ def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) ->
     # The nearest one wins, as for npm: a workspace package's own scripts.
     (inner / "package.json").write_text('{"scripts": {"test": "vitest"}}')
     assert ProjectFiles(inner).package_script("package.json", "db:reset") is None
+    # A folder in the manifest's name (npm --prefix) starts the search there.
+    top = ProjectFiles(tmp_path)
+    assert top.package_script("src/components/package.json", "test") == "vitest"
+    assert top.package_script("src/package.json", "db:reset") == "prisma migrate reset --force"

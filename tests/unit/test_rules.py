@@ -1102,6 +1102,44 @@ def test_package_scripts(c: ScriptCase) -> None:
         assert dict(found.assignments) == dict(c.assignments), found
 
 
+@pytest.mark.parametrize(
+    ("line", "kind", "tool", "folder"),
+    [
+        ("npm --prefix web run fresh", DESTRUCTIVE, "prisma", "web"),
+        ("npm -C web test", TEST, "vitest", "web"),
+        ("npm --prefix=./web/ test", TEST, "vitest", "web"),
+        ("yarn --cwd web fresh", DESTRUCTIVE, "prisma", "web"),
+        ("pnpm -C web fresh", DESTRUCTIVE, "prisma", "web"),
+        ("pnpm --dir=web run fresh", DESTRUCTIVE, "prisma", "web"),
+        ("bun --cwd web run fresh", DESTRUCTIVE, "prisma", "web"),
+        ("composer -d api fresh", DESTRUCTIVE, "artisan", "api"),
+        ("composer --working-dir=api exec -- phpunit", TEST, "phpunit", "api"),
+        # moves are joined, from the invocation's folder
+        ("env -C apps npm --prefix ../web run fresh", DESTRUCTIVE, "prisma", "web"),
+        ("env --chdir=api php artisan migrate:fresh", DESTRUCTIVE, "artisan", "api"),
+        ("uv run --directory api pytest", TEST, "pytest", "api"),
+        ("npm --prefix /srv/web run fresh", DESTRUCTIVE, "prisma", "/srv/web"),
+        # the top folder's own scripts: no move
+        ("npm run fresh", DESTRUCTIVE, "artisan", None),
+    ],
+)
+def test_options_that_move_the_working_folder_move_scripts_and_discovery(
+    line: str, kind: Kind, tool: str, folder: str | None
+) -> None:
+    web: dict[str, str | list[str]] = {"test": "vitest run", "fresh": "prisma migrate reset -f"}
+    lookup = Scripts(
+        {
+            "package.json": dict(PACKAGE_JSON),
+            "web/package.json": web,
+            "/srv/web/package.json": web,
+            "api/composer.json": {"fresh": "@php artisan migrate:fresh"},
+        }
+    )
+    found = CLASSIFIER.classify(shlex.split(line), lookup)
+    assert found is not None
+    assert (found.kind, found.tool, found.hints.get("cwd")) == (kind, tool, folder)
+
+
 def test_pre_and_post_scripts_run_around_npm_scripts() -> None:
     lookup = scripts(package={"pretest": "php artisan migrate:fresh", "posttest": "echo done"})
     found = CLASSIFIER.classify(["npm", "test"], lookup)

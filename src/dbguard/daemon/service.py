@@ -53,7 +53,7 @@ from dbguard.protocol import (
     Report,
     Status,
 )
-from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
+from dbguard.rules import CWD_HINT, Classifier, Kind, Operation, builtin_catalog
 from dbguard.store import Reason, Store
 
 Emit = Callable[[Progress], Awaitable[None]]
@@ -149,7 +149,10 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            found, settings, verdicts = await asyncio.to_thread(self._assess, request, operation)
+            folder = _working_folder(request, operation)
+            found, settings, verdicts = await asyncio.to_thread(
+                self._assess, request, operation, folder
+            )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
@@ -178,7 +181,7 @@ class Guard:
         reason = Reason(
             kind="command",
             argv=redact_argv(record["argv"]),
-            cwd=request.cwd,
+            cwd=str(folder),
             operation_kind=str(operation.kind),
             production=bool(production),
         )
@@ -216,14 +219,15 @@ class Guard:
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
     def _assess(
-        self, request: Invoke, operation: Operation
+        self, request: Invoke, operation: Operation, folder: Path
     ) -> tuple[Found, ProductionSettings, dict[str, Verdict]]:
-        """Discovery, then production or not per target, reading each database's own
-        marker: blocking, in one worker-thread hop. Raises DiscoveryError."""
-        root = project_root(request.cwd)
-        found = self.discovery.discover(root, request.env, operation, cwd=Path(request.cwd))
+        """Discovery from `folder`, where the command runs, then production or not per
+        target, reading each database's own marker: blocking, in one worker-thread hop.
+        Raises DiscoveryError."""
+        root = project_root(str(folder))
+        found = self.discovery.discover(root, request.env, operation, cwd=folder)
         if operation.kind is Kind.TEST:
-            for other in argument_roots(request.argv[1:], Path(request.cwd), root):
+            for other in argument_roots(request.argv[1:], folder, root):
                 found.extend(self.discovery.discover(other, request.env, operation))
         settings = self.config.production
         if found.project is not None:
@@ -432,6 +436,15 @@ class Guard:
         for op_id in list(self.running):
             self.finish(op_id, None)
         self.engines.close()
+
+
+def _working_folder(request: Invoke, operation: Operation) -> Path:
+    """Where the command runs: the invocation's folder, as `env -C`, `npm --prefix` and
+    the like move it (discovery starts there, and a backup's undo looks there)."""
+    moved = operation.hints.get(CWD_HINT)
+    if not moved:
+        return Path(request.cwd)
+    return Path(os.path.normpath(Path(request.cwd) / moved))
 
 
 def process_identity(pid: int) -> str:

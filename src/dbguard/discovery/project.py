@@ -91,8 +91,11 @@ class ProjectFiles:
         db:reset` in src/ runs the project's script). Each manifest is parsed once per
         ProjectFiles (npm test looks up pre/post too)."""
         if manifest not in self._scripts:
-            for folder in (self.root, *self.root.parents):
-                path = folder / manifest
+            # `web/package.json` (npm --prefix web): from that folder upwards.
+            folder, name = os.path.split(manifest)
+            start = Path(os.path.normpath(self.root / folder))
+            for each in (start, *start.parents):
+                path = each / name
                 text = self.read(str(path))  # absolute: root / path is path itself
                 if text is not None:
                     break

@@ -14,10 +14,12 @@ argv[0] and one pass over the arguments per program it walks through.
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 import re
 import shlex
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import resources
@@ -163,6 +165,7 @@ class ScriptsRule(_Rule):
     forwards_options: bool = False
     aliases: dict[str, str] = {}
     reference_prefix: str | None = None
+    targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
 
@@ -237,8 +240,13 @@ class Operation:
         return f"{words} ({self.kind})"
 
 
-# (manifest file name, script name) -> the script's command line, or None.
+# (manifest, script name) -> the script's command line, or None. The manifest is a file
+# name, or a path from the invocation's folder when an option moved it (`npm --prefix
+# web test` reads web/package.json), found from its folder upwards as the tools do.
 ScriptLookup = Callable[[str, str], str | None]
+# The hint naming the folder the command runs in, relative to the invocation's (env -C,
+# npm --prefix, yarn --cwd): set on the operation as every folder change joined.
+CWD_HINT = "cwd"
 
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
@@ -765,17 +773,35 @@ class _Handlers:
 
 @dataclass
 class _Walk:
-    """State shared by one classification: the look-up and how much of it is left."""
+    """State shared by one classification: the look-up, how much of it is left, and the
+    folder the command being classified runs in (relative to the invocation's)."""
 
     lookup: ScriptLookup | None
     lookups_left: int = _MAX_LOOKUPS
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
+    folder: str = ""
+
+    def manifest(self, name: str) -> str:
+        return posixpath.join(self.folder, name) if self.folder else name
 
     def script(self, manifest: str, name: str) -> str | None:
         if self.lookup is None or self.lookups_left <= 0:
             return None
         self.lookups_left -= 1
-        return self.lookup(manifest, name)
+        return self.lookup(self.manifest(manifest), name)
+
+    @contextlib.contextmanager
+    def moved(self, hints: dict[str, str]) -> Iterator[None]:
+        """Within: the folder a launcher's or package manager's option moved to (the
+        hint is consumed: the operation gets every move joined, from _dispatch)."""
+        previous = self.folder
+        target = hints.pop(CWD_HINT, None)
+        if target:
+            self.folder = posixpath.normpath(posixpath.join(previous, target))
+        try:
+            yield
+        finally:
+            self.folder = previous
 
 
 def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
@@ -874,6 +900,8 @@ class Classifier:
     ) -> Operation | None:
         if handlers.tools:
             found = _most_dangerous(tool.match(args, self._repeated) for tool in handlers.tools)
+            if found is not None and walk.folder:
+                found = replace(found, hints={**found.hints, CWD_HINT: walk.folder})
             if found is not None:
                 return found
         for launcher in handlers.launchers:
@@ -912,11 +940,26 @@ class Classifier:
                 assignments[key] = item
             line_mode = line_mode or name in launcher.line_flags
         rest = list(args[parsed.end :])
+        with walk.moved(hints.values):
+            found = self._launched(launcher, parsed, rest, line_mode, assignments, walk, depth)
+        return True, _merge_context(found, hints.values, assignments)
+
+    def _launched(
+        self,
+        launcher: _Launcher,
+        parsed: _Parsed,
+        rest: list[str],
+        line_mode: bool,
+        assignments: dict[str, str],
+        walk: _Walk,
+        depth: int,
+    ) -> Operation | None:
+        """What a launcher runs: a command line, or a program with its arguments."""
+        rule = launcher.rule
         if parsed.stopped_by is not None:
             name, value = parsed.stopped_by
             if name in launcher.command_options:
-                found = self._line(value, walk, depth + 1, None)
-                return True, _merge_context(found, hints.values, assignments)
+                return self._line(value, walk, depth + 1, None)
             inner = [value, *rest]  # a module or script option names the program
         else:
             if rule.assignments:
@@ -924,15 +967,13 @@ class Classifier:
                     key, _, item = rest.pop(0).partition("=")
                     assignments[key] = item
             if not rest:
-                return True, None
+                return None
             if line_mode:
-                found = self._line(" ".join(rest), walk, depth + 1, None)
-                return True, _merge_context(found, hints.values, assignments)
+                return self._line(" ".join(rest), walk, depth + 1, None)
             inner = rest
         if rule.package_specs:
             inner[0] = _package_bin(inner[0])
-        found = self._classify(inner, walk, depth + 1, None)
-        return True, _merge_context(found, hints.values, assignments)
+        return self._classify(inner, walk, depth + 1, None)
 
     # ---- package scripts -------------------------------------------------------------------
 
@@ -943,6 +984,15 @@ class Classifier:
         parsed = _parse(args, scripts.syntax, first_only=True)
         if not parsed.positionals:
             return None
+        hints = _Hints(self._repeated)
+        hints.from_options(parsed.options, rule.targets)
+        with walk.moved(hints.values):
+            return self._run_scripts(scripts, parsed, args, walk, depth)
+
+    def _run_scripts(
+        self, scripts: _Scripts, parsed: _Parsed, args: Sequence[str], walk: _Walk, depth: int
+    ) -> Operation | None:
+        rule = scripts.rule
         word = parsed.positionals[0][1]
         after = list(args[parsed.end + 1 :])
         if word in scripts.run:
@@ -978,7 +1028,7 @@ class Classifier:
         rule = scripts.rule
         if how in rule.direct and isinstance(rule.direct[how], list):
             pre_post = False  # lifecycle lists name every script themselves
-        key = (rule.manifest, name)
+        key = (walk.manifest(rule.manifest), name)
         if key in walk.active or depth >= _MAX_DEPTH:
             return None  # a script running itself never ends; npm would loop as well
         line = walk.script(rule.manifest, name)
