@@ -224,6 +224,10 @@ def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
 
     [backup] = backups(home)
     assert backup["database"]["path"] == str(top / "api" / "api.db")
+    # The top folder's own tests still have no database (the union is not cached).
+    assert home.run(["vitest", "--exit=0"], cwd=top).returncode == 0
+    reached = [[d["database"] for d in r["databases"]] for r in oplog(home)]
+    assert reached == [[f"sqlite {top / 'api' / 'api.db'}"], []]
 
 
 def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(

@@ -227,8 +227,14 @@ class Guard:
         root = project_root(str(folder))
         found = self.discovery.discover(root, request.env, operation, cwd=folder)
         if operation.kind is Kind.TEST:
-            for other in argument_roots(request.argv[1:], folder, root):
-                found.extend(self.discovery.discover(other, request.env, operation))
+            others = argument_roots(request.argv[1:], folder, root)
+            if others:
+                # A union in a new Found: the cache hands the same object to every caller.
+                union = Found()
+                union.extend(found)
+                for other in others:
+                    union.extend(self.discovery.discover(other, request.env, operation))
+                found = union
         settings = self.config.production
         if found.project is not None:
             settings = found.project.production_settings(settings)
