@@ -251,6 +251,16 @@ def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(
     [record] = oplog(home)
     assert record["cwd"] == str(top)
 
+    # A script of the top folder's, run from below it: npm runs it in the top folder,
+    # so its --prefix is taken from there.
+    (top / "package.json").write_text('{"scripts": {"db:reset": "npm --prefix backend run fresh"}}')
+    (top / "src").mkdir()
+    assert home.run(["npm", "run", "db:reset"], cwd=top / "src").returncode == 0
+    last = oplog(home)[-1]
+    assert [d["database"] for d in last["databases"]] == [
+        f"sqlite {backend / 'database' / 'app.sqlite'}"
+    ]
+
 
 def test_failed_backup_means_75_and_the_command_does_not_run(
     home: Home, daemon: Daemon, project: Path

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dbguard.discovery import FileReader, Found, discover
+from dbguard.discovery import FileReader, FolderLister, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots
 from dbguard.discovery.project_config import classify_with_project
 from dbguard.engines.base import Target
 from dbguard.production import classify_production
-from dbguard.rules import Classifier, Kind, Operation, builtin_catalog
+from dbguard.rules import Classifier, Kind, Operation, Script, builtin_catalog
 
 ROOT = Path("/srv/app")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "projects"
@@ -33,6 +33,17 @@ def operation(
     return Operation(tool, kind, command, framework, dict(hints or {}), dict(assignments or {}))
 
 
+def lister(files: Mapping[str, str]) -> FolderLister:
+    """Lists the folders the `files` paths imply, as ProjectFiles.listdir would."""
+
+    def listdir(folder: str) -> list[str] | None:
+        prefix = f"{folder}/" if folder else ""
+        names = {p[len(prefix) :].split("/")[0] for p in files if p.startswith(prefix)}
+        return sorted(names) if names else None
+
+    return listdir
+
+
 def run(
     files: Mapping[str, str],
     env: Mapping[str, str] | None = None,
@@ -41,7 +52,14 @@ def run(
     cwd: Path | None = None,
     **op: object,
 ) -> Found:
-    return discover(root, dict(files).get, dict(env or {}), operation(**op), cwd=cwd)  # type: ignore[arg-type]
+    return discover(
+        root,
+        dict(files).get,
+        dict(env or {}),
+        operation(**op),  # type: ignore[arg-type]
+        cwd=cwd,
+        listdir=lister(files),
+    )
 
 
 def fixture(name: str) -> FileReader:
@@ -446,13 +464,16 @@ def test_nothing_found_lists_where_it_looked() -> None:
 # ---- a test run in a project with no database ------------------------------------------------
 
 NO_SIGNS = {
+    "composer.json": '{"require-dev": {"orchestra/testbench": "^9"}}',
+    "phpunit.xml": '<phpunit><php><env name="APP_KEY" value="x"/></php></phpunit>',
+    "setup.py": 'setup(name="lib", classifiers=["Framework :: Django"])\n',
+    "docs/conf.py": "",
     "pyproject.toml": '[project]\nname = "lib"\ndependencies = ["requests", "attrs>=23"]\n'
     '[dependency-groups]\ndev = ["pytest", {include-group = "lint"}]\n',
     "requirements-dev.txt": "-r requirements.txt\n-e .\npytest  # sqlalchemy later\n",
     "package.json": '{"dependencies": {"react": "^18"}, "devDependencies": {"vitest": "^2"}}',
-    "composer.json": '{"require": {"php": ">=8.2", "ext-json": "*"}}',
     "Gemfile": "source 'https://rubygems.org'\ngem 'rspec', '~> 3'\n",
-    ".env": "SENTRY_DSN=https://key@sentry.example.com/1\nAPI_URL=http://localhost\n",
+    ".env": "SENTRY_DSN=https://key@sentry.example.com/1\nREDIS_DB=0\nAPI_URL=http://x\n",
 }
 
 
@@ -509,6 +530,56 @@ def test_a_database_tool_with_nothing_found_is_still_refused() -> None:
         ({"composer.json": '{"require": {"ext-pdo_pgsql": "*"}}'}, "composer.json depends on"),
         ({"Gemfile": 'gem "sqlite3", "~> 1.7"\n'}, "Gemfile depends on sqlite3"),
         ({"sequelize.config.js": "", ".sequelizerc": ""}, ".sequelizerc (sequelize)"),
+        ({".env": "APP_DB_HOST=db\n"}, ".env sets APP_DB_HOST"),
+        ({".env": "SQLALCHEMY_DATABASE_URI=x\n"}, ".env sets SQLALCHEMY_DATABASE_URI"),
+        (
+            {"phpunit.xml": '<phpunit><php><env name="DB_DSN" value="x"/></php></phpunit>'},
+            "phpunit.xml sets DB_DSN",
+        ),
+        (
+            {"pyproject.toml": '[tool.pytest.ini_options]\nenv = ["D:TEST_DB_NAME=t"]\n'},
+            "pytest's env sets TEST_DB_NAME",
+        ),
+        (
+            {"pytest.ini": "[pytest]\nDJANGO_SETTINGS_MODULE = site.settings\n"},
+            "pytest runs Django",
+        ),
+        (
+            {"setup.py": 'setup(install_requires=["requests", "SQLAlchemy>=2.0"])\n'},
+            "setup.py depends on sqlalchemy",
+        ),
+        (
+            {"requirements.txt": "-r requirements/prod.txt\n", "requirements/prod.txt": "pg8000"},
+            "requirements/prod.txt depends on pg8000",
+        ),
+        (
+            {"requirements.txt": "-r ../shared/reqs.txt\n", "../shared/reqs.txt": "asyncpg\n"},
+            "../shared/reqs.txt depends on asyncpg",
+        ),
+        (
+            {
+                "package.json": '{"workspaces": ["packages/*"]}',
+                "packages/db/package.json": '{"dependencies": {"drizzle-orm": "1"}}',
+            },
+            "packages/db/package.json depends on drizzle-orm",
+        ),
+        (
+            {
+                "pyproject.toml": '[tool.uv.workspace]\nmembers = ["libs/*"]\n',
+                "libs/store/pyproject.toml": '[project]\ndependencies = ["psycopg"]\n',
+            },
+            "libs/store/pyproject.toml depends on psycopg",
+        ),
+        (
+            {
+                "pnpm-workspace.yaml": "packages:\n  - apps/api\n",
+                "apps/api/package.json": '{"dependencies": {"pg": "8"}}',
+            },
+            "apps/api/package.json depends on pg",
+        ),
+        ({"instance/app.sqlite": ""}, "an SQLite file: instance/app.sqlite"),
+        ({"shop.gemspec": "s.add_dependency 'sequel'\n"}, "shop.gemspec depends on sequel"),
+        ({"Pipfile": "[packages\n"}, "Pipfile could not be read"),
         ({".dbguard.toml": "[production]\nevery_database = true\n"}, ".dbguard.toml, which"),
     ],
     ids=lambda value: next(iter(value)) if isinstance(value, dict) else None,
@@ -724,7 +795,10 @@ def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) ->
     inner = tmp_path / "src" / "components"
     inner.mkdir(parents=True)
     files = ProjectFiles(inner)
-    assert files.package_script("package.json", "db:reset") == "prisma migrate reset --force"
+    # found above, and run there
+    assert files.package_script("package.json", "db:reset") == Script(
+        "prisma migrate reset --force", str(tmp_path)
+    )
     classifier = Classifier(builtin_catalog())
     found = classify_with_project(
         classifier, None, ["npm", "run", "db:reset"], files.package_script
@@ -735,5 +809,7 @@ def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) ->
     assert ProjectFiles(inner).package_script("package.json", "db:reset") is None
     # A folder in the manifest's name (npm --prefix) starts the search there.
     top = ProjectFiles(tmp_path)
-    assert top.package_script("src/components/package.json", "test") == "vitest"
-    assert top.package_script("src/package.json", "db:reset") == "prisma migrate reset --force"
+    assert top.package_script("src/components/package.json", "test") == Script("vitest", str(inner))
+    assert top.package_script("src/package.json", "db:reset") == Script(
+        "prisma migrate reset --force", str(tmp_path)
+    )

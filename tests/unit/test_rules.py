@@ -4,6 +4,7 @@ not database operations at all. Pure: no files, no processes."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from dbguard.rules import (
     Kind,
     LauncherRule,
     Operation,
+    Script,
     ScriptsRule,
     ToolRule,
     builtin_catalog,
@@ -960,12 +962,12 @@ class Scripts:
     files: dict[str, dict[str, str | list[str]]]
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    def __call__(self, manifest: str, name: str) -> str | None:
+    def __call__(self, manifest: str, name: str) -> Script | None:
         self.calls.append((manifest, name))
         value = self.files.get(manifest, {}).get(name)
         if isinstance(value, list):  # composer's list form, as ProjectFiles joins it
-            return " && ".join(value)
-        return value
+            value = " && ".join(value)
+        return Script(value, posixpath.dirname(manifest)) if value is not None else None
 
 
 PACKAGE_JSON = {
@@ -1119,6 +1121,12 @@ def test_package_scripts(c: ScriptCase) -> None:
         ("env --chdir=api php artisan migrate:fresh", DESTRUCTIVE, "artisan", "api"),
         ("uv run --directory api pytest", TEST, "pytest", "api"),
         ("npm --prefix /srv/web run fresh", DESTRUCTIVE, "prisma", "/srv/web"),
+        ("pnpm -C web exec prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
+        ("yarn --cwd web exec prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
+        ("bun --cwd web x prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
+        ("poetry -C api run pytest", TEST, "pytest", "api"),
+        # npm exec runs where it is started, whatever the prefix
+        ("npm -C web exec prisma migrate reset", DESTRUCTIVE, "prisma", None),
         # the top folder's own scripts: no move
         ("npm run fresh", DESTRUCTIVE, "artisan", None),
     ],
@@ -1138,6 +1146,56 @@ def test_options_that_move_the_working_folder_move_scripts_and_discovery(
     found = CLASSIFIER.classify(shlex.split(line), lookup)
     assert found is not None
     assert (found.kind, found.tool, found.hints.get("cwd")) == (kind, tool, folder)
+
+
+@pytest.mark.parametrize(
+    ("script", "folder"),
+    [
+        ("cd api && npx prisma migrate reset --force", "api"),
+        ("cd api; cd ../web && prisma migrate reset", "web"),
+        ("(cd docs && make html) && prisma migrate reset", None),
+        ("cd /srv/api && prisma migrate reset", "/srv/api"),
+        ("cd && prisma migrate reset", None),  # home: not followed
+    ],
+)
+def test_cd_in_a_script_moves_the_rest_of_its_line(script: str, folder: str | None) -> None:
+    found = CLASSIFIER.classify(["npm", "run", "reset"], scripts(package={"reset": script}))
+    assert found is not None and found.kind is DESTRUCTIVE
+    assert found.hints.get("cwd") == folder
+
+
+def test_a_script_runs_in_its_manifest_s_folder_and_moves_from_there() -> None:
+    # The look-up found the script in the folder above ("" is the invocation's own);
+    # its `--prefix packages/db` is taken from there.
+    lookup = Scripts(
+        {
+            "package.json": {"db:reset": "npm --prefix packages/db run reset"},
+            "packages/db/package.json": {"reset": "prisma migrate reset --force"},
+        }
+    )
+    found = CLASSIFIER.classify(["npm", "run", "db:reset"], lookup)
+    assert found is not None and found.kind is DESTRUCTIVE
+    assert found.hints.get("cwd") == "packages/db"
+
+
+@pytest.mark.parametrize(
+    ("line", "env_file", "folder"),
+    [
+        # dotenv-cli reads its file where it starts, before npm moves on
+        ("dotenv -e .env.test -- npm --prefix web run fresh", ".env.test", "web"),
+        ("env -C web dotenv -e .env.test -- prisma migrate reset", "web/.env.test", "web"),
+        # uv's --env-file is taken from its own --directory
+        ("uv run --directory api --env-file .env pytest", "api/.env", "api"),
+        ("dotenv -e .env.test -- prisma migrate reset", ".env.test", None),
+    ],
+)
+def test_a_launcher_s_dotenv_file_is_named_from_where_the_launcher_runs(
+    line: str, env_file: str, folder: str | None
+) -> None:
+    lookup = Scripts({"web/package.json": {"fresh": "prisma migrate reset --force"}})
+    found = CLASSIFIER.classify(shlex.split(line), lookup)
+    assert found is not None
+    assert (found.hints.get("env_file"), found.hints.get("cwd")) == (env_file, folder)
 
 
 def test_pre_and_post_scripts_run_around_npm_scripts() -> None:

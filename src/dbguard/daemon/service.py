@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,14 @@ from dbguard.protocol import (
     Report,
     Status,
 )
-from dbguard.rules import CWD_HINT, Classifier, Kind, Operation, builtin_catalog
+from dbguard.rules import (
+    CWD_HINT,
+    ENV_FILE_HINT,
+    Classifier,
+    Kind,
+    Operation,
+    builtin_catalog,
+)
 from dbguard.store import Reason, Store
 
 Emit = Callable[[Progress], Awaitable[None]]
@@ -149,7 +156,7 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            folder = _working_folder(request, operation)
+            operation, folder = _anchored(request, operation)
             found, settings, verdicts = await asyncio.to_thread(
                 self._assess, request, operation, folder
             )
@@ -444,13 +451,19 @@ class Guard:
         self.engines.close()
 
 
-def _working_folder(request: Invoke, operation: Operation) -> Path:
-    """Where the command runs: the invocation's folder, as `env -C`, `npm --prefix` and
-    the like move it (discovery starts there, and a backup's undo looks there)."""
+def _anchored(request: Invoke, operation: Operation) -> tuple[Operation, Path]:
+    """The folder the command runs in: the invocation's, as `env -C`, `npm --prefix`,
+    a script's own folder and the like move it (discovery starts there, and a backup's
+    undo looks there); and the operation with its launchers' dotenv files made absolute,
+    since they are named from the invocation's folder, not from the project root."""
+    cwd = Path(request.cwd)
     moved = operation.hints.get(CWD_HINT)
-    if not moved:
-        return Path(request.cwd)
-    return Path(os.path.normpath(Path(request.cwd) / moved))
+    folder = Path(os.path.normpath(cwd / moved)) if moved else cwd
+    env_files = operation.hints.get(ENV_FILE_HINT)
+    if env_files:
+        absolute = "\n".join(os.path.normpath(cwd / name) for name in env_files.splitlines())
+        operation = replace(operation, hints={**operation.hints, ENV_FILE_HINT: absolute})
+    return operation, folder
 
 
 def process_identity(pid: int) -> str:

@@ -35,7 +35,7 @@ from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.generic import database_url, pg_environment, project_databases
 from dbguard.discovery.jvm import flyway, liquibase
 from dbguard.discovery.laravel import laravel
-from dbguard.discovery.model import Context, FileReader, Found, Variables
+from dbguard.discovery.model import Context, FileReader, FolderLister, Found, Variables, unlisted
 from dbguard.discovery.node import knex, sequelize, typeorm
 from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
@@ -50,6 +50,7 @@ __all__ = [
     "Context",
     "DiscoveryError",
     "FileReader",
+    "FolderLister",
     "Found",
     "Variables",
     "discover",
@@ -84,13 +85,15 @@ def discover(
     operation: Operation,
     *,
     cwd: Path | None = None,
+    listdir: FolderLister = unlisted,
 ) -> Found:
     """Every database `operation`, run in `root` (from `cwd`, default `root`) with `env`,
-    could touch."""
+    could touch. `listdir` lists a project folder (used only to look for signs of a
+    database when a test run finds none)."""
     found = Found()
     project = load_project_config(read)
     found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
-    ctx = Context(root, read, env, operation, cwd or root, project)
+    ctx = Context(root, read, env, operation, cwd or root, project, listdir=listdir)
     found.project = project
     ctx.load_launcher_env_files(found)
     for resolver in _resolvers(ctx):

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 
 # A project-relative path -> its text, or None when the file does not exist.
 FileReader = Callable[[str], str | None]
+# A project-relative folder ("" is the root) -> the names in it, or None when absent.
+FolderLister = Callable[[str], list[str] | None]
+
+
+def unlisted(folder: str) -> list[str] | None:
+    """The lister of a discovery given none: no folder can be listed."""
+    return None
+
 
 COMMAND_LINE = "the command line"
 
@@ -103,6 +111,7 @@ class Context:
     # The environment the command starts with: the invoking one, its VAR=value
     # assignments, and dotenv files a launcher loads first (hint env_file).
     base: Variables | None = None
+    listdir: FolderLister = unlisted
 
     def __post_init__(self) -> None:
         if self.base is None:

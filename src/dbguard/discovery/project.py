@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbguard.discovery import Found, discover
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.rules import Kind, Operation
+from dbguard.rules import Kind, Operation, Script
 
 # A folder holding any of these is a project root.
 ROOT_MARKERS = (
@@ -61,7 +61,7 @@ class ProjectFiles:
 
     root: Path
     stamps: dict[Path, Stamp] = field(default_factory=dict)
-    _scripts: dict[str, dict[str, object]] = field(default_factory=dict)
+    _scripts: dict[str, tuple[str, dict[str, object]]] = field(default_factory=dict)
 
     def read(self, relative: str) -> str | None:
         path = self.root / relative
@@ -82,13 +82,23 @@ class ProjectFiles:
         except UnicodeDecodeError as err:
             raise DiscoveryError(f"{path} is not UTF-8 text (byte {err.start})") from None
 
+    def listdir(self, relative: str) -> list[str] | None:
+        """The names in a folder under `root`; its stamp (the folder's mtime moves when
+        an entry is added, removed or renamed) goes with the files'."""
+        path = self.root / relative
+        self.stamps[path] = _stamp(path)
+        try:
+            return os.listdir(path) if path.is_dir() else None
+        except OSError:
+            return None
+
     def unchanged(self) -> bool:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 
-    def package_script(self, manifest: str, script: str) -> str | None:
-        """The command line of `script` in package.json / composer.json, if any: the
-        nearest one at or above the folder, as npm and composer find it (`npm run
-        db:reset` in src/ runs the project's script). Each manifest is parsed once per
+    def package_script(self, manifest: str, script: str) -> Script | None:
+        """`script` in package.json / composer.json, if any: the nearest one at or above
+        the folder, as npm and composer find it (`npm run db:reset` in src/ runs the
+        project's script, in the project's folder). Each manifest is parsed once per
         ProjectFiles (npm test looks up pre/post too)."""
         if manifest not in self._scripts:
             # `web/package.json` (npm --prefix web): from that folder upwards.
@@ -103,11 +113,13 @@ class ProjectFiles:
                 parsed = json.loads(text).get("scripts", {}) if text is not None else {}
             except (ValueError, AttributeError):
                 raise DiscoveryError(f"{path} is not valid JSON") from None
-            self._scripts[manifest] = parsed if isinstance(parsed, dict) else {}
-        value = self._scripts[manifest].get(script)
+            scripts = parsed if isinstance(parsed, dict) else {}
+            self._scripts[manifest] = (str(path.parent), scripts)
+        where, scripts = self._scripts[manifest]
+        value = scripts.get(script)
         if isinstance(value, list):  # composer allows a list of commands
             value = " && ".join(str(v) for v in value)
-        return value if isinstance(value, str) else None
+        return Script(value, where) if isinstance(value, str) else None
 
 
 # Variables that change between otherwise identical invocations and that no framework
@@ -182,7 +194,7 @@ class DiscoveryCache:
         if cached is not None and cached.files.unchanged():
             return cached.found
         files = ProjectFiles(root)
-        found = discover(root, files.read, env, operation, cwd=cwd)
+        found = discover(root, files.read, env, operation, cwd=cwd, listdir=files.listdir)
         if len(self._entries) >= self._limit:
             self._entries.pop(next(iter(self._entries)))
         self._entries[key] = _Cached(files, found)

@@ -8,36 +8,48 @@ sign, until the database is named in `.dbguard.toml`.
 
 Signs, read from the project root without running anything (framework files and
 `.dbguard.toml` are checked by the caller):
-- a `.env` file (or one the command loads, or its own VAR=value) setting a database
-  variable: DATABASE_URL, *_DATABASE_URL, DB_*, DATABASE_*, PG*, POSTGRES_*, MYSQL_*,
-  MARIADB_*, SQLITE_*;
-- a database driver, ORM or migration tool among the dependencies in pyproject.toml,
-  requirements*.txt, Pipfile, setup.cfg, package.json, composer.json or Gemfile.
+- a database variable (a name with a word such as DB, DATABASE, PG, POSTGRES, MYSQL,
+  SQLITE, or one of libpq's PG* names) set in a `.env` file, a dotenv file the command
+  loads, the command's own VAR=value, phpunit.xml's <env>/<server>, or pytest-env's
+  `env` setting; or pytest-django's DJANGO_SETTINGS_MODULE;
+- a database driver, ORM or migration tool among the dependencies: pyproject.toml,
+  requirements files (and the files they include), Pipfile, setup.cfg, setup.py,
+  package.json, composer.json, Gemfile, *.gemspec; and those of workspace members
+  (npm/yarn `workspaces`, pnpm-workspace.yaml, uv's `[tool.uv.workspace]`), whose tests
+  a run from the workspace's top can collect;
+- an SQLite file (*.sqlite, *.sqlite3, *.db) in the root or a usual data folder.
+A file that cannot be parsed is a sign too (dbguard cannot tell what it says).
 The invoking shell's own variables are not signs: a PGHOST exported for psql says
 nothing about a project whose dependencies hold no driver to use it.
 
-Pure: files come through the context's reader.
+Pure: files come through the context's reader and folder lister.
 """
 
 from __future__ import annotations
 
 import configparser
+import posixpath
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import Any, TypeVar
 
-from dbguard.discovery.envfile import parse_env_entries
-from dbguard.discovery.formats import parse_json, parse_toml
+from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
+from dbguard.discovery.formats import parse_json, parse_toml, parse_xml, parse_yaml
 from dbguard.discovery.model import Context
 
 __all__ = ["database_signs"]
 
 ENV_FILES = (".env", ".env.local", ".env.test", ".env.testing", ".env.development", ".env.example")
-_DATABASE_VARIABLE = re.compile(
-    r"(?:[A-Z0-9_]*_)?DATABASE_URL|DB_[A-Z0-9_]+|DATABASE_[A-Z0-9_]+"
-    r"|PG(?:HOST|HOSTADDR|PORT|DATABASE|USER|PASSWORD|SERVICE)"
-    r"|(?:POSTGRES|POSTGRESQL|MYSQL|MARIADB|SQLITE)_[A-Z0-9_]+",
-    re.IGNORECASE,
+# A variable is about a database when one of its _-separated words is one of these...
+_DATABASE_WORDS = frozenset(
+    {"DB", "DATABASE", "DATABASES", "POSTGRES", "POSTGRESQL", "PG", "MYSQL", "MARIADB",
+     "SQLITE", "SQLALCHEMY"}
+)  # fmt: skip
+# ...unless it is about a store dbguard does not back up (REDIS_DB is an index).
+_OTHER_STORES = frozenset({"REDIS", "MONGO", "MONGODB", "ELASTIC", "ELASTICSEARCH", "INFLUX"})
+_LIBPQ = frozenset(
+    {"PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE"}
 )
 
 # Package names as each registry normalises them (Python: lower case, runs of -_. as -).
@@ -61,13 +73,16 @@ NODE_PACKAGES = frozenset(
         "prisma", "sequelize", "slonik", "sqlite", "sqlite3", "typeorm",
     }
 )  # fmt: skip
+# Not orchestra/testbench: a Laravel package's tests default to in-memory SQLite, and
+# phpunit.xml's DB_* variables (a sign) say when they do not.
 COMPOSER_PACKAGES = frozenset(
     {
         "cakephp/cakephp", "cakephp/database", "catfan/medoo", "doctrine/dbal",
-        "doctrine/doctrine-bundle", "doctrine/orm", "ext-mysqli", "ext-pdo",
-        "ext-pdo_mysql", "ext-pdo_pgsql", "ext-pdo_sqlite", "ext-pgsql", "ext-sqlite3",
-        "illuminate/database", "laravel/framework", "orchestra/testbench",
-        "propel/propel", "robmorgan/phinx", "yiisoft/db", "yiisoft/yii2",
+        "doctrine/doctrine-bundle", "doctrine/orm", "drupal/core", "drupal/core-recommended",
+        "ext-mysqli", "ext-pdo", "ext-pdo_mysql", "ext-pdo_pgsql", "ext-pdo_sqlite",
+        "ext-pgsql", "ext-sqlite3", "illuminate/database", "johnpbloch/wordpress",
+        "laravel/framework", "propel/propel", "robmorgan/phinx", "roots/wordpress",
+        "wp-phpunit/wp-phpunit", "yiisoft/db", "yiisoft/yii2",
     }
 )  # fmt: skip
 RUBY_GEMS = frozenset(
@@ -78,52 +93,206 @@ RUBY_GEMS = frozenset(
 )  # fmt: skip
 
 _REQUIREMENTS = (
-    "requirements.txt", "requirements-dev.txt", "requirements-test.txt",
+    "requirements.txt", "requirements.in", "requirements-dev.txt", "requirements-test.txt",
     "requirements_dev.txt", "requirements_test.txt", "dev-requirements.txt",
-    "test-requirements.txt", "requirements/base.txt", "requirements/dev.txt",
-    "requirements/test.txt", "requirements/local.txt",
+    "test-requirements.txt",
 )  # fmt: skip
+_REQUIREMENTS_FOLDER = "requirements"  # requirements/*.txt and *.in
+_MAX_INCLUDES = 16  # requirement files followed through -r / -c
 _REQUIREMENT_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_INCLUDE = re.compile(r"\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)")
+# A quoted requirement in setup.py: "psycopg2>=2.9", 'SQLAlchemy[asyncio]'.
+_QUOTED_REQUIREMENT = re.compile(
+    r"""["']\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]"']*\])?\s*(?:[<>=!~;@][^"']*)?["']"""
+)
 _GEM = re.compile(r"""^\s*gem\s*\(?\s*["']([^"']+)["']""", re.MULTILINE)
+_GEMSPEC_DEPENDENCY = re.compile(
+    r"""add_(?:runtime_|development_)?dependency\s*\(?\s*["']([^"']+)["']"""
+)
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+_DATA_FOLDERS = ("", "db", "data", "database", "instance", "var", "storage")
+_MAX_MEMBERS = 64  # workspace members looked into
+
+_NODE_SECTIONS = ("dependencies", "devDependencies", "optionalDependencies", "peerDependencies")
+_COMPOSER_SECTIONS = ("require", "require-dev")
 
 
 def database_signs(ctx: Context) -> list[str]:
     """What in the project points at a database, as `"package.json depends on pg"`."""
-    return [*_environment_signs(ctx), *_dependency_signs(ctx)]
+    signs = _Signs(ctx)
+    signs.variables()
+    signs.sqlite_files()
+    for folder in ["", *signs.workspace_members()]:
+        signs.dependencies(folder)
+    return list(dict.fromkeys(signs.found))
 
 
-def _environment_signs(ctx: Context) -> Iterator[str]:
-    assigned = [name for name in ctx.operation.assignments if _DATABASE_VARIABLE.fullmatch(name)]
-    if assigned:
-        yield f"the command sets {', '.join(assigned[:3])}"
-    launcher_files = [f for f in ctx.hints.get("env_file", "").splitlines() if f.strip()]
-    for file in dict.fromkeys([*ENV_FILES, *launcher_files]):
-        text = ctx.read(file)
-        if text is None:
-            continue
-        names = [n for n in parse_env_entries(text, file, {}) if _DATABASE_VARIABLE.fullmatch(n)]
-        if names:
-            yield f"{file} sets {', '.join(names[:3])}"
+_T = TypeVar("_T")
 
 
-def _dependency_signs(ctx: Context) -> Iterator[str]:
-    manifests: list[tuple[str, Iterable[str], frozenset[str]]] = [
-        ("pyproject.toml", _pyproject(ctx), PYTHON_PACKAGES),
-        ("Pipfile", _pipfile(ctx), PYTHON_PACKAGES),
-        ("setup.cfg", _setup_cfg(ctx), PYTHON_PACKAGES),
-        *((name, _requirements(ctx, name), PYTHON_PACKAGES) for name in _REQUIREMENTS),
-        ("package.json", _json_keys(ctx, "package.json", _NODE_SECTIONS), NODE_PACKAGES),
-        ("composer.json", _json_keys(ctx, "composer.json", _COMPOSER_SECTIONS), COMPOSER_PACKAGES),
-        ("Gemfile", _GEM.findall(ctx.read("Gemfile") or ""), RUBY_GEMS),
-    ]  # fmt: skip
-    for file, names, known in manifests:
+def is_database_variable(name: str) -> bool:
+    words = set(name.upper().split("_"))
+    return name.upper() in _LIBPQ or bool(words & _DATABASE_WORDS and not words & _OTHER_STORES)
+
+
+class _Signs:
+    """The signs found so far, and the project they are read from."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.found: list[str] = []
+
+    def parsed(self, file: str, parse: Callable[[str, str], _T]) -> _T | None:
+        """parse(text, file), or None when the file is absent; a file that cannot be
+        read or parsed is itself a sign (dbguard cannot tell what it says)."""
+        try:
+            text = self.ctx.read(file)
+            return None if text is None else parse(text, file)
+        except DiscoveryError as err:
+            self.found.append(f"{file} could not be read ({err.problem})")
+            return None
+
+    def named(self, what: str, names: Iterable[str]) -> None:
+        hits = list(dict.fromkeys(n for n in names if is_database_variable(n)))
+        if hits:
+            self.found.append(f"{what} {', '.join(hits[:3])}")
+
+    def variables(self) -> None:
+        ctx = self.ctx
+        self.named("the command sets", ctx.operation.assignments)
+        launcher_files = [f for f in ctx.hints.get("env_file", "").splitlines() if f.strip()]
+        for file in dict.fromkeys([*ENV_FILES, *launcher_files]):
+            entries = self.parsed(file, partial(_env_names, env={}))
+            self.named(f"{file} sets", entries or [])
+        for file in ("phpunit.xml", "phpunit.xml.dist"):
+            self.named(f"{file} sets", self.parsed(file, _phpunit_variables) or [])
+        pytest = self._pytest_settings()
+        self.named("pytest's env sets", (s for s in pytest if s != "DJANGO_SETTINGS_MODULE"))
+        if "DJANGO_SETTINGS_MODULE" in pytest:
+            self.found.append("pytest runs Django (DJANGO_SETTINGS_MODULE)")
+
+    def _pytest_settings(self) -> list[str]:
+        """The variables pytest-env sets, and DJANGO_SETTINGS_MODULE when pytest-django's
+        setting is there: from pyproject.toml, pytest.ini, tox.ini or setup.cfg."""
+        entries: list[str] = []
+        pyproject = self.parsed("pyproject.toml", parse_toml)
+        options = _table(_table(_table(pyproject, "tool"), "pytest"), "ini_options")
+        env = options.get("env")
+        entries += env.splitlines() if isinstance(env, str) else _strings(env)
+        if "DJANGO_SETTINGS_MODULE" in options:
+            entries.append("DJANGO_SETTINGS_MODULE=")
+        for file, section in (
+            ("pytest.ini", "pytest"),
+            ("tox.ini", "pytest"),
+            ("setup.cfg", "tool:pytest"),
+        ):
+            parser = self.parsed(file, _ini)
+            if parser is not None and parser.has_section(section):
+                entries += parser.get(section, "env", fallback="").splitlines()
+                if parser.has_option(section, "DJANGO_SETTINGS_MODULE"):
+                    entries.append("DJANGO_SETTINGS_MODULE=")
+        # pytest-env's lines are NAME=value, optionally after a D: or R: flag.
+        names = [e.split("=", 1)[0].split(":")[-1].strip() for e in entries if "=" in e]
+        return [n for n in names if n]
+
+    def sqlite_files(self) -> None:
+        for folder in _DATA_FOLDERS:
+            names = self.ctx.listdir(folder) or []
+            files = sorted(n for n in names if n.lower().endswith(_SQLITE_SUFFIXES))
+            if files:
+                self.found.append(f"an SQLite file: {posixpath.join(folder, files[0])}")
+
+    def workspace_members(self) -> list[str]:
+        """The folders of the workspace's members (`dir/*` and plain `dir` patterns)."""
+        package = self.parsed("package.json", parse_json)
+        pnpm = self.parsed("pnpm-workspace.yaml", parse_yaml)
+        uv = _table(_table(self.parsed("pyproject.toml", parse_toml), "tool"), "uv")
+        patterns = [
+            *_strings(_value(package, "workspaces")),
+            *_strings(_table(package, "workspaces").get("packages")),  # yarn 1's object form
+            *_strings(_value(pnpm, "packages")),
+            *_strings(_table(uv, "workspace").get("members")),
+        ]
+        folders: list[str] = []
+        for pattern in patterns:
+            pattern = pattern.strip().removeprefix("./").rstrip("/")
+            base, _, last = pattern.rpartition("/")
+            if last in ("*", "**") and "*" not in base and not base.startswith("!"):
+                folders += [posixpath.join(base, name) for name in self.ctx.listdir(base) or []]
+            elif pattern and "*" not in pattern and not pattern.startswith("!"):
+                folders.append(pattern)
+        return list(dict.fromkeys(folders))[:_MAX_MEMBERS]
+
+    def dependencies(self, folder: str) -> None:
+        readers: list[tuple[str, Callable[[str, str], Iterable[str]], frozenset[str]]] = [
+            ("pyproject.toml", _pyproject, PYTHON_PACKAGES),
+            ("Pipfile", _pipfile, PYTHON_PACKAGES),
+            ("setup.cfg", _setup_cfg, PYTHON_PACKAGES),
+            ("setup.py", _setup_py, PYTHON_PACKAGES),
+            ("package.json", partial(_json_keys, sections=_NODE_SECTIONS), NODE_PACKAGES),
+            ("composer.json", partial(_json_keys, sections=_COMPOSER_SECTIONS), COMPOSER_PACKAGES),
+            ("Gemfile", _gems, RUBY_GEMS),
+            *((n, _gemspec, RUBY_GEMS) for n in self._names(folder) if n.endswith(".gemspec")),
+        ]
+        for name, reader, known in readers:
+            file = posixpath.join(folder, name)
+            self.depends(file, self.parsed(file, reader) or [], known)
+        self.requirements(folder)
+
+    def requirements(self, folder: str) -> None:
+        """The usual requirement files, requirements/*.txt|in, and the files they
+        include with -r / -c (a bounded number)."""
+        nested = posixpath.join(folder, _REQUIREMENTS_FOLDER)
+        pending = [posixpath.join(folder, name) for name in _REQUIREMENTS] + [
+            posixpath.join(nested, name)
+            for name in sorted(self._names(nested))
+            if name.endswith((".txt", ".in"))
+        ]
+        seen: set[str] = set()
+        while pending and len(seen) < len(_REQUIREMENTS) + _MAX_INCLUDES:
+            file = posixpath.normpath(pending.pop(0))
+            if file in seen:
+                continue
+            seen.add(file)
+            names: list[str] = []
+            for line in (self.parsed(file, _text) or "").splitlines():
+                line = line.split(" #", 1)[0].strip()
+                if include := _INCLUDE.match(line):
+                    pending.append(posixpath.join(posixpath.dirname(file), include.group(1)))
+                else:
+                    names.extend(_requirement_names([line]))
+            self.depends(file, names, PYTHON_PACKAGES)
+
+    def depends(self, file: str, names: Iterable[str], known: frozenset[str]) -> None:
         hits = sorted({name.lower() for name in names} & known)
         if hits:
-            yield f"{file} depends on {', '.join(hits[:3])}"
+            self.found.append(f"{file} depends on {', '.join(hits[:3])}")
+
+    def _names(self, folder: str) -> list[str]:
+        return self.ctx.listdir(folder) or []
 
 
-_NODE_SECTIONS = ("dependencies", "devDependencies", "optionalDependencies", "peerDependencies")
-_COMPOSER_SECTIONS = ("require", "require-dev")
+def _text(text: str, file: str) -> str:
+    return text
+
+
+def _env_names(text: str, file: str, env: dict[str, str]) -> list[str]:
+    return list(parse_env_entries(text, file, env))
+
+
+def _phpunit_variables(text: str, file: str) -> list[str]:
+    root = parse_xml(text, file)
+    return [e.get("name", "") for e in root.iter() if e.tag in ("env", "server", "const")]
+
+
+def _ini(text: str, file: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(text, file)
+    except configparser.Error as err:
+        problem = str(err).splitlines()[0]
+        raise DiscoveryError(f"{file}: not a valid INI file ({problem})") from None
+    return parser
 
 
 def _python_name(name: str) -> str:
@@ -138,79 +307,66 @@ def _requirement_names(lines: Iterable[object]) -> Iterator[str]:
             yield _python_name(match.group(1))
 
 
-def _pyproject(ctx: Context) -> list[str]:
-    text = ctx.read("pyproject.toml")
-    if text is None:
-        return []
-    data = parse_toml(text, "pyproject.toml")
-    project = _table(data, "project")
-    requirements: list[object] = [*_list(project, "dependencies")]
-    for group in _table(project, "optional-dependencies").values():
-        requirements.extend(group if isinstance(group, list) else [])
-    for group in _table(data, "dependency-groups").values():
-        requirements.extend(group if isinstance(group, list) else [])
-    tool = _table(data, "tool")
-    for group in _table(_table(tool, "pdm"), "dev-dependencies").values():
-        requirements.extend(group if isinstance(group, list) else [])
-    requirements.extend(_list(_table(tool, "uv"), "dev-dependencies"))
+def _pyproject(text: str, file: str) -> list[str]:
+    data = parse_toml(text, file)
+    project, tool = _table(data, "project"), _table(data, "tool")
+    groups: list[object] = [
+        project.get("dependencies"),
+        *_table(project, "optional-dependencies").values(),
+        *_table(data, "dependency-groups").values(),
+        *_table(_table(tool, "pdm"), "dev-dependencies").values(),
+        _table(tool, "uv").get("dev-dependencies"),
+        *(_value(env, "dependencies") for env in _table(_table(tool, "hatch"), "envs").values()),
+    ]
     poetry = _table(tool, "poetry")
     keys = [*_table(poetry, "dependencies"), *_table(poetry, "dev-dependencies")]
     for group in _table(poetry, "group").values():
         keys.extend(_table(group, "dependencies"))
+    requirements = [line for group in groups for line in _strings(group)]
     return [*_requirement_names(requirements), *map(_python_name, keys)]
 
 
-def _pipfile(ctx: Context) -> list[str]:
-    text = ctx.read("Pipfile")
-    if text is None:
-        return []
-    data = parse_toml(text, "Pipfile")
+def _pipfile(text: str, file: str) -> list[str]:
+    data = parse_toml(text, file)
     return [
-        _python_name(name)
-        for section in ("packages", "dev-packages")
-        for name in _table(data, section)
+        _python_name(n) for section in ("packages", "dev-packages") for n in _table(data, section)
     ]
 
 
-def _json_keys(ctx: Context, file: str, sections: tuple[str, ...]) -> list[str]:
-    text = ctx.read(file)
-    if text is None:
-        return []
-    data = parse_json(text, file)
-    if not isinstance(data, dict):
-        return []
-    return [name for section in sections for name in _table(data, section)]
-
-
-def _setup_cfg(ctx: Context) -> list[str]:
-    text = ctx.read("setup.cfg")
-    if text is None:
-        return []
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read_string(text, "setup.cfg")
-    except configparser.Error:
-        return []  # setuptools would fail on it too; pyproject/requirements may still tell
-    values = []
-    if parser.has_option("options", "install_requires"):
-        values.append(parser.get("options", "install_requires"))
+def _setup_cfg(text: str, file: str) -> list[str]:
+    parser = _ini(text, file)
+    values = [parser.get("options", "install_requires", fallback="")]
     if parser.has_section("options.extras_require"):
         values.extend(value for _, value in parser.items("options.extras_require"))
     return list(_requirement_names(line for value in values for line in value.splitlines()))
 
 
-def _requirements(ctx: Context, file: str) -> list[str]:
-    text = ctx.read(file)
-    if text is None:
-        return []
-    return list(_requirement_names(line.split("#", 1)[0] for line in text.splitlines()))
+def _setup_py(text: str, file: str) -> list[str]:
+    """Quoted requirements anywhere in setup.py: it is code, and is not run."""
+    return [_python_name(name) for name in _QUOTED_REQUIREMENT.findall(text)]
+
+
+def _json_keys(text: str, file: str, sections: tuple[str, ...]) -> list[str]:
+    data = parse_json(text, file)
+    return [name for section in sections for name in _table(data, section)]
+
+
+def _gems(text: str, file: str) -> list[str]:
+    return _GEM.findall(text)
+
+
+def _gemspec(text: str, file: str) -> list[str]:
+    return _GEMSPEC_DEPENDENCY.findall(text)
+
+
+def _value(data: object, key: str) -> object:
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _table(data: object, key: str) -> dict[str, Any]:
-    value = data.get(key) if isinstance(data, dict) else None
+    value = _value(data, key)
     return value if isinstance(value, dict) else {}
 
 
-def _list(data: dict[str, Any], key: str) -> list[object]:
-    value = data.get(key)
-    return value if isinstance(value, list) else []
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []

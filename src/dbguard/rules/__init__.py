@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import resources
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -240,13 +240,23 @@ class Operation:
         return f"{words} ({self.kind})"
 
 
-# (manifest, script name) -> the script's command line, or None. The manifest is a file
-# name, or a path from the invocation's folder when an option moved it (`npm --prefix
-# web test` reads web/package.json), found from its folder upwards as the tools do.
-ScriptLookup = Callable[[str, str], str | None]
+class Script(NamedTuple):
+    """A package script: its command line, and the folder of the manifest it is in,
+    where the package manager runs it ("" for the invocation's own folder)."""
+
+    line: str
+    folder: str
+
+
+# (manifest, script name) -> the script, or None. The manifest is a file name, or a path
+# from the invocation's folder when an option moved it (`npm --prefix web test` reads
+# web/package.json), found from its folder upwards as the tools do.
+ScriptLookup = Callable[[str, str], Script | None]
 # The hint naming the folder the command runs in, relative to the invocation's (env -C,
 # npm --prefix, yarn --cwd): set on the operation as every folder change joined.
 CWD_HINT = "cwd"
+# The hint naming dotenv files a launcher loads (relative to where the launcher runs).
+ENV_FILE_HINT = "env_file"
 
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
@@ -784,20 +794,30 @@ class _Walk:
     def manifest(self, name: str) -> str:
         return posixpath.join(self.folder, name) if self.folder else name
 
-    def script(self, manifest: str, name: str) -> str | None:
+    def script(self, manifest: str, name: str) -> Script | None:
         if self.lookup is None or self.lookups_left <= 0:
             return None
         self.lookups_left -= 1
         return self.lookup(self.manifest(manifest), name)
 
-    @contextlib.contextmanager
-    def moved(self, hints: dict[str, str]) -> Iterator[None]:
-        """Within: the folder a launcher's or package manager's option moved to (the
-        hint is consumed: the operation gets every move joined, from _dispatch)."""
-        previous = self.folder
-        target = hints.pop(CWD_HINT, None)
+    def move(self, target: str) -> None:
+        """`cd target`: relative to the current folder, or absolute."""
         if target:
-            self.folder = posixpath.normpath(posixpath.join(previous, target))
+            self.folder = posixpath.normpath(posixpath.join(self.folder, target))
+
+    @contextlib.contextmanager
+    def moved(
+        self, hints: dict[str, str] | None = None, *, to: str | None = None
+    ) -> Iterator[None]:
+        """Within: the folder a launcher's or package manager's option moved to (the
+        hint is consumed: the operation gets every move joined, from _dispatch), or
+        `to`, a script's manifest folder as the look-up found it (from the invocation's
+        folder, or absolute)."""
+        previous = self.folder
+        if to is not None:
+            self.folder = to
+        else:
+            self.move((hints or {}).pop(CWD_HINT, ""))
         try:
             yield
         finally:
@@ -941,6 +961,14 @@ class Classifier:
             line_mode = line_mode or name in launcher.line_flags
         rest = list(args[parsed.end :])
         with walk.moved(hints.values):
+            if walk.folder and ENV_FILE_HINT in hints.values:
+                # A launcher's dotenv file is named from where it runs, not where the
+                # command it starts moves on to (`dotenv -e .env.test -- npm --prefix
+                # api ...` reads ./.env.test).
+                hints.values[ENV_FILE_HINT] = "\n".join(
+                    posixpath.join(walk.folder, name)
+                    for name in hints.values[ENV_FILE_HINT].splitlines()
+                )
             found = self._launched(launcher, parsed, rest, line_mode, assignments, walk, depth)
         return True, _merge_context(found, hints.values, assignments)
 
@@ -1031,10 +1059,11 @@ class Classifier:
         key = (walk.manifest(rule.manifest), name)
         if key in walk.active or depth >= _MAX_DEPTH:
             return None  # a script running itself never ends; npm would loop as well
-        line = walk.script(rule.manifest, name)
-        if line is None:
+        script = walk.script(rule.manifest, name)
+        if script is None:
             # `yarn prisma migrate reset` runs the package binary when there is no script.
             return self._classify([name, *extra], walk, depth + 1, None) if fallback else None
+        line = script.line
         if not rule.forwards_options:
             extra = [word for _, word in _parse(extra, _Syntax()).positionals]
         if extra:
@@ -1047,10 +1076,14 @@ class Classifier:
         try:
             found: list[Operation | None] = []
             for each in names:
-                text = line if each == name else walk.script(rule.manifest, each)
-                if text is None:
+                other = script if each == name else walk.script(rule.manifest, each)
+                if other is None:
                     continue
-                operation = self._line(text, walk, depth + 1, scripts)
+                # The package manager runs a script in its manifest's folder.
+                with walk.moved(to=other.folder):
+                    operation = self._line(
+                        line if each == name else other.line, walk, depth + 1, scripts
+                    )
                 if operation is not None:
                     operation = replace(operation, via=(f"{program} run {each}", *operation.via))
                 found.append(operation)
@@ -1075,22 +1108,32 @@ class Classifier:
         found: list[Operation | None] = []
         current: list[str] = []
         skip = False
-        for token in [*tokens, ";"]:
-            if skip:
-                skip = False
-                continue
-            characters = set(token)
-            if token and characters & _REDIRECTS and characters <= _REDIRECTS | _SEPARATORS:
-                skip = True  # `> file`, `2>&1`: the next word is where output goes
-                if current and current[-1].isdigit():
-                    current.pop()  # the 2 of 2>&1 is a file descriptor, not an argument
-                continue
-            if token and characters <= _SEPARATORS:
-                if current:
-                    found.append(self._classify(current, walk, depth, within))
-                current = []
-            else:
-                current.append(token)
+        with walk.moved():  # a `cd` lasts to the end of the line
+            subshells: list[str] = []
+            for token in [*tokens, ";"]:
+                if skip:
+                    skip = False
+                    continue
+                characters = set(token)
+                if token and characters & _REDIRECTS and characters <= _REDIRECTS | _SEPARATORS:
+                    skip = True  # `> file`, `2>&1`: the next word is where output goes
+                    if current and current[-1].isdigit():
+                        current.pop()  # the 2 of 2>&1 is a file descriptor, not an argument
+                    continue
+                if token and characters <= _SEPARATORS:
+                    if current and current[0] == "cd":
+                        walk.move(current[1] if len(current) == 2 and current[1] != "-" else "")
+                    elif current:
+                        found.append(self._classify(current, walk, depth, within))
+                    current = []
+                    # `(cd api && x); y`: a subshell's cd ends with it
+                    for char in token:
+                        if char == "(":
+                            subshells.append(walk.folder)
+                        elif char == ")" and subshells:
+                            walk.folder = subshells.pop()
+                else:
+                    current.append(token)
         return _most_dangerous(found)
 
 
