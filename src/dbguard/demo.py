@@ -35,7 +35,8 @@ def test_signup_flow():
 
 
 def step(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m", flush=True)
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"\n{bold}== {text}{plain}", flush=True)
 
 
 def show(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

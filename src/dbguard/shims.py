@@ -98,10 +98,13 @@ def install(folder: Path, names: list[str], socket: Path | None = None) -> list[
     return written
 
 
-def uninstall(folder: Path) -> list[Path]:
+def uninstall(folder: Path, names: list[str] | None = None) -> list[Path]:
+    """Remove the shims in `folder` (only those named, when `names` is given)."""
     removed = []
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
+            if names is not None and path.name not in names:
+                continue
             if path.is_file() and is_shim(path):
                 path.unlink()
                 removed.append(path)

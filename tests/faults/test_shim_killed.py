@@ -49,7 +49,11 @@ def test_shim_killed_while_the_command_runs(home: Home, tmp_path: Path) -> None:
         assert shim.wait(timeout=30) == -signal.SIGKILL
         injected("shim SIGKILLed while its command runs")
 
-        wait_until(lambda: any("outcome" in r for r in oplog(home)), "the outcome in the log")
+        # The `running` line is there from the start; wait for the final one.
+        wait_until(
+            lambda: any(r.get("outcome") not in (None, "running") for r in oplog(home)),
+            "the outcome in the log",
+        )
         [record] = oplog(home)
         assert record["decision"] == "allow"
         assert record["outcome"] == "unknown"

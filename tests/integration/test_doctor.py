@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from dbguard import shims
+from dbguard.client import autostart
 from dbguard.config import DEFAULT_SHIM_COMMANDS
+from dbguard.ctl import install
 from tests.helpers import Daemon, Home
 
 RUNNER = "import sys; from dbguard.ctl.main import main; sys.exit(main(sys.argv[1:]))"
@@ -101,7 +104,9 @@ def test_text_output_names_the_winner_and_the_fix(setup: Home, daemon: Daemon) -
     text = result.stdout.decode()
     assert result.returncode == 1
     assert f"FAIL  shim pytest: `pytest` runs {venv / 'bin' / 'pytest'} unguarded" in text
-    assert 'fix: add to ~/.bashrc: eval "$(dbguardctl shell-init bash' in text
+    # dbguardctl by its full path: the venv it lives in is usually not on PATH
+    ctl = shlex.join(install.ctl_command())
+    assert f'fix: add to ~/.bashrc: eval "$({ctl} shell-init bash' in text
     assert "1 problem(s) to fix" in text
 
 
@@ -125,6 +130,35 @@ def test_a_daemon_that_is_down_but_autostarts_is_a_warning(setup: Home) -> None:
 
     assert code == 0, failures(report)
     assert "start it on first use" in finding(report, "daemon", "warn")["message"]
+
+
+def test_status_says_a_down_daemon_autostarts(setup: Home) -> None:
+    status = [sys.executable, "-c", RUNNER, "status"]
+    before = setup.run(status, cwd=setup.root).stdout.decode()
+    assert "refuse to run (exit 69)" in before
+    default_shims = setup.root / "data" / "dbguard" / "shims"  # under XDG_DATA_HOME
+    default_shims.mkdir(parents=True)
+    (default_shims / autostart.SETTINGS_FILE).write_text(
+        autostart.format_settings([sys.executable, "-m", "dbguard.daemon.main"], 5)
+    )
+    after = setup.run(status, cwd=setup.root).stdout.decode()
+    assert "autostart is on: the next guarded command starts it" in after
+    assert "exit 69" not in after
+
+
+def test_a_django_project_without_python_shims_is_named(setup: Home, daemon: Daemon) -> None:
+    project = setup.root / "project"
+    (project / "manage.py").write_text("")
+
+    code, report = doctor(setup, cwd=project)
+
+    assert code == 0, failures(report)
+    warned = finding(report, "project", "warn")
+    assert "manage.py ...` is not guarded" in warned["message"]
+    assert warned["fix"] == "dbguardctl shims install python python3"
+    shims.install(setup.shims, ["python", "python3"])
+    code, report = doctor(setup, cwd=project)
+    assert "runs through the python shims" in finding(report, "project", "ok")["message"]
 
 
 def test_a_config_error_is_reported_with_its_key(setup: Home, daemon: Daemon) -> None:

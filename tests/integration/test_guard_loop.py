@@ -187,12 +187,14 @@ def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
     [record] = oplog(home)
     assert (record["decision"], record["outcome"]) == ("allow", "ok")
     assert record["notes"] == [f"{web}: {NO_DATABASE}"]
+    assert b"no sign of a database" in home.ctl("log").stdout  # the text view says why
 
     # A driver among the dependencies, with no settings dbguard can follow: refused.
     (web / "package.json").write_text('{"dependencies": {"pg": "^8"}}')
     result = home.run(["vitest", "test", "--exit=0"], cwd=web)
     assert result.returncode == 77
     assert b"package.json depends on pg" in result.stderr
+    assert b"could not find its database" in home.ctl("log").stdout
 
     # With the database named, it is backed up first.
     conn = sqlite3.connect(web / "app.db")
@@ -224,10 +226,16 @@ def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
 
     [backup] = backups(home)
     assert backup["database"]["path"] == str(top / "api" / "api.db")
-    # The top folder's own tests still have no database (the union is not cached).
+    # Run from the top with no path, it collects api's tests all the same.
     assert home.run(["vitest", "--exit=0"], cwd=top).returncode == 0
     reached = [[d["database"] for d in r["databases"]] for r in oplog(home)]
-    assert reached == [[f"sqlite {top / 'api' / 'api.db'}"], []]
+    assert reached == [[f"sqlite {top / 'api' / 'api.db'}"]] * 2
+    # A top folder with a project of its own and no database: the union of the earlier
+    # run is not what the cache hands out.
+    (top / "package.json").write_text("{}")
+    (top / "api" / ".env").unlink()
+    assert home.run(["vitest", "--exit=0"], cwd=top).returncode == 0
+    assert oplog(home)[-1]["databases"] == []
 
 
 def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(
@@ -259,6 +267,17 @@ def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(
     last = oplog(home)[-1]
     assert [d["database"] for d in last["databases"]] == [
         f"sqlite {backend / 'database' / 'app.sqlite'}"
+    ]
+
+    # A script that resets two projects backs up both.
+    worker = laravel_sqlite_project(top / "worker")
+    both = "cd backend && php artisan migrate:fresh && cd ../worker && php artisan migrate:fresh"
+    (top / "package.json").write_text(json.dumps({"scripts": {"reset-all": both}}))
+    assert home.run(["npm", "run", "reset-all"], cwd=top).returncode == 0
+    last = oplog(home)[-1]
+    assert sorted(d["database"] for d in last["databases"]) == [
+        f"sqlite {backend / 'database' / 'app.sqlite'}",
+        f"sqlite {worker / 'database' / 'app.sqlite'}",
     ]
 
 

@@ -95,6 +95,17 @@ def test_install_twice_then_uninstall_twice_without_systemd(home: Home, shims_di
     assert (backups / "manifest.json").exists()
 
 
+def test_shims_uninstall_removes_only_the_named_ones(home: Home, shims_dir: Path) -> None:
+    shims.install(shims_dir, ["pytest", "python", "python3"])
+
+    code, output = ctl(home, "shims", "uninstall", "python", "python3", "--dir", str(shims_dir))
+
+    assert code == 0, output
+    assert sorted(p.name for p in shims_dir.iterdir() if is_shim(p)) == ["pytest"]
+    code, output = ctl(home, "shims", "uninstall", "psql", "--dir", str(shims_dir))
+    assert code == 1 and "no dbguard shim named psql" in output
+
+
 def test_no_systemd_flag_leaves_systemd_alone(home: Home, shims_dir: Path) -> None:
     code, output = ctl(home, "install", "--no-systemd")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dbguard.discovery import FileReader, FolderLister, Found, discover
+from dbguard.discovery import NO_DATABASE, FileReader, FolderLister, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots
 from dbguard.discovery.project_config import classify_with_project
@@ -489,6 +489,22 @@ def test_a_test_run_in_a_project_with_no_sign_of_a_database_needs_no_backup(
     assert found.notes[-1].startswith(f"{ROOT}: no sign of a database (no framework's files")
 
 
+def test_an_end_to_end_run_backs_up_the_database_of_the_app_it_drives() -> None:
+    # Laravel 11: the unit tests use :memory:, the app (and so playwright) uses .env's.
+    files = {
+        "artisan": "",
+        ".env": "APP_ENV=local\nDB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        "phpunit.xml": '<phpunit><php><env name="APP_ENV" value="testing"/>'
+        '<env name="DB_DATABASE" value=":memory:"/></php></phpunit>',
+    }
+    e2e = Operation("playwright", Kind.TEST, "test", None, app_environment=True)
+    found = discover(ROOT, files.get, {}, e2e)
+    assert [t.path for t in found.targets] == [f"{ROOT}/database/app.sqlite"]
+    # A front end with no database: still nothing, and still allowed.
+    found = discover(ROOT, NO_SIGNS.get, {}, e2e, listdir=lister(NO_SIGNS))
+    assert found.targets == [] and "no sign of a database" in found.notes[-1]
+
+
 def test_a_database_tool_with_nothing_found_is_still_refused() -> None:
     with pytest.raises(DiscoveryError, match="could not find its database"):
         run(NO_SIGNS, kind=Kind.MIGRATE, framework=None, tool="db-migrate")
@@ -561,23 +577,38 @@ def test_a_database_tool_with_nothing_found_is_still_refused() -> None:
                 "package.json": '{"workspaces": ["packages/*"]}',
                 "packages/db/package.json": '{"dependencies": {"drizzle-orm": "1"}}',
             },
-            "packages/db/package.json depends on drizzle-orm",
+            "in /srv/app/packages/db; looked at",
         ),
         (
             {
                 "pyproject.toml": '[tool.uv.workspace]\nmembers = ["libs/*"]\n',
                 "libs/store/pyproject.toml": '[project]\ndependencies = ["psycopg"]\n',
             },
-            "libs/store/pyproject.toml depends on psycopg",
+            "in /srv/app/libs/store; looked at",
         ),
         (
             {
                 "pnpm-workspace.yaml": "packages:\n  - apps/api\n",
                 "apps/api/package.json": '{"dependencies": {"pg": "8"}}',
             },
-            "apps/api/package.json depends on pg",
+            "in /srv/app/apps/api; looked at",
         ),
         ({"instance/app.sqlite": ""}, "an SQLite file: instance/app.sqlite"),
+        # sub-projects a runner started at the top collects
+        ({"backend/pyproject.toml": '[project]\ndependencies = ["psycopg"]'}, "/srv/app/backend;"),
+        (
+            {
+                "pyproject.toml": '[tool.pytest.ini_options]\ntestpaths = ["svc/api/tests"]\n',
+                "svc/api/manage.py": "",
+                "svc/api/requirements.txt": "Django\n",
+            },
+            "in /srv/app/svc/api; looked at",
+        ),
+        (
+            {f"r{i}.txt": f"-r r{i + 1}.txt\n" for i in range(20)}
+            | {"requirements.txt": "-r r0.txt"},
+            "requirement files include more than 16 others",
+        ),
         ({"shop.gemspec": "s.add_dependency 'sequel'\n"}, "shop.gemspec depends on sequel"),
         ({"Pipfile": "[packages\n"}, "Pipfile could not be read"),
         ({".dbguard.toml": "[production]\nevery_database = true\n"}, ".dbguard.toml, which"),
@@ -600,6 +631,27 @@ def test_tests_that_use_only_in_memory_sqlite_say_so_in_dbguard_toml() -> None:
     found = run(files, kind=Kind.TEST, framework="python", tool="pytest")
     assert found.targets == []
     assert found.notes == [".dbguard.toml (database[0]): in-memory SQLite, nothing to back up"]
+
+
+def test_a_test_run_at_a_monorepo_s_top_follows_its_sub_projects() -> None:
+    # pytest / vitest at the top collect api's tests, which use api's database.
+    files = {
+        ".git/HEAD": "",
+        "api/.env": "DATABASE_URL=postgresql://app@db.local/api\n",
+        "web/package.json": '{"devDependencies": {"vitest": "2"}}',
+    }
+    found = run(files, kind=Kind.TEST, framework=None, tool="vitest")
+    assert [t.name for t in found.targets] == ["api"]
+    assert found.notes == [f"{ROOT}/web: {NO_DATABASE}"]
+    # Followed by the daemon already (a path argument): not looked into again.
+    found = run(files, kind=Kind.TEST, framework=None, tool="vitest", hints={"followed": "api"})
+    assert found.targets == []
+
+
+def test_the_way_out_names_the_sqlite_file_found() -> None:
+    with pytest.raises(DiscoveryError) as info:
+        run({"instance/app.db": ""}, kind=Kind.TEST, framework="python", tool="pytest")
+    assert 'url = "sqlite:///instance/app.db"' in info.value.fix
 
 
 def test_the_command_s_own_database_variables_are_a_sign() -> None:
@@ -771,6 +823,26 @@ def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
     phpunit_xml = '<phpunit><php><env name="DB_CONNECTION" value="pgsql"/></php></phpunit>'
     found = run({"phpunit.xml": phpunit_xml}, tool="phpunit", kind=Kind.TEST)
     assert ("postgres", "laravel") in [(t.engine, t.name) for t in found.targets]
+
+
+def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text('{"workspaces": ["packages/*", "tools/cli"]}')
+    api = tmp_path / "packages" / "api"
+    api.mkdir(parents=True)
+    (api / "package.json").write_text(
+        '{"name": "@shop/api", "scripts": {"db:reset": "prisma migrate reset --force"}}'
+    )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path)
+    for argv in (
+        ["npm", "-w", "@shop/api", "run", "db:reset"],
+        ["npm", "run", "db:reset", "--workspace=packages/api"],
+    ):
+        found = classify_with_project(classifier, None, argv, files.package_script)
+        assert found is not None and found.kind is Kind.DESTRUCTIVE, argv
+        assert Path(tmp_path, found.hints["cwd"]) == api
+    missing = ["npm", "-w", "@shop/nope", "run", "db:reset"]
+    assert classify_with_project(classifier, None, missing, files.package_script) is None
 
 
 def test_path_arguments_into_another_project_name_its_root(tmp_path: Path) -> None:

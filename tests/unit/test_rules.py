@@ -554,6 +554,9 @@ JS_TESTS = [
     case("npx cypress run --spec cypress/e2e/signup.cy.ts", TEST, "cypress", "run"),
     case("npx cypress open", TEST, "cypress", "open"),
     case("npx cypress install", None),
+    case("node --experimental-vm-modules node_modules/jest/bin/jest.js", TEST, "jest"),
+    case("npx nyc --reporter lcov mocha", TEST, "mocha"),
+    case("c8 -r text vitest run", TEST, "vitest"),
     case("npx cypress verify", None),
 ]
 
@@ -1121,6 +1124,14 @@ def test_package_scripts(c: ScriptCase) -> None:
         ("env --chdir=api php artisan migrate:fresh", DESTRUCTIVE, "artisan", "api"),
         ("uv run --directory api pytest", TEST, "pytest", "api"),
         ("npm --prefix /srv/web run fresh", DESTRUCTIVE, "prisma", "/srv/web"),
+        # npm and composer take their options anywhere before --; bun after `run` too
+        ("npm run fresh --prefix web", DESTRUCTIVE, "prisma", "web"),
+        ("npm run --prefix=web fresh", DESTRUCTIVE, "prisma", "web"),
+        ("npm test --prefix web", TEST, "vitest", "web"),
+        ("bun run --cwd web fresh", DESTRUCTIVE, "prisma", "web"),
+        ("composer run -d api fresh", DESTRUCTIVE, "artisan", "api"),
+        # after --, it is the script's
+        ("npm run fresh -- --prefix web", DESTRUCTIVE, "artisan", None),
         ("pnpm -C web exec prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
         ("yarn --cwd web exec prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
         ("bun --cwd web x prisma migrate reset", DESTRUCTIVE, "prisma", "web"),
@@ -1162,6 +1173,26 @@ def test_cd_in_a_script_moves_the_rest_of_its_line(script: str, folder: str | No
     found = CLASSIFIER.classify(["npm", "run", "reset"], scripts(package={"reset": script}))
     assert found is not None and found.kind is DESTRUCTIVE
     assert found.hints.get("cwd") == folder
+
+
+def test_every_database_operation_of_a_line_is_kept() -> None:
+    line = "cd api && prisma migrate reset --force && cd ../worker && knex migrate:rollback"
+    found = CLASSIFIER.classify(["npm", "run", "reset"], scripts(package={"reset": line}))
+    assert found is not None
+    assert [(o.tool, o.kind, o.hints.get("cwd")) for o in found.each()] == [
+        ("prisma", DESTRUCTIVE, "api"),
+        ("knex", DESTRUCTIVE, "worker"),
+    ]
+    line = "cd web && vitest run && cd ../api && jest && prisma generate"
+    found = CLASSIFIER.classify(["npm", "test"], scripts(package={"test": line}))
+    assert found is not None
+    assert [(o.tool, o.hints.get("cwd")) for o in found.each()] == [
+        ("vitest", "web"),
+        ("jest", "api"),
+    ]
+    # the same operation twice is one; read-only ones need nothing
+    found = CLASSIFIER.classify_command_line("knex seed:run && knex seed:run && knex migrate:list")
+    assert found is not None and found.also == ()
 
 
 def test_a_script_runs_in_its_manifest_s_folder_and_moves_from_there() -> None:

@@ -37,6 +37,7 @@ from dbguard.config import Config, ConfigError, config_path, load_config
 from dbguard.ctl.context import Context, human_size
 from dbguard.ctl.install import (
     UNITS,
+    ctl_command,
     is_our_unit,
     lingering,
     systemctl,
@@ -146,16 +147,10 @@ def _shell(env: dict[str, str]) -> str:
 
 def _path_fix(env: dict[str, str], folder: Path) -> str:
     shell = _shell(env)
-    line = (
-        "dbguardctl shell-init fish | source"
-        if shell == "fish"
-        else f'eval "$(dbguardctl shell-init {shell})"'
-    )
-    dir_option = (
-        "" if folder == paths.default_shims_dir(env) else f" --dir {shlex.quote(str(folder))}"
-    )
-    if dir_option:
-        line = line.replace(f"shell-init {shell}", f"shell-init {shell}{dir_option}")
+    # By its full path: the venv dbguard lives in is usually not on PATH.
+    dir_option = [] if folder == paths.default_shims_dir(env) else ["--dir", str(folder)]
+    command = shlex.join([*ctl_command(), "shell-init", shell, *dir_option])
+    line = f"{command} | source" if shell == "fish" else f'eval "$({command})"'
     return f"add to {PROFILES[shell]}: {line}\nthen open a new shell (or run that line now)"
 
 
@@ -733,7 +728,26 @@ def check_project(cwd: Path, env: dict[str, str], folder: Path) -> list[Finding]
             )
         )
     findings += _python_module_paths(root, env, guarded)
+    findings += _django_manage(root, guarded)
     return findings
+
+
+def _django_manage(root: Path, guarded: set[str]) -> list[Finding]:
+    """`python manage.py flush` passes only a python shim, and those are opt-in."""
+    if not (root / "manage.py").is_file():
+        return []
+    missing = [name for name in ("python", "python3") if name not in guarded]
+    if not missing:
+        return [Finding("project", "ok", "python manage.py ... runs through the python shims")]
+    return [
+        Finding(
+            "project",
+            "warn",
+            f"{root / 'manage.py'}: `{missing[0]} manage.py ...` is not guarded (no "
+            f"{' or '.join(missing)} shim first on PATH; they are opt-in)",
+            f"dbguardctl shims install {' '.join(missing)}",
+        )
+    ]
 
 
 def _python_module_paths(root: Path, env: dict[str, str], guarded: set[str]) -> list[Finding]:

@@ -275,10 +275,10 @@ def _profile_hint(ctx: Context, folder: Path, explicit_dir: bool) -> str:
     dir_option = ["--dir", str(folder)] if explicit_dir else []
     shell = Path(ctx.env.get("SHELL", "")).name
     if shell == "fish":
-        line = f"{shlex.join([*_ctl_command(), 'shell-init', 'fish', *dir_option])} | source"
+        line = f"{shlex.join([*ctl_command(), 'shell-init', 'fish', *dir_option])} | source"
         profile = "~/.config/fish/config.fish"
     elif shell in ("bash", "zsh"):
-        line = f'eval "$({shlex.join([*_ctl_command(), "shell-init", shell, *dir_option])})"'
+        line = f'eval "$({shlex.join([*ctl_command(), "shell-init", shell, *dir_option])})"'
         profile = "~/.bashrc" if shell == "bash" else "~/.zshrc"
     else:
         # Another shell has no prompt hook we know; PATH order is set once per login.
@@ -290,7 +290,8 @@ def _profile_hint(ctx: Context, folder: Path, explicit_dir: bool) -> str:
     )
 
 
-def _ctl_command() -> list[str]:
+def ctl_command() -> list[str]:
+    """dbguardctl as a command that works from any shell: by its full path."""
     beside = Path(sys.executable).parent / "dbguardctl"
     if beside.is_file() and os.access(beside, os.X_OK):
         return [str(beside.absolute())]

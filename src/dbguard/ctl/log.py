@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not records:
         ctx.print(f"no operations logged in {ctx.oplog.path}")
         return 0
-    rows = [["TIME", "DECISION", "OUTCOME", "COMMAND", "BACKUPS"]]
+    rows = [["TIME", "DECISION", "OUTCOME", "COMMAND", "BACKUPS", "WHY"]]
     for record in records:
         backups = ",".join(
             b.get("id", "") + ("(reused)" if b.get("reused") else "")
@@ -42,7 +42,20 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 outcome,
                 " ".join(record.get("argv", []))[:60],
                 backups,
+                _why(record)[:100],
             ]
         )
     ctx.print(table(rows))
     return 0
+
+
+def _why(record: dict[str, object]) -> str:
+    """The reason of a denial or failure, else what the log noted (nothing to back up,
+    no sign of a database), on one line; --json has everything."""
+    reason = record.get("reason")
+    if isinstance(reason, str) and reason:
+        return reason.splitlines()[0]
+    notes = record.get("notes")
+    if isinstance(notes, list) and notes:
+        return str(notes[0]).splitlines()[0]
+    return ""

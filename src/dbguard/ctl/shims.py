@@ -2,7 +2,7 @@
 
 Usage: dbguardctl shims install [--dir DIR] [COMMAND ...]
        dbguardctl shims list [--dir DIR] [--json]
-       dbguardctl shims uninstall [--dir DIR]
+       dbguardctl shims uninstall [--dir DIR] [COMMAND ...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     install.add_argument("commands", nargs="*", metavar="COMMAND", help="commands to guard")
     listing = actions.add_parser("list", help="show each shim and whether it wins on PATH")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    remove = actions.add_parser("uninstall", help="remove every dbguard shim in the folder")
+    remove = actions.add_parser("uninstall", help="remove dbguard shims (default: every one)")
+    remove.add_argument("commands", nargs="*", metavar="COMMAND", help="only these")
     for sub in (install, listing, remove):
         sub.add_argument(
             "--dir", type=Path, help="shims folder (default: ~/.local/share/dbguard/shims)"
@@ -46,8 +47,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print(f'  export PATH="{folder}:$PATH"')
         return 0
     if args.action == "uninstall":
-        removed = shims.uninstall(folder)
-        ctx.print(f"removed {len(removed)} shims from {folder}")
+        removed = shims.uninstall(folder, args.commands or None)
+        ctx.print(
+            f"removed {len(removed)} shims from {folder}: {' '.join(p.name for p in removed)}"
+        )
+        missing = sorted(set(args.commands) - {p.name for p in removed})
+        if missing:
+            ctx.error(f"dbguardctl: no dbguard shim named {', '.join(missing)} in {folder}")
+            return 1
         return 0
     states = shims.state(folder, ctx.env.get("PATH", ""))
     if args.json:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from dbguard import paths
+from dbguard.client import autostart
 from dbguard.client.talk import DaemonUnavailable, request
 from dbguard.ctl.context import Context, age, human_size, table
 from dbguard.health import database_health
@@ -65,7 +67,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print(f"  backing up now: {label}")
     else:
         ctx.print(f"dbguardd is NOT running: {daemon['problem']}")
-        ctx.print("  guarded commands will refuse to run (exit 69) until it is started")
+        autostart_on = ctx.env.get("DBGUARD_AUTOSTART") != "0" and autostart.read_settings(
+            str(paths.default_shims_dir(ctx.env))
+        )
+        if autostart_on:
+            ctx.print("  autostart is on: the next guarded command starts it")
+        else:
+            ctx.print("  guarded commands will refuse to run (exit 69) until it is started")
     ctx.print(
         f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)}"
         + (f", {summary['damaged']} damaged" if summary["damaged"] else "")

@@ -56,6 +56,7 @@ from dbguard.protocol import (
 from dbguard.rules import (
     CWD_HINT,
     ENV_FILE_HINT,
+    FOLLOWED_HINT,
     Classifier,
     Kind,
     Operation,
@@ -156,9 +157,8 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            operation, folder = _anchored(request, operation)
-            found, settings, verdicts = await asyncio.to_thread(
-                self._assess, request, operation, folder
+            found, settings, verdicts, folder = await asyncio.to_thread(
+                self._assess, request, operation
             )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
@@ -226,22 +226,36 @@ class Guard:
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
 
     def _assess(
-        self, request: Invoke, operation: Operation, folder: Path
-    ) -> tuple[Found, ProductionSettings, dict[str, Verdict]]:
-        """Discovery from `folder`, where the command runs, then production or not per
-        target, reading each database's own marker: blocking, in one worker-thread hop.
-        Raises DiscoveryError."""
-        root = project_root(str(folder))
-        found = self.discovery.discover(root, request.env, operation, cwd=folder)
-        if operation.kind is Kind.TEST:
-            others = argument_roots(request.argv[1:], folder, root)
+        self, request: Invoke, operation: Operation
+    ) -> tuple[Found, ProductionSettings, dict[str, Verdict], Path]:
+        """Discovery for each operation of the command, from the folder it runs in (and
+        for a test run also in the projects its path arguments lie in), then production
+        or not per target, reading each database's own marker: blocking, in one
+        worker-thread hop. Also returns the folder the command runs in. Raises
+        DiscoveryError."""
+        parts: list[Found] = []
+        places: list[tuple[Path, Path]] = []
+        for each in operation.each():
+            each, folder = _anchored(request, each)
+            root = project_root(str(folder))
+            places.append((root, folder))
+            others = (
+                argument_roots(request.argv[1:], folder, root) if each.kind is Kind.TEST else []
+            )
             if others:
-                # A union in a new Found: the cache hands the same object to every caller.
-                union = Found()
-                union.extend(found)
-                for other in others:
-                    union.extend(self.discovery.discover(other, request.env, operation))
-                found = union
+                # Discovered on their own below: not signs of a database that the top
+                # folder's discovery could not follow.
+                followed = "\n".join(os.path.relpath(other, root) for other in others)
+                each = replace(each, hints={**each.hints, FOLLOWED_HINT: followed})
+            parts.append(self.discovery.discover(root, request.env, each, cwd=folder))
+            parts += [self.discovery.discover(other, request.env, each) for other in others]
+        found = parts[0]
+        if len(parts) > 1:
+            # A union in a new Found: the cache hands the same object to every caller.
+            found = Found()
+            for part in parts:
+                found.extend(part)
+        root, folder = places[0]
         settings = self.config.production
         if found.project is not None:
             settings = found.project.production_settings(settings)
@@ -257,7 +271,7 @@ class Guard:
             )
             for t in found.targets
         }
-        return found, settings, verdicts
+        return found, settings, verdicts, folder
 
     def _marker(self, target: Target) -> Marker | None:
         try:

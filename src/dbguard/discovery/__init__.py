@@ -27,8 +27,12 @@ test run in a project with no sign of a database (signs.py): that one needs no b
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from dbguard.discovery.clients import client, supabase
 from dbguard.discovery.envfile import DiscoveryError
@@ -41,7 +45,7 @@ from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
 from dbguard.discovery.python import alembic, django
 from dbguard.discovery.rails import rails
-from dbguard.discovery.signs import database_signs
+from dbguard.discovery.signs import SQLITE_SIGN, database_signs, sub_projects
 from dbguard.discovery.symfony import symfony
 from dbguard.rules import Kind, Operation
 
@@ -90,6 +94,30 @@ def discover(
     """Every database `operation`, run in `root` (from `cwd`, default `root`) with `env`,
     could touch. `listdir` lists a project folder (used only to look for signs of a
     database when a test run finds none)."""
+    found = _discover(root, read, env, operation, cwd, listdir)
+    if operation.app_environment:
+        # An end-to-end run: the app it drives uses the databases of its own
+        # environment, whatever the test settings say.
+        app = replace(operation, kind=Kind.MIGRATE, app_environment=False)
+        with contextlib.suppress(NothingFound):  # else the test settings' answer stands
+            found.extend(_discover(root, read, env, app, cwd, listdir))
+    return found
+
+
+class NothingFound(DiscoveryError):
+    """No database, and for a test run signs of one that discovery could not follow."""
+
+
+def _discover(
+    root: Path,
+    read: FileReader,
+    env: Mapping[str, str],
+    operation: Operation,
+    cwd: Path | None,
+    listdir: FolderLister,
+    *,
+    nested: bool = False,
+) -> Found:
     found = Found()
     project = load_project_config(read)
     found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
@@ -102,17 +130,31 @@ def discover(
     project_databases(ctx, found)
     _apply_pg_environment(ctx, found)
     if not found.targets and not found.notes:
+        if ctx.is_test and not nested:
+            # A runner started at the top collects the sub-projects' tests too.
+            for member in sub_projects(ctx):
+                found.extend(
+                    _discover(
+                        root / member,
+                        _within(read, member),
+                        env,
+                        operation,
+                        root / member,
+                        _within(listdir, member),
+                        nested=True,
+                    )
+                )
         signs = _signs(ctx)
         if ctx.is_test and not signs:
-            found.notes.append(f"{root}: {NO_DATABASE}")
+            if not found.targets and not found.notes:
+                found.notes.append(f"{root}: {NO_DATABASE}")
             return found
         shown = f"; signs of a database: {'; '.join(signs)}" if signs else ""
-        raise DiscoveryError(
+        raise NothingFound(
             f"{operation.description} is a database operation, but dbguard could not find "
             f"its database in {root}; looked at: {', '.join(found.looked) or 'nothing'}"
             f"{shown}",
-            "set DATABASE_URL or DB_CONNECTION/DB_DATABASE, or name the database in "
-            '.dbguard.toml ([[database]] url = "..."), then run the command again',
+            _fix(signs),
         )
     return found
 
@@ -134,6 +176,23 @@ def _signs(ctx: Context) -> list[str]:
     if ctx.project is not None:
         present.append(f"{PROJECT_FILE}, which names no database")
     return [*present, *database_signs(ctx)]
+
+
+def _fix(signs: list[str]) -> str:
+    sqlite = next((s.split(": ", 1)[1] for s in signs if s.startswith(SQLITE_SIGN)), None)
+    example = f"sqlite:///{sqlite}" if sqlite else "..."
+    return (
+        f'name the database in .dbguard.toml ([[database]] url = "{example}"), or set '
+        "DATABASE_URL (or your framework's database settings), then run the command again"
+    )
+
+
+_R = TypeVar("_R")
+
+
+def _within(function: Callable[[str], _R], folder: str) -> Callable[[str], _R]:
+    """A reader or lister of the project's files, for its sub-project `folder`."""
+    return lambda relative: function(posixpath.join(folder, relative) if relative else folder)
 
 
 def _resolvers(ctx: Context) -> Iterator[Resolver]:

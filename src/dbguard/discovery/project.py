@@ -92,6 +92,40 @@ class ProjectFiles:
         except OSError:
             return None
 
+    def _workspace(self, package: str, manifest: str) -> Path | None:
+        """The folder of the workspace member named `package` in the workspaces of the
+        nearest `manifest` at or above the root that declares some."""
+        for folder in (self.root, *self.root.parents):
+            text = self.read(str(folder / manifest))
+            try:
+                data = json.loads(text) if text is not None else None
+            except ValueError:
+                return None
+            if not isinstance(data, dict) or "workspaces" not in data:
+                continue
+            patterns = data["workspaces"]
+            if isinstance(patterns, dict):  # yarn 1's {packages: [...]}
+                patterns = patterns.get("packages")
+            for pattern in patterns if isinstance(patterns, list) else []:
+                if not isinstance(pattern, str):
+                    continue
+                base, _, last = pattern.strip().removeprefix("./").rstrip("/").rpartition("/")
+                if last == "*":
+                    candidates = sorted(self.listdir(str(folder / base)) or [])
+                    members = [folder / base / name for name in candidates]
+                else:
+                    members = [folder / pattern]
+                for member in members:
+                    text = self.read(str(member / manifest))
+                    try:
+                        named = json.loads(text).get("name") if text is not None else None
+                    except (ValueError, AttributeError):
+                        continue
+                    if named == package:
+                        return member
+            return None
+        return None
+
     def unchanged(self) -> bool:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 
@@ -101,9 +135,15 @@ class ProjectFiles:
         project's script, in the project's folder). Each manifest is parsed once per
         ProjectFiles (npm test looks up pre/post too)."""
         if manifest not in self._scripts:
-            # `web/package.json` (npm --prefix web): from that folder upwards.
+            # `web/package.json` (npm --prefix web): from that folder upwards; a folder
+            # that is not there may be a workspace's package name (npm -w @shop/api).
             folder, name = os.path.split(manifest)
             start = Path(os.path.normpath(self.root / folder))
+            if folder and not start.is_dir():
+                member = self._workspace(folder, name)
+                if member is None:
+                    return None
+                start = member
             for each in (start, *start.parents):
                 path = each / name
                 text = self.read(str(path))  # absolute: root / path is path itself

@@ -14,9 +14,9 @@ Signs, read from the project root without running anything (framework files and
   `env` setting; or pytest-django's DJANGO_SETTINGS_MODULE;
 - a database driver, ORM or migration tool among the dependencies: pyproject.toml,
   requirements files (and the files they include), Pipfile, setup.cfg, setup.py,
-  package.json, composer.json, Gemfile, *.gemspec; and those of workspace members
-  (npm/yarn `workspaces`, pnpm-workspace.yaml, uv's `[tool.uv.workspace]`), whose tests
-  a run from the workspace's top can collect;
+  package.json, composer.json, Gemfile, *.gemspec;
+- more sub-projects than dbguard looks into (sub-projects themselves, whose tests a run
+  from the top collects, are discovered on their own: see sub_projects);
 - an SQLite file (*.sqlite, *.sqlite3, *.db) in the root or a usual data folder.
 A file that cannot be parsed is a sign too (dbguard cannot tell what it says).
 The invoking shell's own variables are not signs: a PGHOST exported for psql says
@@ -30,6 +30,7 @@ from __future__ import annotations
 import configparser
 import posixpath
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -37,8 +38,9 @@ from typing import Any, TypeVar
 from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
 from dbguard.discovery.formats import parse_json, parse_toml, parse_xml, parse_yaml
 from dbguard.discovery.model import Context
+from dbguard.rules import FOLLOWED_HINT
 
-__all__ = ["database_signs"]
+__all__ = ["SQLITE_SIGN", "database_signs", "sub_projects"]
 
 ENV_FILES = (".env", ".env.local", ".env.test", ".env.testing", ".env.development", ".env.example")
 # A variable is about a database when one of its _-separated words is one of these...
@@ -110,21 +112,39 @@ _GEMSPEC_DEPENDENCY = re.compile(
     r"""add_(?:runtime_|development_)?dependency\s*\(?\s*["']([^"']+)["']"""
 )
 _SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+SQLITE_SIGN = "an SQLite file"
 _DATA_FOLDERS = ("", "db", "data", "database", "instance", "var", "storage")
-_MAX_MEMBERS = 64  # workspace members looked into
+_MAX_MEMBERS = 64  # workspace members and sub-projects looked into
+_MAX_CHILDREN = 256  # folders of the root checked for being projects themselves
+# Files that make a folder a project of its own (as project.ROOT_MARKERS, files only).
+_PROJECT_FILES = (
+    "pyproject.toml", "setup.py", "setup.cfg", "requirements.txt", "package.json",
+    "composer.json", "Gemfile", "manage.py", "artisan", ".env",
+)  # fmt: skip
+# Folders that hold other people's projects or build output, never this project's own.
+_SKIP = frozenset({"node_modules", "vendor", "venv", "env", "site-packages", "dist", "build"})
 
 _NODE_SECTIONS = ("dependencies", "devDependencies", "optionalDependencies", "peerDependencies")
 _COMPOSER_SECTIONS = ("require", "require-dev")
 
 
 def database_signs(ctx: Context) -> list[str]:
-    """What in the project points at a database, as `"package.json depends on pg"`."""
+    """What in the project's own files points at a database, as `"package.json depends
+    on pg"` (its sub-projects are discovered on their own: see sub_projects)."""
     signs = _Signs(ctx)
     signs.variables()
     signs.sqlite_files()
-    for folder in ["", *signs.workspace_members()]:
-        signs.dependencies(folder)
+    signs.dependencies("")
+    signs.sub_projects()  # only for what it cannot follow: too many, unreadable files
     return list(dict.fromkeys(signs.found))
+
+
+def sub_projects(ctx: Context) -> list[str]:
+    """The project's sub-projects, whose tests a runner started at its top collects:
+    workspace members (npm/yarn workspaces, pnpm-workspace.yaml, uv's workspace), child
+    folders that are projects themselves, and the projects of pytest's testpaths; less
+    those the daemon follows already (a test run's path arguments)."""
+    return _Signs(ctx).sub_projects()
 
 
 _T = TypeVar("_T")
@@ -161,15 +181,17 @@ class _Signs:
         ctx = self.ctx
         self.named("the command sets", ctx.operation.assignments)
         launcher_files = [f for f in ctx.hints.get("env_file", "").splitlines() if f.strip()]
-        for file in dict.fromkeys([*ENV_FILES, *launcher_files]):
-            entries = self.parsed(file, partial(_env_names, env={}))
-            self.named(f"{file} sets", entries or [])
+        self.env_files("", launcher_files)
         for file in ("phpunit.xml", "phpunit.xml.dist"):
             self.named(f"{file} sets", self.parsed(file, _phpunit_variables) or [])
         pytest = self._pytest_settings()
         self.named("pytest's env sets", (s for s in pytest if s != "DJANGO_SETTINGS_MODULE"))
         if "DJANGO_SETTINGS_MODULE" in pytest:
             self.found.append("pytest runs Django (DJANGO_SETTINGS_MODULE)")
+
+    def env_files(self, folder: str, more: Iterable[str] = ()) -> None:
+        for file in dict.fromkeys([*(posixpath.join(folder, f) for f in ENV_FILES), *more]):
+            self.named(f"{file} sets", self.parsed(file, partial(_env_names, env={})) or [])
 
     def _pytest_settings(self) -> list[str]:
         """The variables pytest-env sets, and DJANGO_SETTINGS_MODULE when pytest-django's
@@ -200,10 +222,10 @@ class _Signs:
             names = self.ctx.listdir(folder) or []
             files = sorted(n for n in names if n.lower().endswith(_SQLITE_SUFFIXES))
             if files:
-                self.found.append(f"an SQLite file: {posixpath.join(folder, files[0])}")
+                self.found.append(f"{SQLITE_SIGN}: {posixpath.join(folder, files[0])}")
 
-    def workspace_members(self) -> list[str]:
-        """The folders of the workspace's members (`dir/*` and plain `dir` patterns)."""
+    def sub_projects(self) -> list[str]:
+        """See sub_projects(); workspace patterns may be `dir/*` or a plain `dir`."""
         package = self.parsed("package.json", parse_json)
         pnpm = self.parsed("pnpm-workspace.yaml", parse_yaml)
         uv = _table(_table(self.parsed("pyproject.toml", parse_toml), "tool"), "uv")
@@ -218,10 +240,49 @@ class _Signs:
             pattern = pattern.strip().removeprefix("./").rstrip("/")
             base, _, last = pattern.rpartition("/")
             if last in ("*", "**") and "*" not in base and not base.startswith("!"):
-                folders += [posixpath.join(base, name) for name in self.ctx.listdir(base) or []]
+                folders += [posixpath.join(base, name) for name in sorted(self._names(base))]
             elif pattern and "*" not in pattern and not pattern.startswith("!"):
                 folders.append(pattern)
-        return list(dict.fromkeys(folders))[:_MAX_MEMBERS]
+        # Sub-projects a runner started here collects anyway: child folders that are
+        # projects themselves, and the projects of pytest's testpaths.
+        children = sorted(n for n in self._names("") if not n.startswith(".") and n not in _SKIP)
+        folders += [name for name in children if self._is_project(name)]
+        folders += self._testpath_projects()
+        followed = set(self.ctx.hints.get(FOLLOWED_HINT, "").splitlines())
+        members = [
+            folder
+            for folder in dict.fromkeys(posixpath.normpath(f) for f in folders)
+            if folder not in followed
+        ]
+        if len(members) > _MAX_MEMBERS or len(children) > _MAX_CHILDREN:
+            self.found.append(
+                f"more sub-projects or folders than dbguard looks into ({_MAX_MEMBERS} / "
+                f"{_MAX_CHILDREN})"
+            )
+        return members[:_MAX_MEMBERS]
+
+    def _is_project(self, folder: str) -> bool:
+        return any(self.ctx.read(posixpath.join(folder, m)) is not None for m in _PROJECT_FILES)
+
+    def _testpath_projects(self) -> list[str]:
+        """The nearest project at or above each of pytest's testpaths, below the root."""
+        options = _table(
+            _table(_table(self.parsed("pyproject.toml", parse_toml), "tool"), "pytest"),
+            "ini_options",
+        )
+        paths = _strings(options.get("testpaths"))
+        parser = self.parsed("pytest.ini", _ini)
+        if parser is not None:
+            paths += parser.get("pytest", "testpaths", fallback="").split()
+        projects = []
+        for path in paths:
+            parts = posixpath.normpath(path).split("/")
+            for depth in range(len(parts), 0, -1):
+                folder = "/".join(parts[:depth])
+                if folder not in ("", ".", "..") and self._is_project(folder):
+                    projects.append(folder)
+                    break
+        return projects
 
     def dependencies(self, folder: str) -> None:
         readers: list[tuple[str, Callable[[str, str], Iterable[str]], frozenset[str]]] = [
@@ -248,17 +309,26 @@ class _Signs:
             for name in sorted(self._names(nested))
             if name.endswith((".txt", ".in"))
         ]
-        seen: set[str] = set()
-        while pending and len(seen) < len(_REQUIREMENTS) + _MAX_INCLUDES:
-            file = posixpath.normpath(pending.pop(0))
-            if file in seen:
-                continue
-            seen.add(file)
+        queue = deque(dict.fromkeys(posixpath.normpath(f) for f in pending))
+        queued = set(queue)
+        limit = len(queue) + _MAX_INCLUDES
+        read = 0
+        while queue:
+            if read == limit:
+                self.found.append(f"requirement files include more than {_MAX_INCLUDES} others")
+                return
+            file = queue.popleft()
+            read += 1
             names: list[str] = []
             for line in (self.parsed(file, _text) or "").splitlines():
                 line = line.split(" #", 1)[0].strip()
                 if include := _INCLUDE.match(line):
-                    pending.append(posixpath.join(posixpath.dirname(file), include.group(1)))
+                    target = posixpath.normpath(
+                        posixpath.join(posixpath.dirname(file), include.group(1))
+                    )
+                    if target not in queued:
+                        queued.add(target)
+                        queue.append(target)
                 else:
                     names.extend(_requirement_names([line]))
             self.depends(file, names, PYTHON_PACKAGES)

@@ -104,6 +104,7 @@ class ToolRule(_Rule):
     argument_commands: list[str] = []
     abbreviations: bool = False
     task_arguments: bool = False
+    app_environment: bool = False
     assignment_arguments: bool = False
     positional_targets: list[str] = []
     commands: dict[str, Kind] = {}
@@ -233,6 +234,17 @@ class Operation:
     hints: Mapping[str, str] = field(default_factory=dict)  # target options, e.g. env=testing
     assignments: Mapping[str, str] = field(default_factory=dict)  # VAR=value before it
     via: tuple[str, ...] = ()  # e.g. ("npm run test",) when reached through a script
+    # The other database operations of the same command (`prisma migrate reset && cd
+    # ../worker && knex migrate:rollback`): their databases are backed up too. This one,
+    # the most dangerous, names the command and decides what it needs.
+    also: tuple[Operation, ...] = ()
+    # An end-to-end test run: the app it drives runs in its own environment, so the
+    # databases of that environment count besides the test settings' (catalog key).
+    app_environment: bool = False
+
+    def each(self) -> list[Operation]:
+        """This operation and the others of its command, each on its own."""
+        return [replace(self, also=()), *self.also]
 
     @property
     def description(self) -> str:
@@ -257,6 +269,9 @@ ScriptLookup = Callable[[str, str], Script | None]
 CWD_HINT = "cwd"
 # The hint naming dotenv files a launcher loads (relative to where the launcher runs).
 ENV_FILE_HINT = "env_file"
+# Set by the daemon, not the catalog: sub-projects of the root that a test run's path
+# arguments lead into, discovered on their own (one per line, from the root).
+FOLLOWED_HINT = "followed"
 
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
@@ -536,6 +551,7 @@ class _Tool:
     global_rules: list[_FlagRule]
     # Symfony-style abbreviations: first letter -> (parts of a first command word, its node).
     abbreviations: dict[str, list[tuple[list[str], _Node]]] | None
+    app_environment: bool = False
 
     def match(self, args: Sequence[str], repeated: frozenset[str]) -> Operation | None:
         parsed = _parse(args, self.syntax)
@@ -564,7 +580,15 @@ class _Tool:
         if decided is None:
             return None
         kind, command = decided
-        return Operation(self.name, kind, command, self.framework, hints.values, assignments)
+        return Operation(
+            self.name,
+            kind,
+            command,
+            self.framework,
+            hints.values,
+            assignments,
+            app_environment=self.app_environment and kind.needs_backup,
+        )
 
     def _decide(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
         help_option = next((o for o in self.help_options if o in present), None)
@@ -720,6 +744,7 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
             for option, kind in rule.flags.items()
         ],
         abbreviations=abbreviations,
+        app_environment=rule.app_environment,
     )
 
 
@@ -825,11 +850,19 @@ class _Walk:
 
 
 def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
-    best: Operation | None = None
-    for operation in operations:
-        if operation is not None and (best is None or operation.kind.severity > best.kind.severity):
-            best = operation
-    return best
+    """The most dangerous of `operations` (the first of equals), carrying the others that
+    need a backup in `also`."""
+    found = [operation for operation in operations if operation is not None]
+    if not found:
+        return None
+    best = max(found, key=lambda operation: operation.kind.severity)
+    alone = replace(best, also=())
+    others: list[Operation] = []
+    for operation in found:
+        for each in operation.each():
+            if each.kind.needs_backup and each != alone and each not in others:
+                others.append(each)
+    return replace(best, also=tuple(others))
 
 
 def _merge_context(
@@ -842,6 +875,7 @@ def _merge_context(
         operation,
         hints={**hints, **operation.hints},
         assignments={**assignments, **operation.assignments},
+        also=tuple(_merge_context(o, hints, assignments) or o for o in operation.also),
     )
 
 
@@ -1012,8 +1046,17 @@ class Classifier:
         parsed = _parse(args, scripts.syntax, first_only=True)
         if not parsed.positionals:
             return None
+        # npm and composer take their own options anywhere before `--` (`npm run x
+        # --prefix api`); the others only before the script's name, after `run` too.
+        if not rule.forwards_options:
+            options = _parse(args, scripts.syntax).options
+        elif parsed.positionals[0][1] in scripts.run:
+            inner = _parse(args[parsed.end + 1 :], scripts.syntax, first_only=True)
+            options = [*parsed.options, *inner.options]
+        else:
+            options = parsed.options
         hints = _Hints(self._repeated)
-        hints.from_options(parsed.options, rule.targets)
+        hints.from_options(options, rule.targets)
         with walk.moved(hints.values):
             return self._run_scripts(scripts, parsed, args, walk, depth)
 
@@ -1065,7 +1108,7 @@ class Classifier:
             return self._classify([name, *extra], walk, depth + 1, None) if fallback else None
         line = script.line
         if not rule.forwards_options:
-            extra = [word for _, word in _parse(extra, _Syntax()).positionals]
+            extra = [word for _, word in _parse(extra, scripts.syntax).positionals]
         if extra:
             line = f"{line} {shlex.join(extra)}"
         names = [name]
