@@ -646,6 +646,47 @@ def test_a_test_run_at_a_monorepo_s_top_follows_its_sub_projects() -> None:
     # Followed by the daemon already (a path argument): not looked into again.
     found = run(files, kind=Kind.TEST, framework=None, tool="vitest", hints={"followed": "api"})
     assert found.targets == []
+    # Given paths in the top project only, the runner collects nothing of api's.
+    found = run(files, kind=Kind.TEST, framework=None, tool="vitest", hints={"scope": "web"})
+    assert found.targets == []
+    # A sub-project's problem names the sub-project.
+    broken = {**files, "web/.env": "not a line\n"}
+    with pytest.raises(DiscoveryError, match=r"in the sub-project web/: \.env, line 1"):
+        run(broken, kind=Kind.TEST, framework=None, tool="vitest")
+    # Members outside the project are not followed; plain files are not sub-projects.
+    outside = {
+        "package.json": '{"workspaces": ["../elsewhere", "/abs"]}',
+        **{f"data{i}.csv": "" for i in range(300)},
+    }
+    found = run(outside, kind=Kind.TEST, framework=None, tool="vitest")
+    assert found.targets == [] and "no sign of a database" in found.notes[-1]
+
+
+def test_an_end_to_end_run_at_a_monorepo_s_top_backs_up_the_app_below() -> None:
+    files = {
+        ".git/HEAD": "",
+        "backend/artisan": "",
+        "backend/.env": "DB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        "backend/phpunit.xml": '<phpunit><php><env name="DB_DATABASE" value=":memory:"/>'
+        "</php></phpunit>",
+    }
+    e2e = Operation("playwright", Kind.TEST, "test", None, app_environment=True)
+    found = discover(ROOT, files.get, {}, e2e, listdir=lister(files))
+    assert [t.path for t in found.targets] == [f"{ROOT}/backend/database/app.sqlite"]
+
+
+def test_each_database_is_judged_by_its_own_project_s_production_rules() -> None:
+    files = {
+        ".git/HEAD": "",
+        "a/.env": "DATABASE_URL=sqlite:///a.db\n",
+        "b/.env": "DATABASE_URL=sqlite:///b.db\n",
+        "b/.dbguard.toml": "[production]\nevery_database = true\n",
+    }
+    found = run(files, kind=Kind.TEST, framework=None, tool="pytest")
+    origins = {Path(t.path or "").name: found.origin(t) for t in found.targets}
+    assert origins["a.db"][0] == ROOT / "a" and origins["a.db"][1] is None
+    project = origins["b.db"][1]
+    assert project is not None and project.production.every_database
 
 
 def test_the_way_out_names_the_sqlite_file_found() -> None:
@@ -854,9 +895,10 @@ def test_path_arguments_into_another_project_name_its_root(tmp_path: Path) -> No
     (tests / "test_a.py").write_text("")
     (tmp_path / "docs").mkdir()  # in the top project: adds nothing
     args = ["-k", "users", "backend/tests/test_a.py::test_x", "backend", "docs", "missing/"]
-    assert argument_roots(args, tmp_path, tmp_path) == [tmp_path / "backend"]
-    assert argument_roots(["../backend"], tmp_path / "docs", tmp_path) == [tmp_path / "backend"]
-    assert argument_roots(["--rootdir=backend", "-x"], tmp_path, tmp_path) == []
+    assert argument_roots(args, tmp_path, tmp_path) == ([tmp_path / "backend"], ["docs"])
+    back = argument_roots(["../backend"], tmp_path / "docs", tmp_path)
+    assert back == ([tmp_path / "backend"], [])
+    assert argument_roots(["--rootdir=backend", "-x"], tmp_path, tmp_path) == ([], [])
 
 
 def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) -> None:

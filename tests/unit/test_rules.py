@@ -1195,6 +1195,12 @@ def test_every_database_operation_of_a_line_is_kept() -> None:
     assert found is not None and found.also == ()
 
 
+def test_a_long_script_of_database_commands_stays_linear() -> None:
+    line = " && ".join(f"psql -d db{i} -c 'select 1'" for i in range(4000))
+    found = CLASSIFIER.classify_command_line(line)
+    assert found is not None and len(found.each()) == 4000  # a quadratic dedup took minutes
+
+
 def test_a_script_runs_in_its_manifest_s_folder_and_moves_from_there() -> None:
     # The look-up found the script in the folder above ("" is the invocation's own);
     # its `--prefix packages/db` is taken from there.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,11 @@ from dbguard.discovery.project import (
     argument_roots,
     project_root,
 )
-from dbguard.discovery.project_config import classify_with_project, load_project_config
+from dbguard.discovery.project_config import (
+    ProjectConfig,
+    classify_with_project,
+    load_project_config,
+)
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import BackupFailed, DbguardError
@@ -57,6 +62,7 @@ from dbguard.rules import (
     CWD_HINT,
     ENV_FILE_HINT,
     FOLLOWED_HINT,
+    SCOPE_HINT,
     Classifier,
     Kind,
     Operation,
@@ -239,14 +245,15 @@ class Guard:
             each, folder = _anchored(request, each)
             root = project_root(str(folder))
             places.append((root, folder))
-            others = (
-                argument_roots(request.argv[1:], folder, root) if each.kind is Kind.TEST else []
-            )
-            if others:
-                # Discovered on their own below: not signs of a database that the top
-                # folder's discovery could not follow.
-                followed = "\n".join(os.path.relpath(other, root) for other in others)
-                each = replace(each, hints={**each.hints, FOLLOWED_HINT: followed})
+            others: list[Path] = []
+            if each.kind is Kind.TEST:
+                others, inside = argument_roots(request.argv[1:], folder, root)
+                # Projects the paths lead into are discovered on their own below; the
+                # root's sub-projects only where the paths lead (all when none).
+                followed = [os.path.relpath(other, root) for other in others]
+                scope = [*inside, *followed] if inside or followed else []
+                hints = {FOLLOWED_HINT: "\n".join(followed), SCOPE_HINT: "\n".join(scope)}
+                each = replace(each, hints={**each.hints, **{k: v for k, v in hints.items() if v}})
             parts.append(self.discovery.discover(root, request.env, each, cwd=folder))
             parts += [self.discovery.discover(other, request.env, each) for other in others]
         found = parts[0]
@@ -255,23 +262,24 @@ class Guard:
             found = Found()
             for part in parts:
                 found.extend(part)
-        root, folder = places[0]
-        settings = self.config.production
-        if found.project is not None:
-            settings = found.project.production_settings(settings)
         run_env = {**request.env, **operation.assignments}
-        verdicts = {
-            t.key: classify_production(
-                t,
+        verdicts = {}
+        for target in found.targets:
+            # Each database by the rules of the project it came from (its .dbguard.toml).
+            origin_root, project = found.origin(target)
+            verdicts[target.key] = classify_production(
+                target,
                 run_env,
-                settings,
-                marker=self._marker(t),
-                facts=found.facts_for(t),
-                project_root=str(root),
+                self._settings(project),
+                marker=self._marker(target),
+                facts=found.facts_for(target),
+                project_root=str(origin_root or places[0][0]),
             )
-            for t in found.targets
-        }
-        return found, settings, verdicts, folder
+        return found, self._settings(found.project), verdicts, places[0][1]
+
+    def _settings(self, project: ProjectConfig | None) -> ProductionSettings:
+        settings = self.config.production
+        return project.production_settings(settings) if project is not None else settings
 
     def _marker(self, target: Target) -> Marker | None:
         try:
@@ -472,7 +480,25 @@ def _anchored(request: Invoke, operation: Operation) -> tuple[Operation, Path]:
     since they are named from the invocation's folder, not from the project root."""
     cwd = Path(request.cwd)
     moved = operation.hints.get(CWD_HINT)
-    folder = Path(os.path.normpath(cwd / moved)) if moved else cwd
+    folder = cwd
+    if moved:
+        # `cd ~/api`, `cd $HOME/api` in a script: as the shell would, from the caller's
+        # environment. Wherever it leads must exist: discovery from the nearest existing
+        # folder above would find another project's database.
+        home = request.env.get("HOME", "")
+        expanded = re.sub(r"^~(?=/|$)", lambda _: home, moved)
+        expanded = re.sub(
+            r"\$(?:\{(\w+)\}|(\w+))",
+            lambda m: request.env.get(m.group(1) or m.group(2), "\0"),
+            expanded,
+        )
+        folder = Path(os.path.normpath(cwd / expanded))
+        if not folder.is_dir():
+            raise DiscoveryError(
+                f"{operation.description} runs in {moved!r} ({folder}), which is not a "
+                "folder dbguard can look in",
+                "check the folder the command (or its script's cd) moves to",
+            )
     env_files = operation.hints.get(ENV_FILE_HINT)
     if env_files:
         absolute = "\n".join(os.path.normpath(cwd / name) for name in env_files.splitlines())

@@ -94,14 +94,7 @@ def discover(
     """Every database `operation`, run in `root` (from `cwd`, default `root`) with `env`,
     could touch. `listdir` lists a project folder (used only to look for signs of a
     database when a test run finds none)."""
-    found = _discover(root, read, env, operation, cwd, listdir)
-    if operation.app_environment:
-        # An end-to-end run: the app it drives uses the databases of its own
-        # environment, whatever the test settings say.
-        app = replace(operation, kind=Kind.MIGRATE, app_environment=False)
-        with contextlib.suppress(NothingFound):  # else the test settings' answer stands
-            found.extend(_discover(root, read, env, app, cwd, listdir))
-    return found
+    return _discover(root, read, env, operation, cwd, listdir)
 
 
 class NothingFound(DiscoveryError):
@@ -118,7 +111,27 @@ def _discover(
     *,
     nested: bool = False,
 ) -> Found:
-    found = Found()
+    found = _resolve(root, read, env, operation, cwd, listdir, nested=nested)
+    if operation.app_environment:
+        # An end-to-end run: the app it drives uses the databases of its own
+        # environment, whatever the test settings say.
+        app = replace(operation, kind=Kind.MIGRATE, app_environment=False)
+        with contextlib.suppress(NothingFound):  # else the test settings' answer stands
+            found.extend(_resolve(root, read, env, app, cwd, listdir, nested=True))
+    return found
+
+
+def _resolve(
+    root: Path,
+    read: FileReader,
+    env: Mapping[str, str],
+    operation: Operation,
+    cwd: Path | None,
+    listdir: FolderLister,
+    *,
+    nested: bool,
+) -> Found:
+    found = Found(root=root)
     project = load_project_config(read)
     found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
     ctx = Context(root, read, env, operation, cwd or root, project, listdir=listdir)
@@ -130,21 +143,23 @@ def _discover(
     project_databases(ctx, found)
     _apply_pg_environment(ctx, found)
     if not found.targets and not found.notes:
-        if ctx.is_test and not nested:
+        members, member_signs = sub_projects(ctx) if ctx.is_test and not nested else ([], [])
+        for member in members:
             # A runner started at the top collects the sub-projects' tests too.
-            for member in sub_projects(ctx):
-                found.extend(
-                    _discover(
-                        root / member,
-                        _within(read, member),
-                        env,
-                        operation,
-                        root / member,
-                        _within(listdir, member),
-                        nested=True,
-                    )
+            try:
+                part = _discover(
+                    root / member,
+                    _within(read, member),
+                    env,
+                    operation,
+                    root / member,
+                    _within(listdir, member),
+                    nested=True,
                 )
-        signs = _signs(ctx)
+            except DiscoveryError as err:
+                raise type(err)(f"in the sub-project {member}/: {err.problem}", err.fix) from None
+            found.extend(part)
+        signs = [*_signs(ctx), *member_signs]
         if ctx.is_test and not signs:
             if not found.targets and not found.notes:
                 found.notes.append(f"{root}: {NO_DATABASE}")

@@ -48,6 +48,10 @@ class Found:
     facts     per target key: what bears on production (app env, which setting gave the
               host), for production.classify_production
     project   the project's `.dbguard.toml`, when it has one
+    root      the project folder it was found in
+    origins   per target key, the (root, project) it came from when that is not this
+              one's (a sub-project, another operation of the command): production is
+              judged by that project's own `.dbguard.toml`
     """
 
     targets: list[Target] = field(default_factory=list)
@@ -56,6 +60,11 @@ class Found:
     warnings: list[str] = field(default_factory=list)
     facts: dict[str, TargetFacts] = field(default_factory=dict)
     project: ProjectConfig | None = None
+    root: Path | None = None
+    origins: dict[str, tuple[Path | None, ProjectConfig | None]] = field(default_factory=dict)
+
+    def origin(self, target: Target) -> tuple[Path | None, ProjectConfig | None]:
+        return self.origins.get(target.key, (self.root, self.project))
 
     def add(
         self, target: Target | None, note_if_none: str = "", facts: TargetFacts | None = None
@@ -89,6 +98,8 @@ class Found:
 
     def extend(self, other: Found) -> None:
         for target in other.targets:
+            if target.key not in {t.key for t in self.targets}:
+                self.origins[target.key] = other.origin(target)
             self.add(target, facts=other.facts.get(target.key))
         for place in other.looked:
             self.look(place)
@@ -96,6 +107,7 @@ class Found:
         for warning in other.warnings:
             self.warn(warning)
         self.project = self.project or other.project
+        self.root = self.root or other.root
 
 
 @dataclass

@@ -245,11 +245,13 @@ class DiscoveryCache:
 _MAX_PATH_ARGUMENTS = 64
 
 
-def argument_roots(args: Sequence[str], cwd: Path, root: Path) -> list[Path]:
-    """The project roots, other than `root`, of the existing paths among `args` (taken
-    from `cwd`): `pytest backend/tests` from a monorepo's top runs backend's conftest,
-    settings and .env, so backend is discovered too."""
+def argument_roots(args: Sequence[str], cwd: Path, root: Path) -> tuple[list[Path], list[str]]:
+    """The existing paths among `args` (taken from `cwd`): the project roots other than
+    `root` they lie in (`pytest backend/tests` from a monorepo's top runs backend's
+    conftest, settings and .env, so backend is discovered too), and those inside `root`
+    itself, relative to it (a run given paths collects only what lies under them)."""
     roots: list[Path] = []
+    inside: list[str] = []
     for word in args[:_MAX_PATH_ARGUMENTS]:
         if not word or word.startswith("-"):
             continue
@@ -257,9 +259,12 @@ def argument_roots(args: Sequence[str], cwd: Path, root: Path) -> list[Path]:
         if not _exists(path):
             continue
         other = find_root(path if path.is_dir() else path.parent)
-        if other != root and other not in roots:
-            roots.append(other)
-    return roots
+        if other != root:
+            if other not in roots:
+                roots.append(other)
+        elif path.is_relative_to(root):
+            inside.append(path.relative_to(root).as_posix())
+    return roots, inside
 
 
 def project_root(cwd: str) -> Path:

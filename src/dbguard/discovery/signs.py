@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
 from dbguard.discovery.formats import parse_json, parse_toml, parse_xml, parse_yaml
 from dbguard.discovery.model import Context
-from dbguard.rules import FOLLOWED_HINT
+from dbguard.rules import FOLLOWED_HINT, SCOPE_HINT
 
 __all__ = ["SQLITE_SIGN", "database_signs", "sub_projects"]
 
@@ -135,16 +135,18 @@ def database_signs(ctx: Context) -> list[str]:
     signs.variables()
     signs.sqlite_files()
     signs.dependencies("")
-    signs.sub_projects()  # only for what it cannot follow: too many, unreadable files
     return list(dict.fromkeys(signs.found))
 
 
-def sub_projects(ctx: Context) -> list[str]:
+def sub_projects(ctx: Context) -> tuple[list[str], list[str]]:
     """The project's sub-projects, whose tests a runner started at its top collects:
     workspace members (npm/yarn workspaces, pnpm-workspace.yaml, uv's workspace), child
     folders that are projects themselves, and the projects of pytest's testpaths; less
-    those the daemon follows already (a test run's path arguments)."""
-    return _Signs(ctx).sub_projects()
+    those the daemon follows already, and only those the run's path arguments lead
+    into when it has some (hints). Also the signs of what it could not follow (too
+    many, a manifest it could not read)."""
+    signs = _Signs(ctx)
+    return signs.sub_projects(), signs.found
 
 
 _T = TypeVar("_T")
@@ -245,14 +247,19 @@ class _Signs:
                 folders.append(pattern)
         # Sub-projects a runner started here collects anyway: child folders that are
         # projects themselves, and the projects of pytest's testpaths.
-        children = sorted(n for n in self._names("") if not n.startswith(".") and n not in _SKIP)
+        names = sorted(n for n in self._names("") if not n.startswith(".") and n not in _SKIP)
+        children = [name for name in names if self.ctx.listdir(name) is not None]  # folders
         folders += [name for name in children if self._is_project(name)]
         folders += self._testpath_projects()
         followed = set(self.ctx.hints.get(FOLLOWED_HINT, "").splitlines())
+        scope = [p for p in self.ctx.hints.get(SCOPE_HINT, "").splitlines() if p]
         members = [
             folder
             for folder in dict.fromkeys(posixpath.normpath(f) for f in folders)
             if folder not in followed
+            and not folder.startswith(("/", "../"))  # inside the project only
+            and folder != ".."
+            and (not scope or any(_nested(folder, s) or _nested(s, folder) for s in scope))
         ]
         if len(members) > _MAX_MEMBERS or len(children) > _MAX_CHILDREN:
             self.found.append(
@@ -340,6 +347,10 @@ class _Signs:
 
     def _names(self, folder: str) -> list[str]:
         return self.ctx.listdir(folder) or []
+
+
+def _nested(folder: str, parent: str) -> bool:
+    return parent in (".", "") or folder == parent or folder.startswith(parent + "/")
 
 
 def _text(text: str, file: str) -> str:

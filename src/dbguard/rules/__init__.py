@@ -244,7 +244,20 @@ class Operation:
 
     def each(self) -> list[Operation]:
         """This operation and the others of its command, each on its own."""
-        return [replace(self, also=()), *self.also]
+        return [replace(self, also=()), *self.also] if self.also else [self]
+
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """What makes two operations the same, `also` and `via` aside."""
+        return (
+            self.tool,
+            self.kind,
+            self.command,
+            self.framework,
+            tuple(sorted(self.hints.items())),
+            tuple(sorted(self.assignments.items())),
+            self.app_environment,
+        )
 
     @property
     def description(self) -> str:
@@ -272,6 +285,9 @@ ENV_FILE_HINT = "env_file"
 # Set by the daemon, not the catalog: sub-projects of the root that a test run's path
 # arguments lead into, discovered on their own (one per line, from the root).
 FOLLOWED_HINT = "followed"
+# Set by the daemon too: the paths a test run was given inside its own project (its
+# sub-projects elsewhere are not collected).
+SCOPE_HINT = "scope"
 
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
@@ -856,11 +872,12 @@ def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
     if not found:
         return None
     best = max(found, key=lambda operation: operation.kind.severity)
-    alone = replace(best, also=())
+    seen = {best.identity}
     others: list[Operation] = []
     for operation in found:
         for each in operation.each():
-            if each.kind.needs_backup and each != alone and each not in others:
+            if each.kind.needs_backup and each.identity not in seen:
+                seen.add(each.identity)  # a set: a script of 10,000 commands stays linear
                 others.append(each)
     return replace(best, also=tuple(others))
 
