@@ -372,6 +372,9 @@ def test_dbguardctl_backup_backs_up_the_project_now(
     assert all(b["reused"] for b in again["backups"])  # nothing changed since
     only_app = home.ctl("list-backups", "--database", "app.sqlite", "--json")
     assert len(json.loads(only_app.stdout)) == 1
+    # None of that name is not the same as none at all.
+    none = home.ctl("list-backups", "--database", "nope").stdout.decode()
+    assert "no backups of a database whose name contains 'nope' (2 others in" in none
     records = json.loads(home.ctl("log", "--json").stdout)
     assert [r["decision"] for r in records] == ["backup", "backup"]
 

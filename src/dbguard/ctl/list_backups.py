@@ -28,7 +28,7 @@ def _flags(manifest: Manifest) -> str:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    entries = ctx.store.entries()
+    entries = every = ctx.store.entries()
     if args.database:
         entries = [
             e for e in entries if isinstance(e, Manifest) and args.database in e.database_label
@@ -44,7 +44,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         return 0
     if not entries:
-        ctx.print(f"no backups in {ctx.store.root}")
+        if every:  # there are backups, just none of that name
+            ctx.print(
+                f"no backups of a database whose name contains {args.database!r} "
+                f"({len(every)} others in {ctx.store.root})"
+            )
+        else:
+            ctx.print(f"no backups in {ctx.store.root}")
         return 0
     rows = [["ID", "CREATED", "AGE", "DATABASE", "SIZE", "ROWS", "REASON", "FLAGS"]]
     for entry in entries:

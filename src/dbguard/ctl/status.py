@@ -85,7 +85,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             "reload it with `systemctl --user reload dbguard` or SIGHUP"
         )
     if healths:
-        rows = [["DATABASE", "LAST BACKUP", "AGE", "SIZE", "TREND", "LAST VERIFIED"]]
+        # The dump's size before compression (list-backups shows what is stored): the
+        # trend compares like with like whatever the compression did.
+        rows = [["DATABASE", "LAST BACKUP", "AGE", "DUMP SIZE", "TREND", "LAST VERIFIED"]]
         for h in healths:
             trend = "" if h.size_ratio is None else f"{h.size_ratio:.0%} of previous"
             verified = (
