@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,47 +94,52 @@ def discover(
     """Every database `operation`, run in `root` (from `cwd`, default `root`) with `env`,
     could touch. `listdir` lists a project folder (used only to look for signs of a
     database when a test run finds none)."""
-    return _discover(root, read, env, operation, cwd, listdir)
+    return _discover(_Place(root, read, listdir, cwd or root), env, operation)
 
 
 class NothingFound(DiscoveryError):
     """No database, and for a test run signs of one that discovery could not follow."""
 
 
+@dataclass(frozen=True)
+class _Place:
+    """Where one discovery reads: a project folder, its files and folders, and the
+    folder the command runs in."""
+
+    root: Path
+    read: FileReader
+    listdir: FolderLister
+    cwd: Path
+
+    def sub_project(self, member: str) -> _Place:
+        """`member`, a folder under the root, read through the same reader and lister."""
+        return _Place(
+            self.root / member,
+            _within(self.read, member),
+            _within(self.listdir, member),
+            self.root / member,
+        )
+
+
 def _discover(
-    root: Path,
-    read: FileReader,
-    env: Mapping[str, str],
-    operation: Operation,
-    cwd: Path | None,
-    listdir: FolderLister,
-    *,
-    nested: bool = False,
+    place: _Place, env: Mapping[str, str], operation: Operation, *, nested: bool = False
 ) -> Found:
-    found = _resolve(root, read, env, operation, cwd, listdir, nested=nested)
+    found = _resolve(place, env, operation, nested=nested)
     if operation.app_environment:
         # An end-to-end run: the app it drives uses the databases of its own
         # environment, whatever the test settings say.
         app = replace(operation, kind=Kind.MIGRATE, app_environment=False)
         with contextlib.suppress(NothingFound):  # else the test settings' answer stands
-            found.extend(_resolve(root, read, env, app, cwd, listdir, nested=True))
+            found.extend(_resolve(place, env, app, nested=True))
     return found
 
 
-def _resolve(
-    root: Path,
-    read: FileReader,
-    env: Mapping[str, str],
-    operation: Operation,
-    cwd: Path | None,
-    listdir: FolderLister,
-    *,
-    nested: bool,
-) -> Found:
+def _resolve(place: _Place, env: Mapping[str, str], operation: Operation, *, nested: bool) -> Found:
+    root = place.root
     found = Found(root=root)
-    project = load_project_config(read)
+    project = load_project_config(place.read)
     found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
-    ctx = Context(root, read, env, operation, cwd or root, project, listdir=listdir)
+    ctx = Context(root, place.read, env, operation, place.cwd, project, listdir=place.listdir)
     found.project = project
     ctx.load_launcher_env_files(found)
     for resolver in _resolvers(ctx):
@@ -147,15 +152,7 @@ def _resolve(
         for member in members:
             # A runner started at the top collects the sub-projects' tests too.
             try:
-                part = _discover(
-                    root / member,
-                    _within(read, member),
-                    env,
-                    operation,
-                    root / member,
-                    _within(listdir, member),
-                    nested=True,
-                )
+                part = _discover(place.sub_project(member), env, operation, nested=True)
             except DiscoveryError as err:
                 raise type(err)(f"in the sub-project {member}/: {err.problem}", err.fix) from None
             found.extend(part)
