@@ -36,6 +36,13 @@ def project(home: Home) -> Path:
     return laravel_sqlite_project(home.root / "app")
 
 
+def empty_users_table(path: Path) -> None:
+    """An SQLite database at `path` with an empty users table."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("create table users (id integer primary key)")
+        conn.commit()
+
+
 def oplog(home: Home) -> list[dict[str, Any]]:
     return home.operations()
 
@@ -197,10 +204,7 @@ def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
     assert b"could not find its database" in home.ctl("log").stdout
 
     # With the database named, it is backed up first.
-    conn = sqlite3.connect(web / "app.db")
-    conn.execute("create table users (id integer primary key)")
-    conn.commit()
-    conn.close()
+    empty_users_table(web / "app.db")
     (web / ".env").write_text("DATABASE_URL=sqlite:///app.db\n")
     assert home.run(["vitest", "test", "--exit=0"], cwd=web).returncode == 0
     [backup] = backups(home)
@@ -217,10 +221,7 @@ def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
     (top / ".git").mkdir(parents=True)
     (top / "api" / "tests").mkdir(parents=True)
     (top / "api" / ".env").write_text("DATABASE_URL=sqlite:///api.db\n")
-    conn = sqlite3.connect(top / "api" / "api.db")
-    conn.execute("create table users (id integer primary key)")
-    conn.commit()
-    conn.close()
+    empty_users_table(top / "api" / "api.db")
 
     assert home.run(["vitest", "api/tests", "--exit=0"], cwd=top).returncode == 0
 

@@ -240,11 +240,11 @@ class Guard:
         worker-thread hop. Also returns the folder the command runs in. Raises
         DiscoveryError."""
         parts: list[Found] = []
-        places: list[tuple[Path, Path]] = []
+        runs_in: list[Path] = []  # the folder of each operation; the first names the command's
         for each in operation.each():
             each, folder = _anchored(request, each)
             root = project_root(str(folder))
-            places.append((root, folder))
+            runs_in.append(folder)
             others: list[Path] = []
             if each.kind is Kind.TEST:
                 others, inside = argument_roots(request.argv[1:], folder, root)
@@ -267,15 +267,16 @@ class Guard:
         for target in found.targets:
             # Each database by the rules of the project it came from (its .dbguard.toml).
             origin_root, project = found.origin(target)
+            assert origin_root is not None  # every Found from discover() has its root
             verdicts[target.key] = classify_production(
                 target,
                 run_env,
                 self._settings(project),
                 marker=self._marker(target),
                 facts=found.facts_for(target),
-                project_root=str(origin_root or places[0][0]),
+                project_root=str(origin_root),
             )
-        return found, self._settings(found.project), verdicts, places[0][1]
+        return found, self._settings(found.project), verdicts, runs_in[0]
 
     def _settings(self, project: ProjectConfig | None) -> ProductionSettings:
         settings = self.config.production

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dbguard.discovery import Found, discover
 from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.signs import npm_workspaces, workspace_folders
 from dbguard.rules import Kind, Operation, Script
 
 # A folder holding any of these is a project root.
@@ -30,6 +31,14 @@ ROOT_MARKERS = (
 MAX_FILE_BYTES = 1 << 20
 
 Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
+
+
+def _json(text: str | None) -> object:
+    """Parsed JSON, or None when absent or not JSON (npm would fail on it anyway)."""
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def find_root(cwd: Path) -> Path:
@@ -95,35 +104,19 @@ class ProjectFiles:
     def _workspace(self, package: str, manifest: str) -> Path | None:
         """The folder of the workspace member named `package` in the workspaces of the
         nearest `manifest` at or above the root that declares some."""
-        for folder in (self.root, *self.root.parents):
-            text = self.read(str(folder / manifest))
-            try:
-                data = json.loads(text) if text is not None else None
-            except ValueError:
-                return None
-            if not isinstance(data, dict) or "workspaces" not in data:
-                continue
-            patterns = data["workspaces"]
-            if isinstance(patterns, dict):  # yarn 1's {packages: [...]}
-                patterns = patterns.get("packages")
-            for pattern in patterns if isinstance(patterns, list) else []:
-                if not isinstance(pattern, str):
-                    continue
-                base, _, last = pattern.strip().removeprefix("./").rstrip("/").rpartition("/")
-                if last == "*":
-                    candidates = sorted(self.listdir(str(folder / base)) or [])
-                    members = [folder / base / name for name in candidates]
-                else:
-                    members = [folder / pattern]
-                for member in members:
-                    text = self.read(str(member / manifest))
-                    try:
-                        named = json.loads(text).get("name") if text is not None else None
-                    except (ValueError, AttributeError):
-                        continue
-                    if named == package:
-                        return member
+        for top in (self.root, *self.root.parents):
+            data = _json(self.read(str(top / manifest)))
+            if isinstance(data, dict) and "workspaces" in data:
+                break
+        else:
             return None
+        members = workspace_folders(
+            npm_workspaces(data), lambda relative: self.listdir(str(top / relative))
+        )
+        for member in members:
+            named = _json(self.read(str(top / member / manifest)))
+            if isinstance(named, dict) and named.get("name") == package:
+                return top / member
         return None
 
     def unchanged(self) -> bool:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
 from dbguard.discovery.formats import parse_json, parse_toml, parse_xml, parse_yaml
-from dbguard.discovery.model import Context
+from dbguard.discovery.model import Context, FolderLister
 from dbguard.rules import FOLLOWED_HINT, SCOPE_HINT
 
 __all__ = ["SQLITE_SIGN", "database_signs", "sub_projects"]
@@ -232,19 +232,11 @@ class _Signs:
         pnpm = self.parsed("pnpm-workspace.yaml", parse_yaml)
         uv = _table(_table(self.parsed("pyproject.toml", parse_toml), "tool"), "uv")
         patterns = [
-            *_strings(_value(package, "workspaces")),
-            *_strings(_table(package, "workspaces").get("packages")),  # yarn 1's object form
+            *npm_workspaces(package),
             *_strings(_value(pnpm, "packages")),
             *_strings(_table(uv, "workspace").get("members")),
         ]
-        folders: list[str] = []
-        for pattern in patterns:
-            pattern = pattern.strip().removeprefix("./").rstrip("/")
-            base, _, last = pattern.rpartition("/")
-            if last in ("*", "**") and "*" not in base and not base.startswith("!"):
-                folders += [posixpath.join(base, name) for name in sorted(self._names(base))]
-            elif pattern and "*" not in pattern and not pattern.startswith("!"):
-                folders.append(pattern)
+        folders = workspace_folders(patterns, self.ctx.listdir)
         # Sub-projects a runner started here collects anyway: child folders that are
         # projects themselves, and the projects of pytest's testpaths.
         names = sorted(n for n in self._names("") if not n.startswith(".") and n not in _SKIP)
@@ -347,6 +339,29 @@ class _Signs:
 
     def _names(self, folder: str) -> list[str]:
         return self.ctx.listdir(folder) or []
+
+
+def npm_workspaces(package: object) -> list[str]:
+    """The `workspaces` patterns of a parsed package.json (npm's list, yarn 1's
+    `{packages: [...]}`)."""
+    return [
+        *_strings(_value(package, "workspaces")),
+        *_strings(_table(package, "workspaces").get("packages")),
+    ]
+
+
+def workspace_folders(patterns: Iterable[str], listdir: FolderLister) -> list[str]:
+    """The member folders workspace `patterns` name: `dir/*` (each folder `listdir`
+    finds in dir) and plain `dir`; other globs and `!` exclusions are not followed."""
+    folders: list[str] = []
+    for pattern in patterns:
+        pattern = pattern.strip().removeprefix("./").rstrip("/")
+        base, _, last = pattern.rpartition("/")
+        if last in ("*", "**") and "*" not in base and not base.startswith("!"):
+            folders += [posixpath.join(base, name) for name in sorted(listdir(base) or [])]
+        elif pattern and "*" not in pattern and not pattern.startswith("!"):
+            folders.append(pattern)
+    return folders
 
 
 def _nested(folder: str, parent: str) -> bool:
