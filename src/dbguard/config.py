@@ -26,8 +26,9 @@ __all__ = ["Config", "ConfigError", "config_path", "load_config", "parse_config"
 
 DEFAULT_SHIM_COMMANDS = (
     "php", "pytest", "paratest", "phpunit", "pest", "prisma", "npx", "npm", "pnpm", "pnpx",
-    "yarn", "bunx", "composer", "alembic", "django-admin", "rails", "rake", "bundle", "rspec",
-    "knex", "sequelize", "typeorm", "flyway", "liquibase", "supabase",
+    "yarn", "bun", "bunx", "deno", "composer", "alembic", "flask", "django-admin", "rails",
+    "rake", "bundle", "rspec", "knex", "sequelize", "typeorm", "flyway", "liquibase",
+    "supabase",
 )  # fmt: skip
 
 

@@ -211,6 +211,26 @@ def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
     assert backup["tables"] == {"users": 0}
 
 
+@pytest.mark.parametrize(
+    "argv", [["flask", "db", "downgrade", "--exit=0"], ["bun", "test", "--exit=0"]]
+)
+def test_flask_migrate_and_bun_s_runner_back_up_the_project_s_database(
+    home: Home, daemon: Daemon, argv: list[str]
+) -> None:
+    install_stand_in(home, argv[0])
+    home.install_shims(argv[0])
+    app = home.root / "app"
+    app.mkdir()
+    (app / ".env").write_text("DATABASE_URL=sqlite:///app.db\n")
+    empty_users_table(app / "app.db")
+
+    assert home.run(argv, cwd=app).returncode == 0
+
+    [backup] = backups(home)
+    assert backup["database"]["path"] == str(app / "app.db")
+    assert oplog(home)[-1]["decision"] == "allow"
+
+
 def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
     home: Home, daemon: Daemon
 ) -> None:

@@ -558,6 +558,32 @@ JS_TESTS = [
     case("npx nyc --reporter lcov mocha", TEST, "mocha"),
     case("c8 -r text vitest run", TEST, "vitest"),
     case("npx cypress verify", None),
+    # the runtimes' own runners
+    case("node --test", TEST, "node", "--test"),
+    case("node --test-reporter spec --test test/", TEST, "node", "--test"),
+    case("node --env-file=.env.test --test", TEST, "node", hints={"env_file": ".env.test"}),
+    case("tsx --test src/", TEST, "node"),
+    case("node app.js --test", None),  # the script's own argument
+    case("node --test-reporter spec app.js", None),
+    case("bun test", TEST, "bun test", "test"),
+    case("bun test --bail 1 users", TEST, "bun test"),
+    case("bun --cwd api test", TEST, "bun test", hints={"cwd": "api"}),
+    case("bun test --help", RO, "bun test"),
+    case("bun run dev", None),
+    case("deno test -A --filter users", TEST, "deno test", "test"),
+    case("deno test -h", RO, "deno test"),
+    case("deno run -A main.ts", None),
+]
+
+FLASK = [
+    case("flask db upgrade", MIGRATE, "flask db", "db upgrade"),
+    case("flask --app app db downgrade base", DESTRUCTIVE, "flask db", "db downgrade"),
+    case("flask -e .env.test db stamp head", MIGRATE, "flask db", hints={"env_file": ".env.test"}),
+    case("flask db upgrade --sql", RO, "flask db"),
+    case("flask db migrate -m 'add users'", RO, "flask db", "db migrate"),
+    case("flask db current", RO, "flask db"),
+    case("flask run --debug", None),
+    case("flask shell", None),
 ]
 
 KNEX = [
@@ -938,6 +964,7 @@ ALL_CASES = [
     *ALEMBIC,
     *PRISMA,
     *JS_TESTS,
+    *FLASK,
     *KNEX,
     *SEQUELIZE,
     *TYPEORM,
@@ -1078,7 +1105,7 @@ SCRIPT_CASES = [
     script_case("pnpm knex migrate:latest", MIGRATE, (), "knex"),
     script_case("bun run test", TEST, ("bun run test",)),
     script_case("bun fresh", DESTRUCTIVE, ("bun run fresh",)),
-    script_case("bun test", None),  # bun's own test runner, not the script
+    script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
     script_case("composer test", TEST, ("composer run test",), "artisan", "test"),
     script_case("composer run-script test", TEST, ("composer run test",)),
     script_case("composer run fresh", DESTRUCTIVE, ("composer run fresh", "composer run reset")),
@@ -1128,6 +1155,9 @@ def test_package_scripts(c: ScriptCase) -> None:
         ("npm run fresh --prefix web", DESTRUCTIVE, "prisma", "web"),
         ("npm run --prefix=web fresh", DESTRUCTIVE, "prisma", "web"),
         ("npm test --prefix web", TEST, "vitest", "web"),
+        ("npm --prefix web run unit", TEST, "node", "web"),
+        # a tool's own move is joined to the script's
+        ("npm --prefix web run bun", TEST, "bun test", "web/api"),
         ("bun run --cwd web fresh", DESTRUCTIVE, "prisma", "web"),
         ("composer run -d api fresh", DESTRUCTIVE, "artisan", "api"),
         # after --, it is the script's
@@ -1145,7 +1175,12 @@ def test_package_scripts(c: ScriptCase) -> None:
 def test_options_that_move_the_working_folder_move_scripts_and_discovery(
     line: str, kind: Kind, tool: str, folder: str | None
 ) -> None:
-    web: dict[str, str | list[str]] = {"test": "vitest run", "fresh": "prisma migrate reset -f"}
+    web: dict[str, str | list[str]] = {
+        "test": "vitest run",
+        "fresh": "prisma migrate reset -f",
+        "unit": "node --test",
+        "bun": "bun --cwd api test",
+    }
     lookup = Scripts(
         {
             "package.json": dict(PACKAGE_JSON),
@@ -1330,7 +1365,8 @@ def test_every_tool_has_a_positive_and_a_read_only_case() -> None:
         found = classify(c.line)
         if found is None:
             continue
-        help_items = {*CATALOG.help, *next(t.help for t in CATALOG.tool if t.name == found.tool)}
+        tool_help = next((t.help for t in CATALOG.tool if t.name == found.tool), [])
+        help_items = {*CATALOG.help, *tool_help}
         if found.kind is RO and found.command in help_items:
             continue  # help forms do not count as the tool's read-only command
         seen.setdefault(found.tool, set()).add(found.kind)
@@ -1340,6 +1376,9 @@ def test_every_tool_has_a_positive_and_a_read_only_case() -> None:
         has_read_only = RO in {*tool.commands.values(), *tool.flags.values(), tool.default}
         if has_read_only:
             assert RO in kinds, f"no test case for a read-only command of {tool.name}"
+    for launcher in CATALOG.launcher:  # `node --test`: a launcher's own operations
+        for option, kind in launcher.kinds.items():
+            assert kind in seen.get(launcher.name, set()), f"no test case for {option}"
 
 
 def test_every_launcher_and_package_manager_has_a_case() -> None:

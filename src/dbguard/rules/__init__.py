@@ -145,6 +145,7 @@ class LauncherRule(_Rule):
     line: bool = False
     line_flags: list[str] = []
     package_specs: bool = False
+    kinds: dict[str, Kind] = {}
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
@@ -777,6 +778,7 @@ class _Launcher:
     no_run: frozenset[str]
     assignment_options: frozenset[str]
     line_flags: frozenset[str]
+    kinds: dict[str, Kind]
 
 
 def _compile_launcher(rule: LauncherRule) -> _Launcher:
@@ -802,6 +804,7 @@ def _compile_launcher(rule: LauncherRule) -> _Launcher:
         no_run=names(rule.no_run),
         assignment_options=names(rule.assignment_options),
         line_flags=names(rule.line_flags),
+        kinds={normal(option): kind for option, kind in rule.kinds.items()},
     )
 
 
@@ -971,8 +974,9 @@ class Classifier:
     ) -> Operation | None:
         if handlers.tools:
             found = _most_dangerous(tool.match(args, self._repeated) for tool in handlers.tools)
-            if found is not None and walk.folder:
-                found = replace(found, hints={**found.hints, CWD_HINT: walk.folder})
+            if found is not None and walk.folder:  # joined with the tool's own move
+                folder = posixpath.join(walk.folder, found.hints.get(CWD_HINT, ""))
+                found = replace(found, hints={**found.hints, CWD_HINT: posixpath.normpath(folder)})
             if found is not None:
                 return found
         for launcher in handlers.launchers:
@@ -1010,6 +1014,7 @@ class Classifier:
                 key, _, item = value.partition("=")
                 assignments[key] = item
             line_mode = line_mode or name in launcher.line_flags
+        own = next((name for name, _ in options if name in launcher.kinds), None)
         rest = list(args[parsed.end :])
         with walk.moved(hints.values):
             if walk.folder and ENV_FILE_HINT in hints.values:
@@ -1020,7 +1025,13 @@ class Classifier:
                     posixpath.join(walk.folder, name)
                     for name in hints.values[ENV_FILE_HINT].splitlines()
                 )
-            found = self._launched(launcher, parsed, rest, line_mode, assignments, walk, depth)
+            found: Operation | None
+            if own is not None:  # `node --test`: the launcher's own test runner
+                found = Operation(rule.name, launcher.kinds[own], own)
+                if walk.folder:
+                    found = replace(found, hints={CWD_HINT: walk.folder})
+            else:
+                found = self._launched(launcher, parsed, rest, line_mode, assignments, walk, depth)
         return True, _merge_context(found, hints.values, assignments)
 
     def _launched(
