@@ -125,6 +125,11 @@ def test_verify_list_and_restore_on_damaged_backups(
         assert "damaged" in stderr_text(refused)
     assert file_digest(database) == before
     assert len(listing(home)) == 5
+    # the attempts on a backup that could be read are in the operation log, with why
+    [attempt] = [r for r in oplog(home) if r.get("decision") == "restore"]
+    assert (attempt["backups"], attempt["outcome"]) == ([{"id": by_kind["flipped"]}], "failed")
+    assert "checksum mismatch" in attempt["reason"]
+    assert "checksum mismatch" in home.ctl("log").stdout.decode()
 
     # the daemon starts with them in the store, reports them and serves
     daemon = FaultDaemon(home).start()

@@ -59,18 +59,26 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     reason = Reason(
         kind="pre-restore", argv=["dbguardctl", "restore", manifest.id], cwd=manifest.reason.cwd
     )
+    record = {
+        "argv": ["dbguardctl", "restore", manifest.id],
+        "decision": "restore",
+        "databases": [{"database": target.label}],
+    }
     engines = Engines(ctx.config.backup)
     try:
         before = operations.restore_backup(
             ctx.store, engines, manifest, target, reason, end_connections=args.end_connections
         )
+    except DbguardError as err:
+        # The log is the audit trail: an attempt that failed is in it too, with why.
+        failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
+        ctx.oplog.append(record | failed)
+        raise
     finally:
         engines.close()
     ctx.oplog.append(
-        {
-            "argv": ["dbguardctl", "restore", manifest.id],
-            "decision": "restore",
-            "databases": [{"database": target.label}],
+        record
+        | {
             "backups": [{"id": manifest.id, "restored": True}]
             + ([{"id": before.id, "pre_restore": True}] if before else []),
             "outcome": "ok",
