@@ -85,6 +85,11 @@ def test_read_only_commands_pass_without_a_backup(
 
     assert backups(home) == []
     assert [r["decision"] for r in oplog(home)] == ["pass", "pass", "pass"]
+    # `log` shows the database tool's commands; `php -v`, no database tool, with --all
+    shown = json.loads(home.ctl("log", "--json").stdout)
+    assert [r["argv"][1:] for r in shown] == [["artisan", "migrate:status"], ["artisan", "--help"]]
+    assert len(json.loads(home.ctl("log", "--all", "--json").stdout)) == 3
+    assert "php -v" in home.ctl("log", "--all").stdout.decode()
 
 
 def test_exit_status_and_output_pass_through(home: Home, daemon: Daemon, project: Path) -> None:

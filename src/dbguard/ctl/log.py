@@ -1,6 +1,10 @@
 """Show recent guarded operations from the operation log.
 
-Usage: dbguardctl log [-n COUNT] [--json]
+Usage: dbguardctl log [-n COUNT] [--all] [--json]
+
+Commands that are no database tool at all (`php -v`, `npm install`, `python3 -c ...`
+through the opt-in python shim) are logged too, but shown only with --all: they would
+push the database operations out of view.
 """
 
 from __future__ import annotations
@@ -13,16 +17,21 @@ from dbguard.ctl.context import Context, table
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=int, default=20, metavar="COUNT", help="how many (default 20)")
+    parser.add_argument(
+        "--all", action="store_true", help="also commands that are no database tool (php -v)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    records = list(deque(ctx.oplog.records(), maxlen=max(args.n, 0)))
+    shown = ctx.oplog.records() if args.all else filter(_database_tool, ctx.oplog.records())
+    records = list(deque(shown, maxlen=max(args.n, 0)))
     if args.json:
         ctx.print_json(records)
         return 0
     if not records:
-        ctx.print(f"no operations logged in {ctx.oplog.path}")
+        more = "" if args.all else " (--all shows commands that are no database tool)"
+        ctx.print(f"no database operations logged in {ctx.oplog.path}{more}")
         return 0
     rows = [["TIME", "DECISION", "OUTCOME", "COMMAND", "BACKUPS", "WHY"]]
     for record in records:
@@ -47,6 +56,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
     ctx.print(table(rows))
     return 0
+
+
+def _database_tool(record: dict[str, object]) -> bool:
+    """Not a pass of a command the catalog does not know (those have no tool)."""
+    return record.get("decision") != "pass" or "tool" in record
 
 
 def _why(record: dict[str, object]) -> str:
