@@ -236,6 +236,41 @@ def test_flask_migrate_and_bun_s_runner_back_up_the_project_s_database(
     assert oplog(home)[-1]["decision"] == "allow"
 
 
+def test_runs_in_workspace_members_back_up_each_member_s_database(
+    home: Home, daemon: Daemon
+) -> None:
+    install_stand_in(home, "yarn")
+    home.install_shims("yarn")
+    top = home.root / "shop"
+    top.mkdir()
+    (top / "package.json").write_text('{"workspaces": ["apps/*"]}')
+    for member in ("api", "worker"):
+        folder = top / "apps" / member
+        (folder / "prisma").mkdir(parents=True)
+        (folder / "package.json").write_text(
+            json.dumps({"name": f"@shop/{member}", "scripts": {"reset": "prisma migrate reset"}})
+        )
+        (folder / "prisma" / "schema.prisma").write_text(
+            'datasource db {\n  provider = "sqlite"\n  url = "file:./dev.db"\n}\n'
+        )
+        empty_users_table(folder / "prisma" / "dev.db")
+
+    # A workspace's package name, and a prisma that is its binary, not a script.
+    argv = ["yarn", "workspace", "@shop/api", "prisma", "migrate", "reset", "--force"]
+    assert home.run(argv, cwd=top).returncode == 0
+    assert [b["database"]["path"] for b in backups(home)] == [
+        str(top / "apps" / "api" / "prisma" / "dev.db")
+    ]
+    # Every member's script; the databases of both are backed up (api's reused).
+    assert (
+        home.run(["yarn", "workspaces", "foreach", "-A", "run", "reset"], cwd=top).returncode == 0
+    )
+    reached = {d["database"] for d in oplog(home)[-1]["databases"]}
+    assert reached == {
+        f"sqlite {top / 'apps' / m / 'prisma' / 'dev.db'}" for m in ("api", "worker")
+    }
+
+
 def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
     home: Home, daemon: Daemon
 ) -> None:

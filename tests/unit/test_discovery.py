@@ -5,6 +5,7 @@ Pure: files come from dicts or from the fixture projects through a reader."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -884,6 +885,38 @@ def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> Non
         assert Path(tmp_path, found.hints["cwd"]) == api
     missing = ["npm", "-w", "@shop/nope", "run", "db:reset"]
     assert classify_with_project(classifier, None, missing, files.package_script) is None
+
+
+@pytest.mark.parametrize(
+    "declaration",
+    [
+        ("package.json", '{"workspaces": ["packages/*"]}'),
+        ("package.json", '{"workspaces": {"packages": ["packages/*"]}}'),  # yarn 1
+        ("pnpm-workspace.yaml", "packages:\n  - 'packages/*'\n"),
+        ("lerna.json", '{"packages": ["packages/*"]}'),
+    ],
+)
+def test_fan_out_runs_reach_every_workspace_member(
+    tmp_path: Path, declaration: tuple[str, str]
+) -> None:
+    name, text = declaration
+    (tmp_path / name).write_text(text)
+    for member, script in (("api", "prisma migrate reset --force"), ("web", "vitest run")):
+        (tmp_path / "packages" / member).mkdir(parents=True)
+        (tmp_path / "packages" / member / "package.json").write_text(
+            json.dumps({"name": member, "scripts": {"reset": script}})
+        )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path / "packages" / "web")  # from inside a member too
+    argv = ["pnpm", "-r", "reset"]
+    found = classify_with_project(
+        classifier, None, argv, files.package_script, files.workspace_members
+    )
+    assert found is not None
+    assert {(o.tool, o.hints["cwd"]) for o in found.each()} == {
+        ("prisma", str(tmp_path / "packages" / "api")),
+        ("vitest", str(tmp_path / "packages" / "web")),
+    }
 
 
 def test_path_arguments_into_another_project_name_its_root(tmp_path: Path) -> None:

@@ -1105,6 +1105,8 @@ SCRIPT_CASES = [
     script_case("pnpm knex migrate:latest", MIGRATE, (), "knex"),
     script_case("bun run test", TEST, ("bun run test",)),
     script_case("bun fresh", DESTRUCTIVE, ("bun run fresh",)),
+    script_case("turbo run fresh", DESTRUCTIVE, ("turbo run fresh",)),
+    script_case("lerna run fresh", DESTRUCTIVE, ("lerna run fresh",)),
     script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
     script_case("composer test", TEST, ("composer run test",), "artisan", "test"),
     script_case("composer run-script test", TEST, ("composer run test",)),
@@ -1268,6 +1270,55 @@ def test_a_launcher_s_dotenv_file_is_named_from_where_the_launcher_runs(
     found = CLASSIFIER.classify(shlex.split(line), lookup)
     assert found is not None
     assert (found.hints.get("env_file"), found.hints.get("cwd")) == (env_file, folder)
+
+
+MONOREPO = Scripts(
+    {
+        "package.json": {"build": "tsc -b"},
+        "apps/api/package.json": {"reset": "prisma migrate reset -f", "build": "tsc"},
+        "apps/web/package.json": {"reset": "knex migrate:rollback --all", "test": "vitest"},
+        "apps/docs/package.json": {"build": "vitepress build"},
+    }
+)
+
+
+def members(manifest: str) -> list[str]:
+    return ["apps/api", "apps/web", "apps/docs"] if posixpath.dirname(manifest) == "" else []
+
+
+@pytest.mark.parametrize(
+    ("line", "folders"),
+    [
+        ("npm run reset --workspaces", {"apps/api", "apps/web"}),
+        ("npm run reset -ws", {"apps/api", "apps/web"}),
+        ("npm -w apps/api -w apps/web run reset", {"apps/api", "apps/web"}),
+        ("npm -w apps/web run reset", {"apps/web"}),  # one member: that member only
+        ("npm run reset", None),  # the top folder has no such script
+        ("pnpm -r reset", {"apps/api", "apps/web"}),
+        ("pnpm --filter web run reset", {"apps/api", "apps/web"}),  # a filter: every member
+        ("yarn workspaces foreach -A --jobs 2 run reset", {"apps/api", "apps/web"}),
+        ("yarn workspace apps/web reset", {"apps/web"}),
+        ("yarn workspace apps/api prisma migrate reset", {"apps/api"}),  # its binary
+        ("bun --filter '*' reset", {"apps/api", "apps/web"}),
+        ("bun run --filter api reset", {"apps/api", "apps/web"}),
+        ("turbo run build reset", {"apps/api", "apps/web"}),
+        ("turbo reset --concurrency 2", {"apps/api", "apps/web"}),
+        ("npx turbo run reset", {"apps/api", "apps/web"}),
+        ("turbo run build", None),
+        ("turbo login", None),
+        ("lerna run reset --scope api", {"apps/api", "apps/web"}),
+    ],
+)
+def test_runs_in_workspace_members_classify_each_member_s_script(
+    line: str, folders: set[str] | None
+) -> None:
+    found = CLASSIFIER.classify(shlex.split(line), MONOREPO, members)
+    if folders is None:
+        assert found is None, found
+        return
+    assert found is not None
+    assert found.kind is DESTRUCTIVE
+    assert {o.hints.get("cwd") for o in found.each()} == folders
 
 
 def test_pre_and_post_scripts_run_around_npm_scripts() -> None:

@@ -137,7 +137,11 @@ class Guard:
             project = None  # discovery reads it again and denies with the file's error
         try:
             return classify_with_project(
-                self.classifier, project, request.argv, files.package_script
+                self.classifier,
+                project,
+                request.argv,
+                files.package_script,
+                files.workspace_members,
             )
         except DiscoveryError:
             # An unreadable package.json: let discovery report it properly.
@@ -494,6 +498,8 @@ def _anchored(request: Invoke, operation: Operation) -> tuple[Operation, Path]:
             expanded,
         )
         folder = Path(os.path.normpath(cwd / expanded))
+        if not folder.is_dir():  # a workspace's package name (yarn workspace @shop/api)
+            folder = ProjectFiles(cwd).member_named(moved, "package.json") or folder
         if not folder.is_dir():
             raise DiscoveryError(
                 f"{operation.description} runs in {moved!r} ({folder}), which is not a "

@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbguard.discovery import Found, discover
+import yaml
+
+from dbguard.discovery import FolderLister, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.signs import npm_workspaces, workspace_folders
 from dbguard.rules import Kind, Operation, Script
@@ -31,6 +33,18 @@ ROOT_MARKERS = (
 MAX_FILE_BYTES = 1 << 20
 
 Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
+
+
+def _yaml(text: str | None) -> object:
+    try:
+        return yaml.safe_load(text) if text is not None else None
+    except (yaml.YAMLError, RecursionError):
+        return None
+
+
+def _strings(data: object, key: str) -> list[str]:
+    value = data.get(key) if isinstance(data, dict) else None
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _json(text: str | None) -> object:
@@ -101,23 +115,40 @@ class ProjectFiles:
         except OSError:
             return None
 
-    def _workspace(self, package: str, manifest: str) -> Path | None:
-        """The folder of the workspace member named `package` in the workspaces of the
-        nearest `manifest` at or above the root that declares some."""
-        for top in (self.root, *self.root.parents):
-            data = _json(self.read(str(top / manifest)))
-            if isinstance(data, dict) and "workspaces" in data:
-                break
-        else:
-            return None
-        members = workspace_folders(
-            npm_workspaces(data), lambda relative: self.listdir(str(top / relative))
-        )
+    def _workspace(self, start: Path, manifest: str) -> tuple[Path, list[str]] | None:
+        """The nearest folder at or above `start` that declares workspaces (`manifest`'s
+        `workspaces`, pnpm-workspace.yaml, lerna.json's `packages`), and its members."""
+        for top in (start, *start.parents):
+            package = _json(self.read(str(top / manifest)))
+            patterns = npm_workspaces(package)
+            if manifest == "package.json":
+                patterns += _strings(_yaml(self.read(str(top / "pnpm-workspace.yaml"))), "packages")
+                patterns += _strings(_json(self.read(str(top / "lerna.json"))), "packages")
+            if patterns:
+                return top, workspace_folders(patterns, self._lister(top))
+        return None
+
+    def _lister(self, top: Path) -> FolderLister:
+        return lambda relative: self.listdir(str(top / relative))
+
+    def member_named(self, package: str, manifest: str) -> Path | None:
+        """The folder of the workspace member whose `manifest` says `name: package`."""
+        top, members = self._workspace(self.root, manifest) or (self.root, [])
         for member in members:
             named = _json(self.read(str(top / member / manifest)))
             if isinstance(named, dict) and named.get("name") == package:
                 return top / member
         return None
+
+    def workspace_members(self, manifest: str) -> list[str]:
+        """The member folders of the workspace `manifest` (from the root, as for
+        package_script) belongs to: what npm --workspaces, pnpm -r and turbo run in."""
+        start = Path(os.path.normpath(self.root / os.path.dirname(manifest)))
+        workspace = self._workspace(start, os.path.basename(manifest))
+        if workspace is None:
+            return []
+        top, members = workspace
+        return [os.path.normpath(top / member) for member in members]
 
     def unchanged(self) -> bool:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
@@ -133,7 +164,7 @@ class ProjectFiles:
             folder, name = os.path.split(manifest)
             start = Path(os.path.normpath(self.root / folder))
             if folder and not start.is_dir():
-                member = self._workspace(folder, name)
+                member = self.member_named(folder, name)
                 if member is None:
                     return None
                 start = member

@@ -58,7 +58,7 @@ from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.urls import parse_database_url, url_engine
 from dbguard.engines.base import EngineName, Target
 from dbguard.production import ProductionSettings, Setting, TargetFacts
-from dbguard.rules import Catalog, Classifier, Kind, Operation, ScriptLookup
+from dbguard.rules import Catalog, Classifier, Kind, MemberLookup, Operation, ScriptLookup
 
 __all__ = [
     "PROJECT_FILE",
@@ -435,11 +435,12 @@ def classify_with_project(
     project: ProjectConfig | None,
     argv: Sequence[str],
     lookup: ScriptLookup | None = None,
+    members: MemberLookup | None = None,
 ) -> Operation | None:
     """Classify `argv` with the user's catalog and, if the project adds entries, with
     both merged: the more dangerous answer wins, so a project entry that shadows a
     built-in tool can never make a command less guarded."""
-    base = classifier.classify(argv, lookup)
+    base = classifier.classify(argv, lookup, members)
     if project is None or project.catalog == Catalog():
         return base
     key = (id(classifier), project.catalog.model_dump_json())
@@ -451,7 +452,7 @@ def classify_with_project(
         merged = _MERGED[key] = Classifier(
             classifier.catalog.merged(project.catalog, replace=False)
         )
-    return stricter(base, merged.classify(argv, lookup))
+    return stricter(base, merged.classify(argv, lookup, members))
 
 
 _MERGED: dict[tuple[int, str], Classifier] = {}

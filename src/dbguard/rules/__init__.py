@@ -167,6 +167,10 @@ class ScriptsRule(_Rule):
     forwards_options: bool = False
     aliases: dict[str, str] = {}
     reference_prefix: str | None = None
+    member_options: list[str] = []
+    members: bool = False
+    member_words: dict[str, Literal["named", "every"]] = {}
+    multiple: bool = False
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
@@ -278,6 +282,9 @@ class Script(NamedTuple):
 # from the invocation's folder when an option moved it (`npm --prefix web test` reads
 # web/package.json), found from its folder upwards as the tools do.
 ScriptLookup = Callable[[str, str], Script | None]
+# manifest -> the folders of the workspace members of the project it belongs to (npm
+# workspaces, pnpm-workspace.yaml), from the invocation's folder or absolute.
+MemberLookup = Callable[[str], list[str]]
 # The hint naming the folder the command runs in, relative to the invocation's (env -C,
 # npm --prefix, yarn --cwd): set on the operation as every folder change joined.
 CWD_HINT = "cwd"
@@ -292,6 +299,8 @@ SCOPE_HINT = "scope"
 
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
+_MAX_MEMBERS = 256  # workspace members a script is run in (npm -ws, turbo run)
+_LOOKUPS_PER_MEMBER = 4  # the script, its pre and post, one nested script
 _MAX_COMMAND_WORDS = 4
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _SEPARATORS = frozenset(";&|()")
@@ -335,6 +344,7 @@ class _Syntax:
     single_dash: bool = False
     values: frozenset[str] = frozenset()  # take the next word, or an attached value
     attached: frozenset[str] = frozenset()  # take only an attached value (-pSECRET)
+    words: frozenset[str] = frozenset()  # whole words that are one option (npm's -ws)
     stops: frozenset[str] = frozenset()  # the launcher's own parsing ends after the value
 
     def normal(self, name: str) -> str:
@@ -386,7 +396,7 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
                 takes_next = True
         elif word in syntax.values:
             name, takes_next = word, True
-        elif word in syntax.attached:
+        elif word in syntax.attached or word in syntax.words:
             name = word
         else:
             # A getopt cluster: -xvf is -x -v -f; a value option ends it (-kVALUE, -xk VALUE).
@@ -831,6 +841,7 @@ class _Walk:
     folder the command being classified runs in (relative to the invocation's)."""
 
     lookup: ScriptLookup | None
+    members_of: MemberLookup | None = None
     lookups_left: int = _MAX_LOOKUPS
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
     folder: str = ""
@@ -843,6 +854,14 @@ class _Walk:
             return None
         self.lookups_left -= 1
         return self.lookup(self.manifest(manifest), name)
+
+    def members(self, manifest: str) -> list[str]:
+        """The workspace members of the project `manifest` (from here) belongs to."""
+        if self.members_of is None:
+            return []
+        members = self.members_of(self.manifest(manifest))[:_MAX_MEMBERS]
+        self.lookups_left += _LOOKUPS_PER_MEMBER * len(members)  # each runs its script
+        return members
 
     def move(self, target: str) -> None:
         """`cd target`: relative to the current folder, or absolute."""
@@ -915,7 +934,9 @@ class Classifier:
             for program in launcher.programs:
                 self._handlers(program).launchers.append(compiled)
         for scripts in catalog.scripts:
-            syntax = _Syntax(values=frozenset(scripts.value_options))
+            syntax = _Syntax(
+                values=frozenset(scripts.value_options), words=frozenset(scripts.member_options)
+            )
             compiled_scripts = _Scripts(
                 scripts, syntax, frozenset(scripts.run), frozenset(scripts.builtins)
             )
@@ -928,16 +949,20 @@ class Classifier:
     # ---- entry points ------------------------------------------------------------------------
 
     def classify(
-        self, argv: Sequence[str], lookup: ScriptLookup | None = None, _depth: int = 0
+        self,
+        argv: Sequence[str],
+        lookup: ScriptLookup | None = None,
+        members: MemberLookup | None = None,
     ) -> Operation | None:
-        """The operation `argv` performs, or None when it is not a database tool."""
-        return self._classify(argv, _Walk(lookup), _depth, None)
+        """The operation `argv` performs, or None when it is not a database tool.
+        `lookup` finds package scripts, `members` a workspace's member folders."""
+        return self._classify(argv, _Walk(lookup, members), 0, None)
 
     def classify_command_line(
-        self, line: str, lookup: ScriptLookup | None = None, _depth: int = 0
+        self, line: str, lookup: ScriptLookup | None = None, members: MemberLookup | None = None
     ) -> Operation | None:
         """Classify a shell command line (a package script): the most dangerous part wins."""
-        return self._line(line, _Walk(lookup), _depth, None)
+        return self._line(line, _Walk(lookup, members), 0, None)
 
     # ---- one command -----------------------------------------------------------------------
 
@@ -1085,8 +1110,57 @@ class Classifier:
             options = parsed.options
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
+        moves = {value for name, value in options if rule.targets.get(name) == CWD_HINT}
+        every = rule.members or any(name in rule.member_options for name, _ in options)
+        word = self._member_word(scripts, parsed, args)
+        if word is not None:
+            how, rest = word
+            if how == "named":  # `yarn workspace api reset`: member api (folder or name)
+                named = _parse(args[rest:], scripts.syntax, first_only=True)
+                if not named.positionals:
+                    return None
+                rest += named.end + 1
+                hints.values[CWD_HINT] = posixpath.join(
+                    hints.values.get(CWD_HINT, ""), named.positionals[0][1]
+                )
+            every = every or how == "every"  # `yarn workspaces foreach -A run reset`
+            args = args[rest:]
+            parsed = _parse(args, scripts.syntax, first_only=True)
+            if not parsed.positionals:
+                return None
+        if len(moves) > 1 and word is None:  # npm -w api -w web: every member, from here
+            hints.values.pop(CWD_HINT, None)
+            every = True
         with walk.moved(hints.values):
-            return self._run_scripts(scripts, parsed, args, walk, depth)
+            if not every:
+                return self._run_scripts(scripts, parsed, args, walk, depth)
+            # A filter (pnpm --filter api) is not followed: every member, and the
+            # folder's own script too, so no database a filter could name is left out.
+            found = [self._run_scripts(scripts, parsed, args, walk, depth)]
+            for member in walk.members(rule.manifest):
+                with walk.moved(to=member):
+                    found.append(self._run_scripts(scripts, parsed, args, walk, depth))
+        return _most_dangerous(found)
+
+    @staticmethod
+    def _member_word(
+        scripts: _Scripts, parsed: _Parsed, args: Sequence[str]
+    ) -> tuple[str, int] | None:
+        """(how, where the rest starts) when the words of a `member_words` key come first
+        (`yarn workspaces foreach`), their own options between them."""
+        for key, how in scripts.rule.member_words.items():
+            first, *others = key.split()
+            if parsed.positionals[0][1] != first:
+                continue
+            rest = parsed.end + 1
+            for other in others:
+                after = _parse(args[rest:], scripts.syntax, first_only=True)
+                if not after.positionals or after.positionals[0][1] != other:
+                    break
+                rest += after.end + 1
+            else:
+                return how, rest
+        return None
 
     def _run_scripts(
         self, scripts: _Scripts, parsed: _Parsed, args: Sequence[str], walk: _Walk, depth: int
@@ -1095,9 +1169,14 @@ class Classifier:
         word = parsed.positionals[0][1]
         after = list(args[parsed.end + 1 :])
         if word in scripts.run:
-            inner = _parse(after, scripts.syntax, first_only=True)
+            inner = _parse(after, scripts.syntax, first_only=not rule.multiple)
             if not inner.positionals:
                 return None  # `npm run` lists the scripts
+            if rule.multiple:  # `turbo run build db:reset`: each word is a script
+                return _most_dangerous(
+                    self._script(scripts, "run", name, [], walk, depth)
+                    for _, name in inner.positionals
+                )
             script = inner.positionals[0][1]
             after = after[inner.end + 1 :]
             return self._script(scripts, "run", script, after, walk, depth, fallback=rule.bins)
