@@ -290,6 +290,24 @@ def test_laravel_phpunit_memory_database_is_a_note_not_a_target() -> None:
     assert any(":memory:" in note for note in found.notes)
 
 
+def test_laravel_test_run_reads_the_phpunit_file_it_is_given() -> None:
+    # `php artisan test -c phpunit.pg.xml`: that file's database, not phpunit.xml's.
+    memory = '<env name="DB_CONNECTION" value="sqlite"/><env name="DB_DATABASE" value=":memory:"/>'
+    pgsql = '<env name="DB_CONNECTION" value="pgsql"/><env name="DB_DATABASE" value="shop_test"/>'
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=mysql\nDB_DATABASE=shop\n",
+        "phpunit.xml": f"<phpunit><php>{memory}</php></phpunit>",
+        "phpunit.pg.xml": f"<phpunit><php>{pgsql}</php></phpunit>",
+    }
+    argv = ["php", "artisan", "test", "-c", "phpunit.pg.xml"]
+    classified = Classifier(builtin_catalog()).classify(argv)
+    assert classified is not None
+    found = run(files, kind=Kind.TEST, hints=classified.hints)
+    assert ("postgres", "shop_test") in [(t.engine, t.name) for t in found.targets]
+    assert not any(":memory:" in note for note in found.notes)
+
+
 def test_laravel_cached_config_test_run_reaches_production() -> None:
     # The incident: phpunit.xml says :memory:, but bootstrap/cache/config.php wins and
     # names the production database. dbguard backs up what the cache names and the

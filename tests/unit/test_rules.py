@@ -176,6 +176,13 @@ LARAVEL = [
     case("php artisan make:migration create_users_table", None),
     case("php artisan db:backup", None),
     case("php artisan", None),
+    case("php artisan test -c phpunit.pg.xml", TEST, "artisan", hints={"config": "phpunit.pg.xml"}),
+    case(
+        "php artisan test --configuration=phpunit.pg.xml",
+        TEST,
+        "artisan",
+        hints={"config": "phpunit.pg.xml"},
+    ),
 ]
 
 SYMFONY = [
