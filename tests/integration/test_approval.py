@@ -176,6 +176,15 @@ def test_the_database_marker_makes_production_and_travels_with_the_file(
     refused = home.run(["php", "artisan", "db:wipe"], cwd=project)
     assert refused.returncode == 77
     assert b"marked production" in refused.stderr
+    # An agent may mark production, never lift it: that would open production to itself.
+    home.extra_env["CLAUDECODE"] = "1"
+    for environment in ("development", "none"):
+        lifted = home.ctl("mark", environment, cwd=project)
+        assert lifted.returncode == 77, lifted.stderr
+        assert b"refuses to run in an AI agent's environment" in lifted.stderr
+    assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 77
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    del home.extra_env["CLAUDECODE"]  # a person
     assert home.ctl("mark", "development", cwd=project).returncode == 0
     assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 0
 

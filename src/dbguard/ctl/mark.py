@@ -6,7 +6,8 @@ The mark travels with the database (SQLite: the file header's application_id;
 PostgreSQL: a database setting; MySQL: a stored procedure `dbguard_environment` whose
 comment holds the mark) and outranks names and hosts: a database marked production is
 production wherever it is, and a local copy marked development is not production
-because of an old host name in a .env.
+because of an old host name in a .env. In an AI agent's environment only `production`
+may be set: the other marks loosen the rules.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dbguard.ctl.context import Context
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker
+from dbguard.policy import agent_markers
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    agents = agent_markers(ctx.env, ctx.config.production)
+    if agents and args.environment != "production":
+        # A development mark outranks names and hosts: set by an agent, it would open
+        # production to the agent itself. Marking production only adds protection.
+        ctx.error(
+            f"dbguardctl mark {args.environment} refuses to run in an AI agent's environment "
+            f"({', '.join(agents)} is set): a person decides a database is not production, "
+            "in their own terminal"
+        )
+        return 77
     found = DiscoveryCache().project_databases(Path(os.getcwd()), ctx.env, "dbguardctl mark")
     targets = [t for t in found.targets if not args.database or args.database in t.label]
     if len(targets) != 1:
