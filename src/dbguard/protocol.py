@@ -220,10 +220,12 @@ class Ok(_Message):
 
 
 class Error(_Message):
-    """The request itself was wrong; the connection is closed after this."""
+    """The request itself was wrong, or (internal) dbguardd failed on it; the connection
+    is closed after this."""
 
     type: Literal["error"] = "error"
     message: str
+    internal: bool = False  # a bug in dbguardd, not a request it cannot read
 
 
 class Status(_Message):

@@ -43,6 +43,24 @@ def test_a_daemon_that_does_not_answer_is_a_message_and_69(
     assert words in text and "Traceback" not in text
 
 
+@pytest.mark.parametrize(("internal", "code"), [(True, 70), (False, 76)])
+def test_a_shim_tells_a_daemon_s_bug_from_a_request_it_cannot_read(
+    home: Home, internal: bool, code: int
+) -> None:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    error = {"type": "error", "message": "it broke", "internal": internal}
+
+    def answer(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(json.dumps(error).encode() + b"\n")
+
+    with fake_daemon(home.socket, answer):
+        result = home.run(["php", "-v"], cwd=home.root)
+    assert result.returncode == code, result.stderr
+    assert b"php was not run: it broke" in result.stderr
+
+
 def test_a_daemon_that_never_answers_times_out_with_a_message(home: Home) -> None:
     silent = threading.Event()
     with fake_daemon(home.socket, lambda conn: silent.wait(30)):

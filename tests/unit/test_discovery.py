@@ -393,6 +393,15 @@ def test_malformed_env_line_names_file_and_line() -> None:
         run({"artisan": "", ".env": "APP_ENV=local\nDB_CONNECTION=mysql\nDB HOST=x\n"})
 
 
+@pytest.mark.parametrize("connection", ["sqlite", "pgsql"])
+def test_a_nul_byte_in_env_names_file_and_line(connection: str) -> None:
+    env = f"DB_CONNECTION={connection}\nDB_DATABASE=database/app.sqlite\0junk\n"
+    with pytest.raises(DiscoveryError, match=r"^\.env, line 2: DB_DATABASE contains a NUL"):
+        run({"artisan": "", ".env": env})
+    with pytest.raises(DiscoveryError, match=r"database\[0\]\): the database's path contains"):
+        run({"artisan": "", ".dbguard.toml": '[[database]]\nurl = "sqlite:///a\\u0000b"\n'})
+
+
 def test_unparseable_database_url_names_file_and_line() -> None:
     with pytest.raises(DiscoveryError, match=r"^\.env, line 2: .*does not parse") as info:
         run(

@@ -413,7 +413,7 @@ def main(argv: list[str]) -> int | None:
             return EXIT_NOPERM if kind == "deny" else EXIT_TEMPFAIL
         else:
             say(f"{name} was not run: {reply.get('message', f'unexpected reply {kind!r}')}")
-            return EXIT_PROTOCOL
+            return EXIT_SOFTWARE if reply.get("internal") else EXIT_PROTOCOL
 
 
 def run(argv: list[str]) -> None:

@@ -165,7 +165,8 @@ class Server:
         except Exception:
             log.exception("connection handler failed")
             with contextlib.suppress(Exception):
-                await self._send(writer, Error(message="internal error in dbguardd; see its log"))
+                failed = "internal error in dbguardd (a bug); its log has the details"
+                await self._send(writer, Error(message=failed, internal=True))
         finally:
             self._connections.discard(task)
             writer.close()

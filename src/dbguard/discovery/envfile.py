@@ -47,6 +47,11 @@ def parse_env_entries(text: str, name: str, env: Mapping[str, str]) -> dict[str,
         if binding.key is None:
             continue
         value = binding.value or ""
+        if "\0" in value:  # a damaged file: no database, path or host has one
+            raise DiscoveryError(
+                f"{name}, line {_line(binding)}: {binding.key} contains a NUL byte",
+                "fix the line (the file may be damaged)",
+            )
         if not _SINGLE_QUOTED.match(binding.original.string):
             scope = {**{k: v for k, (v, _) in values.items()}, **env}
             value = "".join(atom.resolve(scope) for atom in parse_variables(value))

@@ -73,6 +73,12 @@ class Found:
             if note_if_none and note_if_none not in self.notes:
                 self.notes.append(note_if_none)
             return
+        damaged = [name for name, value in target if isinstance(value, str) and "\0" in value]
+        if damaged:  # no path, host or name has one; stat() and the drivers would raise
+            raise DiscoveryError(
+                f"{target.source}: the database's {damaged[0]} contains a NUL byte",
+                "fix that setting (the file may be damaged)",
+            )
         for index, known in enumerate(self.targets):
             if known.key == target.key:
                 # The same database reached two ways: keep both explanations.
