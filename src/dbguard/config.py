@@ -18,7 +18,7 @@ from dbguard import paths
 from dbguard.errors import ConfigError
 from dbguard.production import ProductionSettings
 from dbguard.retention import RetentionSettings, SpaceSettings
-from dbguard.rules import Catalog
+from dbguard.rules import Catalog, Classifier, builtin_catalog
 
 # The framework tools and their launchers. The interactive clients (psql, mysql, mariadb,
 # sqlite3) and `python` are opt-in: name them to `dbguardctl shims install`.
@@ -113,6 +113,15 @@ class Config(_Section):
     rules: Catalog = Catalog()  # entries in the catalog.toml schema; yours replace built-ins
 
     _check_paths = field_validator("socket", "backup_dir", "operation_log")(_absolute)
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_compile(cls, rules: Catalog) -> Catalog:
+        # What only the compiled catalog checks (`extends` naming no tool) fails here,
+        # with the key, and not when dbguardd starts or reloads.
+        if rules != Catalog():
+            Classifier(builtin_catalog().merged(rules))
+        return rules
 
     def socket_path(self, env: Mapping[str, str]) -> Path:
         """DBGUARD_SOCKET, else the `socket` key, else $XDG_RUNTIME_DIR/dbguard/dbguard.sock."""

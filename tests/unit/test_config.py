@@ -60,6 +60,7 @@ def test_explicit_path_beats_environment(tmp_path: Path) -> None:
         ("[backup]\nmax_parallel = 'two'\n", r"backup\.max_parallel: .*integer"),
         ('[shims]\ncommands = ["../evil"]\n', r"shims\.commands: .*not a plain command name"),
         ("backup = [\n", r"not valid TOML"),
+        ('[[rules.tool]]\nname = "x"\nextends = "nope"\n', r"rules: .*extends unknown .*nope"),
     ],
 )
 def test_invalid_files_name_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:

@@ -132,6 +132,7 @@ def test_command_words_that_look_like_settings_are_not_loosening() -> None:
         ('[[database]]\nengine = "oracle"\nname = "x"\n', r"database\[0\]\.engine"),
         ('[[tool]]\nname = "t"\n', r"tool"),
         ("version = 2\n", "version"),
+        ('[[tool]]\nname = "t"\nextends = "nope"\n', r"\.dbguard\.toml: tool 't' extends unknown"),
     ],
 )
 def test_invalid_files_name_the_problem(text: str, message: str) -> None:

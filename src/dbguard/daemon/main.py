@@ -76,6 +76,8 @@ def reload_config(guard: Guard, config_file: str | None) -> None:
         pending = guard.reload(config)
     except DbguardError as err:  # a ConfigError, or a backup folder that cannot be made
         log.error("new config rejected; the previous one stays in force", error=str(err))
+    except Exception:  # e.g. a catalog that no longer loads (an upgrade under a running daemon)
+        log.exception("reload failed; the previous config stays in force")
     else:
         for note in pending:
             log.warning("config reloaded with a change that needs a restart", detail=note)

@@ -111,11 +111,12 @@ class Guard:
         made."""
         store = _store(config, self.env)
         store.ensure()  # first: a folder that cannot be made leaves the old config whole
+        classifier = _classifier(config)  # and a catalog that does not load
         pending = []
         if config.socket_path(self.env) != self.socket_path:
             pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
         self.config = config
-        self.classifier = _classifier(config)
+        self.classifier = classifier
         self.store = store
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))

@@ -45,6 +45,7 @@ Schema (every table and key optional; unknown keys are errors)::
 
 from __future__ import annotations
 
+import functools
 import os.path
 import re
 import tomllib
@@ -58,7 +59,15 @@ from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.urls import parse_database_url, url_engine
 from dbguard.engines.base import EngineName, Target
 from dbguard.production import ProductionSettings, Setting, TargetFacts
-from dbguard.rules import Catalog, Classifier, Kind, MemberLookup, Operation, ScriptLookup
+from dbguard.rules import (
+    Catalog,
+    Classifier,
+    Kind,
+    MemberLookup,
+    Operation,
+    ScriptLookup,
+    builtin_catalog,
+)
 
 __all__ = [
     "PROJECT_FILE",
@@ -258,6 +267,9 @@ def parse_project_config(text: str, name: str = PROJECT_FILE) -> ProjectConfig:
         catalog = Catalog.model_validate(catalog_data)
     except ValidationError as err:
         raise ProjectConfigError(_describe(name, text, err)) from None
+    uncompiled = _compile_problem(catalog.model_dump_json()) if catalog != Catalog() else None
+    if uncompiled:
+        raise ProjectConfigError(f"{name}: {uncompiled}", "fix the file, or remove it")
     loosening.extend(_read_only_entries(catalog))
     if loosening:
         key, why = loosening[0]
@@ -270,6 +282,19 @@ def parse_project_config(text: str, name: str = PROJECT_FILE) -> ProjectConfig:
         return ProjectConfig.model_validate({**data, "catalog": catalog, "file": name})
     except ValidationError as err:
         raise ProjectConfigError(_describe(name, text, err)) from None
+
+
+@functools.lru_cache(maxsize=32)
+def _compile_problem(catalog_json: str) -> str | None:
+    """What only the compiled catalog checks (`extends` naming no tool), once per
+    project catalog: the file is read on every guarded command."""
+    try:
+        Classifier(
+            builtin_catalog().merged(Catalog.model_validate_json(catalog_json), replace=False)
+        )
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 # Keys that can only mean "protect less", wherever they appear.
