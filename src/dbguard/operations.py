@@ -102,10 +102,12 @@ def restore_backup(
     reason: Reason,
     *,
     end_connections: bool = False,
+    saved: Callable[[Manifest | None], None] = lambda before: None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
-    Returns the pre-restore backup (None when the database did not exist). Raises
+    Returns the pre-restore backup (None when the database did not exist), also handed
+    to `saved` as soon as it is taken (an interrupted restore names it). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -127,6 +129,7 @@ def restore_backup(
             f"keep it by moving it aside ({aside}), then restore again: a database that "
             "is not there is restored without a backup first; nothing was changed",
         ) from None
+    saved(before)
     engine = engines.for_target(target)
     with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
         engine.restore(target, data, manifest.data.format, scratch, end_connections=end_connections)

@@ -9,7 +9,9 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -557,3 +559,40 @@ def test_ctrl_c_while_waiting_for_the_daemon_is_a_message_not_a_traceback(
     assert shim.returncode == -signal.SIGINT, err  # as the command would have: loops stop
     assert b"interrupted: php was not run" in err and b"Traceback" not in err
     assert count_users(project) == 3
+
+
+def test_a_restore_stopped_before_its_swap_says_nothing_changed(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    taken = home.ctl("backup", "--json", cwd=project)
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    database = project / "database" / "app.sqlite"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # readers go on; the restore's copy has to wait
+    holder.execute("DELETE FROM users WHERE id = 1")
+    try:
+        restore = subprocess.Popen(
+            [sys.executable, "-m", "dbguard.ctl.main", "restore", backup_id, "--yes"],
+            cwd=project,
+            env=home.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # Once the pre-restore backup is listed, the restore is past it and waiting.
+        deadline = time.monotonic() + 30
+        while len(backups(home)) < 2 and time.monotonic() < deadline:
+            pass
+        assert len(backups(home)) == 2, restore.communicate()
+        restore.send_signal(signal.SIGTERM)
+        # It would give up on the held database after 30 s; a stop ends it well before.
+        _, err = restore.communicate(timeout=10)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    pre_restore = backups(home)[0]["id"]
+    assert restore.returncode == 130, err
+    assert f"was not changed; the pre-restore backup {pre_restore} stays".encode() in err
+    assert count_users(project) == 3
+    [logged] = [r for r in oplog(home) if r.get("decision") == "restore"]
+    assert (logged["outcome"], logged["backups"]) == ("interrupted", [{"id": backup_id}])

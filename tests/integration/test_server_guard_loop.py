@@ -5,7 +5,10 @@ brings back, rows identical. Real servers, real shims, stand-ins for the tools."
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,3 +162,80 @@ def test_destructive_command_is_backed_up_verified_and_restored(
     restored = home.ctl("restore", backup["id"], "--yes", cwd=project)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert rows() == before
+
+
+def test_a_stop_during_a_mysql_swap_waits_for_the_swap_and_says_so(
+    home: Home, daemon: Daemon, mysql_database: Target
+) -> None:
+    rows = seed_mysql(mysql_database)
+    name = str(mysql_database.name)
+    conn = mysql_connect(name)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE audit (id int)")
+        cur.execute(
+            "CREATE TRIGGER users_ai AFTER INSERT ON users FOR EACH ROW "
+            "INSERT INTO audit VALUES (NEW.id)"
+        )
+        cur.execute("CREATE VIEW names AS SELECT name FROM users")
+    conn.close()
+    before = rows()
+    project = home.root / "app"
+    project.mkdir()
+    laravel(project, mysql_database)
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    conn = mysql_connect(name)
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM users")
+    conn.close()  # a session on the database would stop the restore before it starts
+
+    # A session that reads the table without selecting the database holds its metadata
+    # lock, so the swap (dropping the trigger, then RENAME) waits inside the swap: a
+    # stop arrives there for sure.
+    blocker = mysql_connect(None)
+    watcher = mysql_connect(None)
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`.users")
+        restore = subprocess.Popen(
+            [sys.executable, "-m", "dbguard.ctl.main", "restore", backup_id, "--yes"],
+            cwd=project,
+            env=home.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        waiting = False
+        while not waiting and time.monotonic() < deadline and restore.poll() is None:
+            with watcher.cursor() as cur:
+                cur.execute(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                    "WHERE STATE LIKE '%metadata lock%'"
+                )
+                waiting = cur.fetchone()[0] > 0
+        assert waiting, restore.communicate()
+        restore.send_signal(signal.SIGTERM)
+        with blocker.cursor() as cur:
+            cur.execute("COMMIT")
+        out, err = restore.communicate(timeout=60)
+    finally:
+        blocker.close()
+        watcher.close()
+
+    assert restore.returncode == 130, err
+    assert b"finishing the swap" in err and b"once the restore was complete" in err
+    assert f"restored {backup_id}".encode() in out
+    assert rows() == before
+    conn = mysql_connect(name)
+    with conn.cursor() as cur:  # the backup's trigger and view came with it
+        cur.execute("INSERT INTO users (id, name) VALUES (9, 'x')")
+        cur.execute("SELECT COUNT(*) FROM audit WHERE id = 9")
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT COUNT(*) FROM names")
+        assert cur.fetchone()[0] == len(before) + 1
+    conn.close()
+    [logged] = [r for r in home.operations() if r.get("decision") == "restore"]
+    assert logged["outcome"] == "ok"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import dbguard.engines
 from dbguard.config import BackupSettings
 from dbguard.engines import Engines
-from dbguard.engines.base import Engine, EngineName
+from dbguard.engines.base import Engine, EngineName, SwapFinished, signals_held
 
 THREADS = 8
 
@@ -48,3 +50,21 @@ def test_threads_asking_at_once_share_one_engine(monkeypatch: pytest.MonkeyPatch
 
     assert len(created) == 1
     assert len(got) == THREADS and all(engine is created[0] for engine in got)
+
+
+def test_signals_held_through_a_swap_are_raised_once_it_is_done(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps = []
+    with pytest.raises(SwapFinished, match="SIGTERM"), signals_held("the swap of 'shop'"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        steps.append("finished")  # the stops did not cut the step short
+    assert steps == ["finished"]
+    assert capsys.readouterr().err.count("finishing the swap of 'shop' first") == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    # A step that fails says itself what state the database is in: its error wins.
+    with pytest.raises(RuntimeError), signals_held("the swap"):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("rename failed")

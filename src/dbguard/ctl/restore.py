@@ -6,17 +6,22 @@ Usage: dbguardctl restore ID [--yes] [--end-connections]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+from collections.abc import Iterator
 
 from dbguard import operations
 from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
-from dbguard.engines.base import Target
+from dbguard.engines.base import SwapFinished, Target
 from dbguard.errors import DbguardError
 from dbguard.policy import agent_markers
 from dbguard.production import classify_production
 from dbguard.store import Manifest, Reason
+
+_STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +69,29 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "decision": "restore",
         "databases": [{"database": target.label}],
     }
+    saved: list[Manifest | None] = []  # the pre-restore backup, once taken
+    stopped_after_swap = False
     engines = Engines(ctx.config.backup)
     try:
-        before = operations.restore_backup(
-            ctx.store, engines, manifest, target, reason, end_connections=args.end_connections
-        )
+        with _stops_interrupt():
+            before = operations.restore_backup(
+                ctx.store,
+                engines,
+                manifest,
+                target,
+                reason,
+                end_connections=args.end_connections,
+                saved=saved.append,
+            )
+    except SwapFinished:  # held through the swap: the restore is done
+        before, stopped_after_swap = saved[0], True
+    except KeyboardInterrupt:
+        # Before the swap: only the scratch copy and the pre-restore backup were made.
+        kept = f"; the pre-restore backup {saved[0].id} stays" if saved and saved[0] else ""
+        ctx.error(f"dbguardctl: interrupted: {target.label} was not changed{kept}")
+        stopped = {"backups": [{"id": manifest.id}], "outcome": "interrupted"}
+        ctx.oplog.append(record | stopped | {"reason": "interrupted before the swap"})
+        return 130
     except DbguardError as err:
         # The log is the audit trail: an attempt that failed is in it too, with why.
         failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
@@ -89,7 +112,26 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print(
             f"the contents it replaced are backup {before.id} (dbguardctl restore {before.id})"
         )
+    if stopped_after_swap:
+        ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
+        return 130
     return 0
+
+
+@contextlib.contextmanager
+def _stops_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a restore the way ^C does, so its message and log line say
+    what state the database is in (the default would end the process silently)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in _STOPS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> str | None:

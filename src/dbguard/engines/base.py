@@ -8,10 +8,13 @@ user; anything else is a bug.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import signal
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
@@ -161,3 +164,37 @@ def compare_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> li
         elif want != got:
             problems.append(f"table {table}: {got} rows restored, manifest says {want}")
     return problems
+
+
+class SwapFinished(KeyboardInterrupt):
+    """A stop signal that arrived during a restore's swap, raised once the swap is done:
+    the target holds the backup's contents."""
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held(what: str) -> Iterator[None]:
+    """Hold ^C, SIGTERM and SIGHUP while `what` runs, a step that stopped halfway would
+    leave a database half-restored; then raise SwapFinished for the first that came
+    (unless the step failed: its error says what state the database is in). Only the
+    main thread can take signals; elsewhere (the daemon's workers) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if not received:
+            sys.stderr.write(f"dbguard: finishing {what} first; stopping halfway would break it\n")
+        received.append(signum)
+
+    previous = {number: signal.signal(number, hold) for number in _HELD}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise SwapFinished(signal.Signals(received[0]).name)

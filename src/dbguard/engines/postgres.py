@@ -76,7 +76,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.errors import ObjectInUse
 
 from dbguard.config import BackupSettings
-from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target, signals_held
 from dbguard.engines.pipe import stdout_chunks
 from dbguard.errors import (
     BackupFailed,
@@ -1377,13 +1377,15 @@ class PostgresEngine:
             )
             if existing is not None:
                 _copy_database_properties(conn, existing, temp)
-            replaced = self._swap(conn, s, temp, existing, end_connections)
-            swapped = True
+            # A stop after the renames' commit must not be reported as "not changed".
+            with signals_held(f"the swap of {s.dbname}"):
+                replaced = self._swap(conn, s, temp, existing, end_connections)
+                swapped = True
+                if replaced is not None:
+                    self._drop_quietly(conn, replaced)
         finally:
             if not swapped:
                 self._drop_quietly(conn, temp)
-        if replaced is not None:
-            self._drop_quietly(conn, replaced)
 
     def _swap(
         self,

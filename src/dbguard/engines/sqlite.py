@@ -461,6 +461,9 @@ class SqliteEngine:
 
         try:
             _adopt_page_size(source, dest)
+            # Busy steps come back at once and backup() retries them, with the callback
+            # between: a long busy wait inside SQLite would hold off ^C and SIGTERM.
+            dest.execute("PRAGMA busy_timeout = 100")
             source.backup(dest, progress=give_up_when_held)
         except _StillInUse:
             holders = _holders(path)

@@ -25,7 +25,7 @@ import pymysql
 import structlog
 
 from dbguard.config import BackupSettings
-from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target, signals_held
 from dbguard.engines.mysql import pydump
 from dbguard.engines.mysql.server import (
     SERVER_STATUS_NO_BACKSLASH_ESCAPES,
@@ -1333,16 +1333,19 @@ class MysqlEngine:
                     # RENAME TABLE refuses tables with triggers across schemas.
                     for trigger in object_names(cur, new, "TRIGGER"):
                         cur.execute(f"DROP TRIGGER {quote_ident(new)}.{quote_ident(trigger)}")
-                    self._swap(
-                        conn,
-                        cur,
-                        database,
-                        new,
-                        deferred,
-                        existing or meta,
-                        existing is None,
-                        end_connections,
-                    )
+                    # From the first trigger dropped to the last routine created (seconds
+                    # for hundreds of views), a stop would leave a half-restored database.
+                    with signals_held(f"the swap of {database!r}"):
+                        self._swap(
+                            conn,
+                            cur,
+                            database,
+                            new,
+                            deferred,
+                            existing or meta,
+                            existing is None,
+                            end_connections,
+                        )
                 finally:
                     self._discard(cur, new)
         except pymysql.MySQLError as err:
@@ -1420,8 +1423,9 @@ class MysqlEngine:
         """Move the restored tables into `database` and recreate its other objects.
 
         The window: between dropping the target's triggers and recreating the backup's
-        (milliseconds), the target's tables have no triggers, and views and routines
-        are being replaced. Nothing writes in that window: sessions on the target were
+        (milliseconds, or seconds for hundreds of views; the caller holds stop signals
+        through it), the target's tables have no triggers, and views and routines are
+        being replaced. Nothing writes in that window: sessions on the target were
         refused or ended just before, and the swap waits for their metadata locks. A
         client connecting in that instant could write without triggers firing; the
         pre-restore backup holds what the target was.
