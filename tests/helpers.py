@@ -112,6 +112,17 @@ class Home:
             [sys.executable, "-m", "dbguard.ctl.main", *args], cwd=cwd or self.root, input=b""
         )
 
+    def ctl_process(self, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
+        """dbguardctl started, not waited for (to signal it while it works)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "dbguard.ctl.main", *args],
+            cwd=cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def install_shims(self, *names: str) -> None:
         shims.install(self.shims, list(names))
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -571,14 +570,7 @@ def test_a_restore_stopped_before_its_swap_says_nothing_changed(
     holder.execute("BEGIN IMMEDIATE")  # readers go on; the restore's copy has to wait
     holder.execute("DELETE FROM users WHERE id = 1")
     try:
-        restore = subprocess.Popen(
-            [sys.executable, "-m", "dbguard.ctl.main", "restore", backup_id, "--yes"],
-            cwd=project,
-            env=home.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
         # Once the pre-restore backup is listed, the restore is past it and waiting.
         deadline = time.monotonic() + 30
         while len(backups(home)) < 2 and time.monotonic() < deadline:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -199,14 +198,7 @@ def test_a_stop_during_a_mysql_swap_waits_for_the_swap_and_says_so(
         with blocker.cursor() as cur:
             cur.execute("BEGIN")
             cur.execute(f"SELECT COUNT(*) FROM `{name}`.users")
-        restore = subprocess.Popen(
-            [sys.executable, "-m", "dbguard.ctl.main", "restore", backup_id, "--yes"],
-            cwd=project,
-            env=home.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
         deadline = time.monotonic() + 60
         waiting = False
         while not waiting and time.monotonic() < deadline and restore.poll() is None:

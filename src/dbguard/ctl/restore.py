@@ -15,7 +15,7 @@ from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
-from dbguard.engines.base import SwapFinished, Target
+from dbguard.engines.base import SwapFinished, Target, signal_handlers
 from dbguard.errors import DbguardError
 from dbguard.policy import agent_markers
 from dbguard.production import classify_production
@@ -126,12 +126,8 @@ def _stops_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {number: signal.signal(number, interrupt) for number in _STOPS}
-    try:
+    with signal_handlers(_STOPS, interrupt):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> str | None:

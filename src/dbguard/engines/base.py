@@ -14,9 +14,9 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
@@ -175,6 +175,19 @@ _HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
+def signal_handlers(
+    numbers: tuple[signal.Signals, ...], handler: Callable[[int, Any], None]
+) -> Iterator[None]:
+    """`handler` for these signals within the block; the previous ones after it."""
+    previous = {number: signal.signal(number, handler) for number in numbers}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+@contextlib.contextmanager
 def signals_held(what: str) -> Iterator[None]:
     """Hold ^C, SIGTERM and SIGHUP while `what` runs, a step that stopped halfway would
     leave a database half-restored; then raise SwapFinished for the first that came
@@ -190,11 +203,7 @@ def signals_held(what: str) -> Iterator[None]:
             sys.stderr.write(f"dbguard: finishing {what} first; stopping halfway would break it\n")
         received.append(signum)
 
-    previous = {number: signal.signal(number, hold) for number in _HELD}
-    try:
+    with signal_handlers(_HELD, hold):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
     if received:
         raise SwapFinished(signal.Signals(received[0]).name)
