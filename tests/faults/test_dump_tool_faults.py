@@ -44,6 +44,7 @@ from tests.faults.support import (
     server_project,
     start_guarded,
     stderr_text,
+    wait_until,
     write_config,
 )
 from tests.helpers import Home
@@ -191,6 +192,24 @@ def test_a_dump_tool_killed_mid_dump(case: Case) -> None:
     for pid in (stand_in, real):
         assert not process_exists(pid)
     assert_then_served(case)
+
+
+def test_a_shim_interrupted_during_the_backup_is_logged_not_run(case: Case) -> None:
+    gate = case.tool.gate(case.home.root / "gate")
+    command = case.start()
+    gate.wait_ready()
+    command.send_signal(signal.SIGINT)  # ^C while the backup runs
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == -signal.SIGINT, err  # it dies of the signal, as ^C means
+    # The daemon finds out at its next progress line; the backup itself goes on.
+    wait_until(lambda: oplog(case.home), "the operation in the log")
+    [record] = oplog(case.home)
+    assert (record["decision"], record["outcome"]) == ("allow", "not run")
+    assert "during the backup" in record["detail"]
+    gate.open()
+    wait_until(lambda: listing(case.home), "the backup to finish")
+    assert len(ran(case.project)) == 0
+    case.daemon.assert_no_crash()
 
 
 def test_a_dump_tool_that_vanished_after_it_was_found(case: Case) -> None:

@@ -205,6 +205,12 @@ class Guard:
         )
         try:
             outcomes = await self._ensure_all(found.targets, reason, emit)
+        except ConnectionError:
+            # ^C at the shim during the backup: it goes on (and is kept); the command
+            # never runs, and the log says so.
+            detail = "the shim disconnected during the backup; the backup went on"
+            self._log(record, "allow", started, outcome="not run", detail=detail)
+            raise
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
             self.notifier.send_soon(
@@ -412,6 +418,12 @@ class Guard:
         reason = Reason(kind="manual", argv=["dbguardctl", "backup"], cwd=request.cwd)
         try:
             outcomes = await self._ensure_all(found.targets, reason, emit)
+        except ConnectionError:
+            # ^C at the shim during the backup: it goes on (and is kept); the command
+            # never runs, and the log says so.
+            detail = "the shim disconnected during the backup; the backup went on"
+            self._log(record, "allow", started, outcome="not run", detail=detail)
+            raise
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
             return Fail(reason=err.problem, hint=err.fix)
