@@ -328,6 +328,42 @@ def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
     assert only(run(files, env, framework="django", tool="manage.py")).name == "shop"
 
 
+@pytest.mark.parametrize(
+    "default",
+    [
+        "f\"sqlite:///{BASE_DIR / 'db.sqlite3'}\"",
+        "'sqlite:///' + os.path.join(BASE_DIR, 'db.sqlite3')",
+    ],
+)
+def test_django_s_sqlite_default_is_backed_up_besides_database_url(default: str) -> None:
+    # A .env the settings never load: Django runs on the default, dbguard cannot tell.
+    settings = (
+        "BASE_DIR = Path(__file__).resolve().parent.parent\n"
+        f"DATABASES = {{'default': dj_database_url.config(default={default})}}\n"
+    )
+    files = {
+        "manage.py": "",
+        "proj/settings.py": settings,
+        ".env": "DATABASE_URL=postgres://a@127.0.0.1/shop\n",
+    }
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings"}
+    found = run(files, env, framework="django", tool="manage.py")
+    assert {(t.engine, t.name or t.path) for t in found.targets} == {
+        ("postgres", "shop"),
+        ("sqlite", f"{ROOT}/db.sqlite3"),
+    }
+
+
+def test_django_s_other_database_aliases_need_dbguard_toml() -> None:
+    files = {"manage.py": "", ".env": "DATABASE_URL=postgres://a@127.0.0.1/shop\n"}
+    with pytest.raises(DiscoveryError, match="--database=legacy: Django's DATABASES is code"):
+        run(files, framework="django", tool="manage.py", hints={"connection": "legacy"})
+    assert only(run(files, framework="django", tool="manage.py", hints={"connection": "default"}))
+    named = {**files, ".dbguard.toml": '[[database]]\nurl = "postgres://a@127.0.0.1/legacy"\n'}
+    found = run(named, framework="django", tool="manage.py", hints={"connection": "legacy"})
+    assert "legacy" in {t.name for t in found.targets}
+
+
 # ---- Rails --------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import configparser
 import os.path
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.generic import app_env_facts
@@ -216,6 +216,12 @@ _STOCK_SQLITE = re.compile(
 # Settings that take their database from DATABASE_URL: the variable itself, dj-database-url,
 # django-environ's env.db() / env.db_url() (under any name), django-configurations.
 _READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\.db(?:_url)?\(|DatabaseURLValue")
+# A DATABASE_URL reader's SQLite default on one line: "sqlite:///" then BASE_DIR / 'x'
+# or os.path.join(BASE_DIR, 'x').
+_SQLITE_FALLBACK = re.compile(
+    r"""sqlite:///[^\n]{0,40}?(?:BASE_DIR\s*/\s*['"]([^'"]+)['"]"""
+    r"""|os\.path\.join\(\s*BASE_DIR\s*,\s*['"]([^'"]+)['"]\s*\))"""
+)
 # DATABASES = ... as a statement of this module (not DATABASES["default"][...] = ...,
 # which adjusts what another module built).
 _ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
@@ -223,7 +229,22 @@ _ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
 _STAR_IMPORT = re.compile(r"^from\s+\S+\s+import\s+\*", re.MULTILINE)
 
 
+def _base_dir(ctx: Context, settings_file: str) -> Path:
+    """The stock BASE_DIR of a settings module: its package's parent folder."""
+    base_dir = ctx.root / PurePosixPath(settings_file).parent.parent
+    return base_dir.parent if settings_file.endswith("__init__.py") else base_dir
+
+
 def django(ctx: Context, found: Found) -> None:
+    alias = ctx.hints.get("connection")
+    if alias and alias != "default" and not ctx.names_databases:
+        # DATABASE_URL is the `default` alias; the others exist only in the settings' code.
+        raise DiscoveryError(
+            f"--database={alias}: Django's DATABASES is code dbguard does not run, and "
+            f"only its 'default' database comes from DATABASE_URL",
+            f'name the {alias!r} database in .dbguard.toml ([[database]] url = "...", '
+            f'label = "{alias}"), then run the command again',
+        )
     module = ctx.hints.get("settings") or ctx.flat_env.get("DJANGO_SETTINGS_MODULE")
     origin = "--settings" if ctx.hints.get("settings") else "DJANGO_SETTINGS_MODULE"
     if not module:
@@ -241,9 +262,7 @@ def django(ctx: Context, found: Found) -> None:
         sqlite = _STOCK_SQLITE.search(text)
         if sqlite and _STOCK_BASE_DIR.search(text):
             name = sqlite.group(1) or sqlite.group(2)
-            base_dir = ctx.root / PurePosixPath(candidate).parent.parent
-            if candidate.endswith("__init__.py"):
-                base_dir = base_dir.parent
+            base_dir = _base_dir(ctx, candidate)
             line = text.count("\n", 0, sqlite.start()) + 1
             source = f"{candidate}, line {line} (the stock DATABASES: sqlite3 BASE_DIR / {name!r})"
             variables = ctx.environment()
@@ -255,6 +274,15 @@ def django(ctx: Context, found: Found) -> None:
                 )
             found.add(target, facts=facts)
             return
+        fallback = _SQLITE_FALLBACK.search(text)
+        if fallback and _STOCK_BASE_DIR.search(text):
+            # dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"): the
+            # database whenever DATABASE_URL is not set where Django runs, which a .env
+            # the settings never load does not do. Backed up besides DATABASE_URL's.
+            name = fallback.group(1) or fallback.group(2)
+            line = text.count("\n", 0, fallback.start()) + 1
+            source = f"{candidate}, line {line} (the SQLite default when DATABASE_URL is unset)"
+            found.add(sqlite_target(name, _base_dir(ctx, candidate), source))
         assigned = _ASSIGNS_DATABASES.search(text)
         reads_url = _READS_URL.search(text) or _STAR_IMPORT.search(text)
         if assigned and not reads_url and not ctx.names_databases:
