@@ -165,6 +165,56 @@ def test_prisma_schema_option_and_package_json_setting() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("hints", "package"),
+    [
+        ({}, None),  # the default folder, prisma/schema/
+        ({"schema": "prisma/schema"}, None),
+        ({}, '{"prisma": {"schema": "prisma/schema"}}'),
+    ],
+)
+def test_prisma_multi_file_schema_folders_are_read(
+    hints: dict[str, str], package: str | None
+) -> None:
+    files = {
+        "prisma/schema/user.prisma": "model User {\n  id Int @id\n}\n",
+        "prisma/schema/base/db.prisma": (
+            'datasource db {\n  provider = "sqlite"\n  url = "file:./dev.db"\n}\n'
+        ),
+        **({"package.json": package} if package else {}),
+    }
+    target = only(run(files, framework="prisma", tool="prisma", hints=hints))
+    assert target.path == "/srv/app/prisma/schema/base/dev.db"
+
+
+def test_prisma_migrate_dev_backs_up_a_configured_shadow_database() -> None:
+    files = {
+        "prisma/schema.prisma": (
+            'datasource db {\n  provider = "postgresql"\n  url = env("DATABASE_URL")\n'
+            '  shadowDatabaseUrl = env("SHADOW_URL")\n}\n'
+        ),
+        ".env": "DATABASE_URL=postgres://a@127.0.0.1/shop\nSHADOW_URL=postgres://a@127.0.0.1/shadow\n",
+    }
+    dev = run(files, framework="prisma", tool="prisma", command="migrate dev")
+    assert [t.name for t in dev.targets] == ["shop", "shadow"]
+    assert "reset by migrate dev" in dev.targets[1].source
+    reset = run(files, framework="prisma", tool="prisma", command="migrate reset")
+    assert [t.name for t in reset.targets] == ["shop"]
+
+
+def test_prisma_schema_at_the_root_and_in_prisma_config_ts() -> None:
+    datasource = 'datasource db {\n  provider = "mysql"\n  url = "mysql://root@h/shop"\n}\n'
+    assert only(run({"schema.prisma": datasource}, framework="prisma", tool="prisma")).name == (
+        "shop"
+    )
+    files = {
+        "prisma.config.ts": 'export default defineConfig({\n  schema: "db/",\n})\n',
+        "db/schema.prisma": 'generator client {\n  provider = "prisma-client-js"\n}\n',
+        "db/models/base.prisma": datasource,
+    }
+    assert only(run(files, framework="prisma", tool="prisma")).name == "shop"
+
+
 def test_prisma_unset_variable_and_provider_mismatch() -> None:
     schema = 'datasource db {\n  provider = "postgresql"\n  url = env("MISSING")\n}\n'
     with pytest.raises(

@@ -1,11 +1,14 @@
 """Prisma: the `datasource` block of the schema.
 
-The schema is `prisma/schema.prisma`, or the one named by `--schema` (hint `schema`) or
-by package.json's `"prisma": {"schema": ...}`. Its `url = env("NAME")` is looked up in
-the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads);
-a literal `url = "..."` is used as is. `file:` URLs are relative to the schema's folder.
-`directUrl` and `shadowDatabaseUrl` are not the target: migrations run through `url`
-(a shadow database is created and dropped by Prisma itself).
+The schema is the one named by `--schema` (hint `schema`), package.json's `"prisma":
+{"schema": ...}` or prisma.config.ts's `schema: "..."`, else `prisma/schema.prisma`,
+`schema.prisma` or the folder `prisma/schema/`. A folder (a multi-file schema) means the
+.prisma file in it with the datasource block. Its `url = env("NAME")` is looked up in
+the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads); a
+literal `url = "..."` is used as is. `file:` URLs are relative to the schema's folder.
+`directUrl` is not a target: migrations run through `url`. A configured
+`shadowDatabaseUrl` is one for `migrate dev`, which resets it (Prisma creates and drops
+its own shadow database only when none is configured).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from dbguard.discovery.urls import url_engine
 __all__ = ["prisma"]
 
 DEFAULT_SCHEMA = "prisma/schema.prisma"
+# Where Prisma looks next (schema.prisma), and where its multi-file schemas began.
+_FALLBACKS = ("schema.prisma", "prisma/schema")
+_MAX_SCHEMA_FILES = 256
 _PROVIDERS = {
     "postgresql": "postgres",
     "postgres": "postgres",
@@ -42,6 +48,11 @@ def schema_path(ctx: Context, found: Found) -> str:
         if isinstance(configured, str) and configured:
             found.look("package.json (prisma.schema)")
             return configured
+    for name in CONFIG_FILES:  # Prisma 7: defineConfig({ schema: "prisma/" })
+        match = _CONFIG_SCHEMA.search(_LINE_COMMENT.sub("", ctx.read(name) or ""))
+        if match:
+            found.look(f"{name} (schema)")
+            return match.group(1).rstrip("/") or "."
     return DEFAULT_SCHEMA
 
 
@@ -53,6 +64,7 @@ _CONFIG_URL = re.compile(
     r"""|process\.env\[\s*['"](\w+)['"]\s*\])"""
 )
 _LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
+_CONFIG_SCHEMA = re.compile(r"""\bschema\s*:\s*['"]([^'"]+)['"]""")
 
 
 def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] | None:
@@ -67,9 +79,36 @@ def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] 
     return None
 
 
+def _schema_file(ctx: Context, found: Found, path: str) -> tuple[str, str | None]:
+    """The schema file and its text: `path` itself, or, for a folder of .prisma files
+    (Prisma's multi-file schema), the one with the datasource block in it."""
+    text = ctx.read_looked(path, found)
+    if text is not None or ctx.listdir(path) is None:
+        return path, text
+    folders, files = [path], list[str]()
+    while folders and len(files) < _MAX_SCHEMA_FILES:
+        folder = folders.pop()
+        for name in sorted(ctx.listdir(folder) or []):
+            child = f"{folder}/{name}"
+            if name.endswith(".prisma"):
+                files.append(child)
+            elif ctx.listdir(child) is not None:
+                folders.append(child)
+    for file in files[:_MAX_SCHEMA_FILES]:
+        text = ctx.read_looked(file, found)
+        if text is not None and _datasource(text) is not None:
+            return file, text
+    return path, None
+
+
 def prisma(ctx: Context, found: Found) -> None:
     path = schema_path(ctx, found)
-    text = ctx.read_looked(path, found)
+    text = None
+    for candidate in [path, *_FALLBACKS] if path == DEFAULT_SCHEMA else [path]:
+        schema_file, text = _schema_file(ctx, found, candidate)
+        if text is not None:
+            path = schema_file
+            break
     if text is None:
         if ctx.operation.framework == "prisma":
             raise DiscoveryError(
@@ -126,6 +165,16 @@ def prisma(ctx: Context, found: Found) -> None:
     base = ctx.root / folder
     target, facts = url_target(url, base, source, url_where, setting_name, app_env_facts(variables))
     found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+    shadow = _url(body, "shadowDatabaseUrl")
+    if shadow is not None and ctx.operation.command.startswith("migrate dev"):
+        # Prisma resets a shadow database that is configured, where it creates and drops
+        # one of its own otherwise: one pointed at real data by mistake is wiped.
+        kind, value, line = shadow
+        url = variables.get(value) if kind == "env" else value
+        if url:
+            said = f"{path}, line {first_line + line} (shadowDatabaseUrl, reset by migrate dev)"
+            shadow_target, _ = url_target(url, base, said, said, "shadowDatabaseUrl")
+            found.add(shadow_target)
 
 
 def _datasource(schema: str) -> tuple[str, int] | None:
@@ -145,12 +194,13 @@ def _field(body: str, name: str) -> tuple[str, int] | None:
     return (match.group(1), body.count("\n", 0, match.start())) if match else None
 
 
-def _url(body: str) -> tuple[str, str, int] | None:
-    """('env', NAME, line) for url = env("NAME"), ('literal', URL, line) for url = "URL"."""
-    match = re.search(r'^[ \t]*url\s*=\s*env\(\s*"([^"]+)"\s*\)', body, re.MULTILINE)
+def _url(body: str, name: str = "url") -> tuple[str, str, int] | None:
+    """('env', NAME, line) for url = env("NAME"), ('literal', URL, line) for url = "URL"
+    (or the field `name`)."""
+    match = re.search(rf'^[ \t]*{name}\s*=\s*env\(\s*"([^"]+)"\s*\)', body, re.MULTILINE)
     if match:
         return "env", match.group(1), body.count("\n", 0, match.start())
-    match = re.search(r'^[ \t]*url\s*=\s*"([^"]*)"', body, re.MULTILINE)
+    match = re.search(rf'^[ \t]*{name}\s*=\s*"([^"]*)"', body, re.MULTILINE)
     if match:
         return "literal", match.group(1), body.count("\n", 0, match.start())
     return None
