@@ -8,6 +8,8 @@ command with a complete backup.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +205,42 @@ def test_sigkill_while_an_allowed_command_runs_leaves_its_record(home: Home) -> 
         restarted.assert_no_crash()
     finally:
         restarted.stop()
+
+
+def test_a_daemon_whose_socket_file_is_removed_stops_and_a_new_one_serves(
+    home: Home, tmp_path: Path
+) -> None:
+    first = FaultDaemon(home).start()
+    assert first.process is not None
+    second = subprocess.run(
+        [sys.executable, "-m", "dbguard.daemon.main"], env=home.env, capture_output=True
+    )
+    assert second.returncode == 1
+    assert f"another dbguardd (pid {first.process.pid}) is already serving".encode() in (
+        second.stderr
+    )
+
+    home.socket.unlink()  # a cleaned runtime folder, a stray rm
+    injected("the daemon's socket file removed while it runs")
+    assert first.process.wait(timeout=30) == 0  # it notices within a few seconds
+    assert "the socket file was removed or replaced; stopping" in first.log
+
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    replacement = FaultDaemon(home).start()
+    try:
+        assert home.run(["php", "artisan", "migrate"], cwd=project).returncode == 0
+    finally:
+        replacement.stop()
+
+
+def test_a_socket_path_too_long_for_unix_sockets_is_named(home: Home) -> None:
+    long_path = home.root / ("x" * 120) / "d.sock"
+    started = subprocess.run(
+        [sys.executable, "-m", "dbguard.daemon.main"],
+        env={**home.env, "DBGUARD_SOCKET": str(long_path)},
+        capture_output=True,
+    )
+    assert started.returncode == 1
+    assert b"path too long" in started.stderr and b"107 bytes" in started.stderr
+    assert b"None" not in started.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from dbguard import __version__
 from dbguard.config import ConfigError, load_config
 from dbguard.daemon import memory, systemd
 from dbguard.daemon.health import BackgroundVerifier
-from dbguard.daemon.server import Server, StartupError
+from dbguard.daemon.server import SOCKET_CHECK_SECONDS, Server, StartupError
 from dbguard.daemon.service import Guard
 from dbguard.errors import DbguardError
 
@@ -123,12 +124,27 @@ async def serve(
     except Exception:  # a damaged log must not keep the daemon from serving
         log.exception("could not close the operations an earlier dbguardd left running")
     verifier = asyncio.create_task(BackgroundVerifier(guard).run(stop))
+    watcher = asyncio.create_task(_watch_socket(server, stop))
     await stop.wait()
+    await watcher
     systemd.notify("STOPPING=1", "STATUS=stopping")
     log.info("dbguardd stopping")
     await verifier
     await server.stop(listener)
     log.info("dbguardd stopped")
+
+
+async def _watch_socket(server: Server, stop: asyncio.Event) -> None:
+    """Stop when the socket file is gone: a daemon nobody can reach only holds the lock
+    a new one needs (the next guarded command's auto-start, or systemd, starts one)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SOCKET_CHECK_SECONDS)
+        if not stop.is_set() and server.socket_lost():
+            structlog.get_logger("dbguard").error(
+                "the socket file was removed or replaced; stopping", socket=str(server.path)
+            )
+            stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,9 @@ def prepare_socket_dir(folder: Path) -> None:
         folder.chmod(0o700)
 
 
+SOCKET_CHECK_SECONDS = 5.0  # how often the daemon checks its socket file is still there
+
+
 def _listening(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -87,6 +90,7 @@ class Server:
         self.activated = activated
         self._connections: set[asyncio.Task[None]] = set()
         self._lock_fd: int | None = None
+        self._inode: int | None = None  # of the socket file we made
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -98,12 +102,22 @@ class Server:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
+            who = f"another dbguardd (pid {holder})" if holder.isdigit() else "another dbguardd"
+            if not self.path.exists():
+                raise StartupError(
+                    f"{who} holds {lock_path}, but its socket {self.path} is gone",
+                    f"stop it (kill {holder or 'it'}); it stops by itself within "
+                    f"{SOCKET_CHECK_SECONDS:g} s of losing its socket",
+                ) from None
             raise StartupError(
-                f"another dbguardd is already serving {self.path}",
+                f"{who} is already serving {self.path}",
                 "`dbguardctl status` shows it; stop it first to start a new one",
             ) from None
         self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
         if self.activated is not None:
             return  # systemd's socket file: ours to serve on, not to replace
         if self.path.is_socket():
@@ -134,11 +148,27 @@ class Server:
                 self._accept, path=str(self.path), limit=MAX_MESSAGE_BYTES
             )
         except OSError as err:
-            raise StartupError(f"cannot listen on {self.path}: {err.strerror}") from None
+            problem = err.strerror or str(err)  # "AF_UNIX path too long" has no errno
+            raise StartupError(
+                f"cannot listen on {self.path}: {problem}",
+                "choose another socket path (config `socket`, or DBGUARD_SOCKET); a Unix "
+                "socket's path is limited to 107 bytes",
+            ) from None
         finally:
             os.umask(old_umask)
         self.path.chmod(0o600)
+        self._inode = self.path.stat().st_ino
         return server
+
+    def socket_lost(self) -> bool:
+        """Our socket file was removed or replaced (a cleaned runtime folder, a user's
+        rm): nobody can reach this daemon any more."""
+        if self._inode is None:
+            return False  # systemd's socket: not ours to watch
+        try:
+            return self.path.stat().st_ino != self._inode
+        except OSError:
+            return True
 
     async def stop(self, server: asyncio.AbstractServer) -> None:
         server.close()
@@ -146,7 +176,8 @@ class Server:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        if self.activated is None:  # systemd keeps its socket for the next start
+        if self.activated is None and not self.socket_lost():
+            # systemd keeps its socket for the next start; another daemon's is its own.
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         if self._lock_fd is not None:
