@@ -15,7 +15,14 @@ from pydantic import SecretStr
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
-from dbguard.errors import Damaged, DatabaseMissing, DbguardError, RestoreFailed, Unreadable
+from dbguard.errors import (
+    BackupFailed,
+    Damaged,
+    DatabaseMissing,
+    DbguardError,
+    RestoreFailed,
+    Unreadable,
+)
 from dbguard.store import Manifest, Reason, Store, Verification
 
 
@@ -128,6 +135,11 @@ def restore_backup(
             f"{err.problem}, so its current contents cannot be backed up before the restore",
             f"keep it by moving it aside ({aside}), then restore again: a database that "
             "is not there is restored without a backup first; nothing was changed",
+        ) from None
+    except BackupFailed as err:  # nothing is replaced without a copy of it
+        raise BackupFailed(
+            f"the current contents could not be backed up before the restore: {err.problem}",
+            f"{err.fix}; nothing was restored, the database was not changed".lstrip("; "),
         ) from None
     saved(before)
     engine = engines.for_target(target)

@@ -336,3 +336,36 @@ def test_backup_folder_deleted_mid_backup_is_a_clear_backup_failure(
     assert "cannot write the backup" in message
     assert "internal error" not in message
     assert "connection handler failed" not in log
+
+
+def test_restore_with_no_room_says_what_is_missing_and_changes_nothing(on_tmpfs: Setup) -> None:
+    setup = on_tmpfs
+    database = setup.project / "database" / "app.sqlite"
+    with sqlite3.connect(database) as conn:  # 2 MiB that do not compress
+        conn.execute("create table blobs (data blob)")
+        conn.execute("insert into blobs select randomblob(1048576) from users limit 2")
+    taken = setup.home.ctl("backup", "--json", cwd=setup.project)
+    assert taken.returncode == 0, stderr_text(taken)
+    [backup] = listing(setup.home)
+    fill_up(setup.store / "filler")
+    injected("backup folder full during a restore (8 MiB tmpfs)")
+
+    # The current contents cannot be saved first: nothing is restored.
+    refused = setup.home.ctl("restore", backup["id"], "--yes")
+    message = stderr_text(refused)
+    assert refused.returncode == 75, message
+    assert "could not be backed up before the restore" in message
+    assert "nothing was restored" in message
+
+    # Nothing to save (the file is gone), but no room to unpack the backup either.
+    database.unlink()
+    refused = setup.home.ctl("restore", backup["id"], "--yes")
+    message = stderr_text(refused)
+    assert refused.returncode == 74, message
+    assert f"cannot unpack the backup into {setup.store}" in message
+    assert "free some space on the backups' filesystem" in message and "None" not in message
+    assert not database.exists()
+
+    (setup.store / "filler").unlink()
+    assert setup.home.ctl("restore", backup["id"], "--yes").returncode == 0
+    assert sqlite_rows(database) == 3

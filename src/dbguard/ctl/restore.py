@@ -96,6 +96,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         # The log is the audit trail: an attempt that failed is in it too, with why.
         failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
         ctx.oplog.append(record | failed)
+        if saved and saved[0]:
+            ctx.error(f"dbguardctl: the pre-restore backup {saved[0].id} is kept")
         raise
     finally:
         engines.close()

@@ -216,8 +216,7 @@ def _restore_error(path: Path, err: OSError) -> RestoreFailed:
         )
     if err.errno == errno.ENOSPC:
         return RestoreFailed(
-            f"no space left while restoring {path} ({err.filename})",
-            f"free some space; {unchanged}",
+            f"no space left on the filesystem holding {path}", f"free some space; {unchanged}"
         )
     return RestoreFailed(f"cannot restore {path}: {err}", unchanged)
 
@@ -409,6 +408,16 @@ class SqliteEngine:
         unpacked = scratch / f"restore-{secrets.token_hex(4)}.sqlite"
         try:
             self._unpack(data, unpacked)
+        except OSError as err:
+            unpacked.unlink(missing_ok=True)
+            raise RestoreFailed(
+                f"cannot unpack the backup into {scratch} to restore {path}: {err.strerror or err}",
+                "free some space on the backups' filesystem (the unpacked copy is about the "
+                "database's size); the database was not changed"
+                if err.errno == errno.ENOSPC
+                else "the database was not changed",
+            ) from None
+        try:
             if path.exists():
                 self._copy_into(unpacked, path)
             else:
