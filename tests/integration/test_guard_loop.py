@@ -107,6 +107,21 @@ def test_exit_status_and_output_pass_through(home: Home, daemon: Daemon, project
     assert record["exit"] == 3 and record["outcome"] == "failed"
 
 
+def test_a_nested_failure_tells_the_undo_once(home: Home, daemon: Daemon, project: Path) -> None:
+    # `npm test` runs `php artisan test`: both guarded, the inner reuses the outer's backup.
+    npm = home.bin / "npm"
+    npm.write_text("#!/bin/sh\nexec php artisan test --exit=3\n")
+    npm.chmod(0o755)
+    home.install_shims("npm")
+    (project / "package.json").write_text('{"scripts": {"test": "php artisan test"}}')
+
+    result = home.run(["npm", "test"], cwd=project)
+
+    assert result.returncode == 3
+    [backup] = backups(home)
+    assert result.stderr.count(f"dbguardctl restore {backup['id']}".encode()) == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_death_by_signal_is_passed_on(
     home: Home, daemon: Daemon, project: Path, sig: signal.Signals

@@ -37,6 +37,7 @@ EXIT_SOFTWARE = 70
 EXIT_TEMPFAIL = 75
 EXIT_PROTOCOL = 76
 EXIT_NOPERM = 77
+PARENT_BACKUPS_ENV = "DBGUARD_PARENT_BACKUPS"  # ids the enclosing guarded command names
 SI_KERNEL = 0x80  # si_code of signals the kernel sent (terminal ^C, hangup, resize)
 SHIM_MARKER = b"# dbguard shim"  # in the first line of every shim (dbguard/shims.py)
 
@@ -301,6 +302,8 @@ def run_allowed(
         conn.receive()
     except (OSError, ValueError):
         say("could not report the outcome to dbguardd (it is no longer running)")
+    told = set(os.environ.get(PARENT_BACKUPS_ENV, "").split(","))
+    backups = [b for b in backups if b["id"] not in told]
     if exit_code != 0 and backups:
         ended = f"exit {exit_code}" if signal is None else f"signal {signal}"
         say(f"{argv[0]} ended with {ended}. Backups taken before it: {describe_backups(backups)}")
@@ -392,6 +395,11 @@ def main(argv: list[str]) -> int | None:
                 return 126
         elif kind == "allow":
             child_env["DBGUARD_PARENT_OP"] = reply["op"]
+            # A nested guarded command that fails leaves the undo lines of backups this
+            # shim names itself when the whole command fails: once, from the outermost.
+            ours = [b["id"] for b in reply.get("backups", [])]
+            told = os.environ.get(PARENT_BACKUPS_ENV, "")
+            child_env[PARENT_BACKUPS_ENV] = ",".join(filter(None, [told, *ours]))
             for note in reply.get("notes", []):
                 say(note)
             fresh = [b for b in reply.get("backups", []) if not b.get("reused")]
