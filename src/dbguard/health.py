@@ -60,6 +60,14 @@ def database_health(
         if health.last_verified is None and manifest.verified is not None and manifest.verified.ok:
             health.last_verified = manifest
     records = list(log_records)
+    # Backups a restore took of what it then replaced: a wiped database restored.
+    restored_over = {
+        backup.get("id")
+        for r in records
+        if r.get("decision") == "restore" and r.get("outcome") == "ok"
+        for backup in r.get("backups", [])
+        if backup.get("pre_restore")
+    }
     for health in by_key.values():
         health.failures = [
             r
@@ -68,7 +76,7 @@ def database_health(
             and any(d.get("database") == health.label for d in r.get("databases", []))
             and _after(r.get("time"), health.last.created_at)
         ]
-        health.warnings = _warnings(health, shrink_warning_ratio)
+        health.warnings = _warnings(health, shrink_warning_ratio, restored_over)
     return list(by_key.values())
 
 
@@ -79,14 +87,16 @@ def _after(stamp: object, moment: datetime) -> bool:
         return False
 
 
-def _warnings(health: DatabaseHealth, shrink_warning_ratio: float) -> list[str]:
+def _warnings(
+    health: DatabaseHealth, shrink_warning_ratio: float, restored_over: set[Any]
+) -> list[str]:
     warnings = []
     shrunk = [
         f"{ratio:.0%} of the {what}"
         for what, ratio in (("size", health.size_ratio), ("rows", health.rows_ratio))
         if ratio is not None and ratio < shrink_warning_ratio
     ]
-    if shrunk and health.previous is not None:
+    if shrunk and health.previous is not None and health.last.id not in restored_over:
         warnings.append(
             f"backup {health.last.id} has {' and '.join(shrunk)} of {health.previous.id} "
             "before it: was the database wiped before it was backed up? "

@@ -46,6 +46,19 @@ def test_a_wiped_database_backup_is_flagged() -> None:
     assert "dbguardctl restore 00000001" in health.warnings[0]
 
 
+def test_a_wipe_already_restored_is_not_flagged() -> None:
+    # 00000002 is what a restore of 00000001 saved first: the wiped state, now replaced.
+    restore = {
+        "decision": "restore",
+        "outcome": "ok",
+        "backups": [{"id": "00000001", "restored": True}, {"id": "00000002", "pre_restore": True}],
+    }
+    manifests = [manifest(2, rows=0), manifest(1, rows=500)]
+    assert database_health(manifests, [restore])[0].warnings == []
+    failed = {**restore, "outcome": "failed", "backups": [{"id": "00000001"}]}
+    assert len(database_health(manifests, [failed])[0].warnings) == 1  # still wiped
+
+
 def test_steady_growth_is_quiet() -> None:
     [health] = database_health([manifest(2, rows=510, raw=1100), manifest(1, rows=500)], [])
     assert health.warnings == []
