@@ -352,8 +352,12 @@ def _manifest_bytes(manifest: Manifest) -> bytes:
 def _replace_file(path: Path, content: bytes) -> None:
     """Atomically replace `path` (same folder temp file, fsync, rename)."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    _write_new(temp, content)
-    os.replace(temp, path)
+    try:
+        _write_new(temp, content)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk leaves no half-written temp behind
+        raise
     _fsync_dir(path.parent)
 
 
@@ -397,6 +401,9 @@ class Store:
 
         The lock tells `cleanup_stale` in another process that the writer is alive."""
         self.ensure()
+        # What a killed writer left (dbguardctl restore's unpacked copy) goes now, not
+        # only when dbguardd next starts: the live writers hold their locks.
+        self.cleanup_stale()
         lock_fd, work_id = self._claim_id()
         folder = self.tmp / work_id
         try:

@@ -369,3 +369,18 @@ def test_restore_with_no_room_says_what_is_missing_and_changes_nothing(on_tmpfs:
     (setup.store / "filler").unlink()
     assert setup.home.ctl("restore", backup["id"], "--yes").returncode == 0
     assert sqlite_rows(database) == 3
+
+
+def test_a_pin_with_no_room_leaves_no_temp_file(on_tmpfs: Setup) -> None:
+    setup = on_tmpfs
+    assert setup.home.run(["php", "artisan", "test"], cwd=setup.project).returncode == 0
+    [backup] = listing(setup.home)
+    fill_up(setup.store / "filler")
+    injected("backup folder full while a manifest is updated (8 MiB tmpfs)")
+
+    pinned = setup.home.ctl("pin", backup["id"])
+    assert pinned.returncode != 0 and "Traceback" not in stderr_text(pinned)
+    [folder] = [p.parent for p in setup.store.glob(f"*/{backup['id']}/manifest.json")]
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    (setup.store / "filler").unlink()
+    assert setup.home.ctl("pin", backup["id"]).returncode == 0

@@ -138,9 +138,12 @@ def test_stale_temporary_folders_are_cleaned_but_live_ones_kept(tmp_path: Path) 
     (store.tmp / "deadbeef").mkdir()
     (store.tmp / "deadbeef" / "data.raw.zst").write_bytes(b"half")
     (store.tmp / "deadbeef.lock").touch()
+    assert store.cleanup_stale() == ["deadbeef"]
+    (store.tmp / "deadbeef").mkdir()  # and again: the next writer clears it first
+    (store.tmp / "deadbeef.lock").touch()
     with store.new_backup(TARGET) as live:
-        removed = store.cleanup_stale()
-        assert removed == ["deadbeef"]
+        assert not (store.tmp / "deadbeef").exists()
+        assert store.cleanup_stale() == []  # a live writer's folder stays
         assert live.folder.exists()
 
 
