@@ -110,11 +110,13 @@ def restore_backup(
     *,
     end_connections: bool = False,
     saved: Callable[[Manifest | None], None] = lambda before: None,
+    swapped: Callable[[], None] = lambda: None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
     Returns the pre-restore backup (None when the database did not exist), also handed
-    to `saved` as soon as it is taken (an interrupted restore names it). Raises
+    to `saved` as soon as it is taken (an interrupted restore names it); `swapped` is
+    called once the target holds the backup's contents. Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -144,5 +146,12 @@ def restore_backup(
     saved(before)
     engine = engines.for_target(target)
     with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
-        engine.restore(target, data, manifest.data.format, scratch, end_connections=end_connections)
+        engine.restore(
+            target,
+            data,
+            manifest.data.format,
+            scratch,
+            end_connections=end_connections,
+            swapped=swapped,
+        )
     return before

@@ -135,6 +135,7 @@ def test_a_client_of_another_user_is_refused(home: Home, other_user: str) -> Non
         assert reply == {
             "type": "error",
             "message": "permission denied: dbguardd serves its own user only",
+            "internal": False,
         }
         assert not (theirs / "ran").exists()
         uid = int(subprocess.run(["id", "-u", other_user], capture_output=True, check=True).stdout)

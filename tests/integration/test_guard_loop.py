@@ -603,3 +603,18 @@ def test_a_restore_stopped_before_its_swap_says_nothing_changed(
     assert count_users(project) == 3
     [logged] = [r for r in oplog(home) if r.get("decision") == "restore"]
     assert (logged["outcome"], logged["backups"]) == ("interrupted", [{"id": backup_id}])
+
+
+def test_a_command_with_more_scripts_than_dbguard_follows_is_refused(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    install_stand_in(home, "npm")
+    home.install_shims("npm")
+    wide = {f"w{i}": " && ".join(f"npm run w{i + 1}" for _ in range(4)) for i in range(8)}
+    (project / "package.json").write_text(json.dumps({"scripts": wide}))
+
+    result = home.run(["npm", "run", "w0"], cwd=project)
+
+    assert result.returncode == 77, result.stderr
+    assert b"more package scripts than dbguard follows" in result.stderr
+    assert oplog(home)[-1]["decision"] == "deny"

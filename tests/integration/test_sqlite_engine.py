@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from dbguard.engines import Engines
 from dbguard.engines import sqlite as sqlite_engine
 from dbguard.engines.base import Target
 from dbguard.engines.sqlite import SqliteEngine
-from dbguard.errors import BackupFailed, DatabaseMissing, RestoreFailed
+from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
 
 REASON = Reason(kind="manual")
@@ -393,3 +394,29 @@ def test_verify_catches_a_manifest_that_disagrees(tmp_path: Path, engines: Engin
     assert not result.ok
     assert result.problems == ["table items: 100 rows restored, manifest says 101"]
     assert store.get(manifest.id).verified == result  # recorded in the manifest
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["copied in", "created by rename"])
+def test_swapped_is_called_once_the_target_holds_the_backup(
+    tmp_path: Path, engines: Engines, deleted: bool
+) -> None:
+    db, target, store, manifest = backed_up(tmp_path, engines)
+    execute(db, "DELETE FROM items WHERE id > 10")
+    if deleted:
+        db.unlink()
+    seen: list[int] = []
+    operations.restore_backup(
+        store, engines, manifest, target, REASON, swapped=lambda: seen.append(len(rows(db)))
+    )
+    assert seen == [100]  # called once, when the rows were already back
+
+    # A restore that fails before its swap never says it swapped.
+    with pytest.raises((RestoreFailed, Damaged)), store.open_data(manifest) as data:
+        engines.for_target(target).restore(
+            target,
+            io.BytesIO(data.read()[:100]),
+            manifest.data.format,
+            tmp_path,
+            swapped=lambda: seen.append(-1),
+        )
+    assert seen == [100]

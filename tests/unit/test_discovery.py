@@ -15,6 +15,7 @@ from dbguard.discovery import NO_DATABASE, FileReader, FolderLister, Found, disc
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots
 from dbguard.discovery.project_config import classify_with_project
+from dbguard.discovery.signs import workspace_folders
 from dbguard.engines.base import Target
 from dbguard.production import classify_production
 from dbguard.rules import Classifier, Kind, Operation, Script, builtin_catalog
@@ -895,7 +896,10 @@ def test_artisan_run_from_outside_its_project_is_refused_not_guessed() -> None:
 
 
 def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> None:
-    (tmp_path / "package.json").write_text('{"workspaces": ["packages/*", "tools/cli"]}')
+    scripts = {"a": "yarn workspace @shop/api db:reset", "b": "npm -w @shop/api run db:reset"}
+    (tmp_path / "package.json").write_text(
+        json.dumps({"workspaces": ["packages/*", "tools/cli"], "scripts": scripts})
+    )
     api = tmp_path / "packages" / "api"
     api.mkdir(parents=True)
     (api / "package.json").write_text(
@@ -906,6 +910,8 @@ def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> Non
     for argv in (
         ["npm", "-w", "@shop/api", "run", "db:reset"],
         ["npm", "run", "db:reset", "--workspace=packages/api"],
+        ["npm", "run", "a"],  # inside a script, which runs in the (absolute) top folder
+        ["npm", "run", "b"],
     ):
         found = classify_with_project(classifier, None, argv, files.package_script)
         assert found is not None and found.kind is Kind.DESTRUCTIVE, argv
@@ -921,6 +927,9 @@ def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> Non
         ("package.json", '{"workspaces": {"packages": ["packages/*"]}}'),  # yarn 1
         ("pnpm-workspace.yaml", "packages:\n  - 'packages/*'\n"),
         ("lerna.json", '{"packages": ["packages/*"]}'),
+        ("lerna.json", '{"version": "1.0.0"}'),  # lerna's default: packages/*
+        ("pnpm-workspace.yaml", "packages:\n  - 'packages/**'\n  - '!packages/old'\n"),
+        ("package.json", '{"workspaces": ["packages/[aw]*"]}'),
     ],
 )
 def test_fan_out_runs_reach_every_workspace_member(
@@ -944,6 +953,28 @@ def test_fan_out_runs_reach_every_workspace_member(
         ("prisma", str(tmp_path / "packages" / "api")),
         ("vitest", str(tmp_path / "packages" / "web")),
     }
+
+
+def test_workspace_patterns_are_globs_per_segment() -> None:
+    files = {
+        f"{folder}/package.json": "{}"
+        for folder in (
+            "apps/group/api",
+            "apps/web",
+            "apps/web/node_modules/x",
+            "services/billing-api",
+            "services/billing-worker",
+            "legacy/old",
+        )
+    }
+    patterns = ["apps/**", "services/*-api", "./legacy/old/", "!legacy/old"]
+    assert workspace_folders(patterns, lister(files)) == [
+        "apps",  # ** is also no folder at all
+        "apps/group",
+        "apps/group/api",
+        "apps/web",
+        "services/billing-api",
+    ]
 
 
 def test_path_arguments_into_another_project_name_its_root(tmp_path: Path) -> None:

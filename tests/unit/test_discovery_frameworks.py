@@ -213,6 +213,9 @@ def test_prisma_schema_at_the_root_and_in_prisma_config_ts() -> None:
         "db/models/base.prisma": datasource,
     }
     assert only(run(files, framework="prisma", tool="prisma")).name == "shop"
+    # A test runner finds the project's Prisma by those files too.
+    tested = run(files, framework=None, tool="jest", kind=Kind.TEST)
+    assert only(tested).name == "shop"
 
 
 def test_prisma_unset_variable_and_provider_mismatch() -> None:
@@ -383,6 +386,7 @@ def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
     [
         "f\"sqlite:///{BASE_DIR / 'db.sqlite3'}\"",
         "'sqlite:///' + os.path.join(BASE_DIR, 'db.sqlite3')",
+        "f'sqlite:///{BASE_DIR}/db.sqlite3'",
     ],
 )
 def test_django_s_sqlite_default_is_backed_up_besides_database_url(default: str) -> None:

@@ -24,6 +24,7 @@ from dbguard.rules import (
     Script,
     ScriptsRule,
     ToolRule,
+    TooManyScripts,
     builtin_catalog,
     program_name,
 )
@@ -1112,6 +1113,9 @@ SCRIPT_CASES = [
     script_case("pnpm knex migrate:latest", MIGRATE, (), "knex"),
     script_case("bun run test", TEST, ("bun run test",)),
     script_case("bun fresh", DESTRUCTIVE, ("bun run fresh",)),
+    # bun test's help flags are bun test's: bun's scripts keep theirs
+    script_case("bun run fresh -v", DESTRUCTIVE, ("bun run fresh",)),
+    script_case("bun fresh --help", DESTRUCTIVE, ("bun run fresh",)),
     script_case("turbo run fresh", DESTRUCTIVE, ("turbo run fresh",)),
     script_case("lerna run fresh", DESTRUCTIVE, ("lerna run fresh",)),
     script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
@@ -1304,12 +1308,14 @@ def members(manifest: str) -> list[str]:
         ("pnpm -r reset", {"apps/api", "apps/web"}),
         ("pnpm --filter web run reset", {"apps/api", "apps/web"}),  # a filter: every member
         ("yarn workspaces foreach -A --jobs 2 run reset", {"apps/api", "apps/web"}),
+        ("yarn workspaces run reset", {"apps/api", "apps/web"}),  # yarn 1
         ("yarn workspace apps/web reset", {"apps/web"}),
         ("yarn workspace apps/api prisma migrate reset", {"apps/api"}),  # its binary
         ("bun --filter '*' reset", {"apps/api", "apps/web"}),
         ("bun run --filter api reset", {"apps/api", "apps/web"}),
         ("turbo run build reset", {"apps/api", "apps/web"}),
         ("turbo reset --concurrency 2", {"apps/api", "apps/web"}),
+        ("turbo build reset", {"apps/api", "apps/web"}),  # tasks without `run` too
         ("npx turbo run reset", {"apps/api", "apps/web"}),
         ("turbo run build", None),
         ("turbo login", None),
@@ -1369,8 +1375,27 @@ def test_fan_out_is_bounded() -> None:
         f"w{i}": " && ".join(f"npm run w{i + 1}" for _ in range(4)) for i in range(8)
     }
     lookup = scripts(package=wide)
-    CLASSIFIER.classify(["npm", "run", "w0"], lookup)
+    # What is not followed may be a database operation: refused, never passed.
+    with pytest.raises(TooManyScripts, match="more package scripts than dbguard follows"):
+        CLASSIFIER.classify(["npm", "run", "w0"], lookup)
     assert len(lookup.calls) <= 64
+
+
+def test_a_fan_out_follows_every_member_s_nested_scripts() -> None:
+    # Each member's db:reset runs four scripts, each with pre/post look-ups.
+    chain = "npm run db:drop && npm run db:create && npm run db:migrate && npm run db:seed"
+    member: dict[str, str | list[str]] = {
+        "db:reset": chain,
+        "db:seed": "prisma migrate reset --force",
+    }
+    files = {f"m{i}/package.json": dict(member) for i in range(12)}
+    found = CLASSIFIER.classify(
+        ["npm", "run", "db:reset", "--workspaces"],
+        Scripts(files),
+        lambda manifest: [f"m{i}" for i in range(12)],
+    )
+    assert found is not None
+    assert {o.hints["cwd"] for o in found.each()} == {f"m{i}" for i in range(12)}
 
 
 def test_scripts_need_a_lookup() -> None:

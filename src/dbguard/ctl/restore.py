@@ -9,13 +9,14 @@ import argparse
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 from dbguard import operations
 from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
-from dbguard.engines.base import SwapFinished, Target, signal_handlers
+from dbguard.engines.base import Target, signal_handlers
 from dbguard.errors import DbguardError
 from dbguard.policy import agent_markers
 from dbguard.production import classify_production
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "databases": [{"database": target.label}],
     }
     saved: list[Manifest | None] = []  # the pre-restore backup, once taken
+    swapped: list[bool] = []  # once the target holds the backup's contents
     stopped_after_swap = False
     engines = Engines(ctx.config.backup)
     try:
@@ -82,16 +84,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 reason,
                 end_connections=args.end_connections,
                 saved=saved.append,
+                swapped=lambda: swapped.append(True),
             )
-    except SwapFinished:  # held through the swap: the restore is done
-        before, stopped_after_swap = saved[0], True
     except KeyboardInterrupt:
-        # Before the swap: only the scratch copy and the pre-restore backup were made.
-        kept = f"; the pre-restore backup {saved[0].id} stays" if saved and saved[0] else ""
-        ctx.error(f"dbguardctl: interrupted: {target.label} was not changed{kept}")
-        stopped = {"backups": [{"id": manifest.id}], "outcome": "interrupted"}
-        ctx.oplog.append(record | stopped | {"reason": "interrupted before the swap"})
-        return 130
+        if not swapped:
+            return _stopped_before_swap(ctx, record, manifest, target, saved)
+        before, stopped_after_swap = saved[0], True  # the restore itself is done
     except DbguardError as err:
         # The log is the audit trail: an attempt that failed is in it too, with why.
         failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
@@ -118,6 +116,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _stopped_before_swap(
+    ctx: Context,
+    record: dict[str, Any],
+    manifest: Manifest,
+    target: Target,
+    saved: list[Manifest | None],
+) -> int:
+    """Stopped before the swap: only the scratch copy and the pre-restore backup were
+    made, and the scratch copy is gone."""
+    kept = f"; the pre-restore backup {saved[0].id} stays" if saved and saved[0] else ""
+    ctx.error(f"dbguardctl: interrupted: {target.label} was not changed{kept}")
+    stopped = {"backups": [{"id": manifest.id}], "outcome": "interrupted"}
+    ctx.oplog.append(record | stopped | {"reason": "interrupted before the swap"})
+    return 130
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ from dbguard.rules import (
     Classifier,
     Kind,
     Operation,
+    TooManyScripts,
     builtin_catalog,
 )
 from dbguard.store import Reason, Store
@@ -159,7 +160,11 @@ class Guard:
             "tty": request.tty,
             "parent": request.parent,
         }
-        operation = self.classify(request)
+        try:
+            operation = self.classify(request)
+        except TooManyScripts as err:
+            self._log(record, "deny", started, reason=str(err))
+            return Deny(reason=err.problem, hint=err.fix)
         if operation is not None:
             record.update(tool=operation.tool, kind=str(operation.kind), command=operation.command)
             if operation.via:
@@ -419,10 +424,8 @@ class Guard:
         try:
             outcomes = await self._ensure_all(found.targets, reason, emit)
         except ConnectionError:
-            # ^C at the shim during the backup: it goes on (and is kept); the command
-            # never runs, and the log says so.
-            detail = "the shim disconnected during the backup; the backup went on"
-            self._log(record, "allow", started, outcome="not run", detail=detail)
+            detail = "dbguardctl left during the backup; the backup went on"
+            self._log(record, "backup", started, outcome="interrupted", detail=detail)
             raise
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
@@ -510,9 +513,8 @@ def _anchored(request: Invoke, operation: Operation) -> tuple[Operation, Path]:
             lambda m: request.env.get(m.group(1) or m.group(2), "\0"),
             expanded,
         )
-        folder = Path(os.path.normpath(cwd / expanded))
-        if not folder.is_dir():  # a workspace's package name (yarn workspace @shop/api)
-            folder = ProjectFiles(cwd).member_named(moved, "package.json") or folder
+        # Also a workspace's package name (yarn workspace @shop/api prisma ...).
+        folder = ProjectFiles(cwd).folder(expanded) or Path(os.path.normpath(cwd / expanded))
         if not folder.is_dir():
             raise DiscoveryError(
                 f"{operation.description} runs in {moved!r} ({folder}), which is not a "

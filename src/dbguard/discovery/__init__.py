@@ -66,7 +66,7 @@ Resolver = Callable[[Context, Found], None]
 FRAMEWORKS: dict[str, tuple[Resolver, tuple[str, ...]]] = {
     "laravel": (laravel, ("artisan",)),
     "symfony": (symfony, ("bin/console", "symfony.lock")),
-    "prisma": (prisma, ("prisma/schema.prisma",)),
+    "prisma": (prisma, ("prisma/schema.prisma", "schema.prisma", "prisma.config.ts")),
     "alembic": (alembic, ("alembic.ini",)),
     "django": (django, ("manage.py",)),
     "rails": (rails, ("config/database.yml",)),

@@ -123,17 +123,31 @@ class ProjectFiles:
             patterns = npm_workspaces(package)
             if manifest == "package.json":
                 patterns += _strings(_yaml(self.read(str(top / "pnpm-workspace.yaml"))), "packages")
-                patterns += _strings(_json(self.read(str(top / "lerna.json"))), "packages")
+                lerna = _json(self.read(str(top / "lerna.json")))
+                if isinstance(lerna, dict) and not patterns:
+                    patterns = _strings(lerna, "packages") or ["packages/*"]  # lerna's default
             if patterns:
-                return top, workspace_folders(patterns, self._lister(top))
+                folders = workspace_folders(patterns, self._lister(top))
+                # A member is a folder with its own manifest (`apps/**` matches src/ too).
+                members = [f for f in folders if self.read(str(top / f / manifest)) is not None]
+                return top, members
         return None
 
     def _lister(self, top: Path) -> FolderLister:
         return lambda relative: self.listdir(str(top / relative))
 
-    def member_named(self, package: str, manifest: str) -> Path | None:
-        """The folder of the workspace member whose `manifest` says `name: package`."""
-        top, members = self._workspace(self.root, manifest) or (self.root, [])
+    def folder(self, folder: str, manifest: str = "package.json") -> Path | None:
+        """`folder` (from the root, or absolute) as a folder that exists: itself, or the
+        workspace member whose package name follows the part of it that exists (`npm -w
+        @shop/api`, also in a script that runs in /srv/shop: /srv/shop/@shop/api)."""
+        start = Path(os.path.normpath(self.root / folder))
+        if start.is_dir():
+            return start
+        base = start.parent
+        while not base.is_dir() and base != base.parent:
+            base = base.parent
+        package = os.path.relpath(start, base)
+        top, members = self._workspace(base, manifest) or (base, [])
         for member in members:
             named = _json(self.read(str(top / member / manifest)))
             if isinstance(named, dict) and named.get("name") == package:
@@ -162,12 +176,9 @@ class ProjectFiles:
             # `web/package.json` (npm --prefix web): from that folder upwards; a folder
             # that is not there may be a workspace's package name (npm -w @shop/api).
             folder, name = os.path.split(manifest)
-            start = Path(os.path.normpath(self.root / folder))
-            if folder and not start.is_dir():
-                member = self.member_named(folder, name)
-                if member is None:
-                    return None
-                start = member
+            start = self.folder(folder, name)
+            if start is None:
+                return None
             for each in (start, *start.parents):
                 path = each / name
                 text = self.read(str(path))  # absolute: root / path is path itself
@@ -200,6 +211,7 @@ _VOLATILE = frozenset(
         "LINES",
         "DBGUARD_DEPTH",
         "DBGUARD_PARENT_OP",
+        "DBGUARD_PARENT_BACKUPS",
     }
 )
 

@@ -216,11 +216,12 @@ _STOCK_SQLITE = re.compile(
 # Settings that take their database from DATABASE_URL: the variable itself, dj-database-url,
 # django-environ's env.db() / env.db_url() (under any name), django-configurations.
 _READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\.db(?:_url)?\(|DatabaseURLValue")
-# A DATABASE_URL reader's SQLite default on one line: "sqlite:///" then BASE_DIR / 'x'
-# or os.path.join(BASE_DIR, 'x').
+# A DATABASE_URL reader's SQLite default on one line: "sqlite:///" then BASE_DIR / 'x',
+# os.path.join(BASE_DIR, 'x') or an f-string's {BASE_DIR}/x.
 _SQLITE_FALLBACK = re.compile(
     r"""sqlite:///[^\n]{0,40}?(?:BASE_DIR\s*/\s*['"]([^'"]+)['"]"""
-    r"""|os\.path\.join\(\s*BASE_DIR\s*,\s*['"]([^'"]+)['"]\s*\))"""
+    r"""|os\.path\.join\(\s*BASE_DIR\s*,\s*['"]([^'"]+)['"]\s*\)"""
+    r"""|\{BASE_DIR\}/([^'"{}\s]+))"""
 )
 # DATABASES = ... as a statement of this module (not DATABASES["default"][...] = ...,
 # which adjusts what another module built).
@@ -279,7 +280,7 @@ def django(ctx: Context, found: Found) -> None:
             # dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"): the
             # database whenever DATABASE_URL is not set where Django runs, which a .env
             # the settings never load does not do. Backed up besides DATABASE_URL's.
-            name = fallback.group(1) or fallback.group(2)
+            name = fallback.group(1) or fallback.group(2) or fallback.group(3)
             line = text.count("\n", 0, fallback.start()) + 1
             source = f"{candidate}, line {line} (the SQLite default when DATABASE_URL is unset)"
             found.add(sqlite_target(name, _base_dir(ctx, candidate), source))

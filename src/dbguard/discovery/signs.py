@@ -28,6 +28,7 @@ Pure: files come through the context's reader and folder lister.
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import posixpath
 import re
 from collections import deque
@@ -351,17 +352,44 @@ def npm_workspaces(package: object) -> list[str]:
 
 
 def workspace_folders(patterns: Iterable[str], listdir: FolderLister) -> list[str]:
-    """The member folders workspace `patterns` name: `dir/*` (each folder `listdir`
-    finds in dir) and plain `dir`; other globs and `!` exclusions are not followed."""
-    folders: list[str] = []
-    for pattern in patterns:
-        pattern = pattern.strip().removeprefix("./").rstrip("/")
-        base, _, last = pattern.rpartition("/")
-        if last in ("*", "**") and "*" not in base and not base.startswith("!"):
-            folders += [posixpath.join(base, name) for name in sorted(listdir(base) or [])]
-        elif pattern and "*" not in pattern and not pattern.startswith("!"):
-            folders.append(pattern)
-    return folders
+    """The folders workspace `patterns` name, as npm, pnpm and lerna read them: a glob
+    per path segment (`packages/*`, `services/*-api`, `apps/**`, a plain `tools/cli`),
+    `!pattern` excluding. `**` does not descend into node_modules or dot folders, and
+    stops at _MAX_GLOB_DEPTH levels."""
+    included: list[str] = []
+    excluded: list[str] = []
+    for raw in patterns:
+        pattern = raw.strip()
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip().removeprefix("./").rstrip("/")
+        if pattern:
+            matched = _glob(pattern.split("/"), "", listdir, _MAX_GLOB_DEPTH)
+            (excluded if negated else included).extend(matched)
+    dropped = set(excluded)
+    return [folder for folder in dict.fromkeys(included) if folder not in dropped]
+
+
+_MAX_GLOB_DEPTH = 6
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _glob(segments: list[str], base: str, listdir: FolderLister, depth: int) -> list[str]:
+    if not segments:
+        return [base] if base else []
+    first, rest = segments[0], segments[1:]
+    if not _GLOB.search(first):
+        return _glob(rest, posixpath.join(base, first), listdir, depth)
+    found = [] if first != "**" else _glob(rest, base, listdir, depth)  # ** is also none
+    names = sorted(listdir(base) or [])
+    for name in names:
+        child = posixpath.join(base, name)
+        descend = depth > 0 and not name.startswith(".") and name != "node_modules"
+        if first == "**":
+            if descend and listdir(child) is not None:
+                found += _glob(segments, child, listdir, depth - 1)
+        elif fnmatch.fnmatchcase(name, first) and listdir(child) is not None:
+            found += _glob(rest, child, listdir, depth)
+    return found
 
 
 def _nested(folder: str, parent: str) -> bool:

@@ -117,13 +117,16 @@ class Engine(Protocol):
         scratch: Path,
         *,
         end_connections: bool = False,
+        swapped: Callable[[], None] = lambda: None,
     ) -> None:
         """Replace the database's contents with the dump read from `data`.
 
         The target is swapped in whole or not at all: raises RestoreFailed and leaves
         the target as it was when anything goes wrong before the swap. On a server,
         other clients connected to the target make it raise RestoreFailed naming them,
-        unless `end_connections` is set, which ends their sessions first.
+        unless `end_connections` is set, which ends their sessions first. `swapped` is
+        called once the target holds the backup's contents, so a caller stopped after
+        that point (^C during the clean-up) reports the right state.
         """
         ...
 
@@ -166,11 +169,6 @@ def compare_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> li
     return problems
 
 
-class SwapFinished(KeyboardInterrupt):
-    """A stop signal that arrived during a restore's swap, raised once the swap is done:
-    the target holds the backup's contents."""
-
-
 _HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -190,8 +188,8 @@ def signal_handlers(
 @contextlib.contextmanager
 def signals_held(what: str) -> Iterator[None]:
     """Hold ^C, SIGTERM and SIGHUP while `what` runs, a step that stopped halfway would
-    leave a database half-restored; then raise SwapFinished for the first that came
-    (unless the step failed: its error says what state the database is in). Only the
+    leave a database half-restored; then raise KeyboardInterrupt for the first that
+    came (unless the step failed: its error says what state the database is in). Only the
     main thread can take signals; elsewhere (the daemon's workers) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -206,4 +204,4 @@ def signals_held(what: str) -> Iterator[None]:
     with signal_handlers(_HELD, hold):
         yield
     if received:
-        raise SwapFinished(signal.Signals(received[0]).name)
+        raise KeyboardInterrupt(signal.Signals(received[0]).name)

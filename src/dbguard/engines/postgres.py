@@ -1316,6 +1316,7 @@ class PostgresEngine:
         scratch: Path,
         *,
         end_connections: bool = False,
+        swapped: Callable[[], None] = lambda: None,
     ) -> None:
         """Restore into a scratch database, then swap it in by renaming; the database it
         replaces is dropped (the store has backed it up). Creates the database when it
@@ -1332,7 +1333,7 @@ class PostgresEngine:
         s = connection_settings(target, error=RestoreFailed)
         conn = self._admin(s, RestoreFailed)
         try:
-            self._restore(conn, s, data, scratch, end_connections)
+            self._restore(conn, s, data, scratch, end_connections, swapped)
         except psycopg.Error as err:
             # Errors after the swap are only logged (dropping the replaced copy), so
             # whatever arrives here happened while the target was still untouched.
@@ -1343,7 +1344,13 @@ class PostgresEngine:
             conn.close()
 
     def _restore(
-        self, conn: Conn, s: ConnSettings, data: BinaryIO, scratch: Path, end_connections: bool
+        self,
+        conn: Conn,
+        s: ConnSettings,
+        data: BinaryIO,
+        scratch: Path,
+        end_connections: bool,
+        swapped: Callable[[], None],
     ) -> None:
         tool = self._tools.choose(
             "pg_restore", server_version(conn.info.server_version), RestoreFailed
@@ -1365,7 +1372,7 @@ class PostgresEngine:
                 "role); the database was not changed",
             ) from None
         replaced: str | None = None
-        swapped = False
+        in_place = False
         try:
             self._pg_restore(
                 tool,
@@ -1380,11 +1387,12 @@ class PostgresEngine:
             # A stop after the renames' commit must not be reported as "not changed".
             with signals_held(f"the swap of {s.dbname}"):
                 replaced = self._swap(conn, s, temp, existing, end_connections)
-                swapped = True
+                in_place = True
+                swapped()
                 if replaced is not None:
                     self._drop_quietly(conn, replaced)
         finally:
-            if not swapped:
+            if not in_place:
                 self._drop_quietly(conn, temp)
 
     def _swap(

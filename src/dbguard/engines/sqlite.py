@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +402,7 @@ class SqliteEngine:
         scratch: Path,
         *,
         end_connections: bool = False,  # SQLite's own locking serializes the swap
+        swapped: Callable[[], None] = lambda: None,
     ) -> None:
         path = Path(str(target.path))
         # Unpacked in the store's work folder, not beside the database: a restore that
@@ -422,6 +424,7 @@ class SqliteEngine:
                 self._copy_into(unpacked, path)
             else:
                 self._create_from(unpacked, path)
+            swapped()
         except OSError as err:
             raise _restore_error(path, err) from None
         finally:

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from dbguard.errors import DbguardError
+
 
 class Kind(StrEnum):
     READ_ONLY = "read-only"
@@ -170,6 +172,7 @@ class ScriptsRule(_Rule):
     member_options: list[str] = []
     members: bool = False
     member_words: dict[str, Literal["named", "every"]] = {}
+    repeated_members: list[str] = []
     multiple: bool = False
     targets: dict[str, str] = {}
 
@@ -270,6 +273,11 @@ class Operation:
         return f"{words} ({self.kind})"
 
 
+class TooManyScripts(DbguardError):
+    """A command whose package scripts could not all be followed: refused, as what was
+    not read may be a database operation."""
+
+
 class Script(NamedTuple):
     """A package script: its command line, and the folder of the manifest it is in,
     where the package manager runs it ("" for the invocation's own folder)."""
@@ -300,7 +308,7 @@ SCOPE_HINT = "scope"
 _MAX_DEPTH = 8  # launchers and scripts nested in each other
 _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
 _MAX_MEMBERS = 256  # workspace members a script is run in (npm -ws, turbo run)
-_LOOKUPS_PER_MEMBER = 4  # the script, its pre and post, one nested script
+_LOOKUPS_PER_MEMBER = 16  # the script, its pre and post, and the scripts they run
 _MAX_COMMAND_WORDS = 4
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _SEPARATORS = frozenset(";&|()")
@@ -620,6 +628,8 @@ class _Tool:
     def _decide(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
         help_option = next((o for o in self.help_options if o in present), None)
         if help_option is not None or (words and words[0] in self.help_words):
+            if self._not_ours(words):
+                return None  # `bun run db:reset -v`: bun's scripts, not `bun test`'s help
             return Kind.READ_ONLY, help_option or words[0]
         if not words:
             base = self.bare if self.bare is not None else self.default
@@ -637,6 +647,18 @@ class _Tool:
             return None
         kind = max((k for k, _ in found), key=_SEVERITY.__getitem__)
         return kind, " ".join(_unique(c for _, c in found if c))
+
+    def _not_ours(self, words: list[str]) -> bool:
+        """A tool that is only some commands of its program (`bun test` of bun) and a
+        first word that is none of them: another handler of the program decides."""
+        return (
+            self.default is None
+            and self.bare is None
+            and self.abbreviations is None
+            and bool(words)
+            and words[0] not in self.help_words
+            and not any(self.tree.children(words[0]))
+        )
 
     def _command(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
         path = _walk(self.tree, words, 0)
@@ -850,8 +872,15 @@ class _Walk:
         return posixpath.join(self.folder, name) if self.folder else name
 
     def script(self, manifest: str, name: str) -> Script | None:
-        if self.lookup is None or self.lookups_left <= 0:
+        if self.lookup is None:
             return None
+        if self.lookups_left <= 0:
+            # Not found would mean "not a database operation": never guess that.
+            raise TooManyScripts(
+                "the command runs more package scripts than dbguard follows "
+                f"({_MAX_LOOKUPS}, and {_LOOKUPS_PER_MEMBER} more per workspace member)",
+                "run its scripts one at a time: each is guarded on its own",
+            )
         self.lookups_left -= 1
         return self.lookup(self.manifest(manifest), name)
 
@@ -1108,10 +1137,13 @@ class Classifier:
             options = [*parsed.options, *inner.options]
         else:
             options = parsed.options
+        every = rule.members or any(name in rule.member_options for name, _ in options)
+        if len({value for name, value in options if name in rule.repeated_members}) > 1:
+            # npm -w api -w web: every member, from where npm runs (its --prefix)
+            options = [option for option in options if option[0] not in rule.repeated_members]
+            every = True
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
-        moves = {value for name, value in options if rule.targets.get(name) == CWD_HINT}
-        every = rule.members or any(name in rule.member_options for name, _ in options)
         word = self._member_word(scripts, parsed, args)
         if word is not None:
             how, rest = word
@@ -1128,9 +1160,6 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
-        if len(moves) > 1 and word is None:  # npm -w api -w web: every member, from here
-            hints.values.pop(CWD_HINT, None)
-            every = True
         with walk.moved(hints.values):
             if not every:
                 return self._run_scripts(scripts, parsed, args, walk, depth)
@@ -1187,6 +1216,11 @@ class Classifier:
         if direct is not None:
             return self._script(scripts, word, direct, after, walk, depth)
         if rule.any_word and word not in scripts.builtins:
+            if rule.multiple:  # `turbo build db:reset`, as `turbo run build db:reset`
+                names = [name for _, name in _parse(args, scripts.syntax).positionals]
+                return _most_dangerous(
+                    self._script(scripts, "run", name, [], walk, depth) for name in names
+                )
             return self._script(scripts, word, word, after, walk, depth, fallback=rule.bins)
         return None
 

@@ -1306,6 +1306,7 @@ class MysqlEngine:
         scratch: Path,
         *,
         end_connections: bool = False,
+        swapped: Callable[[], None] = lambda: None,
     ) -> None:
         """Load the dump into a scratch schema, check its views, triggers and routines
         there, then swap: one RENAME TABLE moves the current tables to a holding schema
@@ -1346,6 +1347,7 @@ class MysqlEngine:
                             existing is None,
                             end_connections,
                         )
+                        swapped()
                 finally:
                     self._discard(cur, new)
         except pymysql.MySQLError as err:
