@@ -618,3 +618,20 @@ def test_a_command_with_more_scripts_than_dbguard_follows_is_refused(
     assert result.returncode == 77, result.stderr
     assert b"more package scripts than dbguard follows" in result.stderr
     assert oplog(home)[-1]["decision"] == "deny"
+
+
+def test_a_package_json_that_cannot_be_read_refuses_its_scripts(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    install_stand_in(home, "npm")
+    home.install_shims("npm")
+    (project / "package.json").write_text('{"scripts": {"db:reset": "prisma migrate reset",}')
+
+    result = home.run(["npm", "run", "db:reset"], cwd=project)
+
+    assert result.returncode == 77, result.stderr  # not read is not "no database"
+    assert b"package.json is not valid JSON" in result.stderr
+    # npm reads a package.json that starts with a byte-order mark, and so does dbguard.
+    (project / "package.json").write_text('\ufeff{"scripts": {"db:reset": "php artisan db:wipe"}}')
+    assert home.run(["npm", "run", "db:reset"], cwd=project).returncode == 0
+    assert len(backups(home)) == 1

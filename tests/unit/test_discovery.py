@@ -307,6 +307,10 @@ def test_laravel_test_run_reads_the_phpunit_file_it_is_given() -> None:
     found = run(files, kind=Kind.TEST, hints=classified.hints)
     assert ("postgres", "shop_test") in [(t.engine, t.name) for t in found.targets]
     assert not any(":memory:" in note for note in found.notes)
+    # -c a folder: the phpunit.xml in it
+    folder = {**files, "tests/pg/phpunit.xml": files.pop("phpunit.pg.xml")}
+    found = run(folder, kind=Kind.TEST, hints={"config": "tests/pg"})
+    assert ("postgres", "shop_test") in [(t.engine, t.name) for t in found.targets]
 
 
 def test_laravel_cached_config_test_run_reaches_production() -> None:
@@ -930,6 +934,7 @@ def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> Non
         ("lerna.json", '{"version": "1.0.0"}'),  # lerna's default: packages/*
         ("pnpm-workspace.yaml", "packages:\n  - 'packages/**'\n  - '!packages/old'\n"),
         ("package.json", '{"workspaces": ["packages/[aw]*"]}'),
+        ("package.json", '\ufeff{"workspaces": ["{packages,tools}/*"]}'),  # BOM, braces
     ],
 )
 def test_fan_out_runs_reach_every_workspace_member(

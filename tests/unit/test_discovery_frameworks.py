@@ -208,7 +208,7 @@ def test_prisma_schema_at_the_root_and_in_prisma_config_ts() -> None:
         "shop"
     )
     files = {
-        "prisma.config.ts": 'export default defineConfig({\n  schema: "db/",\n})\n',
+        "prisma.config.ts": 'export default defineConfig({\n  schema: path.join("db"),\n})\n',
         "db/schema.prisma": 'generator client {\n  provider = "prisma-client-js"\n}\n',
         "db/models/base.prisma": datasource,
     }
@@ -413,7 +413,10 @@ def test_django_s_other_database_aliases_need_dbguard_toml() -> None:
     with pytest.raises(DiscoveryError, match="--database=legacy: Django's DATABASES is code"):
         run(files, framework="django", tool="manage.py", hints={"connection": "legacy"})
     assert only(run(files, framework="django", tool="manage.py", hints={"connection": "default"}))
-    named = {**files, ".dbguard.toml": '[[database]]\nurl = "postgres://a@127.0.0.1/legacy"\n'}
+    other = '[[database]]\nurl = "postgres://a@127.0.0.1/legacy"\nlabel = "reporting"\n'
+    with pytest.raises(DiscoveryError, match="--database=legacy"):  # some other database
+        run({**files, ".dbguard.toml": other}, framework="django", hints={"connection": "legacy"})
+    named = {**files, ".dbguard.toml": other.replace("reporting", "legacy")}
     found = run(named, framework="django", tool="manage.py", hints={"connection": "legacy"})
     assert "legacy" in {t.name for t in found.targets}
 

@@ -570,6 +570,8 @@ JS_TESTS = [
     case("node --test", TEST, "node", "--test"),
     case("node --test-reporter spec --test test/", TEST, "node", "--test"),
     case("node --env-file=.env.test --test", TEST, "node", hints={"env_file": ".env.test"}),
+    case("node --env-file-if-exists=.env.test --test", TEST, hints={"env_file": ".env.test"}),
+    case("pnpx prisma migrate reset", DESTRUCTIVE, "prisma"),
     case("tsx --test src/", TEST, "node"),
     case("node app.js --test", None),  # the script's own argument
     case("node --test-reporter spec app.js", None),
@@ -1316,6 +1318,13 @@ def members(manifest: str) -> list[str]:
         ("turbo run build reset", {"apps/api", "apps/web"}),
         ("turbo reset --concurrency 2", {"apps/api", "apps/web"}),
         ("turbo build reset", {"apps/api", "apps/web"}),  # tasks without `run` too
+        ("npm run reset --ws", {"apps/api", "apps/web"}),
+        ("npm --loglevel warn run reset -ws", {"apps/api", "apps/web"}),
+        ("pnpm -r --workspace-concurrency 1 reset", {"apps/api", "apps/web"}),
+        ("pnpm --reporter append-only -r reset", {"apps/api", "apps/web"}),
+        ("pnpm recursive run reset", {"apps/api", "apps/web"}),
+        ("npx -w apps/api prisma migrate reset --force", {"apps/api"}),  # runs there
+        ("npm exec -w apps/web -- knex migrate:rollback", {"apps/web"}),
         ("npx turbo run reset", {"apps/api", "apps/web"}),
         ("turbo run build", None),
         ("turbo login", None),
@@ -1379,6 +1388,14 @@ def test_fan_out_is_bounded() -> None:
     with pytest.raises(TooManyScripts, match="more package scripts than dbguard follows"):
         CLASSIFIER.classify(["npm", "run", "w0"], lookup)
     assert len(lookup.calls) <= 64
+
+
+def test_a_fan_out_into_more_members_than_dbguard_follows_is_refused() -> None:
+    reset: dict[str, str | list[str]] = {"reset": "prisma migrate reset -f"}
+    files = {f"m{i}/package.json": reset for i in range(300)}
+    many = [f"m{i}" for i in range(300)]
+    with pytest.raises(TooManyScripts, match="300 workspace members"):
+        CLASSIFIER.classify(["npm", "run", "reset", "-ws"], Scripts(files), lambda m: many)
 
 
 def test_a_fan_out_follows_every_member_s_nested_scripts() -> None:

@@ -30,8 +30,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print_json(records)
         return 0
     if not records:
-        more = "" if args.all else " (--all shows commands that are no database tool)"
-        ctx.print(f"no database operations logged in {ctx.oplog.path}{more}")
+        if args.n > 0:  # -n 0 asked for none
+            more = "" if args.all else " (--all shows commands that are no database tool)"
+            ctx.print(f"no database operations logged in {ctx.oplog.path}{more}")
         return 0
     rows = [["TIME", "DECISION", "OUTCOME", "COMMAND", "BACKUPS", "WHY"]]
     for record in records:

@@ -127,9 +127,11 @@ def _stopped_before_swap(
 ) -> int:
     """Stopped before the swap: only the scratch copy and the pre-restore backup were
     made, and the scratch copy is gone."""
-    kept = f"; the pre-restore backup {saved[0].id} stays" if saved and saved[0] else ""
+    before = saved[0] if saved else None
+    kept = f"; the pre-restore backup {before.id} stays" if before else ""
     ctx.error(f"dbguardctl: interrupted: {target.label} was not changed{kept}")
-    stopped = {"backups": [{"id": manifest.id}], "outcome": "interrupted"}
+    backups = [{"id": manifest.id}] + ([{"id": before.id, "pre_restore": True}] if before else [])
+    stopped = {"backups": backups, "outcome": "interrupted"}
     ctx.oplog.append(record | stopped | {"reason": "interrupted before the swap"})
     return 130
 

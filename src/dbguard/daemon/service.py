@@ -137,17 +137,15 @@ class Guard:
             project = load_project_config(ProjectFiles(project_root(request.cwd)).read)
         except DiscoveryError:
             project = None  # discovery reads it again and denies with the file's error
-        try:
-            return classify_with_project(
-                self.classifier,
-                project,
-                request.argv,
-                files.package_script,
-                files.workspace_members,
-            )
-        except DiscoveryError:
-            # An unreadable package.json: let discovery report it properly.
-            return classify_with_project(self.classifier, project, request.argv)
+        # A package.json that cannot be read raises DiscoveryError: refused, naming it,
+        # as a script that was not read may be a database operation.
+        return classify_with_project(
+            self.classifier,
+            project,
+            request.argv,
+            files.package_script,
+            files.workspace_members,
+        )
 
     async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:
         """Decide on one invocation; `emit` sends progress, `ask` asks the person at the
@@ -162,7 +160,7 @@ class Guard:
         }
         try:
             operation = self.classify(request)
-        except TooManyScripts as err:
+        except (TooManyScripts, DiscoveryError) as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
         if operation is not None:

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -218,6 +219,8 @@ def _variables(ctx: Context, found: Found, *, test: bool) -> _Loaded:
 def _phpunit(ctx: Context, found: Found) -> PhpUnitVariables | None:
     configured = ctx.hints.get("config")
     names = [configured] if configured else list(PHPUNIT_FILES)
+    if configured and ctx.listdir(configured) is not None:  # -c tests/pg: a folder
+        names = [posixpath.join(configured, name) for name in PHPUNIT_FILES]
     for name in names:
         text = ctx.read_looked(name, found)
         if text is None:

@@ -13,6 +13,7 @@ its own shadow database only when none is configured).
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import PurePosixPath
 
@@ -52,7 +53,8 @@ def schema_path(ctx: Context, found: Found) -> str:
         match = _CONFIG_SCHEMA.search(_LINE_COMMENT.sub("", ctx.read(name) or ""))
         if match:
             found.look(f"{name} (schema)")
-            return match.group(1).rstrip("/") or "."
+            joined = match.group(1) or posixpath.join(*_QUOTED.findall(match.group(2)))
+            return joined.rstrip("/") or "."
     return DEFAULT_SCHEMA
 
 
@@ -64,7 +66,11 @@ _CONFIG_URL = re.compile(
     r"""|process\.env\[\s*['"](\w+)['"]\s*\])"""
 )
 _LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
-_CONFIG_SCHEMA = re.compile(r"""\bschema\s*:\s*['"]([^'"]+)['"]""")
+# schema: "db/schema", or path.join("db", "schema") as Prisma's docs write it.
+_CONFIG_SCHEMA = re.compile(
+    r"""\bschema\s*:\s*(?:['"]([^'"]+)['"]|path\.join\(((?:\s*['"][^'"]*['"]\s*,?)+)\))"""
+)
+_QUOTED = re.compile(r"""['"]([^'"]*)['"]""")
 
 
 def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] | None:

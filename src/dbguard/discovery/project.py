@@ -50,7 +50,7 @@ def _strings(data: object, key: str) -> list[str]:
 def _json(text: str | None) -> object:
     """Parsed JSON, or None when absent or not JSON (npm would fail on it anyway)."""
     try:
-        return json.loads(text) if text is not None else None
+        return json.loads(text.removeprefix("\ufeff")) if text is not None else None
     except ValueError:
         return None
 
@@ -185,7 +185,9 @@ class ProjectFiles:
                 if text is not None:
                     break
             try:
-                parsed = json.loads(text).get("scripts", {}) if text is not None else {}
+                # npm reads a file that starts with a byte-order mark; so must dbguard.
+                data = json.loads(text.removeprefix("\ufeff")) if text is not None else {}
+                parsed = data.get("scripts", {})
             except (ValueError, AttributeError):
                 raise DiscoveryError(f"{path} is not valid JSON") from None
             scripts = parsed if isinstance(parsed, dict) else {}

@@ -238,7 +238,8 @@ def _base_dir(ctx: Context, settings_file: str) -> Path:
 
 def django(ctx: Context, found: Found) -> None:
     alias = ctx.hints.get("connection")
-    if alias and alias != "default" and not ctx.names_databases:
+    labels = {entry.label for entry in ctx.project.database} if ctx.project else set()
+    if alias and alias != "default" and alias not in labels:
         # DATABASE_URL is the `default` alias; the others exist only in the settings' code.
         raise DiscoveryError(
             f"--database={alias}: Django's DATABASES is code dbguard does not run, and "

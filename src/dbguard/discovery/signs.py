@@ -359,17 +359,29 @@ def workspace_folders(patterns: Iterable[str], listdir: FolderLister) -> list[st
     included: list[str] = []
     excluded: list[str] = []
     for raw in patterns:
-        pattern = raw.strip()
-        negated = pattern.startswith("!")
-        pattern = pattern.removeprefix("!").strip().removeprefix("./").rstrip("/")
-        if pattern:
-            matched = _glob(pattern.split("/"), "", listdir, _MAX_GLOB_DEPTH)
-            (excluded if negated else included).extend(matched)
+        negated = raw.strip().startswith("!")
+        for pattern in _braces(raw.strip().removeprefix("!").strip()):
+            pattern = pattern.removeprefix("./").rstrip("/")
+            if pattern:
+                matched = _glob(pattern.split("/"), "", listdir, _MAX_GLOB_DEPTH)
+                (excluded if negated else included).extend(matched)
     dropped = set(excluded)
     return [folder for folder in dict.fromkeys(included) if folder not in dropped]
 
 
 _MAX_GLOB_DEPTH = 6
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def _braces(pattern: str) -> list[str]:
+    """`{apps,services}/*` -> `apps/*`, `services/*` (innermost first, so nesting works)."""
+    match = _BRACE.search(pattern)
+    if match is None or "," not in match.group(1):
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [each for choice in match.group(1).split(",") for each in _braces(head + choice + tail)]
+
+
 _GLOB = re.compile(r"[*?\[]")
 
 

@@ -888,7 +888,13 @@ class _Walk:
         """The workspace members of the project `manifest` (from here) belongs to."""
         if self.members_of is None:
             return []
-        members = self.members_of(self.manifest(manifest))[:_MAX_MEMBERS]
+        members = self.members_of(self.manifest(manifest))
+        if len(members) > _MAX_MEMBERS:
+            raise TooManyScripts(
+                f"the command runs in {len(members)} workspace members; dbguard follows "
+                f"{_MAX_MEMBERS}",
+                "run it in fewer members at a time (npm -w, pnpm --filter); each is guarded",
+            )
         self.lookups_left += _LOOKUPS_PER_MEMBER * len(members)  # each runs its script
         return members
 
