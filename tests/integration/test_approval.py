@@ -184,8 +184,14 @@ def test_the_database_marker_makes_production_and_travels_with_the_file(
         assert b"refuses to run in an AI agent's environment" in lifted.stderr
     assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 77
     assert home.ctl("mark", "production", cwd=project).returncode == 0
-    del home.extra_env["CLAUDECODE"]  # a person
-    assert home.ctl("mark", "development", cwd=project).returncode == 0
+    del home.extra_env["CLAUDECODE"]
+    # Nor a script without a terminal: a person confirms at one with the database's name.
+    unattended = home.ctl("mark", "none", cwd=project)
+    assert unattended.returncode == 77 and b"no terminal" in unattended.stderr
+    assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 77
+    ctl = [sys.executable, "-m", "dbguard.ctl.main", "mark", "development"]
+    confirmed = run_in_terminal(ctl, home.env, project, {"Type its name": "app.sqlite"})
+    assert confirmed.returncode == 0, confirmed.output
     assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 0
 
 

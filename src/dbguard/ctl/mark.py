@@ -6,8 +6,9 @@ The mark travels with the database (SQLite: the file header's application_id;
 PostgreSQL: a database setting; MySQL: a stored procedure `dbguard_environment` whose
 comment holds the mark) and outranks names and hosts: a database marked production is
 production wherever it is, and a local copy marked development is not production
-because of an old host name in a .env. In an AI agent's environment only `production`
-may be set: the other marks loosen the rules.
+because of an old host name in a .env. `development` and `none` loosen the rules: they
+are typed at a terminal (the database's name confirms them), never in an AI agent's
+environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import get_args
 
+from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
@@ -50,6 +52,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         return 2
     [target] = targets
+    if args.environment != "production":
+        # Loosening is a person's call, typed at a terminal, as an approval is.
+        name = target.name or Path(str(target.path)).name
+        typed = ask_on_terminal(
+            f"{target.label} will no longer count as production by its mark. "
+            f"Type its name ({name}) to mark it {args.environment}: "
+        )
+        if typed is None:
+            ctx.error(
+                f"dbguardctl mark {args.environment}: no terminal to confirm on; a person "
+                "lowers a database's mark, at a terminal"
+            )
+            return 77
+        if typed.strip() != name:
+            ctx.print("not marked")
+            return 1
     marker: Marker | None = None if args.environment == "none" else args.environment
     engines = Engines(ctx.config.backup)
     try:
