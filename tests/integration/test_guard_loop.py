@@ -602,7 +602,8 @@ def test_a_restore_stopped_before_its_swap_says_nothing_changed(
     assert f"was not changed; the pre-restore backup {pre_restore} stays".encode() in err
     assert count_users(project) == 3
     [logged] = [r for r in oplog(home) if r.get("decision") == "restore"]
-    assert (logged["outcome"], logged["backups"]) == ("interrupted", [{"id": backup_id}])
+    assert logged["outcome"] == "interrupted"
+    assert logged["backups"] == [{"id": backup_id}, {"id": pre_restore, "pre_restore": True}]
 
 
 def test_a_command_with_more_scripts_than_dbguard_follows_is_refused(

@@ -6,6 +6,7 @@ Pure: files come from dicts or from the fixture projects through a reader."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -922,6 +923,34 @@ def test_npm_workspace_names_are_followed_to_their_folder(tmp_path: Path) -> Non
         assert Path(tmp_path, found.hints["cwd"]) == api
     missing = ["npm", "-w", "@shop/nope", "run", "db:reset"]
     assert classify_with_project(classifier, None, missing, files.package_script) is None
+
+
+def test_npm_w_takes_a_package_name_first_then_a_folder_holding_members(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "package.json").write_text('{"workspaces": ["packages/*"]}')
+    (tmp_path / "db").mkdir()  # not a member: a folder of SQL files
+    for folder, name in (("api", "@shop/api"), ("store", "db")):
+        (tmp_path / "packages" / folder).mkdir(parents=True)
+        (tmp_path / "packages" / folder / "package.json").write_text(
+            json.dumps({"name": name, "scripts": {"db:reset": "prisma migrate reset -f"}})
+        )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path)
+
+    def reached(argv: list[str]) -> set[str]:
+        found = classify_with_project(
+            classifier, None, argv, files.package_script, files.workspace_members
+        )
+        assert found is not None and found.kind is Kind.DESTRUCTIVE, argv
+        return {os.path.relpath(o.hints["cwd"], tmp_path) for o in found.each()}
+
+    assert reached(["npm", "-w", "db", "run", "db:reset"]) == {"packages/store"}
+    assert reached(["yarn", "workspace", "db", "db:reset"]) == {"packages/store"}
+    assert reached(["npm", "run", "db:reset", "-w", "packages"]) == {
+        "packages/api",
+        "packages/store",
+    }
 
 
 @pytest.mark.parametrize(

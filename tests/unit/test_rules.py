@@ -7,7 +7,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -1295,8 +1295,17 @@ MONOREPO = Scripts(
 )
 
 
-def members(manifest: str) -> list[str]:
-    return ["apps/api", "apps/web", "apps/docs"] if posixpath.dirname(manifest) == "" else []
+def members(manifest: str, selectors: Sequence[str] = ()) -> list[str]:
+    """The members of MONOREPO's workspace; selected as npm -w does, a package's name
+    being its folder's name here."""
+    every = ["apps/api", "apps/web", "apps/docs"] if posixpath.dirname(manifest) == "" else []
+    if not selectors:
+        return every
+    chosen: list[str] = []
+    for selector in selectors:
+        named = [m for m in every if posixpath.basename(m) == selector]
+        chosen += named or [m for m in every if m == selector or m.startswith(f"{selector}/")]
+    return chosen
 
 
 @pytest.mark.parametrize(
@@ -1306,6 +1315,9 @@ def members(manifest: str) -> list[str]:
         ("npm run reset -ws", {"apps/api", "apps/web"}),
         ("npm -w apps/api -w apps/web run reset", {"apps/api", "apps/web"}),
         ("npm -w apps/web run reset", {"apps/web"}),  # one member: that member only
+        ("npm -w web run reset", {"apps/web"}),  # by its package name
+        ("npm -w apps run reset", {"apps/api", "apps/web"}),  # a folder holding members
+        ("npm run reset --workspace=apps/api --workspace=web", {"apps/api", "apps/web"}),
         ("npm run reset", None),  # the top folder has no such script
         ("pnpm -r reset", {"apps/api", "apps/web"}),
         ("pnpm --filter web run reset", {"apps/api", "apps/web"}),  # a filter: every member
@@ -1395,7 +1407,7 @@ def test_a_fan_out_into_more_members_than_dbguard_follows_is_refused() -> None:
     files = {f"m{i}/package.json": reset for i in range(300)}
     many = [f"m{i}" for i in range(300)]
     with pytest.raises(TooManyScripts, match="300 workspace members"):
-        CLASSIFIER.classify(["npm", "run", "reset", "-ws"], Scripts(files), lambda m: many)
+        CLASSIFIER.classify(["npm", "run", "reset", "-ws"], Scripts(files), lambda m, s: many)
 
 
 def test_a_fan_out_follows_every_member_s_nested_scripts() -> None:
@@ -1409,7 +1421,7 @@ def test_a_fan_out_follows_every_member_s_nested_scripts() -> None:
     found = CLASSIFIER.classify(
         ["npm", "run", "db:reset", "--workspaces"],
         Scripts(files),
-        lambda manifest: [f"m{i}" for i in range(12)],
+        lambda manifest, selectors: [f"m{i}" for i in range(12)],
     )
     assert found is not None
     assert {o.hints["cwd"] for o in found.each()} == {f"m{i}" for i in range(12)}

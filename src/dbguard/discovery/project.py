@@ -47,6 +47,11 @@ def _strings(data: object, key: str) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+def _package_name(text: str | None) -> object:
+    data = _json(text)
+    return data.get("name") if isinstance(data, dict) else None
+
+
 def _json(text: str | None) -> object:
     """Parsed JSON, or None when absent or not JSON (npm would fail on it anyway)."""
     try:
@@ -154,15 +159,26 @@ class ProjectFiles:
                 return top / member
         return None
 
-    def workspace_members(self, manifest: str) -> list[str]:
+    def workspace_members(self, manifest: str, selectors: Sequence[str] = ()) -> list[str]:
         """The member folders of the workspace `manifest` (from the root, as for
-        package_script) belongs to: what npm --workspaces, pnpm -r and turbo run in."""
+        package_script) belongs to: what npm --workspaces, pnpm -r and turbo run in; or
+        those `selectors` name, as npm -w reads them: a member's package name, else a
+        folder (from the manifest's) holding members."""
         start = Path(os.path.normpath(self.root / os.path.dirname(manifest)))
-        workspace = self._workspace(start, os.path.basename(manifest))
+        name = os.path.basename(manifest)
+        workspace = self._workspace(start, name)
         if workspace is None:
             return []
         top, members = workspace
-        return [os.path.normpath(top / member) for member in members]
+        folders = [os.path.normpath(top / member) for member in members]
+        if not selectors:
+            return folders
+        chosen: list[str] = []
+        for selector in selectors:
+            named = [f for f in folders if _package_name(self.read(f"{f}/{name}")) == selector]
+            under = os.path.normpath(start / selector)
+            chosen += named or [f for f in folders if f == under or f.startswith(under + "/")]
+        return list(dict.fromkeys(chosen))
 
     def unchanged(self) -> bool:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())

@@ -172,7 +172,7 @@ class ScriptsRule(_Rule):
     member_options: list[str] = []
     members: bool = False
     member_words: dict[str, Literal["named", "every"]] = {}
-    repeated_members: list[str] = []
+    member_selectors: list[str] = []
     multiple: bool = False
     targets: dict[str, str] = {}
 
@@ -290,9 +290,11 @@ class Script(NamedTuple):
 # from the invocation's folder when an option moved it (`npm --prefix web test` reads
 # web/package.json), found from its folder upwards as the tools do.
 ScriptLookup = Callable[[str, str], Script | None]
-# manifest -> the folders of the workspace members of the project it belongs to (npm
-# workspaces, pnpm-workspace.yaml), from the invocation's folder or absolute.
-MemberLookup = Callable[[str], list[str]]
+# (manifest, selectors) -> the folders of the workspace members of the project it
+# belongs to (npm workspaces, pnpm-workspace.yaml), from the invocation's folder or
+# absolute: all of them, or those the selectors name (a package name, else a folder
+# that holds them, as npm -w reads it).
+MemberLookup = Callable[[str, Sequence[str]], list[str]]
 # The hint naming the folder the command runs in, relative to the invocation's (env -C,
 # npm --prefix, yarn --cwd): set on the operation as every folder change joined.
 CWD_HINT = "cwd"
@@ -884,11 +886,12 @@ class _Walk:
         self.lookups_left -= 1
         return self.lookup(self.manifest(manifest), name)
 
-    def members(self, manifest: str) -> list[str]:
-        """The workspace members of the project `manifest` (from here) belongs to."""
+    def members(self, manifest: str, selectors: Sequence[str] = ()) -> list[str]:
+        """The workspace members of the project `manifest` (from here) belongs to, or
+        those `selectors` name."""
         if self.members_of is None:
             return []
-        members = self.members_of(self.manifest(manifest))
+        members = self.members_of(self.manifest(manifest), selectors)
         if len(members) > _MAX_MEMBERS:
             raise TooManyScripts(
                 f"the command runs in {len(members)} workspace members; dbguard follows "
@@ -1144,20 +1147,18 @@ class Classifier:
         else:
             options = parsed.options
         every = rule.members or any(name in rule.member_options for name, _ in options)
-        if len({value for name, value in options if name in rule.repeated_members}) > 1:
-            # npm -w api -w web: every member, from where npm runs (its --prefix)
-            options = [option for option in options if option[0] not in rule.repeated_members]
-            every = True
+        selectors = [value for name, value in options if name in rule.member_selectors and value]
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
         word = self._member_word(scripts, parsed, args)
         if word is not None:
             how, rest = word
-            if how == "named":  # `yarn workspace api reset`: member api (folder or name)
+            if how == "named":  # `yarn workspace api reset`: member api
                 named = _parse(args[rest:], scripts.syntax, first_only=True)
                 if not named.positionals:
                     return None
                 rest += named.end + 1
+                selectors.append(named.positionals[0][1])
                 hints.values[CWD_HINT] = posixpath.join(
                     hints.values.get(CWD_HINT, ""), named.positionals[0][1]
                 )
@@ -1166,6 +1167,21 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
+        found: list[Operation | None] = []
+        if selectors:
+            # npm -w api -w packages: each member they name (by package name, else by a
+            # folder holding it), from where npm runs; none found, the move as written.
+            where = _Hints(self._repeated)
+            where.from_options(
+                [option for option in options if option[0] not in rule.member_selectors],
+                rule.targets,
+            )
+            with walk.moved(where.values):
+                for member in walk.members(rule.manifest, selectors):
+                    with walk.moved(to=member):
+                        found.append(self._run_scripts(scripts, parsed, args, walk, depth))
+            if found:
+                return _most_dangerous(found)
         with walk.moved(hints.values):
             if not every:
                 return self._run_scripts(scripts, parsed, args, walk, depth)
