@@ -151,6 +151,18 @@ def test_prisma_file_url_is_relative_to_the_schema_folder_and_prisma_env_is_read
     assert target.path == "/srv/app/prisma/dev.db"
 
 
+def test_prisma_s_relative_database_url_is_not_also_read_from_the_project_root() -> None:
+    files = {
+        "prisma/schema.prisma": (
+            'datasource db {\n  provider = "sqlite"\n  url = env("DATABASE_URL")\n}\n'
+        ),
+        ".env": "DATABASE_URL=file:./dev.db\n",
+    }
+    found = run(files, framework="prisma", tool="prisma")
+    assert only(found).path == "/srv/app/prisma/dev.db"
+    assert not any("/srv/app/dev.db" in note for note in found.notes)
+
+
 def test_prisma_schema_option_and_package_json_setting() -> None:
     schema = 'datasource db {\n  provider = "mysql"\n  url = "mysql://root@127.0.0.1/shop"\n}\n'
     files = {

@@ -32,12 +32,19 @@ def database_url(ctx: Context, found: Found) -> None:
     url = variables.get("DATABASE_URL")
     if not url:
         return
+    if url.startswith("file:") and not url.startswith("file:/") and _uses_prisma(ctx):
+        return  # Prisma's relative SQLite path: from its schema's folder (prisma.py)
     where = variables.where("DATABASE_URL")
     source = variables.origin("DATABASE_URL")
     target, facts = url_target(
         url, ctx.root, f"{source} — DATABASE_URL", where, "DATABASE_URL", app_env_facts(variables)
     )
     found.add(target, f"{source}: DATABASE_URL is in-memory SQLite, nothing to back up", facts)
+
+
+def _uses_prisma(ctx: Context) -> bool:
+    markers = ("prisma/schema.prisma", "schema.prisma", "prisma.config.ts")
+    return any(ctx.read(m) is not None for m in markers) or ctx.listdir("prisma") is not None
 
 
 def project_databases(ctx: Context, found: Found) -> None:
