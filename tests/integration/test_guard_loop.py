@@ -252,6 +252,23 @@ def test_flask_migrate_and_bun_s_runner_back_up_the_project_s_database(
     assert oplog(home)[-1]["decision"] == "allow"
 
 
+def test_bun_test_backs_up_the_database_of_the_env_file_bun_loads(
+    home: Home, daemon: Daemon
+) -> None:
+    install_stand_in(home, "bun")
+    home.install_shims("bun")
+    app = home.root / "app"
+    app.mkdir()
+    (app / ".env").write_text("DATABASE_URL=sqlite:///dev.db\n")
+    (app / ".env.test").write_text("DATABASE_URL=sqlite:///test.db\n")  # NODE_ENV=test
+    for name in ("dev.db", "test.db"):
+        empty_users_table(app / name)
+
+    assert home.run(["bun", "test", "--exit=0"], cwd=app).returncode == 0
+
+    assert [b["database"]["path"] for b in backups(home)] == [str(app / "test.db")]
+
+
 def test_runs_in_workspace_members_back_up_each_member_s_database(
     home: Home, daemon: Daemon
 ) -> None:

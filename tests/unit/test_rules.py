@@ -577,7 +577,18 @@ JS_TESTS = [
     case("node --test-reporter spec app.js", None),
     case("bun test", TEST, "bun test", "test"),
     case("bun test --bail 1 users", TEST, "bun test"),
-    case("bun --cwd api test", TEST, "bun test", hints={"cwd": "api"}),
+    # bun test loads .env.local, then .env.test, where it runs
+    case(
+        "bun --cwd api test",
+        TEST,
+        "bun test",
+        hints={"cwd": "api", "env_file": "api/.env.local\napi/.env.test"},
+    ),
+    case(
+        "bun test --env-file .env.ci",
+        TEST,
+        hints={"env_file": ".env.ci\n.env.local\n.env.test"},
+    ),
     case("bun test --help", RO, "bun test"),
     case("bun run dev", None),
     case("deno test -A --filter users", TEST, "deno test", "test"),
@@ -1353,6 +1364,15 @@ def test_runs_in_workspace_members_classify_each_member_s_script(
     assert found is not None
     assert found.kind is DESTRUCTIVE
     assert {o.hints.get("cwd") for o in found.each()} == folders
+
+
+def test_a_tool_s_dotenv_files_are_named_from_where_it_runs() -> None:
+    found = CLASSIFIER.classify_command_line("cd web && flask -e .env.ci db upgrade && bun test")
+    assert found is not None
+    assert [(o.tool, o.hints["env_file"]) for o in found.each()] == [
+        ("flask db", "web/.env.ci"),
+        ("bun test", "web/.env.local\nweb/.env.test"),
+    ]
 
 
 def test_pre_and_post_scripts_run_around_npm_scripts() -> None:

@@ -107,6 +107,7 @@ class ToolRule(_Rule):
     abbreviations: bool = False
     task_arguments: bool = False
     app_environment: bool = False
+    env_files: list[str] = []
     assignment_arguments: bool = False
     positional_targets: list[str] = []
     commands: dict[str, Kind] = {}
@@ -589,12 +590,15 @@ class _Tool:
     # Symfony-style abbreviations: first letter -> (parts of a first command word, its node).
     abbreviations: dict[str, list[tuple[list[str], _Node]]] | None
     app_environment: bool = False
+    env_files: tuple[str, ...] = ()
 
     def match(self, args: Sequence[str], repeated: frozenset[str]) -> Operation | None:
         parsed = _parse(args, self.syntax)
         present = {name for name, _ in parsed.options}
         hints = _Hints(repeated)
         hints.from_options(parsed.options, self.targets)
+        for name in self.env_files:  # after the options': the files given win
+            hints.add(ENV_FILE_HINT, posixpath.join(hints.values.get(CWD_HINT, ""), name))
         words = [word for _, word in parsed.positionals]
         assignments: dict[str, str] = {}
         if self.assignment_arguments:
@@ -796,6 +800,7 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
         ],
         abbreviations=abbreviations,
         app_environment=rule.app_environment,
+        env_files=tuple(rule.env_files),
     )
 
 
@@ -1038,8 +1043,16 @@ class Classifier:
         if handlers.tools:
             found = _most_dangerous(tool.match(args, self._repeated) for tool in handlers.tools)
             if found is not None and walk.folder:  # joined with the tool's own move
-                folder = posixpath.join(walk.folder, found.hints.get(CWD_HINT, ""))
-                found = replace(found, hints={**found.hints, CWD_HINT: posixpath.normpath(folder)})
+                moved = dict(found.hints)
+                moved[CWD_HINT] = posixpath.normpath(
+                    posixpath.join(walk.folder, moved.get(CWD_HINT, ""))
+                )
+                if ENV_FILE_HINT in moved:  # named from where the tool runs
+                    moved[ENV_FILE_HINT] = "\n".join(
+                        posixpath.join(walk.folder, name)
+                        for name in moved[ENV_FILE_HINT].splitlines()
+                    )
+                found = replace(found, hints=moved)
             if found is not None:
                 return found
         for launcher in handlers.launchers:
