@@ -32,8 +32,7 @@ from tests.helpers import (
 
 @pytest.fixture
 def project(home: Home) -> Path:
-    install_stand_in(home, "php")
-    home.install_shims("php")
+    guarded_stand_in(home, "php")
     return laravel_sqlite_project(home.root / "app")
 
 
@@ -42,6 +41,12 @@ def empty_users_table(path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("create table users (id integer primary key)")
         conn.commit()
+
+
+def guarded_stand_in(home: Home, name: str) -> None:
+    """A stand-in for `name` behind its shim."""
+    install_stand_in(home, name)
+    home.install_shims(name)
 
 
 def oplog(home: Home) -> list[dict[str, Any]]:
@@ -202,8 +207,7 @@ def test_unknown_database_is_denied_with_77_and_where_it_looked(
 def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
     home: Home, daemon: Daemon
 ) -> None:
-    install_stand_in(home, "vitest")
-    home.install_shims("vitest")
+    guarded_stand_in(home, "vitest")
     web = home.root / "web"
     web.mkdir()
     (web / "package.json").write_text('{"devDependencies": {"vitest": "^2", "react": "^18"}}')
@@ -238,8 +242,7 @@ def test_a_test_run_in_a_project_without_a_database_runs_and_is_logged(
 def test_flask_migrate_and_bun_s_runner_back_up_the_project_s_database(
     home: Home, daemon: Daemon, argv: list[str]
 ) -> None:
-    install_stand_in(home, argv[0])
-    home.install_shims(argv[0])
+    guarded_stand_in(home, argv[0])
     app = home.root / "app"
     app.mkdir()
     (app / ".env").write_text("DATABASE_URL=sqlite:///app.db\n")
@@ -255,8 +258,7 @@ def test_flask_migrate_and_bun_s_runner_back_up_the_project_s_database(
 def test_bun_test_backs_up_the_database_of_the_env_file_bun_loads(
     home: Home, daemon: Daemon
 ) -> None:
-    install_stand_in(home, "bun")
-    home.install_shims("bun")
+    guarded_stand_in(home, "bun")
     app = home.root / "app"
     app.mkdir()
     (app / ".env").write_text("DATABASE_URL=sqlite:///dev.db\n")
@@ -272,8 +274,7 @@ def test_bun_test_backs_up_the_database_of_the_env_file_bun_loads(
 def test_runs_in_workspace_members_back_up_each_member_s_database(
     home: Home, daemon: Daemon
 ) -> None:
-    install_stand_in(home, "yarn")
-    home.install_shims("yarn")
+    guarded_stand_in(home, "yarn")
     top = home.root / "shop"
     top.mkdir()
     (top / "package.json").write_text('{"workspaces": ["apps/*"]}')
@@ -308,8 +309,7 @@ def test_a_test_run_given_another_project_s_tests_backs_that_project_up(
     home: Home, daemon: Daemon
 ) -> None:
     # `vitest api/tests` from a monorepo's top: the top has no database, api has one.
-    install_stand_in(home, "vitest")
-    home.install_shims("vitest")
+    guarded_stand_in(home, "vitest")
     top = home.root / "repo"
     (top / ".git").mkdir(parents=True)
     (top / "api" / "tests").mkdir(parents=True)
@@ -337,8 +337,7 @@ def test_npm_prefix_runs_the_script_of_that_folder_and_backs_up_its_database(
 ) -> None:
     # `npm --prefix backend run fresh` from a monorepo's top: backend's script, and
     # backend's database, not the top folder's (which has neither).
-    install_stand_in(home, "npm")
-    home.install_shims("npm")
+    guarded_stand_in(home, "npm")
     top = home.root / "repo"
     (top / ".git").mkdir(parents=True)
     backend = laravel_sqlite_project(top / "backend")
@@ -626,8 +625,7 @@ def test_a_restore_stopped_before_its_swap_says_nothing_changed(
 def test_a_command_with_more_scripts_than_dbguard_follows_is_refused(
     home: Home, daemon: Daemon, project: Path
 ) -> None:
-    install_stand_in(home, "npm")
-    home.install_shims("npm")
+    guarded_stand_in(home, "npm")
     wide = {f"w{i}": " && ".join(f"npm run w{i + 1}" for _ in range(4)) for i in range(8)}
     (project / "package.json").write_text(json.dumps({"scripts": wide}))
 
@@ -641,8 +639,7 @@ def test_a_command_with_more_scripts_than_dbguard_follows_is_refused(
 def test_a_package_json_that_cannot_be_read_refuses_its_scripts(
     home: Home, daemon: Daemon, project: Path
 ) -> None:
-    install_stand_in(home, "npm")
-    home.install_shims("npm")
+    guarded_stand_in(home, "npm")
     (project / "package.json").write_text('{"scripts": {"db:reset": "prisma migrate reset",}')
 
     result = home.run(["npm", "run", "db:reset"], cwd=project)
