@@ -154,8 +154,7 @@ class ProjectFiles:
         package = os.path.relpath(start, base)
         top, members = self._workspace(base, manifest) or (base, [])
         for member in members:
-            named = _json(self.read(str(top / member / manifest)))
-            if isinstance(named, dict) and named.get("name") == package:
+            if _package_name(self.read(str(top / member / manifest))) == package:
                 return top / member
         return None
 
