@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -951,6 +952,38 @@ def test_npm_w_takes_a_package_name_first_then_a_folder_holding_members(
         "packages/api",
         "packages/store",
     }
+
+
+def test_pnpm_filters_and_exec_reach_the_members_they_name(tmp_path: Path) -> None:
+    (tmp_path / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n  - 'db'\n")
+    (tmp_path / "package.json").write_text('{"name": "top"}')
+    members = {"apps/api": "@shop/api", "apps/web": "@shop/web", "db": "@shop/schema"}
+    for folder, name in members.items():
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "package.json").write_text(
+            json.dumps({"name": name, "scripts": {"reset": "prisma migrate reset -f"}})
+        )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path)
+
+    def reached(line: str) -> set[str]:
+        found = classify_with_project(
+            classifier, None, shlex.split(line), files.package_script, files.workspace_members
+        )
+        assert found is not None and found.kind is Kind.DESTRUCTIVE, line
+        return {os.path.relpath(o.hints.get("cwd", tmp_path), tmp_path) for o in found.each()}
+
+    assert reached("pnpm --filter @shop/api exec prisma migrate reset") == {"apps/api"}
+    # The scope may be left out where the name is unique, as pnpm allows.
+    assert reached("pnpm --filter api exec prisma migrate reset") == {"apps/api"}
+    assert reached("pnpm -F ./apps/web reset") == {"apps/web"}
+    assert reached("pnpm -F '{db}' reset") == {"db"}  # a folder, never a package name
+    # `schema` names the package @shop/schema (folder db), not a folder called schema.
+    assert reached("pnpm -F schema exec prisma migrate reset") == {"db"}
+    everywhere = {".", "apps/api", "apps/web", "db"}
+    assert reached("pnpm -F '@shop/*' exec prisma migrate reset") == everywhere
+    assert reached("pnpm -r exec prisma migrate reset") == everywhere
+    assert reached("npm exec -ws -- prisma migrate reset") == everywhere
 
 
 @pytest.mark.parametrize(

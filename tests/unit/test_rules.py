@@ -494,6 +494,8 @@ PRISMA = [
     case("pnpm --filter api exec prisma migrate deploy", MIGRATE, "prisma"),
     case("pnpm dlx prisma migrate reset", DESTRUCTIVE, "prisma"),
     case("pnpm exec -c 'prisma migrate reset --force'", DESTRUCTIVE, "prisma"),
+    case("lerna exec -- prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("lerna exec --scope api --concurrency 1 knex migrate:latest", MIGRATE, "knex"),
     case("npm exec -- prisma migrate reset", DESTRUCTIVE, "prisma"),
     case("npm exec prisma migrate deploy", MIGRATE, "prisma"),
     case("npm x -- prisma db push", MIGRATE, "prisma"),
@@ -1296,6 +1298,9 @@ def test_a_launcher_s_dotenv_file_is_named_from_where_the_launcher_runs(
     assert (found.hints.get("env_file"), found.hints.get("cwd")) == (env_file, folder)
 
 
+# A program run in every member runs in each, and in the folder itself (None).
+EVERYWHERE = {None, "apps/api", "apps/web", "apps/docs"}
+
 MONOREPO = Scripts(
     {
         "package.json": {"build": "tsc -b"},
@@ -1315,7 +1320,8 @@ def members(manifest: str, selectors: Sequence[str] = ()) -> list[str]:
     chosen: list[str] = []
     for selector in selectors:
         named = [m for m in every if posixpath.basename(m) == selector]
-        chosen += named or [m for m in every if m == selector or m.startswith(f"{selector}/")]
+        under = posixpath.normpath(selector)
+        chosen += named or [m for m in every if m == under or m.startswith(f"{under}/")]
     return chosen
 
 
@@ -1331,13 +1337,21 @@ def members(manifest: str, selectors: Sequence[str] = ()) -> list[str]:
         ("npm run reset --workspace=apps/api --workspace=web", {"apps/api", "apps/web"}),
         ("npm run reset", None),  # the top folder has no such script
         ("pnpm -r reset", {"apps/api", "apps/web"}),
-        ("pnpm --filter web run reset", {"apps/api", "apps/web"}),  # a filter: every member
+        ("pnpm --filter web run reset", {"apps/web"}),  # a filter naming one package
+        ("pnpm -F ./apps/web reset", {"apps/web"}),  # or one folder
+        ("pnpm -F '{apps/web}' reset", {"apps/web"}),
+        ("pnpm -F web -F api reset", {"apps/api", "apps/web"}),
+        ("pnpm --filter 'web...' reset", {"apps/api", "apps/web"}),  # a pattern: every member
+        ("pnpm --filter '!web' reset", {"apps/api", "apps/web"}),
+        ("pnpm --filter '[origin/main]' reset", {"apps/api", "apps/web"}),
+        ("pnpm --filter nothere reset", {"apps/api", "apps/web"}),  # names none: every
         ("yarn workspaces foreach -A --jobs 2 run reset", {"apps/api", "apps/web"}),
         ("yarn workspaces run reset", {"apps/api", "apps/web"}),  # yarn 1
         ("yarn workspace apps/web reset", {"apps/web"}),
         ("yarn workspace apps/api prisma migrate reset", {"apps/api"}),  # its binary
         ("bun --filter '*' reset", {"apps/api", "apps/web"}),
-        ("bun run --filter api reset", {"apps/api", "apps/web"}),
+        ("bun run --filter api reset", {"apps/api"}),
+        ("bun run --filter './apps/*' reset", {"apps/api", "apps/web"}),
         ("turbo run build reset", {"apps/api", "apps/web"}),
         ("turbo reset --concurrency 2", {"apps/api", "apps/web"}),
         ("turbo build reset", {"apps/api", "apps/web"}),  # tasks without `run` too
@@ -1347,7 +1361,18 @@ def members(manifest: str, selectors: Sequence[str] = ()) -> list[str]:
         ("pnpm --reporter append-only -r reset", {"apps/api", "apps/web"}),
         ("pnpm recursive run reset", {"apps/api", "apps/web"}),
         ("npx -w apps/api prisma migrate reset --force", {"apps/api"}),  # runs there
+        ("npx -w api prisma migrate reset --force", {"apps/api"}),  # by its package name
         ("npm exec -w apps/web -- knex migrate:rollback", {"apps/web"}),
+        ("npm exec -w apps -- prisma migrate reset", {"apps/api", "apps/web", "apps/docs"}),
+        ("npm exec -ws -- knex migrate:rollback", EVERYWHERE),
+        ("npx --workspaces knex migrate:rollback", EVERYWHERE),
+        ("pnpm -r exec knex migrate:rollback", EVERYWHERE),
+        ("pnpm exec --recursive knex migrate:rollback", EVERYWHERE),
+        ("pnpm --filter api exec prisma migrate reset", {"apps/api"}),
+        ("pnpm -F 'api...' exec knex migrate:rollback", EVERYWHERE),
+        ("lerna exec -- knex migrate:rollback", EVERYWHERE),
+        ("lerna exec --scope web -- knex migrate:rollback", {"apps/web"}),
+        ("lerna exec --scope '@shop/*' -- knex migrate:rollback", EVERYWHERE),
         ("npx turbo run reset", {"apps/api", "apps/web"}),
         ("turbo run build", None),
         ("turbo login", None),

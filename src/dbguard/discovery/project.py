@@ -52,6 +52,13 @@ def _package_name(text: str | None) -> object:
     return data.get("name") if isinstance(data, dict) else None
 
 
+def _scope_dropped(name: object) -> str | None:
+    """`@babel/core` -> `core`; None for a name without a scope."""
+    if isinstance(name, str) and name.startswith("@") and "/" in name:
+        return name.partition("/")[2]
+    return None
+
+
 def _json(text: str | None) -> object:
     """Parsed JSON, or None when absent or not JSON (npm would fail on it anyway)."""
     try:
@@ -172,11 +179,18 @@ class ProjectFiles:
         folders = [os.path.normpath(top / member) for member in members]
         if not selectors:
             return folders
+        names = {folder: _package_name(self.read(f"{folder}/{name}")) for folder in folders}
         chosen: list[str] = []
         for selector in selectors:
-            named = [f for f in folders if _package_name(self.read(f"{f}/{name}")) == selector]
+            named = [f for f in folders if names[f] == selector]
+            # pnpm's `--filter core` names @babel/core when no other scope has a core.
+            unscoped = [f for f in folders if _scope_dropped(names[f]) == selector]
             under = os.path.normpath(start / selector)
-            chosen += named or [f for f in folders if f == under or f.startswith(under + "/")]
+            chosen += (
+                named
+                or (unscoped if len(unscoped) == 1 else [])
+                or [f for f in folders if f == under or f.startswith(under + "/")]
+            )
         return list(dict.fromkeys(chosen))
 
     def unchanged(self) -> bool:

@@ -149,9 +149,23 @@ class LauncherRule(_Rule):
     line_flags: list[str] = []
     package_specs: bool = False
     kinds: dict[str, Kind] = {}
+    # Runs the program in workspace members, as a ScriptsRule runs a script (pnpm -r
+    # exec, lerna exec): the same keys, and the manifest that holds the workspace.
+    manifest: str | None = None
+    member_options: list[str] = []
+    member_selectors: list[str] = []
+    member_filters: list[str] = []
+    members: bool = False
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
+
+    @model_validator(mode="after")
+    def _workspace(self) -> LauncherRule:
+        workspace = self.member_options or self.member_selectors or self.member_filters
+        if (workspace or self.members) and not self.manifest:
+            raise ValueError(f"launcher {self.name!r} runs in workspace members: give `manifest`")
+        return self
 
 
 class ScriptsRule(_Rule):
@@ -174,6 +188,7 @@ class ScriptsRule(_Rule):
     members: bool = False
     member_words: dict[str, Literal["named", "every"]] = {}
     member_selectors: list[str] = []
+    member_filters: list[str] = []
     multiple: bool = False
     targets: dict[str, str] = {}
 
@@ -818,6 +833,9 @@ class _Launcher:
     assignment_options: frozenset[str]
     line_flags: frozenset[str]
     kinds: dict[str, Kind]
+    member_options: frozenset[str]
+    member_selectors: frozenset[str]
+    member_filters: frozenset[str]
 
 
 def _compile_launcher(rule: LauncherRule) -> _Launcher:
@@ -833,10 +851,23 @@ def _compile_launcher(rule: LauncherRule) -> _Launcher:
         [*rule.module_options, *rule.script_options, *rule.command_options, *rule.code_options]
     )
     takes_value = [option for option, hint in rule.targets.items() if "=" not in hint]
-    values = names([*rule.value_options, *rule.assignment_options, *takes_value]) | stops
+    values = names(
+        [
+            *rule.value_options,
+            *rule.assignment_options,
+            *takes_value,
+            *rule.member_selectors,
+            *rule.member_filters,
+        ]
+    )
     return _Launcher(
         rule=rule,
-        syntax=_Syntax(single_dash=single, values=values, stops=stops),
+        syntax=_Syntax(
+            single_dash=single,
+            values=values | stops,
+            words=names(rule.member_options),
+            stops=stops,
+        ),
         subcommands=frozenset(rule.subcommands),
         code_options=names(rule.code_options),
         command_options=names(rule.command_options),
@@ -844,6 +875,9 @@ def _compile_launcher(rule: LauncherRule) -> _Launcher:
         assignment_options=names(rule.assignment_options),
         line_flags=names(rule.line_flags),
         kinds={normal(option): kind for option, kind in rule.kinds.items()},
+        member_options=names(rule.member_options),
+        member_selectors=names(rule.member_selectors),
+        member_filters=names(rule.member_filters),
     )
 
 
@@ -978,7 +1012,10 @@ class Classifier:
                 self._handlers(program).launchers.append(compiled)
         for scripts in catalog.scripts:
             syntax = _Syntax(
-                values=frozenset(scripts.value_options), words=frozenset(scripts.member_options)
+                values=frozenset(
+                    [*scripts.value_options, *scripts.member_selectors, *scripts.member_filters]
+                ),
+                words=frozenset(scripts.member_options),
             )
             compiled_scripts = _Scripts(
                 scripts, syntax, frozenset(scripts.run), frozenset(scripts.builtins)
@@ -1092,22 +1129,41 @@ class Classifier:
             line_mode = line_mode or name in launcher.line_flags
         own = next((name for name, _ in options if name in launcher.kinds), None)
         rest = list(args[parsed.end :])
-        with walk.moved(hints.values):
-            if walk.folder and ENV_FILE_HINT in hints.values:
-                # A launcher's dotenv file is named from where it runs, not where the
-                # command it starts moves on to (`dotenv -e .env.test -- npm --prefix
-                # api ...` reads ./.env.test).
-                hints.values[ENV_FILE_HINT] = "\n".join(
-                    posixpath.join(walk.folder, name)
-                    for name in hints.values[ENV_FILE_HINT].splitlines()
-                )
-            found: Operation | None
+        launched_from = walk.folder
+        if CWD_HINT in hints.values:
+            launched_from = posixpath.normpath(
+                posixpath.join(launched_from, hints.values[CWD_HINT])
+            )
+        if launched_from and ENV_FILE_HINT in hints.values:
+            # A launcher's dotenv file is named from where it runs, not where the command
+            # it starts moves on to (`dotenv -e .env.test -- npm --prefix api ...` reads
+            # ./.env.test).
+            hints.values[ENV_FILE_HINT] = "\n".join(
+                posixpath.join(launched_from, name)
+                for name in hints.values[ENV_FILE_HINT].splitlines()
+            )
+
+        def run() -> Operation | None:
             if own is not None:  # `node --test`: the launcher's own test runner
-                found = Operation(rule.name, launcher.kinds[own], own)
-                if walk.folder:
-                    found = replace(found, hints={CWD_HINT: walk.folder})
-            else:
-                found = self._launched(launcher, parsed, rest, line_mode, assignments, walk, depth)
+                runner = Operation(rule.name, launcher.kinds[own], own)
+                return replace(runner, hints={CWD_HINT: walk.folder}) if walk.folder else runner
+            # Copies: each member's run starts from the same words (`env A=1 cmd` moves
+            # A=1 from the words into the assignments).
+            words, assigned = list(rest), dict(assignments)
+            inner = self._launched(launcher, parsed, words, line_mode, assigned, walk, depth)
+            return _merge_context(inner, {}, assigned)
+
+        found = self._fan_out(
+            walk,
+            rule.manifest,
+            options,
+            hints.values,
+            every=rule.members or any(name in launcher.member_options for name, _ in options),
+            selectors=launcher.member_selectors,
+            filters=launcher.member_filters,
+            targets=rule.targets,
+            run=run,
+        )
         return True, _merge_context(found, hints.values, assignments)
 
     def _launched(
@@ -1160,7 +1216,7 @@ class Classifier:
         else:
             options = parsed.options
         every = rule.members or any(name in rule.member_options for name, _ in options)
-        selectors = [value for name, value in options if name in rule.member_selectors and value]
+        selectors: list[str] = []  # members named by a word (`yarn workspace api`)
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
         word = self._member_word(scripts, parsed, args)
@@ -1180,30 +1236,67 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
-        found: list[Operation | None] = []
-        if selectors:
-            # npm -w api -w packages: each member they name (by package name, else by a
-            # folder holding it), from where npm runs; none found, the move as written.
+        return self._fan_out(
+            walk,
+            rule.manifest,
+            options,
+            hints.values,
+            every=every,
+            selectors=frozenset(rule.member_selectors),
+            filters=frozenset(rule.member_filters),
+            named=selectors,
+            targets=rule.targets,
+            run=lambda: self._run_scripts(scripts, parsed, args, walk, depth),
+        )
+
+    def _fan_out(
+        self,
+        walk: _Walk,
+        manifest: str | None,
+        options: Sequence[tuple[str, str | None]],
+        hints: dict[str, str],
+        *,
+        every: bool,
+        selectors: frozenset[str],
+        filters: frozenset[str],
+        targets: Mapping[str, str],
+        run: Callable[[], Operation | None],
+        named: Sequence[str] = (),
+    ) -> Operation | None:
+        """`run` where a package manager runs the command: in each workspace member the
+        `selectors` options (or the `named` words) name (npm -w api -w packages: a
+        package name, else a folder holding members, from where it runs), else in the
+        folder `hints` moves to and, when `every`, in each member of its workspace too.
+        `filters` (pnpm --filter) name members as selectors do, but only as a plain
+        package name or folder: any other pattern, or one naming no member, means every
+        member, so a filter dbguard cannot read never hides a database."""
+        named = [*(value for name, value in options if name in selectors and value), *named]
+        filtered = [_plain_filter(value or "") for name, value in options if name in filters]
+        if None in filtered:
+            every, named = True, []
+        else:
+            named += [value for value in filtered if value is not None]
+        if named and manifest is not None:
             where = _Hints(self._repeated)
-            where.from_options(
-                [option for option in options if option[0] not in rule.member_selectors],
-                rule.targets,
-            )
+            moves = [option for option in options if option[0] not in selectors | filters]
+            where.from_options(moves, targets)
+            found: list[Operation | None] = []
             with walk.moved(where.values):
-                for member in walk.members(rule.manifest, selectors):
+                for member in walk.members(manifest, named):
                     with walk.moved(to=member):
-                        found.append(self._run_scripts(scripts, parsed, args, walk, depth))
+                        found.append(run())
             if found:
                 return _most_dangerous(found)
-        with walk.moved(hints.values):
-            if not every:
-                return self._run_scripts(scripts, parsed, args, walk, depth)
-            # A filter (pnpm --filter api) is not followed: every member, and the
-            # folder's own script too, so no database a filter could name is left out.
-            found = [self._run_scripts(scripts, parsed, args, walk, depth)]
-            for member in walk.members(rule.manifest):
+            every = every or bool(filtered)
+        with walk.moved(hints):  # none found: the move as written
+            if not every or manifest is None:
+                return run()
+            # Every member, and the folder's own command too (pnpm -r, or a filter
+            # dbguard cannot read), so no database the command could reach is left out.
+            found = [run()]
+            for member in walk.members(manifest):
                 with walk.moved(to=member):
-                    found.append(self._run_scripts(scripts, parsed, args, walk, depth))
+                    found.append(run())
         return _most_dangerous(found)
 
     @staticmethod
@@ -1354,6 +1447,18 @@ class Classifier:
                 else:
                     current.append(token)
         return _most_dangerous(found)
+
+
+def _plain_filter(value: str) -> str | None:
+    """A pnpm/turbo filter that names one package or folder, as a member selector:
+    `api`, `@shop/api`, `./apps/api`, `{apps/api}` (a folder: `./apps/api`); None for a
+    pattern (`@shop/*`, `api...`, `...^api`, `!api`, `[main]`, `./apps/**`)."""
+    if value.startswith("{") and value.endswith("}"):
+        inner = value[1:-1]
+        value = inner if inner.startswith((".", "/")) else f"./{inner}"  # never a name
+    if not value or "..." in value or any(char in value for char in "*?[]{}!^,"):
+        return None
+    return value
 
 
 def _package_bin(spec: str) -> str:
