@@ -954,6 +954,44 @@ def test_npm_w_takes_a_package_name_first_then_a_folder_holding_members(
     }
 
 
+def test_deno_tasks_are_read_with_their_comments_dependencies_and_package_scripts(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "deno.jsonc").write_text(
+        """{
+          // the database tasks
+          "tasks": {
+            "db:reset": {"command": "echo seeded", "dependencies": ["wipe",]},
+            "wipe": "deno run -A npm:prisma migrate reset --force", /* "dev": "x" */
+            "url": "echo https://example.com/a//b",
+          },
+        }"""
+    )
+    (tmp_path / "package.json").write_text(
+        '{"scripts": {"seed": "prisma db seed", "wipe": "echo deno.json wins"}}'
+    )
+    (tmp_path / "src").mkdir()
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path / "src")  # found from a folder below, as deno does
+
+    def run(task: str) -> Operation | None:
+        argv = ["deno", "task", task]
+        return classify_with_project(classifier, None, argv, files.package_script)
+
+    reset = run("db:reset")
+    assert reset is not None and reset.kind is Kind.DESTRUCTIVE
+    assert reset.via == ("deno task db:reset", "deno task wipe")
+    seed = run("seed")  # not a deno task: package.json's script
+    assert seed is not None and seed.kind is Kind.SEED
+    assert run("url") is None
+    assert files.package_script("deno.json", "url") == Script(
+        "echo https://example.com/a//b", str(tmp_path)
+    )
+    (tmp_path / "deno.jsonc").write_text('{"tasks": {"wipe": }')
+    with pytest.raises(DiscoveryError, match=r"deno\.jsonc is not valid JSON"):
+        ProjectFiles(tmp_path).package_script("deno.json", "wipe")
+
+
 def test_pnpm_filters_and_exec_reach_the_members_they_name(tmp_path: Path) -> None:
     (tmp_path / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n  - 'db'\n")
     (tmp_path / "package.json").write_text('{"name": "top"}')

@@ -495,6 +495,9 @@ PRISMA = [
     case("pnpm dlx prisma migrate reset", DESTRUCTIVE, "prisma"),
     case("pnpm exec -c 'prisma migrate reset --force'", DESTRUCTIVE, "prisma"),
     case("lerna exec -- prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("deno run -A npm:prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("deno x npm:prisma@6 db push --force-reset", DESTRUCTIVE, "prisma"),
+    case("deno run --allow-net -c deno.json main.ts", None),
     case("lerna exec --scope api --concurrency 1 knex migrate:latest", MIGRATE, "knex"),
     case("npm exec -- prisma migrate reset", DESTRUCTIVE, "prisma"),
     case("npm exec prisma migrate deploy", MIGRATE, "prisma"),
@@ -1052,12 +1055,18 @@ COMPOSER_JSON: dict[str, str | list[str]] = {
     "post-install-cmd": ["@php artisan migrate --force"],
     "callback": "App\\Installer::run",
 }
+DENO_JSON: dict[str, str | list[str]] = {  # deno's tasks, as ProjectFiles reads them
+    "db:reset": "deno task wipe && echo done",
+    "wipe": "deno run -A npm:prisma migrate reset --force",
+    "dev": "deno run --watch main.ts",
+}
 
 
 def scripts(**extra: dict[str, str | list[str]]) -> Scripts:
     files: dict[str, dict[str, str | list[str]]] = {
         "package.json": dict(PACKAGE_JSON),
         "composer.json": dict(COMPOSER_JSON),
+        "deno.json": dict(DENO_JSON),
     }
     for manifest, more in extra.items():
         files[f"{manifest}.json"] = {**files.get(f"{manifest}.json", {}), **more}
@@ -1134,6 +1143,10 @@ SCRIPT_CASES = [
     script_case("turbo run fresh", DESTRUCTIVE, ("turbo run fresh",)),
     script_case("lerna run fresh", DESTRUCTIVE, ("lerna run fresh",)),
     script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
+    script_case("deno task db:reset", DESTRUCTIVE, ("deno task db:reset", "deno task wipe")),
+    script_case("deno task --cwd web wipe", DESTRUCTIVE, ("deno task wipe",), "prisma"),
+    script_case("deno task dev", None),
+    script_case("deno task", None),  # lists the tasks
     script_case("composer test", TEST, ("composer run test",), "artisan", "test"),
     script_case("composer run-script test", TEST, ("composer run test",)),
     script_case("composer run fresh", DESTRUCTIVE, ("composer run fresh", "composer run reset")),

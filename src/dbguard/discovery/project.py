@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,17 @@ ROOT_MARKERS = (
     ".git",
 )
 MAX_FILE_BYTES = 1 << 20
+# Where a manifest's scripts are: (file, key) in the order its tool reads them, the first
+# to name a script winning. deno task reads deno.json's (or deno.jsonc's) tasks, then
+# package.json's scripts.
+_SCRIPT_FILES = {
+    "package.json": (("package.json", "scripts"),),
+    "composer.json": (("composer.json", "scripts"),),
+    "deno.json": (("deno.json", "tasks"), ("deno.jsonc", "tasks"), ("package.json", "scripts")),
+}
+# JSON with comments and trailing commas (deno.jsonc, and deno.json too): a string is
+# kept as it is, a comment dropped, a comma before } or ] dropped.
+_JSONC_TOKEN = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
 
 Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
 
@@ -57,6 +70,28 @@ def _scope_dropped(name: object) -> str | None:
     if isinstance(name, str) and name.startswith("@") and "/" in name:
         return name.partition("/")[2]
     return None
+
+
+def _jsonc(text: str) -> object:
+    """Parsed JSON with comments; raises ValueError as json.loads does."""
+    return json.loads(_JSONC_TOKEN.sub(lambda m: m.group(1) or "", text.removeprefix("\ufeff")))
+
+
+def _script_line(value: object) -> str | None:
+    """A script's command line: npm's string, composer's list of commands, deno's
+    {"command": ..., "dependencies": [tasks run first]}."""
+    if isinstance(value, list):
+        return " && ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        dependencies = value.get("dependencies")
+        steps = [
+            f"deno task {shlex.quote(name)}"
+            for name in (dependencies if isinstance(dependencies, list) else [])
+            if isinstance(name, str)
+        ]
+        command = value.get("command")
+        return " && ".join([*steps, *([command] if isinstance(command, str) else [])]) or None
+    return value if isinstance(value, str) else None
 
 
 def _json(text: str | None) -> object:
@@ -197,10 +232,10 @@ class ProjectFiles:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 
     def package_script(self, manifest: str, script: str) -> Script | None:
-        """`script` in package.json / composer.json, if any: the nearest one at or above
-        the folder, as npm and composer find it (`npm run db:reset` in src/ runs the
-        project's script, in the project's folder). Each manifest is parsed once per
-        ProjectFiles (npm test looks up pre/post too)."""
+        """`script` in package.json / composer.json (deno.json: deno's tasks), if any:
+        the nearest one at or above the folder, as npm and composer find it (`npm run
+        db:reset` in src/ runs the project's script, in the project's folder). Each
+        manifest is parsed once per ProjectFiles (npm test looks up pre/post too)."""
         if manifest not in self._scripts:
             # `web/package.json` (npm --prefix web): from that folder upwards; a folder
             # that is not there may be a workspace's package name (npm -w @shop/api).
@@ -208,24 +243,30 @@ class ProjectFiles:
             start = self.folder(folder, name)
             if start is None:
                 return None
+            files = _SCRIPT_FILES.get(name, ((name, "scripts"),))
             for each in (start, *start.parents):
-                path = each / name
-                text = self.read(str(path))  # absolute: root / path is path itself
-                if text is not None:
+                # absolute paths: root / path is path itself
+                texts = [(each / file, key, self.read(str(each / file))) for file, key in files]
+                if any(text is not None for _, _, text in texts):
                     break
-            try:
-                # npm reads a file that starts with a byte-order mark; so must dbguard.
-                data = json.loads(text.removeprefix("\ufeff")) if text is not None else {}
-                parsed = data.get("scripts", {})
-            except (ValueError, AttributeError):
-                raise DiscoveryError(f"{path} is not valid JSON") from None
-            scripts = parsed if isinstance(parsed, dict) else {}
-            self._scripts[manifest] = (str(path.parent), scripts)
+            scripts: dict[str, object] = {}
+            for path, key, text in reversed(texts):  # the first file's scripts win
+                if text is None:
+                    continue
+                try:
+                    # npm reads a file that starts with a byte-order mark; so must dbguard.
+                    jsonc = path.name.startswith("deno.")  # deno allows comments in both
+                    data = _jsonc(text) if jsonc else json.loads(text.removeprefix("\ufeff"))
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    raise DiscoveryError(f"{path} is not valid JSON")
+                parsed = data.get(key)
+                scripts.update(parsed if isinstance(parsed, dict) else {})
+            self._scripts[manifest] = (str(each), scripts)
         where, scripts = self._scripts[manifest]
-        value = scripts.get(script)
-        if isinstance(value, list):  # composer allows a list of commands
-            value = " && ".join(str(v) for v in value)
-        return Script(value, where) if isinstance(value, str) else None
+        line = _script_line(scripts.get(script))
+        return Script(line, where) if line is not None else None
 
 
 # Variables that change between otherwise identical invocations and that no framework

@@ -1383,7 +1383,7 @@ class Classifier:
         names = [name]
         if rule.pre_post if pre_post is None else pre_post:
             names = [f"pre{name}", name, f"post{name}"]
-        program = rule.programs[0]
+        run = f"{rule.programs[0]} {rule.run[0] if rule.run else 'run'}"  # deno task
         walk.active.add(key)
         try:
             found: list[Operation | None] = []
@@ -1397,7 +1397,7 @@ class Classifier:
                         line if each == name else other.line, walk, depth + 1, scripts
                     )
                 if operation is not None:
-                    operation = replace(operation, via=(f"{program} run {each}", *operation.via))
+                    operation = replace(operation, via=(f"{run} {each}", *operation.via))
                 found.append(operation)
         finally:
             walk.active.discard(key)
@@ -1462,6 +1462,7 @@ def _plain_filter(value: str) -> str | None:
 
 
 def _package_bin(spec: str) -> str:
-    """`prisma@5.1` -> `prisma`, `@scope/tool@2` -> `tool`."""
-    name = spec.rsplit("/", 1)[-1]
+    """`prisma@5.1` -> `prisma`, `@scope/tool@2` -> `tool`, deno's `npm:prisma@5` ->
+    `prisma`."""
+    name = spec.removeprefix("npm:").rsplit("/", 1)[-1]
     return name.split("@", 1)[0] or name
