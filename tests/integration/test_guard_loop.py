@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -125,6 +126,28 @@ def test_a_nested_failure_tells_the_undo_once(home: Home, daemon: Daemon, projec
     assert result.returncode == 3
     [backup] = backups(home)
     assert result.stderr.count(f"dbguardctl restore {backup['id']}".encode()) == 1
+
+
+def test_a_shimmed_python_keeps_its_virtualenv(home: Home, daemon: Daemon, project: Path) -> None:
+    # Python finds its virtualenv from its own path: run by its bare name, it looked
+    # itself up on PATH, found the shim first, and ran without the venv's packages.
+    venv = home.root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    home.install_shims("python")
+    env = {
+        "PATH": f"{home.shims}{os.pathsep}{venv / 'bin'}{os.pathsep}{home.env['PATH']}",
+        "DATABASE_URL": f"sqlite:///{project / 'database' / 'app.sqlite'}",
+    }
+    code = "import sys; print(sys.prefix)"
+    run = home.run(["python", "-c", code], cwd=project, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.decode().strip() == str(venv)
+    # and a guarded run (spawned, not exec'd) too
+    (project / "manage.py").write_text(code)
+    guarded = home.run(["python", "manage.py", "flush", "--no-input"], cwd=project, env=env)
+    assert guarded.returncode == 0, guarded.stderr
+    assert guarded.stdout.decode().strip() == str(venv)
+    assert [r["decision"] for r in oplog(home)] == ["pass", "allow"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -262,12 +262,13 @@ def describe_backups(backups: list[dict[str, str]]) -> str:
 def run_allowed(
     conn: Connection,
     op: str,
-    real: str,
     argv: list[str],
     env: dict[str, str],
     backups: list[dict[str, str]],
 ) -> tuple[int | None, int | None]:
-    """Run the approved command, forward signals, report, and return how it ended."""
+    """Run the approved command (argv[0] the program's path), forward signals, report,
+    and return how it ended."""
+    real = argv[0]
     watched = (*FORWARDED, _signal.SIGCHLD)
     old_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, watched)
     started = time.monotonic()
@@ -306,7 +307,8 @@ def run_allowed(
     backups = [b for b in backups if b["id"] not in told]
     if exit_code != 0 and backups:
         ended = f"exit {exit_code}" if signal is None else f"signal {signal}"
-        say(f"{argv[0]} ended with {ended}. Backups taken before it: {describe_backups(backups)}")
+        name = os.path.basename(real)
+        say(f"{name} ended with {ended}. Backups taken before it: {describe_backups(backups)}")
         for backup in backups:
             say(f"to undo: dbguardctl restore {backup['id']}")
     return exit_code, signal
@@ -349,6 +351,9 @@ def main(argv: list[str]) -> int | None:
         say(f"{name}: command not found on PATH (outside {shims_dir})")
         return EXIT_NOT_FOUND
     command = [name, *args]
+    # The program gets its own path as argv[0], as when typed with a path: a bare name
+    # makes Python look itself up on PATH, find the shim first, and lose its virtualenv.
+    runs = [real, *args]
     child_env = dict(os.environ)
     child_env["DBGUARD_DEPTH"] = str(depth + 1)
 
@@ -389,7 +394,7 @@ def main(argv: list[str]) -> int | None:
             conn.close()
             reset_signals_for_exec()
             try:
-                os.execve(real, command, child_env)  # noqa: S606
+                os.execve(real, runs, child_env)  # noqa: S606
             except OSError as err:
                 say(f"cannot run {real}: {err.strerror}")
                 return 126
@@ -406,7 +411,7 @@ def main(argv: list[str]) -> int | None:
             if fresh and os.isatty(2):
                 say("backed up " + describe_backups(fresh))
             exit_code, signal = run_allowed(
-                conn, reply["op"], real, command, child_env, reply.get("backups", [])
+                conn, reply["op"], runs, child_env, reply.get("backups", [])
             )
             conn.close()
             if signal is not None:
