@@ -295,6 +295,31 @@ def test_alembic_x_url_overrides_when_env_py_reads_x_arguments() -> None:
     assert only(found).source == "-x url=... on the command line"
 
 
+def test_alembic_x_values_that_are_urls_count_whatever_their_key() -> None:
+    files = {
+        "alembic.ini": "[alembic]\nscript_location = migrations\nsqlalchemy.url = sqlite:///a.db\n",
+        "migrations/env.py": "db = context.get_x_argument(as_dictionary=True).get('dbname')\n",
+    }
+    hints = {"x": "dbname=postgresql+psycopg://app@127.0.0.1/tenant"}
+    found = run(files, framework="alembic", tool="alembic", hints=hints)
+    assert only(found).name == "tenant"
+
+
+def test_alembic_env_py_variables_holding_a_database_url_count_whatever_their_name() -> None:
+    env_py = (
+        "if os.environ.get('POSTGRES_URI'):\n"
+        "    config.set_main_option('sqlalchemy.url', os.environ['POSTGRES_URI'])\n"
+        "debug = os.getenv('LOG_LEVEL')\n"
+    )
+    files = {
+        "alembic.ini": "[alembic]\nscript_location = migrations\nsqlalchemy.url = sqlite:///a.db\n",
+        "migrations/env.py": env_py,
+    }
+    env = {"POSTGRES_URI": "postgresql://app@127.0.0.1/other", "LOG_LEVEL": "debug"}
+    found = run(files, env, framework="alembic", tool="alembic")
+    assert {t.name or t.path for t in found.targets} == {"other", "/srv/app/a.db"}
+
+
 def test_alembic_without_url_falls_back_to_database_url_and_says_so() -> None:
     files = {
         "alembic.ini": "[alembic]\nscript_location = pkg:migrations\n",
@@ -390,6 +415,64 @@ def test_django_with_settings_only_in_code_asks_for_dbguard_toml(env: dict[str, 
 def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
     files = {"manage.py": "", "proj/settings.py": settings}
     env = {"DJANGO_SETTINGS_MODULE": "proj.settings", "DATABASE_URL": "postgres://a@h/shop"}
+    assert only(run(files, env, framework="django", tool="manage.py")).name == "shop"
+
+
+HARD_CODED = "DATABASES = {'default': {'ENGINE': 'x.postgresql', 'NAME': 'shop_test'}}\n"
+FROM_URL = "DATABASES = {'default': env.db('DATABASE_URL')}\n"
+
+
+@pytest.mark.parametrize(
+    ("modules", "where"),
+    [
+        # a test settings module that imports the URL-reading base, then replaces it
+        ({"base": FROM_URL, "test": f"from .base import *\n{HARD_CODED}"}, "test.py, line 2"),
+        # a package whose __init__ only imports the module that hard-codes it
+        ({"__init__": "from .hard import *  # noqa\n", "hard": HARD_CODED}, "hard.py, line 1"),
+        ({"test": "from proj.settings.hard import *\n", "hard": HARD_CODED}, "hard.py"),
+        (
+            {"test": "from .mid import *\n", "mid": "from .hard import *\n", "hard": HARD_CODED},
+            "hard.py",
+        ),
+    ],
+)
+def test_django_star_imports_are_followed_to_the_databases_they_set(
+    modules: dict[str, str], where: str
+) -> None:
+    files = {"manage.py": "", **{f"proj/settings/{m}.py": t for m, t in modules.items()}}
+    module = "proj.settings" if "__init__" in modules else "proj.settings.test"
+    env = {"DJANGO_SETTINGS_MODULE": module, "DATABASE_URL": "postgres://a@h/shop"}
+    with pytest.raises(DiscoveryError, match="DATABASES is set in code") as info:
+        run(files, env, framework="django", tool="manage.py")
+    assert where in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [
+        "env.db('APP_DATABASE_URL')",
+        "env.db_url(var='APP_DATABASE_URL')",
+        "dj_database_url.config(conn_max_age=600, env='APP_DATABASE_URL')",
+        "dj_database_url.parse(os.environ['APP_DATABASE_URL'])",
+    ],
+)
+def test_django_settings_reading_another_variable_back_up_its_database(reader: str) -> None:
+    files = {
+        "manage.py": "",
+        "proj/settings.py": f"DATABASES = {{'default': {reader}}}\n",
+        ".env": "APP_DATABASE_URL=postgres://a@127.0.0.1/shop\n",
+    }
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings", "DATABASE_URL": "postgres://a@h/other"}
+    found = run(files, env, framework="django", tool="manage.py")
+    assert "shop" in {t.name for t in found.targets}
+    with pytest.raises(DiscoveryError, match="APP_DATABASE_URL, which is not set"):
+        run({**files, ".env": ""}, env, framework="django", tool="manage.py")
+
+
+def test_django_star_imports_of_url_settings_use_the_url() -> None:
+    adjusts = "from .base import *\nDATABASES['default']['CONN_MAX_AGE'] = 60\n"
+    files = {"manage.py": "", "proj/settings/base.py": FROM_URL, "proj/settings/prod.py": adjusts}
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings.prod", "DATABASE_URL": "postgres://a@h/shop"}
     assert only(run(files, env, framework="django", tool="manage.py")).name == "shop"
 
 

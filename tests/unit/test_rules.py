@@ -602,12 +602,12 @@ JS_TESTS = [
 ]
 
 FLASK = [
-    case("flask db upgrade", MIGRATE, "flask db", "db upgrade"),
-    case("flask --app app db downgrade base", DESTRUCTIVE, "flask db", "db downgrade"),
-    case("flask -e .env.test db stamp head", MIGRATE, "flask db", hints={"env_file": ".env.test"}),
-    case("flask db upgrade --sql", RO, "flask db"),
-    case("flask db migrate -m 'add users'", RO, "flask db", "db migrate"),
-    case("flask db current", RO, "flask db"),
+    case("flask db upgrade", MIGRATE, "flask", "db upgrade"),
+    case("flask --app app db downgrade base", DESTRUCTIVE, "flask", "db downgrade"),
+    case("flask -e .env.test db stamp head", MIGRATE, "flask", hints={"env_file": ".env.test"}),
+    case("flask db upgrade --sql", RO, "flask"),
+    case("flask db migrate -m 'add users'", RO, "flask", "db migrate"),
+    case("flask db current", RO, "flask"),
     case("flask run --debug", None),
     case("flask shell", None),
 ]
@@ -616,6 +616,9 @@ KNEX = [
     case("knex migrate:latest", MIGRATE, "knex", "migrate:latest"),
     case("knex migrate:up", MIGRATE, "knex"),
     case("knex migrate:down", DESTRUCTIVE, "knex"),
+    case(
+        "knex --cwd apps/worker migrate:rollback", DESTRUCTIVE, "knex", hints={"cwd": "apps/worker"}
+    ),
     case("knex migrate:rollback --all", DESTRUCTIVE, "knex"),
     case("knex seed:run", SEED, "knex"),
     case("knex seed:run --specific=users.js", SEED, "knex"),
@@ -1408,7 +1411,7 @@ def test_a_tool_s_dotenv_files_are_named_from_where_it_runs() -> None:
     found = CLASSIFIER.classify_command_line("cd web && flask -e .env.ci db upgrade && bun test")
     assert found is not None
     assert [(o.tool, o.hints["env_file"]) for o in found.each()] == [
-        ("flask db", "web/.env.ci"),
+        ("flask", "web/.env.ci"),
         ("bun test", "web/.env.local\nweb/.env.test"),
     ]
 

@@ -40,6 +40,10 @@ _ENV_READ = re.compile(
     r"""(?:os\.)?(?:environ\s*\[\s*|environ\.get\(\s*|getenv\(\s*|environ\.setdefault\(\s*)['"]([A-Za-z_][A-Za-z0-9_]*)['"]"""
 )
 _URLISH = re.compile(r"URL|DSN|DATABASE|_DB|DB_", re.IGNORECASE)
+# A value that is a database URL whatever its name (SQLAlchemy's dialect+driver://).
+_DATABASE_URL = re.compile(
+    r"^(?:postgres|postgresql|mysql|mariadb|sqlite|cockroachdb)(?:\+\w+)?://", re.IGNORECASE
+)
 
 
 def alembic(ctx: Context, found: Found) -> None:
@@ -69,7 +73,14 @@ def alembic(ctx: Context, found: Found) -> None:
     variables = ctx.environment()
     load_env_files(ctx.read, variables, [".env"], found, ctx.flat_env)
     facts = app_env_facts(variables)
-    env_py, env_py_name, reads = _env_py(ctx, parser, section, found)
+    env_py, env_py_name, every_read = _env_py(ctx, parser, section, found)
+    # The variables env.py reads that name a database: by their name, or by a value that
+    # is a database URL (`set_main_option("sqlalchemy.url", os.environ["PG_URI"])`).
+    reads = [
+        name
+        for name in every_read
+        if _URLISH.search(name) or _DATABASE_URL.match(variables.get(name) or "")
+    ]
     uses_x = env_py is not None and "get_x_argument" in env_py
     x_url = _x_url(ctx.hints.get("x", ""))
     if x_url is not None:
@@ -145,7 +156,7 @@ def _ini_url(parser: configparser.ConfigParser, config: str, section: str, text:
 def _env_py(
     ctx: Context, parser: configparser.ConfigParser, section: str, found: Found
 ) -> tuple[str | None, str, list[str]]:
-    """env.py's text, its project-relative name, and the URL-like variables it reads."""
+    """env.py's text, its project-relative name, and the variables it reads."""
     try:
         location = parser.get(section, "script_location", fallback="")
     except configparser.Error:
@@ -157,16 +168,17 @@ def _env_py(
     text = ctx.read_looked(relative, found)
     if text is None:
         return None, relative, []
-    reads = [name for name in dict.fromkeys(_ENV_READ.findall(text)) if _URLISH.search(name)]
-    return text, relative, reads
+    return text, relative, list(dict.fromkeys(_ENV_READ.findall(text)))
 
 
 def _x_url(hint: str) -> tuple[str, str] | None:
-    """The URL among -x values (one per line when several were given)."""
+    """The URL among -x values (one per line when several were given): under a URL's
+    usual key, or any value that is a database URL (`-x dbname=postgresql://...`, the
+    example of Alembic's own get_x_argument)."""
     for item in hint.splitlines():
-        key, sep, value = item.partition("=")
-        if sep and key.strip().lower() in X_URL_KEYS and value.strip():
-            return key.strip(), value.strip()
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if sep and value and (key.lower() in X_URL_KEYS or _DATABASE_URL.match(value)):
+            return key, value
     return None
 
 
@@ -216,6 +228,13 @@ _STOCK_SQLITE = re.compile(
 # Settings that take their database from DATABASE_URL: the variable itself, dj-database-url,
 # django-environ's env.db() / env.db_url() (under any name), django-configurations.
 _READS_URL = re.compile(r"DATABASE_URL|dj_database_url|\.db(?:_url)?\(|DatabaseURLValue")
+# The variable a reader takes the URL from when it is not DATABASE_URL: env.db('X'),
+# env.db_url('X'), dj_database_url.config(env='X'), dj_database_url.parse(os.environ['X']).
+_URL_VARIABLE = re.compile(
+    r"""(?:\.db(?:_url)?\(\s*(?:var\s*=\s*)?|dj_database_url\.config\([^)]*?\benv\s*=\s*"""
+    r"""|dj_database_url\.parse\(\s*(?:os\.)?(?:environ\s*\[\s*|environ\.get\(\s*|getenv\(\s*))"""
+    r"""['"]([A-Za-z_][A-Za-z0-9_]*)['"]"""
+)
 # A DATABASE_URL reader's SQLite default on one line: "sqlite:///" then BASE_DIR / 'x',
 # os.path.join(BASE_DIR, 'x') or an f-string's {BASE_DIR}/x.
 _SQLITE_FALLBACK = re.compile(
@@ -226,8 +245,61 @@ _SQLITE_FALLBACK = re.compile(
 # DATABASES = ... as a statement of this module (not DATABASES["default"][...] = ...,
 # which adjusts what another module built).
 _ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
-# `from .base import *`: the DATABASES it adjusts may come from DATABASE_URL there.
-_STAR_IMPORT = re.compile(r"^from\s+\S+\s+import\s+\*", re.MULTILINE)
+# `from .base import *`: the DATABASES this module adjusts, or leaves as it is, is that
+# module's (followed to a bounded depth).
+_STAR_IMPORT = re.compile(r"^from\s+(\.*)([\w.]*)\s+import\s+\*", re.MULTILINE)
+_STAR_DEPTH = 4
+
+
+def _databases_in_code(ctx: Context, candidate: str, text: str, depth: int = 0) -> str | None:
+    """Where a settings module's DATABASES is set in code that does not read
+    DATABASE_URL ("file, line N"), following its star imports; None when it reads the
+    URL (or is not set in code we can read)."""
+    assigned = _ASSIGNS_DATABASES.search(text)
+    if assigned:  # this module's own DATABASES = ...: what any star import set is gone
+        if _READS_URL.search(text):
+            return None
+        return f"{candidate}, line {text.count(chr(10), 0, assigned.start()) + 1}"
+    if depth >= _STAR_DEPTH:
+        return None
+    for dots, name in reversed(_STAR_IMPORT.findall(text)):  # the last import wins
+        package = PurePosixPath(candidate).parent
+        for _ in range(len(dots) - 1):
+            package = package.parent
+        path = str(package / name.replace(".", "/")) if dots else name.replace(".", "/")
+        for module in (f"{path}.py", f"{path}/__init__.py"):
+            imported = ctx.read(module)
+            if imported is not None:
+                where = _databases_in_code(ctx, module, imported, depth + 1)
+                if where is not None or _ASSIGNS_DATABASES.search(imported):
+                    return where
+                break
+    return None
+
+
+def _other_url_variables(ctx: Context, candidate: str, text: str, found: Found) -> None:
+    """Databases the settings take from a variable other than DATABASE_URL (which the
+    generic step reads): env.db('APP_DATABASE_URL') flushes that one, not DATABASE_URL's.
+    One that is not set is refused: dbguard cannot know its default."""
+    names = [n for n in dict.fromkeys(_URL_VARIABLE.findall(text)) if n != "DATABASE_URL"]
+    if not names:
+        return
+    variables = ctx.environment()
+    load_env_files(ctx.read, variables, [".env"], found, ctx.flat_env)
+    for name in names:
+        found.look(f"{name} ({candidate} reads it)")
+        value = variables.get(name)
+        if not value:
+            raise DiscoveryError(
+                f"{candidate} takes its database from {name}, which is not set in the "
+                "environment or .env",
+                f"set {name} (or name the database in .dbguard.toml), then run the command again",
+            )
+        source = f"{candidate} reads {name}: {variables.where(name)}"
+        target, facts = url_target(
+            value, ctx.root, source, variables.where(name), name, app_env_facts(variables)
+        )
+        found.add(target, f"{source}: in-memory SQLite", facts)
 
 
 def _base_dir(ctx: Context, settings_file: str) -> Path:
@@ -285,14 +357,13 @@ def django(ctx: Context, found: Found) -> None:
             line = text.count("\n", 0, fallback.start()) + 1
             source = f"{candidate}, line {line} (the SQLite default when DATABASE_URL is unset)"
             found.add(sqlite_target(name, _base_dir(ctx, candidate), source))
-        assigned = _ASSIGNS_DATABASES.search(text)
-        reads_url = _READS_URL.search(text) or _STAR_IMPORT.search(text)
-        if assigned and not reads_url and not ctx.names_databases:
+        _other_url_variables(ctx, candidate, text, found)
+        in_code = _databases_in_code(ctx, candidate, text)
+        if in_code is not None and not ctx.names_databases:
             # Settings that build DATABASES in code without DATABASE_URL: a DATABASE_URL in
             # the environment or .env would name some other database than the one run.
-            line = text.count("\n", 0, assigned.start()) + 1
             raise DiscoveryError(
-                f"{candidate}, line {line}: DATABASES is set in code dbguard does not run, "
+                f"{in_code}: DATABASES is set in code dbguard does not run, "
                 "and not from DATABASE_URL",
                 'name the database in .dbguard.toml ([[database]] url = "..."), then run '
                 "the command again",
