@@ -469,6 +469,43 @@ def test_django_settings_reading_another_variable_back_up_its_database(reader: s
         run({**files, ".env": ""}, env, framework="django", tool="manage.py")
 
 
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("pyproject.toml", '[tool.pytest.ini_options]\nenv = ["DATABASE_URL={url}"]\n'),
+        ("pyproject.toml", '[tool.pytest_env]\nDATABASE_URL = "{url}"\n'),
+        ("pytest.ini", "[pytest]\nenv =\n    R:DATABASE_URL={url}\n"),
+        ("setup.cfg", "[tool:pytest]\nenv =\n    DATABASE_URL={url}\n"),
+    ],
+)
+def test_pytest_env_s_database_url_is_the_one_a_test_run_uses(file: str, text: str) -> None:
+    url = "postgresql://app@127.0.0.1/shop_test"
+    files = {file: text.format(url=url), ".env": "DATABASE_URL=postgresql://app@127.0.0.1/shop\n"}
+    found = run(files, framework="python", tool="pytest", kind=Kind.TEST)
+    assert only(found).name == "shop_test"
+    # D: (default) leaves a variable the command already has
+    files[file] = files[file].replace("DATABASE_URL=", "D:DATABASE_URL=")
+    if "D:" in files[file]:
+        env = {"DATABASE_URL": "postgresql://app@127.0.0.1/mine"}
+        found = run(files, env, framework="python", tool="pytest", kind=Kind.TEST)
+        assert only(found).name == "mine"
+
+
+def test_pytest_django_s_settings_module_in_pytest_ini_is_the_one_read() -> None:
+    files = {
+        "manage.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'proj.settings.base')\n",
+        "pytest.ini": "[pytest]\nDJANGO_SETTINGS_MODULE = proj.settings.hard\n",
+        "proj/settings/base.py": FROM_URL,
+        "proj/settings/hard.py": HARD_CODED,
+        ".env": "DATABASE_URL=postgres://a@h/shop\n",
+    }
+    with pytest.raises(DiscoveryError, match=r"hard\.py, line 1: DATABASES is set in code"):
+        run(files, framework="django", tool="pytest", kind=Kind.TEST)
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings.base"}  # the environment's comes first
+    found = run(files, env, framework="django", tool="pytest", kind=Kind.TEST)
+    assert only(found).name == "shop"
+
+
 def test_django_star_imports_of_url_settings_use_the_url() -> None:
     adjusts = "from .base import *\nDATABASES['default']['CONN_MAX_AGE'] = 60\n"
     files = {"manage.py": "", "proj/settings/base.py": FROM_URL, "proj/settings/prod.py": adjusts}

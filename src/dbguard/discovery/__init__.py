@@ -45,7 +45,12 @@ from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
 from dbguard.discovery.python import alembic, django
 from dbguard.discovery.rails import rails
-from dbguard.discovery.signs import SQLITE_SIGN, database_signs, sub_projects
+from dbguard.discovery.signs import (
+    SQLITE_SIGN,
+    database_signs,
+    pytest_environment,
+    sub_projects,
+)
 from dbguard.discovery.symfony import symfony
 from dbguard.rules import Kind, Operation
 
@@ -142,6 +147,8 @@ def _resolve(place: _Place, env: Mapping[str, str], operation: Operation, *, nes
     ctx = Context(root, place.read, env, operation, place.cwd, project, listdir=place.listdir)
     found.project = project
     ctx.load_launcher_env_files(found)
+    if operation.tool == "pytest":
+        _pytest_environment(ctx, found)
     for resolver in _resolvers(ctx):
         resolver(ctx, found)
     database_url(ctx, found)
@@ -169,6 +176,17 @@ def _resolve(place: _Place, env: Mapping[str, str], operation: Operation, *, nes
             _fix(signs),
         )
     return found
+
+
+def _pytest_environment(ctx: Context, found: Found) -> None:
+    """What pytest sets as it starts, before any test reads it: pytest-env's variables
+    (a DATABASE_URL there is the one the tests use, not .env's) and pytest-django's
+    DJANGO_SETTINGS_MODULE, each under the command's own environment where it says so."""
+    assert ctx.base is not None
+    for setting in pytest_environment(ctx.read):
+        if setting.override or setting.name not in ctx.base:
+            ctx.base.set(setting.name, setting.value, f"{setting.origin} ({setting.name})")
+            found.look(f"{setting.name} ({setting.origin})")
 
 
 NO_DATABASE = (

@@ -33,6 +33,7 @@ import posixpath
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -199,26 +200,11 @@ class _Signs:
     def _pytest_settings(self) -> list[str]:
         """The variables pytest-env sets, and DJANGO_SETTINGS_MODULE when pytest-django's
         setting is there: from pyproject.toml, pytest.ini, tox.ini or setup.cfg."""
-        entries: list[str] = []
-        pyproject = self.parsed("pyproject.toml", parse_toml)
-        options = _table(_table(_table(pyproject, "tool"), "pytest"), "ini_options")
-        env = options.get("env")
-        entries += env.splitlines() if isinstance(env, str) else _strings(env)
-        if "DJANGO_SETTINGS_MODULE" in options:
-            entries.append("DJANGO_SETTINGS_MODULE=")
-        for file, section in (
-            ("pytest.ini", "pytest"),
-            ("tox.ini", "pytest"),
-            ("setup.cfg", "tool:pytest"),
-        ):
-            parser = self.parsed(file, _ini)
-            if parser is not None and parser.has_section(section):
-                entries += parser.get(section, "env", fallback="").splitlines()
-                if parser.has_option(section, "DJANGO_SETTINGS_MODULE"):
-                    entries.append("DJANGO_SETTINGS_MODULE=")
-        # pytest-env's lines are NAME=value, optionally after a D: or R: flag.
-        names = [e.split("=", 1)[0].split(":")[-1].strip() for e in entries if "=" in e]
-        return [n for n in names if n]
+        try:
+            return [setting.name for setting in pytest_environment(self.ctx.read)]
+        except DiscoveryError as err:
+            self.found.append(f"pytest's settings could not be read ({err.problem})")
+            return []
 
     def sqlite_files(self) -> None:
         for folder in _DATA_FOLDERS:
@@ -419,6 +405,65 @@ def _env_names(text: str, file: str, env: dict[str, str]) -> list[str]:
 def _phpunit_variables(text: str, file: str) -> list[str]:
     root = parse_xml(text, file)
     return [e.get("name", "") for e in root.iter() if e.tag in ("env", "server", "const")]
+
+
+@dataclass(frozen=True)
+class PytestSetting:
+    """A variable pytest sets as it starts (pytest-env's `env`, pytest-django's
+    DJANGO_SETTINGS_MODULE); `override`: over the environment's own value."""
+
+    name: str
+    value: str
+    override: bool
+    origin: str
+
+
+def pytest_environment(read: Callable[[str], str | None]) -> list[PytestSetting]:
+    """pytest-env's variables and pytest-django's settings module, from the first of
+    pytest.ini, pyproject.toml, tox.ini and setup.cfg that configures pytest (as pytest
+    picks it), and pytest-env's own [tool.pytest_env]. Raises DiscoveryError for a file
+    that cannot be parsed."""
+    settings: list[PytestSetting] = []
+
+    def add(lines: Iterable[str], module: object, origin: str) -> None:
+        for line in lines:
+            head, eq, value = line.strip().partition("=")  # D:R:NAME=value
+            flags, _, name = head.rpartition(":")
+            if eq and name.strip():  # D: sets it only where the environment has none
+                override = "D" not in flags.upper().split(":")
+                settings.append(PytestSetting(name.strip(), value.strip(), override, origin))
+        if isinstance(module, str) and module:  # under --ds and the environment's
+            settings.append(PytestSetting("DJANGO_SETTINGS_MODULE", module, False, origin))
+
+    text = read("pyproject.toml")
+    tool = _table(parse_toml(text, "pyproject.toml") if text is not None else {}, "tool")
+    for file, section in (
+        ("pytest.ini", "pytest"),
+        ("pyproject.toml", ""),
+        ("tox.ini", "pytest"),
+        ("setup.cfg", "tool:pytest"),
+    ):
+        if not section:
+            options = _table(_table(tool, "pytest"), "ini_options")
+            if options:
+                env = options.get("env")
+                lines = env.splitlines() if isinstance(env, str) else _strings(env)
+                add(lines, options.get("DJANGO_SETTINGS_MODULE"), file)
+                break
+            continue
+        text = read(file)
+        parser = _ini(text, file) if text is not None else None
+        if parser is not None and (parser.has_section(section) or file == "pytest.ini"):
+            if parser.has_section(section):
+                env_lines = parser.get(section, "env", fallback="").splitlines()
+                add(env_lines, parser.get(section, "DJANGO_SETTINGS_MODULE", fallback=""), file)
+            break
+    for name, value in _table(tool, "pytest_env").items():  # pytest-env 1.x's own table
+        table = value if isinstance(value, dict) else {"value": value}
+        if isinstance(table.get("value"), str):
+            override = not table.get("skip_if_set")
+            settings.append(PytestSetting(name, table["value"], override, "[tool.pytest_env]"))
+    return settings
 
 
 def _ini(text: str, file: str) -> configparser.ConfigParser:
