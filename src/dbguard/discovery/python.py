@@ -259,7 +259,8 @@ def _databases_in_code(ctx: Context, candidate: str, text: str, depth: int = 0) 
     if assigned:  # this module's own DATABASES = ...: what any star import set is gone
         if _READS_URL.search(text):
             return None
-        return f"{candidate}, line {text.count(chr(10), 0, assigned.start()) + 1}"
+        line = text.count("\n", 0, assigned.start()) + 1
+        return f"{candidate}, line {line}"
     if depth >= _STAR_DEPTH:
         return None
     for dots, name in reversed(_STAR_IMPORT.findall(text)):  # the last import wins
@@ -289,6 +290,8 @@ def _other_url_variables(ctx: Context, candidate: str, text: str, found: Found) 
     for name in names:
         found.look(f"{name} ({candidate} reads it)")
         value = variables.get(name)
+        if not value and ctx.names_databases:
+            continue  # .dbguard.toml names the databases: the way out this error gives
         if not value:
             raise DiscoveryError(
                 f"{candidate} takes its database from {name}, which is not set in the "
