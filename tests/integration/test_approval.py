@@ -227,3 +227,59 @@ def test_an_agent_cannot_restore_over_a_database_its_project_calls_production(
     refused = home.ctl("restore", backup["id"], "--yes")
     assert refused.returncode == 77, refused.stderr
     assert b"judged it so when it backed it up" in refused.stderr
+
+
+def test_a_production_mark_that_cannot_be_read_is_no_pass(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer holding the lock past dbguard's wait once made a marked database look
+    unmarked: the command then ran with no human check once the lock was gone."""
+    import asyncio
+    import sqlite3
+
+    from dbguard.config import Config
+    from dbguard.daemon.service import Guard
+    from dbguard.engines import sqlite as sqlite_engine
+    from dbguard.protocol import Fail, Invoke
+
+    project = laravel_sqlite_project(home.root / "app")  # APP_ENV=local: only the mark says
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    monkeypatch.setattr(sqlite_engine, "_BUSY_TIMEOUT", 0.2)
+    database = project / "database" / "app.sqlite"
+    writer = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN EXCLUSIVE")  # no reader gets in, the mark included
+    read_mark = sqlite_engine.SqliteEngine.marker
+
+    def writer_done_just_after(engine: sqlite_engine.SqliteEngine, target: object) -> object:
+        try:
+            return read_mark(engine, target)  # type: ignore[arg-type]
+        finally:  # the backup after it would find the database free
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
+
+    monkeypatch.setattr(sqlite_engine.SqliteEngine, "marker", writer_done_just_after)
+    guard = Guard(Config(), home.env)
+
+    async def no_answer(_question: object) -> None:
+        return None
+
+    async def ignore(_progress: object) -> None:
+        return None
+
+    request = Invoke(
+        type="invoke",
+        v=PROTOCOL_VERSION,
+        argv=["php", "artisan", "db:wipe"],
+        cwd=str(project),
+        env=home.env,
+        tty=False,
+        pid=1,
+    )
+    try:
+        answer = asyncio.run(guard.invoke(request, ignore, no_answer))
+    finally:
+        writer.close()
+        guard.engines.close()
+    assert isinstance(answer, Fail), answer
+    assert "locked by another connection" in answer.reason
+    assert not list(home.backups.glob("*/*/manifest.json"))

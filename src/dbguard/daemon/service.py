@@ -39,7 +39,7 @@ from dbguard.discovery.project_config import (
 )
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import BackupFailed, DbguardError
+from dbguard.errors import BackupFailed, DatabaseMissing
 from dbguard.oplog import RUNNING, OperationLog, redact_argv
 from dbguard.policy import Gate, agent_markers, gate
 from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
@@ -177,6 +177,9 @@ class Guard:
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
+        except BackupFailed as err:  # a production mark could not be read
+            self._log(record, "fail", started, reason=str(err))
+            return Fail(reason=err.problem, hint=err.fix)
         record["databases"] = [
             {
                 "database": t.label,
@@ -297,10 +300,13 @@ class Guard:
         return project.production_settings(settings) if project is not None else settings
 
     def _marker(self, target: Target) -> Marker | None:
+        """The database's own environment mark. A database that does not exist yet has
+        none; any other failure to read it (unreachable server, SQLite write lock) raises
+        BackupFailed: a mark that cannot be read must not count as "not production"."""
         try:
             return self.engines.for_target(target).marker(target)
-        except DbguardError:
-            return None  # unreachable or missing: the backup step reports that properly
+        except DatabaseMissing:
+            return None
 
     async def _human_check(
         self,

@@ -52,13 +52,15 @@ _MARKERS: dict[int, Marker] = {0x44424750: "production", 0x44424744: "developmen
 
 
 def _connect(
-    path: str | Path, *, must_exist: bool = True, timeout: float = _BUSY_TIMEOUT
+    path: str | Path, *, must_exist: bool = True, timeout: float | None = None
 ) -> sqlite3.Connection:
-    """Open without ever creating the file (mode=rw) and in autocommit mode."""
+    """Open without ever creating the file (mode=rw) and in autocommit mode; wait up to
+    `timeout` (default _BUSY_TIMEOUT, read now so a test can shorten it) for locks."""
     mode = "rw" if must_exist else "rwc"
     uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    wait = _BUSY_TIMEOUT if timeout is None else timeout
     return sqlite3.connect(
-        uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+        uri, uri=True, timeout=wait, isolation_level=None, check_same_thread=False
     )
 
 
@@ -230,7 +232,7 @@ def _open_error(path: Path, err: sqlite3.Error) -> BackupFailed:
     text = str(err)
     if "locked" in text or "busy" in text:
         return BackupFailed(
-            f"{path} stayed locked by another connection for {_BUSY_TIMEOUT:.0f} s",
+            f"{path} stayed locked by another connection for {_BUSY_TIMEOUT:g} s",
             "finish or stop whatever holds the write lock, then run the command again",
         )
     code = getattr(err, "sqlite_errorcode", None)
