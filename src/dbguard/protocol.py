@@ -186,6 +186,15 @@ class Progress(_Message):
     elapsed: float
 
 
+class Working(_Message):
+    """Still deciding (finding databases, waiting for a backup's turn): sent every
+    PROGRESS_INTERVAL when nothing else is, so a client can tell a busy daemon from a
+    stopped one by silence alone."""
+
+    type: Literal["working"] = "working"
+    elapsed: float
+
+
 class Confirm(_Message):
     """A production database: the shim asks the person at the terminal to type one of
     `names` and replies with `answer`."""
@@ -239,7 +248,18 @@ class Status(_Message):
 
 
 Reply = Annotated[
-    Pass | Allow | Deny | Fail | Progress | Confirm | ApprovalInfo | Done | Ok | Error | Status,
+    Pass
+    | Allow
+    | Deny
+    | Fail
+    | Progress
+    | Working
+    | Confirm
+    | ApprovalInfo
+    | Done
+    | Ok
+    | Error
+    | Status,
     Field(discriminator="type"),
 ]
 _reply_adapter: TypeAdapter[Reply] = TypeAdapter(Reply)

@@ -7,6 +7,7 @@ command with a complete backup.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -205,6 +206,32 @@ def test_sigkill_while_an_allowed_command_runs_leaves_its_record(home: Home) -> 
         restarted.assert_no_crash()
     finally:
         restarted.stop()
+
+
+def test_a_stopped_daemon_makes_the_shim_give_up_after_its_silence(home: Home) -> None:
+    """SIGSTOP (a debugger, ^Z in the daemon's terminal): the kernel still accepts the
+    connection, so only silence tells. The shim once waited for ever."""
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = FaultDaemon(home).start()
+    assert daemon.process is not None
+    home.extra_env["DBGUARD_SILENCE_TIMEOUT"] = "1"
+    daemon.process.send_signal(signal.SIGSTOP)
+    injected("dbguardd stopped (SIGSTOP) while a shim asks it")
+    try:
+        refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+    try:
+        assert refused.returncode == 69, stderr_text(refused)
+        assert "has sent nothing for 1 s (it is stopped or stuck)" in stderr_text(refused)
+        assert ran(project) == []
+        # Awake again, it serves the same command (with a backup) inside the same silence.
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        assert len(ran(project)) == 1 and len(committed_manifests(home.backups)) == 1
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()
 
 
 def test_a_daemon_whose_socket_file_is_removed_stops_and_a_new_one_serves(

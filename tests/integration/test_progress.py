@@ -131,3 +131,19 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(
     records = oplog(home)
     assert len(records) == 3
     assert all(r["decision"] == "allow" and took_a_backup(r) for r in records)
+
+
+def test_a_backup_longer_than_the_silence_timeout_keeps_the_shim_waiting(
+    home: Home, slow_daemon: Daemon, project: Path
+) -> None:
+    """The shim gives up on a daemon silent for DBGUARD_SILENCE_TIMEOUT; the progress
+    messages of a long backup are no silence, on a terminal or not."""
+    home.extra_env["DBGUARD_SILENCE_TIMEOUT"] = "1"
+    run = run_in_terminal(["php", "artisan", "test"], home.env, project, timeout=300)
+    assert run.returncode == 0, run.output
+    elapsed = [float(update.group("s")) for update in PROGRESS.finditer(run.output)]
+    assert elapsed and max(elapsed) > 1.5, run.output  # the backup outlasted the timeout
+    change(project)
+    piped = home.run(["php", "artisan", "test"], cwd=project, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert count_users(project) == 40004

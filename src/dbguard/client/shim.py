@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 MAX_DEPTH = 8  # nested guarded commands (npm run test -> php artisan test -> ...)
 REPORT_TIMEOUT = 5.0  # seconds to wait for the daemon to acknowledge a report
+# Seconds of silence after which a daemon counts as stopped (SIGSTOP) or stuck: while
+# it decides or backs up it sends a message every 0.5 s. DBGUARD_SILENCE_TIMEOUT sets it.
+SILENCE_TIMEOUT = 20.0
 EXIT_NOT_FOUND = 127
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
@@ -95,6 +98,14 @@ def socket_path() -> str:
     if runtime.startswith("/"):
         return runtime + "/dbguard/dbguard.sock"
     return f"/tmp/dbguard-{os.getuid()}/dbguard.sock"  # noqa: S108 (checked by the daemon)
+
+
+def silence_timeout() -> float:
+    try:
+        seconds = float(os.environ.get("DBGUARD_SILENCE_TIMEOUT", SILENCE_TIMEOUT))
+    except ValueError:
+        return SILENCE_TIMEOUT
+    return seconds if 0 < seconds < 1e6 else SILENCE_TIMEOUT
 
 
 def is_shim(path: str) -> bool:
@@ -370,9 +381,19 @@ def main(argv: list[str]) -> int | None:
         return EXIT_UNAVAILABLE
 
     progress = ProgressLine()
+    silence = silence_timeout()
+    conn.sock.settimeout(silence)
     while True:
         try:
             reply = conn.receive()
+        except TimeoutError:
+            progress.clear()
+            say(
+                f"{name} was not run: dbguardd at {path} has sent nothing for {silence:g} s "
+                "(it is stopped or stuck)."
+            )
+            say("`dbguardctl status` shows whether it answers; restart it, then run the command")
+            return EXIT_UNAVAILABLE
         except (OSError, ValueError) as err:
             reply = {"type": "error", "message": f"unreadable reply from dbguardd: {err}"}
         if reply is None:
@@ -383,6 +404,8 @@ def main(argv: list[str]) -> int | None:
             )
             return EXIT_UNAVAILABLE
         kind = reply.get("type")
+        if kind == "working":
+            continue  # the daemon is alive and still deciding
         if kind != "progress":
             progress.clear()
         if kind == "progress":

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from dbguard.errors import DaemonNotAnswering, DaemonUnavailable
-from dbguard.protocol import Progress, ProtocolError, Reply, decode_reply, encode
+from dbguard.protocol import Progress, ProtocolError, Reply, Working, decode_reply, encode
 
 __all__ = ["DaemonNotAnswering", "DaemonUnavailable", "request"]
 
@@ -20,7 +20,8 @@ def request(
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = 10.0,
 ) -> Reply:
-    """Send `message`, return the first reply that is not progress."""
+    """Send `message`, return the first reply that is not progress. `timeout` is how
+    long the daemon may stay silent (it sends progress while it works)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -37,10 +38,10 @@ def request(
             sock.sendall(encode(message))
             for line in replies:
                 reply = decode_reply(line)
-                if isinstance(reply, Progress):
-                    if on_progress is not None:
-                        on_progress(reply)
-                    continue
+                if isinstance(reply, Progress) and on_progress is not None:
+                    on_progress(reply)
+                if isinstance(reply, Progress | Working):
+                    continue  # the timeout counts silence, not the whole request
                 return reply
     except TimeoutError:
         raise DaemonNotAnswering(

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from dbguard.client.shim import silence_timeout
 from dbguard.client.talk import request
 from dbguard.ctl.context import Context
 from dbguard.protocol import PROTOCOL_VERSION, BackupNow, Deny, Done, Fail, Progress
@@ -28,7 +29,7 @@ def _show_progress(progress: Progress) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=os.getcwd(), env=ctx.env)
-    reply = request(ctx.socket, message, _show_progress, timeout=None)
+    reply = request(ctx.socket, message, _show_progress, timeout=silence_timeout())
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[2K")
     if isinstance(reply, Done):

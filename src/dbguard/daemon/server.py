@@ -33,6 +33,7 @@ from dbguard.protocol import (
     Report,
     Started,
     StatusQuery,
+    Working,
     decode_request,
     encode,
 )
@@ -232,7 +233,7 @@ class Server:
             await self._send(writer, Error(message="no request received in time"))
             return
 
-        async def emit(progress: Progress) -> None:
+        async def emit(progress: Progress | Working) -> None:
             await self._send(writer, progress)
 
         async def ask(question: Confirm) -> str | None:

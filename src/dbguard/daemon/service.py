@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
@@ -57,6 +57,7 @@ from dbguard.protocol import (
     Progress,
     Report,
     Status,
+    Working,
 )
 from dbguard.rules import (
     CWD_HINT,
@@ -71,9 +72,34 @@ from dbguard.rules import (
 )
 from dbguard.store import Reason, Store
 
-Emit = Callable[[Progress], Awaitable[None]]
+Emit = Callable[[Progress | Working], Awaitable[None]]
 Ask = Callable[[Confirm], Awaitable[str | None]]
 PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between lines
+
+
+T = TypeVar("T")
+
+
+async def _beating(work: Awaitable[T], emit: Emit, lines: Callable[[], list[Progress]] = list) -> T:
+    """`work`'s result. Meanwhile, every PROGRESS_INTERVAL, its progress `lines`, or
+    Working when there are none: a shim takes long silence for a stopped daemon.
+
+    If `emit` fails (the client left), `work` goes on; its outcome is still collected,
+    so asyncio has no "exception never retrieved" to report."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
+            if done:
+                return task.result()
+            elapsed = round(time.monotonic() - started, 1)
+            messages: list[Progress | Working] = [*lines()] or [Working(elapsed=elapsed)]
+            for message in messages:
+                await emit(message)
+    except BaseException:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
 
 
 @dataclass
@@ -171,8 +197,8 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            found, settings, verdicts, folder = await asyncio.to_thread(
-                self._assess, request, operation
+            found, settings, verdicts, folder = await _beating(
+                asyncio.to_thread(self._assess, request, operation), emit
             )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
@@ -369,12 +395,7 @@ class Guard:
     async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
         work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
         keys = [t.key for t in targets]
-        while True:
-            done, _ = await asyncio.wait({work}, timeout=PROGRESS_INTERVAL)
-            if done:
-                return work.result()
-            for line in self.backups.progress(keys):
-                await emit(line)
+        return await _beating(work, emit, lambda: self.backups.progress(keys))
 
     def started_command(self, op_id: str, pid: int) -> None:
         if op_id in self.running:
@@ -415,11 +436,14 @@ class Guard:
         started = time.monotonic()
         record: dict[str, Any] = {"argv": ["dbguardctl", "backup"], "cwd": request.cwd}
         try:
-            found = await asyncio.to_thread(
-                self.discovery.project_databases,
-                Path(request.cwd),
-                request.env,
-                "dbguardctl backup",
+            found = await _beating(
+                asyncio.to_thread(
+                    self.discovery.project_databases,
+                    Path(request.cwd),
+                    request.env,
+                    "dbguardctl backup",
+                ),
+                emit,
             )
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
