@@ -60,7 +60,7 @@ class BackupSettings(_Section):
     compression_threads: int = Field(2, ge=0, le=64, description="zstd worker threads, 0 = none")
     max_parallel: int = Field(2, ge=1, le=64, description="backups of different databases at once")
     dump_timeout_seconds: float = Field(
-        3600, gt=0, description="a dump tool running longer is killed"
+        3600, gt=0, le=7 * 24 * 3600, description="a dump tool running longer is killed"
     )
 
 

@@ -885,6 +885,25 @@ def test_a_dump_blocked_past_the_timeout_is_killed(rich: Target, tmp_path: Path)
     assert children("pg_dump") == []
 
 
+def test_a_reloaded_timeout_reaches_an_engine_already_in_use(rich: Target) -> None:
+    """SIGHUP hands the daemon's Engines new settings; the engine made before (with its
+    warm connections) once kept the old timeout until a restart."""
+    engines = Engines(BackupSettings(dump_timeout_seconds=3600))
+    try:
+        engine = engines.for_target(rich)
+        assert engine.fingerprint(rich) is not None  # in use: connected, signal read
+        engines.settings = BackupSettings(dump_timeout_seconds=1.5)  # what reload does
+        with connect(rich) as locker:
+            locker.execute("BEGIN")
+            locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(BackupFailed, match=r"pg_dump ran longer than 1\.5 s"):
+                dump(engines.for_target(rich), rich)  # type: ignore[arg-type]
+            locker.execute("ROLLBACK")
+    finally:
+        engines.close()
+    assert children("pg_dump") == []
+
+
 def test_the_password_is_never_in_the_argv_of_pg_dump(
     rich: Target, store: Store, engines: Engines
 ) -> None:

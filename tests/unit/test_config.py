@@ -58,6 +58,8 @@ def test_explicit_path_beats_environment(tmp_path: Path) -> None:
         ),
         ('backup_dir = "relative/dir"\n', r"backup_dir: .*absolute path"),
         ("[backup]\nmax_parallel = 'two'\n", r"backup\.max_parallel: .*integer"),
+        # inf once passed, then overflowed the PyMySQL dumper's per-read timeout
+        ("[backup]\ndump_timeout_seconds = inf\n", r"backup\.dump_timeout_seconds: .*604800"),
         ('[shims]\ncommands = ["../evil"]\n', r"shims\.commands: .*not a plain command name"),
         ("backup = [\n", r"not valid TOML"),
         ('[[rules.tool]]\nname = "x"\nextends = "nope"\n', r"rules: .*extends unknown .*nope"),

@@ -16,9 +16,21 @@ class Engines:
     def __init__(self, settings: BackupSettings | None = None) -> None:
         from dbguard.config import BackupSettings
 
-        self.settings = settings or BackupSettings()
         self._instances: dict[EngineName, Engine] = {}
         self._creating = threading.Lock()
+        self.settings = settings or BackupSettings()
+
+    @property
+    def settings(self) -> BackupSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: BackupSettings) -> None:
+        """New settings (SIGHUP) reach the engines already made too; a dump in flight
+        keeps the timeout it started with."""
+        self._settings = settings
+        for engine in self._instances.values():
+            engine.settings = settings
 
     def get(self, name: EngineName) -> Engine:
         """The one instance of engine `name`. Worker threads ask at once when the first
@@ -46,7 +58,7 @@ def _create(name: EngineName, settings: BackupSettings) -> Engine:
     if name == "sqlite":
         from dbguard.engines.sqlite import SqliteEngine
 
-        return SqliteEngine()
+        return SqliteEngine(settings)
     if name == "postgres":
         from dbguard.engines.postgres import PostgresEngine
 

@@ -16,9 +16,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+if TYPE_CHECKING:  # config imports this module (through production)
+    from dbguard.config import BackupSettings
 
 EngineName = Literal["sqlite", "postgres", "mysql"]
 Marker = Literal["production", "development"]
@@ -91,6 +94,7 @@ class Engine(Protocol):
 
     name: EngineName
     data_suffix: str  # the stored file's name before ".zst", e.g. "data.sqlite"
+    settings: BackupSettings  # replaced when the daemon reloads its config
 
     def fingerprint(self, target: Target) -> str | None:
         """A value that changes with every committed change to the database.

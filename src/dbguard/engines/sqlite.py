@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from dbguard.config import BackupSettings
 from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
 from dbguard.errors import (
     BackupFailed,
@@ -250,7 +251,8 @@ class SqliteEngine:
     name: EngineName = "sqlite"
     data_suffix = "data.sqlite"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: BackupSettings | None = None) -> None:
+        self.settings = settings or BackupSettings()  # no dump tool here: for the interface
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
 
