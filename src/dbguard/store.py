@@ -151,6 +151,19 @@ def _mkdir_private(path: Path) -> None:
         path.chmod(0o700)
 
 
+def _listed(folder: Path) -> list[Path]:
+    """What `folder` holds; nothing when it is missing or not a folder."""
+    try:
+        return list(folder.iterdir())
+    except (NotADirectoryError, FileNotFoundError):
+        return []
+    except OSError as err:
+        raise BackupFailed(
+            f"cannot read the backup folder {folder}: {err.strerror}",
+            f"make it yours to read and write (`chmod 700 {folder}`) or point backup_dir elsewhere",
+        ) from None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -504,19 +517,17 @@ class Store:
 
     def entries(self, target: Target | None = None) -> list[Entry]:
         """Every backup (of `target`, if given), newest first; unreadable ones as
-        DamagedBackup, never skipped."""
+        DamagedBackup, never skipped. Raises BackupFailed when a folder of the store
+        cannot be listed (its mode, say): an empty list would read as "no backups"."""
         found: list[Entry] = []
         if target is not None:
             folders = [self.root / target.slug]
-        elif self.root.is_dir():
-            folders = [f for f in self.root.iterdir() if not f.name.startswith(".")]
         else:
-            folders = []
+            folders = [f for f in _listed(self.root) if not f.name.startswith(".")]
         for folder in folders:
-            with contextlib.suppress(NotADirectoryError, FileNotFoundError):
-                for backup in folder.iterdir():
-                    if ID_RE.fullmatch(backup.name) and backup.is_dir():
-                        found.append(self._read(backup))
+            for backup in _listed(folder):
+                if ID_RE.fullmatch(backup.name) and backup.is_dir():
+                    found.append(self._read(backup))
         if target is not None:
             found = [e for e in found if isinstance(e, Manifest) and e.database_key == target.key]
         return sorted(found, key=_newest_first)

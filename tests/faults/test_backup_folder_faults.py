@@ -7,9 +7,11 @@ nothing is listed, .tmp is empty, and once the fault is gone the same command is
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +265,43 @@ def test_read_only_backup_folder(on_tmpfs: Setup) -> None:
 
     setup.assert_refused(result, "Read-only file system", "writable")
     setup.assert_served()
+
+
+# Root reads any folder; without these two capabilities it meets modes as users do.
+AS_A_USER = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.getuid() == 0 else []
+)
+
+
+def test_a_backup_folder_mode_000_is_named_by_every_command(home: Home) -> None:
+    """Once tracebacks in dbguardctl and "internal error" (70) at the shims."""
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = FaultDaemon(home, prefix=AS_A_USER).start()
+    try:
+        assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
+        home.backups.chmod(0o000)
+        injected("backup folder mode 000")
+        try:
+            refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+            ctl = [
+                home.run([*AS_A_USER, sys.executable, "-m", "dbguard.ctl.main", *args], project)
+                for args in (["list-backups"], ["status"], ["verify", "1234"])
+            ]
+        finally:
+            home.backups.chmod(0o700)
+        assert refused.returncode == 75, stderr_text(refused)
+        assert f"{home.backups}: Permission denied" in stderr_text(refused)
+        assert len(ran(project)) == 1  # the first command only
+        for result in ctl:
+            message = stderr_text(result)
+            assert f"cannot read the backup folder {home.backups}" in message, message
+            assert "chmod 700" in message and "Traceback" not in message
+        assert [result.returncode for result in ctl] == [75, 75, 75]
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()
 
 
 def test_backup_folder_deleted_while_the_daemon_runs(home: Home) -> None:
