@@ -553,6 +553,57 @@ def test_django_s_other_database_aliases_need_dbguard_toml() -> None:
     assert "legacy" in {t.name for t in found.targets}
 
 
+# ---- Flask-SQLAlchemy ---------------------------------------------------------------------------
+
+FLASK_APP = (
+    "import os\nfrom flask import Flask\nfrom flask_sqlalchemy import SQLAlchemy\n"
+    "app = Flask(__name__)\n"
+    'app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("files", "instance"),
+    [
+        ({"app.py": FLASK_APP}, "instance"),  # a module: instance/ beside it
+        ({"shop/__init__.py": "", "shop/models.py": FLASK_APP}, "instance"),  # a package
+        ({"src/shop/__init__.py": FLASK_APP}, "src/instance"),  # src layout
+        ({"requirements.txt": "Flask-SQLAlchemy>=3\n", "wsgi.py": ""}, "instance"),
+        ({"pyproject.toml": '[project]\ndependencies = ["flask_sqlalchemy"]\n'}, "instance"),
+    ],
+    ids=["module", "package", "src", "requirements", "pyproject"],
+)
+@pytest.mark.parametrize(
+    ("tool", "kind"), [("flask", Kind.MIGRATE), ("pytest", Kind.TEST)], ids=["flask-db", "pytest"]
+)
+def test_flask_sqlalchemy_s_relative_sqlite_url_is_in_the_instance_folder(
+    files: dict[str, str], instance: str, tool: str, kind: Kind
+) -> None:
+    # Flask-SQLAlchemy 3 opens sqlite:///app.db as <instance_path>/app.db.
+    files = {**files, ".env": "DATABASE_URL=sqlite:///app.db\n"}
+    found = run(files, framework="python", tool=tool, kind=kind)
+    assert keys(found) == {f"sqlite:{ROOT}/app.db", f"sqlite:{ROOT}/{instance}/app.db"}
+    target = next(t for t in found.targets if t.path == f"{ROOT}/{instance}/app.db")
+    assert f"instance folder {instance}/" in target.source
+
+
+@pytest.mark.parametrize(
+    ("files", "url"),
+    [
+        ({"app.py": "from sqlalchemy import create_engine\n"}, "sqlite:///app.db"),
+        ({"app.py": FLASK_APP}, "sqlite:////var/app.db"),  # absolute: no instance folder
+        ({"app.py": FLASK_APP}, "sqlite+aiosqlite:///app.db"),  # left alone by it
+        ({"app.py": FLASK_APP}, "sqlite:///:memory:"),
+    ],
+    ids=["plain-sqlalchemy", "absolute", "other-driver", "memory"],
+)
+def test_sqlite_urls_flask_sqlalchemy_does_not_move_stay_where_they_are(
+    files: dict[str, str], url: str
+) -> None:
+    found = run({**files, ".env": f"DATABASE_URL={url}\n"}, framework="python", tool="pytest")
+    assert not any("instance" in (t.path or "") for t in found.targets)
+
+
 # ---- Rails --------------------------------------------------------------------------------------
 
 

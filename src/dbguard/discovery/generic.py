@@ -7,6 +7,8 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from dbguard.discovery.model import Context, Found, Variables, load_env_files, url_target
+from dbguard.discovery.signs import flask_sqlalchemy_instances
+from dbguard.discovery.urls import sqlalchemy_relative_sqlite
 from dbguard.engines.base import Target
 from dbguard.production import DEFAULT_APP_ENV_VARIABLES, Setting, TargetFacts
 
@@ -40,6 +42,30 @@ def database_url(ctx: Context, found: Found) -> None:
         url, ctx.root, f"{source} — DATABASE_URL", where, "DATABASE_URL", app_env_facts(variables)
     )
     found.add(target, f"{source}: DATABASE_URL is in-memory SQLite, nothing to back up", facts)
+    if sqlalchemy_relative_sqlite(url):
+        _flask_sqlalchemy_instance(ctx, found, url, where, source, variables)
+
+
+def _flask_sqlalchemy_instance(
+    ctx: Context, found: Found, url: str, where: str, source: str, variables: Variables
+) -> None:
+    """Flask-SQLAlchemy 3 opens a relative SQLite path in the Flask app's instance
+    folder (`sqlite:///app.db` is `instance/app.db`), not the working folder: in a project
+    that uses it, that file is backed up too (the working folder's stays, for the code
+    that opens the URL with SQLAlchemy itself, and for Flask-SQLAlchemy 2)."""
+    uses = flask_sqlalchemy_instances(ctx)
+    if uses is None:
+        return
+    folders, why = uses
+    for folder in folders:
+        in_instance = (
+            f"{source} — DATABASE_URL, a relative SQLite path, which Flask-SQLAlchemy 3 "
+            f"opens in the app's instance folder {folder}/ ({why})"
+        )
+        target, facts = url_target(
+            url, ctx.root / folder, in_instance, where, "DATABASE_URL", app_env_facts(variables)
+        )
+        found.add(target, facts=facts)
 
 
 def _uses_prisma(ctx: Context) -> bool:

@@ -42,7 +42,7 @@ from dbguard.discovery.formats import parse_json, parse_toml, parse_xml, parse_y
 from dbguard.discovery.model import Context, FolderLister
 from dbguard.rules import FOLLOWED_HINT, SCOPE_HINT
 
-__all__ = ["SQLITE_SIGN", "database_signs", "sub_projects"]
+__all__ = ["SQLITE_SIGN", "database_signs", "flask_sqlalchemy_instances", "sub_projects"]
 
 ENV_FILES = (".env", ".env.local", ".env.test", ".env.testing", ".env.development", ".env.example")
 # A variable is about a database when one of its _-separated words is one of these...
@@ -138,6 +138,55 @@ def database_signs(ctx: Context) -> list[str]:
     signs.sqlite_files()
     signs.dependencies("")
     return list(dict.fromkeys(signs.found))
+
+
+# Flask-SQLAlchemy: an import of it in the app's code, or a dependency on it.
+_FLASK_SQLALCHEMY = "flask-sqlalchemy"
+_IMPORTS_FLASK_SQLALCHEMY = re.compile(
+    r"^[ \t]*(?:from[ \t]+flask_sqlalchemy\b"
+    r"|import[ \t]+(?:[\w.]+[ \t]*,[ \t]*)*flask_sqlalchemy\b)",
+    re.MULTILINE,
+)
+_SOURCE_FOLDERS = ("", "src")  # where a project keeps its top-level modules and packages
+_MAX_SOURCES = 64  # Python files read looking for the import
+
+
+def flask_sqlalchemy_instances(ctx: Context) -> tuple[list[str], str] | None:
+    """Where Flask-SQLAlchemy 3 opens a relative SQLite path, when the project uses it:
+    the instance folders of its app (Flask's `instance` next to the top-level package or
+    module the app is in: `instance`, or `src/instance` for a src layout), and why dbguard
+    thinks so (`app.py imports flask_sqlalchemy`, `requirements.txt depends on
+    flask-sqlalchemy`). None when nothing says the project uses it."""
+    bases: list[str] = []
+    why = ""
+    read = 0
+    for base in _SOURCE_FOLDERS:
+        for name in sorted(ctx.listdir(base) or []):
+            path = posixpath.join(base, name)
+            if name.endswith(".py"):
+                files = [path]
+            elif ctx.read(posixpath.join(path, "__init__.py")) is not None:
+                files = sorted(
+                    posixpath.join(path, n) for n in ctx.listdir(path) or [] if n.endswith(".py")
+                )
+            else:
+                continue
+            for file in files:
+                if read == _MAX_SOURCES:
+                    break
+                read += 1
+                if _IMPORTS_FLASK_SQLALCHEMY.search(ctx.read(file) or ""):
+                    bases.append(base)
+                    why = why or f"{file} imports flask_sqlalchemy"
+                    break
+    if not why:
+        signs = _Signs(ctx)
+        signs.python_dependencies("", frozenset({_FLASK_SQLALCHEMY}))
+        why = next((sign for sign in signs.found if " depends on " in sign), "")
+        if not why:
+            return None
+    folders = [posixpath.join(base, "instance") for base in dict.fromkeys(bases or [""])]
+    return folders, why
 
 
 def sub_projects(ctx: Context) -> tuple[list[str], list[str]]:
@@ -270,12 +319,16 @@ class _Signs:
                     break
         return projects
 
+    def python_dependencies(self, folder: str, known: frozenset[str]) -> None:
+        """The Python dependency files of `folder` that name one of `known`."""
+        for name, reader in _PYTHON_READERS:
+            file = posixpath.join(folder, name)
+            self.depends(file, self.parsed(file, reader) or [], known)
+        self.requirements(folder, known)
+
     def dependencies(self, folder: str) -> None:
         readers: list[tuple[str, Callable[[str, str], Iterable[str]], frozenset[str]]] = [
-            ("pyproject.toml", _pyproject, PYTHON_PACKAGES),
-            ("Pipfile", _pipfile, PYTHON_PACKAGES),
-            ("setup.cfg", _setup_cfg, PYTHON_PACKAGES),
-            ("setup.py", _setup_py, PYTHON_PACKAGES),
+            *((name, reader, PYTHON_PACKAGES) for name, reader in _PYTHON_READERS),
             ("package.json", partial(_json_keys, sections=_NODE_SECTIONS), NODE_PACKAGES),
             ("composer.json", partial(_json_keys, sections=_COMPOSER_SECTIONS), COMPOSER_PACKAGES),
             ("Gemfile", _gems, RUBY_GEMS),
@@ -286,7 +339,7 @@ class _Signs:
             self.depends(file, self.parsed(file, reader) or [], known)
         self.requirements(folder)
 
-    def requirements(self, folder: str) -> None:
+    def requirements(self, folder: str, known: frozenset[str] = PYTHON_PACKAGES) -> None:
         """The usual requirement files, requirements/*.txt|in, and the files they
         include with -r / -c (a bounded number)."""
         nested = posixpath.join(folder, _REQUIREMENTS_FOLDER)
@@ -317,7 +370,7 @@ class _Signs:
                         queue.append(target)
                 else:
                     names.extend(_requirement_names([line]))
-            self.depends(file, names, PYTHON_PACKAGES)
+            self.depends(file, names, known)
 
     def depends(self, file: str, names: Iterable[str], known: frozenset[str]) -> None:
         hits = sorted({name.lower() for name in names} & known)
@@ -551,3 +604,11 @@ def _table(data: object, key: str) -> dict[str, Any]:
 
 def _strings(value: object) -> list[str]:
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+_PYTHON_READERS: tuple[tuple[str, Callable[[str, str], Iterable[str]]], ...] = (
+    ("pyproject.toml", _pyproject),
+    ("Pipfile", _pipfile),
+    ("setup.cfg", _setup_cfg),
+    ("setup.py", _setup_py),
+)

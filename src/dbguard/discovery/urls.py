@@ -83,6 +83,17 @@ def url_engine(url: str) -> EngineName | None:
     return _SCHEMES.get(scheme.split("+", 1)[0].lower()) if sep else None
 
 
+def sqlalchemy_relative_sqlite(url: str) -> bool:
+    """Whether `url` is SQLAlchemy's pysqlite URL of a relative file (`sqlite:///app.db`,
+    `sqlite+pysqlite:///data/app.db`): the kind Flask-SQLAlchemy 3 opens in the Flask
+    app's instance folder rather than the working folder."""
+    scheme, _, rest = url.strip().strip("'\"").partition(":")
+    if scheme.lower() not in ("sqlite", "sqlite+pysqlite") or not rest.startswith("///"):
+        return False
+    path = urllib.parse.unquote(rest[3:].partition("?")[0])
+    return path not in _MEMORY and not path.startswith((":memory:", "/"))
+
+
 def parse_database_url(
     url: str, base: Path, source: str, *, where: str | None = None
 ) -> Target | None:
