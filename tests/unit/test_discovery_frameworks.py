@@ -604,6 +604,16 @@ def test_sqlite_urls_flask_sqlalchemy_does_not_move_stay_where_they_are(
     assert not any("instance" in (t.path or "") for t in found.targets)
 
 
+def test_flask_s_cli_reads_database_url_from_flaskenv_under_env() -> None:
+    # `flask db upgrade` loads .flaskenv and .env (python-dotenv); .env wins.
+    files = {"wsgi.py": "", ".flaskenv": "FLASK_APP=wsgi\nDATABASE_URL=postgres://a@h/shop\n"}
+    assert only(run(files, framework="python", tool="flask")).name == "shop"
+    env_wins = {**files, ".env": "DATABASE_URL=postgres://a@h/other\n"}
+    assert only(run(env_wins, framework="python", tool="flask")).name == "other"
+    # pytest does not load .flaskenv: the test run names no database from it.
+    assert not run(files, framework="python", tool="pytest", kind=Kind.TEST).targets
+
+
 # ---- Rails --------------------------------------------------------------------------------------
 
 

@@ -26,10 +26,12 @@ def app_env_facts(variables: Variables, facts: TargetFacts | None = None) -> Tar
 
 
 def database_url(ctx: Context, found: Found) -> None:
-    """DATABASE_URL from the environment, else from `.env`: nearly every framework and
-    tool reads it, so it always contributes."""
+    """DATABASE_URL from the environment, else from `.env` (under `flask`, then
+    `.flaskenv`, which Flask's CLI loads under `.env`): nearly every framework and tool
+    reads it, so it always contributes."""
     variables = ctx.environment()
-    load_env_files(ctx.read, variables, [".env"], found, ctx.flat_env)
+    files = [".env", ".flaskenv"] if ctx.operation.tool == "flask" else [".env"]
+    load_env_files(ctx.read, variables, files, found, ctx.flat_env)
     found.look("DATABASE_URL")
     url = variables.get("DATABASE_URL")
     if not url:
