@@ -706,6 +706,51 @@ def test_rails_database_url_overrides_the_primary() -> None:
     )
 
 
+RAILS_8_TEST = (
+    "default: &default\n  adapter: sqlite3\n"
+    '  pool: <%= ENV.fetch("RAILS_MAX_THREADS") { 5 } %>\n'
+    "test:\n"
+    "  {first}:\n    <<: *default\n    database: storage/test.sqlite3\n"
+    "  cache:\n    <<: *default\n    database: storage/test_cache.sqlite3\n"
+)
+
+
+def test_rails_primary_database_url_wins_over_database_url_for_primary() -> None:
+    # ActiveRecord: ENV["PRIMARY_DATABASE_URL"] || ENV["DATABASE_URL"] for `primary`.
+    files = {"config/database.yml": RAILS_8_TEST.replace("{first}", "primary")}
+    env = {
+        "PRIMARY_DATABASE_URL": "postgres://u@localhost/hpy_primary",
+        "DATABASE_URL": "postgres://u@localhost/hpy_other",
+    }
+    found = run(files, env, framework="rails", tool="rails", kind=Kind.TEST)
+    assert {t.name or t.path for t in found.targets} == {
+        "hpy_primary",
+        f"{ROOT}/storage/test_cache.sqlite3",
+        "hpy_other",  # DATABASE_URL always counts (generic.py), whoever reads it
+    }
+    primary = next(t for t in found.targets if t.name == "hpy_primary")
+    assert primary.source.startswith("PRIMARY_DATABASE_URL (the invoking environment) over")
+
+
+def test_rails_database_url_is_not_merged_into_a_first_database_not_named_primary() -> None:
+    # Rails merges DATABASE_URL into the database named `primary` only: `main` keeps
+    # storage/test.sqlite3, which a rails test run resets.
+    files = {"config/database.yml": RAILS_8_TEST.replace("{first}", "main")}
+    env = {"DATABASE_URL": "postgres://u@localhost/hpy_other"}
+    found = run(files, env, framework="rails", tool="rails", kind=Kind.TEST)
+    assert {t.name or t.path for t in found.targets} == {
+        f"{ROOT}/storage/test.sqlite3",
+        f"{ROOT}/storage/test_cache.sqlite3",
+        "hpy_other",
+    }
+    main = {"MAIN_DATABASE_URL": "postgres://u@localhost/hpy_main"}
+    found = run(files, main, framework="rails", tool="rails", kind=Kind.TEST)
+    assert {t.name or t.path for t in found.targets} == {
+        "hpy_main",
+        f"{ROOT}/storage/test_cache.sqlite3",
+    }
+
+
 def test_rails_sqlite_and_env_option() -> None:
     yml = (
         "development:\n  adapter: sqlite3\n  database: storage/development.sqlite3\n"

@@ -1,9 +1,10 @@
 """Rails: `config/database.yml` for the environment the command runs in.
 
 The environment is `--env`/RAILS_ENV=... (hint `env`), else RAILS_ENV, else RACK_ENV,
-else `test` for a test run, else `development`: Rails' own order. DATABASE_URL
-overrides the primary database of that environment (and `<NAME>_DATABASE_URL` a named
-one), field by field, as Rails merges it; a `url:` key does the same from the file.
+else `test` for a test run, else `development`: Rails' own order. `<NAME>_DATABASE_URL`
+overrides the database of that name (PRIMARY_DATABASE_URL the `primary` one, and
+DATABASE_URL too, but no other: a first database named `main` keeps its own settings),
+field by field, as Rails merges it; a `url:` key does the same from the file.
 Multi-database environments (`primary:`, `animals:` ...) yield every database;
 `replica: true` entries are read-only copies and are skipped.
 
@@ -155,7 +156,7 @@ def _add_environment(
     else:
         named = config
         three_tier = True
-    for index, (name, entry) in enumerate(named.items()):
+    for name, entry in named.items():
         if not isinstance(entry, dict):
             raise DiscoveryError(f"{DATABASE_YML}: {rails_env}.{name} is not a mapping")
         path = f"{rails_env}.{name}" if three_tier else rails_env
@@ -163,7 +164,12 @@ def _add_environment(
         if resolved.get("replica") in (True, "true"):
             found.notes.append(f"{DATABASE_YML} ({path}) is a read replica: nothing to back up")
             continue
-        url_variable = "DATABASE_URL" if index == 0 else f"{str(name).upper()}_DATABASE_URL"
+        # ActiveRecord's environment_value_for: <NAME>_DATABASE_URL, then DATABASE_URL for
+        # the database named `primary` only (a two-tier environment's one database is it).
+        candidates = [f"{str(name).upper()}_DATABASE_URL"]
+        if name == "primary":
+            candidates.append("DATABASE_URL")
+        url_variable = next((v for v in candidates if variables.get(v)), candidates[-1])
         _add(ctx, found, resolved, path, variables, url_variable, facts, env_origin)
 
 
