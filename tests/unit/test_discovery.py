@@ -1123,3 +1123,55 @@ def test_package_scripts_come_from_the_nearest_manifest_above(tmp_path: Path) ->
     assert top.package_script("src/package.json", "db:reset") == Script(
         "prisma migrate reset --force", str(tmp_path)
     )
+
+
+def test_pnpm_workspace_root_runs_in_the_folder_with_pnpm_workspace_yaml(
+    tmp_path: Path,
+) -> None:
+    # `pnpm -w db:reset` from a member runs the top package.json's script, in the top
+    # folder (the one holding pnpm-workspace.yaml): its database, not the member's.
+    (tmp_path / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n")
+    (tmp_path / "package.json").write_text(
+        '{"name": "top", "scripts": {"db:reset": "prisma migrate reset --force"}}'
+    )
+    web = tmp_path / "apps" / "web" / "src"
+    web.mkdir(parents=True)
+    (web.parent / "package.json").write_text(
+        '{"name": "web", "scripts": {"db:reset": "echo nothing here"}}'
+    )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(web)
+
+    def where(line: str) -> set[str]:
+        found = classify_with_project(
+            classifier,
+            None,
+            shlex.split(line),
+            files.package_script,
+            files.workspace_members,
+            files.workspace_root,
+        )
+        assert found is not None and found.kind is Kind.DESTRUCTIVE, line
+        return {os.path.relpath(o.hints.get("cwd", web), tmp_path) for o in found.each()}
+
+    assert where("pnpm -w db:reset") == {"."}
+    assert where("pnpm --workspace-root run db:reset") == {"."}
+    assert where("pnpm run -w db:reset") == {"."}
+    assert where("pnpm -w exec prisma migrate reset --force") == {"."}
+    assert where("pnpm exec --workspace-root prisma migrate reset") == {"."}
+    # From the member's folder moved to by -C, pnpm looks upwards from there.
+    assert where("pnpm -C .. -w db:reset") == {"."}
+    # With -r as well, every member and the top.
+    assert where("pnpm -w -r exec prisma migrate reset") == {".", "apps/web"}
+    # No pnpm-workspace.yaml: pnpm refuses -w, and nothing is moved.
+    (tmp_path / "pnpm-workspace.yaml").unlink()
+    alone = ProjectFiles(web)
+    found = classify_with_project(
+        classifier,
+        None,
+        ["pnpm", "-w", "exec", "prisma", "migrate", "reset"],
+        alone.package_script,
+        alone.workspace_members,
+        alone.workspace_root,
+    )
+    assert found is not None and "cwd" not in found.hints

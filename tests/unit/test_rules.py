@@ -1721,6 +1721,43 @@ def test_bad_entries_are_errors_that_name_the_problem(entry: dict[str, Any], mes
         _catalog({"tool": [entry]})
 
 
+@pytest.mark.parametrize(
+    ("section", "entry", "message"),
+    [
+        ("scripts", {"name": "p", "programs": ["p"], "manifest": "package.json",
+                     "root_options": ["-w"]}, "give `root_file`"),
+        ("launcher", {"name": "p", "programs": ["p"], "manifest": "package.json",
+                      "root_options": ["-w"], "root_file": "a/b.yaml"}, "is a file name"),
+        ("launcher", {"name": "p", "programs": ["p"], "root_options": ["-w"],
+                      "root_file": "w.yaml"}, "give `manifest`"),
+    ],
+)  # fmt: skip
+def test_workspace_root_options_need_their_file(
+    section: str, entry: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _catalog({section: [entry]})
+
+
+def test_pnpm_workspace_root_moves_to_the_top_the_look_up_finds() -> None:
+    # The top folder comes from the look-up, from where pnpm runs (after -C).
+    asked: list[tuple[str, str]] = []
+
+    def roots(file: str, folder: str) -> str | None:
+        asked.append((file, folder))
+        return "/srv/shop"
+
+    lookup = Scripts({"/srv/shop/package.json": {"reset": "prisma migrate reset -f"}})
+    found = CLASSIFIER.classify(shlex.split("pnpm -C web -w reset"), lookup, members, roots)
+    assert found is not None and found.kind is DESTRUCTIVE
+    assert found.hints.get("cwd") == "/srv/shop"
+    assert asked == [("pnpm-workspace.yaml", "web")]
+    # npm's -w selects a member: no look-up.
+    asked.clear()
+    CLASSIFIER.classify(shlex.split("npm -w web run reset"), lookup, members, roots)
+    assert asked == []
+
+
 def test_extends_a_missing_tool_is_an_error() -> None:
     bad = _catalog({"tool": [{"name": "x", "extends": "nope", "launch": ["x"]}]})
     with pytest.raises(ValueError, match="nope"):

@@ -171,6 +171,7 @@ class Guard:
             request.argv,
             files.package_script,
             files.workspace_members,
+            files.workspace_root,
         )
 
     async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:

@@ -228,6 +228,17 @@ class ProjectFiles:
             )
         return list(dict.fromkeys(chosen))
 
+    def workspace_root(self, file: str, folder: str) -> str | None:
+        """The nearest folder at or above `folder` (from the root, or absolute) holding
+        `file`, as an absolute path: where pnpm -w runs (pnpm-workspace.yaml's folder)."""
+        start = Path(os.path.normpath(self.root / folder))
+        for each in (start, *start.parents):
+            path = each / file
+            self.stamps[path] = _stamp(path)
+            if self.stamps[path] is not None and path.is_file():
+                return str(each)
+        return None
+
     def unchanged(self) -> bool:
         return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
 

@@ -65,6 +65,7 @@ from dbguard.rules import (
     Kind,
     MemberLookup,
     Operation,
+    RootLookup,
     ScriptLookup,
     builtin_catalog,
 )
@@ -461,11 +462,12 @@ def classify_with_project(
     argv: Sequence[str],
     lookup: ScriptLookup | None = None,
     members: MemberLookup | None = None,
+    roots: RootLookup | None = None,
 ) -> Operation | None:
     """Classify `argv` with the user's catalog and, if the project adds entries, with
     both merged: the more dangerous answer wins, so a project entry that shadows a
     built-in tool can never make a command less guarded."""
-    base = classifier.classify(argv, lookup, members)
+    base = classifier.classify(argv, lookup, members, roots)
     if project is None or project.catalog == Catalog():
         return base
     key = (id(classifier), project.catalog.model_dump_json())
@@ -477,7 +479,7 @@ def classify_with_project(
         merged = _MERGED[key] = Classifier(
             classifier.catalog.merged(project.catalog, replace=False)
         )
-    return stricter(base, merged.classify(argv, lookup, members))
+    return stricter(base, merged.classify(argv, lookup, members, roots))
 
 
 _MERGED: dict[tuple[int, str], Classifier] = {}

@@ -89,6 +89,15 @@ def _check_program_names(names: list[str]) -> list[str]:
     return names
 
 
+def _check_root(name: str, options: list[str], file: str | None) -> None:
+    if options and not file:
+        raise ValueError(f"{name!r} has `root_options`: give `root_file`, the file its top holds")
+    if file is not None and (not file or "/" in file):
+        raise ValueError(
+            f"{name!r}: `root_file` is a file name (pnpm-workspace.yaml), not {file!r}"
+        )
+
+
 class ToolRule(_Rule):
     """A program that can touch a database; keys are documented in catalog.toml."""
 
@@ -156,6 +165,8 @@ class LauncherRule(_Rule):
     member_selectors: list[str] = []
     member_filters: list[str] = []
     members: bool = False
+    root_options: list[str] = []
+    root_file: str | None = None
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
@@ -163,8 +174,9 @@ class LauncherRule(_Rule):
     @model_validator(mode="after")
     def _workspace(self) -> LauncherRule:
         workspace = self.member_options or self.member_selectors or self.member_filters
-        if (workspace or self.members) and not self.manifest:
+        if (workspace or self.members or self.root_options) and not self.manifest:
             raise ValueError(f"launcher {self.name!r} runs in workspace members: give `manifest`")
+        _check_root(self.name, self.root_options, self.root_file)
         return self
 
 
@@ -189,10 +201,17 @@ class ScriptsRule(_Rule):
     member_words: dict[str, Literal["named", "every"]] = {}
     member_selectors: list[str] = []
     member_filters: list[str] = []
+    root_options: list[str] = []
+    root_file: str | None = None
     multiple: bool = False
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
+
+    @model_validator(mode="after")
+    def _root(self) -> ScriptsRule:
+        _check_root(self.name, self.root_options, self.root_file)
+        return self
 
 
 _R = TypeVar("_R", ToolRule, LauncherRule, ScriptsRule)
@@ -311,6 +330,10 @@ ScriptLookup = Callable[[str, str], Script | None]
 # absolute: all of them, or those the selectors name (a package name, else a folder
 # that holds them, as npm -w reads it).
 MemberLookup = Callable[[str, Sequence[str]], list[str]]
+# (file, folder) -> the nearest folder at or above `folder` (from the invocation's
+# folder, or absolute) that holds `file`, in the same terms; None when none does. What
+# `pnpm -w` runs in: the folder with pnpm-workspace.yaml above where it is started.
+RootLookup = Callable[[str, str], str | None]
 # The hint naming the folder the command runs in, relative to the invocation's (env -C,
 # npm --prefix, yarn --cwd): set on the operation as every folder change joined.
 CWD_HINT = "cwd"
@@ -905,6 +928,7 @@ class _Walk:
 
     lookup: ScriptLookup | None
     members_of: MemberLookup | None = None
+    root_of: RootLookup | None = None
     lookups_left: int = _MAX_LOOKUPS
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
     folder: str = ""
@@ -939,6 +963,10 @@ class _Walk:
             )
         self.lookups_left += _LOOKUPS_PER_MEMBER * len(members)  # each runs its script
         return members
+
+    def top(self, file: str) -> str | None:
+        """The nearest folder at or above this one that holds `file`, or None."""
+        return self.root_of(file, self.folder) if self.root_of is not None else None
 
     def move(self, target: str) -> None:
         """`cd target`: relative to the current folder, or absolute."""
@@ -1033,16 +1061,22 @@ class Classifier:
         argv: Sequence[str],
         lookup: ScriptLookup | None = None,
         members: MemberLookup | None = None,
+        roots: RootLookup | None = None,
     ) -> Operation | None:
         """The operation `argv` performs, or None when it is not a database tool.
-        `lookup` finds package scripts, `members` a workspace's member folders."""
-        return self._classify(argv, _Walk(lookup, members), 0, None)
+        `lookup` finds package scripts, `members` a workspace's member folders, `roots`
+        a workspace's top folder."""
+        return self._classify(argv, _Walk(lookup, members, roots), 0, None)
 
     def classify_command_line(
-        self, line: str, lookup: ScriptLookup | None = None, members: MemberLookup | None = None
+        self,
+        line: str,
+        lookup: ScriptLookup | None = None,
+        members: MemberLookup | None = None,
+        roots: RootLookup | None = None,
     ) -> Operation | None:
         """Classify a shell command line (a package script): the most dangerous part wins."""
-        return self._line(line, _Walk(lookup, members), 0, None)
+        return self._line(line, _Walk(lookup, members, roots), 0, None)
 
     # ---- one command -----------------------------------------------------------------------
 
@@ -1163,6 +1197,7 @@ class Classifier:
             filters=launcher.member_filters,
             targets=rule.targets,
             run=run,
+            root=_root_file(options, rule.root_options, rule.root_file),
         )
         return True, _merge_context(found, hints.values, assignments)
 
@@ -1247,6 +1282,7 @@ class Classifier:
             named=selectors,
             targets=rule.targets,
             run=lambda: self._run_scripts(scripts, parsed, args, walk, depth),
+            root=_root_file(options, rule.root_options, rule.root_file),
         )
 
     def _fan_out(
@@ -1262,14 +1298,42 @@ class Classifier:
         targets: Mapping[str, str],
         run: Callable[[], Operation | None],
         named: Sequence[str] = (),
+        root: str | None = None,
     ) -> Operation | None:
-        """`run` where a package manager runs the command: in each workspace member the
+        """`run` where a package manager runs the command: from the workspace's top
+        folder when `root` names the file that marks it (pnpm -w: the nearest folder
+        holding pnpm-workspace.yaml, above where the moves in `hints` lead); in each
+        workspace member the
         `selectors` options (or the `named` words) name (npm -w api -w packages: a
         package name, else a folder holding members, from where it runs), else in the
         folder `hints` moves to and, when `every`, in each member of its workspace too.
         `filters` (pnpm --filter) name members as selectors do, but only as a plain
         package name or folder: any other pattern, or one naming no member, means every
         member, so a filter dbguard cannot read never hides a database."""
+        if root is not None:
+            with walk.moved(dict(hints)):  # pnpm -C web -w: the workspace above web
+                top = walk.top(root)
+            # None: no workspace, and the tool refuses to run (pnpm: "--workspace-root
+            # may only be used inside a workspace"); the folder as written is kept.
+            if top is not None:
+                hints.pop(CWD_HINT, None)
+                with walk.moved(to=top):
+                    at_top = self._fan_out(
+                        walk,
+                        manifest,
+                        options,
+                        hints,
+                        every=every,
+                        selectors=selectors,
+                        filters=filters,
+                        targets=targets,
+                        run=run,
+                        named=named,
+                    )
+                    if every or named or any(o in selectors | filters for o, _ in options):
+                        # pnpm -w -r, pnpm -w --filter api: the top's own too.
+                        at_top = _most_dangerous([at_top, run()])
+                return at_top
         named = [*(value for name, value in options if name in selectors and value), *named]
         filtered = [_plain_filter(value or "") for name, value in options if name in filters]
         if None in filtered:
@@ -1447,6 +1511,13 @@ class Classifier:
                 else:
                     current.append(token)
         return _most_dangerous(found)
+
+
+def _root_file(
+    options: Sequence[tuple[str, str | None]], root_options: Sequence[str], file: str | None
+) -> str | None:
+    """The file marking the workspace's top when an option runs the command there."""
+    return file if any(name in root_options for name, _ in options) else None
 
 
 def _plain_filter(value: str) -> str | None:
