@@ -673,3 +673,64 @@ def test_a_package_json_that_cannot_be_read_refuses_its_scripts(
     (project / "package.json").write_text('\ufeff{"scripts": {"db:reset": "php artisan db:wipe"}}')
     assert home.run(["npm", "run", "db:reset"], cwd=project).returncode == 0
     assert len(backups(home)) == 1
+
+
+def test_prisma_in_every_member_leaves_out_members_without_a_schema(home: Home) -> None:
+    # `pnpm -r exec prisma migrate reset` where only apps/api has a schema: Prisma fails
+    # in the other members ("Could not find Prisma Schema") and touches nothing there.
+    import asyncio
+
+    from dbguard.config import Config
+    from dbguard.daemon.service import Guard
+    from dbguard.protocol import Allow, Deny, Invoke
+
+    top = home.root / "shop"
+    (top / "apps" / "api" / "prisma").mkdir(parents=True)
+    (top / "apps" / "docs").mkdir(parents=True)
+    (top / "pnpm-workspace.yaml").write_text("packages:\n  - 'apps/*'\n")
+    (top / "package.json").write_text('{"name": "shop"}')
+    for member in ("api", "docs"):
+        (top / "apps" / member / "package.json").write_text(json.dumps({"name": member}))
+    schema = top / "apps" / "api" / "prisma" / "schema.prisma"
+    schema.write_text('datasource db {\n  provider = "sqlite"\n  url = "file:./dev.db"\n}\n')
+    empty_users_table(top / "apps" / "api" / "prisma" / "dev.db")
+    guard = Guard(Config(), home.env)
+
+    def invoke(line: str, cwd: Path = top) -> object:
+        async def ignore(_progress: object) -> None:
+            return None
+
+        async def no_answer(_question: object) -> None:
+            return None
+
+        request = Invoke(
+            type="invoke",
+            v=PROTOCOL_VERSION,
+            argv=line.split(),
+            cwd=str(cwd),
+            env=home.env,
+            tty=False,
+            pid=1,
+        )
+        return asyncio.run(guard.invoke(request, ignore, no_answer))
+
+    try:
+        answer = invoke("pnpm -r exec prisma migrate reset --force")
+        assert isinstance(answer, Allow), answer
+        assert [b.database for b in answer.backups] == [f"sqlite {schema.parent / 'dev.db'}"]
+        assert any("apps/docs" in note and "no Prisma schema" in note for note in answer.notes)
+        # Run in docs alone, it is refused as before.
+        alone = invoke("pnpm exec prisma migrate reset --force", top / "apps" / "docs")
+        assert isinstance(alone, Deny) and "no Prisma schema" in alone.reason, alone
+        # A member whose prisma.config.ts dbguard may not read is not left out.
+        config = top / "apps" / "docs" / "prisma.config.ts"
+        config.write_text("export default defineConfig({ schema: schemaFolder })\n")
+        answer = invoke("pnpm -r exec prisma migrate reset --force")
+        assert isinstance(answer, Deny) and "apps/docs" in answer.reason, answer
+        config.unlink()
+        # No member has a schema: refused.
+        schema.unlink()
+        answer = invoke("pnpm -r exec prisma migrate reset --force")
+        assert isinstance(answer, Deny) and "no Prisma schema" in answer.reason, answer
+    finally:
+        guard.engines.close()

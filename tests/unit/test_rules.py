@@ -1785,3 +1785,10 @@ def test_every_catalog_key_is_documented_in_the_header(model: type[BaseModel]) -
 def test_the_builtin_catalog_loads_and_compiles() -> None:
     assert len(CATALOG.tool) >= 20
     assert Classifier(CATALOG).catalog is CATALOG
+
+
+def test_runs_in_several_members_mark_each_operation_as_a_member_s() -> None:
+    found = CLASSIFIER.classify(shlex.split("pnpm -r exec prisma migrate reset"), MONOREPO, members)
+    assert found is not None and {o.member for o in found.each()} == {True}
+    alone = CLASSIFIER.classify(shlex.split("pnpm exec prisma migrate reset"), MONOREPO, members)
+    assert alone is not None and not alone.member

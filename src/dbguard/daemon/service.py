@@ -26,6 +26,7 @@ from dbguard.daemon.backups import Backups, Outcome
 from dbguard.daemon.health import Notifier
 from dbguard.discovery import Found
 from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.prisma import NoSchema
 from dbguard.discovery.project import (
     DiscoveryCache,
     ProjectFiles,
@@ -285,6 +286,10 @@ class Guard:
         DiscoveryError."""
         parts: list[Found] = []
         runs_in: list[Path] = []  # the folder of each operation; the first names the command's
+        # Members of a run in several where Prisma finds no schema: it fails there and
+        # touches nothing, so they are left out if the run reaches a schema elsewhere.
+        no_schema: list[tuple[Operation, Path, NoSchema]] = []
+        reached: set[tuple[str, Kind, str]] = set()
         for each in operation.each():
             each, folder = _anchored(request, each)
             root = project_root(str(folder))
@@ -298,14 +303,41 @@ class Guard:
                 scope = [*inside, *followed] if inside or followed else []
                 hints = {FOLLOWED_HINT: "\n".join(followed), SCOPE_HINT: "\n".join(scope)}
                 each = replace(each, hints={**each.hints, **{k: v for k, v in hints.items() if v}})
-            parts.append(self.discovery.discover(root, request.env, each, cwd=folder))
+            try:
+                parts.append(self.discovery.discover(root, request.env, each, cwd=folder))
+            except NoSchema as err:
+                if not each.member:
+                    raise
+                no_schema.append((each, folder, err))
+                continue
+            except DiscoveryError as err:
+                if not each.member:
+                    raise
+                # Which member: a run in many names no folder of its own.
+                raise type(err)(f"in {folder}: {err.problem}", err.fix) from None
+            if each.member:
+                reached.add((each.tool, each.kind, each.command))
             parts += [self.discovery.discover(other, request.env, each) for other in others]
+        for each, folder, missing in no_schema:
+            if (each.tool, each.kind, each.command) not in reached:
+                raise DiscoveryError(
+                    f"{each.description} runs in workspace members, and none has a Prisma "
+                    f"schema (in {folder}: {missing.problem})",
+                    missing.fix,
+                )
+        skipped = [
+            f"{folder}: no Prisma schema, so {each.tool} fails there and touches no "
+            "database; nothing backed up for it"
+            for each, folder, _ in no_schema
+        ]
         found = parts[0]
-        if len(parts) > 1:
+        if len(parts) > 1 or skipped:
             # A union in a new Found: the cache hands the same object to every caller.
             found = Found()
             for part in parts:
                 found.extend(part)
+            for warning in skipped:
+                found.warn(warning)
         run_env = {**request.env, **operation.assignments}
         verdicts = {}
         for target in found.targets:

@@ -23,7 +23,14 @@ from dbguard.discovery.generic import app_env_facts
 from dbguard.discovery.model import Context, Found, load_env_files, url_target
 from dbguard.discovery.urls import url_engine
 
-__all__ = ["prisma"]
+__all__ = ["NoSchema", "prisma"]
+
+
+class NoSchema(DiscoveryError):
+    """No Prisma schema where Prisma looks, and no prisma.config.* that could name one
+    elsewhere: Prisma itself stops there ("Could not find Prisma Schema") and touches no
+    database."""
+
 
 DEFAULT_SCHEMA = "prisma/schema.prisma"
 # Where Prisma looks next (schema.prisma), and where its multi-file schemas began.
@@ -117,7 +124,13 @@ def prisma(ctx: Context, found: Found) -> None:
             break
     if text is None:
         if ctx.operation.framework == "prisma":
-            raise DiscoveryError(
+            # Certain only where no config file could name a schema dbguard cannot read,
+            # and none is at any place Prisma 5 to 7 looks by default.
+            certain = not any(ctx.read(name) is not None for name in CONFIG_FILES) and all(
+                ctx.read(place) is None and ctx.listdir(place) is None
+                for place in (DEFAULT_SCHEMA, *_FALLBACKS)
+            )
+            raise (NoSchema if certain else DiscoveryError)(
                 f"{path}: no Prisma schema there",
                 "run the command from the project folder, or pass --schema",
             )

@@ -284,6 +284,10 @@ class Operation:
     # An end-to-end test run: the app it drives runs in its own environment, so the
     # databases of that environment count besides the test settings' (catalog key).
     app_environment: bool = False
+    # Run in a workspace member by a run in several (pnpm -r exec, npm -ws, a --filter):
+    # a member where the tool cannot start (Prisma finding no schema) touches nothing, so
+    # discovery may leave it out where another member of the run is found.
+    member: bool = False
 
     def each(self) -> list[Operation]:
         """This operation and the others of its command, each on its own."""
@@ -300,6 +304,7 @@ class Operation:
             tuple(sorted(self.hints.items())),
             tuple(sorted(self.assignments.items())),
             self.app_environment,
+            self.member,
         )
 
     @property
@@ -1009,6 +1014,14 @@ def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
     return replace(best, also=tuple(others))
 
 
+def _in_member(operation: Operation | None) -> Operation | None:
+    """`operation`, and the others of its command, as run in one of several members."""
+    if operation is None:
+        return None
+    also = tuple(replace(other, member=True) for other in operation.also)
+    return replace(operation, member=True, also=also)
+
+
 def _merge_context(
     operation: Operation | None, hints: Mapping[str, str], assignments: Mapping[str, str]
 ) -> Operation | None:
@@ -1348,7 +1361,7 @@ class Classifier:
             with walk.moved(where.values):
                 for member in walk.members(manifest, named):
                     with walk.moved(to=member):
-                        found.append(run())
+                        found.append(_in_member(run()))
             if found:
                 return _most_dangerous(found)
             every = every or bool(filtered)
@@ -1357,10 +1370,10 @@ class Classifier:
                 return run()
             # Every member, and the folder's own command too (pnpm -r, or a filter
             # dbguard cannot read), so no database the command could reach is left out.
-            found = [run()]
+            found = [_in_member(run())]
             for member in walk.members(manifest):
                 with walk.moved(to=member):
-                    found.append(run())
+                    found.append(_in_member(run()))
         return _most_dangerous(found)
 
     @staticmethod
