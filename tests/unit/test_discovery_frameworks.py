@@ -1122,3 +1122,43 @@ def test_prisma_7_takes_the_url_from_prisma_config_ts() -> None:
     with pytest.raises(DiscoveryError, match=r"no url, and no prisma\.config\.ts") as info:
         run(files, framework="prisma", tool="prisma")
     assert ".dbguard.toml" in info.value.fix
+
+
+def test_prisma_7_config_literal_url_and_shadow_database() -> None:
+    schema = 'datasource db {\n  provider = "postgresql"\n}\n'
+    config = (
+        'import "dotenv/config"\n'
+        'import { defineConfig, env } from "prisma/config"\n'
+        "export default defineConfig({\n"
+        '  schema: "prisma/schema.prisma",\n'
+        "  datasource: {\n"
+        "    url: 'postgresql://app@db.internal:5433/shop',\n"
+        '    shadowDatabaseUrl: env("SHADOW_DATABASE_URL"),\n'
+        "  },\n"
+        "})\n"
+    )
+    files = {
+        "prisma/schema.prisma": schema,
+        "prisma.config.ts": config,
+        ".env": "SHADOW_DATABASE_URL=postgresql://app@db.internal:5433/shop_shadow\n",
+    }
+    target = only(run(files, framework="prisma", tool="prisma", command="migrate reset"))
+    assert (target.host, target.port, target.name) == ("db.internal", 5433, "shop")
+    assert "prisma.config.ts, line 6" in target.source
+    # migrate dev resets the shadow database it is given: backed up too.
+    dev = run(files, framework="prisma", tool="prisma", command="migrate dev")
+    assert [t.name for t in dev.targets] == ["shop", "shop_shadow"]
+    assert "prisma.config.ts, line 7 (shadowDatabaseUrl" in dev.targets[1].source
+    # A literal shadow URL, and an env() url, read the same way.
+    files["prisma.config.ts"] = config.replace(
+        "'postgresql://app@db.internal:5433/shop'", 'env("DATABASE_URL")'
+    ).replace('env("SHADOW_DATABASE_URL")', "`postgresql://app@db.internal:5433/scratch`")
+    files[".env"] = "DATABASE_URL=postgresql://app@db.internal:5433/shop\n"
+    dev = run(files, framework="prisma", tool="prisma", command="migrate dev")
+    assert [t.name for t in dev.targets] == ["shop", "scratch"]
+    # A URL built in code is refused, naming the line, rather than guessed.
+    files["prisma.config.ts"] = config.replace(
+        "'postgresql://app@db.internal:5433/shop'", "`postgresql://${user}@db/shop`"
+    )
+    with pytest.raises(DiscoveryError, match=r"prisma\.config\.ts, line 6: url is computed"):
+        run(files, framework="prisma", tool="prisma", command="migrate reset")

@@ -5,7 +5,8 @@ The schema is the one named by `--schema` (hint `schema`), package.json's `"pris
 `schema.prisma` or the folder `prisma/schema/`. A folder (a multi-file schema) means the
 .prisma file in it with the datasource block. Its `url = env("NAME")` is looked up in
 the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads); a
-literal `url = "..."` is used as is. `file:` URLs are relative to the schema's folder.
+literal `url = "..."` is used as is; Prisma 7 moved the url (and shadowDatabaseUrl) to
+prisma.config.ts, read the same way. `file:` URLs are relative to the schema's folder.
 `directUrl` is not a target: migrations run through `url`. A configured
 `shadowDatabaseUrl` is one for `migrate dev`, which resets it (Prisma creates and drops
 its own shadow database only when none is configured).
@@ -66,12 +67,17 @@ def schema_path(ctx: Context, found: Found) -> str:
 
 
 CONFIG_FILES = ("prisma.config.ts", "prisma.config.mts", "prisma.config.js", ".config/prisma.ts")
-# In prisma.config.ts: datasource: { url: env("X") } (also env<Env>("X")), process.env.X or
-# process.env["X"].
-_CONFIG_URL = re.compile(
-    r"""\burl\s*:\s*(?:env\s*(?:<[^>]*>)?\(\s*['"](\w+)['"]\s*\)|process\.env\.(\w+)"""
-    r"""|process\.env\[\s*['"](\w+)['"]\s*\])"""
+# In prisma.config.ts: datasource: { url: env("X") } (also env<Env>("X")), process.env.X,
+# process.env["X"], or a literal "postgresql://..." (a template literal only without ${}).
+# The same for shadowDatabaseUrl.
+_CONFIG_VALUE = (
+    r"""\s*:\s*(?:env\s*(?:<[^>]*>)?\(\s*['"](\w+)['"]\s*\)|process\.env\.(\w+)"""
+    r"""|process\.env\[\s*['"](\w+)['"]\s*\]|(['"`])([^'"`$\n]*)\4)"""
 )
+_CONFIG_FIELDS = {
+    name: (re.compile(rf"\b{name}{_CONFIG_VALUE}"), re.compile(rf"\b{name}\s*:"))
+    for name in ("url", "shadowDatabaseUrl")
+}
 _LINE_COMMENT = re.compile(r"^\s*//.*$", re.MULTILINE)
 # schema: "db/schema", or path.join("db", "schema") as Prisma's docs write it.
 _CONFIG_SCHEMA = re.compile(
@@ -80,15 +86,31 @@ _CONFIG_SCHEMA = re.compile(
 _QUOTED = re.compile(r"""['"]([^'"]*)['"]""")
 
 
-def _config_url(ctx: Context, found: Found) -> tuple[tuple[str, str, int], str] | None:
-    """The variable prisma.config.* takes the datasource URL from, and where it says so."""
+def _config_url(
+    ctx: Context, found: Found, field: str = "url"
+) -> tuple[tuple[str, str, int], str] | None:
+    """("env", variable, 0) or ("literal", URL, 0) for the datasource's `field` in
+    prisma.config.*, and where it says so; None when no config file names it. A `field`
+    computed some other way (a template, a function) raises DiscoveryError: dbguard runs
+    no project code, and must not guess the database."""
+    readable, present = _CONFIG_FIELDS[field]
     for name in CONFIG_FILES:
         text = _LINE_COMMENT.sub("", ctx.read_looked(name, found) or "")  # keeps line numbers
-        match = _CONFIG_URL.search(text)
+        match = readable.search(text)
         if match:
             line = text.count("\n", 0, match.start()) + 1
-            variable = next(group for group in match.groups() if group)
-            return ("env", variable, 0), f"{name}, line {line}"
+            variable = match.group(1) or match.group(2) or match.group(3)
+            kind, value = ("env", variable) if variable else ("literal", match.group(5))
+            return (kind, value, 0), f"{name}, line {line}"
+        match = present.search(text)
+        if match:
+            line = text.count("\n", 0, match.start()) + 1
+            raise DiscoveryError(
+                f"{name}, line {line}: {field} is computed in a way dbguard does not read "
+                '(it reads env("NAME"), process.env.NAME and a plain "postgresql://..." string)',
+                f'write {field}: env("NAME"), or name the database in .dbguard.toml '
+                '([[database]] url = "...")',
+            )
     return None
 
 
@@ -171,7 +193,8 @@ def prisma(ctx: Context, found: Found) -> None:
         url_where = variables.where(value)
         setting_name = value
     else:
-        url, source, url_where, setting_name = value, f"{path} (url)", where, "url"
+        said = where if where.startswith("prisma.config") else path
+        url, source, url_where, setting_name = value, f"{said} (url)", where, "url"
     if (
         provider
         and provider[0] in _PROVIDERS
@@ -184,16 +207,24 @@ def prisma(ctx: Context, found: Found) -> None:
     base = ctx.root / folder
     target, facts = url_target(url, base, source, url_where, setting_name, app_env_facts(variables))
     found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
-    shadow = _url(body, "shadowDatabaseUrl")
-    if shadow is not None and ctx.operation.command.startswith("migrate dev"):
+    if ctx.operation.command.startswith("migrate dev"):
         # Prisma resets a shadow database that is configured, where it creates and drops
-        # one of its own otherwise: one pointed at real data by mistake is wiped.
-        kind, value, line = shadow
-        url = variables.get(value) if kind == "env" else value
-        if url:
-            said = f"{path}, line {first_line + line} (shadowDatabaseUrl, reset by migrate dev)"
-            shadow_target, _ = url_target(url, base, said, said, "shadowDatabaseUrl")
-            found.add(shadow_target)
+        # one of its own otherwise: one pointed at real data by mistake is wiped. Backed
+        # up when it exists (a missing one has nothing to back up).
+        shadow = _url(body, "shadowDatabaseUrl")
+        shadow_where = ""
+        if shadow is None:
+            config_shadow = _config_url(ctx, found, "shadowDatabaseUrl")  # Prisma 7
+            if config_shadow is not None:
+                shadow, shadow_where = config_shadow
+        if shadow is not None:
+            kind, value, line = shadow
+            url = variables.get(value) if kind == "env" else value
+            if url:
+                said = f"{shadow_where or f'{path}, line {first_line + line}'} "
+                said += "(shadowDatabaseUrl, reset by migrate dev)"
+                shadow_target, _ = url_target(url, base, said, said, "shadowDatabaseUrl")
+                found.add(shadow_target)
 
 
 def _datasource(schema: str) -> tuple[str, int] | None:
