@@ -1162,3 +1162,52 @@ def test_prisma_7_config_literal_url_and_shadow_database() -> None:
     )
     with pytest.raises(DiscoveryError, match=r"prisma\.config\.ts, line 6: url is computed"):
         run(files, framework="prisma", tool="prisma", command="migrate reset")
+
+
+def _runner(files: dict[str, str], tool: str) -> list[str]:
+    found = run(files, kind=Kind.TEST, framework=None, tool=tool)
+    return [str(t.name) for t in found.targets]
+
+
+def test_a_test_runner_s_own_config_loading_env_test_is_followed() -> None:
+    env = {
+        ".env": "DATABASE_URL=postgresql://app@db/shop_dev\n",
+        ".env.test": "DATABASE_URL=postgresql://app@db/shop_test\n",
+    }
+    jest = "require('dotenv').config({ path: '.env.test' })\nmodule.exports = {}\n"
+    assert _runner({**env, "jest.config.js": jest}, "jest") == ["shop_test"]
+    # In a setup file the config names, from its own folder.
+    setup = (
+        "import * as dotenv from 'dotenv'\nimport path from 'path'\n"
+        "dotenv.config({ path: path.resolve(__dirname, '../.env.test') })\n"
+    )
+    config = "export default { setupFiles: ['<rootDir>/test/setup-env.ts'] }\n"
+    files = {**env, "jest.config.ts": config, "test/setup-env.ts": setup}
+    assert _runner(files, "jest") == ["shop_test"]
+    # Vite's loadEnv with prefix '' reads .env.[mode] for vitest's mode, "test" ...
+    vitest = (
+        "import { defineConfig, loadEnv } from 'vite'\n"
+        "export default defineConfig(({ mode }) => ({\n"
+        "  test: { env: loadEnv(mode, process.cwd(), '') },\n}))\n"
+    )
+    assert _runner({**env, "vitest.config.ts": vitest}, "vitest") == ["shop_test"]
+    # ... but with its default prefix only VITE_ variables: .env's database, as before.
+    default = vitest.replace(", process.cwd(), '')", ", process.cwd())")
+    assert _runner({**env, "vitest.config.ts": default}, "vitest") == ["shop_dev"]
+    assert _runner(env, "vitest") == ["shop_dev"]
+    # A commented-out call loads nothing.
+    assert _runner({**env, "jest.config.js": "// " + jest}, "jest") == ["shop_dev"]
+
+
+def test_a_runner_config_loading_a_dotenv_file_dbguard_cannot_name() -> None:
+    env = {
+        ".env": "DATABASE_URL=postgresql://app@db/shop_dev\n",
+        ".env.test": "DATABASE_URL=postgresql://app@db/shop_test\n",
+    }
+    jest = "const dotenv = require('dotenv')\ndotenv.config({ path: envFile })\n"
+    found = run({**env, "jest.config.js": jest}, kind=Kind.TEST, framework=None, tool="jest")
+    assert sorted(str(t.name) for t in found.targets) == ["shop_dev", "shop_test"]
+    assert any("jest.config.js, line 2" in warning for warning in found.warnings)
+    del env[".env.test"]
+    with pytest.raises(DiscoveryError, match=r"jest\.config\.js, line 2: a dotenv path"):
+        run({**env, "jest.config.js": jest}, kind=Kind.TEST, framework=None, tool="jest")

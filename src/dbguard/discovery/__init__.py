@@ -39,12 +39,21 @@ from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.generic import database_url, pg_environment, project_databases
 from dbguard.discovery.jvm import flyway, liquibase
 from dbguard.discovery.laravel import laravel
-from dbguard.discovery.model import Context, FileReader, FolderLister, Found, Variables, unlisted
+from dbguard.discovery.model import (
+    Context,
+    FileReader,
+    FolderLister,
+    Found,
+    Variables,
+    load_env_files,
+    unlisted,
+)
 from dbguard.discovery.node import knex, sequelize, typeorm
 from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
 from dbguard.discovery.python import alembic, django
 from dbguard.discovery.rails import rails
+from dbguard.discovery.runners import RunnerEnv, runner_env_files
 from dbguard.discovery.signs import (
     SQLITE_SIGN,
     database_signs,
@@ -139,7 +148,14 @@ def _discover(
     return found
 
 
-def _resolve(place: _Place, env: Mapping[str, str], operation: Operation, *, nested: bool) -> Found:
+def _resolve(
+    place: _Place,
+    env: Mapping[str, str],
+    operation: Operation,
+    *,
+    nested: bool,
+    runner: RunnerEnv | None = None,
+) -> Found:
     root = place.root
     found = Found(root=root)
     project = load_project_config(place.read)
@@ -147,6 +163,29 @@ def _resolve(place: _Place, env: Mapping[str, str], operation: Operation, *, nes
     ctx = Context(root, place.read, env, operation, place.cwd, project, listdir=place.listdir)
     found.project = project
     ctx.load_launcher_env_files(found)
+    loaded = runner if runner is not None else runner_env_files(ctx, found)
+    if loaded.unread and runner is None:
+        # A dotenv file the runner's config loads that dbguard cannot name: back up what
+        # both the usual files and .env.test lead to, or refuse where there is no
+        # .env.test; never only one of them, silently.
+        candidate = RunnerEnv(under=[*loaded.under, ".env.test"], over=loaded.over)
+        if place.read(".env.test") is None:
+            raise DiscoveryError(
+                f"{operation.description}: its configuration loads a dotenv file dbguard "
+                f"cannot name ({'; '.join(loaded.unread)})",
+                "write the path as a plain string (dotenv.config({ path: '.env.test' })), "
+                "run it through `dotenv -e FILE --`, or name the database in .dbguard.toml",
+            )
+        found = _resolve(place, env, operation, nested=nested, runner=replace(loaded, unread=[]))
+        found.extend(_resolve(place, env, operation, nested=nested, runner=candidate))
+        found.warn(
+            f"{'; '.join(loaded.unread)}: dbguard backed up the databases of both .env and "
+            ".env.test"
+        )
+        return found
+    assert ctx.base is not None
+    load_env_files(ctx.read, ctx.base, loaded.under, found, ctx.flat_env)
+    load_env_files(ctx.read, ctx.base, loaded.over, found, ctx.flat_env, override=True)
     if operation.tool == "pytest":
         _pytest_environment(ctx, found)
     for resolver in _resolvers(ctx):
