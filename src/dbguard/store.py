@@ -384,6 +384,9 @@ class Store:
         self.compression_threads = compression_threads
         self._newest: dict[str, tuple[_Stamp, Manifest | None, _Stamp]] = {}
         self._intact: dict[str, tuple[_Stamp, bool]] = {}
+        # The highest commit number of any manifest read: a .seq set back (restored
+        # from an old copy, edited) must not number new backups below old ones.
+        self._highest_seq = 0
 
     def compressor(self) -> zstandard.ZstdCompressor:
         # Level 1 hashes into a 64 KB table (hash_log 14), more than a core's L1 cache;
@@ -465,7 +468,7 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, 32, 0).strip()
-            value = int(raw) + 1 if raw.isdigit() else self._max_seq() + 1
+            value = max(int(raw) if raw.isdigit() else self._max_seq(), self._highest_seq) + 1
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(value).encode(), 0)
             # Durable before the backup it numbers is: after a power cut the next backup
@@ -578,6 +581,7 @@ class Store:
             return DamagedBackup(folder.name, folder, f"manifest.json is corrupt{where}")
         if manifest.id != folder.name:
             return DamagedBackup(folder.name, folder, "manifest.json belongs to another backup")
+        self._highest_seq = max(self._highest_seq, manifest.seq)
         try:
             manifest.target()
         except ValidationError as err:  # an engine this version lacks, say
@@ -714,7 +718,7 @@ class Store:
         return sum(m.data.size for m in self.manifests())
 
 
-_Stamp = tuple[int, int, int] | None  # inode, mtime in ns, size
+_Stamp = tuple[int, int, int, int] | None  # inode, mtime and ctime in ns, size
 _SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime
 
 
@@ -723,7 +727,9 @@ def _stamp(path: Path) -> _Stamp:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    # ctime too: a file changed in place and given its old mtime back keeps its size
+    # and mtime, but no one can set its change time.
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def _newest_first(entry: Entry) -> tuple[int, float]:

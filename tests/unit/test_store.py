@@ -105,6 +105,22 @@ def test_order_follows_commits_not_the_clock(tmp_path: Path) -> None:
     assert [m.id for m in store.manifests()] == [second.id, first.id]
 
 
+def test_a_commit_counter_set_back_still_numbers_new_backups_above_old_ones(
+    tmp_path: Path,
+) -> None:
+    """A .seq restored from an old copy once made the next backup rank oldest, first
+    in line for pruning."""
+    store = Store(tmp_path / "b")
+    backup(store)
+    for each in (store, Store(tmp_path / "b")):  # this process, and a new one
+        (store.root / ".seq").write_text("1")
+        newest = each.newest(TARGET)  # read before a backup, as the daemon does
+        assert newest is not None
+        taken = backup(each)
+        assert taken.seq > newest.seq
+        assert each.manifests(TARGET)[0] == taken == each.newest(TARGET)
+
+
 def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
     store = Store(tmp_path / "b")
     flipped = backup(store)
@@ -226,7 +242,7 @@ def test_newest_sees_a_backup_committed_within_the_same_clock_tick(tmp_path: Pat
     assert store.newest(TARGET) == second
 
 
-def test_intact_trusts_what_it_wrote_until_the_file_changes(tmp_path: Path) -> None:
+def test_a_file_changed_in_place_with_its_mtime_put_back_is_not_intact(tmp_path: Path) -> None:
     store = Store(tmp_path / "b")
     manifest = backup(store)
     data = store.folder(manifest) / manifest.data.file
@@ -237,12 +253,10 @@ def test_intact_trusts_what_it_wrote_until_the_file_changes(tmp_path: Path) -> N
         handle.seek(-1, os.SEEK_END)
         handle.write(bytes([last[0] ^ 0xFF]))
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and mtime
-    # The store that wrote it remembers the checksum it computed and does not re-read;
-    # a new daemon (a new Store) reads the file and notices.
-    assert store.intact(manifest)
-    assert not Store(tmp_path / "b").intact(manifest)
-    data.touch()  # a visible change: the first store re-reads too
+    # The inode's change time, which no one can set back, tells: the store that wrote
+    # it re-reads (it once trusted the checksum it computed), as does a new one.
     assert not store.intact(manifest)
+    assert not Store(tmp_path / "b").intact(manifest)
 
 
 def test_update_keeps_what_another_process_changed_meanwhile(tmp_path: Path) -> None:
