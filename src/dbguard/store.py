@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
@@ -76,7 +76,7 @@ class DataFile(BaseModel):
 class Verification(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: datetime
+    at: AwareDatetime  # a time without its zone compares with nothing
     ok: bool
     problems: list[str] = []
 
@@ -87,7 +87,7 @@ class Manifest(BaseModel):
     manifest_version: Literal[1] = 1
     id: str
     seq: int
-    created_at: datetime
+    created_at: AwareDatetime
     duration_ms: int
     database: dict[str, Any]  # Target.public(): engine, path or host/name, source ...
     database_key: str
@@ -101,7 +101,7 @@ class Manifest(BaseModel):
     verified: Verification | None = None
     # When a destructive or production command last went ahead on this backup without
     # a new one (it was reused or shared): retention protects it from that moment.
-    destructive_reuse_at: datetime | None = None
+    destructive_reuse_at: AwareDatetime | None = None
 
     def target(self) -> Target:
         """The database this backup came from (without its password)."""

@@ -127,6 +127,7 @@ def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
     truncated = backup(store)
     no_manifest = backup(store)
     bad_manifest = backup(store)
+    naive_time = backup(store)  # once crashed list-backups, comparing it with "now"
 
     data = store.folder(flipped) / flipped.data.file
     raw = bytearray(data.read_bytes())
@@ -135,13 +136,15 @@ def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
     (store.folder(truncated) / truncated.data.file).write_bytes(b"short")
     (store.folder(no_manifest) / "manifest.json").unlink()
     (store.folder(bad_manifest) / "manifest.json").write_text('{"id": 5')
+    zoneless = naive_time.model_dump(mode="json") | {"created_at": "2026-11-26T10:00:00"}
+    (store.folder(naive_time) / "manifest.json").write_text(json.dumps(zoneless))
 
     entries = {e.id: e for e in store.entries()}
     assert isinstance(entries[flipped.id], Manifest)  # same size: only the checksum knows
     assert store.check_data(flipped)
     with pytest.raises(Damaged), store.open_data(flipped):
         pass
-    for broken in (truncated, no_manifest, bad_manifest):
+    for broken in (truncated, no_manifest, bad_manifest, naive_time):
         entry = entries[broken.id]
         assert isinstance(entry, DamagedBackup), broken.id
         with pytest.raises(Damaged):
