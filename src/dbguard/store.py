@@ -134,21 +134,51 @@ def check_id(value: str) -> str:
     return value
 
 
-def _mkdir_private(path: Path) -> None:
+def _mkdir_private(path: Path, *, may_be_link: bool = False) -> None:
     # Every folder made on the way is private too: mkdir(parents=True) would give the
     # intermediate ones the process umask (0777 under umask 000).
     for folder in reversed([path, *path.parents]):
-        if not folder.exists():
-            folder.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if not path.is_dir() or path.is_symlink():
-        raise BackupFailed(f"{path} is not a folder", "remove it or choose another backup_dir")
-    if info.st_uid != os.getuid():
-        raise BackupFailed(
-            f"{path} belongs to another user (uid {info.st_uid})", "choose another backup_dir"
-        )
-    if info.st_mode & 0o077:
+        if not folder.exists() and not folder.is_symlink():  # (a dangling link is named below)
+            try:
+                folder.mkdir(mode=0o700, exist_ok=True)
+            except NotADirectoryError:
+                raise BackupFailed(
+                    f"cannot make the backup folder {path}: {folder.parent} is a file",
+                    "set backup_dir in config.toml to a path through folders",
+                ) from None
+    check_private_folder(path, may_be_link=may_be_link)
+    if path.stat().st_mode & 0o077:
         path.chmod(0o700)
+
+
+def check_private_folder(path: Path, *, may_be_link: bool = True) -> None:
+    """Raise BackupFailed unless `path` is a folder of ours. A symbolic link of ours to
+    one is accepted where `may_be_link` (the backup folder moved to a larger disk), never
+    inside the store, where only dbguard makes folders."""
+    link = path.lstat()
+    if path.is_symlink():
+        if not may_be_link:
+            raise BackupFailed(
+                f"{path} is a symbolic link, where dbguard keeps a folder of its own",
+                f"remove it (rm {path}); dbguard makes the folder again",
+            )
+        if link.st_uid != os.getuid():
+            raise BackupFailed(
+                f"{path} is a symbolic link of another user (uid {link.st_uid})",
+                "choose another backup_dir",
+            )
+    if not path.is_dir():
+        what = "a file" if path.exists() else "a link to nothing"
+        raise BackupFailed(
+            f"the backup folder {path} is {what}, not a folder",
+            "remove it, or set backup_dir in config.toml to a folder",
+        )
+    owner = path.stat().st_uid
+    if owner != os.getuid():
+        raise BackupFailed(
+            f"the backup folder {path} belongs to another user (uid {owner})",
+            "choose another backup_dir",
+        )
 
 
 def _listed(folder: Path) -> list[Path]:
@@ -404,7 +434,7 @@ class Store:
     def ensure(self) -> None:
         """Create the folder (0700) if needed; it may have been deleted under us."""
         try:
-            _mkdir_private(self.root)
+            _mkdir_private(self.root, may_be_link=True)
             _mkdir_private(self.tmp)
         except OSError as err:
             raise _disk_error(err, self.root) from err

@@ -432,7 +432,7 @@ def test_a_planted_tmp_folder_symlink_is_not_followed(home: Home, victim: Path) 
         injected("symlink planted as the store's .tmp")
         result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
         assert result.returncode == 75, stderr_text(result)
-        assert "is not a folder" in stderr_text(result)
+        assert "is a symbolic link, where dbguard keeps a folder of its own" in stderr_text(result)
         assert ran(project) == [] and sqlite_rows(project / "database" / "app.sqlite") == 3
         untouched(victim)
         daemon.assert_no_crash()
@@ -452,7 +452,7 @@ def test_a_planted_database_folder_symlink_is_not_followed(home: Home, victim: P
         injected("symlink planted as a database's backup folder")
         result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
         assert result.returncode == 75, stderr_text(result)
-        assert "is not a folder" in stderr_text(result)
+        assert "is a symbolic link, where dbguard keeps a folder of its own" in stderr_text(result)
         assert ran(project) == [
             {"argv": ["php", "artisan", "migrate"], "pid": ran(project)[0]["pid"]}
         ]

@@ -198,6 +198,20 @@ def test_missing_shims_and_an_unwritable_backup_folder(setup: Home, daemon: Daem
     assert "dbguardctl install" in finding(report, "shim prisma", "fail")["fix"]
 
 
+def test_the_backup_folder_is_judged_as_dbguardd_judges_it(setup: Home) -> None:
+    config = setup.root / "config" / "dbguard" / "config.toml"
+    config.parent.mkdir(parents=True)
+    (setup.root / "large-disk").mkdir()
+    (setup.root / "linked").symlink_to(setup.root / "large-disk")
+    (setup.root / "a-file").write_text("")
+    for folder, state in (("linked", "ok"), ("a-file", "fail")):
+        config.write_text(f"backup_dir = '{setup.root / folder}'\n")
+        _, report = doctor(setup)
+        found = finding(report, "backups", state)
+        if state == "fail":
+            assert "is a file, not a folder" in found["message"]
+
+
 def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:
     shim = setup.shims / "alembic"
     first, rest = shim.read_text().split("\n", 1)

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -175,6 +176,52 @@ def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:
         with pending.data_writer("data.raw", threading.Event()) as sink:
             sink.write(b"overwrite")
     assert victim.read_text() == "precious"
+
+
+def test_a_backup_folder_linked_to_a_larger_disk_is_used(tmp_path: Path) -> None:
+    """A link of the user's own to a folder of theirs: once refused as "not a folder"
+    while `dbguardctl doctor` said it was fine."""
+    (tmp_path / "large-disk").mkdir()
+    (tmp_path / "backups").symlink_to(tmp_path / "large-disk")
+    store = Store(tmp_path / "backups")
+    taken = backup(store)
+    assert (tmp_path / "large-disk" / TARGET.slug / taken.id).is_dir()
+    assert store.newest(TARGET) == taken
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p.write_text(""), r"the backup folder .*/backups is a file, not a folder"),
+        (lambda p: p.symlink_to(p.parent / "nothing"), r"is a link to nothing, not a folder"),
+        (
+            lambda p: (p.parent / "file").write_text("") or p.symlink_to(p.parent / "file"),
+            r"is a file, not a folder",
+        ),
+    ],
+    ids=["file", "dangling link", "link to a file"],
+)
+def test_a_backup_folder_that_is_no_folder_is_named(
+    tmp_path: Path, make: Callable[[Path], object], expected: str
+) -> None:
+    make(tmp_path / "backups")
+    with pytest.raises(BackupFailed, match=expected):
+        Store(tmp_path / "backups").ensure()
+
+
+def test_a_backup_folder_under_a_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("")
+    with pytest.raises(BackupFailed, match=r"notes is a file"):
+        Store(tmp_path / "notes" / "backups").ensure()
+
+
+def test_a_link_inside_the_store_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    (tmp_path / "elsewhere").mkdir()
+    store.root.mkdir()
+    store.tmp.symlink_to(tmp_path / "elsewhere")  # only dbguard makes folders in there
+    with pytest.raises(BackupFailed, match=r"\.tmp is a symbolic link"):
+        store.ensure()
 
 
 def test_everything_is_owner_only(tmp_path: Path) -> None:

@@ -45,7 +45,9 @@ from dbguard.ctl.install import (
     unit_dir,
 )
 from dbguard.discovery.project import find_root
+from dbguard.errors import BackupFailed
 from dbguard.protocol import PROTOCOL_VERSION, Status, StatusQuery
+from dbguard.store import check_private_folder
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -625,6 +627,10 @@ def check_backup_dir(folder: Path) -> list[Finding]:
             )
         ]
     if existing == folder:
+        try:
+            check_private_folder(folder)  # what dbguardd will refuse, it says here
+        except BackupFailed as err:
+            return [Finding("backups", "fail", err.problem, err.fix)]
         try:
             handle, probe = tempfile.mkstemp(dir=folder, prefix=".doctor-")
             os.close(handle)
