@@ -61,6 +61,7 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 class OperationLog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.problem: str | None = None  # why the last record could not be written
 
     def append(self, record: dict[str, Any]) -> None:
         record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
@@ -70,8 +71,15 @@ class OperationLog:
         try:
             self._write(line)
         except OSError as err:
-            # Never lose the record, never fail the caller: it goes to dbguardd's own log.
+            # Never lose the record, never fail the caller: it goes to dbguardd's own log,
+            # and `dbguardctl status` says so.
             log.error("operation log not written", path=str(self.path), error=str(err), record=line)
+            self.problem = (
+                f"cannot write the operations log {self.path} ({err.strerror or err}); "
+                "records go to dbguardd's own log meanwhile"
+            )
+        else:
+            self.problem = None
 
     def _write(self, line: str) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -245,6 +245,7 @@ class Status(_Message):
     uptime_seconds: float
     backup_dir: str
     in_flight: list[str] = []
+    problems: list[str] = []  # what the daemon cannot do right now, and the way out
 
 
 Reply = Annotated[

@@ -30,6 +30,7 @@ from tests.faults.support import (
     ran,
     sqlite_rows,
     stderr_text,
+    write_config,
 )
 from tests.helpers import Home, laravel_sqlite_project
 
@@ -361,3 +362,28 @@ def test_an_unparseable_url_never_shows_its_password(
     assert ".env, line 3" in message
     assert "s3cret-url" not in message, message
     assert "s3cret-url" not in home.oplog.read_text()
+
+
+def test_an_operations_log_that_cannot_be_written_is_shown_by_status(home: Home) -> None:
+    """The command still runs (the record goes to dbguardd's own log); status once
+    said nothing of it."""
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    blocked = home.root / "state-is-a-file"
+    blocked.write_text("")
+    write_config(home, f"operation_log = '{blocked / 'operations.jsonl'}'\n")
+    injected("operations log below a file: it cannot be written")
+    daemon = FaultDaemon(home).start()
+    try:
+        assert home.run(["php", "artisan", "migrate"], cwd=project).returncode == 0
+        status = home.ctl("status")
+        assert status.returncode == 0, stderr_text(status)
+        shown = status.stdout.decode()
+        assert f"PROBLEM: cannot write the operations log {blocked / 'operations.jsonl'}" in shown
+        assert "operation log not written" in daemon.log  # where the record went
+        blocked.unlink()  # fixed: the next record is written and the problem gone
+        assert home.run(["php", "artisan", "migrate"], cwd=project).returncode == 0
+        assert "PROBLEM" not in home.ctl("status").stdout.decode()
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         )
         for label in daemon.get("in_flight", []):
             ctx.print(f"  backing up now: {label}")
+        for problem in daemon.get("problems", []):
+            ctx.print(f"  PROBLEM: {problem}")
     else:
         ctx.print(f"dbguardd is NOT running: {daemon['problem']}")
         autostart_on = ctx.env.get("DBGUARD_AUTOSTART") != "0" and autostart.read_settings(

@@ -531,6 +531,7 @@ class Guard:
             uptime_seconds=round(time.monotonic() - self.started, 1),
             backup_dir=str(self.store.root),
             in_flight=self.backups.in_flight(),
+            problems=[self.oplog.problem] if self.oplog.problem else [],
         )
 
     def close_orphans(self) -> list[str]:
