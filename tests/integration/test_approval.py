@@ -130,6 +130,8 @@ def test_an_agent_with_a_terminal_is_still_refused(
     run = run_in_terminal(["php", "artisan", "migrate:fresh"], home.env, production)
     assert run.returncode == 77, run.output
     assert "dbguardctl approve" in run.output
+    # It says why a terminal was not enough (it once said "no person at a terminal").
+    assert "AI agent's environment (CURSOR_AGENT set)" in " ".join(run.output.split())
 
 
 def wait_until_expired(home: Home, code: str) -> None:

@@ -225,7 +225,9 @@ class Guard:
         production = [t for t in found.targets if verdicts[t.key].production]
         need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
         if need is not Gate.PROCEED:
-            refusal = await self._human_check(request, production, verdicts, need, ask, settings)
+            refusal = await self._human_check(
+                request, production, verdicts, need, ask, settings, agents
+            )
             if refusal is not None:
                 self._log(record, "deny", started, reason=refusal.reason)
                 return refusal
@@ -375,6 +377,7 @@ class Guard:
         need: Gate,
         ask: Ask,
         settings: ProductionSettings,
+        agents: list[str],
     ) -> Deny | None:
         """None when a human approved this exact command (now or beforehand), else the
         denial that says why and how to get it approved."""
@@ -412,11 +415,15 @@ class Guard:
             self.approvals.consume(bound)
             return None
         minutes = f"{settings.approval_minutes:g} minutes"
+        if agents:  # a terminal or not: say which variable made it an agent's
+            who = (
+                f"It runs in an AI agent's environment ({', '.join(agents)} set), and an "
+                "agent never touches production without a human's approval."
+            )
+        else:
+            who = "Production is never touched without a person at a terminal."
         return Deny(
-            reason=(
-                f"`{command}` would touch the PRODUCTION database {labels}: {why}. "
-                "Production is never touched without a person at a terminal."
-            ),
+            reason=f"`{command}` would touch the PRODUCTION database {labels}: {why}. {who}",
             hint=(
                 "If you are an AI agent: stop here, explain what you were about to do and "
                 "why, and ask a human. A human who wants it to run approves it once, within "
