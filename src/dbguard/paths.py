@@ -25,15 +25,28 @@ def config_file(env: Mapping[str, str]) -> Path:
     return _xdg(env, "XDG_CONFIG_HOME", ".config") / "dbguard" / "config.toml"
 
 
-def runtime_dir(env: Mapping[str, str]) -> Path:
-    """$XDG_RUNTIME_DIR/dbguard, or a per-user folder under /tmp when there is none.
+# What XDG_RUNTIME_DIR is in a login session (systemd-logind makes it, 0700, ours).
+LOGIN_RUNTIME_DIR = "/run/user/{uid}"
 
-    Containers and `su` sessions often have no XDG_RUNTIME_DIR; the fallback is made
-    0700 and owned by the user like the real one (checked by the daemon).
+
+def runtime_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_RUNTIME_DIR/dbguard; without it, the login session's runtime folder when it
+    exists and is ours, else a per-user folder under /tmp.
+
+    A task runner that clears the environment (turbo's strict mode) drops
+    XDG_RUNTIME_DIR: the login folder keeps its shims talking to the daemon systemd
+    started there, not a second one. Containers and `su` sessions often have neither;
+    the /tmp fallback is made 0700 and owned by the user (checked by the daemon).
     """
     base = env.get("XDG_RUNTIME_DIR", "")
     if base and Path(base).is_absolute():
         return Path(base) / "dbguard"
+    login = LOGIN_RUNTIME_DIR.format(uid=os.getuid())
+    try:
+        if os.stat(login).st_uid == os.getuid():
+            return Path(login) / "dbguard"
+    except OSError:
+        pass
     return Path("/tmp") / f"dbguard-{os.getuid()}"  # noqa: S108 (ownership checked at start)
 
 

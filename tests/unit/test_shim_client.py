@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,14 +71,27 @@ def test_client_messages_are_valid_requests(monkeypatch: pytest.MonkeyPatch) -> 
         {},
     ],
 )
+@pytest.mark.parametrize("login_folder", ["ours", "none", "not ours"])
 def test_client_and_daemon_agree_on_the_socket(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], login_folder: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ("DBGUARD_SOCKET", "XDG_RUNTIME_DIR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert Path(shim.socket_path()) == paths.default_socket(env)
+    login = tmp_path / "run-user-{uid}"
+    if login_folder != "none":
+        Path(str(login).format(uid=os.getuid())).mkdir()
+    if login_folder == "not ours":
+        monkeypatch.setattr(os, "getuid", lambda: 4242)  # another user's uid in the name
+        Path(str(login).format(uid=4242)).mkdir()
+    for module in (shim, paths):
+        monkeypatch.setattr(module, "LOGIN_RUNTIME_DIR", str(login))
+    socket = Path(shim.socket_path())
+    assert socket == paths.default_socket(env)
+    if not env:  # a task runner cleared the environment: the login folder, when ours
+        in_login = socket.parent.parent.name.startswith("run-user-")
+        assert in_login == (login_folder == "ours"), socket
 
 
 def test_find_real_skips_the_shims_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

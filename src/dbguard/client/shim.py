@@ -13,7 +13,7 @@ Unix socket, and then:
     no daemon: do not run it; exit 69
 
 It imports only modules built into the interpreter (_socket, _json, _signal, posix,
-time), so it starts in the time of a bare `python -IS` (tests/unit/test_shim_imports.py
+time), so it starts in the time of a bare `python -IS` (tests/unit/test_shim_client.py
 keeps it that way). It owns no policy: every decision comes from the daemon.
 """
 
@@ -43,6 +43,7 @@ EXIT_NOPERM = 77
 PARENT_BACKUPS_ENV = "DBGUARD_PARENT_BACKUPS"  # ids the enclosing guarded command names
 SI_KERNEL = 0x80  # si_code of signals the kernel sent (terminal ^C, hangup, resize)
 SHIM_MARKER = b"# dbguard shim"  # in the first line of every shim (dbguard/shims.py)
+LOGIN_RUNTIME_DIR = "/run/user/{uid}"  # as dbguard.paths
 
 # Signals the child gets from us only when someone sent them to us by pid; terminal
 # signals already reach the child, which shares our process group.
@@ -97,6 +98,12 @@ def socket_path() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
         return runtime + "/dbguard/dbguard.sock"
+    login = LOGIN_RUNTIME_DIR.format(uid=os.getuid())
+    try:
+        if os.stat(login).st_uid == os.getuid():
+            return login + "/dbguard/dbguard.sock"
+    except OSError:
+        pass
     return f"/tmp/dbguard-{os.getuid()}/dbguard.sock"  # noqa: S108 (checked by the daemon)
 
 
