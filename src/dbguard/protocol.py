@@ -23,9 +23,10 @@ keep them, and why encoding uses `json.dumps` with ASCII escapes.
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 # Whatever the kernel lets a command be started with must fit: Linux allows 2 MiB of
@@ -55,6 +56,21 @@ class _Message(BaseModel):
 Text = str
 
 
+def _a_folder(value: str) -> str:
+    """A path this system can have: absolute, no NUL, and bytes again under Python's
+    filesystem encoding (a lone surrogate from \\ud800 to \\udc7f cannot be)."""
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:
+        raise ValueError("not a path this system can have (an unpaired surrogate)") from None
+    if not raw.startswith(b"/") or b"\0" in raw:
+        raise ValueError("must be an absolute path without NUL bytes")
+    return value
+
+
+Folder = Annotated[str, AfterValidator(_a_folder)]
+
+
 # ---- requests -----------------------------------------------------------------------
 
 
@@ -64,7 +80,7 @@ class Invoke(_Message):
     type: Literal["invoke"]
     v: int
     argv: Annotated[list[Text], Field(min_length=1, max_length=MAX_ITEMS)]
-    cwd: Text
+    cwd: Folder
     env: Annotated[dict[Text, Text], Field(max_length=MAX_ITEMS)]
     tty: bool
     pid: int
@@ -102,7 +118,7 @@ class BackupNow(_Message):
 
     type: Literal["backup"]
     v: int
-    cwd: Text
+    cwd: Folder
     env: Annotated[dict[Text, Text], Field(max_length=MAX_ITEMS)]
 
 

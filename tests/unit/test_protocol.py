@@ -65,6 +65,9 @@ def test_non_utf8_arguments_survive_as_surrogates() -> None:
         (line(invoke(pid="x")), "pid"),
         (line(invoke(type="launch-missiles")), "type"),
         (line(invoke(extra=1)), "extra"),
+        # once an internal error (70): discovery could not turn it into bytes
+        (line(invoke(cwd="/tmp/\ud800")), "cwd: .*not a path this system can have"),
+        (line(invoke(cwd="app")), "cwd: .*must be an absolute path"),
         (b"[" * 100_000, "not a JSON message"),
     ],
 )
