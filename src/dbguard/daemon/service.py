@@ -81,6 +81,15 @@ PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between l
 T = TypeVar("T")
 
 
+class MarkUnread(BackupFailed):
+    """A database's production mark could not be read; the command fails as when its
+    backup does."""
+
+    def __init__(self, problem: str, fix: str, *, database: str) -> None:
+        super().__init__(problem, fix)
+        self.database = database
+
+
 async def _beating(work: Awaitable[T], emit: Emit, lines: Callable[[], list[Progress]] = list) -> T:
     """`work`'s result. Meanwhile, every PROGRESS_INTERVAL, its progress `lines`, or
     Working when there are none: a shim takes long silence for a stopped daemon.
@@ -205,9 +214,8 @@ class Guard:
         except DiscoveryError as err:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
-        except BackupFailed as err:  # a production mark could not be read
-            self._log(record, "fail", started, reason=str(err))
-            return Fail(reason=err.problem, hint=err.fix)
+        except MarkUnread as err:
+            return self._failed(record, started, err, request, [err.database])
         record["databases"] = [
             {
                 "database": t.label,
@@ -248,17 +256,7 @@ class Guard:
             self._log(record, "allow", started, outcome="not run", detail=detail)
             raise
         except BackupFailed as err:
-            self._log(record, "fail", started, reason=str(err))
-            self.notifier.send_soon(
-                {
-                    "event": "backup_failed",
-                    "command": reason.argv,  # redacted: a hook may post it anywhere
-                    "cwd": request.cwd,
-                    "databases": [t.label for t in found.targets],
-                    "reason": str(err),
-                }
-            )
-            return Fail(reason=err.problem, hint=err.fix)
+            return self._failed(record, started, err, request, [t.label for t in found.targets])
         op_id = secrets.token_hex(8)  # unique across a log that keeps 100,000s of them
         record["op"] = op_id
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
@@ -277,6 +275,28 @@ class Guard:
         )
         # The shim prints only warnings; what was reused or skipped goes to the log.
         return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
+
+    def _failed(
+        self,
+        record: dict[str, Any],
+        started: float,
+        err: BackupFailed,
+        request: Invoke,
+        databases: list[str],
+    ) -> Fail:
+        """The command does not run: no backup could be made (or a database's production
+        mark read). Logged, and the notify hook told."""
+        self._log(record, "fail", started, reason=str(err))
+        self.notifier.send_soon(
+            {
+                "event": "backup_failed",
+                "command": redact_argv(request.argv),  # a hook may post it anywhere
+                "cwd": request.cwd,
+                "databases": databases,
+                "reason": str(err),
+            }
+        )
+        return Fail(reason=err.problem, hint=err.fix)
 
     def _assess(
         self, request: Invoke, operation: Operation
@@ -363,11 +383,13 @@ class Guard:
     def _marker(self, target: Target) -> Marker | None:
         """The database's own environment mark. A database that does not exist yet has
         none; any other failure to read it (unreachable server, SQLite write lock) raises
-        BackupFailed: a mark that cannot be read must not count as "not production"."""
+        MarkUnread: a mark that cannot be read must not count as "not production"."""
         try:
             return self.engines.for_target(target).marker(target)
         except DatabaseMissing:
             return None
+        except BackupFailed as err:
+            raise MarkUnread(err.problem, err.fix, database=target.label) from None
 
     async def _human_check(
         self,
