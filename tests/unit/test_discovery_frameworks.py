@@ -1102,6 +1102,18 @@ def test_dropdb_and_pg_restore_back_up_the_database_they_name() -> None:
         )
 
 
+def test_mysqladmin_drop_backs_up_the_database_it_names() -> None:
+    hints = {"host": "db.internal", "port": "3307", "database": "shop", "user": "app"}
+    target = only(run({}, {}, framework="client", tool="mysqladmin", hints=hints))
+    assert (target.engine, target.host, target.port, target.name, target.user) == (
+        "mysql",
+        "db.internal",
+        3307,
+        "shop",
+        "app",
+    )
+
+
 def test_prisma_7_takes_the_url_from_prisma_config_ts() -> None:
     schema = 'datasource db {\n  provider = "postgresql"\n}\n'
     config = (

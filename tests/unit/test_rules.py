@@ -947,6 +947,43 @@ CLIENTS = [
     case("mysql --version", RO, "mysql"),
     case("mysql -V", RO, "mysql"),
     case("mariadb --help", RO, "mysql"),
+    # mysqladmin drops the database after `drop` (any case, any unique prefix)
+    case(
+        "mysqladmin -h 127.0.0.1 -P 3307 -u root -f drop shop",
+        DESTRUCTIVE,
+        "mysqladmin",
+        "drop",
+        hints={"host": "127.0.0.1", "port": "3307", "user": "root", "database": "shop"},
+    ),
+    case(
+        "mariadb-admin --host=db --user=app -psecret --force DROP shop",
+        DESTRUCTIVE,
+        "mysqladmin",
+        hints={"host": "db", "user": "app", "database": "shop"},
+    ),
+    case(
+        "mysqladmin -S /run/mysqld.sock dr shop",
+        DESTRUCTIVE,
+        "mysqladmin",
+        hints={"socket": "/run/mysqld.sock", "database": "shop"},
+    ),
+    case(
+        "mysqladmin -c 3 -i 1 flush-logs drop shop",
+        DESTRUCTIVE,
+        "mysqladmin",
+        hints={"database": "shop"},
+    ),
+    case(
+        "mysqladmin -u root -p drop shop",
+        DESTRUCTIVE,
+        "mysqladmin",
+        hints={"user": "root", "database": "shop"},
+    ),
+    case("mysqladmin status", None),
+    case("mysqladmin -c 2 -i 1 processlist", None),
+    case("mysqladmin create shop", None),
+    case("mysqladmin --help", RO, "mysqladmin"),
+    case("mariadb-admin -V", RO, "mysqladmin"),
     case("sqlite3 db.sqlite", QUERY, "sqlite3", hints={"database": "db.sqlite"}),
     case("sqlite3 db.sqlite 'DELETE FROM users'", QUERY, "sqlite3", ""),
     case("sqlite3 db.sqlite .dump", RO, "sqlite3", ".dump", hints={"database": "db.sqlite"}),
@@ -1636,9 +1673,19 @@ def test_program_name(word: str, name: str) -> None:
     assert program_name(word) == name
 
 
+def test_mysqladmin_dropping_several_databases_backs_up_each() -> None:
+    found = classify("mysqladmin -h db -u root -f drop shop flush-logs drop shop_test")
+    assert found is not None and found.kind is DESTRUCTIVE
+    assert [(op.kind, dict(op.hints)) for op in found.each()] == [
+        (DESTRUCTIVE, {"host": "db", "user": "root", "database": "shop"}),
+        (DESTRUCTIVE, {"host": "db", "user": "root", "database": "shop_test"}),
+    ]
+
+
 def test_programs_lists_what_to_shim() -> None:
     programs = CATALOG.programs()
-    for name in ("php", "python", "npm", "npx", "psql", "sqlite3", "rake", "bundle", "flyway"):
+    for name in ("php", "python", "npm", "npx", "psql", "sqlite3", "rake", "bundle", "flyway",
+                 "mysqladmin", "mariadb-admin"):  # fmt: skip
         assert name in programs
 
 

@@ -34,7 +34,7 @@ SUPABASE_CONFIG = "supabase/config.toml"
 # defaults); the others default to the local stack.
 _DEFAULT_TARGET = {"db push": "linked", "db pull": "linked", "migration repair": "linked"}
 POSTGRES_CLIENTS = {"psql", "pgcli", "dropdb", "pg_restore"}
-MYSQL_CLIENTS = {"mysql", "mariadb", "mycli"}
+MYSQL_CLIENTS = {"mysql", "mariadb", "mycli", "mysqladmin"}
 SQLITE_CLIENTS = {"sqlite3", "sqlite", "litecli"}
 
 

@@ -119,6 +119,7 @@ class ToolRule(_Rule):
     env_files: list[str] = []
     assignment_arguments: bool = False
     positional_targets: list[str] = []
+    argument_targets: dict[str, str] = {}
     commands: dict[str, Kind] = {}
     flags: dict[str, Kind] = {}
     targets: dict[str, str] = {}
@@ -627,6 +628,8 @@ class _Tool:
     task_arguments: bool
     assignment_arguments: bool
     positional_targets: tuple[str, ...]
+    # (command word pattern, hint): the word after such a command is its argument.
+    argument_targets: tuple[tuple[str, str], ...]
     targets: dict[str, str]
     tree: _Node
     global_rules: list[_FlagRule]
@@ -659,20 +662,51 @@ class _Tool:
             hints.add(target, words.pop(0))
         if self.task_arguments:
             words = [w.partition("[")[0] if w.endswith("]") else w for w in words]
+        words, arguments = self._arguments(words)
 
         decided = self._decide(words, present)
         if decided is None:
             return None
         kind, command = decided
-        return Operation(
-            self.name,
-            kind,
-            command,
-            self.framework,
-            hints.values,
-            assignments,
-            app_environment=self.app_environment and kind.needs_backup,
-        )
+        operations = [
+            Operation(
+                self.name,
+                kind,
+                command,
+                self.framework,
+                {**hints.values, hint: value} if hint else hints.values,
+                assignments,
+                app_environment=self.app_environment and kind.needs_backup,
+            )
+            for hint, value in arguments or [("", "")]
+        ]
+        # `mysqladmin drop a drop b`: one operation per database, each backed up.
+        return replace(operations[0], also=tuple(operations[1:]))
+
+    def _arguments(self, words: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The command words without the arguments `argument_targets` takes, and those
+        arguments as (hint, value), in order."""
+        if not self.argument_targets:
+            return words, []
+        kept: list[str] = []
+        arguments: list[tuple[str, str]] = []
+        index = 0
+        while index < len(words):
+            word = words[index]
+            kept.append(word)
+            index += 1
+            hint = next(
+                (
+                    hint
+                    for pattern, hint in self.argument_targets
+                    if word == pattern or (pattern.endswith("*") and word.startswith(pattern[:-1]))
+                ),
+                None,
+            )
+            if hint is not None and index < len(words):
+                arguments.append((hint, words[index]))
+                index += 1
+        return kept, arguments
 
     def _decide(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
         help_option = next((o for o in self.help_options if o in present), None)
@@ -835,6 +869,7 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
         task_arguments=rule.task_arguments,
         assignment_arguments=rule.assignment_arguments,
         positional_targets=tuple(rule.positional_targets),
+        argument_targets=tuple(rule.argument_targets.items()),
         targets=targets,
         tree=tree,
         global_rules=[
