@@ -1162,6 +1162,15 @@ SCRIPT_CASES = [
     script_case("npm run lint", None),
     script_case("npm run missing", None),
     script_case("npm run", None),
+    # node --run (Node 22+) runs package.json's script as npm run does, without pre/post
+    script_case("node --run fresh", DESTRUCTIVE, ("node --run fresh",), "artisan", "migrate:fresh"),
+    script_case("node --run=migrate", MIGRATE, ("node --run migrate",), "knex"),
+    script_case("nodejs --run db -- reset", DESTRUCTIVE, ("node --run db",), "prisma"),
+    script_case("node --env-file .env --run ci", TEST, ("node --run ci", "npm run test")),
+    script_case("node --run build", None),
+    script_case("node --run", None),
+    script_case("node app.js --run fresh", None),  # app.js's own argument
+    script_case("node -e x --run fresh", None),
     script_case("yarn test", TEST, ("yarn run test",)),
     script_case("yarn run migrate", MIGRATE, ("yarn run migrate",), "knex"),
     script_case("yarn migrate --env production", MIGRATE, ("yarn run migrate",)),
@@ -1329,6 +1338,24 @@ def test_a_script_runs_in_its_manifest_s_folder_and_moves_from_there() -> None:
     found = CLASSIFIER.classify(["npm", "run", "db:reset"], lookup)
     assert found is not None and found.kind is DESTRUCTIVE
     assert found.hints.get("cwd") == "packages/db"
+
+
+def test_node_run_runs_the_script_in_the_folder_it_started_in() -> None:
+    # The script is in the folder above, but node --run (unlike npm) does not move there.
+    def lookup(manifest: str, name: str) -> Script | None:
+        line = {"db:reset": "prisma migrate reset --force"}.get(name)
+        return Script(line, "..") if manifest == "package.json" and line else None
+
+    found = CLASSIFIER.classify(["node", "--run", "db:reset"], lookup)
+    assert found is not None and found.kind is DESTRUCTIVE
+    assert "cwd" not in found.hints
+    moved = CLASSIFIER.classify(["npm", "run", "db:reset"], lookup)
+    assert moved is not None and moved.hints.get("cwd") == ".."
+
+
+def test_a_launcher_running_scripts_of_an_unknown_entry_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no \\[\\[scripts\\]\\] entry"):
+        _catalog({"launcher": [{"name": "x", "programs": ["x"], "script_runs": {"--r": "y"}}]})
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,9 @@ class LauncherRule(_Rule):
     assignment_options: list[str] = []
     line: bool = False
     line_flags: list[str] = []
+    # option -> name of a [[scripts]] entry: the option's value is one of its scripts
+    # (`node --run db:reset` runs package.json's script as `npm run` does).
+    script_runs: dict[str, str] = {}
     package_specs: bool = False
     kinds: dict[str, Kind] = {}
     # Runs the program in workspace members, as a ScriptsRule runs a script (pnpm -r
@@ -205,6 +208,7 @@ class ScriptsRule(_Rule):
     root_options: list[str] = []
     root_file: str | None = None
     multiple: bool = False
+    in_place: bool = False
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
@@ -226,6 +230,18 @@ class Catalog(_Rule):
     tool: list[ToolRule] = []
     launcher: list[LauncherRule] = []
     scripts: list[ScriptsRule] = []
+
+    @model_validator(mode="after")
+    def _script_runs(self) -> Catalog:
+        names = {scripts.name for scripts in self.scripts}
+        for launcher in self.launcher:
+            for option, name in launcher.script_runs.items():
+                if name not in names:
+                    raise ValueError(
+                        f"launcher {launcher.name!r}: {option} runs scripts of {name!r}, "
+                        "which is no [[scripts]] entry"
+                    )
+        return self
 
     def merged(self, extra: Catalog, *, replace: bool = True) -> Catalog:
         """This catalog with `extra`'s entries added before its own.
@@ -895,6 +911,7 @@ class _Launcher:
     no_run: frozenset[str]
     assignment_options: frozenset[str]
     line_flags: frozenset[str]
+    script_runs: dict[str, str]
     kinds: dict[str, Kind]
     member_options: frozenset[str]
     member_selectors: frozenset[str]
@@ -911,7 +928,13 @@ def _compile_launcher(rule: LauncherRule) -> _Launcher:
     # Module, script, command and code options all end the launcher's own options: what
     # follows belongs to the program they name (`python -m pytest -k x`).
     stops = names(
-        [*rule.module_options, *rule.script_options, *rule.command_options, *rule.code_options]
+        [
+            *rule.module_options,
+            *rule.script_options,
+            *rule.command_options,
+            *rule.code_options,
+            *rule.script_runs,
+        ]
     )
     takes_value = [option for option, hint in rule.targets.items() if "=" not in hint]
     values = names(
@@ -937,6 +960,7 @@ def _compile_launcher(rule: LauncherRule) -> _Launcher:
         no_run=names(rule.no_run),
         assignment_options=names(rule.assignment_options),
         line_flags=names(rule.line_flags),
+        script_runs={normal(option): name for option, name in rule.script_runs.items()},
         kinds={normal(option): kind for option, kind in rule.kinds.items()},
         member_options=names(rule.member_options),
         member_selectors=names(rule.member_selectors),
@@ -1078,6 +1102,7 @@ class Classifier:
         self.catalog = catalog
         self._repeated = frozenset(catalog.repeated_hints)
         self._programs: dict[str, _Handlers] = {}
+        self._named_scripts: dict[str, _Scripts] = {}
         for rule in _resolve_tools(catalog.tool):
             tool = _compile_tool(rule, catalog.help)
             for program in rule.launch:
@@ -1096,6 +1121,7 @@ class Classifier:
             compiled_scripts = _Scripts(
                 scripts, syntax, frozenset(scripts.run), frozenset(scripts.builtins)
             )
+            self._named_scripts.setdefault(scripts.name, compiled_scripts)
             for program in scripts.programs:
                 self._handlers(program).scripts.append(compiled_scripts)
 
@@ -1265,6 +1291,9 @@ class Classifier:
             name, value = parsed.stopped_by
             if name in launcher.command_options:
                 return self._line(value, walk, depth + 1, None)
+            if name in launcher.script_runs:  # `node --run db:reset`
+                scripts = self._named_scripts[launcher.script_runs[name]]
+                return self._script(scripts, "run", value, rest, walk, depth)
             inner = [value, *rest]  # a module or script option names the program
         else:
             if rule.assignments:
@@ -1503,8 +1532,9 @@ class Classifier:
                 other = script if each == name else walk.script(rule.manifest, each)
                 if other is None:
                     continue
-                # The package manager runs a script in its manifest's folder.
-                with walk.moved(to=other.folder):
+                # The package manager runs a script in its manifest's folder (node
+                # --run: in the folder it was started in).
+                with walk.moved(to=None if rule.in_place else other.folder):
                     operation = self._line(
                         line if each == name else other.line, walk, depth + 1, scripts
                     )
