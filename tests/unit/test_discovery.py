@@ -1175,3 +1175,47 @@ def test_pnpm_workspace_root_runs_in_the_folder_with_pnpm_workspace_yaml(
         alone.workspace_root,
     )
     assert found is not None and "cwd" not in found.hints
+
+
+def test_turbo_runs_the_tasks_a_task_depends_on_in_every_member(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text('{"workspaces": ["packages/*"]}')
+    (tmp_path / "turbo.json").write_text(
+        """{
+          // turbo.json allows comments
+          "tasks": {
+            "db:reset": {"dependsOn": ["^build", "migrate"]},
+            "migrate": {"dependsOn": ["api#wipe"]},
+            "build": {"dependsOn": ["^build"]},
+          },
+        }"""
+    )
+    scripts = {
+        "api": {"wipe": "prisma migrate reset --force", "build": "tsc"},
+        "web": {"db:reset": "echo done", "migrate": "knex migrate:latest"},
+    }
+    for member, named in scripts.items():
+        (tmp_path / "packages" / member).mkdir(parents=True)
+        (tmp_path / "packages" / member / "package.json").write_text(
+            json.dumps({"name": member, "scripts": named})
+        )
+    classifier = Classifier(builtin_catalog())
+    files = ProjectFiles(tmp_path / "packages" / "web")
+
+    def run(line: str) -> Operation | None:
+        return classify_with_project(
+            classifier, None, shlex.split(line), files.package_script, files.workspace_members
+        )
+
+    # db:reset's own script only echoes; what it depends on resets and migrates.
+    for line in ("turbo run db:reset", "turbo db:reset --filter web"):
+        found = run(line)
+        assert found is not None and found.kind is Kind.DESTRUCTIVE, line
+        assert {(o.tool, os.path.relpath(o.hints["cwd"], tmp_path)) for o in found.each()} == {
+            ("prisma", "packages/api"),
+            ("knex", "packages/web"),
+        }
+        assert found.via[0] == "turbo db:reset (dependsOn)"
+    assert run("turbo run build") is None  # ^build depends on itself: followed once
+    (tmp_path / "turbo.json").write_text('{"tasks": ')
+    with pytest.raises(DiscoveryError, match=r"turbo\.json is not valid JSON"):
+        ProjectFiles(tmp_path).package_script("turbo.json", "db:reset")

@@ -41,6 +41,10 @@ _SCRIPT_FILES = {
     "composer.json": (("composer.json", "scripts"),),
     "deno.json": (("deno.json", "tasks"), ("deno.jsonc", "tasks"), ("package.json", "scripts")),
 }
+# turbo.json (turbo 1: `pipeline`): a task's dependsOn and `with`, as the command line
+# that runs them; read from every turbo.json at or above the folder (a member's extends
+# the top's).
+TURBO_JSON = "turbo.json"
 # JSON with comments and trailing commas (deno.jsonc, and deno.json too): a string is
 # kept as it is, a comment dropped, a comma before } or ] dropped.
 _JSONC_TOKEN = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
@@ -247,6 +251,8 @@ class ProjectFiles:
         the nearest one at or above the folder, as npm and composer find it (`npm run
         db:reset` in src/ runs the project's script, in the project's folder). Each
         manifest is parsed once per ProjectFiles (npm test looks up pre/post too)."""
+        if os.path.basename(manifest) == TURBO_JSON:
+            return self._turbo_needs(manifest, script)
         if manifest not in self._scripts:
             # `web/package.json` (npm --prefix web): from that folder upwards; a folder
             # that is not there may be a workspace's package name (npm -w @shop/api).
@@ -278,6 +284,41 @@ class ProjectFiles:
         where, scripts = self._scripts[manifest]
         line = _script_line(scripts.get(script))
         return Script(line, where) if line is not None else None
+
+    def _turbo_needs(self, manifest: str, task: str) -> Script | None:
+        """The tasks turbo runs before (or with) `task`, as `turbo run A B`: every
+        `dependsOn` and `with` entry of `task` and of `PACKAGE#task`, with `^` (the
+        package's dependencies) and `PACKAGE#` (one package) dropped, so each runs in
+        every member: an over-approximation that reads no dependency graph."""
+        folder = os.path.dirname(manifest)
+        start = Path(os.path.normpath(self.root / folder))
+        needed: list[str] = []
+        top: Path | None = None
+        for each in (start, *start.parents):
+            text = self.read(str(each / TURBO_JSON))
+            if text is None:
+                continue
+            top = each
+            try:
+                data = _jsonc(text)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                raise DiscoveryError(f"{each / TURBO_JSON} is not valid JSON")
+            for key in ("tasks", "pipeline"):
+                table = data.get(key)
+                if not isinstance(table, dict):
+                    continue
+                for name, entry in table.items():
+                    if not isinstance(name, str) or name.rpartition("#")[2] != task:
+                        continue
+                    for field_name in ("dependsOn", "with"):
+                        for item in _strings(entry, field_name):
+                            needed.append(item.rpartition("#")[2].removeprefix("^"))
+        names = [name for name in dict.fromkeys(needed) if name and not name.startswith("$")]
+        if top is None or not names:
+            return None
+        return Script(f"turbo run {shlex.join(names)}", str(top))
 
 
 # Variables that change between otherwise identical invocations and that no framework

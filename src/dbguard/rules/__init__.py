@@ -209,6 +209,7 @@ class ScriptsRule(_Rule):
     root_file: str | None = None
     multiple: bool = False
     in_place: bool = False
+    tasks: str | None = None
     targets: dict[str, str] = {}
 
     _names = field_validator("programs")(_check_program_names)
@@ -1348,7 +1349,8 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
-        return self._fan_out(
+        moves = dict(hints.values)  # _fan_out consumes the move
+        found = self._fan_out(
             walk,
             rule.manifest,
             options,
@@ -1361,6 +1363,46 @@ class Classifier:
             run=lambda: self._run_scripts(scripts, parsed, args, walk, depth),
             root=_root_file(options, rule.root_options, rule.root_file),
         )
+        if rule.tasks is None:
+            return found
+        with walk.moved(moves):
+            needed = [
+                self._needed_tasks(scripts, rule.tasks, name, walk, depth)
+                for name in self._task_names(scripts, parsed, args)
+            ]
+        return _most_dangerous([found, *needed])
+
+    @staticmethod
+    def _task_names(scripts: _Scripts, parsed: _Parsed, args: Sequence[str]) -> list[str]:
+        """The tasks a `multiple` runner is asked for: `turbo run a b`, `turbo a b`."""
+        word = parsed.positionals[0][1]
+        if word in scripts.run:
+            return [name for _, name in _parse(args[parsed.end + 1 :], scripts.syntax).positionals]
+        if scripts.rule.any_word and word not in scripts.builtins:
+            return [name for _, name in _parse(args, scripts.syntax).positionals]
+        return []
+
+    def _needed_tasks(
+        self, scripts: _Scripts, tasks: str, name: str, walk: _Walk, depth: int
+    ) -> Operation | None:
+        """What the tasks that task `name` depends on run: the look-up in `tasks`
+        (turbo.json's dependsOn) gives them as a command line (`turbo run build migrate`)."""
+        key = (walk.manifest(tasks), name)
+        if key in walk.active or depth >= _MAX_DEPTH:
+            return None
+        needed = walk.script(tasks, name)
+        if needed is None:
+            return None
+        walk.active.add(key)
+        try:
+            with walk.moved(to=needed.folder):
+                found = self._line(needed.line, walk, depth + 1, None)
+        finally:
+            walk.active.discard(key)
+        if found is None:
+            return None
+        program = scripts.rule.programs[0]
+        return replace(found, via=(f"{program} {name} (dependsOn)", *found.via))
 
     def _fan_out(
         self,
