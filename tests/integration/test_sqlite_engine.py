@@ -420,3 +420,29 @@ def test_swapped_is_called_once_the_target_holds_the_backup(
             swapped=lambda: seen.append(-1),
         )
     assert seen == [100]
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+def test_a_restore_keeps_the_databases_environment_mark(
+    tmp_path: Path, engines: Engines, wal: bool
+) -> None:
+    """The mark belongs to the database, as PostgreSQL's database setting does: a backup
+    taken before `mark production` must not bring the database back unmarked."""
+    db = tmp_path / "app.sqlite"
+    target = make_db(db, wal=wal)
+    store = Store(tmp_path / "b")
+    engine = engines.for_target(target)
+    manifest = operations.take_backup(store, engines, target, REASON)  # unmarked
+    engine.set_marker(target, "production")
+    expected = rows(db)
+    execute(db, "DELETE FROM items")
+
+    operations.restore_backup(store, engines, manifest, target, REASON)
+
+    assert rows(db) == expected
+    assert engine.marker(target) == "production"
+    engine.set_marker(target, "development")
+    marked = operations.take_backup(store, engines, target, REASON)
+    engine.set_marker(target, None)
+    operations.restore_backup(store, engines, marked, target, REASON)
+    assert engine.marker(target) == "development"  # an unmarked database takes the backup's

@@ -173,6 +173,17 @@ def _adopt_page_size(source: sqlite3.Connection, dest: sqlite3.Connection) -> No
         source.execute("VACUUM")
 
 
+def _keep_marker(source: sqlite3.Connection, dest: sqlite3.Connection) -> None:
+    """The environment mark describes the database, not its contents (PostgreSQL keeps
+    its database setting across a restore too): a backup taken before `dbguardctl mark
+    production` must not bring the database back unmarked, open to unattended callers.
+    The source is the restore's own scratch copy, so it takes the target's mark."""
+    theirs = dest.execute("PRAGMA application_id").fetchone()[0]
+    ours = source.execute("PRAGMA application_id").fetchone()[0]
+    if theirs in _MARKERS and ours != theirs and ours in (0, *_MARKERS):
+        source.execute(f"PRAGMA application_id = {int(theirs)}")
+
+
 def _header_byte(path: Path, offset: int) -> int | None:
     """One byte of the database header (18: 2 in WAL mode), or None if unreadable."""
     try:
@@ -477,6 +488,7 @@ class SqliteEngine:
 
         try:
             _adopt_page_size(source, dest)
+            _keep_marker(source, dest)
             # Busy steps come back at once and backup() retries them, with the callback
             # between: a long busy wait inside SQLite would hold off ^C and SIGTERM.
             dest.execute("PRAGMA busy_timeout = 100")
