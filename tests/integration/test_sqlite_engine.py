@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -446,3 +448,42 @@ def test_a_restore_keeps_the_databases_environment_mark(
     engine.set_marker(target, None)
     operations.restore_backup(store, engines, marked, target, REASON)
     assert engine.marker(target) == "development"  # an unmarked database takes the backup's
+
+
+def test_a_stop_during_the_copy_says_truly_whether_the_database_changed(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """^C (or SIGTERM, as dbguardctl restore turns it into one) that arrives while the
+    copy runs: the copy commits in its last step, and a KeyboardInterrupt raised after
+    that must come with `swapped` called, or dbguardctl says "was not changed" of a
+    database that holds the backup."""
+    db = tmp_path / "app.sqlite"
+    target = make_db(db, rows=60_000)  # a copy long enough to be caught in the middle
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    execute(db, "DELETE FROM items WHERE id % 2 = 0")
+    journal = Path(f"{db}-journal")
+    ready = threading.Event()
+
+    def stop_mid_copy() -> None:
+        ready.set()
+        deadline = time.monotonic() + 30
+        while not journal.exists() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    seen: list[bool] = []
+    stopper = threading.Thread(target=stop_mid_copy)
+    stopper.start()
+    ready.wait()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            operations.restore_backup(
+                store, engines, manifest, target, REASON, swapped=lambda: seen.append(True)
+            )
+    finally:
+        stopper.join()
+    restored = len(rows(db)) == 60_000
+    assert restored == bool(seen), (restored, seen)
+    with sqlite3.connect(db) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

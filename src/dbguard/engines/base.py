@@ -190,6 +190,23 @@ def signal_handlers(
 
 
 @contextlib.contextmanager
+def signals_recorded() -> Iterator[list[int]]:
+    """Record ^C, SIGTERM and SIGHUP in the list the block gets, instead of raising
+    wherever Python happens to be: for a step that checks between its parts whether to
+    stop (and raises KeyboardInterrupt itself) and must never be cut off after its last
+    part took effect. Raises KeyboardInterrupt for the first at the end of a block that
+    did not raise. Only the main thread can take signals; elsewhere nothing is recorded."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    with signal_handlers(_HELD, lambda signum, frame: received.append(signum)):
+        yield received
+    if received:
+        raise KeyboardInterrupt(signal.Signals(received[0]).name)
+
+
+@contextlib.contextmanager
 def signals_held(what: str) -> Iterator[None]:
     """Hold ^C, SIGTERM and SIGHUP while `what` runs, a step that stopped halfway would
     leave a database half-restored; then raise KeyboardInterrupt for the first that

@@ -20,6 +20,7 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -32,7 +33,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dbguard.config import BackupSettings
-from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target
+from dbguard.engines.base import (
+    DumpInfo,
+    EngineName,
+    Marker,
+    Sink,
+    Target,
+    signals_recorded,
+)
 from dbguard.errors import (
     BackupFailed,
     Cancelled,
@@ -117,6 +125,10 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+class _Stopped(Exception):
+    """A stop came before the restore's copy committed."""
 
 
 class _StillInUse(Exception):
@@ -435,11 +447,14 @@ class SqliteEngine:
                 else "the database was not changed",
             ) from None
         try:
-            if path.exists():
-                self._copy_into(unpacked, path)
-            else:
-                self._create_from(unpacked, path)
-            swapped()
+            # The copy commits in its last step: a stop that lands after it must say the
+            # database holds the backup, not that it was left as it was.
+            with signals_recorded() as stops:
+                if path.exists():
+                    self._copy_into(unpacked, path, stops)
+                else:
+                    self._create_from(unpacked, path)
+                swapped()
         except OSError as err:
             raise _restore_error(path, err) from None
         finally:
@@ -466,7 +481,7 @@ class SqliteEngine:
         finally:
             temp.unlink(missing_ok=True)
 
-    def _copy_into(self, source_path: Path, path: Path) -> None:
+    def _copy_into(self, source_path: Path, path: Path, stops: list[int]) -> None:
         """Replace the live database's contents in one transaction of its own.
 
         The backup API writes through the target's journal or WAL, so other connections
@@ -482,6 +497,8 @@ class SqliteEngine:
 
         def give_up_when_held(status: int, remaining: int, total: int) -> None:
             # Python's backup() retries a busy step for ever; this ends it (and ^C works).
+            if stops and status != sqlite3.SQLITE_DONE:
+                raise _Stopped  # not committed yet: backup() rolls the target back
             busy = status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
             if busy and time.monotonic() >= deadline:
                 raise _StillInUse
@@ -493,6 +510,8 @@ class SqliteEngine:
             # between: a long busy wait inside SQLite would hold off ^C and SIGTERM.
             dest.execute("PRAGMA busy_timeout = 100")
             source.backup(dest, progress=give_up_when_held)
+        except _Stopped:
+            raise KeyboardInterrupt(signal.Signals(stops[0]).name) from None
         except _StillInUse:
             holders = _holders(path)
             held_by = f" (open in {', '.join(holders)})" if holders else ""
