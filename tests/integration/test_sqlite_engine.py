@@ -487,3 +487,22 @@ def test_a_stop_during_the_copy_says_truly_whether_the_database_changed(
     assert restored == bool(seen), (restored, seen)
     with sqlite3.connect(db) as check:
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_path_that_is_no_utf8_is_backed_up_and_restored(tmp_path: Path, engines: Engines) -> None:
+    """A folder named in Latin-1 (or any bytes) reaches Python with surrogate escapes; the
+    database there is backed up, checked and restored like any other, not a crash."""
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    db = folder / "app.sqlite"
+    target = make_db(db)
+    store = Store(tmp_path / "b")
+    engine = engines.for_target(target)
+    assert engine.marker(target) is None
+    manifest = operations.take_backup(store, engines, target, REASON)
+    expected = rows(db)
+    execute(db, "DELETE FROM items")
+
+    assert operations.verify_backup(store, engines, manifest).ok
+    operations.restore_backup(store, engines, manifest, target, REASON)
+    assert rows(db) == expected

@@ -66,7 +66,8 @@ def _connect(
     """Open without ever creating the file (mode=rw) and in autocommit mode; wait up to
     `timeout` (default _BUSY_TIMEOUT, read now so a test can shorten it) for locks."""
     mode = "rw" if must_exist else "rwc"
-    uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    # Bytes: a path that is no UTF-8 (surrogate escapes) opens as the bytes it names.
+    uri = f"file:{urllib.parse.quote(os.fsencode(path))}?mode={mode}"
     wait = _BUSY_TIMEOUT if timeout is None else timeout
     return sqlite3.connect(
         uri, uri=True, timeout=wait, isolation_level=None, check_same_thread=False
