@@ -190,6 +190,14 @@ def test_a_deleted_working_folder_is_named_as_the_problem(
     assert result.returncode == 70, result.stderr
     assert b"the current folder is gone" in result.stderr
     assert b"not reachable" not in result.stderr
+    # dbguardctl's commands that work on the current folder say the same, no traceback.
+    for command in ("backup", "mark production", "doctor"):
+        ctl = f"{sys.executable} -m dbguard.ctl.main {command}"
+        ran = home.run(["sh", "-c", f"mkdir {gone} && cd {gone} && rmdir {gone} && {ctl}"],
+                       cwd=project)  # fmt: skip
+        assert ran.returncode == 1, (command, ran.stderr)
+        assert b"the current folder is gone" in ran.stderr, (command, ran.stderr)
+        assert b"Traceback" not in ran.stderr, (command, ran.stderr)
 
 
 def test_an_unchanged_database_reuses_its_backup(home: Home, daemon: Daemon, project: Path) -> None:

@@ -6,12 +6,11 @@ Usage: dbguardctl backup [--json]
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dbguard.client.shim import silence_timeout
 from dbguard.client.talk import request
-from dbguard.ctl.context import Context
+from dbguard.ctl.context import Context, current_folder
 from dbguard.protocol import PROTOCOL_VERSION, BackupNow, Deny, Done, Fail, Progress
 
 
@@ -28,7 +27,7 @@ def _show_progress(progress: Progress) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=os.getcwd(), env=ctx.env)
+    message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=str(current_folder()), env=ctx.env)
     reply = request(ctx.socket, message, _show_progress, timeout=silence_timeout())
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[2K")

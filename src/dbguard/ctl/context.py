@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from dbguard.errors import NotFound
+from dbguard.errors import DbguardError, NotFound
 
 # Imported where used: `dbguardctl shell-init` runs at every shell start and must not
 # pay for pydantic and zstandard.
@@ -104,3 +105,15 @@ def backup_id(value: str) -> str:
         return check_id(value)
     except NotFound as err:
         raise argparse.ArgumentTypeError(f"{err.problem} ({err.fix})") from None
+
+
+def current_folder() -> Path:
+    """The working folder, or an error that says what to do when it was deleted (as the
+    shims do), not a traceback."""
+    try:
+        return Path(os.getcwd())
+    except OSError as err:
+        raise DbguardError(
+            f"the current folder is gone ({err.strerror})",
+            "cd into the project's folder (it may have been deleted and made again)",
+        ) from None

@@ -34,7 +34,7 @@ from dbguard import __version__, paths, shims
 from dbguard.client import autostart
 from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.config import Config, ConfigError, config_path, load_config
-from dbguard.ctl.context import Context, human_size
+from dbguard.ctl.context import Context, current_folder, human_size
 from dbguard.ctl.install import (
     UNITS,
     ctl_command,
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     findings += check_socket(socket)
     findings += check_dump_tools(ctx.env)
     findings += check_backup_dir(config.backup_path(ctx.env))
-    findings += check_project(Path.cwd(), ctx.env, folder)
+    findings += check_project(current_folder(), ctx.env, folder)
     failed = any(f.level == "fail" for f in findings)
     if args.json:
         ctx.print_json({"ok": not failed, "findings": [asdict(f) for f in findings]})

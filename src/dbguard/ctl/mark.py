@@ -14,12 +14,11 @@ environment.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import get_args
 
 from dbguard.ctl.confirm import ask_on_terminal
-from dbguard.ctl.context import Context
+from dbguard.ctl.context import Context, current_folder
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             "in their own terminal"
         )
         return 77
-    found = DiscoveryCache().project_databases(Path(os.getcwd()), ctx.env, "dbguardctl mark")
+    found = DiscoveryCache().project_databases(current_folder(), ctx.env, "dbguardctl mark")
     targets = [t for t in found.targets if not args.database or args.database in t.label]
     if len(targets) != 1:
         listing = "\n".join(f"  {t.label}  ({t.source})" for t in found.targets) or "  none"
