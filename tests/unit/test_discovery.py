@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -808,6 +809,32 @@ def test_discovery_cache_reads_a_fixture_project_and_reuses_the_answer() -> None
     assert cache.discover(root, {}, operation(kind=Kind.TEST)) is first
     other = cache.discover(root, {}, operation(kind=Kind.TEST), cwd=root / "tests")
     assert other is not first and only(other).name == "shop_test"
+
+
+def test_discovery_cache_sees_a_file_rewritten_with_its_old_size_and_mtime(
+    tmp_path: Path,
+) -> None:
+    """`cp -p .env.other .env` (or an edit followed by `touch -r`) keeps the inode, the
+    size and the mtime: a cached answer would back up the database .env named before."""
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "artisan").write_text("<?php\n")
+    env = root / ".env"
+    env.write_text("DB_CONNECTION=sqlite\nDB_DATABASE=/srv/aaa.sqlite\n")
+    cache = DiscoveryCache()
+    first = cache.discover(root, {}, operation(kind=Kind.MIGRATE))
+    assert only(first).path == "/srv/aaa.sqlite"
+    before = env.stat()
+    time.sleep(0.01)  # past the coarse clock's tick, so the ctime moves
+    with env.open("r+") as file:
+        file.write("DB_CONNECTION=sqlite\nDB_DATABASE=/srv/bbb.sqlite\n")
+    os.utime(env, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (env.stat().st_ino, env.stat().st_size, env.stat().st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns,
+    )  # fmt: skip
+
+    again = cache.discover(root, {}, operation(kind=Kind.MIGRATE))
+    assert only(again).path == "/srv/bbb.sqlite"
 
 
 def test_project_files_reader_reports_absent_files() -> None:

@@ -49,7 +49,7 @@ TURBO_JSON = "turbo.json"
 # kept as it is, a comment dropped, a comma before } or ] dropped.
 _JSONC_TOKEN = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
 
-Stamp = tuple[int, int, int] | None  # (inode, size, mtime_ns), None when absent
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns), None when absent
 
 
 def _yaml(text: str | None) -> object:
@@ -126,7 +126,9 @@ def _stamp(path: Path) -> Stamp:
         st = path.stat()
     except (OSError, ValueError):
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    # ctime too: a file rewritten in place at its old size and given its old mtime back
+    # (`cp -p`, `touch -r`, rsync, tar) keeps inode, size and mtime, never its ctime.
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass
