@@ -506,3 +506,14 @@ def test_a_path_that_is_no_utf8_is_backed_up_and_restored(tmp_path: Path, engine
     assert operations.verify_backup(store, engines, manifest).ok
     operations.restore_backup(store, engines, manifest, target, REASON)
     assert rows(db) == expected
+
+
+def test_marking_a_database_that_is_not_there_says_so(tmp_path: Path, engines: Engines) -> None:
+    target = Target(engine="sqlite", path=str(tmp_path / "absent.sqlite"), source="test")
+    with pytest.raises(DatabaseMissing, match="does not exist") as caught:
+        engines.for_target(target).set_marker(target, "production")
+    assert "create it first" in caught.value.fix
+    assert not (tmp_path / "absent.sqlite").exists()
+    folderless = Target(engine="sqlite", path=str(tmp_path / "no" / "a.sqlite"), source="test")
+    with pytest.raises(DatabaseMissing):
+        engines.for_target(folderless).set_marker(folderless, "production")

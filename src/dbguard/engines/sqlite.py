@@ -560,7 +560,17 @@ class SqliteEngine:
 
     def set_marker(self, target: Target, marker: Marker | None) -> None:
         path = Path(str(target.path))
-        conn = _connect(path)
+        try:
+            conn = _connect(path)
+        except sqlite3.Error as err:
+            if not os.path.lexists(path):
+                missing = _missing(path)
+                missing.fix = (
+                    "create it first (run the project's migrations), then mark it; or mark it "
+                    "in .dbguard.toml ([[database]] ... production = true)"
+                )
+                raise missing from None
+            raise _open_error(path, err) from None
         try:
             current = conn.execute("PRAGMA application_id").fetchone()[0]
             if current not in (0, *_MARKERS):
