@@ -1246,3 +1246,20 @@ def test_turbo_runs_the_tasks_a_task_depends_on_in_every_member(tmp_path: Path) 
     (tmp_path / "turbo.json").write_text('{"tasks": ')
     with pytest.raises(DiscoveryError, match=r"turbo\.json is not valid JSON"):
         ProjectFiles(tmp_path).package_script("turbo.json", "db:reset")
+
+
+def test_a_dotenv_that_is_a_named_pipe_is_refused_not_taken_for_absent(tmp_path: Path) -> None:
+    """A secrets manager may serve .env through a named pipe: the application reads its
+    database from there, so "no .env" (and Laravel's default database, absent: nothing
+    to back up) would let the command run unguarded. Opening it could block, too."""
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "artisan").write_text("<?php\n")
+    os.mkfifo(root / ".env")
+    with pytest.raises(DiscoveryError, match="not a regular file"):
+        DiscoveryCache().discover(root, {}, operation(kind=Kind.DESTRUCTIVE))
+    # A folder by that name (a virtualenv called .env) is no dotenv file: not an error.
+    (root / ".env").unlink()
+    (root / ".env").mkdir()
+    found = DiscoveryCache().discover(root, {}, operation(kind=Kind.DESTRUCTIVE))
+    assert only(found).path.endswith("database/database.sqlite")

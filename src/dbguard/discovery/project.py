@@ -142,8 +142,17 @@ class ProjectFiles:
     def read(self, relative: str) -> str | None:
         path = self.root / relative
         self.stamps[path] = _stamp(path)
-        if self.stamps[path] is None or not path.is_file():
+        if self.stamps[path] is None or path.is_dir():  # a venv named .env is no dotenv
             return None
+        if not path.is_file():
+            # A named pipe (a secrets manager serving .env), a socket or a device: opening
+            # it could block, or take what the application reads. Unread is not "absent".
+            raise DiscoveryError(
+                f"{path} is not a regular file (a named pipe, socket or device); dbguard "
+                "does not read it, so it cannot tell which database it names",
+                "make it a regular file (have your secrets tool write it out rather than "
+                "serve it through a pipe); until then database commands here are refused",
+            )
         try:
             with path.open("rb") as stream:
                 data = stream.read(MAX_FILE_BYTES + 1)
