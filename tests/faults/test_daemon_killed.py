@@ -220,11 +220,16 @@ def test_a_stopped_daemon_makes_the_shim_give_up_after_its_silence(home: Home) -
     injected("dbguardd stopped (SIGSTOP) while a shim asks it")
     try:
         refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        status = home.ctl("status")
     finally:
         daemon.process.send_signal(signal.SIGCONT)
     try:
         assert refused.returncode == 69, stderr_text(refused)
         assert "has sent nothing for 1 s (it is stopped or stuck)" in stderr_text(refused)
+        # status says it is there but not answering, and not "start it": it is started.
+        shown = status.stdout.decode()
+        assert status.returncode == 3 and "dbguardd is NOT answering" in shown, shown
+        assert "stuck or stopped (SIGSTOP)" in shown and "until it is started" not in shown
         assert ran(project) == []
         # Awake again, it serves the same command (with a backup) inside the same silence.
         assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from dbguard import paths
 from dbguard.client import autostart
-from dbguard.client.talk import DaemonUnavailable, request
+from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.ctl.context import Context, age, human_size, table
 from dbguard.health import database_health
 from dbguard.protocol import PROTOCOL_VERSION, Status, StatusQuery
@@ -29,6 +29,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             daemon = {"running": True, **reply.model_dump()}
     except DaemonUnavailable as err:
         daemon["problem"] = err.problem
+        if isinstance(err, DaemonNotAnswering):  # there, but stopped, stuck or another version
+            daemon["answering"] = False
+            daemon["fix"] = err.fix
     entries = ctx.store.entries()
     manifests = [e for e in entries if isinstance(e, Manifest)]
     healths = database_health(
@@ -67,6 +70,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print(f"  backing up now: {label}")
         for problem in daemon.get("problems", []):
             ctx.print(f"  PROBLEM: {problem}")
+    elif daemon.get("answering") is False:
+        # Running, as far as anyone can tell: "start it" and autostart would not help.
+        ctx.print(f"dbguardd is NOT answering: {daemon['problem']}")
+        ctx.print(f"  {daemon['fix']}")
+        ctx.print("  guarded commands will refuse to run (exit 69) until it answers")
     else:
         ctx.print(f"dbguardd is NOT running: {daemon['problem']}")
         autostart_on = ctx.env.get("DBGUARD_AUTOSTART") != "0" and autostart.read_settings(
