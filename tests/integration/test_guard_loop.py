@@ -742,3 +742,17 @@ def test_prisma_in_every_member_leaves_out_members_without_a_schema(home: Home) 
         assert isinstance(answer, Deny) and "no Prisma schema" in answer.reason, answer
     finally:
         guard.engines.close()
+
+
+def test_a_closed_stderr_keeps_the_exit_status(home: Home, daemon: Daemon, project: Path) -> None:
+    """`cmd 2>&-` (a cron line, a supervisor): the shim cannot print, but its exit status
+    is still the command's, or dbguard's own code when the command did not run; it once
+    died on the write and every such run ended with 1."""
+    ran = home.run(["sh", "-c", "exec php artisan test --exit=3 2>&-"], cwd=project)
+    assert ran.returncode == 3, ran
+    unreachable = home.run(
+        ["sh", "-c", "exec php artisan migrate:fresh 2>&-"],
+        cwd=project,
+        env={"DBGUARD_SOCKET": str(home.root / "nowhere.sock")},
+    )
+    assert unreachable.returncode == 69, unreachable

@@ -87,7 +87,10 @@ _scan = _json.make_scanner(_DecodeContext())  # type: ignore[arg-type]
 
 
 def say(text: str) -> None:
-    os.write(2, ("dbguard: " + text + "\n").encode("utf-8", "surrogateescape"))
+    try:
+        os.write(2, ("dbguard: " + text + "\n").encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass  # stderr closed (`2>&-`) or full: the exit status still says what happened
 
 
 def socket_path() -> str:
@@ -471,8 +474,12 @@ def run(argv: list[str]) -> None:
         say(f"interrupted: {name} was not run")
         die_like(_signal.SIGINT)  # so that a calling shell loop stops too
         code = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None when started with that fd closed
+        try:
+            if stream is not None:
+                stream.flush()
+        except OSError:
+            pass
     os._exit(0 if code is None else code)
 
 
