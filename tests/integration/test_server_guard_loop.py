@@ -231,3 +231,37 @@ def test_a_stop_during_a_mysql_swap_waits_for_the_swap_and_says_so(
     conn.close()
     [logged] = [r for r in home.operations() if r.get("decision") == "restore"]
     assert logged["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_a_restore_keeps_the_production_mark_a_backup_predates(
+    request: pytest.FixtureRequest, home: Home, daemon: Daemon, server: str
+) -> None:
+    """MySQL's mark is a routine, and a restore replaces the routines with the backup's:
+    a backup taken before `mark production` would leave the database unmarked, and an
+    agent's next migrate:fresh would run with no person asked."""
+    from dbguard.engines import Engines
+
+    target: Target = request.getfixturevalue(
+        "pg_database" if server == "postgres" else "mysql_database"
+    )
+    rows = seed_pg(target) if server == "postgres" else seed_mysql(target)
+    before = rows()
+    project = home.root / "app"
+    project.mkdir()
+    laravel(project, target)
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    marked = home.ctl("mark", "production", cwd=project)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+
+    restored = home.ctl("restore", backup_id, "--yes", cwd=project)
+
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert rows() == before
+    engines = Engines()
+    try:
+        assert engines.for_target(target).marker(target) == "production"
+    finally:
+        engines.close()

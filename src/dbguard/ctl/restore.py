@@ -16,7 +16,7 @@ from dbguard.ctl.confirm import ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
-from dbguard.engines.base import Target, signal_handlers
+from dbguard.engines.base import Marker, Target, signal_handlers
 from dbguard.errors import DbguardError
 from dbguard.policy import agent_markers
 from dbguard.production import classify_production
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     swapped: list[bool] = []  # once the target holds the backup's contents
     stopped_after_swap = False
     engines = Engines(ctx.config.backup)
+    mark = _mark(engines, target)
     try:
         with _stops_interrupt():
             before = operations.restore_backup(
@@ -99,6 +100,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         raise
     finally:
         engines.close()
+    if mark is not None:
+        _keep_mark(ctx, target, mark)
     ctx.oplog.append(
         record
         | {
@@ -116,6 +119,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _mark(engines: Engines, target: Target) -> Marker | None:
+    """The database's environment mark before the restore (None when it has none, or
+    cannot be read: then there is nothing known to put back)."""
+    try:
+        return engines.for_target(target).marker(target)
+    except DbguardError:
+        return None
+
+
+def _keep_mark(ctx: Context, target: Target, mark: Marker) -> None:
+    """The mark belongs to the database, not to its contents: a backup taken before
+    `dbguardctl mark production` (or one whose dump drops routines, as MySQL's does)
+    must not leave a production database unmarked, open to unattended callers."""
+    engines = Engines(ctx.config.backup)
+    try:
+        engine = engines.for_target(target)
+        if engine.marker(target) != mark:
+            engine.set_marker(target, mark)
+            ctx.print(f"{target.label} keeps its {mark} mark")
+    except DbguardError as err:
+        ctx.error(
+            f"dbguardctl: WARNING: {target.label} was marked {mark} and the restored "
+            f"contents are not; setting the mark again failed: {err.problem}\n"
+            f"  run `dbguardctl mark {mark}` in its project"
+        )
+    finally:
+        engines.close()
 
 
 def _stopped_before_swap(
