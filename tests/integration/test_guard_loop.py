@@ -756,3 +756,12 @@ def test_a_closed_stderr_keeps_the_exit_status(home: Home, daemon: Daemon, proje
         env={"DBGUARD_SOCKET": str(home.root / "nowhere.sock")},
     )
     assert unreachable.returncode == 69, unreachable
+
+
+def test_a_socket_path_too_long_is_named_as_the_problem(home: Home, project: Path) -> None:
+    long_path = "/tmp/" + "s" * 120 + "/dbguard.sock"
+    refused = home.run(
+        ["php", "artisan", "migrate:fresh"], cwd=project, env={"DBGUARD_SOCKET": long_path}
+    )
+    assert refused.returncode == 69, refused.stderr
+    assert b"path too long" in refused.stderr and b"(None)" not in refused.stderr

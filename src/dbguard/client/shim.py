@@ -383,7 +383,7 @@ def main(argv: list[str]) -> int | None:
         conn = connect(path, shims_dir)
         conn.send(invoke_message(command, real, cwd))
     except OSError as err:
-        say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror}).")
+        say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror or err}).")
         say(
             "start it with `dbguardd` (or `systemctl --user start dbguard.socket`), then run "
             "the command again; `dbguardctl doctor` checks the setup"
