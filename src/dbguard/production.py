@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -338,9 +339,20 @@ def _sqlite_reasons(
 
 
 def _production_path_reasons(target: Target, settings: ProductionSettings) -> list[str]:
+    if not target.path or not settings.sqlite_production_paths:
+        return []
+    # Also where the path leads: a project's `database/app.sqlite` (or its `database`
+    # folder) linked into a production folder is that production file.
+    real = os.path.realpath(target.path)
     for pattern in settings.sqlite_production_paths:
-        if target.path and fnmatch.fnmatchcase(target.path, pattern):
-            return [f"production because the SQLite file {target.path} matches {pattern!r}"]
+        for candidate in dict.fromkeys((pattern, os.path.realpath(pattern))):
+            if fnmatch.fnmatchcase(target.path, candidate):
+                return [f"production because the SQLite file {target.path} matches {pattern!r}"]
+            if fnmatch.fnmatchcase(real, candidate):
+                return [
+                    f"production because the SQLite file {target.path} is {real}, which "
+                    f"matches {pattern!r}"
+                ]
     return []
 
 

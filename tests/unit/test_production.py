@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dbguard.engines.base import EngineName, Target
@@ -179,6 +181,29 @@ def test_sqlite_is_local_production_only_by_marker_app_env_or_path() -> None:
     assert verdict.reasons == [
         "production because the SQLite file /var/lib/app/data.db matches '/var/lib/app/*'"
     ]
+
+
+def test_a_listed_sqlite_path_counts_through_a_link(tmp_path: Path) -> None:
+    """A project's database/app.sqlite (or its database folder) linked into a folder the
+    user listed as production is that production file, not a local one."""
+    production = tmp_path / "srv" / "keep"
+    production.mkdir(parents=True)
+    (production / "app.sqlite").touch()
+    project = tmp_path / "app" / "database"
+    project.mkdir(parents=True)
+    (project / "app.sqlite").symlink_to(production / "app.sqlite")
+    (project / "shared").symlink_to(production)
+    settings = ProductionSettings(sqlite_production_paths=(f"{production}/*",))
+
+    for linked in (project / "app.sqlite", project / "shared" / "app.sqlite"):
+        verdict = classify_production(sqlite(str(linked)), {}, settings)
+        assert verdict.production, linked
+        assert f"is {production / 'app.sqlite'}" in verdict.reasons[0]
+    # And a pattern written through a link matches the file where it really is.
+    linked_settings = ProductionSettings(sqlite_production_paths=(f"{project}/shared/*",))
+    real = sqlite(str(production / "app.sqlite"))
+    assert classify_production(real, {}, linked_settings).production
+    assert not classify_production(sqlite(str(tmp_path / "x.sqlite")), {}, settings).production
 
 
 def test_unix_socket_and_no_host_are_local() -> None:
