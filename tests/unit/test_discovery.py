@@ -1262,4 +1262,4 @@ def test_a_dotenv_that_is_a_named_pipe_is_refused_not_taken_for_absent(tmp_path:
     (root / ".env").unlink()
     (root / ".env").mkdir()
     found = DiscoveryCache().discover(root, {}, operation(kind=Kind.DESTRUCTIVE))
-    assert only(found).path.endswith("database/database.sqlite")
+    assert str(only(found).path).endswith("database/database.sqlite")
