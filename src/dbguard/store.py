@@ -415,8 +415,10 @@ class Store:
         self._newest: dict[str, tuple[_Stamp, Manifest | None, _Stamp]] = {}
         self._intact: dict[str, tuple[_Stamp, bool]] = {}
         # The highest commit number of any manifest read: a .seq set back (restored
-        # from an old copy, edited) must not number new backups below old ones.
+        # from an old copy, edited) must not number new backups below old ones. Every
+        # manifest is read once, at this process's first backup.
         self._highest_seq = 0
+        self._read_every_seq = False
 
     def compressor(self) -> zstandard.ZstdCompressor:
         # Level 1 hashes into a 64 KB table (hash_log 14), more than a core's L1 cache;
@@ -498,7 +500,10 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, 32, 0).strip()
-            value = max(int(raw) if raw.isdigit() else self._max_seq(), self._highest_seq) + 1
+            if not self._read_every_seq:
+                self._max_seq()  # reads them all, and so raises _highest_seq
+                self._read_every_seq = True
+            value = max(int(raw) if raw.isdigit() else 0, self._highest_seq) + 1
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(value).encode(), 0)
             # Durable before the backup it numbers is: after a power cut the next backup

@@ -120,6 +120,11 @@ def test_a_commit_counter_set_back_still_numbers_new_backups_above_old_ones(
         taken = backup(each)
         assert taken.seq > newest.seq
         assert each.manifests(TARGET)[0] == taken == each.newest(TARGET)
+    # A new process whose first backup is of a database it has not read yet.
+    other = TARGET.model_copy(update={"key": "sqlite:/other.sqlite", "path": "/other.sqlite"})
+    (store.root / ".seq").write_text("1")
+    first_of_other = backup(Store(tmp_path / "b"), target=other)
+    assert first_of_other.seq > max(m.seq for m in store.manifests(TARGET))
 
 
 def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
