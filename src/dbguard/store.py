@@ -561,6 +561,8 @@ class Store:
         if target is not None:
             folders = [self.root / target.slug]
         else:
+            if self.root.exists() or self.root.is_symlink():
+                check_private_folder(self.root)  # a file there is no "no backups"
             folders = [f for f in _listed(self.root) if not f.name.startswith(".")]
         for folder in folders:
             for backup in _listed(folder):

@@ -196,6 +196,8 @@ def test_missing_shims_and_an_unwritable_backup_folder(setup: Home, daemon: Daem
     assert code == 1
     assert set(failures(report)) == {"shim prisma", "backups"}
     assert "dbguardctl install" in finding(report, "shim prisma", "fail")["fix"]
+    # What is in the way, named (it once said the file "is not writable").
+    assert f"{blocker} is a file" in finding(report, "backups", "fail")["message"]
 
 
 def test_the_backup_folder_is_judged_as_dbguardd_judges_it(setup: Home) -> None:
@@ -210,6 +212,8 @@ def test_the_backup_folder_is_judged_as_dbguardd_judges_it(setup: Home) -> None:
         found = finding(report, "backups", state)
         if state == "fail":
             assert "is a file, not a folder" in found["message"]
+            listed = setup.ctl("list-backups")  # not "no backups in ..."
+            assert listed.returncode == 75 and b"is a file, not a folder" in listed.stderr
 
 
 def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) -> None:

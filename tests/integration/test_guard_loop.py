@@ -495,7 +495,12 @@ def test_dbguardctl_backup_backs_up_the_project_now(
     again = json.loads(home.ctl("backup", "--json", cwd=project).stdout)
     assert all(b["reused"] for b in again["backups"])  # nothing changed since
     only_app = home.ctl("list-backups", "--database", "app.sqlite", "--json")
-    assert len(json.loads(only_app.stdout)) == 1
+    [app_backup] = json.loads(only_app.stdout)
+    # Damaged, it is still listed under its database's name (its folder says whose).
+    [manifest] = home.backups.glob(f"*/{app_backup['id']}/manifest.json")
+    manifest.write_text("{")
+    [damaged] = json.loads(home.ctl("list-backups", "--database", "app.sqlite", "--json").stdout)
+    assert damaged["id"] == app_backup["id"] and damaged["damaged"] is True
     # None of that name is not the same as none at all.
     none = home.ctl("list-backups", "--database", "nope").stdout.decode()
     assert "no backups of a database whose name contains 'nope' (2 others in" in none

@@ -617,6 +617,15 @@ def check_backup_dir(folder: Path) -> list[Finding]:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if existing != folder and not existing.is_dir():
+        return [
+            Finding(
+                "backups",
+                "fail",
+                f"{folder} cannot be made: {existing} is a file",
+                "set `backup_dir` in config.toml to a path through folders",
+            )
+        ]
     if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
         return [
             Finding(

@@ -30,8 +30,13 @@ def _flags(manifest: Manifest) -> str:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     entries = every = ctx.store.entries()
     if args.database:
+        # A damaged backup may have no readable manifest: its folder, named after the
+        # database, says whose it is.
         entries = [
-            e for e in entries if isinstance(e, Manifest) and args.database in e.database_label
+            e
+            for e in entries
+            if args.database
+            in (e.database_label if isinstance(e, Manifest) else e.path.parent.name)
         ]
     if args.json:
         ctx.print_json(
