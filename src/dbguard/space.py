@@ -148,10 +148,13 @@ def estimate_backup_size(
     return int(estimate * GROWTH_MARGIN)
 
 
-def retention_lock(store: Store) -> contextlib.AbstractContextManager[None]:
+def retention_lock(
+    store: Store, waiting: Callable[[Path], None] | None = None
+) -> contextlib.AbstractContextManager[None]:
     """Hold the store's retention lock (prune, pin/unpin, protecting a reused backup),
-    across processes. Raises BackupFailed if the folder or the lock cannot be made."""
-    return store.locked(LOCK_FILE)
+    across processes; `waiting` as in Store.locked. Raises BackupFailed if the folder
+    or the lock cannot be made."""
+    return store.locked(LOCK_FILE, waiting)
 
 
 def protect_reused(store: Store, manifest: Manifest, now: datetime) -> Manifest:
@@ -177,13 +180,16 @@ def plan_store(
 
 
 def prune_with_plan(
-    store: Store, policy: RetentionSettings, now: datetime
+    store: Store,
+    policy: RetentionSettings,
+    now: datetime,
+    waiting: Callable[[Path], None] | None = None,
 ) -> tuple[Plan, list[Manifest]]:
     """Apply the retention plan under the retention lock; returns the plan and what was
     removed. Raises PruneFailed if a backup cannot be removed (what was removed before
     stays removed and is listed in the error), BackupFailed if the lock cannot be taken."""
     removed: list[Manifest] = []
-    with retention_lock(store):
+    with retention_lock(store, waiting):
         current, manifests = plan_store(store, policy, now)
         for record in current.delete:
             manifest = manifests[record.id]

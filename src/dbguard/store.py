@@ -727,10 +727,12 @@ class Store:
         return updated
 
     @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[None]:
+    def locked(self, name: str, waiting: Callable[[Path], None] | None = None) -> Iterator[None]:
         """Hold an exclusive flock on the lock file `root/name`, across processes. Not
         reentrant: a second hold of the same name in one process waits forever.
-        Raises BackupFailed if the folder or the lock file cannot be created."""
+        `waiting` is told the lock file's path when another process holds it, before
+        this one waits. Raises BackupFailed if the folder or the lock file cannot be
+        created."""
         self.ensure()
         try:
             fd = os.open(
@@ -739,7 +741,12 @@ class Store:
         except OSError as err:
             raise _disk_error(err, self.root / name) from err
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting(self.root / name)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the flock

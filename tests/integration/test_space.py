@@ -8,9 +8,11 @@ import fcntl
 import io
 import json
 import os
+import select
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -305,6 +307,36 @@ def ctl(tmp_path: Path, *argv: str) -> tuple[int, str]:
     ctx = Context(env={"HOME": str(tmp_path)}, config_file=str(config), out=out)
     code = modules[args.command].run(args, ctx)
     return code, out.getvalue()
+
+
+def test_pin_says_so_while_another_process_holds_the_retention_lock(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """It once waited without a word (29 s behind a prune in the fault tests)."""
+    store = Store(tmp_path / "backups")
+    taken = backup(store, engines, sqlite_db(tmp_path / "app.sqlite"))
+    config = tmp_path / "config.toml"
+    config.write_text(f'backup_dir = "{store.root}"\n')
+    holder = os.open(store.root / ".retention.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        pinning = subprocess.Popen(
+            [sys.executable, "-m", "dbguard.ctl.main", "--config", str(config), "pin", taken.id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert pinning.stderr is not None
+        # It cannot go on while we hold the lock: it either says so or stays silent.
+        ready, _, _ = select.select([pinning.stderr], [], [], 30)
+        assert ready, "pin waits for the lock without a word"
+        said = pinning.stderr.readline().decode()
+        assert f"waiting for another dbguard process to let go of {store.root}" in said
+        assert pinning.poll() is None and not store.get(taken.id).pinned
+    finally:
+        os.close(holder)
+    _, err = pinning.communicate(timeout=60)
+    assert pinning.returncode == 0, err
+    assert store.get(taken.id).pinned
 
 
 def test_pin_and_unpin(tmp_path: Path, engines: Engines) -> None:

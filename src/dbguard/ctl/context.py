@@ -62,6 +62,10 @@ class Context:
         """Why a command failed: on stderr, so output piped elsewhere stays clean."""
         print(text, file=sys.stderr)
 
+    def waiting_for(self, lock: Path) -> None:
+        """Said when another dbguard process holds a lock this command needs."""
+        self.error(f"dbguardctl: waiting for another dbguard process to let go of {lock} ...")
+
     def print_json(self, data: Any) -> None:
         # ASCII: an argument or path that is not UTF-8 becomes a \u escape, where
         # writing it raw would make the output invalid JSON.

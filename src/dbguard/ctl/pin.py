@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     store = ctx.store
     # Under the retention lock, so a prune that is planning right now either sees the
     # new pin or finishes before it: it never deletes a backup just pinned.
-    with retention_lock(store):
+    with retention_lock(store, ctx.waiting_for):
         manifest = store.get(args.id)
         changed = manifest.pinned != pinned
         if changed:

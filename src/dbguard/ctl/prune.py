@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         plan, _ = plan_store(ctx.store, settings, now)
     else:
         try:
-            plan, _ = prune_with_plan(ctx.store, settings, now)
+            plan, _ = prune_with_plan(ctx.store, settings, now, ctx.waiting_for)
         except PruneFailed as err:
             for manifest in err.removed:
                 ctx.print(f"removed {manifest.id}  {manifest.database_label}")
