@@ -191,6 +191,10 @@ def test_missing_and_broken_databases(tmp_path: Path, engines: Engines) -> None:
     junk.write_bytes(b"definitely not sqlite" * 200)
     with pytest.raises(BackupFailed, match="not an SQLite database"):
         operations.take_backup(store, engines, Target(engine="sqlite", path=str(junk)), REASON)
+    folder = tmp_path / "app.sqlite"
+    folder.mkdir()  # SQLite itself says only "unable to open database file"
+    with pytest.raises(BackupFailed, match=r"app\.sqlite is a folder, not an SQLite database"):
+        operations.take_backup(store, engines, Target(engine="sqlite", path=str(folder)), REASON)
     assert store.entries() == []
 
 

@@ -260,6 +260,11 @@ def _open_error(path: Path, err: sqlite3.Error) -> BackupFailed:
             f"{path} stayed locked by another connection for {_BUSY_TIMEOUT:g} s",
             "finish or stop whatever holds the write lock, then run the command again",
         )
+    if path.is_dir():  # SQLite only says "unable to open database file"
+        return Unreadable(
+            f"{path} is a folder, not an SQLite database",
+            "check the path in your .env (or .dbguard.toml): it names a folder",
+        )
     code = getattr(err, "sqlite_errorcode", None)
     if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or "not a database" in text:
         what = "is not an SQLite database" if "not a database" in text else f"is damaged ({text})"
