@@ -52,10 +52,19 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: 
         assert "a-file is a file" in daemon.log  # it names what is in the way
         status = home.ctl("status")
         assert f"but dbguardd writes its backups to {second_dir}".encode() in status.stdout
+        # The rejection stays visible after the log has scrolled by, with the way out.
+        assert b"PROBLEM: the config was not reloaded" in status.stdout
+        assert b"a-file is a file" in status.stdout
+        assert b"reload again" in status.stdout
         with sqlite3.connect(project / "database" / "app.sqlite") as conn:
             conn.execute("create table changed (x)")  # so that the next command backs up
         assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
         assert len(list(second_dir.glob("*/*/manifest.json"))) == 3
+
+        config.write_text(f'backup_dir = "{second_dir}"\n')  # fixed: a reload clears it
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for_log(daemon, "config reloaded", count=2)
+        assert b"PROBLEM" not in home.ctl("status").stdout
     finally:
         assert daemon.stop() == 0
 

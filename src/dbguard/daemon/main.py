@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -72,17 +73,30 @@ def reload_config(guard: Guard, config_file: str | None) -> None:
     """SIGHUP: adopt the config file as it is now, or keep the old one if it is invalid."""
     log = structlog.get_logger("dbguard")
     systemd.notify_reloading()
+    when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
     try:
         config = load_config(guard.env, config_file)
         pending = guard.reload(config)
     except DbguardError as err:  # a ConfigError, or a backup folder that cannot be made
         log.error("new config rejected; the previous one stays in force", error=str(err))
-    except Exception:  # e.g. a catalog that no longer loads (an upgrade under a running daemon)
+        guard.reload_problems = [
+            f"the config was not reloaded at {when}, the previous one stays in force: {err}"
+            " (fix it, then reload again: systemctl --user reload dbguard, or kill -HUP "
+            f"{os.getpid()})"
+        ]
+    except (
+        Exception
+    ) as err:  # e.g. a catalog that no longer loads (an upgrade under a running daemon)
         log.exception("reload failed; the previous config stays in force")
+        guard.reload_problems = [
+            f"the config was not reloaded at {when}, the previous one stays in force: "
+            f"{type(err).__name__}: {err} (see dbguardd's log; restarting dbguardd may help)"
+        ]
     else:
         for note in pending:
             log.warning("config reloaded with a change that needs a restart", detail=note)
         log.info("config reloaded")
+        guard.reload_problems = list(pending)
     # READY=1 either way: a rejected config leaves the daemon serving with the old one.
     systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
 

@@ -139,6 +139,9 @@ class Guard:
         self.notifier = Notifier(config.notify)
         self.last_activity = time.monotonic()  # the background verifier waits for quiet
         self.identity = process_identity(os.getpid())
+        # What the last SIGHUP could not do (a rejected config file, a change that waits
+        # for a restart): shown by `dbguardctl status` until a later reload clears it.
+        self.reload_problems: list[str] = []
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
@@ -560,7 +563,7 @@ class Guard:
             uptime_seconds=round(time.monotonic() - self.started, 1),
             backup_dir=str(self.store.root),
             in_flight=self.backups.in_flight(),
-            problems=[self.oplog.problem] if self.oplog.problem else [],
+            problems=[*([self.oplog.problem] if self.oplog.problem else []), *self.reload_problems],
         )
 
     def close_orphans(self) -> list[str]:
