@@ -161,6 +161,9 @@ class LauncherRule(_Rule):
     # (`node --run db:reset` runs package.json's script as `npm run` does).
     script_runs: dict[str, str] = {}
     package_specs: bool = False
+    # npm's argument parser takes the first `--` for its own: `npm exec nx -- run-many`
+    # runs `nx run-many`, not `nx -- run-many`.
+    drops_separator: bool = False
     kinds: dict[str, Kind] = {}
     # Runs the program in workspace members, as a ScriptsRule runs a script (pnpm -r
     # exec, lerna exec): the same keys, and the manifest that holds the workspace.
@@ -208,6 +211,10 @@ class ScriptsRule(_Rule):
     root_options: list[str] = []
     root_file: str | None = None
     multiple: bool = False
+    task_options: list[str] = []
+    task_aliases: dict[str, str] = {}
+    project_words: bool = False
+    lists: bool = False
     in_place: bool = False
     tasks: str | None = None
     targets: dict[str, str] = {}
@@ -217,6 +224,9 @@ class ScriptsRule(_Rule):
     @model_validator(mode="after")
     def _root(self) -> ScriptsRule:
         _check_root(self.name, self.root_options, self.root_file)
+        task_runner = self.task_options or self.task_aliases or self.project_words or self.lists
+        if task_runner and not self.multiple:
+            raise ValueError(f"{self.name!r}: task keys go with `multiple` (a task runner)")
         return self
 
 
@@ -1115,7 +1125,12 @@ class Classifier:
         for scripts in catalog.scripts:
             syntax = _Syntax(
                 values=frozenset(
-                    [*scripts.value_options, *scripts.member_selectors, *scripts.member_filters]
+                    [
+                        *scripts.value_options,
+                        *scripts.member_selectors,
+                        *scripts.member_filters,
+                        *scripts.task_options,
+                    ]
                 ),
                 words=frozenset(scripts.member_options),
             )
@@ -1238,6 +1253,12 @@ class Classifier:
             line_mode = line_mode or name in launcher.line_flags
         own = next((name for name, _ in options if name in launcher.kinds), None)
         rest = list(args[parsed.end :])
+        if (
+            rule.drops_separator
+            and "--" in rest[1:]
+            and not (parsed.end and args[parsed.end - 1] == "--")
+        ):
+            del rest[rest.index("--", 1)]  # `npm exec nx -- run-many`: npm's own `--`
         launched_from = walk.folder
         if CWD_HINT in hints.values:
             launched_from = posixpath.normpath(
@@ -1332,6 +1353,8 @@ class Classifier:
         selectors: list[str] = []  # members named by a word (`yarn workspace api`)
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
+        if rule.multiple:
+            return self._run_tasks(scripts, args, options, every, hints.values, walk, depth)
         word = self._member_word(scripts, parsed, args)
         if word is not None:
             how, rest = word
@@ -1349,8 +1372,7 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
-        moves = dict(hints.values)  # _fan_out consumes the move
-        found = self._fan_out(
+        return self._fan_out(
             walk,
             rule.manifest,
             options,
@@ -1363,24 +1385,111 @@ class Classifier:
             run=lambda: self._run_scripts(scripts, parsed, args, walk, depth),
             root=_root_file(options, rule.root_options, rule.root_file),
         )
-        if rule.tasks is None:
-            return found
-        with walk.moved(moves):
-            needed = [
-                self._needed_tasks(scripts, rule.tasks, name, walk, depth)
-                for name in self._task_names(scripts, parsed, args)
+
+    def _run_tasks(
+        self,
+        scripts: _Scripts,
+        args: Sequence[str],
+        options: list[tuple[str, str | None]],
+        every: bool,
+        moves: dict[str, str],
+        walk: _Walk,
+        depth: int,
+    ) -> Operation | None:
+        """A task runner (`multiple`: turbo, nx): each task it is asked for is the script
+        (the look-up's task) of that name in each member it runs in, and with `tasks`,
+        the tasks those depend on run too."""
+        rule = scripts.rule
+        if rule.lists:  # `nx run-many -p api,web`: each name filters on its own
+            options = [
+                (name, part)
+                for name, value in options
+                for part in (value.split(",") if value and name in rule.member_filters else [value])
             ]
-        return _most_dangerous([found, *needed])
+        requests = self._task_requests(scripts, args, options)
+        found: list[Operation | None] = []
+        for request in requests:
+
+            def run(request: _Tasks = request) -> Operation | None:
+                # `--` keeps the forwarded words whole: options too go to the task.
+                extra = ["--", *request.extra] if request.extra else []
+                return _most_dangerous(
+                    self._script(scripts, "run", name, extra, walk, depth) for name in request.names
+                )
+
+            found.append(
+                self._fan_out(
+                    walk,
+                    rule.manifest,
+                    options,
+                    dict(moves),  # _fan_out consumes the move
+                    every=every or request.every,
+                    selectors=frozenset(rule.member_selectors),
+                    filters=frozenset(rule.member_filters),
+                    filter_words=request.projects,
+                    targets=rule.targets,
+                    run=run,
+                    root=_root_file(options, rule.root_options, rule.root_file),
+                )
+            )
+        if rule.tasks is not None:
+            with walk.moved(dict(moves)):
+                found += [
+                    self._needed_tasks(scripts, rule.tasks, name, walk, depth)
+                    for name in _unique(name for request in requests for name in request.names)
+                ]
+        return _most_dangerous(found)
 
     @staticmethod
-    def _task_names(scripts: _Scripts, parsed: _Parsed, args: Sequence[str]) -> list[str]:
-        """The tasks a `multiple` runner is asked for: `turbo run a b`, `turbo a b`."""
-        word = parsed.positionals[0][1]
-        if word in scripts.run:
-            return [name for _, name in _parse(args[parsed.end + 1 :], scripts.syntax).positionals]
-        if scripts.rule.any_word and word not in scripts.builtins:
-            return [name for _, name in _parse(args, scripts.syntax).positionals]
-        return []
+    def _task_requests(
+        scripts: _Scripts, args: Sequence[str], options: Sequence[tuple[str, str | None]]
+    ) -> list[_Tasks]:
+        """What a task runner is asked for: `turbo run a b` and `turbo a b` (every word a
+        task); after an "every" member word, the tasks `task_options` name and the words
+        that follow (`nx run-many -t test e2e`, `nx affected --targets=test`); with
+        `project_words`, a task named with its project (`nx run api:test:ci`, `nx test
+        api`), or without one, run in the project of the folder (`nx test`)."""
+        rule = scripts.rule
+        forwarded: tuple[str, ...] = ()
+        if "--" in args:  # what follows goes to the tasks (`turbo run db -- reset`)
+            cut = list(args).index("--")
+            args, forwarded = args[:cut], tuple(args[cut + 1 :])
+        words = [word for _, word in _parse(args, scripts.syntax).positionals]
+        if not words:
+            return []
+        first, rest = words[0], words[1:]
+        if rule.member_words.get(first) == "every":
+            named = [
+                task
+                for name, value in options
+                if name in rule.task_options and value
+                for task in (value.split(",") if rule.lists else [value])
+            ]
+            return [_Tasks([*named, *rest], every=True, extra=forwarded)]
+        if first in scripts.run:
+            if not rule.project_words:
+                return [_Tasks(rest, extra=forwarded)]
+            if not rest:
+                return []
+            # Words after the project's task go to it (`nx run api:prisma migrate reset`).
+            extra = (*rest[1:], *forwarded)
+            # `nx run api`: api's target `run` when it has one, else the task api.
+            return _project_task(rest[0], rule.task_aliases, extra) or [
+                _Tasks(["run"], (rest[0],), extra=extra),
+                _Tasks([rest[0]], extra=extra),
+            ]
+        if not rule.any_word or first in scripts.builtins:
+            return []
+        if not rule.project_words:
+            return [_Tasks(words, extra=forwarded)]
+        task = rule.task_aliases.get(first, first)
+        if rest:  # `nx test api`
+            return [_Tasks([task], (rest[0],), extra=(*rest[1:], *forwarded))]
+        # `nx test` runs in the folder's project; `nx api:test` may also be api's test.
+        return [
+            _Tasks([task], extra=forwarded),
+            *_project_task(first, rule.task_aliases, forwarded),
+        ]
 
     def _needed_tasks(
         self, scripts: _Scripts, tasks: str, name: str, walk: _Walk, depth: int
@@ -1417,6 +1526,7 @@ class Classifier:
         targets: Mapping[str, str],
         run: Callable[[], Operation | None],
         named: Sequence[str] = (),
+        filter_words: Sequence[str] = (),
         root: str | None = None,
     ) -> Operation | None:
         """`run` where a package manager runs the command: from the workspace's top
@@ -1428,7 +1538,8 @@ class Classifier:
         folder `hints` moves to and, when `every`, in each member of its workspace too.
         `filters` (pnpm --filter) name members as selectors do, but only as a plain
         package name or folder: any other pattern, or one naming no member, means every
-        member, so a filter dbguard cannot read never hides a database."""
+        member, so a filter dbguard cannot read never hides a database; `filter_words`
+        are such values given as words (`nx test api`)."""
         if root is not None:
             with walk.moved(dict(hints)):  # pnpm -C web -w: the workspace above web
                 top = walk.top(root)
@@ -1448,13 +1559,15 @@ class Classifier:
                         targets=targets,
                         run=run,
                         named=named,
+                        filter_words=filter_words,
                     )
                     if every or named or any(o in selectors | filters for o, _ in options):
                         # pnpm -w -r, pnpm -w --filter api: the top's own too.
                         at_top = _most_dangerous([at_top, run()])
                 return at_top
         named = [*(value for name, value in options if name in selectors and value), *named]
-        filtered = [_plain_filter(value or "") for name, value in options if name in filters]
+        values = [*(value or "" for name, value in options if name in filters), *filter_words]
+        filtered = [_plain_filter(value) for value in values]
         if None in filtered:
             every, named = True, []
         else:
@@ -1509,14 +1622,9 @@ class Classifier:
         word = parsed.positionals[0][1]
         after = list(args[parsed.end + 1 :])
         if word in scripts.run:
-            inner = _parse(after, scripts.syntax, first_only=not rule.multiple)
+            inner = _parse(after, scripts.syntax, first_only=True)
             if not inner.positionals:
                 return None  # `npm run` lists the scripts
-            if rule.multiple:  # `turbo run build db:reset`: each word is a script
-                return _most_dangerous(
-                    self._script(scripts, "run", name, [], walk, depth)
-                    for _, name in inner.positionals
-                )
             script = inner.positionals[0][1]
             after = after[inner.end + 1 :]
             return self._script(scripts, "run", script, after, walk, depth, fallback=rule.bins)
@@ -1527,11 +1635,6 @@ class Classifier:
         if direct is not None:
             return self._script(scripts, word, direct, after, walk, depth)
         if rule.any_word and word not in scripts.builtins:
-            if rule.multiple:  # `turbo build db:reset`, as `turbo run build db:reset`
-                names = [name for _, name in _parse(args, scripts.syntax).positionals]
-                return _most_dangerous(
-                    self._script(scripts, "run", name, [], walk, depth) for name in names
-                )
             return self._script(scripts, word, word, after, walk, depth, fallback=rule.bins)
         return None
 
@@ -1631,6 +1734,31 @@ class Classifier:
                 else:
                     current.append(token)
         return _most_dangerous(found)
+
+
+class _Tasks(NamedTuple):
+    """Tasks a task runner is asked for, and where: the words naming the members (read
+    as a member filter's values, `nx test api`), or every member; neither, the folder's."""
+
+    names: list[str]
+    projects: tuple[str, ...] = ()
+    every: bool = False
+    extra: tuple[str, ...] = ()  # words that go to each task's command
+
+
+def _project_task(
+    spec: str, aliases: Mapping[str, str], extra: tuple[str, ...] = ()
+) -> list[_Tasks]:
+    """`api:db:migrate:ci` (nx) -> in the project api, the task `db:migrate:ci`,
+    `db:migrate` or `db`: nx takes the longest that is one of api's targets and the rest
+    as its configuration, and which is a target only the look-up knows, so each is asked
+    for (a name that is no target runs nothing). [] when `spec` names no project."""
+    project, _, task = spec.partition(":")
+    if not project or not task:
+        return []
+    parts = task.split(":")
+    names = [":".join(parts[:count]) for count in range(len(parts), 0, -1)]
+    return [_Tasks([aliases.get(name, name) for name in names], (project,), extra=extra)]
 
 
 def _root_file(
