@@ -28,7 +28,7 @@ DEFAULT_SHIM_COMMANDS = (
     "php", "pytest", "paratest", "phpunit", "pest", "prisma", "npx", "npm", "pnpm", "pnpx",
     "yarn", "bun", "bunx", "deno", "composer", "alembic", "flask", "django-admin", "rails",
     "rake", "bundle", "rspec", "knex", "sequelize", "typeorm", "flyway", "liquibase",
-    "supabase", "turbo", "lerna",
+    "supabase", "turbo", "nx", "lerna",
 )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from dbguard.discovery import NO_DATABASE, FileReader, FolderLister, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots
+from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots, find_root
 from dbguard.discovery.project_config import classify_with_project
 from dbguard.discovery.signs import workspace_folders
 from dbguard.engines.base import Target
@@ -1263,3 +1263,136 @@ def test_a_dotenv_that_is_a_named_pipe_is_refused_not_taken_for_absent(tmp_path:
     (root / ".env").mkdir()
     found = DiscoveryCache().discover(root, {}, operation(kind=Kind.DESTRUCTIVE))
     assert str(only(found).path).endswith("database/database.sqlite")
+
+
+# ---- Nx: tests/fixtures/projects/nx -------------------------------------------------------------
+
+NX = FIXTURES / "nx"
+SHOP = "postgres://shop@localhost:5432/shop"
+SHOP_TEST = "postgres://shop@localhost:5432/shop_test"
+BILLING = f"sqlite:{NX}/packages/billing/billing.sqlite3"
+BILLING_TEST = f"sqlite:{NX}/packages/billing/billing.test.sqlite3"
+
+
+def nx_decision(line: str, where: str = ".") -> tuple[Kind, dict[tuple[str, str], set[str]]] | None:
+    """What the daemon decides for `line` run in the fixture's folder `where`: the kind,
+    and for each operation (tool, the folder it runs in) the databases discovery finds
+    there; None when it is no database operation."""
+    cwd = NX / where
+    files = ProjectFiles(cwd)
+    found = classify_with_project(
+        Classifier(builtin_catalog()),
+        None,
+        shlex.split(line),
+        files.package_script,
+        files.workspace_members,
+        files.workspace_root,
+    )
+    if found is None or not found.kind.needs_backup:
+        return None
+    databases: dict[tuple[str, str], set[str]] = {}
+    for each in found.each():
+        folder = Path(os.path.normpath(cwd / each.hints.get("cwd", "")))
+        part = DiscoveryCache().discover(find_root(folder), {}, each, cwd=folder)
+        key = (each.tool, os.path.relpath(folder, NX))
+        databases.setdefault(key, set()).update(t.key for t in part.targets)
+    return found.kind, databases
+
+
+API_TEST = {("prisma", "apps/api"): {SHOP}, ("jest", "apps/api"): {SHOP_TEST}}
+EVERY_TEST = {
+    **API_TEST,
+    ("knex", "packages/billing"): {BILLING},
+    ("vitest", "packages/billing"): {BILLING_TEST},
+}
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "expected"),
+    [
+        # api's test depends on its db:migrate (prisma migrate deploy, .env's database);
+        # jest runs with .env.test, which Nx loads for the target `test` first.
+        ("nx test api", ".", (Kind.MIGRATE, API_TEST)),
+        ("nx run api:test", ".", (Kind.MIGRATE, API_TEST)),
+        ("nx test", "apps/api/src", (Kind.MIGRATE, API_TEST)),  # the folder's project
+        ("npx nx test api", ".", (Kind.MIGRATE, API_TEST)),
+        ("pnpm nx test api", ".", (Kind.MIGRATE, API_TEST)),
+        ("pnpm exec nx run api:test", ".", (Kind.MIGRATE, API_TEST)),
+        ("yarn nx test api", ".", (Kind.MIGRATE, API_TEST)),
+        ("npm exec nx -- run-many -t test -p api", ".", (Kind.MIGRATE, API_TEST)),
+        # every project with a test target: billing's is package.json's script
+        ("nx run-many -t test", ".", (Kind.MIGRATE, EVERY_TEST)),
+        ("nx run-many --targets=test,lint", ".", (Kind.MIGRATE, EVERY_TEST)),
+        ("nx affected -t test", ".", (Kind.MIGRATE, EVERY_TEST)),
+        ("npm test", ".", (Kind.MIGRATE, EVERY_TEST)),  # "test": "nx run-many -t test"
+        (
+            "nx test @shop/billing",
+            ".",
+            (Kind.MIGRATE, {k: v for k, v in EVERY_TEST.items() if k[1] == "packages/billing"}),
+        ),
+        ("nx run api:db:reset", ".", (Kind.DESTRUCTIVE, {("prisma", "apps/api"): {SHOP}})),
+        (
+            "npx nx run api:prisma -- migrate reset --force",
+            ".",
+            (Kind.DESTRUCTIVE, {("prisma", "apps/api"): {SHOP}}),
+        ),
+        # a custom executor: guarded as a test run in its project, which has no database
+        ("nx e2e web", ".", (Kind.TEST, {("nx executor", "apps/web"): set()})),
+        # tsc, eslint and Nx's own commands are no database operations
+        ("nx build web", ".", None),
+        ("nx test ui", ".", None),  # its test target only runs tsc
+        ("nx run-many -t build lint", ".", None),
+        ("npm run check", ".", None),
+        ("nx graph", ".", None),
+        ("nx show projects", ".", None),
+        ("nx --version", ".", None),
+        ("nx reset", ".", None),
+        ("nx format:write", ".", None),
+    ],
+)
+def test_nx_targets_are_classified_and_discovered_in_their_project(
+    line: str, where: str, expected: tuple[Kind, dict[tuple[str, str], set[str]]] | None
+) -> None:
+    assert nx_decision(line, where) == expected
+
+
+def test_nx_projects_and_what_their_targets_run() -> None:
+    files = ProjectFiles(NX)
+    members = {os.path.relpath(f, NX) for f in files.workspace_members("project.json")}
+    # project.json folders, the package.json workspace's members, and the top.
+    assert members == {".", "apps/api", "apps/web", "libs/ui", "packages/billing"}
+    assert files.workspace_members("project.json", ["web"]) == [str(NX / "apps/web")]
+    assert files.package_script("apps/api/project.json", "test") == Script(
+        "nx run api:db:migrate ; cd apps/api && dotenv -e .env.test -e .env -- "
+        "jest --config jest.config.ts",
+        str(NX),
+    )
+    # ^build in targetDefaults: build in the other projects first.
+    assert files.package_script("nx.json", "test") == Script("nx run-many -t build", str(NX))
+    # The line is the classifier's to judge (tsc: no database operation).
+    build = files.package_script("apps/web/project.json", "build")
+    assert build == Script("tsc -p apps/web/tsconfig.app.json", str(NX))
+    assert files.package_script("apps/web/project.json", "lint") is None  # eslint's plugin
+
+
+def test_nx_targets_of_plugins_and_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "nx.json").write_text(
+        json.dumps({"plugins": [{"plugin": "@nx/jest/plugin", "options": {"targetName": "t"}}]})
+    )
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / "apps" / "api").mkdir(parents=True)
+    (tmp_path / "apps" / "api" / "project.json").write_text('{"name": "api"}')
+    (tmp_path / "apps" / "api" / "jest.config.ts").write_text("export default {}")
+    files = ProjectFiles(tmp_path)
+    assert files.package_script("apps/api/project.json", "t") == Script(
+        "cd apps/api && jest", str(tmp_path)
+    )
+    assert files.package_script("apps/api/project.json", "test") is None
+    # A plugin dbguard does not know may infer any target: guarded when unsure.
+    (tmp_path / "nx.json").write_text('{"plugins": ["./tools/my-plugin"]}')
+    assert ProjectFiles(tmp_path).package_script("apps/api/project.json", "db") == Script(
+        "cd apps/api && nx-executor ./tools/my-plugin", str(tmp_path)
+    )
+    (tmp_path / "apps" / "api" / "project.json").write_text('{"targets": ')
+    with pytest.raises(DiscoveryError, match=r"project\.json is not valid JSON"):
+        ProjectFiles(tmp_path).package_script("apps/api/project.json", "test")

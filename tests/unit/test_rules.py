@@ -4,6 +4,7 @@ not database operations at all. Pure: no files, no processes."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
@@ -599,6 +600,10 @@ JS_TESTS = [
     case("deno test -A --filter users", TEST, "deno test", "test"),
     case("deno test -h", RO, "deno test"),
     case("deno run -A main.ts", None),
+    # an Nx target whose executor dbguard cannot read, as the Nx look-up writes it
+    case("nx-executor @acme/nx-plugin:e2e", TEST, "nx executor"),
+    case("nx exec -- prisma migrate reset", DESTRUCTIVE, "prisma"),
+    case("nx watch --all -- knex migrate:latest", MIGRATE, "knex"),
 ]
 
 FLASK = [
@@ -1019,6 +1024,13 @@ UNRELATED = [
     case("bash deploy.sh", None),
     case("bash", None),
     case("", None),
+    # Nx's own commands run no target
+    case("nx graph", None),
+    case("nx show projects", None),
+    case("nx --version", None),
+    case("nx reset", None),
+    case("nx format:write", None),
+    case("npx nx migrate latest", None),
 ]
 
 ALL_CASES = [
@@ -1469,6 +1481,99 @@ def test_runs_in_workspace_members_classify_each_member_s_script(
     assert found is not None
     assert found.kind is DESTRUCTIVE
     assert {o.hints.get("cwd") for o in found.each()} == folders
+
+
+@dataclass
+class TopScripts(Scripts):
+    """As ProjectFiles reads Nx's files: every line is run from the workspace's top."""
+
+    def __call__(self, manifest: str, name: str) -> Script | None:
+        found = super().__call__(manifest, name)
+        top = os.path.basename(manifest) in ("project.json", "nx.json")
+        return found._replace(folder="") if found is not None and top else found
+
+
+# An Nx workspace as the look-up gives it: each project's target as the command line it
+# runs (from the top), and for nx.json the targets a target runs first in other projects.
+NX_WORKSPACE = TopScripts(
+    {
+        "apps/api/project.json": {
+            "test": "nx run api:db:migrate ; cd apps/api && jest",
+            "db:migrate": "cd apps/api && prisma migrate deploy",
+            "db:reset": "cd apps/api && prisma migrate reset --force",
+            "prisma": "cd apps/api && prisma",
+            "e2e": "cd apps/api && playwright test",
+        },
+        "apps/web/project.json": {
+            "test": "cd apps/web && vitest run",
+            "seed": "cd apps/web && knex seed:run",
+        },
+        "apps/docs/project.json": {"build": "cd apps/docs && vitepress build"},
+        "nx.json": {"e2e": "nx run-many -t seed"},
+    }
+)
+API = {("prisma", "apps/api"), ("jest", "apps/api")}
+TESTS = {*API, ("vitest", "apps/web")}
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("nx test api", API),
+        ("nx t api", API),  # nx's alias
+        ("nx run api:test", API),
+        ("nx run api:test:ci", API),  # a configuration
+        ("nx api:test", API),
+        ("nx run api:db:reset", {("prisma", "apps/api")}),  # a target with a colon
+        ("nx db:reset api --verbose", {("prisma", "apps/api")}),
+        ("nx test --project api", API),
+        ("nx run-many -t test", TESTS),
+        ("nx run-many --target=test --all", TESTS),
+        ("nx run-many --targets=test,db:reset -p api,web", {*TESTS}),
+        ("nx run-many -t test db:reset --projects=web", {("vitest", "apps/web")}),
+        ("nx run-many -t test -p 'api-*'", TESTS),  # a pattern: every project
+        ("nx test nosuch", TESTS),  # names no project: every project
+        ("nx affected -t test", TESTS),  # dbguard reads no git history: every project
+        ("nx affected --target test --base main", TESTS),
+        ("npx nx run-many -t test", TESTS),
+        ("pnpm nx test api", API),
+        ("pnpm exec nx test api", API),
+        ("yarn nx test api", API),
+        ("npm exec nx -- run-many -t test -p web", {("vitest", "apps/web")}),
+        ("npx nx run api:prisma -- migrate reset", {("prisma", "apps/api")}),
+        ("nx run api:prisma migrate reset", {("prisma", "apps/api")}),
+        ("nx run-many -t build", None),
+        ("nx build docs", None),
+        ("nx test", None),  # the folder's project: the top is none here
+        ("nx graph", None),
+        ("nx exec -- tsc", None),
+    ],
+)
+def test_nx_runs_each_project_s_target(line: str, found: set[tuple[str, str]] | None) -> None:
+    operation = CLASSIFIER.classify(shlex.split(line), NX_WORKSPACE, members)
+    if found is None:
+        assert operation is None, operation
+        return
+    assert operation is not None, line
+    assert {(o.tool, o.hints.get("cwd")) for o in operation.each()} == found
+
+
+def test_nx_forwards_words_to_the_target_and_runs_its_dependencies() -> None:
+    argv = shlex.split("nx run api:prisma -- migrate reset")
+    reset = CLASSIFIER.classify(argv, NX_WORKSPACE, members)
+    assert reset is not None and (reset.kind, reset.command) == (DESTRUCTIVE, "migrate reset")
+    assert reset.via == ("nx run prisma",)
+    # e2e needs seed in other projects (nx.json's look-up): run in every project.
+    e2e = CLASSIFIER.classify(["nx", "e2e", "api"], NX_WORKSPACE, members)
+    assert e2e is not None and e2e.kind is SEED
+    assert e2e.via == ("nx e2e (dependsOn)", "nx run seed")
+    assert {(o.tool, o.hints.get("cwd")) for o in e2e.each()} == {
+        ("knex", "apps/web"),
+        ("playwright", "apps/api"),
+    }
+    # `nx exec` runs its command in every project.
+    found = CLASSIFIER.classify(shlex.split("nx exec -- prisma migrate reset"), None, members)
+    assert found is not None and {o.hints.get("cwd") for o in found.each()} == EVERYWHERE
 
 
 def test_a_tool_s_dotenv_files_are_named_from_where_it_runs() -> None:

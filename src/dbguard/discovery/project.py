@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from dbguard.discovery import FolderLister, Found, discover
+from dbguard.discovery import FolderLister, Found, discover, nx
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.signs import npm_workspaces, workspace_folders
 from dbguard.rules import Kind, Operation, Script
@@ -26,6 +26,7 @@ ROOT_MARKERS = (
     "package.json",
     "pyproject.toml",
     "manage.py",
+    nx.PROJECT_JSON,  # an Nx project: its targets run there, with its own .env files
     "alembic.ini",
     "Gemfile",
     "prisma",
@@ -138,6 +139,7 @@ class ProjectFiles:
     root: Path
     stamps: dict[Path, Stamp] = field(default_factory=dict)
     _scripts: dict[str, tuple[str, dict[str, object]]] = field(default_factory=dict)
+    _nx: dict[Path, tuple[Path, nx.Workspace]] = field(default_factory=dict)
 
     def read(self, relative: str) -> str | None:
         path = self.root / relative
@@ -222,6 +224,8 @@ class ProjectFiles:
         folder (from the manifest's) holding members."""
         start = Path(os.path.normpath(self.root / os.path.dirname(manifest)))
         name = os.path.basename(manifest)
+        if name == nx.PROJECT_JSON:
+            return self._nx_projects(start, selectors)
         workspace = self._workspace(start, name)
         if workspace is None:
             return []
@@ -264,6 +268,10 @@ class ProjectFiles:
         manifest is parsed once per ProjectFiles (npm test looks up pre/post too)."""
         if os.path.basename(manifest) == TURBO_JSON:
             return self._turbo_needs(manifest, script)
+        if os.path.basename(manifest) == nx.PROJECT_JSON:
+            return self._nx_target(manifest, script)
+        if os.path.basename(manifest) == nx.NX_JSON:
+            return self._nx_needs(manifest, script)
         if manifest not in self._scripts:
             # `web/package.json` (npm --prefix web): from that folder upwards; a folder
             # that is not there may be a workspace's package name (npm -w @shop/api).
@@ -330,6 +338,70 @@ class ProjectFiles:
         if top is None or not names:
             return None
         return Script(f"turbo run {shlex.join(names)}", str(top))
+
+    # ---- Nx ----------------------------------------------------------------------------
+
+    def _nx_workspace(self, start: Path) -> tuple[Path, nx.Workspace]:
+        """The Nx workspace `start` is in: its top (the nearest folder with nx.json, else
+        the package.json workspace's top, else `start`) and its projects: every folder
+        with a project.json (as `**` in a workspace pattern reads them: not in
+        node_modules or dot folders, 6 levels deep), the workspace members, the top."""
+        top = next((f for f in (start, *start.parents) if self._has(f / nx.NX_JSON)), None)
+        members: list[str] = []
+        workspace = self._workspace(top or start, "package.json")
+        if workspace is not None and (top is None or workspace[0] == top):
+            top, members = workspace
+        top = top or start
+        if top not in self._nx:
+            lister = self._lister(top)
+            folders = [
+                folder
+                for folder in workspace_folders(["**"], lister)
+                if self._has(top / folder / nx.PROJECT_JSON)
+            ]
+            read = lambda relative: self.read(str(top / relative))  # noqa: E731
+            self._nx[top] = (top, nx.load(read, ["", *folders, *members]))
+        return self._nx[top]
+
+    def _has(self, path: Path) -> bool:
+        self.stamps[path] = _stamp(path)
+        return self.stamps[path] is not None and path.is_file()
+
+    def _nx_projects(self, start: Path, selectors: Sequence[str]) -> list[str]:
+        """The folders of the Nx projects `selectors` name (each by a name, else by its
+        folder from the top), or of every project."""
+        top, workspace = self._nx_workspace(start)
+        projects = (
+            [p for selector in selectors for p in workspace.select(selector)]
+            if selectors
+            else list(workspace.projects)
+        )
+        return list(dict.fromkeys(os.path.normpath(top / p.folder) for p in projects))
+
+    def _nx_target(self, manifest: str, target: str) -> Script | None:
+        """What `target` of the Nx project holding the folder runs (nx.json's
+        defaultProject's when that is only the top), as a command line run from the
+        workspace's top."""
+        start = Path(os.path.normpath(self.root / os.path.dirname(manifest)))
+        top, workspace = self._nx_workspace(start)
+        candidates = workspace.containing(os.path.relpath(start, top).replace(os.sep, "/"))
+        configured = [p for p in candidates if target in p.targets or target in p.scripts]
+        for project in (configured or candidates)[:1]:
+            files = [f for f in nx.env_files(project, target) if self._has(top / f)]
+            line = workspace.line(project, target, files)
+            if line is not None:
+                return Script(line, str(top))
+        return None
+
+    def _nx_needs(self, manifest: str, target: str) -> Script | None:
+        """The targets Nx runs before `target` (see nx.Workspace.needs), as
+        `nx run-many -t A B`: in every project."""
+        start = Path(os.path.normpath(self.root / os.path.dirname(manifest)))
+        top, workspace = self._nx_workspace(start)
+        names = workspace.needs(target)
+        if not names:
+            return None
+        return Script(shlex.join(["nx", "run-many", "-t", *names]), str(top))
 
 
 # Variables that change between otherwise identical invocations and that no framework

@@ -121,7 +121,7 @@ _MAX_CHILDREN = 256  # folders of the root checked for being projects themselves
 # Files that make a folder a project of its own (as project.ROOT_MARKERS, files only).
 _PROJECT_FILES = (
     "pyproject.toml", "setup.py", "setup.cfg", "requirements.txt", "package.json",
-    "composer.json", "Gemfile", "manage.py", "artisan", ".env",
+    "composer.json", "Gemfile", "manage.py", "artisan", ".env", "project.json",
 )  # fmt: skip
 # Folders that hold other people's projects or build output, never this project's own.
 _SKIP = frozenset({"node_modules", "vendor", "venv", "env", "site-packages", "dist", "build"})
