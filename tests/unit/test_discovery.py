@@ -449,7 +449,7 @@ def test_phpunit_xml_entity_declarations_are_refused() -> None:
 def test_database_url_always_contributes_and_the_environment_wins() -> None:
     files = {"artisan": "", ".env": "DB_CONNECTION=sqlite\nDATABASE_URL=mysql://a@h1/one\n"}
     found = run(files, {"DATABASE_URL": "postgres://b@h2/two"})
-    assert keys(found) == {"sqlite:/srv/app/database/database.sqlite", "postgres://b@h2:/two"}
+    assert keys(found) == {"sqlite:/srv/app/database/database.sqlite", "postgres://b@h2:5432/two"}
     url_target = next(t for t in found.targets if t.engine == "postgres")
     assert url_target.source == "the invoking environment (DATABASE_URL) — DATABASE_URL"
 

@@ -25,10 +25,10 @@ LAYOUTS = [
         "rails",
         "rails",
         {},
-        {"postgres://@localhost:/blog_development", "postgres://@localhost:/animals_development"},
+        {"postgres://@localhost:5432/blog_development", "postgres://@localhost:5432/animals_development"},
     ),
     ("knex", "knex", {}, {"sqlite:/projects/knex/dev.sqlite3"}),
-    ("sequelize", "sequelize", {}, {"mysql://root@127.0.0.1:/app_development"}),
+    ("sequelize", "sequelize", {}, {"mysql://root@127.0.0.1:3306/app_development"}),
     ("typeorm", "typeorm", {}, {"postgres://test@localhost:5432/test"}),
     (
         "flyway",
@@ -118,7 +118,7 @@ def test_symfony_dumped_env_wins_when_its_env_matches() -> None:
     assert target.source.startswith(".env.local.php")
     # a dump for another environment is ignored, like Symfony ignores it
     assert keys(run(files, {"APP_ENV": "dev"}, framework="symfony")) == {
-        "mysql://root@127.0.0.1:/app"
+        "mysql://root@127.0.0.1:3306/app"
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 import dbguard.engines
 from dbguard.config import BackupSettings
 from dbguard.engines import Engines
-from dbguard.engines.base import Engine, EngineName, signals_held
+from dbguard.engines.base import Engine, EngineName, Target, signals_held
 
 THREADS = 8
 
@@ -68,3 +68,16 @@ def test_signals_held_through_a_swap_are_raised_once_it_is_done(
     with pytest.raises(RuntimeError), signals_held("the swap"):
         os.kill(os.getpid(), signal.SIGINT)
         raise RuntimeError("rename failed")
+
+
+@pytest.mark.parametrize(("engine", "port"), [("postgres", 5432), ("mysql", 3306)])
+def test_a_database_named_with_and_without_its_default_port_is_one_database(
+    engine: EngineName, port: int
+) -> None:
+    # `psql -d app` and DATABASE_URL=postgresql://u@host:5432/app must share backups.
+    bare = Target(engine=engine, host="127.0.0.1", user="u", name="app")
+    explicit = Target(engine=engine, host="127.0.0.1", port=port, user="u", name="app")
+    other = Target(engine=engine, host="127.0.0.1", port=port + 1, user="u", name="app")
+    assert bare.key == explicit.key
+    assert bare.slug == explicit.slug
+    assert other.key != bare.key

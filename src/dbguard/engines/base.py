@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # config imports this module (through production)
     from dbguard.config import BackupSettings
 
 EngineName = Literal["sqlite", "postgres", "mysql"]
+DEFAULT_PORTS: dict[EngineName, int] = {"postgres": 5432, "mysql": 3306}
 Marker = Literal["production", "development"]
 
 
@@ -51,7 +52,11 @@ class Target(BaseModel):
     def key(self) -> str:
         if self.engine == "sqlite":
             return f"sqlite:{self.path}"
-        where = self.socket or f"{self.host or 'localhost'}:{self.port or ''}"
+        # No port is the default port: `psql -d app` and a URL with :5432 reach the
+        # same database, and must share its backups.
+        where = (
+            self.socket or f"{self.host or 'localhost'}:{self.port or DEFAULT_PORTS[self.engine]}"
+        )
         return f"{self.engine}://{self.user or ''}@{where}/{self.name or ''}"
 
     @property
