@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from dbguard import operations
 from dbguard.config import BackupSettings
-from dbguard.engines import Engines
+from dbguard.engines import Engines, postgres
 from dbguard.engines.base import Engine, EngineName, Target
 from dbguard.engines.postgres import PostgresEngine, claim_scratch, scratch_name
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
@@ -883,6 +883,90 @@ def test_a_dump_blocked_past_the_timeout_is_killed(rich: Target, tmp_path: Path)
 
     assert 1.5 <= elapsed < 10
     assert children("pg_dump") == []
+
+
+def test_lock_a_dump_blocked_by_a_held_lock_names_the_table_and_the_holder(
+    rich: Target, store: Store, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "_LOCK_WAIT_MS", 2000)
+    with connect(rich, application_name="hl-locker") as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(BackupFailed) as caught:
+            operations.take_backup(store, engines, rich, REASON)
+        elapsed = time.monotonic() - started
+        locker.execute("ROLLBACK")
+        pid = locker.info.backend_pid
+
+    failure = caught.value
+    assert type(failure) is BackupFailed  # exit 75 to the shim, like any failed backup
+    assert "pg_dump waited 2 s for a lock on table app.orders" in failure.problem
+    assert f"session {pid} (user {rich.user}, application 'hl-locker'" in failure.problem
+    assert "idle in transaction" in failure.problem
+    assert "holds an ACCESS EXCLUSIVE lock" in failure.problem
+    assert f"`SELECT pg_terminate_backend({pid})`" in failure.fix
+    assert 2 <= elapsed < 30  # the lock wait, not the hour-long dump timeout
+    assert nothing_kept(store)
+    assert children("pg_dump") == []
+
+
+def test_lock_a_dump_queued_behind_an_alter_names_the_alter_and_what_it_waits_for(
+    rich: Target, store: Store, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open transaction that read the table holds up an ALTER TABLE; pg_dump's
+    request queues behind the ALTER's."""
+    monkeypatch.setattr(postgres, "_LOCK_WAIT_MS", 2000)
+    with connect(rich) as reader, connect(rich) as alterer:
+        alter, read = alterer.info.backend_pid, reader.info.backend_pid
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM app.customers")
+        altering = threading.Thread(
+            target=alterer.execute, args=("ALTER TABLE app.customers ADD COLUMN extra int",)
+        )
+        altering.start()
+        try:
+            waiting = (
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)",
+                (alter,),
+            )
+            assert poll(lambda: query(rich, *waiting)[0][0])
+            with pytest.raises(BackupFailed) as caught:
+                operations.take_backup(store, engines, rich, REASON)
+        finally:
+            reader.execute("ROLLBACK")
+            altering.join()
+
+    text = caught.value.problem
+    assert "for a lock on table app.customers" in text
+    assert f"session {alter} (" in text and "waits for an ACCESS EXCLUSIVE lock" in text
+    assert f"session {read} (" in text and f"holds a lock that session {alter} waits for" in text
+    assert f"pg_terminate_backend({read})" in caught.value.fix
+    assert nothing_kept(store)
+
+
+def test_lock_a_lookup_that_cannot_finish_still_gives_pg_dumps_own_error(
+    rich: Target, store: Store, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup of who holds the lock is bounded, and its failure hides nothing."""
+    monkeypatch.setattr(postgres, "_LOCK_WAIT_MS", 2000)
+    monkeypatch.setattr(postgres, "_LOOKUP_TIMEOUT_MS", 300)
+    monkeypatch.setattr(postgres, "_LOCK_HOLDERS_SQL", "SELECT pg_sleep(30), %(relation)s")
+    with connect(rich) as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(BackupFailed) as caught:
+            operations.take_backup(store, engines, rich, REASON)
+        elapsed = time.monotonic() - started
+        locker.execute("ROLLBACK")
+
+    text = caught.value.problem
+    assert "pg_dump waited 2 s for a lock on table app.orders" in text
+    assert "who holds the lock could not be looked up: canceling statement" in text
+    assert "Query was: LOCK TABLE app.orders IN ACCESS SHARE MODE" in text  # pg_dump's own
+    assert elapsed < 30
+    assert nothing_kept(store)
 
 
 def test_a_reloaded_timeout_reaches_an_engine_already_in_use(rich: Target) -> None:

@@ -178,6 +178,20 @@ def compare_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> li
     return problems
 
 
+def human_duration(seconds: float) -> str:
+    """'45 s', '3 min 5 s', '2 h 4 min': how long a blocking session has been at it."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s" if seconds >= 1 else f"{max(0.0, seconds):.1f} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} days {hours % 24} h"
+
+
 _HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

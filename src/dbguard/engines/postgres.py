@@ -9,6 +9,12 @@ holds the whole dump. The pg_dump used is the newest one at least as new as the 
 looked for in /usr/lib/postgresql/*/bin before PATH (Debian's /usr/bin wrapper costs
 tens of milliseconds per run).
 
+Locks. pg_dump takes ACCESS SHARE on every table first and waits at most 60 s
+(`--lock-wait-timeout`) for one another session keeps locked, e.g. with LOCK TABLE or
+an ALTER TABLE in an open transaction; the backup then fails naming the table and every
+session in the way, looked up in pg_locks and pg_stat_activity right after pg_dump
+gives up, while the holder most likely still holds it (lock_wait_failure).
+
 Change signal. The cluster's current snapshot, `pg_current_snapshot()` (xmin:xmax:xip):
 it changes when, and only when, a transaction that holds an xid ends, which every
 committed change does. A transaction in progress at the first reading is in its xip
@@ -76,7 +82,15 @@ from psycopg.conninfo import make_conninfo
 from psycopg.errors import ObjectInUse
 
 from dbguard.config import BackupSettings
-from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target, signals_held
+from dbguard.engines.base import (
+    DumpInfo,
+    EngineName,
+    Marker,
+    Sink,
+    Target,
+    human_duration,
+    signals_held,
+)
 from dbguard.engines.pipe import stdout_chunks
 from dbguard.errors import (
     BackupFailed,
@@ -980,6 +994,160 @@ def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
         pass
 
 
+# ---- a dump blocked by another session's lock ----------------------------------------
+# pg_dump takes ACCESS SHARE on every table before it reads any; only ACCESS EXCLUSIVE
+# conflicts with that (LOCK TABLE, most ALTER TABLE, DROP, TRUNCATE, VACUUM FULL), held
+# or queued ahead of it. After --lock-wait-timeout, pg_dump names the table in its
+# error; who was in the way is looked up right then, on a connection of our own, while
+# the session that held the lock typically still holds it.
+
+# pg_dump 9.3+: 'query failed: ERROR:  canceling statement due to statement timeout'
+# ('lock timeout' where the server applies it), then 'Query was: LOCK TABLE <name> IN
+# ACCESS SHARE MODE'; a parallel pg_dump's worker says 'could not obtain lock on
+# relation "<name>"'.
+_LOCK_QUERY_RE = re.compile(r"Query was: LOCK TABLE (.+?) IN ACCESS SHARE MODE")
+_LOCK_TIMEOUT_RE = re.compile(r"canceling statement due to (?:statement|lock) timeout")
+_LOCK_RELATION_RE = re.compile(r'could not obtain lock on relation "(.+)"')
+_LOOKUP_TIMEOUT_MS = 5_000  # the lookup must never hang the failure it explains
+
+# Every session in the way: the ones holding ACCESS EXCLUSIVE on the table, the ones
+# queued for it (pg_dump's request queues behind theirs), and what those wait for.
+# pg_locks and pg_blocking_pids need no privilege; pg_stat_activity leaves the details
+# of other roles' sessions NULL without pg_read_all_stats. A prepared transaction's
+# lock has no pid (and shows as 0 among the blocking pids).
+_LOCK_HOLDERS_SQL = """
+WITH target AS (
+    SELECT pg_catalog.to_regclass(%(relation)s) AS oid,
+           (SELECT oid FROM pg_catalog.pg_database
+            WHERE datname = pg_catalog.current_database()) AS db
+),
+strong AS (
+    SELECT l.pid, l.granted
+    FROM pg_catalog.pg_locks l, target t
+    WHERE l.locktype = 'relation' AND l.database = t.db AND l.relation = t.oid
+      AND l.mode = 'AccessExclusiveLock'
+      AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+),
+found AS (
+    SELECT pid, CASE WHEN granted THEN 'holds' ELSE 'waits' END AS how, NULL::int AS for_pid
+    FROM strong
+    UNION ALL
+    SELECT nullif(b.pid, 0), 'blocks', s.pid
+    FROM strong s, LATERAL unnest(pg_catalog.pg_blocking_pids(s.pid)) AS b (pid)
+    WHERE NOT s.granted
+)
+SELECT f.pid, f.how, f.for_pid, a.usename, a.application_name, host(a.client_addr),
+       a.state, extract(epoch FROM pg_catalog.now() - a.xact_start)::float8
+FROM found f LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = f.pid
+ORDER BY CASE f.how WHEN 'holds' THEN 0 WHEN 'waits' THEN 1 ELSE 2 END, f.pid
+"""
+
+
+def locked_relation(stderr: str) -> str | None:
+    """The table pg_dump gave up waiting for, as pg_dump names it ('public."My T"');
+    None when it failed for another reason."""
+    match = _LOCK_RELATION_RE.search(stderr)
+    if match is not None:
+        return match.group(1)
+    query = _LOCK_QUERY_RE.search(stderr)
+    if query is not None and _LOCK_TIMEOUT_RE.search(stderr):
+        return query.group(1)
+    return None
+
+
+@dataclass(frozen=True)
+class PgBlocker:
+    """A session in pg_dump's way, from pg_locks and pg_stat_activity."""
+
+    pid: int | None  # None: a prepared transaction
+    how: str  # 'holds' the lock, 'waits' for it ahead of pg_dump, 'blocks' a waiter
+    for_pid: int | None  # the waiter a 'blocks' session holds up
+    user: str | None = None
+    application: str | None = None
+    client: str | None = None  # None: a local socket, or hidden
+    state: str | None = None  # None: another role's session seen without pg_read_all_stats
+    transaction_seconds: float | None = None
+
+
+def describe_blocker(blocker: PgBlocker) -> str:
+    if blocker.pid is None:
+        who = "a prepared transaction (see pg_prepared_xacts)"
+    else:
+        details = []
+        if blocker.user:
+            details.append(f"user {blocker.user}")
+        if blocker.application:
+            details.append(f"application {blocker.application!r}")
+        if blocker.state is None:
+            details.append("its details need the pg_read_all_stats role")
+        else:
+            details.append(f"from {blocker.client or 'a local socket'}")
+            details.append(blocker.state)
+            if blocker.transaction_seconds is not None:
+                opened = human_duration(blocker.transaction_seconds)
+                details.append(f"transaction open for {opened}")
+        who = f"session {blocker.pid}" + (f" ({', '.join(details)})" if details else "")
+    if blocker.how == "holds":
+        return f"{who} holds an ACCESS EXCLUSIVE lock on it"
+    if blocker.how == "waits":
+        return f"{who} waits for an ACCESS EXCLUSIVE lock on it, and pg_dump queued behind"
+    return f"{who} holds a lock that session {blocker.for_pid} waits for"
+
+
+def lock_wait_failure(relation: str, seconds: float, blockers: Sequence[PgBlocker]) -> BackupFailed:
+    """What the user reads when pg_dump gave up on a lock: the table, every session in
+    the way, and how to get it out of the way."""
+    problem = (
+        f"pg_dump waited {seconds:g} s for a lock on table {relation} and gave up; nothing was kept"
+    )
+    if not blockers:
+        return BackupFailed(
+            f"{problem}. No session holds a conflicting lock on it now: it was let go "
+            "after pg_dump gave up",
+            "run the command again",
+        )
+    lines = "\n".join(f"  - {describe_blocker(b)}" for b in blockers)
+    # Ending the holders frees the table; a queued ALTER would only queue again.
+    roots = [b for b in blockers if b.how != "waits"] or list(blockers)
+    pids = list(dict.fromkeys(b.pid for b in roots if b.pid is not None))
+    ways = []
+    if pids:
+        terminate = " and ".join(f"`SELECT pg_terminate_backend({pid})`" for pid in pids)
+        one = len(pids) == 1
+        ways.append(
+            f"end {'that transaction' if one else 'those transactions'} (COMMIT or "
+            f"ROLLBACK in {'that session' if one else 'those sessions'}), or {terminate}"
+        )
+    if any(b.pid is None for b in roots):
+        ways.append("COMMIT PREPARED or ROLLBACK PREPARED the prepared transaction")
+    return BackupFailed(
+        f"{problem}. In the way:\n{lines}", "; ".join(ways) + "; then run the command again"
+    )
+
+
+def _lock_blockers(s: ConnSettings, relation: str) -> list[PgBlocker]:
+    """Everyone in the way of a lock on `relation`, read on a connection of our own.
+    Raises psycopg errors and BackupFailed (cannot connect); never waits long."""
+    kwargs = s.psycopg_kwargs()
+    # Given at connection start, so the very first statement is bounded too, and after
+    # any options of the user's own, so that they cannot lift the bound.
+    bounded = f"-c statement_timeout={_LOOKUP_TIMEOUT_MS} -c lock_timeout={_LOOKUP_TIMEOUT_MS}"
+    kwargs["options"] = f"{kwargs.get('options', '')} {bounded}".strip()
+    try:
+        conn = psycopg.connect(autocommit=True, **kwargs)
+    except psycopg.Error as err:
+        raise _connect_error(err, s, BackupFailed) from None
+    try:
+        rows = conn.execute(_LOCK_HOLDERS_SQL, {"relation": relation}).fetchall()
+    finally:
+        conn.close()
+    found: dict[tuple[int | None, str], PgBlocker] = {}
+    for pid, how, for_pid, user, app, client, state, seconds in rows:
+        blocker = PgBlocker(pid, how, for_pid, user, app or None, client, state, seconds)
+        found.setdefault((pid, how), blocker)
+    return list(found.values())
+
+
 # ---- the engine ----------------------------------------------------------------------
 
 
@@ -1210,6 +1378,9 @@ class PostgresEngine:
                 f"nothing was kept; run `pg_dump` by hand against {s.dbname} to see more",
             )
             if failure is not None:
+                relation = None if child.stopped else locked_relation(child.stderr_tail(s.password))
+                if relation is not None:
+                    failure = self._lock_failure(s, relation, failure)
                 raise failure
             _check_archive(seen, s.dbname)
             tables = counting.result()
@@ -1228,6 +1399,25 @@ class PostgresEngine:
             tool=tool.label,
             format=FORMAT,
         )
+
+    @staticmethod
+    def _lock_failure(s: ConnSettings, relation: str, failure: DbguardError) -> DbguardError:
+        """pg_dump's lock timeout, told with who is in the way; the plain failure, with
+        why the lookup failed, when that cannot be found out."""
+        seconds = _LOCK_WAIT_MS / 1000
+        try:
+            return lock_wait_failure(relation, seconds, _lock_blockers(s, relation))
+        except (psycopg.Error, DbguardError) as err:
+            why = err.problem if isinstance(err, DbguardError) else str(err).strip()
+            log.warning("could not look up who holds a lock", table=relation, error=why)
+            return BackupFailed(
+                f"pg_dump waited {seconds:g} s for a lock on table {relation} "
+                f"and gave up; nothing was kept (who holds the lock could not be looked "
+                f"up: {scrub(why, s.password)}). {failure.problem}",
+                "find the session that holds it (pg_locks joined with pg_stat_activity), "
+                "end its transaction or `SELECT pg_terminate_backend(<pid>)`; then run the "
+                "command again",
+            )
 
     def _spawn(
         self,
