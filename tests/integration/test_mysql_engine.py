@@ -19,6 +19,7 @@ import signal
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from dbguard.config import BackupSettings
 from dbguard.engines import Engines
 from dbguard.engines.base import Engine, EngineName, Target
 from dbguard.engines.mysql import FORMAT, MysqlEngine
+from dbguard.engines.mysql import engine as mysql_engine
 from dbguard.engines.mysql.engine import claim_scratch
 from dbguard.engines.mysql.server import ServerInfo
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
@@ -926,27 +928,115 @@ def cancel_when_dumping(cancel: threading.Event) -> None:
 
 
 def lock_and_run(
-    target: Target, settings: BackupSettings, cancel: threading.Event | None, store: Store
-) -> BaseException:
-    """Take a backup while another session holds a write lock the dump must wait for."""
+    target: Target,
+    settings: BackupSettings,
+    cancel: threading.Event | None,
+    store: Store,
+    tool_dirs: list[Path] | None = None,
+) -> tuple[BackupFailed, int]:
+    """Take a backup while another session holds a write lock the dump must wait for;
+    the failure (Cancelled is a BackupFailed) and the holding session's id."""
     run(target, "CREATE TABLE locked (id INT PRIMARY KEY) ENGINE=InnoDB")
     holder = mysql_connect(target.name)
-    engine = MysqlEngine(settings)
+    engine = MysqlEngine(settings, tool_dirs=tool_dirs)
     try:
         with holder.cursor() as cur:
             cur.execute("LOCK TABLES locked WRITE")
-        with pytest.raises((BackupFailed, Cancelled)) as failed:
+        with pytest.raises(BackupFailed) as failed:
             if cancel is not None:
                 threading.Thread(target=cancel_when_dumping, args=(cancel,), daemon=True).start()
             operations.take_backup(store, OneEngine(engine), target, REASON, cancel=cancel)
-        return failed.value
+        return failed.value, holder.thread_id()
     finally:
         engine.close()
         holder.close()
 
 
+def lock_waits(target: Target) -> list[Any]:
+    """Sessions in the target database waiting for a lock."""
+    return run(
+        target,
+        "SELECT ID, INFO FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+        "AND STATE LIKE 'Waiting for % lock'",
+    )
+
+
+def assert_names_the_lock(failure: BackupFailed, target: Target, holder: int) -> None:
+    assert type(failure) is BackupFailed  # exit 75 to the shim, like any failed backup
+    text = failure.problem
+    assert f"waited 2 s for a lock on table `{target.name}`.`locked`" in text
+    assert "nothing was kept" in text
+    assert f"session {holder} (root@" in text
+    if "In the way:" in text:  # the server's lock tables said exactly who
+        assert f"`KILL {holder}`" in failure.fix
+    else:  # neither performance_schema nor METADATA_LOCK_INFO: a guess
+        assert "could be held by" in text
+        assert "`KILL <id>`" in failure.fix
+
+
+def test_lock_a_dump_tool_blocked_by_lock_tables_gives_up_and_names_the_holder(
+    mysql_database: Target, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mysql_engine, "_DUMP_LOCK_WAIT_SECONDS", 2)
+    started = time.monotonic()
+    failure, holder = lock_and_run(mysql_database, BackupSettings(), None, store)
+    elapsed = time.monotonic() - started
+
+    assert_names_the_lock(failure, mysql_database, holder)
+    assert "LOCK TABLES ... WRITE" in failure.problem or "could be held by" in failure.problem
+    assert 2 <= elapsed < 30  # the lock limit, not the hour-long dump timeout
+    assert dump_children() == []
+    assert poll(lambda: lock_waits(mysql_database) == [])  # its server session ended too
+    assert store.entries() == []
+
+
+def test_lock_the_fallback_dumper_blocked_by_lock_tables_gives_up_and_names_the_holder(
+    mysql_database: Target, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mysql_engine, "_DUMP_LOCK_WAIT_SECONDS", 2)
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    failure, holder = lock_and_run(mysql_database, BackupSettings(), None, store, [empty])
+
+    assert_names_the_lock(failure, mysql_database, holder)
+    assert "the built-in PyMySQL dumper waited" in failure.problem
+    assert store.entries() == []
+
+
+def test_lock_a_dump_queued_behind_an_alter_names_the_open_transaction(
+    mysql_database: Target, store: Store, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open transaction that read the table holds up an ALTER TABLE; the dump's
+    read queues behind the ALTER."""
+    monkeypatch.setattr(mysql_engine, "_DUMP_LOCK_WAIT_SECONDS", 2)
+    run(mysql_database, "CREATE TABLE locked (id INT PRIMARY KEY) ENGINE=InnoDB")
+    reader, alterer = mysql_connect(mysql_database.name), mysql_connect(mysql_database.name)
+    altering = threading.Thread(
+        target=alterer.cursor().execute, args=("ALTER TABLE locked ADD COLUMN extra INT",)
+    )
+    try:
+        with reader.cursor() as cur:
+            cur.execute("START TRANSACTION")
+            cur.execute("SELECT * FROM locked")
+        altering.start()
+        assert poll(lambda: len(lock_waits(mysql_database)) == 1)
+        with pytest.raises(BackupFailed) as caught:
+            operations.take_backup(store, engines, mysql_database, REASON)
+    finally:
+        reader.rollback()
+        altering.join()
+        reader.close()
+        alterer.close()
+
+    assert_names_the_lock(caught.value, mysql_database, reader.thread_id())
+    assert f"session {alterer.thread_id()} (root@" in caught.value.problem
+    assert "ALTER TABLE locked ADD COLUMN extra INT" in caught.value.problem
+    assert dump_children() == []
+    assert store.entries() == []
+
+
 def test_a_dump_tool_that_runs_too_long_is_stopped(mysql_database: Target, store: Store) -> None:
-    failure = lock_and_run(mysql_database, BackupSettings(dump_timeout_seconds=1), None, store)
+    failure, _ = lock_and_run(mysql_database, BackupSettings(dump_timeout_seconds=1), None, store)
 
     assert type(failure) is BackupFailed
     assert "still running after 1 s" in failure.problem
@@ -955,7 +1045,7 @@ def test_a_dump_tool_that_runs_too_long_is_stopped(mysql_database: Target, store
 
 
 def test_cancelling_stops_a_waiting_dump_tool(mysql_database: Target, store: Store) -> None:
-    failure = lock_and_run(mysql_database, BackupSettings(), threading.Event(), store)
+    failure, _ = lock_and_run(mysql_database, BackupSettings(), threading.Event(), store)
 
     assert isinstance(failure, Cancelled)
     assert dump_children() == []

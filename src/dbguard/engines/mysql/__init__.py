@@ -10,7 +10,10 @@ argv or the environment; the tool reads no other option file. Without either too
 PyMySQL dumper (pydump.py) writes the same layout from one consistent snapshot. Row
 counts for the manifest come from the dump itself (sqltext.DumpScanner), so they are
 exactly the snapshot's. A tool that fails, is killed, times out or ends without its
-`-- Dump completed` line fails the backup.
+`-- Dump completed` line fails the backup. So does a dump that waits more than 60 s
+for a lock another session holds (LOCK TABLES, an ALTER queued behind an open
+transaction): the server would let it wait a year; the message names who holds the
+lock (locks.py).
 
 Change signal. An InnoDB counter: on MariaDB the transaction id counter, which purge
 and flushing do not move (sequences excepted: they write without a transaction id, so a

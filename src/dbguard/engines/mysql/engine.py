@@ -26,7 +26,7 @@ import structlog
 
 from dbguard.config import BackupSettings
 from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target, signals_held
-from dbguard.engines.mysql import pydump
+from dbguard.engines.mysql import locks, pydump
 from dbguard.engines.mysql.server import (
     SERVER_STATUS_NO_BACKSLASH_ESCAPES,
     Endpoint,
@@ -72,6 +72,9 @@ FORMAT = "mysql-sql"  # SQL in mysqldump's layout, from either dumper
 _KEPT_CONNECTIONS = 16
 _KEPT_READ_TIMEOUT = 30  # seconds a skip check waits for a stuck server
 _LOCK_WAIT_SECONDS = 30  # a restore's RENAME gives up on tables another session holds
+# A backup gives up on a table another session keeps locked after this long (the
+# server's own lock_wait_timeout is a year by default); see locks.py.
+_DUMP_LOCK_WAIT_SECONDS = 60
 _SESSIONS_GONE_SECONDS = 10.0  # how long killed sessions may take to go away
 _TRX_CACHE_SECONDS = 0.11  # InnoDB refreshes INNODB_TRX at most every 0.1 s
 _STDERR_TAIL = 4000
@@ -857,7 +860,16 @@ class MysqlEngine:
         out.write(meta_line({"charset": signal.charset, "collation": signal.collation}))
         tool = self.find_tool(info)
         if tool is not None:
-            tables = self._dump_with_tool(tool, endpoint, database, out, scratch, cancel)
+            watch = None
+            limit = _DUMP_LOCK_WAIT_SECONDS
+            if self.settings.dump_timeout_seconds > limit:  # else the timeout comes first
+                # Read just before the tool starts, on the kept connection: a new one
+                # would cost more than many a small database's whole dump.
+                watch = self._with_kept(
+                    target,
+                    lambda kept: locks.LockWatch.before(kept.conn, endpoint, database, limit),
+                )
+            tables = self._dump_with_tool(tool, endpoint, database, out, scratch, cancel, watch)
             used = " ".join(tool.version.split())
         else:
             tables = self._dump_with_pymysql(endpoint, database, out, cancel)
@@ -945,8 +957,10 @@ class MysqlEngine:
         out: Sink,
         scratch: Path,
         cancel: threading.Event,
+        watch: locks.LockWatch | None = None,
     ) -> dict[str, int]:
-        """Run the tool, stream its output into `out`, and count rows on the way.
+        """Run the tool, stream its output into `out`, and count rows on the way;
+        `watch` stops it when it waits too long for a lock.
 
         Row counts come from the dump's own rows (DumpScanner), so they are exactly
         what mysqldump read in its snapshot: --single-transaction gives one
@@ -963,40 +977,48 @@ class MysqlEngine:
         timeout = self.settings.dump_timeout_seconds
         stderr_path = scratch / f"{name}-{secrets.token_hex(4)}.stderr"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with option_file(endpoint, scratch) as options:
-            stderr_fd = os.open(stderr_path, flags, 0o600)
-            try:
+        try:
+            with option_file(endpoint, scratch) as options:
+                stderr_fd = os.open(stderr_path, flags, 0o600)
                 try:
-                    proc = subprocess.Popen(
-                        self._tool_argv(tool, options, database),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=stderr_fd,
-                        env=env,
-                        bufsize=0,
-                    )
-                except OSError as err:
-                    raise BackupFailed(f"cannot run {tool.path}: {err}") from None
-                watchdog = _Watchdog(proc, timeout, cancel)
-                try:
-                    for chunk in stdout_chunks(proc):
-                        scanner.feed(chunk)
-                        out.write(chunk)
-                    code = proc.wait()
+                    try:
+                        proc = subprocess.Popen(
+                            self._tool_argv(tool, options, database),
+                            stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE,
+                            stderr=stderr_fd,
+                            env=env,
+                            bufsize=0,
+                        )
+                    except OSError as err:
+                        raise BackupFailed(f"cannot run {tool.path}: {err}") from None
+                    if watch is not None:
+                        watch.start(proc)
+                    watchdog = _Watchdog(proc, timeout, cancel)
+                    try:
+                        for chunk in stdout_chunks(proc):
+                            scanner.feed(chunk)
+                            out.write(chunk)
+                        code = proc.wait()
+                    finally:
+                        # Also when the sink raised (cancelled, disk full): never leave
+                        # the tool running or unreaped.
+                        watchdog.stop()
+                        if proc.poll() is None:
+                            proc.kill()
+                        proc.wait()
+                        proc.stdout.close()  # type: ignore[union-attr]
+                    stderr = self._tail(stderr_fd, endpoint.password)
                 finally:
-                    # Also when the sink raised (cancelled, disk full): never leave the
-                    # tool running or unreaped.
-                    watchdog.stop()
-                    if proc.poll() is None:
-                        proc.kill()
-                    proc.wait()
-                    proc.stdout.close()  # type: ignore[union-attr]
-                stderr = self._tail(stderr_fd, endpoint.password)
-            finally:
-                os.close(stderr_fd)
-                stderr_path.unlink(missing_ok=True)
+                    os.close(stderr_fd)
+                    stderr_path.unlink(missing_ok=True)
+        finally:
+            if watch is not None:
+                watch.stop()
         if watchdog.fired == "cancel":
             raise Cancelled("the backup was cancelled because dbguardd is stopping")
+        if watch is not None and watch.blocked is not None:
+            raise locks.failure(name, watch.blocked)
         if watchdog.fired == "timeout":
             raise BackupFailed(
                 f"{name} was still running after {timeout:g} s and was stopped",
@@ -1054,7 +1076,18 @@ class MysqlEngine:
         except pymysql.MySQLError as err:
             raise explain(err, endpoint, database) from None
         try:
-            return pydump.dump_database(conn, database, out, cancel)
+            return pydump.dump_database(conn, database, out, cancel, _DUMP_LOCK_WAIT_SECONDS)
+        except pydump.LockWaitTimeout as err:
+            # Looked up at once: the session that held the lock most likely still does.
+            blocked = locks.look_up(
+                endpoint,
+                dump=conn.thread_id(),
+                seconds=_DUMP_LOCK_WAIT_SECONDS,
+                database=database,
+                table=err.table,
+                state=None,
+            )
+            raise locks.failure("the built-in PyMySQL dumper", blocked) from None
         except pymysql.MySQLError as err:
             if error_code(err) in (1049, 2002, 2003, 2006, 2013, 1045):
                 raise explain(err, endpoint, database) from None

@@ -26,6 +26,7 @@ from dbguard.engines.mysql.server import (
     RESET_SESSION,
     ObjectDef,
     capture_objects,
+    error_code,
     fetch_text,
     show_create,
 )
@@ -80,6 +81,19 @@ HEADER = """\
 /*!40101 SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;
 /*!40111 SET SQL_NOTES=0 */;
 """
+
+
+_LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT: a metadata or table lock, for a dump
+
+
+class LockWaitTimeout(Exception):
+    """The server gave up waiting for a lock another session holds, after the
+    lock_wait_timeout this dumper sets; `table` is the one it was dumping, if any.
+    (A consistent-snapshot read takes no row locks, so 1205 here is never InnoDB's.)"""
+
+    def __init__(self, table: str | None) -> None:
+        super().__init__(f"lock wait timeout on {table or 'the database'}")
+        self.table = table
 
 
 class _Out:
@@ -202,20 +216,39 @@ def _object_block(definition: ObjectDef, delimiter: bool) -> bytes:
 
 
 def dump_database(
-    conn: Any, database: str, out_sink: Sink, cancel: threading.Event
+    conn: Any,
+    database: str,
+    out_sink: Sink,
+    cancel: threading.Event,
+    lock_wait_seconds: float = 60,
 ) -> dict[str, int]:
     """Write `database` to `out_sink` in mysqldump's layout; returns rows per table.
 
     `conn` is a fresh raw connection (Endpoint.connect(raw=True)) that this function
-    puts in a consistent-snapshot transaction. Raises pymysql errors, Cancelled, and
-    whatever the sink raises.
+    puts in a consistent-snapshot transaction. Raises LockWaitTimeout when a lock
+    another session holds is not let go within `lock_wait_seconds`; pymysql errors,
+    Cancelled, and whatever the sink raises.
     """
-    out = _Out(out_sink, cancel)
+    at: list[str | None] = [None]  # the table being dumped, for LockWaitTimeout
+    try:
+        return _dump_database(conn, database, _Out(out_sink, cancel), lock_wait_seconds, at)
+    except pymysql.MySQLError as err:
+        if error_code(err) == _LOCK_WAIT_TIMEOUT:
+            raise LockWaitTimeout(at[0]) from err
+        raise
+
+
+def _dump_database(
+    conn: Any, database: str, out: _Out, lock_wait_seconds: float, at: list[str | None]
+) -> dict[str, int]:
     counts: dict[str, int] = {}
     with conn.cursor() as cur:
         # Dumps quote with backticks and backslash escapes and read TIMESTAMPs in UTC,
         # whatever the server's defaults; the header sets the same for the restore.
         cur.execute("SET SESSION sql_mode = '', time_zone = '+00:00', sql_quote_show_create = 1")
+        # The server's default is a year: a table another session keeps locked would
+        # hold the guarded command up for the whole dump_timeout instead.
+        cur.execute("SET SESSION lock_wait_timeout = %s", (max(1, round(lock_wait_seconds)),))
         cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         conn.select_db(database)  # SHOW CREATE VIEW then leaves this name out
@@ -230,14 +263,18 @@ def dump_database(
     out.text(HEADER.format(name=quote_ident(database), version=version))
     views = [name for name, kind, _ in tables if kind == "VIEW"]
     for name, kind, engine in tables:
+        at[0] = name
         if kind == "SEQUENCE":
             _sequence(conn, out, name)
         elif kind in ("BASE TABLE", "SYSTEM VERSIONED"):
             counts[name] = _table(conn, out, database, name, engine)
         out.flush()
+    at[0] = None
     with conn.cursor() as cur:
         for name in views:
+            at[0] = name
             out.text(_stand_in(cur, database, name))
+        at[0] = None
         for definition in capture_objects(cur, database, ("EVENT",)):
             out.text(f"DROP EVENT IF EXISTS {quote_ident(definition.name)};\n")
             out.raw(_object_block(definition, delimiter=True))
