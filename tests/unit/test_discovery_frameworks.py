@@ -25,7 +25,10 @@ LAYOUTS = [
         "rails",
         "rails",
         {},
-        {"postgres://@localhost:5432/blog_development", "postgres://@localhost:5432/animals_development"},
+        {
+            "postgres://@localhost:5432/blog_development",
+            "postgres://@localhost:5432/animals_development",
+        },
     ),
     ("knex", "knex", {}, {"sqlite:/projects/knex/dev.sqlite3"}),
     ("sequelize", "sequelize", {}, {"mysql://root@127.0.0.1:3306/app_development"}),
