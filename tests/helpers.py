@@ -244,6 +244,17 @@ def laravel_sqlite_project(root: Path, rows: int = 3, env_line: str = "") -> Pat
     return root
 
 
+def php_project_with_config(home: Home, config_text: str) -> tuple[Path, Path]:
+    """A Laravel SQLite project behind a `php` shim, and dbguard's config file holding
+    `config_text` (edit it to change the config). Returns (config file, project)."""
+    config = home.root / "config.toml"
+    config.write_text(config_text)
+    home.extra_env["DBGUARD_CONFIG"] = str(config)
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    return config, laravel_sqlite_project(home.root / "app")
+
+
 def count_users(project: Path) -> int | None:
     conn = sqlite3.connect(project / "database" / "app.sqlite")
     try:

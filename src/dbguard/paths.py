@@ -9,6 +9,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns), None when absent
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What changes whenever the file at `path` is written, replaced or removed."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):  # absent, unreadable folder, a name too long, a NUL
+        return None
+    # ctime too: a file rewritten in place at its old size and given its old mtime back
+    # (`cp -p`, `touch -r`, rsync, tar) keeps inode, size and mtime, never its ctime.
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
     value = env.get(var, "")

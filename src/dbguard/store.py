@@ -38,6 +38,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
+from dbguard.paths import Stamp, file_stamp
 
 ID_RE = re.compile(r"[0-9a-f]{8}")
 ID_PREFIX_RE = re.compile(r"[0-9a-f]{4,8}")
@@ -412,8 +413,8 @@ class Store:
         self.tmp = root / ".tmp"
         self.compression_level = compression_level
         self.compression_threads = compression_threads
-        self._newest: dict[str, tuple[_Stamp, Manifest | None, _Stamp]] = {}
-        self._intact: dict[str, tuple[_Stamp, bool]] = {}
+        self._newest: dict[str, tuple[Stamp, Manifest | None, Stamp]] = {}
+        self._intact: dict[str, tuple[Stamp, bool]] = {}
         # The highest commit number of any manifest read: a .seq set back (restored
         # from an old copy, edited) must not number new backups below old ones. Every
         # manifest is read once, at this process's first backup.
@@ -587,16 +588,16 @@ class Store:
         racily clean.
         """
         folder = self.root / target.slug
-        folder_stamp = _stamp(folder)
+        folder_stamp = file_stamp(folder)
         cached = self._newest.get(target.key)
         if cached is not None and cached[0] == folder_stamp:
             manifest = cached[1]
-            if manifest is None or _stamp(folder / manifest.id / MANIFEST) == cached[2]:
+            if manifest is None or file_stamp(folder / manifest.id / MANIFEST) == cached[2]:
                 return manifest
         good = [m for m in self.manifests(target) if m.verified is None or m.verified.ok]
         newest = good[0] if good else None
-        manifest_stamp = _stamp(folder / newest.id / MANIFEST) if newest else None
-        if folder_stamp is None or time.time_ns() - folder_stamp[1] > _SETTLED_NS:
+        manifest_stamp = file_stamp(folder / newest.id / MANIFEST) if newest else None
+        if folder_stamp is None or time.time_ns() - folder_stamp[2] > _SETTLED_NS:
             self._newest[target.key] = (folder_stamp, newest, manifest_stamp)
         else:
             self._newest.pop(target.key, None)
@@ -673,7 +674,7 @@ class Store:
 
     def remember_intact(self, manifest: Manifest) -> None:
         """Record that `manifest`'s data file, as it is now, matches its checksum."""
-        stamp = _stamp(self.folder(manifest) / manifest.data.file)
+        stamp = file_stamp(self.folder(manifest) / manifest.data.file)
         if stamp is not None:
             self._intact[manifest.id] = (stamp, True)
 
@@ -681,7 +682,7 @@ class Store:
         """Whether the backup's data file is still the one committed. The checksum is
         recomputed once per version of the file (its inode, size and mtime); after
         that, a call costs one stat()."""
-        stamp = _stamp(self.folder(manifest) / manifest.data.file)
+        stamp = file_stamp(self.folder(manifest) / manifest.data.file)
         if stamp is None:
             return False
         known = self._intact.get(manifest.id)
@@ -762,18 +763,7 @@ class Store:
         return sum(m.data.size for m in self.manifests())
 
 
-_Stamp = tuple[int, int, int, int] | None  # inode, mtime and ctime in ns, size
 _SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime
-
-
-def _stamp(path: Path) -> _Stamp:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    # ctime too: a file changed in place and given its old mtime back keeps its size
-    # and mtime, but no one can set its change time.
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def _newest_first(entry: Entry) -> tuple[int, float]:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
+from tests.helpers import Daemon, Home, php_project_with_config
 
 
 def test_daemon_prunes_after_successful_backups(home: Home) -> None:
-    config = home.root / "config.toml"
-    config.write_text(
+    _, project = php_project_with_config(
+        home,
         "[retention]\nkeep_last = 2\nhourly = 0\ndaily = 0\nweekly = 0\nmonthly = 0\n"
-        "protect_pre_destructive_days = 0\n"
+        "protect_pre_destructive_days = 0\n",
     )
-    home.extra_env["DBGUARD_CONFIG"] = str(config)
-    install_stand_in(home, "php")
-    home.install_shims("php")
-    project = laravel_sqlite_project(home.root / "app")
     db = project / "database" / "app.sqlite"
     daemon = Daemon(home).start()
     try:

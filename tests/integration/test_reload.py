@@ -7,7 +7,12 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
+from tests.helpers import (
+    Daemon,
+    Home,
+    laravel_sqlite_project,
+    php_project_with_config,
+)
 
 
 def wait_for_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 20) -> None:
@@ -18,13 +23,8 @@ def wait_for_log(daemon: Daemon, text: str, count: int = 1, timeout: float = 20)
 
 
 def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: Home) -> None:
-    config = home.root / "config.toml"
     first_dir, second_dir = home.root / "first", home.root / "second"
-    config.write_text(f'backup_dir = "{first_dir}"\n')
-    home.extra_env["DBGUARD_CONFIG"] = str(config)
-    install_stand_in(home, "php")
-    home.install_shims("php")
-    project = laravel_sqlite_project(home.root / "app")
+    config, project = php_project_with_config(home, f'backup_dir = "{first_dir}"\n')
     daemon = Daemon(home).start()
     try:
         assert home.run(["php", "artisan", "test", "--wipe"], cwd=project).returncode == 0
@@ -53,9 +53,9 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: 
         status = home.ctl("status")
         assert f"but dbguardd writes its backups to {second_dir}".encode() in status.stdout
         # The rejection stays visible after the log has scrolled by, with the way out.
-        assert b"PROBLEM: the config was not reloaded" in status.stdout
+        assert b"PROBLEM: the config file changed at" in status.stdout
         assert b"a-file is a file" in status.stdout
-        assert b"reload again" in status.stdout
+        assert b"it applies at the next command" in status.stdout
         with sqlite3.connect(project / "database" / "app.sqlite") as conn:
             conn.execute("create table changed (x)")  # so that the next command backs up
         assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
@@ -65,6 +65,38 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home: 
         daemon.process.send_signal(signal.SIGHUP)
         wait_for_log(daemon, "config reloaded", count=2)
         assert b"PROBLEM" not in home.ctl("status").stdout
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_edited_config_applies_to_the_next_command_without_a_signal(home: Home) -> None:
+    first_dir, second_dir = home.root / "first", home.root / "second"
+    config, project = php_project_with_config(home, f'backup_dir = "{first_dir}"\n')
+    database = project / "database" / "app.sqlite"
+    daemon = Daemon(home).start()
+    try:
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        assert len(list(first_dir.glob("*/*/manifest.json"))) == 1
+
+        # The production rule a user adds protects the very next command.
+        config.write_text(
+            f'backup_dir = "{second_dir}"\n[production]\nsqlite_production_paths = ["{database}"]\n'
+        )
+        refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert refused.returncode == 77, refused.stderr
+        assert b"production" in refused.stderr
+        assert "config reloaded" in daemon.log
+
+        # A broken edit keeps the previous config (production rule included), and every
+        # allowed command says so.
+        config.write_text(f'backup_dir = "{second_dir}"\n[backup]\ncompresion_level = 3\n')
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 77
+        other = laravel_sqlite_project(home.root / "other")
+        allowed = home.run(["php", "artisan", "migrate:fresh"], cwd=other)
+        assert allowed.returncode == 0, allowed.stderr
+        assert b"the previous config stays in force" in allowed.stderr
+        assert b"backup.compresion_level: unknown key" in allowed.stderr
+        assert len(list(second_dir.glob("*/*/manifest.json"))) == 1  # other's, by the old rules
     finally:
         assert daemon.stop() == 0
 

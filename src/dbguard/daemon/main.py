@@ -12,19 +12,19 @@ import os
 import signal
 import socket
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import structlog
 import uvloop
 
 from dbguard import __version__
-from dbguard.config import ConfigError, load_config
+from dbguard.config import ConfigError, config_path, load_config
 from dbguard.daemon import memory, systemd
 from dbguard.daemon.health import BackgroundVerifier
 from dbguard.daemon.server import SOCKET_CHECK_SECONDS, Server, StartupError
 from dbguard.daemon.service import Guard
 from dbguard.errors import DbguardError
+from dbguard.paths import file_stamp
 
 EX_CONFIG = 78
 
@@ -69,41 +69,15 @@ def configure_logging() -> None:
     )
 
 
-def reload_config(guard: Guard, config_file: str | None) -> None:
+def reload_config(guard: Guard) -> None:
     """SIGHUP: adopt the config file as it is now, or keep the old one if it is invalid."""
-    log = structlog.get_logger("dbguard")
     systemd.notify_reloading()
-    when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    try:
-        config = load_config(guard.env, config_file)
-        pending = guard.reload(config)
-    except DbguardError as err:  # a ConfigError, or a backup folder that cannot be made
-        log.error("new config rejected; the previous one stays in force", error=str(err))
-        guard.reload_problems = [
-            f"the config was not reloaded at {when}, the previous one stays in force: {err}"
-            " (fix it, then reload again: systemctl --user reload dbguard, or kill -HUP "
-            f"{os.getpid()})"
-        ]
-    except (
-        Exception
-    ) as err:  # e.g. a catalog that no longer loads (an upgrade under a running daemon)
-        log.exception("reload failed; the previous config stays in force")
-        guard.reload_problems = [
-            f"the config was not reloaded at {when}, the previous one stays in force: "
-            f"{type(err).__name__}: {err} (see dbguardd's log; restarting dbguardd may help)"
-        ]
-    else:
-        for note in pending:
-            log.warning("config reloaded with a change that needs a restart", detail=note)
-        log.info("config reloaded")
-        guard.reload_problems = list(pending)
+    guard.reload_from_file()
     # READY=1 either way: a rejected config leaves the daemon serving with the old one.
     systemd.notify("READY=1", f"STATUS=serving on {guard.socket_path}")
 
 
-async def serve(
-    guard: Guard, config_file: str | None = None, activated: socket.socket | None = None
-) -> None:
+async def serve(guard: Guard, activated: socket.socket | None = None) -> None:
     log = structlog.get_logger("dbguard")
     guard.store.ensure()
     for stale in guard.store.cleanup_stale():
@@ -123,7 +97,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, guard, config_file)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, guard)
     log.info(
         "dbguardd ready",
         version=__version__,
@@ -177,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging()
     env = dict(os.environ)
+    stamp = file_stamp(config_path(env, args.config))  # before reading: no edit is missed
     try:
         config = load_config(env, args.config)
     except ConfigError as err:
         print(f"dbguardd: {err}", file=sys.stderr)
         return EX_CONFIG
-    guard = Guard(config, env)
+    guard = Guard(config, env, args.config, stamp)
     try:
-        uvloop.run(serve(guard, args.config, activated))
+        uvloop.run(serve(guard, activated))
     except (StartupError, DbguardError) as err:
         print(f"dbguardd: {err}", file=sys.stderr)
         return 1

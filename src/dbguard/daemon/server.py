@@ -233,6 +233,9 @@ class Server:
             await self._send(writer, Error(message="no request received in time"))
             return
 
+        if isinstance(request, Invoke | BackupNow | StatusQuery):
+            self.guard.reload_if_changed()
+
         async def emit(progress: Progress | Working) -> None:
             await self._send(writer, progress)
 

@@ -14,14 +14,17 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import structlog
 
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
 from dbguard.approvals import Request as ApprovalRequest
 from dbguard.client.autostart import alive
-from dbguard.config import Config
+from dbguard.config import Config, config_path, load_config
 from dbguard.daemon.backups import Backups, Outcome
 from dbguard.daemon.health import Notifier
 from dbguard.discovery import Found
@@ -40,8 +43,9 @@ from dbguard.discovery.project_config import (
 )
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import BackupFailed, DatabaseMissing
+from dbguard.errors import BackupFailed, DatabaseMissing, DbguardError
 from dbguard.oplog import RUNNING, OperationLog, redact_argv
+from dbguard.paths import Stamp, file_stamp
 from dbguard.policy import Gate, agent_markers, gate
 from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
 from dbguard.protocol import (
@@ -72,6 +76,8 @@ from dbguard.rules import (
     builtin_catalog,
 )
 from dbguard.store import Reason, Store
+
+log = structlog.get_logger("dbguard")
 
 Emit = Callable[[Progress | Working], Awaitable[None]]
 Ask = Callable[[Confirm], Awaitable[str | None]]
@@ -121,9 +127,25 @@ class Running:
 
 
 class Guard:
-    def __init__(self, config: Config, env: dict[str, str]):
+    def __init__(
+        self,
+        config: Config,
+        env: dict[str, str],
+        config_file: str | None = None,
+        config_stamp: Stamp = None,
+    ):
+        """`config` was read from `config_file` (`--config`; None: the default place)
+        when that file's stamp was `config_stamp`."""
         self.env = env
         self.config = config
+        self.config_file = config_file
+        self._config_path = config_path(env, config_file)
+        self._config_stamp = config_stamp
+        # What the last reload could not do, shown by `dbguardctl status` until a later
+        # reload clears it: a rejected file (also told to every guarded command, whose
+        # protection it may concern), and changes that wait for a restart.
+        self.config_rejected: str | None = None
+        self.restart_needed: list[str] = []
         self.socket_path = config.socket_path(env)
         self.store = _store(config, env)
         self.engines = Engines(config.backup)
@@ -139,9 +161,39 @@ class Guard:
         self.notifier = Notifier(config.notify)
         self.last_activity = time.monotonic()  # the background verifier waits for quiet
         self.identity = process_identity(os.getpid())
-        # What the last SIGHUP could not do (a rejected config file, a change that waits
-        # for a restart): shown by `dbguardctl status` until a later reload clears it.
-        self.reload_problems: list[str] = []
+
+    def reload_if_changed(self) -> None:
+        """Before each request: an edited config file applies to the next command, with
+        no SIGHUP to remember (one stat when nothing changed)."""
+        if file_stamp(self._config_path) != self._config_stamp:
+            self.reload_from_file()
+
+    def reload_from_file(self) -> None:
+        """Adopt the config file as it is now, or keep the current config if the file
+        is invalid (SIGHUP, or the file changed)."""
+        self._config_stamp = file_stamp(self._config_path)  # first: a later edit is seen
+        when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            config = load_config(self.env, self.config_file)
+            self.restart_needed = self.reload(config)
+        except DbguardError as err:  # a ConfigError, or a backup folder that cannot be made
+            log.error("new config rejected; the previous one stays in force", error=str(err))
+            self.config_rejected = (
+                f"the config file changed at {when} but was not applied, the previous "
+                f"config stays in force: {err}\n(fix it; it applies at the next command)"
+            )
+        except Exception as err:  # e.g. a catalog that no longer loads (an upgrade under us)
+            log.exception("reload failed; the previous config stays in force")
+            self.config_rejected = (
+                f"the config file changed at {when} but could not be applied, the previous "
+                f"config stays in force: {type(err).__name__}: {err} (see dbguardd's log; "
+                "restarting dbguardd may help)"
+            )
+        else:
+            for note in self.restart_needed:
+                log.warning("config reloaded with a change that needs a restart", detail=note)
+            log.info("config reloaded", file=str(self._config_path))
+            self.config_rejected = None
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
@@ -277,7 +329,8 @@ class Guard:
             }
         )
         # The shim prints only warnings; what was reused or skipped goes to the log.
-        return Allow(op=op_id, backups=_refs(outcomes), notes=found.warnings)
+        rejected = [self.config_rejected] if self.config_rejected else []
+        return Allow(op=op_id, backups=_refs(outcomes), notes=[*found.warnings, *rejected])
 
     def _failed(
         self,
@@ -563,7 +616,11 @@ class Guard:
             uptime_seconds=round(time.monotonic() - self.started, 1),
             backup_dir=str(self.store.root),
             in_flight=self.backups.in_flight(),
-            problems=[*([self.oplog.problem] if self.oplog.problem else []), *self.reload_problems],
+            problems=[
+                problem
+                for problem in (self.oplog.problem, self.config_rejected, *self.restart_needed)
+                if problem
+            ],
         )
 
     def close_orphans(self) -> list[str]:

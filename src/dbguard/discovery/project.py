@@ -16,6 +16,7 @@ import yaml
 from dbguard.discovery import FolderLister, Found, discover, nx
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.signs import npm_workspaces, workspace_folders
+from dbguard.paths import Stamp, file_stamp
 from dbguard.rules import Kind, Operation, Script
 
 # A folder holding any of these is a project root.
@@ -49,8 +50,6 @@ TURBO_JSON = "turbo.json"
 # JSON with comments and trailing commas (deno.jsonc, and deno.json too): a string is
 # kept as it is, a comment dropped, a comma before } or ] dropped.
 _JSONC_TOKEN = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*|/\*.*?\*/|,(?=\s*[}\]])', re.DOTALL)
-
-Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime_ns, ctime_ns), None when absent
 
 
 def _yaml(text: str | None) -> object:
@@ -122,16 +121,6 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _stamp(path: Path) -> Stamp:
-    try:
-        st = path.stat()
-    except (OSError, ValueError):
-        return None
-    # ctime too: a file rewritten in place at its old size and given its old mtime back
-    # (`cp -p`, `touch -r`, rsync, tar) keeps inode, size and mtime, never its ctime.
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 @dataclass
 class ProjectFiles:
     """Reads files under `root`, remembering each one's stamp (also for absent files)."""
@@ -143,7 +132,7 @@ class ProjectFiles:
 
     def read(self, relative: str) -> str | None:
         path = self.root / relative
-        self.stamps[path] = _stamp(path)
+        self.stamps[path] = file_stamp(path)
         if self.stamps[path] is None or path.is_dir():  # a venv named .env is no dotenv
             return None
         if not path.is_file():
@@ -173,7 +162,7 @@ class ProjectFiles:
         """The names in a folder under `root`; its stamp (the folder's mtime moves when
         an entry is added, removed or renamed) goes with the files'."""
         path = self.root / relative
-        self.stamps[path] = _stamp(path)
+        self.stamps[path] = file_stamp(path)
         try:
             return os.listdir(path) if path.is_dir() else None
         except OSError:
@@ -253,13 +242,13 @@ class ProjectFiles:
         start = Path(os.path.normpath(self.root / folder))
         for each in (start, *start.parents):
             path = each / file
-            self.stamps[path] = _stamp(path)
+            self.stamps[path] = file_stamp(path)
             if self.stamps[path] is not None and path.is_file():
                 return str(each)
         return None
 
     def unchanged(self) -> bool:
-        return all(_stamp(path) == stamp for path, stamp in self.stamps.items())
+        return all(file_stamp(path) == stamp for path, stamp in self.stamps.items())
 
     def package_script(self, manifest: str, script: str) -> Script | None:
         """`script` in package.json / composer.json (deno.json: deno's tasks), if any:
@@ -364,7 +353,7 @@ class ProjectFiles:
         return self._nx[top]
 
     def _has(self, path: Path) -> bool:
-        self.stamps[path] = _stamp(path)
+        self.stamps[path] = file_stamp(path)
         return self.stamps[path] is not None and path.is_file()
 
     def _nx_projects(self, start: Path, selectors: Sequence[str]) -> list[str]:
