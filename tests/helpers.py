@@ -188,6 +188,8 @@ def database():
 if command in ("-v", "--version"):
     print("{name} 0.0 (dbguard test stand-in)")
 elif command in ("migrate:fresh", "db:wipe"):
+    if "--recreate" in args:  # as a tool that drops the database and makes it again
+        os.remove(database())
     conn = sqlite3.connect(database())
     for (table,) in conn.execute("select name from sqlite_master where type='table'").fetchall():
         conn.execute(f'drop table "{{table}}"')

@@ -197,6 +197,28 @@ def test_the_database_marker_makes_production_and_travels_with_the_file(
     assert home.run(["php", "artisan", "db:wipe"], cwd=project).returncode == 0
 
 
+def test_a_database_dropped_and_made_again_by_an_approved_command_keeps_its_mark(
+    home: Home, daemon: Daemon
+) -> None:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")  # APP_ENV=local: only the mark
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    refused = home.run(["php", "artisan", "migrate:fresh", "--recreate"], cwd=project)
+    assert refused.returncode == 77
+    outcome = approve_on_terminal(home, code_from(refused.stderr))
+    assert outcome.startswith("exit 0"), outcome
+
+    # The command deletes the file and makes a new one: the mark went with the old one.
+    allowed = home.run(["php", "artisan", "migrate:fresh", "--recreate"], cwd=project)
+    assert allowed.returncode == 0, allowed.stderr
+    again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert again.returncode == 77, again.stderr  # still production: the mark is back
+    assert b"marked production" in again.stderr
+    put_back = [json.loads(line) for line in home.oplog.read_text().splitlines()]
+    assert [r["outcome"] for r in put_back if r.get("decision") == "mark"] == ["ok"]
+
+
 def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: Daemon) -> None:
     install_stand_in(home, "php")
     project = laravel_sqlite_project(home.root / "app")

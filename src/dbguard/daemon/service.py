@@ -8,12 +8,13 @@ returns the final reply. server.py does the socket work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -124,6 +125,8 @@ class Running:
 
     record: dict[str, Any]
     pid: int | None = None
+    # The environment marks its databases carry, put back if the command drops them.
+    marks: list[tuple[Target, Marker]] = field(default_factory=list)
 
 
 class Guard:
@@ -161,6 +164,7 @@ class Guard:
         self.notifier = Notifier(config.notify)
         self.last_activity = time.monotonic()  # the background verifier waits for quiet
         self.identity = process_identity(os.getpid())
+        self._remarking: set[asyncio.Future[None]] = set()  # marks being put back
 
     def reload_if_changed(self) -> None:
         """Before each request: an edited config file applies to the next command, with
@@ -263,7 +267,9 @@ class Guard:
             self._log(record, "pass", started)
             return Pass()
         try:
-            found, settings, verdicts, folder = await _beating(
+            if self._remarking:  # the last command's marks are back before this one looks
+                await asyncio.wait(set(self._remarking))
+            found, settings, verdicts, marks, folder = await _beating(
                 asyncio.to_thread(self._assess, request, operation), emit
             )
         except DiscoveryError as err:
@@ -317,7 +323,9 @@ class Guard:
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         record["decision"] = "allow"
         record["decide_ms"] = round((time.monotonic() - started) * 1000, 1)
-        self.running[op_id] = Running(record)
+        self.running[op_id] = Running(
+            record, marks=[(t, marks[t.key]) for t in found.targets if t.key in marks]
+        )
         record["notes"] = _notes(found, outcomes)
         # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
         self.oplog.append(
@@ -356,12 +364,12 @@ class Guard:
 
     def _assess(
         self, request: Invoke, operation: Operation
-    ) -> tuple[Found, ProductionSettings, dict[str, Verdict], Path]:
+    ) -> tuple[Found, ProductionSettings, dict[str, Verdict], dict[str, Marker], Path]:
         """Discovery for each operation of the command, from the folder it runs in (and
         for a test run also in the projects its path arguments lie in), then production
         or not per target, reading each database's own marker: blocking, in one
-        worker-thread hop. Also returns the folder the command runs in. Raises
-        DiscoveryError."""
+        worker-thread hop. Also returns the marks found, by key, and the folder the
+        command runs in. Raises DiscoveryError."""
         parts: list[Found] = []
         runs_in: list[Path] = []  # the folder of each operation; the first names the command's
         # Members of a run in several where Prisma finds no schema: it fails there and
@@ -418,19 +426,23 @@ class Guard:
                 found.warn(warning)
         run_env = {**request.env, **operation.assignments}
         verdicts = {}
+        marks = {}
         for target in found.targets:
             # Each database by the rules of the project it came from (its .dbguard.toml).
             origin_root, project = found.origin(target)
             assert origin_root is not None  # every Found from discover() has its root
+            marker = self._marker(target)
+            if marker is not None:
+                marks[target.key] = marker
             verdicts[target.key] = classify_production(
                 target,
                 run_env,
                 self._settings(project),
-                marker=self._marker(target),
+                marker=marker,
                 facts=found.facts_for(target),
                 project_root=str(origin_root),
             )
-        return found, self._settings(found.project), verdicts, runs_in[0]
+        return found, self._settings(found.project), verdicts, marks, runs_in[0]
 
     def _settings(self, project: ProjectConfig | None) -> ProductionSettings:
         settings = self.config.production
@@ -540,6 +552,66 @@ class Guard:
             record["duration_ms"] = report.duration_ms
             record["outcome"] = "ok" if report.exit == 0 else "failed"
         self.oplog.append(record)
+        if running.marks and ran:
+            self._put_marks_back(running.marks, record)
+
+    def _put_marks_back(self, marks: list[tuple[Target, Marker]], command: dict[str, Any]) -> None:
+        """A command that drops a database and makes it again (`prisma migrate reset` on
+        MySQL, `rails db:reset`, a deleted SQLite file) takes the database's own mark
+        with it, and the next command would find it unmarked: put each back, in a
+        worker thread that the next command waits for."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the daemon's loop (a test's Guard)
+            self._restore_marks(marks, command)
+            return
+        future = loop.run_in_executor(None, self._restore_marks, marks, command)
+        self._remarking.add(future)
+        future.add_done_callback(self._remarking.discard)
+
+    def _restore_marks(self, marks: list[tuple[Target, Marker]], command: dict[str, Any]) -> None:
+        for target, marker in marks:
+            engine = self.engines.for_target(target)
+            try:
+                with contextlib.suppress(DatabaseMissing):  # an empty SQLite file takes one
+                    if engine.marker(target) is not None:
+                        continue  # still marked, or marked anew since
+                engine.set_marker(target, marker)
+            except DatabaseMissing:
+                outcome, detail = (
+                    "failed",
+                    (
+                        f"the command dropped {target.label}, marked {marker}; mark it again "
+                        f"once it exists: dbguardctl mark {marker}"
+                    ),
+                )
+            except BackupFailed as err:
+                outcome, detail = (
+                    "failed",
+                    (
+                        f"the command removed the {marker} mark of {target.label}, and it could "
+                        f"not be put back: {err.problem}; mark it again: dbguardctl mark {marker}"
+                    ),
+                )
+            else:
+                outcome, detail = (
+                    "ok",
+                    (
+                        f"put back the {marker} mark of {target.label}, which the command "
+                        "removed (it dropped and made the database again)"
+                    ),
+                )
+            log.warning("environment mark", database=target.label, outcome=outcome, detail=detail)
+            self.oplog.append(
+                {
+                    "argv": command["argv"],
+                    "cwd": command["cwd"],
+                    "decision": "mark",
+                    "databases": [{"database": target.label}],
+                    "outcome": outcome,
+                    "detail": detail,
+                }
+            )
 
     def _log(self, record: dict[str, Any], decision: str, started: float, **extra: Any) -> None:
         record.update(extra)
@@ -642,6 +714,8 @@ class Guard:
         await self.backups.drain()
         for op_id in list(self.running):
             self.finish(op_id, None)
+        if self._remarking:
+            await asyncio.wait(set(self._remarking))
         self.engines.close()
 
 
