@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -172,9 +173,28 @@ def _describe(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid config"]
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key" + _did_you_mean(problem["loc"])
+        elif problem["type"] in ("list_type", "tuple_type"):
+            message = 'should be a list, such as ["a", "b"]'  # not pydantic's "tuple"
+        else:
+            message = problem["msg"]
         lines.append(f"  {key}: {message}{_shown(problem)}")
     return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`compresion_level` -> "; did you mean compression_level?", from the keys of the
+    section it is in."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _shown(problem: Mapping[str, Any]) -> str:

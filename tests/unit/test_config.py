@@ -51,7 +51,13 @@ def test_explicit_path_beats_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[backup]\ncompresion_level = 3\n", r"backup\.compresion_level: unknown key"),
+        (
+            "[backup]\ncompresion_level = 3\n",
+            r"backup\.compresion_level: unknown key; did you mean compression_level\?",
+        ),
+        ("[shims]\ncommand = []\n", r"shims\.command: unknown key; did you mean commands\?"),
+        ("[shims]\ncommands = 'php'\n", r"shims\.commands: should be a list, such as"),
+        ("bakup_dir = '/x'\n", r"bakup_dir: unknown key; did you mean backup_dir\?"),
         (
             "[backup]\ncompression_level = 99\n",
             r"backup\.compression_level: .*less than or equal to 19.*got 99",
