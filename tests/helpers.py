@@ -176,6 +176,7 @@ import os, re, signal, sqlite3, sys, time
 
 args = sys.argv[1:]
 if args and os.path.basename(args[0]) == "artisan":
+    os.chdir(os.path.dirname(args[0]) or ".")  # as artisan: its app is where it lies
     args = args[1:]
 command = args[0] if args else ""
 

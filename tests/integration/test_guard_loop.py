@@ -83,6 +83,18 @@ def test_destructive_command_leaves_a_backup_that_restores_the_rows(
     assert before["reason"]["cwd"] == backup["reason"]["cwd"] == str(project)
 
 
+def test_artisan_run_from_another_folder_backs_up_its_own_app(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    # `php backend/artisan migrate:fresh` from a monorepo's top works on backend's app.
+    result = home.run(["php", f"{project.name}/artisan", "migrate:fresh"], cwd=project.parent)
+    assert result.returncode == 0, result.stderr
+    assert count_users(project) is None
+    [backup] = backups(home)
+    assert backup["tables"] == {"users": 3}
+    assert backup["database"]["path"] == str(project / "database" / "app.sqlite")
+
+
 def test_read_only_commands_pass_without_a_backup(
     home: Home, daemon: Daemon, project: Path
 ) -> None:

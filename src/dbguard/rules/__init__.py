@@ -117,6 +117,7 @@ class ToolRule(_Rule):
     task_arguments: bool = False
     app_environment: bool = False
     env_files: list[str] = []
+    project_from_script: str | None = None
     assignment_arguments: bool = False
     positional_targets: list[str] = []
     argument_targets: dict[str, str] = {}
@@ -664,6 +665,7 @@ class _Tool:
     abbreviations: dict[str, list[tuple[list[str], _Node]]] | None
     app_environment: bool = False
     env_files: tuple[str, ...] = ()
+    project_from_script: str | None = None
 
     def match(self, args: Sequence[str], repeated: frozenset[str]) -> Operation | None:
         parsed = _parse(args, self.syntax)
@@ -906,6 +908,7 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
         abbreviations=abbreviations,
         app_environment=rule.app_environment,
         env_files=tuple(rule.env_files),
+        project_from_script=rule.project_from_script,
     )
 
 
@@ -1067,6 +1070,18 @@ class _Walk:
             self.folder = previous
 
 
+def _project_of_script(word: str, handlers: _Handlers) -> str:
+    """Where a tool that finds its project from its own file runs, from here: `php
+    backend/artisan` works on backend's Laravel app from any folder, as `php
+    api/bin/console` on api's Symfony app. "" when the word names no folder."""
+    folder = posixpath.dirname(word)
+    for tool in handlers.tools:
+        if folder and tool.project_from_script is not None:
+            moved = posixpath.normpath(posixpath.join(folder, tool.project_from_script))
+            return "" if moved == "." else moved
+    return ""
+
+
 def _most_dangerous(operations: Iterable[Operation | None]) -> Operation | None:
     """The most dangerous of `operations` (the first of equals), carrying the others that
     need a backup in `also`."""
@@ -1196,7 +1211,9 @@ class Classifier:
         handlers = self._programs.get(program_name(word))
         if handlers is None:
             return None
-        return _merge_context(self._dispatch(handlers, args, walk, depth), {}, assignments)
+        with walk.moved({CWD_HINT: _project_of_script(word, handlers)}):
+            found = self._dispatch(handlers, args, walk, depth)
+        return _merge_context(found, {}, assignments)
 
     def _dispatch(
         self, handlers: _Handlers, args: Sequence[str], walk: _Walk, depth: int
