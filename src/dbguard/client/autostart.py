@@ -14,7 +14,15 @@ fails:
     if autostart.start_if_configured(path, shims_dir, err, say):
         connect again and carry on
     else:
-        fail closed: exit 69 with the message that says how to start dbguardd
+        problem, fix = autostart.advise(path, shims_dir, err, after_start=True)
+        fail closed: exit 69 with those
+
+When starting fails, what the caller is told comes from the daemon's own log: the
+lines it wrote since this start (at most TAIL_LINES, read from the file's end only
+then), JSON lines made readable, a config error as the file, the key and the problem.
+advise() says what to do when nothing listens and nothing was started (or a start
+failed): the command that starts this installation's dbguardd, `systemctl --user`
+only where the units are installed and systemd runs the user's session.
 
 ensure_daemon starts at most one daemon at a time per socket: callers take a POSIX
 record lock on a file beside the socket, and whoever holds it checks the socket again
@@ -27,16 +35,30 @@ import _signal  # type: ignore[import-not-found]
 import _socket
 import errno
 import os
+import sys
 import time
 
 TYPE_CHECKING = False  # typing itself would cost start-up time; mypy reads this as True
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 SETTINGS_FILE = ".autostart"  # in the shims folder; a dot file, so it is never a command
 DEFAULT_TIMEOUT = 5.0  # seconds; dbguardd is ready in about 0.2 s with a warm cache
 LOG_MAX_BYTES = 8 << 20  # the log is moved to .1 past this, so it never grows unbounded
 POLL_INTERVAL = 0.01  # seconds between looks at the socket while the daemon starts
+# What a failed start quotes from the daemon's log: at most this many lines, of at most
+# LINE_CHARS each and TAIL_CHARS in all, from at most TAIL_BYTES at the file's end.
+TAIL_LINES = 4
+TAIL_CHARS = 1000
+LINE_CHARS = 300
+TAIL_BYTES = 16384
+QUIET_LEVELS = ("debug", "info")  # JSON log lines that never say why a start failed
+SYSTEMD_BOOTED = "/run/systemd/system"  # as dbguard.ctl.install.systemd_unavailable
+UNIT = "dbguard.socket"  # the unit `dbguardctl install` enables where systemd runs
+# What dbguardd prints for a config it cannot use (dbguard.config.ConfigError), after
+# "dbguardd: PATH"; "invalid config" is followed by one indented "key: problem" line each.
+INVALID_CONFIG = ": invalid config"
+INVALID_TOML = ": not valid TOML: "
 
 # Variables that belong to the shim's caller, not to a long-lived daemon: the guard's
 # nesting markers and another service manager's protocol (NOT_INHERITED); PYTHON*, as
@@ -100,28 +122,146 @@ def _seconds(text: str) -> float:
         return DEFAULT_TIMEOUT  # a damaged number: the default wait is still a wait
 
 
+def _not_running(error: OSError) -> bool:
+    """Whether `error` (from connecting) means nothing listens there, so starting a
+    daemon could help; not EACCES and the like, where one we start would not be
+    reachable either."""
+    return error.errno in (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def _enabled(
+    shims_dir: str, error: OSError, env: "Mapping[str, str]"
+) -> "tuple[list[str], float] | None":
+    """The settings to start the daemon with, when autostart is on and could help."""
+    if not _not_running(error) or env.get("DBGUARD_AUTOSTART") == "0":
+        return None
+    return read_settings(shims_dir)
+
+
 def start_if_configured(
-    socket_path: str, shims_dir: str, error: OSError, say: "Callable[[str], None]"
+    socket_path: str,
+    shims_dir: str,
+    error: OSError,
+    say: "Callable[[str], None]",
+    env: "Mapping[str, str] | None" = None,
 ) -> bool:
-    """The shim's one call after connecting failed with `error`: start the daemon if
-    autostart is on and starting one could help; True when it now listens."""
-    if error.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-        return False  # e.g. EACCES: a daemon we start would not be reachable either
-    if os.environ.get("DBGUARD_AUTOSTART") == "0":
-        return False
-    settings = read_settings(shims_dir)
+    """The one call after connecting failed with `error` (a shim's, or `dbguardctl
+    backup`'s): start the daemon if autostart is on and starting one could help; True
+    when it now listens. When a start fails, `say` has been told why and what to do."""
+    env = os.environ if env is None else env
+    settings = _enabled(shims_dir, error, env)
     if settings is None:
         return False
     argv, timeout = settings
     say(f"dbguardd is not running; starting it ({argv[0]})")
-    return ensure_daemon(socket_path, argv, timeout, say=say)
+    return ensure_daemon(
+        socket_path, argv, timeout, log_path=default_log_path(env), env=env, say=say
+    )
 
 
-def default_log_path() -> str:
+def advise(
+    socket_path: str,
+    shims_dir: str,
+    error: OSError,
+    env: "Mapping[str, str] | None" = None,
+    daemon: "list[str] | None" = None,
+    after_start: bool = False,
+) -> "tuple[str, str]":
+    """What stops a caller reaching dbguardd after connecting failed with `error`, and
+    what the user can do: (problem, fix; "" when there is nothing to add). With
+    `after_start`, start_if_configured was called first: when autostart is on, it has
+    told why its start failed. `daemon` is the command that runs dbguardd, for callers
+    that know it better than daemon_command() (dbguardctl knows its own interpreter)."""
+    env = os.environ if env is None else env
+    problem = f"dbguardd is not reachable at {socket_path} ({error.strerror or error})"
+    if not _not_running(error):
+        return problem, "`dbguardctl doctor` checks the socket, its folder and who owns them"
+    if after_start and _enabled(shims_dir, error, env) is not None:
+        return "dbguardd is not running and could not be started (see above)", ""
+    doctor = "`dbguardctl doctor` checks the setup"
+    if systemd_units(env):
+        return problem, (
+            f"start it with `systemctl --user start {UNIT}`, then run the command again "
+            "(`journalctl --user -u dbguard` says why it stopped); " + doctor
+        )
+    argv = daemon_command(shims_dir, daemon)
+    if argv is None:
+        by_hand = (
+            "start dbguardd (it is in the bin folder of the virtualenv dbguard is installed in)"
+        )
+    else:
+        by_hand = f"start it with `{shell_join(argv)} &`"
+    if read_settings(shims_dir) is not None:
+        if env.get("DBGUARD_AUTOSTART") == "0":
+            return problem, (
+                "autostart is off in this environment (DBGUARD_AUTOSTART=0): unset it and "
+                f"run the command again, or {by_hand}; " + doctor
+            )
+        return problem, (
+            f"autostart is on: the next guarded command starts it; or {by_hand}; " + doctor
+        )
+    return problem, f"{by_hand}, then run the command again; " + doctor
+
+
+def daemon_command(shims_dir: str, fallback: "list[str] | None" = None) -> "list[str] | None":
+    """The command that runs this installation's dbguardd: the one autostart runs, else
+    `fallback`, else the dbguardd script beside the running interpreter or in the
+    prefix (virtualenv) whose site-packages holds this module; None when none is found
+    (a source checkout run by another interpreter)."""
+    settings = read_settings(shims_dir)
+    if settings is not None:
+        return settings[0]
+    if fallback:
+        return fallback
+    # A shim runs the base interpreter, not the virtualenv's (dbguard.shims.interpreter),
+    # so the venv is found from where this file lives:
+    # PREFIX/lib/pythonX.Y/site-packages/dbguard/client/autostart.py.
+    here = os.path.dirname(os.path.realpath(__file__))
+    packages = os.path.dirname(os.path.dirname(here))
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(packages)))
+    candidates = [os.path.join(os.path.dirname(sys.executable), "dbguardd")]
+    if os.path.basename(packages) in ("site-packages", "dist-packages"):
+        candidates.append(os.path.join(prefix, "bin", "dbguardd"))
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return [candidate]
+    return None
+
+
+def systemd_units(env: "Mapping[str, str] | None" = None) -> bool:
+    """Whether `systemctl --user start dbguard.socket` can start the daemon here: the
+    unit is installed (by `dbguardctl install`, which does so only where systemd runs
+    the user's session), the system was booted with systemd, and the user's service
+    manager runs now (its private socket is there). The same things that
+    dbguard.ctl.install.systemd_unavailable asks systemctl, looked at without running it."""
+    env = os.environ if env is None else env
+    config = env.get("XDG_CONFIG_HOME", "")
+    if not config.startswith("/"):
+        config = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
+    if not os.path.exists(os.path.join(config, "systemd", "user", UNIT)):
+        return False
+    if not os.path.isdir(SYSTEMD_BOOTED):
+        return False
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if not runtime.startswith("/"):
+        runtime = f"/run/user/{os.getuid()}"
+    return os.path.exists(os.path.join(runtime, "systemd", "private"))
+
+
+def shell_join(argv: "list[str]") -> str:
+    """argv as a line to paste into a shell (shlex.join, without importing shlex)."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+    return " ".join(
+        arg if arg and set(arg) <= safe else "'" + arg.replace("'", "'\"'\"'") + "'" for arg in argv
+    )
+
+
+def default_log_path(env: "Mapping[str, str] | None" = None) -> str:
     """$XDG_STATE_HOME/dbguard/dbguardd.log; the same rule as dbguard.paths.state_dir."""
-    state = os.environ.get("XDG_STATE_HOME", "")
+    env = os.environ if env is None else env
+    state = env.get("XDG_STATE_HOME", "")
     if not state.startswith("/"):
-        state = os.path.join(os.environ.get("HOME") or os.path.expanduser("~"), ".local/state")
+        state = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local/state")
     return os.path.join(state, "dbguard", "dbguardd.log")
 
 
@@ -137,7 +277,7 @@ def listening(socket_path: str) -> bool:
         sock.close()
 
 
-def daemon_env(socket_path: str, base: "dict[str, str] | None" = None) -> "dict[str, str]":
+def daemon_env(socket_path: str, base: "Mapping[str, str] | None" = None) -> "dict[str, str]":
     """The daemon's environment: the caller's, less what is not the daemon's business,
     with the socket fixed so the daemon listens exactly where the shim looks."""
     env = {
@@ -155,17 +295,18 @@ def ensure_daemon(
     timeout: float = DEFAULT_TIMEOUT,
     *,
     log_path: "str | None" = None,
-    env: "dict[str, str] | None" = None,
+    env: "Mapping[str, str] | None" = None,
     say: "Callable[[str], None] | None" = None,
 ) -> bool:
     """Make sure dbguardd listens on `socket_path`, starting `daemon_argv` if nothing does.
 
     Returns True once the socket accepts connections, False when it does not within
     `timeout` seconds (counting any wait for another caller's start), when the daemon
-    exits during start-up, or when it cannot be started at all; `say` gets one line
-    saying which. The daemon runs detached: its own session, cwd /, stdin /dev/null,
-    stdout and stderr appended to `log_path` (default: default_log_path()), and it is
-    not our child, so nothing we exec later inherits it.
+    exits during start-up, or when it cannot be started at all; `say` gets one message
+    saying which (its later lines indented: what the daemon logged, and what to do).
+    The daemon runs detached: its own session, cwd /, stdin /dev/null, stdout and
+    stderr appended to `log_path` (default: default_log_path()), and it is not our
+    child, so nothing we exec later inherits it.
     """
     deadline = time.monotonic() + timeout
     tell = say or (lambda _text: None)
@@ -187,14 +328,18 @@ def ensure_daemon(
             # Someone else is starting it and has not finished in our time.
             if listening(socket_path):
                 return True
-            tell(f"another shim is starting dbguardd and it was not ready within {timeout:g} s")
+            tell(
+                f"another shim is starting dbguardd and it was not ready within {timeout:g} s"
+                f"\n  run the command again in a moment; its log is {log}"
+            )
             return False
         if listening(socket_path):
             return True  # started by whoever held the lock before us
-        pid = _spawn(daemon_argv, log, daemon_env(socket_path, env), tell)
-        if pid is None:
+        started = _spawn(daemon_argv, log, daemon_env(socket_path, env), tell)
+        if started is None:
             return False
-        return _wait_ready(socket_path, pid, deadline, timeout, log, tell)
+        pid, offset = started
+        return _wait_ready(socket_path, pid, deadline, timeout, log, offset, daemon_argv, tell)
     finally:
         os.close(lock)  # closing any descriptor of the file releases our lockf lock
 
@@ -233,17 +378,26 @@ def _rotate(log: str) -> None:
         pass  # no log yet, or it cannot be moved: appending to it is still fine
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _spawn(
     argv: "list[str]", log: str, env: "dict[str, str]", tell: "Callable[[str], None]"
-) -> "int | None":
+) -> "tuple[int, int] | None":
     """Start the daemon through a short-lived intermediate process, so it is adopted by
-    init (or the nearest subreaper) instead of staying our child; return its pid."""
+    init (or the nearest subreaper) instead of staying our child; return its pid and
+    where in its log what it writes begins."""
     try:
         os.makedirs(os.path.dirname(log), 0o700, exist_ok=True)
     except OSError as err:
         tell(f"cannot create the folder of {log}: {err.strerror}")
         return None
     _rotate(log)
+    offset = _size(log)
     reader, writer = os.pipe()  # both close-on-exec: the daemon never holds them
     child = os.fork()
     if child == 0:
@@ -265,9 +419,12 @@ def _spawn(
         os.waitpid(child, 0)
     text = answer.decode("utf-8", "replace")
     if not text.isdigit():
-        tell(f"cannot start {argv[0]}: {text.lstrip('!') or 'the starter died'}")
+        tell(
+            f"cannot start {argv[0]}: {text.lstrip('!') or 'the starter died'}\n"
+            "  run `dbguardctl install` again (it records where dbguardd is), then the command"
+        )
         return None
-    return int(text)
+    return int(text), offset
 
 
 def _intermediate(
@@ -333,6 +490,8 @@ def _wait_ready(
     deadline: float,
     timeout: float,
     log: str,
+    offset: int,
+    argv: "list[str]",
     tell: "Callable[[str], None]",
 ) -> bool:
     while True:
@@ -342,9 +501,150 @@ def _wait_ready(
             # It may have lost a race to a daemon started by hand; that one counts too.
             if listening(socket_path):
                 return True
-            tell(f"dbguardd (pid {pid}) exited while starting; its log is {log}")
+            tell(exited_message(pid, log, log_tail(log, offset), argv))
             return False
         if time.monotonic() >= deadline:
-            tell(f"dbguardd (pid {pid}) was not ready within {timeout:g} s; its log is {log}")
+            said = [f"dbguardd (pid {pid}) was not ready within {timeout:g} s; its log is {log}"]
+            said += ["  " + line for line in readable(log_tail(log, offset))]
+            said.append(
+                "  it may still be starting: run the command again in a moment (a slow "
+                "machine may need `dbguardctl install --autostart-timeout 15`)"
+            )
+            tell("\n".join(said))
             return False
         time.sleep(POLL_INTERVAL)
+
+
+# ---- what a failed start says (only ever run after a start failed) -----------------
+
+
+def exited_message(pid: int, log: str, lines: "list[str]", argv: "list[str]") -> str:
+    """Why dbguardd exited while starting, from what it wrote to its log: a config error
+    as the file, each key and its problem; anything else as the last lines it wrote."""
+    head = f"dbguardd (pid {pid}) exited while starting"
+    config = config_problem(lines)
+    if config is not None:
+        path, problems = config
+        said = [f"{head}: the config file {path} is invalid"]
+        said += ["  " + problem for problem in _bounded(problems)]
+        said.append(f"  fix it and run the command again (dbguardd's log: {log})")
+        return "\n".join(said)
+    shown = readable(lines)
+    if not shown:
+        return (
+            f"{head} and wrote nothing to its log ({log})\n"
+            f"  run `{shell_join(argv)}` in a terminal to see why, then the command again"
+        )
+    said = [f"{head}; the end of its log ({log}):"]
+    said += ["  " + line for line in shown]
+    said.append(
+        "  fix what it says and run the command again "
+        f"(`{shell_join(argv)}` in a terminal shows dbguardd starting)"
+    )
+    return "\n".join(said)
+
+
+def log_tail(log: str, offset: int) -> "list[str]":
+    """The lines written to the log from `offset` on (what this start wrote), at most
+    TAIL_BYTES of them from the end of the file."""
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    data = b""
+    try:
+        size = os.fstat(fd).st_size
+        if size < offset:
+            offset = 0  # moved aside and started again meanwhile: all of it is new
+        start = max(offset, size - TAIL_BYTES)
+        os.lseek(fd, start, os.SEEK_SET)
+        while len(data) < size - start:
+            chunk = os.read(fd, size - start - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[1:] if start > offset else lines  # the first may be cut short
+
+
+def config_problem(lines: "list[str]") -> "tuple[str, list[str]] | None":
+    """(config file, its problems) when the daemon's last error was its config."""
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index]
+        if not line.startswith("dbguardd: "):
+            continue
+        body = line[len("dbguardd: ") :]
+        if body.endswith(INVALID_CONFIG):
+            problems = []
+            for detail in lines[index + 1 :]:
+                if not detail.startswith("  "):
+                    break
+                problems.append(detail.strip())
+            return body[: -len(INVALID_CONFIG)], problems
+        toml = body.find(INVALID_TOML)
+        if toml > 0:
+            return body[:toml], ["not valid TOML: " + body[toml + len(INVALID_TOML) :]]
+        return None  # its last words were about something else
+    return None
+
+
+def readable(lines: "list[str]") -> "list[str]":
+    """The last few lines that say something, shortened: blank lines and traceback
+    frames left out (the exception itself kept), JSON lines as `level: event key=value`,
+    and informational ones only when there is nothing else."""
+    said: list[str] = []
+    quiet: list[str] = []
+    in_traceback = False
+    for line in lines:
+        if not line.strip():
+            continue
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if in_traceback and line[:1] in (" ", "\t"):
+            continue
+        in_traceback = False
+        entry = _from_json(line) if line.startswith("{") else None
+        if entry is None:
+            said.append(line.rstrip())
+        elif entry[0]:
+            quiet.append(entry[1])
+        else:
+            said.append(entry[1])
+    return _bounded(said or quiet)
+
+
+def _bounded(lines: "list[str]") -> "list[str]":
+    """The last TAIL_LINES lines, each cut to LINE_CHARS, TAIL_CHARS in all."""
+    picked = [
+        line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
+        for line in lines[-TAIL_LINES:]
+    ]
+    while len(picked) > 1 and sum(len(line) + 1 for line in picked) > TAIL_CHARS:
+        picked.pop(0)
+    return picked
+
+
+def _from_json(line: str) -> "tuple[bool, str] | None":
+    """A structlog JSON line as (informational?, `level: event key=value ...`)."""
+    import json  # only here: reading a failed start's log is no shim's usual path
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    level = str(entry.pop("level", ""))
+    event = str(entry.pop("event", ""))
+    entry.pop("timestamp", None)
+    exception = str(entry.pop("exception", "") or "").strip()
+    words = [f"{level}: {event}" if level else event]
+    words += [f"{key}={value}" for key, value in entry.items()]
+    if exception:
+        words.append("(" + exception.splitlines()[-1] + ")")
+    return level in QUIET_LEVELS, " ".join(words)

@@ -175,9 +175,19 @@ class Connection:
         self.sock.close()
 
 
+class Unreachable(Exception):
+    """No daemon to ask: `problem` says why, `fix` what to do ("" when said already)."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+
 def connect(path: str, shims_dir: str) -> Connection:
     """Connect to the daemon, starting it first when nothing listens and `dbguardctl
-    install` turned autostart on (no systemd to start it)."""
+    install` turned autostart on (no systemd to start it); Unreachable when neither
+    works."""
     try:
         return Connection(path)
     except OSError as err:
@@ -186,8 +196,14 @@ def connect(path: str, shims_dir: str) -> Connection:
         import autostart  # type: ignore[import-not-found]
 
         if not autostart.start_if_configured(path, shims_dir, err, say):
-            raise
-    return Connection(path)
+            problem, fix = autostart.advise(path, shims_dir, err, after_start=True)
+            raise Unreachable(problem, fix) from None
+    try:
+        return Connection(path)
+    except OSError as err:  # it listened a moment ago: gone again, or stopping
+        import autostart
+
+        raise Unreachable(*autostart.advise(path, shims_dir, err)) from None
 
 
 class ProgressLine:
@@ -382,11 +398,15 @@ def main(argv: list[str]) -> int | None:
     try:
         conn = connect(path, shims_dir)
         conn.send(invoke_message(command, real, cwd))
+    except Unreachable as err:
+        say(f"{name} was not run: {err.problem}.")
+        if err.fix:
+            say(err.fix)
+        return EXIT_UNAVAILABLE
     except OSError as err:
-        say(f"{name} was not run: dbguardd is not reachable at {path} ({err.strerror or err}).")
         say(
-            "start it with `dbguardd` (or `systemctl --user start dbguard.socket`), then run "
-            "the command again; `dbguardctl doctor` checks the setup"
+            f"{name} was not run: the connection to dbguardd at {path} broke "
+            f"({err.strerror or err}); run the command again"
         )
         return EXIT_UNAVAILABLE
 

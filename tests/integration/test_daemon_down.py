@@ -1,0 +1,171 @@
+"""When dbguardd is not running: what the shims and dbguardctl say, and what they start.
+
+Everything runs for real: shims in `python -IS`, a real dbguardd started by autostart
+(or one that cannot start, for a real reason such as a typo in config.toml), and
+dbguardctl as a process. No systemd here: the advice must not name systemctl, and must
+name the dbguardd of this installation by its path (it is not on PATH).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbguard.client import autostart
+from tests.helpers import (
+    Home,
+    count_users,
+    install_stand_in,
+    laravel_sqlite_project,
+    poll,
+)
+
+DAEMON = [sys.executable, "-m", "dbguard.daemon.main"]
+DAEMON_LINE = shlex.join(DAEMON)
+
+
+@pytest.fixture
+def project(home: Home) -> Path:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    return laravel_sqlite_project(home.root / "app")
+
+
+@pytest.fixture
+def started(home: Home) -> Iterator[None]:
+    """Stops whatever dbguardd a test got started through autostart."""
+    yield
+    if not home.socket.exists():
+        return
+    status = home.ctl("status", "--json")
+    daemon = json.loads(status.stdout)["daemon"]
+    if daemon["running"]:
+        os.kill(daemon["pid"], signal.SIGTERM)
+        assert poll(lambda: not autostart.alive(daemon["pid"]), 30), "dbguardd did not stop"
+
+
+def autostart_on(folder: Path, argv: list[str] = DAEMON, timeout: float = 20) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / autostart.SETTINGS_FILE).write_text(autostart.format_settings(argv, timeout))
+
+
+def default_shims(home: Home) -> Path:
+    """The shims folder dbguardctl assumes (under XDG_DATA_HOME), where install puts it."""
+    return home.root / "data" / "dbguard" / "shims"
+
+
+def daemon_log(home: Home) -> Path:
+    return home.root / "state" / "dbguard" / "dbguardd.log"
+
+
+def broken_config(home: Home) -> Path:
+    config = home.root / "config" / "dbguard" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[backup]\ncompresion_level = 3\n")
+    return config
+
+
+# ---- a start that fails says why --------------------------------------------------
+
+
+def test_a_typo_in_the_config_is_named_when_autostart_fails(home: Home, project: Path) -> None:
+    autostart_on(home.shims)
+    config = broken_config(home)
+    # What an earlier start logged is not this start's reason.
+    daemon_log(home).parent.mkdir(parents=True)
+    daemon_log(home).write_text("dbguardd: an old problem from yesterday\n")
+
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert count_users(project) == 3  # not run
+    assert f"the config file {config} is invalid\n  backup.compresion_level: unknown key" in text
+    assert "fix it and run the command again" in text
+    assert str(daemon_log(home)) in text
+    assert "php was not run: dbguardd is not running and could not be started" in text
+    assert "old problem" not in text
+    assert "systemctl" not in text and "`dbguardd`" not in text
+
+
+def test_a_failed_start_quotes_the_end_of_the_log_readably(home: Home, project: Path) -> None:
+    # A daemon that logs JSON lines (as the auto-started one does), then a traceback.
+    lines = [
+        {"event": "loading the catalog", "level": "info", "timestamp": "2024-01-01T00:00:00Z"},
+        {"event": "cannot open the store", "level": "error", "path": "/x", "timestamp": "t"},
+    ]
+    script = home.bin / "failing-dbguardd"
+    script.write_text(
+        "#!/bin/sh\n"
+        + "".join(f"echo {shlex.quote(json.dumps(line))} >&2\n" for line in lines)
+        + "echo 'Traceback (most recent call last):' >&2\n"
+        + "echo '  File \"x.py\", line 1, in <module>' >&2\n"
+        + "echo 'OSError: [Errno 28] No space left on device' >&2\n"
+        + "exit 1\n"
+    )
+    script.chmod(0o755)
+    autostart_on(home.shims, [str(script)])
+
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    quoted = (
+        "  error: cannot open the store path=/x\n  OSError: [Errno 28] No space left on device\n"
+    )
+    assert f"exited while starting; the end of its log ({daemon_log(home)}):\n{quoted}" in text
+    assert "loading the catalog" not in text  # informational: not why it stopped
+    assert "Traceback" not in text and "x.py" not in text and "timestamp" not in text
+    assert f"`{script}` in a terminal shows dbguardd starting" in text
+
+
+def test_a_start_that_writes_nothing_says_how_to_see_why(home: Home, project: Path) -> None:
+    script = home.bin / "silent-dbguardd"
+    script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(0o755)
+    autostart_on(home.shims, [str(script)])
+
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert "exited while starting and wrote nothing to its log" in text
+    assert f"run `{script}` in a terminal to see why" in text
+
+
+# ---- the way to start it, when nothing starts it ----------------------------------
+
+
+def test_without_autostart_the_shim_names_no_systemctl_and_no_bare_dbguardd(
+    home: Home, project: Path
+) -> None:
+    result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert f"php was not run: dbguardd is not reachable at {home.socket}" in text
+    assert "systemctl" not in text and "`dbguardd`" not in text
+    assert "then run the command again; `dbguardctl doctor` checks the setup" in text
+
+
+def test_autostart_turned_off_names_the_opt_out_and_the_daemon_s_path(
+    home: Home, project: Path
+) -> None:
+    autostart_on(home.shims)
+
+    result = home.run(
+        ["php", "artisan", "migrate:fresh"], cwd=project, env={"DBGUARD_AUTOSTART": "0"}
+    )
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert "autostart is off in this environment (DBGUARD_AUTOSTART=0)" in text
+    assert f"`{DAEMON_LINE} &`" in text
+    assert "systemctl" not in text and not home.socket.exists()
