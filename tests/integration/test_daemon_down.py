@@ -169,3 +169,44 @@ def test_autostart_turned_off_names_the_opt_out_and_the_daemon_s_path(
     assert "autostart is off in this environment (DBGUARD_AUTOSTART=0)" in text
     assert f"`{DAEMON_LINE} &`" in text
     assert "systemctl" not in text and not home.socket.exists()
+
+
+# ---- dbguardctl backup starts the daemon as the shims do --------------------------
+
+
+def test_dbguardctl_backup_starts_the_daemon_as_a_shim_would(
+    home: Home, project: Path, started: None
+) -> None:
+    autostart_on(default_shims(home))
+
+    off = home.run(
+        [sys.executable, "-m", "dbguard.ctl.main", "backup"],
+        cwd=project,
+        env={"DBGUARD_AUTOSTART": "0"},
+    )
+    assert off.returncode == 69, off.stderr
+    assert b"autostart is off in this environment (DBGUARD_AUTOSTART=0)" in off.stderr
+    assert not home.socket.exists()
+
+    result = home.ctl("backup", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert f"dbguardctl: dbguardd is not running; starting it ({DAEMON[0]})".encode() in (
+        result.stderr
+    )
+    assert b"app.sqlite  (new)" in result.stdout
+    assert "dbguardd ready" in daemon_log(home).read_text()  # autostart's log, as a shim's
+
+
+def test_dbguardctl_backup_says_why_the_daemon_did_not_start(home: Home, project: Path) -> None:
+    # The daemon's own config (from the autostart settings) has the typo; dbguardctl's
+    # default config is fine, so it gets as far as starting the daemon.
+    bad = home.root / "daemon.toml"
+    bad.write_text("[backup]\ncompresion_level = 3\n")
+    autostart_on(default_shims(home), [*DAEMON, "--config", str(bad)])
+
+    result = home.ctl("backup", cwd=project)
+
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert f"the config file {bad} is invalid\n  backup.compresion_level: unknown key" in text
+    assert "dbguardctl: dbguardd is not running and could not be started (see above)" in text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from dbguard import paths
+from dbguard.client import autostart
 from dbguard.errors import DaemonNotAnswering, DaemonUnavailable
 from dbguard.protocol import Progress, ProtocolError, Reply, Working, decode_reply, encode
 
@@ -19,19 +22,39 @@ def request(
     message: BaseModel,
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = 10.0,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    autostart_say: Callable[[str], None] | None = None,
 ) -> Reply:
     """Send `message`, return the first reply that is not progress. `timeout` is how
-    long the daemon may stay silent (it sends progress while it works)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-    except OSError as err:
-        sock.close()
-        raise DaemonUnavailable(
-            f"dbguardd is not reachable at {path} ({err.strerror or err})",
-            "start it with `dbguardd` or `systemctl --user start dbguard.socket`",
-        ) from None
+    long the daemon may stay silent (it sends progress while it works).
+
+    With `autostart_say`, a daemon that is not running is started first, exactly as a
+    shim starts it (the autostart settings in the default shims folder, the same
+    DBGUARD_AUTOSTART=0 opt-out, the same messages, told through autostart_say). `env`
+    (default: this process's) and `config_file` (dbguardctl's --config) are the
+    caller's, for the daemon it starts or the way to start it that the error names."""
+    env = os.environ if env is None else env
+    sock = _connect(path, timeout)
+    if isinstance(sock, OSError):
+        shims_dir = str(paths.default_shims_dir(env))
+        if autostart_say is not None and autostart.start_if_configured(
+            str(path), shims_dir, sock, autostart_say, env
+        ):
+            sock = _connect(path, timeout)
+        if isinstance(sock, OSError):
+            from dbguard.ctl.install import daemon_argv  # this installation's dbguardd
+
+            problem, fix = autostart.advise(
+                str(path),
+                shims_dir,
+                sock,
+                env,
+                daemon=daemon_argv(config_file),
+                after_start=autostart_say is not None,
+            )
+            raise DaemonUnavailable(problem, fix)
     restart = "see its log (`dbguardctl doctor` says where), then restart it"
     try:
         with sock, sock.makefile("rb") as replies:
@@ -61,3 +84,14 @@ def request(
         f"dbguardd at {path} closed the connection without replying (it stopped or died)",
         restart,
     )
+
+
+def _connect(path: Path, timeout: float | None) -> socket.socket | OSError:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except OSError as err:
+        sock.close()
+        return err
+    return sock

@@ -1,6 +1,9 @@
 """Back up the databases of the project in the current folder, now.
 
 Usage: dbguardctl backup [--json]
+
+Where autostart is on (no systemd), a daemon that is not running is started first, as
+a guarded command starts it; DBGUARD_AUTOSTART=0 turns that off here too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ def _show_progress(progress: Progress) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=str(current_folder()), env=ctx.env)
-    reply = request(ctx.socket, message, _show_progress, timeout=silence_timeout())
+    # A daemon that is not running is started as a shim would start it (autostart).
+    reply = request(
+        ctx.socket,
+        message,
+        _show_progress,
+        timeout=silence_timeout(),
+        env=ctx.env,
+        config_file=ctx.config_file,
+        autostart_say=lambda text: ctx.error(f"dbguardctl: {text}"),
+    )
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[2K")
     if isinstance(reply, Done):
