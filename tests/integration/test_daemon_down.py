@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 
 from dbguard.client import autostart
 from tests.helpers import (
+    Daemon,
     Home,
     count_users,
+    fake_daemon,
     install_stand_in,
     laravel_sqlite_project,
     poll,
@@ -210,3 +213,42 @@ def test_dbguardctl_backup_says_why_the_daemon_did_not_start(home: Home, project
     assert result.returncode == 69, text
     assert f"the config file {bad} is invalid\n  backup.compresion_level: unknown key" in text
     assert "dbguardctl: dbguardd is not running and could not be started (see above)" in text
+
+
+# ---- dbguardctl status ------------------------------------------------------------
+
+
+def test_status_says_how_to_start_this_installation_s_daemon(home: Home) -> None:
+    result = home.ctl("status")
+
+    text = result.stdout.decode()
+    assert result.returncode == 3, result.stderr
+    beside = Path(sys.executable).parent / "dbguardd"  # what `dbguardctl install` uses
+    assert f"  start it with `{beside} &`, then run the command again" in text
+    assert "systemctl" not in text
+    down = json.loads(home.ctl("status", "--json").stdout)["daemon"]
+    assert down["running"] is False and str(beside) in down["fix"]
+
+
+def test_status_with_an_error_for_an_answer_is_a_message_and_3(home: Home) -> None:
+    def error(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b'{"type": "error", "message": "it broke", "internal": true}\n')
+
+    with fake_daemon(home.socket, error):
+        result = home.ctl("status")
+    text = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 3, text
+    assert "NOT answering" in text and "an error: it broke" in text
+    assert "Traceback" not in text
+
+
+def test_status_calls_the_dump_size_raw_and_the_total_stored(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    assert home.ctl("backup", cwd=project).returncode == 0
+
+    text = home.ctl("status").stdout.decode()
+
+    assert "RAW SIZE" in text and "DUMP SIZE" not in text
+    assert " stored" in text.split("backups: ", 1)[1].splitlines()[0]

@@ -1,6 +1,10 @@
 """Show whether the daemon is up, and the backups at a glance.
 
 Usage: dbguardctl status [--json]
+
+Exit status: 0 when dbguardd runs and answers, 3 when it is not running or does not
+answer (the rest of the report is shown either way), 78 when the config file is
+invalid.
 """
 
 from __future__ import annotations
@@ -24,14 +28,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     daemon: dict[str, Any] = {"running": False, "socket": str(ctx.socket)}
     try:
-        reply = request(ctx.socket, StatusQuery(type="status", v=PROTOCOL_VERSION), timeout=5)
+        query = StatusQuery(type="status", v=PROTOCOL_VERSION)
+        reply = request(ctx.socket, query, timeout=5, env=ctx.env, config_file=ctx.config_file)
         if isinstance(reply, Status):
             daemon = {"running": True, **reply.model_dump()}
+        else:
+            # An error reply (or another version's): there, but not answering as it should.
+            said = getattr(reply, "message", "")
+            daemon["problem"] = f"dbguardd at {ctx.socket} answered the status query with " + (
+                f"an error: {said}" if said else f"{reply.type!r}"
+            )
+            daemon["answering"] = False
+            daemon["fix"] = "see its log (`dbguardctl doctor` says where), then restart it"
     except DaemonUnavailable as err:
         daemon["problem"] = err.problem
+        daemon["fix"] = err.fix
         if isinstance(err, DaemonNotAnswering):  # there, but stopped, stuck or another version
             daemon["answering"] = False
-            daemon["fix"] = err.fix
     entries = ctx.store.entries()
     manifests = [e for e in entries if isinstance(e, Manifest)]
     healths = database_health(
@@ -81,23 +94,31 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             str(paths.default_shims_dir(ctx.env))
         )
         if autostart_on:
-            ctx.print("  autostart is on: the next guarded command starts it")
+            ctx.print(
+                "  autostart is on: the next guarded command starts it (so does "
+                "`dbguardctl backup`)"
+            )
         else:
             ctx.print("  guarded commands will refuse to run (exit 69) until it is started")
+            if daemon["fix"]:
+                ctx.print(f"  {daemon['fix']}")
     ctx.print(
-        f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)}"
+        f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)} stored"
         + (f", {summary['damaged']} damaged" if summary["damaged"] else "")
     )
     if daemon["running"] and daemon["backup_dir"] != str(ctx.store.root):
+        reload = f"`kill -HUP {daemon['pid']}`"
+        if autostart.systemd_units(ctx.env):
+            reload = f"`systemctl --user reload dbguard` or {reload}"
         ctx.print(
             f"  but dbguardd writes its backups to {daemon['backup_dir']}: the config file "
             "changed since it loaded it, or it rejected the change (its log says why); "
-            "reload it with `systemctl --user reload dbguard` or SIGHUP"
+            f"reload it: {reload}"
         )
     if healths:
-        # The dump's size before compression (list-backups shows what is stored): the
-        # trend compares like with like whatever the compression did.
-        rows = [["DATABASE", "LAST BACKUP", "AGE", "DUMP SIZE", "TREND", "LAST VERIFIED"]]
+        # The dump's size before compression, not what is stored (list-backups' SIZE):
+        # the trend compares like with like whatever the compression did.
+        rows = [["DATABASE", "LAST BACKUP", "AGE", "RAW SIZE", "TREND", "LAST VERIFIED"]]
         for h in healths:
             trend = "" if h.size_ratio is None else f"{h.size_ratio:.0%} of previous"
             verified = (
