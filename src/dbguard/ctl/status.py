@@ -3,8 +3,8 @@
 Usage: dbguardctl status [--json]
 
 Exit status: 0 when dbguardd runs and answers, 3 when it is not running or does not
-answer (the rest of the report is shown either way), 78 when the config file is
-invalid.
+answer (the rest of the report is shown either way), 75 when the backup folder cannot
+be read (a file, another user's, unreadable), 78 when the config file is invalid.
 """
 
 from __future__ import annotations
