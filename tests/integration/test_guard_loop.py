@@ -123,6 +123,11 @@ def test_exit_status_and_output_pass_through(home: Home, daemon: Daemon, project
     assert f"dbguardctl restore {backup['id']}".encode() in result.stderr
     [record] = oplog(home)
     assert record["exit"] == 3 and record["outcome"] == "failed"
+    # nothing changed since: the same backup, and the message does not call it new
+    again = home.run(["php", "artisan", "test", "--exit=3"], cwd=project)
+    assert f"{backup['id']} (sqlite {backup['database']['path']}) (an earlier backup".encode() in (
+        again.stderr
+    ), again.stderr
 
 
 def test_a_nested_failure_tells_the_undo_once(home: Home, daemon: Daemon, project: Path) -> None:

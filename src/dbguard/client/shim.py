@@ -345,9 +345,13 @@ def run_allowed(
     if exit_code != 0 and backups:
         ended = f"exit {exit_code}" if signal is None else f"signal {signal}"
         name = os.path.basename(real)
-        say(f"{name} ended with {ended}. Backups taken before it: {describe_backups(backups)}")
+        # It may have failed before changing anything (a missing package, a typo), so
+        # this is where the data as it was is, not an instruction to restore.
+        say(f"{name} ended with {ended}. If it changed data, the state before it is in:")
         for backup in backups:
-            say(f"to undo: dbguardctl restore {backup['id']}")
+            earlier = " (an earlier backup: no change since)" if backup.get("reused") else ""
+            say(f"  {backup['id']} ({backup['database']}){earlier}")
+            say(f"  to undo: dbguardctl restore {backup['id']}")
     return exit_code, signal
 
 
