@@ -1,4 +1,5 @@
-"""Set dbguard up for this user in one step (install), or take it away again (uninstall).
+"""Install dbguard for this user in one step: shims, and systemd units where systemd runs.
+Uninstall dbguard: stop the daemon, remove the units and the shims (backups stay).
 
 Usage: dbguardctl install [--dir DIR] [--no-systemd] [--autostart {auto,on,off}]
                           [--autostart-timeout SECONDS]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
+import inspect
 import os
 import sys
+import tokenize
 from types import ModuleType
 
 from dbguard import __version__
@@ -20,8 +24,10 @@ from dbguard.errors import (
     RestoreFailed,
 )
 
-# command -> module in dbguard.ctl. Modules are imported only when their command runs (or
-# for --help): `shell-init` runs at every shell start and must stay cheap.
+# command -> module in dbguard.ctl. Modules are imported only when their command runs:
+# `shell-init` runs at every shell start and must stay cheap, and `dbguardctl --help`
+# reads the summaries from the modules' source (see summary()). A module that serves
+# two commands opens its docstring with one summary line for each, in this order.
 SUBCOMMANDS: dict[str, str] = {
     "status": "status",
     "list-backups": "list_backups",
@@ -55,14 +61,38 @@ def load(command: str) -> ModuleType:
     return importlib.import_module(f"dbguard.ctl.{SUBCOMMANDS[command]}")
 
 
-def summary(module: ModuleType) -> str:
-    return (module.__doc__ or "").strip().splitlines()[0]
+def summary(command: str) -> str:
+    """The command's one-line summary: its line in the first paragraph of its module's
+    docstring, read from the source without importing the module (importing them all
+    would make `dbguardctl --help` load pydantic, zstandard and the database drivers)."""
+    module = SUBCOMMANDS[command]
+    lines = docstring(module).split("\n\n")[0].splitlines() or [""]
+    serving = [name for name, served in SUBCOMMANDS.items() if served == module]
+    # tests/unit/test_ctl_help.py checks that there is one line per command served.
+    return lines[serving.index(command)] if len(lines) == len(serving) else lines[0]
+
+
+def docstring(module: str) -> str:
+    """The docstring of dbguard.ctl.`module`, as `inspect.getdoc` gives it once imported:
+    the first token of the source, so only the head of the file is read."""
+    spec = importlib.util.find_spec(f"dbguard.ctl.{module}")
+    if spec is None or spec.origin is None:
+        return ""
+    with tokenize.open(spec.origin) as source:
+        for token in tokenize.generate_tokens(source.readline):
+            if token.type == tokenize.STRING:
+                return inspect.cleandoc(ast.literal_eval(token.string))
+            if token.type not in (tokenize.COMMENT, tokenize.NL):
+                break
+    return ""
 
 
 def chosen_command(argv: list[str]) -> str | None:
     """The subcommand named in argv, if any (skipping the top-level options)."""
     words = iter(argv)
     for word in words:
+        if word in ("-h", "--help"):
+            return None  # `dbguardctl --help pin` lists every command
         if word == "--config":
             next(words, None)
         elif word in SUBCOMMANDS:
@@ -79,17 +109,18 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"dbguardctl {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        if only is not None and name != only:
-            commands.add_parser(name)
-            continue
-        module = load(name)
-        sub = commands.add_parser(
-            name,
-            help=summary(module),
-            description=(module.__doc__ or "").strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.configure(sub)
+        if only is None:  # listing the commands: --help, or no command or an unknown one
+            commands.add_parser(name, help=summary(name))
+        elif name != only:
+            commands.add_parser(name)  # only its name is needed, to tell commands apart
+        else:
+            module = load(name)
+            sub = commands.add_parser(
+                name,
+                description=(module.__doc__ or "").strip(),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            module.configure(sub)
     return top
 
 

@@ -1,4 +1,5 @@
-"""Pin a backup so retention never removes it; `unpin` lets retention decide again.
+"""Pin a backup so retention never removes it.
+Unpin a backup: retention decides again whether to keep it.
 
 Usage: dbguardctl pin ID [--json]
        dbguardctl unpin ID [--json]
