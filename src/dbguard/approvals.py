@@ -76,6 +76,11 @@ class Approvals:
     def approve(self, code: str, typed: str) -> Pending:
         """Approve `code` if `typed` is the database's name. Raises ApprovalError."""
         pending = self.lookup(code)
+        if not typed.strip():  # Enter alone, or ^D at the prompt: the shim sends "" for both
+            raise ApprovalError(
+                "no answer was given (an empty line or the end of input), so not approved",
+                f"type the name exactly: {' or '.join(pending.names)}",
+            )
         if typed.strip() not in pending.names:
             raise ApprovalError(
                 f"{typed.strip()!r} is not the name of the database; not approved",

@@ -95,6 +95,43 @@ def test_approval_needs_the_database_name_typed_on_the_terminal(
     assert home.run(["php", "artisan", "migrate:fresh"], cwd=production).returncode == 77
 
 
+END_OF_INPUT = "\x04"  # ^D at the start of a line: the read at the prompt gets nothing
+
+
+def test_ending_the_input_at_a_prompt_is_no_answer_not_an_empty_name(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    code = code_from(home.run(["php", "artisan", "migrate:fresh"], cwd=production).stderr)
+    ended = approve_on_terminal(home, code, typed=END_OF_INPUT)
+    assert ended.startswith("exit 1"), ended
+    assert "no answer was given (end of input), so not approved" in ended, ended
+    assert "not the name" not in ended and "no terminal" not in ended, ended
+
+    declined = run_in_terminal(  # the shim's own prompt, for a person at a terminal
+        ["php", "artisan", "migrate:fresh"], home.env, production, {"Type the": END_OF_INPUT}
+    )
+    assert declined.returncode == 77, declined.output
+    assert "no answer was given" in declined.output, declined.output
+    assert "not the name" not in declined.output, declined.output
+    assert count_users(production) == 3  # neither ran it
+    assert approve_on_terminal(home, code).startswith("exit 0")  # the code is still good
+
+
+def test_ending_the_input_at_the_restore_question_restores_nothing(
+    home: Home, daemon: Daemon
+) -> None:
+    project = laravel_sqlite_project(home.root / "app")
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    ended = run_in_terminal(
+        [*CTL, "restore", backup_id], home.env, project, {"[y/N]": END_OF_INPUT}
+    )
+    assert ended.returncode == 1, ended.output
+    assert "not restored: no answer was given (end of input)" in ended.output, ended.output
+    assert len(json.loads(home.ctl("list-backups", "--json").stdout)) == 1  # no pre-restore
+
+
 def test_an_agent_cannot_approve_itself(home: Home, daemon: Daemon, production: Path) -> None:
     home.extra_env["CLAUDECODE"] = "1"
     refused = home.run(["php", "artisan", "test"], cwd=production)

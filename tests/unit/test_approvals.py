@@ -40,6 +40,18 @@ def test_the_typed_name_must_match() -> None:
     assert book.consume(REQUEST) is None
 
 
+@pytest.mark.parametrize("typed", ["", "  \n"])
+def test_no_answer_is_told_apart_from_a_wrong_name(typed: str) -> None:
+    book, _ = approvals()
+    pending = book.open(REQUEST, ("shop",), ())
+    with pytest.raises(ApprovalError, match="no answer was given") as refused:
+        book.approve(pending.code, typed)
+    assert "not the name" not in str(refused.value)
+    assert book.consume(REQUEST) is None
+    book.approve(pending.code, "shop")  # still open: the name typed afterwards approves
+    assert book.consume(REQUEST) is pending
+
+
 def test_an_approval_applies_only_to_its_own_request() -> None:
     book, _ = approvals()
     book.approve(book.open(REQUEST, ("shop",), ()).code, "shop")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from dbguard.client.talk import request
-from dbguard.ctl.confirm import ask_on_terminal
+from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context
 from dbguard.policy import agent_markers
 from dbguard.protocol import PROTOCOL_VERSION, ApprovalInfo, ApprovalQuery, Approve, Error, Ok
@@ -46,9 +46,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     for reason in info.reasons:
         ctx.print(f"why:       {reason}")
     ctx.print(f"expires:   in {info.expires_in_seconds:.0f} s")
-    typed = ask_on_terminal(
-        f"Type the database name ({' or '.join(info.names)}) to let this command run once: "
-    )
+    try:
+        typed = ask_on_terminal(
+            f"Type the database name ({' or '.join(info.names)}) to let this command run once: "
+        )
+    except EndOfInput:
+        ctx.error("dbguardctl: no answer was given (end of input), so not approved")
+        return 1
     if typed is None:
         ctx.error("dbguardctl: no terminal to ask on; approvals are typed by a person at one")
         return 77

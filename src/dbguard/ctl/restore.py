@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dbguard import operations
-from dbguard.ctl.confirm import ask_on_terminal
+from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
@@ -50,10 +50,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error(refusal)
         return 77
     if not args.yes:
-        answer = ask_on_terminal(
-            f"Replace the current contents of {target.label} with this backup? "
-            "(they are backed up first) [y/N] "
-        )
+        try:
+            answer = ask_on_terminal(
+                f"Replace the current contents of {target.label} with this backup? "
+                "(they are backed up first) [y/N] "
+            )
+        except EndOfInput:
+            ctx.print("not restored: no answer was given (end of input)")
+            return 1
         if answer is None:
             ctx.error("dbguardctl: no terminal to confirm on; pass --yes to restore from a script")
             return 77
