@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from dbguard.engines.base import Target
 from dbguard.engines.sqlite import SqliteEngine
 from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
+from tests.helpers import Daemon, Home, laravel_sqlite_project
 
 REASON = Reason(kind="manual")
 
@@ -263,6 +265,65 @@ def test_restore_gives_up_on_a_database_held_open_and_names_the_holder(
 
     operations.restore_backup(store, engines, manifest, target, REASON)  # now it is free
     assert len(rows(db)) == 100
+
+
+def test_a_restore_that_has_to_wait_tells_once_whom_it_waits_for(
+    tmp_path: Path, engines: Engines
+) -> None:
+    db, target, store, manifest = backed_up(tmp_path, engines)
+    execute(db, "DELETE FROM items WHERE id > 10")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    told: list[tuple[Path, list[str], float]] = []
+
+    def waiting(path: Path, holders: list[str], seconds: float) -> None:
+        told.append((path, holders, seconds))
+        holder.communicate(b"")  # told it waits: the holder now ends its transaction
+
+    engine = engines.get("sqlite")
+    assert isinstance(engine, SqliteEngine)
+    engine.restore_waits = waiting
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"holding\n"
+        operations.restore_backup(store, engines, manifest, target, REASON)
+    finally:
+        holder.communicate(b"")
+    [(path, holders, seconds)] = told
+    assert path == db and seconds == sqlite_engine._RESTORE_LOCK_WAIT
+    assert len(holders) == 1 and holders[0].startswith(f"pid {holder.pid} (python")
+    assert len(rows(db)) == 100
+
+    operations.restore_backup(store, engines, manifest, target, REASON)  # nothing in its way
+    assert len(told) == 1
+
+
+def test_dbguardctl_restore_says_when_it_starts_waiting_and_for_whom(
+    home: Home, daemon: Daemon
+) -> None:
+    project = laravel_sqlite_project(home.root / "app")
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    database = project / "database" / "app.sqlite"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock the restore's copy needs
+    holder.execute("DELETE FROM users WHERE id = 1")
+    restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+    assert restore.stderr is not None
+    try:
+        said = restore.stderr.readline().decode()  # before it gives up, 30 s on
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    out, err = restore.communicate(timeout=60)
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert said == (
+        f"dbguardctl: waiting up to 30 s for pid {os.getpid()} ({comm}) to end its "
+        f"transaction on {database} ...\n"
+    ), said + err.decode()
+    assert restore.returncode == 0 and b"waiting" not in err, err  # said once
+    assert f"restored {backup_id}".encode() in out
 
 
 def test_restore_over_a_wal_database_of_another_page_size(tmp_path: Path, engines: Engines) -> None:

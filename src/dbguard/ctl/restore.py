@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from dbguard import operations
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     swapped: list[bool] = []  # once the target holds the backup's contents
     stopped_after_swap = False
     engines = Engines(ctx.config.backup)
+    _say_waits(ctx, engines, target)
     mark = _mark(engines, target)
     try:
         with _stops_interrupt():
@@ -123,6 +125,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _say_waits(ctx: Context, engines: Engines, target: Target) -> None:
+    """A SQLite restore that has to wait for another connection's transaction says so,
+    once, when it starts waiting, and for whom: the wait can last half a minute."""
+    if target.engine != "sqlite":
+        return
+    from dbguard.engines.sqlite import SqliteEngine  # only the engine in use is loaded
+
+    def waiting(path: Path, holders: list[str], seconds: float) -> None:
+        who = ", ".join(holders) or "another connection"
+        theirs = "their transactions" if len(holders) > 1 else "its transaction"
+        ctx.error(
+            f"dbguardctl: waiting up to {seconds:.0f} s for {who} to end {theirs} on {path} ..."
+        )
+
+    engine = engines.for_target(target)
+    if isinstance(engine, SqliteEngine):
+        engine.restore_waits = waiting
 
 
 def _mark(engines: Engines, target: Target) -> Marker | None:

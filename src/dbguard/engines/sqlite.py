@@ -284,6 +284,11 @@ class SqliteEngine:
         self.settings = settings or BackupSettings()  # no dump tool here: for the interface
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
+        # Told once when a restore has to wait for other connections' transactions:
+        # the database, who holds it (as _holders() names them; empty when unknown) and
+        # how many seconds the restore waits at most. The engine prints nothing;
+        # `dbguardctl restore` says it on stderr rather than stay silent that long.
+        self.restore_waits: Callable[[Path, list[str], float], None] = lambda *_: None
 
     # ---- change signal -------------------------------------------------------------
 
@@ -500,12 +505,16 @@ class SqliteEngine:
             source.close()
             raise _write_error(path, err) from None
         deadline = time.monotonic() + _RESTORE_LOCK_WAIT
+        waited: list[bool] = []
 
         def give_up_when_held(status: int, remaining: int, total: int) -> None:
             # Python's backup() retries a busy step for ever; this ends it (and ^C works).
             if stops and status != sqlite3.SQLITE_DONE:
                 raise _Stopped  # not committed yet: backup() rolls the target back
             busy = status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if busy and not waited:
+                waited.append(True)
+                self.restore_waits(path, _holders(path), _RESTORE_LOCK_WAIT)
             if busy and time.monotonic() >= deadline:
                 raise _StillInUse
 
