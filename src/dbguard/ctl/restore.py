@@ -39,12 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, ctx: Context) -> int:
     manifest = ctx.store.get(args.id)
     target = operations.with_credentials(manifest, ctx.env)
-    rows = sum(manifest.tables.values())
+    tables, rows = len(manifest.tables), sum(manifest.tables.values())
     ctx.print(
         f"backup {manifest.id}: {manifest.database_label}, taken "
         f"{manifest.created_at.astimezone():%Y-%m-%d %H:%M:%S} before "
         f"`{' '.join(manifest.reason.argv) or manifest.reason.kind}`, "
-        f"{len(manifest.tables)} tables, {rows} rows, {human_size(manifest.data.size)}"
+        f"{tables} table{'' if tables == 1 else 's'}, {rows} row{'' if rows == 1 else 's'}, "
+        f"{human_size(manifest.data.size)}"
     )
     refusal = _agent_on_production(ctx, manifest, target)
     if refusal:

@@ -1,0 +1,29 @@
+"""What dbguardctl prints for a person: counts whose nouns agree with them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import Daemon, Home, laravel_sqlite_project
+
+
+def test_counts_of_one_are_singular_and_of_more_plural(home: Home, daemon: Daemon) -> None:
+    one = laravel_sqlite_project(home.root / "one", rows=1)  # 1 table, 1 row
+    taken = home.ctl("backup", "--json", cwd=one)
+    assert taken.returncode == 0, taken.stderr
+    [backup] = json.loads(taken.stdout)["backups"]
+
+    none = home.ctl("list-backups", "--database", "nope").stdout.decode()
+    assert "(1 other in " in none, none
+
+    restored = home.ctl("restore", backup["id"], "--yes").stdout.decode()
+    assert ", 1 table, 1 row, " in restored, restored
+
+    none = home.ctl("list-backups", "--database", "nope").stdout.decode()
+    assert "(2 others in " in none, none  # the backup and the one taken before the restore
+
+    many = laravel_sqlite_project(home.root / "many", rows=3)
+    taken = home.ctl("backup", "--json", cwd=many)
+    [backup] = json.loads(taken.stdout)["backups"]
+    restored = home.ctl("restore", backup["id"], "--yes").stdout.decode()
+    assert ", 1 table, 3 rows, " in restored, restored
