@@ -1,4 +1,5 @@
-"""What dbguardctl prints for a person: counts whose nouns agree with them."""
+"""What dbguardctl prints for a person: counts whose nouns agree with them, and columns
+that say what they hold."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ def test_counts_of_one_are_singular_and_of_more_plural(home: Home, daemon: Daemo
     [backup] = json.loads(taken.stdout)["backups"]
     restored = home.ctl("restore", backup["id"], "--yes").stdout.decode()
     assert ", 1 table, 3 rows, " in restored, restored
+
+
+def test_list_backups_says_its_size_is_the_stored_one(home: Home, daemon: Daemon) -> None:
+    project = laravel_sqlite_project(home.root / "app")
+    assert home.ctl("backup", cwd=project).returncode == 0
+    header = home.ctl("list-backups").stdout.decode().splitlines()[0].split()
+    assert header == ["ID", "CREATED", "AGE", "DATABASE", "STORED", "ROWS", "REASON", "FLAGS"]
+    [listed] = json.loads(home.ctl("list-backups", "--json").stdout)
+    assert listed["data"]["size"] > 0 and "stored" not in listed  # JSON keys as they were

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         else:
             ctx.print(f"no backups in {ctx.store.root}")
         return 0
-    rows = [["ID", "CREATED", "AGE", "DATABASE", "SIZE", "ROWS", "REASON", "FLAGS"]]
+    # STORED: the compressed size in the store (`status` shows the dump's own size).
+    rows = [["ID", "CREATED", "AGE", "DATABASE", "STORED", "ROWS", "REASON", "FLAGS"]]
     for entry in entries:
         if isinstance(entry, DamagedBackup):
             rows.append([entry.id, "-", "-", "DAMAGED: " + entry.problem, "-", "-", "-", "damaged"])
