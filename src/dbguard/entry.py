@@ -10,9 +10,9 @@ import importlib
 EXIT_INTERRUPTED = 130
 
 
-def _run(module: str) -> int:
+def _run(module: str, function: str = "main") -> int:
     try:
-        return int(importlib.import_module(module).main())
+        return int(getattr(importlib.import_module(module), function)())
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
@@ -22,4 +22,4 @@ def dbguardctl() -> int:
 
 
 def dbguardd() -> int:
-    return _run("dbguard.daemon.main")
+    return _run("dbguard.daemon.main", "run")

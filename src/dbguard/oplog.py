@@ -19,12 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from dbguard.discovery.urls import redact_url
-
-log = structlog.get_logger("dbguard.oplog")
-
 MAX_LOG_BYTES = 20 << 20  # rotated to operations.jsonl.1 beyond this
 RUNNING = "running"  # the outcome of an allowed command until it ends
 
@@ -36,6 +30,10 @@ _SECRET_NAME = re.compile(r"pass|pwd|secret|token|api_?key|credential", re.IGNOR
 
 def redact(word: str) -> str:
     """One argument with any password in it replaced by ***."""
+    # Here, not at the top: `dbguardctl status` and `log` only read the log, and the
+    # discovery package this loads costs them 0.15 s.
+    from dbguard.discovery.urls import redact_url
+
     word = _URL.sub(lambda m: redact_url(m.group(0)), word)
     name, sep, value = word.partition("=")
     if sep and value and _SECRET_NAME.search(name):
@@ -73,7 +71,11 @@ class OperationLog:
         except OSError as err:
             # Never lose the record, never fail the caller: it goes to dbguardd's own log,
             # and `dbguardctl status` says so.
-            log.error("operation log not written", path=str(self.path), error=str(err), record=line)
+            import structlog  # only on this rare path: readers of the log do without it
+
+            structlog.get_logger("dbguard.oplog").error(
+                "operation log not written", path=str(self.path), error=str(err), record=line
+            )
             self.problem = (
                 f"cannot write the operations log {self.path} ({err.strerror or err}); "
                 "records go to dbguardd's own log meanwhile"

@@ -16,6 +16,8 @@ def test_counts_of_one_are_singular_and_of_more_plural(home: Home, daemon: Daemo
 
     none = home.ctl("list-backups", "--database", "nope").stdout.decode()
     assert "(1 other in " in none, none
+    verified = home.ctl("verify", backup["id"]).stdout.decode()
+    assert "restored 1 table with 1 row," in verified, verified
 
     restored = home.ctl("restore", backup["id"], "--yes").stdout.decode()
     assert ", 1 table, 1 row, " in restored, restored

@@ -399,7 +399,7 @@ def test_prune_dry_run_removes_nothing_and_says_why(tmp_path: Path, engines: Eng
     assert len(store.manifests()) == 11
 
     code, out = ctl(tmp_path, "prune", "--dry-run")
-    assert "would remove 1 backup(s)" in out
+    assert "would remove 1 backup (" in out
     assert f"REMOVE  {taken[0].id}" in out
 
     code, out = ctl(tmp_path, "prune")

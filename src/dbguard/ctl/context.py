@@ -72,6 +72,11 @@ class Context:
         print(json.dumps(data, indent=2, default=str, ensure_ascii=True), file=self.out)
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 table`, `2 tables`: a count and its noun, agreeing."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def human_size(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":

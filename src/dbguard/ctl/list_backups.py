@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from dbguard.ctl.context import Context, age, human_size, table
+from dbguard.ctl.context import Context, age, counted, human_size, table
 from dbguard.store import DamagedBackup, Manifest
 
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         if every:  # there are backups, just none of that name
             ctx.print(
                 f"no backups of a database whose name contains {args.database!r} "
-                f"({len(every)} {'other' if len(every) == 1 else 'others'} in {ctx.store.root})"
+                f"({counted(len(every), 'other')} in {ctx.store.root})"
             )
         else:
             ctx.print(f"no backups in {ctx.store.root}")

@@ -13,7 +13,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from dbguard.ctl.context import Context, table
+from dbguard.ctl.context import Context, counted, table
 from dbguard.retention import Decision, Plan, RetentionSettings, human_size
 from dbguard.space import PruneFailed, plan_store, prune_with_plan
 
@@ -87,7 +87,7 @@ def _show(ctx: Context, plan: Plan, dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     cap = human_size(plan.max_total_bytes) if plan.max_total_bytes else "no cap"
     ctx.print(
-        f"{verb} {len(gone)} backup(s) ({human_size(sum(b.size for b in gone))}); "
+        f"{verb} {counted(len(gone), 'backup')} ({human_size(sum(b.size for b in gone))}); "
         f"kept {len(plan.keep)} ({human_size(plan.kept_bytes)}, cap {cap})"
     )
     rows = [["", "ID", "CREATED", "DATABASE", "SIZE", "WHY"]]

@@ -14,7 +14,7 @@ from typing import Any
 
 from dbguard import operations
 from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
-from dbguard.ctl.context import Context, backup_id, human_size
+from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"backup {manifest.id}: {manifest.database_label}, taken "
         f"{manifest.created_at.astimezone():%Y-%m-%d %H:%M:%S} before "
         f"`{' '.join(manifest.reason.argv) or manifest.reason.kind}`, "
-        f"{tables} table{'' if tables == 1 else 's'}, {rows} row{'' if rows == 1 else 's'}, "
+        f"{counted(tables, 'table')}, {counted(rows, 'row')}, "
         f"{human_size(manifest.data.size)}"
     )
     refusal = _agent_on_production(ctx, manifest, target)

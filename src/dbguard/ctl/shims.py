@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dbguard import paths, shims
 from dbguard.config import plain_command_name
-from dbguard.ctl.context import Context, table
+from dbguard.ctl.context import Context, counted, table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 return 2
         written = shims.install(folder, names, ctx.config.socket)
         ctx.print(
-            f"installed {len(written)} shims in {folder}: {' '.join(p.name for p in written)}"
+            f"installed {counted(len(written), 'shim')} in {folder}: "
+            + " ".join(p.name for p in written)
         )
         if not _first_on_path(folder, ctx.env.get("PATH", "")):
             ctx.print("put the folder first on PATH (add this line to your shell profile):")
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.action == "uninstall":
         removed = shims.uninstall(folder, args.commands or None)
         ctx.print(
-            f"removed {len(removed)} shims from {folder}: {' '.join(p.name for p in removed)}"
+            f"removed {counted(len(removed), 'shim')} from {folder}: "
+            + " ".join(p.name for p in removed)
         )
         missing = sorted(set(args.commands) - {p.name for p in removed})
         if missing:

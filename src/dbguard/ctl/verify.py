@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from dbguard import operations
-from dbguard.ctl.context import Context, backup_id
+from dbguard.ctl.context import Context, backup_id, counted
 from dbguard.engines import Engines
 
 
@@ -29,8 +29,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print_json({"id": manifest.id, **result.model_dump(mode="json")})
     elif result.ok:
         ctx.print(
-            f"backup {manifest.id} is good: checksum matches, restored {len(manifest.tables)} "
-            f"tables with {sum(manifest.tables.values())} rows, as recorded"
+            f"backup {manifest.id} is good: checksum matches, restored "
+            f"{counted(len(manifest.tables), 'table')} with "
+            f"{counted(sum(manifest.tables.values()), 'row')}, as recorded"
         )
     else:
         ctx.print(f"backup {manifest.id} FAILED verification:")
