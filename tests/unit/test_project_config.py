@@ -66,6 +66,31 @@ def test_production_settings_only_grow() -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        "[production]\nevery_database = false\n",
+        "[production]\nsingle_label_hosts_are_development = true\n",
+        "version = 1\n[production]\nname_patterns = []\nhosts = []\n",
+    ],
+)
+@pytest.mark.parametrize("every", [False, True])
+@pytest.mark.parametrize("single_label", [False, True])
+def test_a_key_at_its_default_is_accepted_and_changes_nothing(
+    text: str, every: bool, single_label: bool
+) -> None:
+    # Writing the default is saying nothing: never "loosening", never a change, whatever
+    # the user's own settings are.
+    user = ProductionSettings(every_database=every, single_label_hosts_are_development=single_label)
+    assert parse_project_config(text).production_settings(user) == user
+
+
+def test_a_project_can_distrust_single_label_hosts() -> None:
+    config = parse_project_config("[production]\nsingle_label_hosts_are_development = false\n")
+    merged = config.production_settings(ProductionSettings())
+    assert merged.single_label_hosts_are_development is False
+
+
+@pytest.mark.parametrize(
     ("text", "key", "line"),
     [
         ("disable = true\n", "disable", 1),
@@ -78,12 +103,6 @@ def test_production_settings_only_grow() -> None:
             "production.development_hosts",
             2,
         ),
-        (
-            "[production]\nsingle_label_hosts_are_development = true\n",
-            "production.single_label_hosts_are_development",
-            2,
-        ),
-        ("[production]\nevery_database = false\n", "production.every_database", 2),
         ("allow_agents = true\n", "allow_agents", 1),
         ("[approval]\nauto_approve = true\n", "approval.auto_approve", 2),
         ('ignore_databases = ["x"]\n', "ignore_databases", 1),

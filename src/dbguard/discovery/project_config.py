@@ -26,12 +26,14 @@ Schema (every table and key optional; unknown keys are errors)::
 
     # Stricter production rules, added to the user's own.
     [production]
-    every_database = true                  # every database this project touches
+    every_database = true                  # every database this project touches (default false)
     name_patterns = ["prd", "customer"]    # more words that make a name production
     hosts = ["db.internal.example.com"]    # hosts that are always production (globs)
     app_env_variables = ["STAGE"]          # more variables naming the app environment
     production_values = ["live"]           # more values of those meaning production
-    single_label_hosts_are_development = false   # do not trust `db`-style names
+    agent_variables = ["MY_AGENT"]         # more variables that mark an AI agent
+    single_label_hosts_are_development = false   # do not trust `db`-style names (default true)
+    # A key written at its default value adds nothing and is accepted.
 
     # More commands that are database operations, in the schema of rules/catalog.toml.
     # They can only make a command *more* guarded: the daemon classifies with the user's
@@ -136,13 +138,15 @@ class ProjectDatabase(_Strict):
 class ProjectProduction(_Strict):
     """`[production]`: additions to the user's production settings."""
 
-    every_database: Literal[True] | None = None
+    # At their defaults (false, true) these add nothing: saying the default is accepted,
+    # and only the stricter value changes the user's settings.
+    every_database: bool = False
     name_patterns: list[str] = []
     hosts: list[str] = []
     app_env_variables: list[str] = []
     production_values: list[str] = []
     agent_variables: list[str] = []
-    single_label_hosts_are_development: Literal[False] | None = None
+    single_label_hosts_are_development: bool = True
 
 
 class ProjectConfig(_Strict):
@@ -165,9 +169,9 @@ class ProjectConfig(_Strict):
                 "production_values": _union(user.production_values, extra.production_values),
                 "single_label_hosts_are_development": (
                     user.single_label_hosts_are_development
-                    and extra.single_label_hosts_are_development is None
+                    and extra.single_label_hosts_are_development
                 ),
-                "every_database": user.every_database or bool(extra.every_database),
+                "every_database": user.every_database or extra.every_database,
                 "agent_variables": _union(user.agent_variables, extra.agent_variables),
             }
         )
@@ -351,10 +355,6 @@ _LOOSENING_IF_FALSE = {
     "require_approval": "production always needs a human",
     "confirm": "production always needs a human",
     "check_production": "the production check cannot be turned off",
-    "every_database": "it would un-mark production",
-}
-_LOOSENING_IF_TRUE = {
-    "single_label_hosts_are_development": "it would make hosts count as development hosts",
 }
 _LOOSENING_VALUES = {"development", "dev", "off", "none", "disabled", "skip", "read-only"}
 
@@ -378,8 +378,6 @@ def _loosening(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
             yield dotted, _LOOSENING_KEYS[norm]
         elif value is False and norm in _LOOSENING_IF_FALSE:
             yield dotted, _LOOSENING_IF_FALSE[norm]
-        elif value is True and norm in _LOOSENING_IF_TRUE:
-            yield dotted, _LOOSENING_IF_TRUE[norm]
         elif norm in ("production", "mark", "marker") and isinstance(value, str):
             if value.strip().lower() in _LOOSENING_VALUES:
                 yield dotted, "it would un-mark production"
