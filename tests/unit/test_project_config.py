@@ -192,3 +192,14 @@ def test_project_catalog_can_only_raise_a_classification() -> None:
     fresh = classify_with_project(classifier, config, ["php", "artisan", "migrate:fresh"])
     assert fresh is not None and fresh.kind is Kind.DESTRUCTIVE
     assert classify_with_project(classifier, None, ["ls"]) is None
+
+
+def test_a_project_tool_can_extend_a_built_in_one() -> None:
+    config = parse_project_config(
+        '[[tool]]\nname = "artisan-house"\nextends = "artisan"\n'
+        '[tool.commands]\n"app:reset" = "destructive"\n'
+    )
+    classifier = Classifier(builtin_catalog())
+    reset = classify_with_project(classifier, config, ["php", "artisan", "app:reset"])
+    assert reset is not None and reset.kind is Kind.DESTRUCTIVE
+    assert classify_with_project(classifier, None, ["php", "artisan", "app:reset"]) is None

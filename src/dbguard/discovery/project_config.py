@@ -272,7 +272,13 @@ def parse_project_config(text: str, name: str = PROJECT_FILE) -> ProjectConfig:
         catalog = Catalog.model_validate(catalog_data)
     except ValidationError as err:
         raise ProjectConfigError(_describe(name, text, err)) from None
-    uncompiled = _compile_problem(catalog.model_dump_json()) if catalog != Catalog() else None
+    # exclude_unset: `extends` takes from its parent only what the entry leaves unset, so
+    # the defaults must not come back from the round trip as if written.
+    uncompiled = (
+        _compile_problem(catalog.model_dump_json(exclude_unset=True))
+        if catalog != Catalog()
+        else None
+    )
     if uncompiled:
         raise ProjectConfigError(f"{name}: {uncompiled}", "fix the file, or remove it")
     loosening.extend(_read_only_entries(catalog))
