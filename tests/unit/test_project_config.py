@@ -203,3 +203,13 @@ def test_a_project_tool_can_extend_a_built_in_one() -> None:
     reset = classify_with_project(classifier, config, ["php", "artisan", "app:reset"])
     assert reset is not None and reset.kind is Kind.DESTRUCTIVE
     assert classify_with_project(classifier, None, ["php", "artisan", "app:reset"]) is None
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ['url = "sqlite:///:memory:"', 'engine = "sqlite"\npath = ":memory:"'],
+)
+def test_in_memory_sqlite_is_nothing_to_back_up(entry: str) -> None:
+    config = parse_project_config(f"[[database]]\n{entry}\n")
+    [(_, target, _)] = config.targets(Path("/srv/app"), {})
+    assert target is None

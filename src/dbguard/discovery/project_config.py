@@ -48,7 +48,6 @@ Schema (every table and key optional; unknown keys are errors)::
 from __future__ import annotations
 
 import functools
-import os.path
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.model import sqlite_target
 from dbguard.discovery.urls import parse_database_url, url_engine
 from dbguard.engines.base import EngineName, Target
 from dbguard.production import ProductionSettings, Setting, TargetFacts
@@ -223,8 +223,8 @@ class ProjectConfig(_Strict):
         assert entry.engine is not None  # the validator guarantees it
         if entry.engine == "sqlite":
             assert entry.path is not None
-            path = Path(entry.path) if Path(entry.path).is_absolute() else root / entry.path
-            return Target(engine="sqlite", path=os.path.normpath(path), source=source)
+            # `:memory:` is in-memory, as in every other setting discovery reads.
+            return sqlite_target(entry.path, root, source)
         return Target(
             engine=entry.engine,
             host=entry.host,
