@@ -151,6 +151,10 @@ def test_command_words_that_look_like_settings_are_not_loosening() -> None:
         ('[[database]]\nengine = "oracle"\nname = "x"\n', r"database\[0\]\.engine"),
         ('[[tool]]\nname = "t"\n', r"tool"),
         ("version = 2\n", "version"),
+        (
+            '[production]\nevery_database = "yes"\n',
+            r"production\.every_database`: Input should be a valid boolean",
+        ),
         ('[[tool]]\nname = "t"\nextends = "nope"\n', r"\.dbguard\.toml: tool 't' extends unknown"),
     ],
 )

@@ -54,7 +54,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.model import sqlite_target
@@ -140,13 +148,13 @@ class ProjectProduction(_Strict):
 
     # At their defaults (false, true) these add nothing: saying the default is accepted,
     # and only the stricter value changes the user's settings.
-    every_database: bool = False
+    every_database: StrictBool = False
     name_patterns: list[str] = []
     hosts: list[str] = []
     app_env_variables: list[str] = []
     production_values: list[str] = []
     agent_variables: list[str] = []
-    single_label_hosts_are_development: bool = True
+    single_label_hosts_are_development: StrictBool = True
 
 
 class ProjectConfig(_Strict):
