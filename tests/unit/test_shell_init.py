@@ -192,3 +192,70 @@ def test_an_unknown_shell_is_refused(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "invalid choice: 'tcsh'" in result.stderr
+
+
+def _quiet(setup: Setup, shell: list[str], script: str, env: dict[str, str]) -> str:
+    """Run `script` in a non-interactive shell; return all it wrote (stdout and stderr)."""
+    result = subprocess.run(
+        [*shell, script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": f"{setup.bin}:{BASE_PATH}",
+            "HOME": str(setup.root),
+            "DBGUARD_TEST_RUNNER": RUNNER,
+            **env,
+        },
+        cwd=setup.root,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_bash_without_a_prompt_only_sets_path(setup: Setup) -> None:
+    # As BASH_ENV, or the top of ~/.bashrc under sshd: no prompt hook to add, and an
+    # exported PROMPT_COMMAND must still reach the shells this one starts.
+    init = setup.root / "init.bash"
+    init.write_text(snippet("bash", setup.shims))
+    output = _quiet(
+        setup,
+        ["bash", "-eu", "-o", "pipefail", "-c"],
+        'echo "PATH=$PATH"; bash -c \'echo "CHILD_PC=$PROMPT_COMMAND"\'; echo END=',
+        {"BASH_ENV": str(init), "PROMPT_COMMAND": "echo mine"},
+    )
+
+    # Sourced twice (this shell, then its child): nothing printed, PATH not grown.
+    assert output.splitlines() == [
+        f"PATH={setup.shims}:{setup.bin}:{BASE_PATH}",
+        "CHILD_PC=echo mine",
+        "END=",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_from_zshenv_puts_the_shims_first_without_a_prompt(setup: Setup) -> None:
+    (setup.root / ".zshenv").write_text(f'eval "$(dbguardctl shell-init zsh {setup.init})"\n')
+    output = _quiet(setup, ["zsh", "-c"], 'echo "PATH=$PATH"; zsh -c \'echo "CHILD=$PATH"\'', {})
+
+    assert output.splitlines() == [
+        f"PATH={setup.shims}:{setup.bin}:{BASE_PATH}",
+        f"CHILD={setup.shims}:{setup.bin}:{BASE_PATH}",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_without_a_prompt_also_guards_activate_on_the_same_line(setup: Setup) -> None:
+    config = setup.root / ".config" / "fish" / "config.fish"
+    config.parent.mkdir(parents=True)
+    config.write_text(f"dbguardctl shell-init fish {setup.init} | source\n")
+    output = _quiet(
+        setup,
+        ["fish", "-c"],
+        f"source {setup.venv}/bin/activate.fish; echo PYTEST=(command -v pytest)",
+        {},
+    )
+
+    assert output.splitlines() == [f"PYTEST={setup.shims / 'pytest'}"]

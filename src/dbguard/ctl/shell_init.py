@@ -8,6 +8,13 @@ Add one line to your shell's startup file:
     zsh  (~/.zshrc)                     eval "$(dbguardctl shell-init zsh)"
     fish (~/.config/fish/config.fish)   dbguardctl shell-init fish | source
 
+Shells with no prompt (`bash -c`, `bash -lc`, `ssh host cmd`, an agent's) read other
+files, or none: bash reads ~/.bashrc under sshd, where Debian's returns early unless
+interactive, so the line goes at its top, and login shells read ~/.profile
+(`[ -n "$BASH_VERSION" ] && eval ...` at its end: sh reads it too); every zsh reads
+~/.zshenv; every fish reads config.fish, outside `if status is-interactive`. There the
+code only puts the shims first (fish also on every change of PATH) and prints nothing.
+
 A virtualenv's activate script, nvm, direnv and the like put their own folder in front
 of PATH, and a `pytest` found there first would run unguarded. The code this prints
 moves the shims folder back to the front before every prompt (bash: PROMPT_COMMAND,
@@ -52,7 +59,9 @@ __dbguard_first() {{
 # Last among the prompt hooks, so it runs after those that change PATH (direnv puts
 # itself first). bash 5.1 runs every element of a PROMPT_COMMAND array, and a new
 # element survives tools that rewrite ${{PROMPT_COMMAND}}, which is element 0 only.
-if [[ ";${{PROMPT_COMMAND[*]:-}};" != *__dbguard_first* ]]; then
+# A shell with no prompt (BASH_ENV, `ssh host cmd`) only needs PATH: an array would
+# stop an exported PROMPT_COMMAND from reaching the shells it starts.
+if [[ $- == *i* && ";${{PROMPT_COMMAND[*]:-}};" != *__dbguard_first* ]]; then
   if (( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )); then
     PROMPT_COMMAND+=(__dbguard_first)
   else
