@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,3 +296,98 @@ def test_units_pointing_at_a_removed_installation_are_stale(setup: Home, daemon:
     stale = finding(report, "systemd", "fail")
     assert "/gone/venv/bin/dbguardd" in stale["message"]
     assert stale["fix"].startswith("dbguardctl install")
+
+
+# Debian's and Ubuntu's ~/.bashrc begin by returning from any shell with no prompt.
+NOT_INTERACTIVE_RETURN = "case $- in\n    *i*) ;;\n      *) return;;\nesac\n"
+
+
+def shell_cases(shims_folder: Path) -> dict[str, tuple[dict[str, str], dict[str, str], str]]:
+    """Per shell: startup files that put the shims first only at a prompt, files that
+    do it in every shell, and what doctor then says."""
+    line = f'export PATH="{shims_folder}:$PATH"\n'
+    fish_line = f"set -gx PATH {shims_folder} $PATH\n"
+    return {
+        "bash": (
+            {".bashrc": NOT_INTERACTIVE_RETURN + line},
+            # ~/.profile sources ~/.bashrc, as Debian's does.
+            {".bashrc": line + NOT_INTERACTIVE_RETURN, ".profile": '. "$HOME/.bashrc"\n'},
+            "`bash -lc` and `ssh host cmd` find the shims first",
+        ),
+        "zsh": ({".zshrc": line}, {".zshenv": line}, "`zsh -c` and `zsh -lc` find the shims first"),
+        "fish": (
+            {".config/fish/config.fish": f"if status is-interactive\n    {fish_line}end\n"},
+            {".config/fish/config.fish": fish_line},
+            "`fish -c` finds the shims first",
+        ),
+    }
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shells_without_a_prompt_must_find_the_shims_too(
+    setup: Home, daemon: Daemon, shell: str
+) -> None:
+    program = shutil.which(shell)
+    if program is None:
+        pytest.skip(f"{shell} is not installed")
+    home = Path(setup.extra_env["HOME"])
+    only_at_a_prompt, everywhere, ok = shell_cases(setup.shims)[shell]
+    setup.extra_env["SHELL"] = program
+
+    def write(files: dict[str, str]) -> None:
+        for name in (".bashrc", ".profile", ".zshrc", ".zshenv", ".config/fish/config.fish"):
+            (home / name).unlink(missing_ok=True)
+        for name, text in files.items():
+            (home / name).parent.mkdir(parents=True, exist_ok=True)
+            (home / name).write_text(text)
+
+    write(only_at_a_prompt)
+    code, report = doctor(setup)
+
+    # A warning, not a failure: the shells you type in are guarded.
+    assert code == 0, failures(report)
+    warned = [f for f in report["findings"] if f["check"] == "shells without a prompt"]
+    assert warned and all(f["level"] == "warn" for f in warned)
+    # The first default command with a shim is the one asked about.
+    assert all("finds no php: the shims are not on its PATH" in f["message"] for f in warned)
+    fixes = {f["message"].split(" ")[0]: f["fix"] for f in warned}
+    if shell == "bash":
+        assert set(fixes) == {"`bash", "`ssh"}
+        assert "at the end of ~/.profile" in fixes["`bash"]
+        assert "at the top of ~/.bashrc" in fixes["`ssh"]
+    elif shell == "zsh":
+        assert all("~/.zshenv" in fix for fix in fixes.values())
+    else:
+        assert "outside `if status is-interactive`" in fixes["`fish"]
+    assert "shell-init " + shell in next(iter(fixes.values()))
+
+    write(everywhere)
+    code, report = doctor(setup)
+
+    assert code == 0, failures(report)
+    assert finding(report, "shells without a prompt", "ok")["message"] == ok
+
+
+def test_a_shell_without_a_prompt_that_runs_another_binary_names_it(
+    setup: Home, daemon: Daemon
+) -> None:
+    home = Path(setup.extra_env["HOME"])
+    own = home / ".local" / "bin"
+    own.mkdir(parents=True)
+    (own / "php").write_text("#!/bin/sh\n")
+    (own / "php").chmod(0o755)
+    # The shims go first, then ~/.local/bin in front of them, as ~/.profile does it.
+    (home / ".bashrc").write_text(
+        f'export PATH="{setup.shims}:$PATH"\nexport PATH="$HOME/.local/bin:$PATH"\n'
+    )
+    (home / ".profile").write_text('. "$HOME/.bashrc"\n')
+
+    _, report = doctor(setup)
+
+    messages = [f["message"] for f in report["findings"] if f["check"] == "shells without a prompt"]
+    assert messages == [
+        f"`bash -lc` (a login shell: some AI agents, `ssh -t`) runs {own / 'php'}, not the "
+        "shim; commands run there are not guarded",
+        f"`ssh host cmd` (bash -c, which reads ~/.bashrc under sshd) runs {own / 'php'}, not "
+        "the shim; commands run there are not guarded",
+    ]

@@ -4,11 +4,13 @@ Usage: dbguardctl doctor [--json] [--dir DIR]
 
 Checks: the config file; that every guarded command resolves to its shim on PATH (and
 which binary wins instead, such as a virtualenv's pytest); that the shell keeps the
-shims first; that dbguardd answers; the socket's and its folder's owner and mode; the
-dump tools for PostgreSQL and MySQL/MariaDB and their versions; that the backup folder
-is writable and has room; and, in the current project, the paths that run a database
-tool without passing through a shim (./vendor/bin/..., node_modules/.bin/...,
-`python -m pytest`, bin/rails).
+shims first, also in shells with no prompt started from a PATH without them (`bash
+-lc`, `ssh host cmd`, `zsh -c`, `fish -c`, as an AI agent or sshd starts them); that
+dbguardd answers; the socket's and its folder's owner and mode; the dump tools for
+PostgreSQL and MySQL/MariaDB and their versions; that the backup folder is writable and
+has room; and, in the current project, the paths that run a database tool without
+passing through a shim (./vendor/bin/..., node_modules/.bin/..., `python -m pytest`,
+bin/rails).
 
 Exit status: 0 when nothing failed (warnings allowed), 1 when something did.
 """
@@ -22,10 +24,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +63,9 @@ TOOL_TIMEOUT = 10.0  # seconds for `pg_dump --version` and the like
 MIN_PG_DUMP = 13
 MIN_MARIADB = (10, 5)
 MIN_MYSQL = (8, 0)
+PROBE_TIMEOUT = 5.0  # seconds for the user's own shell to start and answer
+# What sshd, cron and a fresh agent start from: no shims, no startup file run yet.
+PROBE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PROFILES = {
     "bash": "~/.bashrc",
     "zsh": "~/.zshrc",
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     socket = config.socket_path(ctx.env)
     findings += check_shims(ctx.env, folder, list(config.shims.commands))
     findings += check_shell_hook(ctx.env, folder)
+    findings += check_shells_without_prompt(ctx.env, folder, list(config.shims.commands))
     findings += check_units(ctx.env)
     findings += check_daemon(ctx.env, socket, folder)
     findings += check_socket(socket)
@@ -288,6 +296,129 @@ def check_shell_hook(env: dict[str, str], folder: Path) -> list[Finding]:
             _path_fix(env, folder),
         )
     ]
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A kind of shell with no prompt, how to start one, and how to fix it."""
+
+    label: str
+    flags: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    fix: str
+
+
+def _probes(shell: str, init: str) -> list[_Probe]:
+    line = f"{init} | source" if shell == "fish" else f'eval "$({init})"'
+    if shell == "bash":
+        return [
+            _Probe(
+                "`bash -lc` (a login shell: some AI agents, `ssh -t`)",
+                ("-lc",),
+                (),
+                f'add at the end of ~/.profile: [ -n "$BASH_VERSION" ] && {line}',
+            ),
+            _Probe(
+                "`ssh host cmd` (bash -c, which reads ~/.bashrc under sshd)",
+                ("-c",),
+                # bash's own test for "started by sshd"
+                (("SSH_CLIENT", "127.0.0.1 0 0"),),
+                f"put {line} at the top of ~/.bashrc, above any line that returns when "
+                "the shell is not interactive",
+            ),
+        ]
+    if shell == "zsh":
+        fix = f"put {line} in ~/.zshenv, which every zsh reads (~/.zshrc only interactive ones)"
+        return [_Probe("`zsh -c`", ("-c",), (), fix), _Probe("`zsh -lc`", ("-lc",), (), fix)]
+    return [
+        _Probe(
+            "`fish -c`",
+            ("-c",),
+            (),
+            f"put {line} in ~/.config/fish/config.fish outside `if status is-interactive`",
+        )
+    ]
+
+
+def check_shells_without_prompt(
+    env: dict[str, str], folder: Path, commands: list[str]
+) -> list[Finding]:
+    """Start the user's shell as sshd, a CI step or an AI agent does (no prompt, PATH
+    without the shims) and ask it which file a guarded command runs: its startup files
+    must put the shims first, since no prompt hook ever runs there."""
+    program = env.get("SHELL", "")
+    shell = Path(program).name
+    if shell not in PROFILES or not os.path.isabs(program) or not os.access(program, os.X_OK):
+        return []
+    name = next((c for c in commands if (folder / c).is_file()), None)
+    if name is None:
+        return []  # no shims: check_shims says so
+    dir_option = [] if folder == paths.default_shims_dir(env) else ["--dir", str(folder)]
+    init = shlex.join([*ctl_command(), "shell-init", shell, *dir_option])
+    lookup = f"(command -v {name})" if shell == "fish" else f'"$(command -v {name})"'
+    script = f"printf '\\n__dbguard_probe=%s\\n' {lookup}"
+    base = {"PATH": PROBE_PATH, "SHELL": program}
+    base.update({k: env[k] for k in ("HOME", "USER", "LOGNAME") if env.get(k)})
+    findings: list[Finding] = []
+    started = []
+    for probe in _probes(shell, init):
+        try:
+            process = subprocess.Popen(
+                [program, *probe.flags, script],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**base, **dict(probe.env)},
+                start_new_session=True,  # so a timeout ends what its startup files started
+            )
+        except OSError as err:
+            findings.append(_no_answer(probe, f"cannot start {program}: {err.strerror}"))
+            continue
+        started.append((probe, process))
+    shim = os.path.realpath(folder / name)
+    deadline = time.monotonic() + PROBE_TIMEOUT  # the probes run side by side
+    for probe, process in started:
+        try:
+            out, _ = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            why = f"no answer within {PROBE_TIMEOUT:.0f} s (startup files waiting for input?)"
+            findings.append(_no_answer(probe, why))
+            continue
+        text = out.decode("utf-8", "replace")
+        answers = [line for line in text.splitlines() if line.startswith("__dbguard_probe=")]
+        found = answers[-1].split("=", 1)[1] if answers else ""
+        if found and os.path.realpath(found) == shim:
+            continue
+        runs = (
+            f"runs {found}, not the shim"
+            if found
+            else f"finds no {name}: the shims are not on its PATH"
+        )
+        findings.append(
+            Finding(
+                "shells without a prompt",
+                "warn",
+                f"{probe.label} {runs}; commands run there are not guarded",
+                probe.fix,
+            )
+        )
+    if not findings:
+        labels = [probe.label.split(" (")[0] for probe, _ in started]
+        verb = "find" if len(labels) > 1 else "finds"
+        message = f"{' and '.join(labels)} {verb} the shims first"
+        findings.append(Finding("shells without a prompt", "ok", message))
+    return findings
+
+
+def _no_answer(probe: _Probe, why: str) -> Finding:
+    return Finding(
+        "shells without a prompt",
+        "warn",
+        f"{probe.label}: {why}; cannot tell whether it finds the shims",
+    )
 
 
 # ---- daemon and socket --------------------------------------------------------------
