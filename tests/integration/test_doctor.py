@@ -107,7 +107,11 @@ def test_text_output_names_the_winner_and_the_fix(setup: Home, daemon: Daemon) -
     assert f"FAIL  shim pytest: `pytest` runs {venv / 'bin' / 'pytest'} unguarded" in text
     # dbguardctl by its full path: the venv it lives in is usually not on PATH
     ctl = shlex.join(install.ctl_command())
-    assert f'fix: add to ~/.bashrc: eval "$({ctl} shell-init bash' in text
+    # at the top: Debian's ~/.bashrc returns early in shells with no prompt
+    assert (
+        "fix: add at the top of ~/.bashrc (above any line that returns when the shell is "
+        f'not interactive): eval "$({ctl} shell-init bash' in text
+    )
     assert "1 problem(s) to fix" in text
 
 

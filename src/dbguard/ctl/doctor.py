@@ -71,6 +71,13 @@ PROFILES = {
     "zsh": "~/.zshrc",
     "fish": "~/.config/fish/config.fish",
 }
+# Where the line goes so that shells with no prompt run it too.
+PLACEMENT = {
+    "bash": "at the top of ~/.bashrc (above any line that returns when the shell is not "
+    "interactive)",
+    "zsh": "to ~/.zshenv (every zsh reads it; ~/.zshrc only interactive ones)",
+    "fish": "to ~/.config/fish/config.fish, outside `if status is-interactive`",
+}
 
 
 @dataclass
@@ -161,7 +168,7 @@ def _path_fix(env: dict[str, str], folder: Path) -> str:
     dir_option = [] if folder == paths.default_shims_dir(env) else ["--dir", str(folder)]
     command = shlex.join([*ctl_command(), "shell-init", shell, *dir_option])
     line = f"{command} | source" if shell == "fish" else f'eval "$({command})"'
-    return f"add to {PROFILES[shell]}: {line}\nthen open a new shell (or run that line now)"
+    return f"add {PLACEMENT[shell]}: {line}\nthen open a new shell (or run that line now)"
 
 
 def _is_venv_bin(path: Path) -> bool:
@@ -276,9 +283,10 @@ def check_shell_hook(env: dict[str, str], folder: Path) -> list[Finding]:
         return []
     home = Path(env.get("HOME") or Path.home())
     profile = home / PROFILES[shell].removeprefix("~/")
-    candidates = (
-        [profile, home / ".bash_profile", home / ".profile"] if shell == "bash" else [profile]
-    )
+    candidates = {
+        "bash": [profile, home / ".bash_profile", home / ".profile"],
+        "zsh": [profile, home / ".zshenv"],
+    }.get(shell, [profile])
     if shell == "fish":
         candidates += sorted((home / ".config/fish/conf.d").glob("*.fish"))
     for candidate in candidates:
