@@ -132,3 +132,29 @@ def test_the_users_own_rules_can_add_a_tool(home: Home) -> None:
         assert len(list(home.backups.glob("*/*/manifest.json"))) == 1
     finally:
         daemon.stop()
+
+
+def test_a_project_s_own_tool_stays_guarded_when_its_file_is_broken(home: Home) -> None:
+    tool = home.bin / "shopctl"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    home.install_shims("shopctl")
+    project = laravel_sqlite_project(home.root / "app")
+    rules = project / ".dbguard.toml"
+    rules.write_text(
+        '[[tool]]\nname = "shopctl"\nframework = "laravel"\nlaunch = ["shopctl"]\n'
+        '[tool.commands]\n"reset" = "destructive"\n'
+    )
+    daemon = Daemon(home).start()
+    try:
+        assert home.run(["shopctl", "reset"], cwd=project).returncode == 0
+        assert len(list(home.backups.glob("*/*/manifest.json"))) == 1
+        # Broken, or loosened, the file no longer guards: it stops every command instead.
+        for broken in ("[[tool]\n", "[production]\ndevelopment_hosts = ['db.prod']\n"):
+            rules.write_text(rules.read_text() + broken)
+            refused = home.run(["shopctl", "reset"], cwd=project)
+            assert refused.returncode == 77, refused.stderr
+            assert b".dbguard.toml" in refused.stderr
+            rules.write_text(rules.read_text().replace(broken, ""))
+    finally:
+        assert daemon.stop() == 0

@@ -228,12 +228,12 @@ class Guard:
         """The operation `request` performs, by the user's catalog and the project's
         additions (which can only make a command more guarded)."""
         files = ProjectFiles(Path(request.cwd))
-        try:
-            project = load_project_config(ProjectFiles(project_root(request.cwd)).read)
-        except DiscoveryError:
-            project = None  # discovery reads it again and denies with the file's error
-        # A package.json that cannot be read raises DiscoveryError: refused, naming it,
-        # as a script that was not read may be a database operation.
+        # A .dbguard.toml that is refused (broken, or loosening a rule) raises
+        # DiscoveryError: every command of the project is refused, naming the file, as
+        # its own [[tool]] entries may be what guards this one; reading past it would
+        # let anyone who breaks the file switch those guards off. So does a
+        # package.json that cannot be read: a script not read may be a database operation.
+        project = load_project_config(ProjectFiles(project_root(request.cwd)).read)
         return classify_with_project(
             self.classifier,
             project,
