@@ -29,7 +29,7 @@ DEFAULT_SHIM_COMMANDS = (
     "php", "pytest", "paratest", "phpunit", "pest", "prisma", "npx", "npm", "pnpm", "pnpx",
     "yarn", "bun", "bunx", "deno", "composer", "alembic", "flask", "django-admin", "rails",
     "rake", "bundle", "rspec", "knex", "sequelize", "typeorm", "flyway", "liquibase",
-    "supabase", "turbo", "nx", "lerna",
+    "supabase", "turbo", "nx", "lerna", "uv", "poetry", "pipenv",
 )  # fmt: skip
 
 
