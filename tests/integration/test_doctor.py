@@ -112,7 +112,7 @@ def test_text_output_names_the_winner_and_the_fix(setup: Home, daemon: Daemon) -
         "fix: add at the top of ~/.bashrc (above any line that returns when the shell is "
         f'not interactive): eval "$({ctl} shell-init bash' in text
     )
-    assert "1 problem(s) to fix" in text
+    assert "1 problem to fix" in text
 
 
 def test_a_daemon_that_is_down_is_a_problem(setup: Home) -> None:

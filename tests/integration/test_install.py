@@ -145,7 +145,8 @@ def test_custom_folder_and_timeout(home: Home) -> None:
 @pytest.mark.parametrize(
     ("shell", "profile", "line"),
     [
-        ("/usr/bin/zsh", "~/.zshrc", 'shell-init zsh)"'),
+        ("/usr/bin/zsh", "~/.zshenv", 'shell-init zsh)"'),
+        ("/bin/bash", "the top of ~/.bashrc", 'shell-init bash)"'),
         ("/usr/bin/fish", "~/.config/fish/config.fish", "shell-init fish | source"),
         ("/bin/sh", "~/.profile", "export PATH="),
     ],

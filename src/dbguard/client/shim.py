@@ -279,7 +279,8 @@ def ask_terminal(question: str) -> str | None:
         typed = b""
         while not typed.endswith(b"\n"):
             chunk = os.read(tty, 1024)
-            if not chunk:
+            if not chunk:  # ^D: end the prompt's line, so what follows starts its own
+                os.write(tty, b"\n")
                 break
             typed += chunk
         return typed.decode("utf-8", "replace").strip()

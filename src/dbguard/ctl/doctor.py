@@ -38,10 +38,11 @@ from dbguard import __version__, paths, shims
 from dbguard.client import autostart
 from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.config import Config, ConfigError, config_path, load_config
-from dbguard.ctl.context import Context, current_folder, human_size
+from dbguard.ctl.context import Context, counted, current_folder, human_size
 from dbguard.ctl.install import (
     UNITS,
     ctl_command,
+    daemon_argv,
     is_our_unit,
     lingering,
     systemctl,
@@ -126,9 +127,9 @@ def report(findings: list[Finding]) -> str:
     failures = sum(f.level == "fail" for f in findings)
     warnings = sum(f.level == "warn" for f in findings)
     if failures:
-        lines.append(f"{failures} problem(s) to fix, {warnings} warning(s)")
+        lines.append(f"{counted(failures, 'problem')} to fix, {counted(warnings, 'warning')}")
     else:
-        lines.append("all good" + (f", {warnings} warning(s)" if warnings else ""))
+        lines.append("all good" + (f", {counted(warnings, 'warning')}" if warnings else ""))
     return "\n".join(lines)
 
 
@@ -441,8 +442,12 @@ def check_daemon(env: dict[str, str], socket: Path, folder: Path) -> list[Findin
                 "daemon",
                 "fail",
                 f"something listens on {socket} but does not answer like dbguardd ({err.problem})",
-                "restart it: systemctl --user restart dbguard.service, or stop the process "
-                "and run dbguardd",
+                (
+                    "restart it: systemctl --user restart dbguard.service"
+                    if autostart.systemd_units(env)
+                    else "stop that process, then start dbguardd: "
+                    f"`{shlex.join(daemon_argv(None))} &`"
+                ),
             )
         ]
     except DaemonUnavailable as err:
@@ -549,8 +554,9 @@ def _daemon_down(env: dict[str, str], socket: Path, folder: Path, problem: str) 
         )
     else:
         fix = (
-            "start it now with `dbguardd &`, or run `dbguardctl install` so it starts by "
-            "itself (systemd socket activation, or autostart by the shims)"
+            f"start it now with `{shlex.join(daemon_argv(None))} &`, or run `dbguardctl "
+            "install` so it starts by itself (systemd socket activation, or autostart by "
+            "the shims)"
         )
     return Finding(
         "daemon",

@@ -280,7 +280,12 @@ def _profile_hint(ctx: Context, folder: Path, explicit_dir: bool) -> str:
         profile = "~/.config/fish/config.fish"
     elif shell in ("bash", "zsh"):
         line = f'eval "$({shlex.join([*ctl_command(), "shell-init", shell, *dir_option])})"'
-        profile = "~/.bashrc" if shell == "bash" else "~/.zshrc"
+        # Where shells with no prompt (ssh host cmd, agents, zsh -c) read it too.
+        profile = (
+            "the top of ~/.bashrc (above its 'not interactive: return' lines)"
+            if shell == "bash"
+            else "~/.zshenv"
+        )
     else:
         # Another shell has no prompt hook we know; PATH order is set once per login.
         line = f'export PATH={shlex.quote(str(folder))}:"$PATH"'
