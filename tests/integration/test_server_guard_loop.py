@@ -15,23 +15,36 @@ from typing import Any
 import pytest
 
 from dbguard.engines.base import Target
-from tests.helpers import Daemon, Home
+from tests.helpers import Daemon, Home, run_in_terminal
 from tests.servers import mysql_connect, pg_connect
 
 # Drops every table of the database in DBGUARD_TEST_DSN when run as a destructive
-# command: what migrate:fresh, downgrade base and migrate reset do first.
+# command: what migrate:fresh, downgrade base and migrate reset do first. With
+# --recreate it drops the database itself and makes it again, as `rails db:reset` does.
 WIPER = """#!{python}
 import os, sys
 words = [w for w in sys.argv[1:] if not w.startswith("-") and w != "artisan"]
 if words[:1] in (["migrate:fresh"], ["downgrade"], ["migrate"]):
     dsn = os.environ["DBGUARD_TEST_DSN"]
-    if dsn.startswith("postgres"):
+    name = dsn.rsplit("/", 1)[1]
+    if "--recreate" in sys.argv and dsn.startswith("postgres"):
+        import psycopg
+        with psycopg.connect(dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{{name}}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{{name}}"')
+    elif "--recreate" in sys.argv:
+        import pymysql
+        conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE `{{name}}`")
+            cur.execute(f"CREATE DATABASE `{{name}}`")
+        conn.close()
+    elif dsn.startswith("postgres"):
         import psycopg
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     else:
         import pymysql
-        name = dsn.rsplit("/", 1)[1]
         conn = pymysql.connect(host="127.0.0.1", user="root", database=name, autocommit=True)
         with conn.cursor() as cur:
             cur.execute("SET FOREIGN_KEY_CHECKS = 0")
@@ -161,6 +174,39 @@ def test_destructive_command_is_backed_up_verified_and_restored(
     restored = home.ctl("restore", backup["id"], "--yes", cwd=project)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert rows() == before
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_a_database_dropped_and_made_again_keeps_its_production_mark(
+    request: pytest.FixtureRequest, home: Home, daemon: Daemon, server: str
+) -> None:
+    """PostgreSQL keeps the mark as a setting of the database, MySQL as a routine in it:
+    a command that drops the database and makes it again (`rails db:reset`) takes the
+    mark with it, and an agent's next command would find production unmarked."""
+    target: Target = request.getfixturevalue(
+        "pg_database" if server == "postgres" else "mysql_database"
+    )
+    rows = seed_pg(target) if server == "postgres" else seed_mysql(target)
+    project = home.root / "app"
+    project.mkdir()
+    command = [*laravel(project, target), "--recreate"]
+    tool = home.bin / "php"
+    tool.write_text(WIPER.format(python=sys.executable))
+    tool.chmod(0o755)
+    home.install_shims("php")
+    env = {**home.env, "DBGUARD_TEST_DSN": dsn(target)}
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+
+    # A person at a terminal confirms it, so it runs (after a backup).
+    confirmed = run_in_terminal(command, env, project, {"Type the database": str(target.name)})
+
+    assert confirmed.returncode == 0, confirmed.output
+    assert rows() == []  # the database was dropped and made again, empty
+    refused = home.run(command, cwd=project, env=env)  # a script's command, no person
+    assert refused.returncode == 77, refused.stderr
+    assert b"marked production" in refused.stderr
+    put_back = [r for r in home.operations() if r.get("decision") == "mark"]
+    assert [r["outcome"] for r in put_back] == ["ok"], put_back
 
 
 def test_a_stop_during_a_mysql_swap_waits_for_the_swap_and_says_so(
