@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"dbguardd {__version__}")
     args = parser.parse_args(argv)
-    memory.limit_arenas()  # before any thread exists
+    memory.tune_malloc()  # before any thread exists
     try:
         # First, so the LISTEN_* variables are gone before anything can spawn a child.
         activated = systemd.activated_socket()

@@ -78,6 +78,16 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _copy_into(path: Path, out: Sink) -> None:
+    """The file's bytes into `out`, a megabyte at a time through one buffer: a new
+    megabyte object per read would be a fresh mmap, page faults and munmap each time
+    (dbguardd keeps large allocations out of its heap, see daemon/memory.py)."""
+    buffer = bytearray(_CHUNK)
+    with path.open("rb", buffering=0) as source:
+        while n := source.readinto(buffer):
+            out.write(buffer if n == _CHUNK else buffer[:n])
+
+
 def count_rows(conn: sqlite3.Connection) -> dict[str, int]:
     """Rows per ordinary table (virtual tables are counted through their shadow tables)."""
     names = [
@@ -365,9 +375,7 @@ class SqliteEngine:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes SHARED
             with ThreadPoolExecutor(1) as pool:
                 counts = pool.submit(count_rows, conn)
-                with path.open("rb") as source:
-                    while chunk := source.read(_CHUNK):
-                        out.write(chunk)
+                _copy_into(path, out)
                 return counts.result()
         finally:
             conn.execute("ROLLBACK")
@@ -406,9 +414,7 @@ class SqliteEngine:
             tables = count_rows(copy)
         finally:
             copy.close()
-        with copy_path.open("rb") as source:
-            while chunk := source.read(_CHUNK):
-                out.write(chunk)
+        _copy_into(copy_path, out)
         copy_path.unlink()
         return tables
 
