@@ -37,7 +37,7 @@ def take_backup(
     """Dump `target` into a new backup. Raises BackupFailed (and its kinds); on any
     failure nothing is left in the store."""
     engine = engines.for_target(target)
-    with store.new_backup(target) as pending:
+    with store.new_backup(target, reason) as pending:
         with pending.data_writer(engine.data_suffix, cancel or threading.Event(), progress) as sink:
             info = engine.dump(target, sink, pending.scratch, cancel or threading.Event())
         return pending.commit(info, reason)

@@ -48,6 +48,7 @@ _CHUNK = 1 << 20
 _WRITEBACK_STEP = 4 << 20
 _UPDATE_LOCK = ".update.lock"  # held while a manifest is rewritten
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_ABOUT = "about.json"  # in a backup's work folder: what it is of (see Unfinished)
 
 
 class Reason(BaseModel):
@@ -107,6 +108,16 @@ class Manifest(BaseModel):
     def target(self) -> Target:
         """The database this backup came from (without its password)."""
         return Target.model_validate(self.database)
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A work folder whose writer died: its id, and for a backup what it was of and
+    for whom (`about.json`: database, started, pid, and the reason's kind, argv, cwd
+    and op); None for other work (a restore's unpacked copy) or an unreadable note."""
+
+    id: str
+    about: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,14 @@ class _CountingFile(io.RawIOBase):
         return done
 
 
+def _read_about(path: Path) -> dict[str, Any] | None:
+    try:
+        about = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return about if isinstance(about, dict) and isinstance(about.get("database"), str) else None
+
+
 def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Advice only: where the system lacks it or refuses, the final fsync does it all."""
     if hasattr(os, "posix_fadvise"):
@@ -292,13 +311,33 @@ class DumpSink(io.RawIOBase):
 class PendingBackup:
     """A backup being written in `.tmp/<id>`; `commit` moves it into place."""
 
-    def __init__(self, store: Store, target: Target, backup_id: str, folder: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        target: Target,
+        backup_id: str,
+        folder: Path,
+        reason: Reason | None = None,
+    ) -> None:
         self.store = store
         self.target = target
         self.id = backup_id
         self.folder = folder
         self.scratch = folder / "scratch"
         self.scratch.mkdir(mode=0o700)
+        about: dict[str, Any] = {
+            "database": target.label,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+        }
+        if reason is not None:
+            about.update(kind=reason.kind, argv=reason.argv, cwd=reason.cwd)
+            if reason.operation:
+                about["op"] = reason.operation
+        try:
+            _write_new(folder / _ABOUT, json.dumps(about).encode(), sync=False)
+        except OSError as err:
+            raise _disk_error(err, store.root) from err
         self._started = time.monotonic()
         self._data: DataFile | None = None
 
@@ -341,6 +380,7 @@ class PendingBackup:
         if self._data is None or self._data.raw_size == 0:
             raise BackupFailed(f"the dump of {self.target.label} was empty; nothing was kept")
         shutil.rmtree(self.scratch, ignore_errors=True)
+        (self.folder / _ABOUT).unlink(missing_ok=True)
         try:
             seq = self.store.next_seq()
         except OSError as err:  # the folder vanished, is full or read-only, a planted link
@@ -375,13 +415,14 @@ class PendingBackup:
         return manifest
 
 
-def _write_new(path: Path, content: bytes) -> None:
+def _write_new(path: Path, content: bytes, *, sync: bool = True) -> None:
     fd = os.open(path, _O_NEW_FILE, 0o600)
     try:
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -468,10 +509,12 @@ class Store:
             os.close(lock_fd)
 
     @contextlib.contextmanager
-    def new_backup(self, target: Target) -> Iterator[PendingBackup]:
-        """A backup being written; nothing of it remains unless `commit` is called."""
+    def new_backup(self, target: Target, reason: Reason | None = None) -> Iterator[PendingBackup]:
+        """A backup being written; nothing of it remains unless `commit` is called.
+        Until then its folder holds a note of what it is of and for whom (`about.json`):
+        a backup whose writer was killed is named when `cleanup_stale` removes it."""
         with self.work_folder() as (backup_id, folder):
-            yield PendingBackup(self, target, backup_id, folder)
+            yield PendingBackup(self, target, backup_id, folder, reason)
 
     def _claim_id(self) -> tuple[int, str]:
         """Create and lock `.tmp/<id>.lock` for an id not used anywhere in the store."""
@@ -518,9 +561,9 @@ class Store:
         seqs = [e.seq for e in self.entries() if isinstance(e, Manifest)]
         return max(seqs, default=0)
 
-    def cleanup_stale(self) -> list[str]:
+    def cleanup_stale(self) -> list[Unfinished]:
         """Remove temporary folders whose writer is gone (crash, SIGKILL, power loss)."""
-        removed: list[str] = []
+        removed: list[Unfinished] = []
         if not self.tmp.is_dir():
             return removed
         for entry in sorted(self.tmp.iterdir()):
@@ -537,8 +580,9 @@ class Store:
                     os.close(fd)
                     continue  # its writer is alive
                 if (self.tmp / name).exists():
+                    about = _read_about(self.tmp / name / _ABOUT)
                     shutil.rmtree(self.tmp / name, ignore_errors=True)
-                    removed.append(name)
+                    removed.append(Unfinished(name, about))
                 lock.unlink(missing_ok=True)
                 os.close(fd)
         return removed

@@ -168,6 +168,13 @@ def test_sigkill_while_pg_dump_is_mid_dump_leaves_no_process_or_partial_backup(
     try:
         assert cleaned(restarted) == [work.name]
         assert leftovers(home) == []
+        # `dbguardctl log` says what became of the command that waited for it.
+        [failed] = oplog(home)
+        assert failed["decision"] == "fail"
+        assert failed["argv"][:3] == ["php", "artisan", "migrate:fresh"]
+        assert failed["databases"] == [{"database": pg_database.label}]
+        assert f"dbguardd (pid {daemon.pid}) stopped during it" in failed["reason"]
+        assert failed["reason"].endswith("the command was not run")
         result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
         assert result.returncode == 0, stderr_text(result)
         [backup] = listing(home)

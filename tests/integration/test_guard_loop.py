@@ -787,3 +787,39 @@ def test_a_socket_path_too_long_is_named_as_the_problem(home: Home, project: Pat
     )
     assert refused.returncode == 69, refused.stderr
     assert b"path too long" in refused.stderr and b"(None)" not in refused.stderr
+
+
+def test_backups_killed_midway_are_logged_by_who_wrote_them_and_what_waited(home: Home) -> None:
+    from dbguard.config import Config
+    from dbguard.daemon.service import Guard
+    from dbguard.store import Unfinished
+
+    def about(kind: str) -> dict[str, Any]:
+        started = "2026-11-27T04:00:00+00:00"
+        return {"database": "sqlite /srv/app.db", "started": started, "pid": 41, "kind": kind}
+
+    guard = Guard(Config(), home.env)
+    try:
+        guard.log_unfinished_backups(
+            [
+                Unfinished("a", {**about("command"), "argv": ["pytest"], "op": "op7"}),
+                Unfinished("b", {**about("manual"), "argv": ["dbguardctl", "backup"]}),
+                Unfinished("c", {**about("pre-restore"), "argv": ["dbguardctl", "restore"]}),
+                Unfinished("d", None),  # a restore's unpacked copy: nothing to say
+            ]
+        )
+    finally:
+        guard.engines.close()
+
+    command, manual, pre_restore = home.operations()
+    assert [r["decision"] for r in (command, manual, pre_restore)] == ["fail"] * 3
+    assert command["op"] == "op7" and command["argv"] == ["pytest"]
+    assert command["databases"] == [{"database": "sqlite /srv/app.db"}]
+    assert command["reason"] == (
+        "the backup of sqlite /srv/app.db started at 2026-11-27T04:00:00+00:00 did not "
+        "finish: dbguardd (pid 41) stopped during it (killed or crashed), and its "
+        "unfinished files were removed; the command was not run"
+    )
+    assert manual["reason"].endswith("unfinished files were removed")
+    assert "dbguardctl restore (pid 41) stopped" in pre_restore["reason"]
+    assert pre_restore["reason"].endswith("; nothing was restored")

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +17,15 @@ import pytest
 from dbguard import store as store_module
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
-from dbguard.store import DamagedBackup, Manifest, Reason, Store, Verification, check_id
+from dbguard.store import (
+    DamagedBackup,
+    Manifest,
+    Reason,
+    Store,
+    Unfinished,
+    Verification,
+    check_id,
+)
 
 TARGET = Target(engine="sqlite", path="/srv/app/database.sqlite", source="test")
 INFO = DumpInfo(tables={"users": 3}, fingerprint="fp1", tool="test", format="raw")
@@ -163,13 +172,43 @@ def test_stale_temporary_folders_are_cleaned_but_live_ones_kept(tmp_path: Path) 
     (store.tmp / "deadbeef").mkdir()
     (store.tmp / "deadbeef" / "data.raw.zst").write_bytes(b"half")
     (store.tmp / "deadbeef.lock").touch()
-    assert store.cleanup_stale() == ["deadbeef"]
+    assert store.cleanup_stale() == [Unfinished("deadbeef", None)]  # no backup's
     (store.tmp / "deadbeef").mkdir()  # and again: the next writer clears it first
     (store.tmp / "deadbeef.lock").touch()
     with store.new_backup(TARGET) as live:
         assert not (store.tmp / "deadbeef").exists()
         assert store.cleanup_stale() == []  # a live writer's folder stays
         assert live.folder.exists()
+
+
+def test_a_backup_whose_writer_died_is_named_when_its_folder_is_removed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    reason = Reason(kind="command", argv=["php", "artisan", "migrate:fresh"], cwd="/srv/app")
+    with store.new_backup(TARGET, reason.model_copy(update={"operation": "op1"})) as live:
+        with live.data_writer("data.raw", threading.Event()) as sink:
+            sink.write(b"half")
+        # What a killed writer leaves: its folder, and a lock file nobody holds.
+        shutil.copytree(live.folder, store.tmp / "deadbeef")
+        (store.tmp / "deadbeef.lock").touch()
+
+        [dead] = store.cleanup_stale()
+
+        assert dead.id == "deadbeef" and dead.about is not None
+        assert not (store.tmp / "deadbeef").exists()
+        assert live.folder.exists()
+        manifest = live.commit(INFO, reason)
+    assert dead.about["database"] == TARGET.label
+    assert dead.about["pid"] == os.getpid()
+    assert (dead.about["kind"], dead.about["argv"], dead.about["cwd"], dead.about["op"]) == (
+        "command",
+        ["php", "artisan", "migrate:fresh"],
+        "/srv/app",
+        "op1",
+    )
+    assert datetime.fromisoformat(dead.about["started"]) <= manifest.created_at
+    # The note goes before the backup is moved into place.
+    folder = store.root / TARGET.slug / manifest.id
+    assert sorted(p.name for p in folder.iterdir()) == ["data.raw.zst", "manifest.json"]
 
 
 def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:

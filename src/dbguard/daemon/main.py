@@ -81,8 +81,10 @@ def reload_config(guard: Guard) -> None:
 async def serve(guard: Guard, activated: socket.socket | None = None) -> None:
     log = structlog.get_logger("dbguard")
     guard.store.ensure()
-    for stale in guard.store.cleanup_stale():
-        log.info("removed an unfinished backup left by an earlier run", id=stale)
+    unfinished = guard.store.cleanup_stale()
+    for stale in unfinished:
+        log.info("removed an unfinished backup left by an earlier run", id=stale.id)
+    guard.log_unfinished_backups(unfinished)
     if activated is not None:
         passed = Path(activated.getsockname())
         if passed != guard.socket_path:
