@@ -334,10 +334,10 @@ class PendingBackup:
             about.update(kind=reason.kind, argv=reason.argv, cwd=reason.cwd)
             if reason.operation:
                 about["op"] = reason.operation
-        try:
+        # Only for the log, should this writer be killed: never a reason to fail (a full
+        # disk fails the dump's own write, and a missing database must say so first).
+        with contextlib.suppress(OSError):
             _write_new(folder / _ABOUT, json.dumps(about).encode(), sync=False)
-        except OSError as err:
-            raise _disk_error(err, store.root) from err
         self._started = time.monotonic()
         self._data: DataFile | None = None
 
