@@ -1533,6 +1533,8 @@ TESTS = {*API, ("vitest", "apps/web")}
         ("nx db:reset api --verbose", {("prisma", "apps/api")}),
         ("nx test --project api", API),
         ("nx run-many -t test", TESTS),
+        ("nx run-many -t=test", TESTS),  # yargs reads -t=test as -t test
+        ("nx affected -t=db:reset -p=api", {("prisma", "apps/api")}),
         ("nx run-many --target=test --all", TESTS),
         ("nx run-many --targets=test,db:reset -p api,web", {*TESTS}),
         ("nx run-many -t test db:reset --projects=web", {("vitest", "apps/web")}),

@@ -483,10 +483,12 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
             name = word
         else:
             # A getopt cluster: -xvf is -x -v -f; a value option ends it (-kVALUE, -xk VALUE).
+            # `-t=VALUE` is VALUE, as yargs (nx), clap and others read it: getopt would
+            # read "=VALUE", which names no task or database, so that could only unguard.
             name = word[:2]
             for position in range(1, len(word)):
                 name = "-" + word[position]
-                rest = word[position + 1 :]
+                rest = word[position + 1 :].removeprefix("=")
                 if name in syntax.values:
                     if rest:
                         value = rest
