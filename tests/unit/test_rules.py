@@ -384,6 +384,12 @@ PYTEST = [
     case("uv run pytest", TEST, "pytest"),
     case("uv run -m pytest", TEST, "pytest"),
     case("uv run --with pytest-django pytest", TEST, "pytest"),
+    # Each value option read as one, or its value would be the program and it would pass.
+    case("uv run --no-group dev pytest", TEST, "pytest"),
+    case("uv run --only-group db --no-extra gpu --exclude-newer 2024-01-01 pytest", TEST, "pytest"),
+    case("uv run -f ./wheels --extra-index-url https://x.example/simple pytest", TEST, "pytest"),
+    case("uv --color never run pytest", TEST, "pytest"),
+    case("uv run --script -m pytest", TEST, "pytest"),  # --script is a flag
     case("poetry run pytest", TEST, "pytest"),
     case(
         "pytest --ds=mysite.settings_test",
