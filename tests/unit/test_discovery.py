@@ -1265,6 +1265,34 @@ def test_a_dotenv_that_is_a_named_pipe_is_refused_not_taken_for_absent(tmp_path:
     assert str(only(found).path).endswith("database/database.sqlite")
 
 
+def test_an_nx_project_folder_reads_its_workspace_s_dbguard_toml(tmp_path: Path) -> None:
+    """A project.json makes apps/api a project root of its own; the workspace's
+    .dbguard.toml (its databases, its production rules) still applies there, with
+    relative paths read from the workspace's folder, unless apps/api has its own."""
+    top = tmp_path / "shop"
+    api = top / "apps" / "api"
+    api.mkdir(parents=True)
+    (top / "nx.json").write_text("{}")
+    (top / ".dbguard.toml").write_text(
+        '[production]\nevery_database = true\n[[database]]\nengine = "sqlite"\n'
+        'path = "data/app.sqlite"\n'
+    )
+    (api / "project.json").write_text('{"name": "api"}')
+    assert find_root(api) == api
+
+    cache = DiscoveryCache()
+    found = cache.discover(api, {}, operation(kind=Kind.TEST, framework=None))
+
+    assert [t.path for t in found.targets] == [str(top / "data" / "app.sqlite")]
+    assert found.project is not None and found.project.production.every_database
+    assert found.project.file == str(top / ".dbguard.toml")
+    # Its own file is the one read, as everywhere else.
+    (api / ".dbguard.toml").write_text('[[database]]\nengine = "sqlite"\npath = "api.db"\n')
+    found = cache.discover(api, {}, operation(kind=Kind.TEST, framework=None))
+    assert [t.path for t in found.targets] == [str(api / "api.db")]
+    assert found.project is not None and not found.project.production.every_database
+
+
 # ---- Nx: tests/fixtures/projects/nx -------------------------------------------------------------
 
 NX = FIXTURES / "nx"

@@ -41,6 +41,7 @@ from dbguard.discovery.project_config import (
     ProjectConfig,
     classify_with_project,
     load_project_config,
+    project_config_file,
 )
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
@@ -233,7 +234,8 @@ class Guard:
         # its own [[tool]] entries may be what guards this one; reading past it would
         # let anyone who breaks the file switch those guards off. So does a
         # package.json that cannot be read: a script not read may be a database operation.
-        project = load_project_config(ProjectFiles(project_root(request.cwd)).read)
+        root = project_root(request.cwd)
+        project = load_project_config(ProjectFiles(root).read, project_config_file(root))
         return classify_with_project(
             self.classifier,
             project,

@@ -50,7 +50,11 @@ from dbguard.discovery.model import (
 )
 from dbguard.discovery.node import knex, sequelize, typeorm
 from dbguard.discovery.prisma import prisma
-from dbguard.discovery.project_config import PROJECT_FILE, load_project_config
+from dbguard.discovery.project_config import (
+    PROJECT_FILE,
+    load_project_config,
+    project_config_file,
+)
 from dbguard.discovery.python import alembic, django
 from dbguard.discovery.rails import rails
 from dbguard.discovery.runners import RunnerEnv, runner_env_files
@@ -158,8 +162,11 @@ def _resolve(
 ) -> Found:
     root = place.root
     found = Found(root=root)
-    project = load_project_config(place.read)
-    found.look(PROJECT_FILE if project is not None else f"{PROJECT_FILE} (absent)")
+    config_file = project_config_file(root)
+    if config_file != PROJECT_FILE:
+        place.read(PROJECT_FILE)  # absent; stamped, so one made later is read instead
+    project = load_project_config(place.read, config_file)
+    found.look(config_file if project is not None else f"{config_file} (absent)")
     ctx = Context(root, place.read, env, operation, place.cwd, project, listdir=place.listdir)
     found.project = project
     ctx.load_launcher_env_files(found)

@@ -48,6 +48,7 @@ Schema (every table and key optional; unknown keys are errors)::
 from __future__ import annotations
 
 import functools
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,6 +65,7 @@ from pydantic import (
     model_validator,
 )
 
+from dbguard.discovery import nx
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.model import sqlite_target
 from dbguard.discovery.urls import parse_database_url, url_engine
@@ -89,6 +91,7 @@ __all__ = [
     "classify_with_project",
     "load_project_config",
     "parse_project_config",
+    "project_config_file",
     "stricter",
 ]
 
@@ -202,7 +205,10 @@ class ProjectConfig(_Strict):
                         "which is not set in the environment or .env",
                         f"set {entry.password_env}, or remove password_env",
                     )
-            target = self._target(entry, root, source, key, password)
+            # Relative paths are the file's own folder's (the workspace's, for an Nx
+            # project that reads its workspace's file).
+            base = Path(os.path.normpath(root / self.file)).parent
+            target = self._target(entry, base, source, key, password)
             facts = TargetFacts()
             if target is None:
                 yield source, None, facts
@@ -252,10 +258,31 @@ def _union(first: Sequence[str], second: Sequence[str]) -> tuple[str, ...]:
 # ---- reading -----------------------------------------------------------------------------
 
 
+def project_config_file(root: Path) -> str:
+    """Where the `.dbguard.toml` of the project at `root` is: its own (relative), or
+    for an Nx project folder with none, its workspace's (the nearest folder above with
+    nx.json; a full path, which messages name), as before project.json made the
+    folder a root."""
+    if _exists(root / PROJECT_FILE) or not _exists(root / nx.PROJECT_JSON):
+        return PROJECT_FILE
+    for folder in root.parents:
+        if _exists(folder / nx.NX_JSON):
+            return str(folder / PROJECT_FILE)
+    return PROJECT_FILE
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def load_project_config(
     read: Callable[[str], str | None], name: str = PROJECT_FILE
 ) -> ProjectConfig | None:
-    """The project's `.dbguard.toml` through a discovery FileReader, or None if absent."""
+    """The project's `.dbguard.toml` through a discovery FileReader, or None if absent;
+    `name` is where it is (project_config_file)."""
     text = read(name)
     return None if text is None else parse_project_config(text, name)
 
