@@ -911,6 +911,30 @@ def test_lock_a_dump_blocked_by_a_held_lock_names_the_table_and_the_holder(
     assert children("pg_dump") == []
 
 
+def test_lock_a_batch_of_tables_pg_dump_locked_at_once_names_the_one_in_the_way(
+    rich: Target,
+) -> None:
+    """Newer pg_dumps lock their tables in batches (`LOCK TABLE a, b, ...`): the lookup
+    takes every name and says which table the holder is on."""
+    with connect(rich) as locker:
+        pid = locker.info.backend_pid
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")
+        stderr = (
+            "pg_dump: error: query failed: ERROR:  canceling statement due to lock timeout\n"
+            "pg_dump: detail: Query was: LOCK TABLE app.customers, app.orders IN ACCESS "
+            "SHARE MODE"
+        )
+        relations = postgres.locked_relations(stderr)
+        blockers = postgres._lock_blockers(postgres.connection_settings(rich), relations)
+        locker.execute("ROLLBACK")
+
+    failure = postgres.lock_wait_failure(relations, 60, blockers)
+    assert failure.problem.startswith("pg_dump waited 60 s for a lock on table app.orders and")
+    assert f"session {pid} (user {rich.user}" in failure.problem
+    assert f"`SELECT pg_terminate_backend({pid})`" in failure.fix
+
+
 def test_lock_a_dump_queued_behind_an_alter_names_the_alter_and_what_it_waits_for(
     rich: Target, store: Store, engines: Engines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -951,7 +975,7 @@ def test_lock_a_lookup_that_cannot_finish_still_gives_pg_dumps_own_error(
     """The lookup of who holds the lock is bounded, and its failure hides nothing."""
     monkeypatch.setattr(postgres, "_LOCK_WAIT_MS", 2000)
     monkeypatch.setattr(postgres, "_LOOKUP_TIMEOUT_MS", 300)
-    monkeypatch.setattr(postgres, "_LOCK_HOLDERS_SQL", "SELECT pg_sleep(30), %(relation)s")
+    monkeypatch.setattr(postgres, "_LOCK_HOLDERS_SQL", "SELECT pg_sleep(30), %(relations)s")
     with connect(rich) as locker:
         locker.execute("BEGIN")
         locker.execute("LOCK TABLE app.orders IN ACCESS EXCLUSIVE MODE")

@@ -3,12 +3,14 @@ the tool's statement or error, picking who is in the way, the message). No serve
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dbguard.engines.base import human_duration
 from dbguard.engines.mysql import locks
 from dbguard.engines.mysql.locks import Blocked, Blockers, Holder, Session
-from dbguard.engines.postgres import PgBlocker, lock_wait_failure, locked_relation
+from dbguard.engines.postgres import PgBlocker, lock_wait_failure, locked_relations
 
 
 @pytest.mark.parametrize(
@@ -134,10 +136,29 @@ def test_pg_dump_lock_errors_name_the_table() -> None:
         "pg_dump: error: query failed: ERROR:  canceling statement due to statement timeout\n"
         'pg_dump: detail: Query was: LOCK TABLE public."My T" IN ACCESS SHARE MODE'
     )
-    assert locked_relation(timeout) == 'public."My T"'
-    assert locked_relation('pg_dump: error: could not obtain lock on relation "a.b"') == "a.b"
+    assert locked_relations(timeout) == ['public."My T"']
+    assert locked_relations('pg_dump: error: could not obtain lock on relation "a.b"') == ["a.b"]
     other = "pg_dump: error: query failed: ERROR:  permission denied for table t"
-    assert locked_relation(other + "\nQuery was: LOCK TABLE t IN ACCESS SHARE MODE") is None
+    assert locked_relations(other + "\nQuery was: LOCK TABLE t IN ACCESS SHARE MODE") == []
+    # Newer pg_dumps lock their tables in batches, in one statement.
+    batch = timeout.replace('public."My T"', 'public.a, public."x, ""y""", ONLY public.c')
+    assert locked_relations(batch) == ["public.a", 'public."x, ""y"""', "public.c"]
+
+
+def test_a_batch_names_the_tables_someone_is_in_the_way_of() -> None:
+    tables = ["public.a", "public.b", "public.c", "public.d"]
+    holder = PgBlocker(101, "holds", None, "app", "psql", None, "idle in transaction", 5)
+    on_b = lock_wait_failure(tables, 60, [replace(holder, relation="public.b")])
+    assert on_b.problem.startswith("pg_dump waited 60 s for a lock on table public.b and gave")
+    assert "holds an ACCESS EXCLUSIVE lock on it" in on_b.problem
+    two = lock_wait_failure(
+        tables, 60, [replace(holder, relation="public.b"), replace(holder, relation="public.d")]
+    )
+    assert "a lock on tables public.b, public.d and gave up" in two.problem
+    assert "lock on public.b\n" in two.problem and two.problem.endswith("lock on public.d")
+    gone = lock_wait_failure(tables, 60, [])
+    assert "a lock on one of 4 tables (public.a, public.b, public.c, ...) and" in gone.problem
+    assert "No session holds a conflicting lock on them now" in gone.problem
 
 
 def test_the_pg_message_names_holders_and_what_to_terminate() -> None:
@@ -145,7 +166,7 @@ def test_the_pg_message_names_holders_and_what_to_terminate() -> None:
     alter = PgBlocker(102, "waits", None, "app", "", None, "active", 3)
     hidden = PgBlocker(103, "blocks", 102, "other")
     prepared = PgBlocker(None, "blocks", 102)
-    failure = lock_wait_failure("app.orders", 60, [holder, alter, hidden, prepared])
+    failure = lock_wait_failure(["app.orders"], 60, [holder, alter, hidden, prepared])
 
     assert failure.problem.splitlines() == [
         "pg_dump waited 60 s for a lock on table app.orders and gave up; nothing was kept. "
@@ -164,7 +185,7 @@ def test_the_pg_message_names_holders_and_what_to_terminate() -> None:
     )
     assert "pg_terminate_backend(102)" not in failure.fix  # the queued ALTER is no cause
     assert "ROLLBACK PREPARED" in failure.fix
-    assert lock_wait_failure("t", 2, []).fix == "run the command again"
+    assert lock_wait_failure(["t"], 2, []).fix == "run the command again"
 
 
 @pytest.mark.parametrize(

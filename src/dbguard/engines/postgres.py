@@ -1003,12 +1003,13 @@ def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
 
 # pg_dump 9.3+: 'query failed: ERROR:  canceling statement due to statement timeout'
 # ('lock timeout' where the server applies it), then 'Query was: LOCK TABLE <name> IN
-# ACCESS SHARE MODE'; a parallel pg_dump's worker says 'could not obtain lock on
-# relation "<name>"'.
+# ACCESS SHARE MODE' (newer pg_dumps lock tables in batches: 'LOCK TABLE <name>, <name>,
+# ...'); a parallel pg_dump's worker says 'could not obtain lock on relation "<name>"'.
 _LOCK_QUERY_RE = re.compile(r"Query was: LOCK TABLE (.+?) IN ACCESS SHARE MODE")
 _LOCK_TIMEOUT_RE = re.compile(r"canceling statement due to (?:statement|lock) timeout")
 _LOCK_RELATION_RE = re.compile(r'could not obtain lock on relation "(.+)"')
 _LOOKUP_TIMEOUT_MS = 5_000  # the lookup must never hang the failure it explains
+_NAMED_AT_MOST = 3  # of a batch whose blocked table is not known, the first few named
 
 # Every session in the way: the ones holding ACCESS EXCLUSIVE on the table, the ones
 # queued for it (pg_dump's request queues behind theirs), and what those wait for.
@@ -1017,42 +1018,63 @@ _LOOKUP_TIMEOUT_MS = 5_000  # the lookup must never hang the failure it explains
 # lock has no pid (and shows as 0 among the blocking pids).
 _LOCK_HOLDERS_SQL = """
 WITH target AS (
-    SELECT pg_catalog.to_regclass(%(relation)s) AS oid,
+    SELECT r.name, pg_catalog.to_regclass(r.name) AS oid,
            (SELECT oid FROM pg_catalog.pg_database
             WHERE datname = pg_catalog.current_database()) AS db
+    FROM unnest(%(relations)s::text[]) AS r (name)
 ),
 strong AS (
-    SELECT l.pid, l.granted
+    SELECT t.name, l.pid, l.granted
     FROM pg_catalog.pg_locks l, target t
     WHERE l.locktype = 'relation' AND l.database = t.db AND l.relation = t.oid
       AND l.mode = 'AccessExclusiveLock'
       AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
 ),
 found AS (
-    SELECT pid, CASE WHEN granted THEN 'holds' ELSE 'waits' END AS how, NULL::int AS for_pid
+    SELECT name, pid, CASE WHEN granted THEN 'holds' ELSE 'waits' END AS how,
+           NULL::int AS for_pid
     FROM strong
     UNION ALL
-    SELECT nullif(b.pid, 0), 'blocks', s.pid
+    SELECT s.name, nullif(b.pid, 0), 'blocks', s.pid
     FROM strong s, LATERAL unnest(pg_catalog.pg_blocking_pids(s.pid)) AS b (pid)
     WHERE NOT s.granted
 )
-SELECT f.pid, f.how, f.for_pid, a.usename, a.application_name, host(a.client_addr),
+SELECT f.name, f.pid, f.how, f.for_pid, a.usename, a.application_name, host(a.client_addr),
        a.state, extract(epoch FROM pg_catalog.now() - a.xact_start)::float8
 FROM found f LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = f.pid
-ORDER BY CASE f.how WHEN 'holds' THEN 0 WHEN 'waits' THEN 1 ELSE 2 END, f.pid
+ORDER BY CASE f.how WHEN 'holds' THEN 0 WHEN 'waits' THEN 1 ELSE 2 END, f.pid, f.name
 """
 
 
-def locked_relation(stderr: str) -> str | None:
-    """The table pg_dump gave up waiting for, as pg_dump names it ('public."My T"');
-    None when it failed for another reason."""
+def locked_relations(stderr: str) -> list[str]:
+    """The tables pg_dump gave up waiting to lock, as pg_dump names them
+    ('public."My T"'): one, or a batch it locked in one statement; none when it failed
+    for another reason."""
     match = _LOCK_RELATION_RE.search(stderr)
     if match is not None:
-        return match.group(1)
+        return [match.group(1)]
     query = _LOCK_QUERY_RE.search(stderr)
     if query is not None and _LOCK_TIMEOUT_RE.search(stderr):
-        return query.group(1)
-    return None
+        return _split_names(query.group(1))
+    return []
+
+
+def _split_names(names: str) -> list[str]:
+    """'a.b, "x,y".z, ONLY c' -> ['a.b', '"x,y".z', 'c']: commas inside double quotes
+    (where "" is a quote) belong to the name."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in names:
+        if char == '"':
+            quoted = not quoted  # "" toggles twice: the quote stays inside the name
+        if char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part.strip().removeprefix("ONLY ").strip() for part in parts if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -1067,9 +1089,10 @@ class PgBlocker:
     client: str | None = None  # None: a local socket, or hidden
     state: str | None = None  # None: another role's session seen without pg_read_all_stats
     transaction_seconds: float | None = None
+    relation: str = ""  # the table it is in the way of, as pg_dump names it
 
 
-def describe_blocker(blocker: PgBlocker) -> str:
+def describe_blocker(blocker: PgBlocker, *, name_table: bool = False) -> str:
     if blocker.pid is None:
         who = "a prepared transaction (see pg_prepared_xacts)"
     else:
@@ -1087,26 +1110,32 @@ def describe_blocker(blocker: PgBlocker) -> str:
                 opened = human_duration(blocker.transaction_seconds)
                 details.append(f"transaction open for {opened}")
         who = f"session {blocker.pid}" + (f" ({', '.join(details)})" if details else "")
+    on = blocker.relation if name_table and blocker.relation else "it"
     if blocker.how == "holds":
-        return f"{who} holds an ACCESS EXCLUSIVE lock on it"
+        return f"{who} holds an ACCESS EXCLUSIVE lock on {on}"
     if blocker.how == "waits":
-        return f"{who} waits for an ACCESS EXCLUSIVE lock on it, and pg_dump queued behind"
+        return f"{who} waits for an ACCESS EXCLUSIVE lock on {on}, and pg_dump queued behind"
     return f"{who} holds a lock that session {blocker.for_pid} waits for"
 
 
-def lock_wait_failure(relation: str, seconds: float, blockers: Sequence[PgBlocker]) -> BackupFailed:
+def lock_wait_failure(
+    relations: Sequence[str], seconds: float, blockers: Sequence[PgBlocker]
+) -> BackupFailed:
     """What the user reads when pg_dump gave up on a lock: the table, every session in
     the way, and how to get it out of the way."""
     problem = (
-        f"pg_dump waited {seconds:g} s for a lock on table {relation} and gave up; nothing was kept"
+        f"pg_dump waited {seconds:g} s for a lock on {_tables(relations, blockers)} and gave "
+        "up; nothing was kept"
     )
     if not blockers:
         return BackupFailed(
-            f"{problem}. No session holds a conflicting lock on it now: it was let go "
+            f"{problem}. No session holds a conflicting lock on "
+            f"{'it' if len(relations) == 1 else 'them'} now: it was let go "
             "after pg_dump gave up",
             "run the command again",
         )
-    lines = "\n".join(f"  - {describe_blocker(b)}" for b in blockers)
+    several = len({b.relation for b in blockers}) > 1
+    lines = "\n".join(f"  - {describe_blocker(b, name_table=several)}" for b in blockers)
     # Ending the holders frees the table; a queued ALTER would only queue again.
     roots = [b for b in blockers if b.how != "waits"] or list(blockers)
     pids = list(dict.fromkeys(b.pid for b in roots if b.pid is not None))
@@ -1125,8 +1154,20 @@ def lock_wait_failure(relation: str, seconds: float, blockers: Sequence[PgBlocke
     )
 
 
-def _lock_blockers(s: ConnSettings, relation: str) -> list[PgBlocker]:
-    """Everyone in the way of a lock on `relation`, read on a connection of our own.
+def _tables(relations: Sequence[str], blockers: Sequence[PgBlocker]) -> str:
+    """'table X'; of a batch, the tables someone is in the way of, else the first few."""
+    if len(relations) == 1:
+        return f"table {relations[0]}"
+    blocked = list(dict.fromkeys(b.relation for b in blockers if b.relation))
+    if blocked:
+        return f"table{'s' if len(blocked) > 1 else ''} {', '.join(blocked)}"
+    named = ", ".join(relations[:_NAMED_AT_MOST])
+    more = ", ..." if len(relations) > _NAMED_AT_MOST else ""
+    return f"one of {len(relations)} tables ({named}{more})"
+
+
+def _lock_blockers(s: ConnSettings, relations: Sequence[str]) -> list[PgBlocker]:
+    """Everyone in the way of a lock on `relations`, read on a connection of our own.
     Raises psycopg errors and BackupFailed (cannot connect); never waits long."""
     kwargs = s.psycopg_kwargs()
     # Given at connection start, so the very first statement is bounded too, and after
@@ -1138,13 +1179,13 @@ def _lock_blockers(s: ConnSettings, relation: str) -> list[PgBlocker]:
     except psycopg.Error as err:
         raise _connect_error(err, s, BackupFailed) from None
     try:
-        rows = conn.execute(_LOCK_HOLDERS_SQL, {"relation": relation}).fetchall()
+        rows = conn.execute(_LOCK_HOLDERS_SQL, {"relations": list(relations)}).fetchall()
     finally:
         conn.close()
-    found: dict[tuple[int | None, str], PgBlocker] = {}
-    for pid, how, for_pid, user, app, client, state, seconds in rows:
-        blocker = PgBlocker(pid, how, for_pid, user, app or None, client, state, seconds)
-        found.setdefault((pid, how), blocker)
+    found: dict[tuple[str, int | None, str], PgBlocker] = {}
+    for name, pid, how, for_pid, user, app, client, state, seconds in rows:
+        blocker = PgBlocker(pid, how, for_pid, user, app or None, client, state, seconds, name)
+        found.setdefault((name, pid, how), blocker)
     return list(found.values())
 
 
@@ -1378,9 +1419,9 @@ class PostgresEngine:
                 f"nothing was kept; run `pg_dump` by hand against {s.dbname} to see more",
             )
             if failure is not None:
-                relation = None if child.stopped else locked_relation(child.stderr_tail(s.password))
-                if relation is not None:
-                    failure = self._lock_failure(s, relation, failure)
+                relations = [] if child.stopped else locked_relations(child.stderr_tail(s.password))
+                if relations:
+                    failure = self._lock_failure(s, relations, failure)
                 raise failure
             _check_archive(seen, s.dbname)
             tables = counting.result()
@@ -1401,17 +1442,19 @@ class PostgresEngine:
         )
 
     @staticmethod
-    def _lock_failure(s: ConnSettings, relation: str, failure: DbguardError) -> DbguardError:
+    def _lock_failure(
+        s: ConnSettings, relations: Sequence[str], failure: DbguardError
+    ) -> DbguardError:
         """pg_dump's lock timeout, told with who is in the way; the plain failure, with
         why the lookup failed, when that cannot be found out."""
         seconds = _LOCK_WAIT_MS / 1000
         try:
-            return lock_wait_failure(relation, seconds, _lock_blockers(s, relation))
+            return lock_wait_failure(relations, seconds, _lock_blockers(s, relations))
         except (psycopg.Error, DbguardError) as err:
             why = err.problem if isinstance(err, DbguardError) else str(err).strip()
-            log.warning("could not look up who holds a lock", table=relation, error=why)
+            log.warning("could not look up who holds a lock", tables=relations, error=why)
             return BackupFailed(
-                f"pg_dump waited {seconds:g} s for a lock on table {relation} "
+                f"pg_dump waited {seconds:g} s for a lock on {_tables(relations, [])} "
                 f"and gave up; nothing was kept (who holds the lock could not be looked "
                 f"up: {scrub(why, s.password)}). {failure.problem}",
                 "find the session that holds it (pg_locks joined with pg_stat_activity), "
