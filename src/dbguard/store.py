@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
 import zstandard
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
@@ -104,6 +104,16 @@ class Manifest(BaseModel):
     # When a destructive or production command last went ahead on this backup without
     # a new one (it was reused or shared): retention protects it from that moment.
     destructive_reuse_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _current_key(self) -> Manifest:
+        """The key as this version computes it from the stored database: a backup
+        written before a server database without a port got the default port's key
+        ('host:/app', now 'host:5432/app') is grouped, kept and shown with the new ones."""
+        # A damaged `database` is left as it is, to fail where the target is needed.
+        with contextlib.suppress(ValidationError):
+            self.database_key = self.target().key
+        return self
 
     def target(self) -> Target:
         """The database this backup came from (without its password)."""
@@ -700,7 +710,13 @@ class Store:
         return found
 
     def folder(self, manifest: Manifest) -> Path:
-        return self.root / Target.model_validate(manifest.database).slug / manifest.id
+        expected = self.root / Target.model_validate(manifest.database).slug / manifest.id
+        if expected.is_dir():
+            return expected
+        # Written before its database's key changed (no port came to mean the default
+        # port), it lies under the folder of the old key: ids are unique in the store.
+        found = self._find(manifest.id)
+        return found[0] if found else expected
 
     def check_data(self, manifest: Manifest) -> list[str]:
         """Recompute the stored file's checksum; problems as readable lines."""

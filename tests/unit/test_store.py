@@ -211,6 +211,31 @@ def test_a_backup_whose_writer_died_is_named_when_its_folder_is_removed(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == ["data.raw.zst", "manifest.json"]
 
 
+def test_a_backup_filed_under_an_older_key_is_found_grouped_and_read(tmp_path: Path) -> None:
+    """Before a server database without a port got the default port's key, its backups
+    were filed under 'host:/app' (its slug hashes the key): still readable, and one
+    database with the backups made since."""
+    store = Store(tmp_path / "b")
+    server = Target(engine="postgres", host="db", user="app", name="app", source="test")
+    manifest = backup(store, b"old rows", target=server)
+    old_key = "postgres://app@db:/app"
+    old_folder = store.root / "postgres-app-0123456789" / manifest.id
+    old_folder.parent.mkdir(mode=0o700)
+    (store.root / server.slug / manifest.id).rename(old_folder)
+    stored = json.loads((old_folder / "manifest.json").read_text())
+    (old_folder / "manifest.json").write_text(json.dumps({**stored, "database_key": old_key}))
+    newer = backup(store, b"new rows", target=server)
+
+    [first, second] = store.manifests()
+    assert (first.id, second.id) == (newer.id, manifest.id)
+    assert first.database_key == second.database_key == server.key
+    old = store.get(manifest.id)
+    assert store.folder(old) == old_folder
+    assert store.check_data(old) == []
+    with store.open_data(old) as data:
+        assert data.read() == b"old rows"
+
+
 def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:
     store = Store(tmp_path / "b")
     victim = tmp_path / "victim"
