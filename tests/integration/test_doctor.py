@@ -395,3 +395,29 @@ def test_a_shell_without_a_prompt_that_runs_another_binary_names_it(
         f"`ssh host cmd` (bash -c, which reads ~/.bashrc under sshd) runs {own / 'php'}, not "
         "the shim; commands run there are not guarded",
     ]
+
+
+def test_a_login_zsh_whose_zprofile_puts_a_folder_first_is_told_to_fix_zprofile(
+    setup: Home, daemon: Daemon
+) -> None:
+    """~/.zshenv puts the shims first, then a login zsh reads ~/.zprofile, which puts
+    another folder (brew's, pyenv's) in front of them."""
+    program = shutil.which("zsh")
+    if program is None:
+        pytest.skip("zsh is not installed")
+    setup.extra_env["SHELL"] = program
+    home = Path(setup.extra_env["HOME"])
+    brew = home / "brew" / "bin"
+    brew.mkdir(parents=True)
+    (brew / "php").write_text("#!/bin/sh\n")
+    (brew / "php").chmod(0o755)
+    (home / ".zshenv").write_text(f'export PATH="{setup.shims}:$PATH"\n')
+    (home / ".zprofile").write_text(f'export PATH="{brew}:$PATH"\n')
+
+    _, report = doctor(setup)
+
+    [warned] = [f for f in report["findings"] if f["check"] == "shells without a prompt"]
+    assert warned["message"] == (
+        f"`zsh -lc` runs {brew / 'php'}, not the shim; commands run there are not guarded"
+    )
+    assert warned["fix"].endswith("at the end of ~/.zprofile, when it or /etc/zprofile sets PATH")

@@ -338,7 +338,10 @@ def _probes(shell: str, init: str) -> list[_Probe]:
         ]
     if shell == "zsh":
         fix = f"put {line} in ~/.zshenv, which every zsh reads (~/.zshrc only interactive ones)"
-        return [_Probe("`zsh -c`", ("-c",), (), fix), _Probe("`zsh -lc`", ("-lc",), (), fix)]
+        # A login zsh reads /etc/zprofile and ~/.zprofile after ~/.zshenv, and a PATH
+        # they set (macOS's path_helper, `brew shellenv`, pyenv) comes before the shims.
+        login = f"{fix}; and at the end of ~/.zprofile, when it or /etc/zprofile sets PATH"
+        return [_Probe("`zsh -c`", ("-c",), (), fix), _Probe("`zsh -lc`", ("-lc",), (), login)]
     return [
         _Probe(
             "`fish -c`",
