@@ -142,7 +142,9 @@ def test_a_backup_longer_than_the_silence_timeout_keeps_the_shim_waiting(
     run = run_in_terminal(["php", "artisan", "test"], home.env, project, timeout=300)
     assert run.returncode == 0, run.output
     elapsed = [float(update.group("s")) for update in PROGRESS.finditer(run.output)]
-    assert elapsed and max(elapsed) > 1.5, run.output  # the backup outlasted the timeout
+    # A line at 1.5 s: the shim still waited half a second after the timeout would have
+    # ended a silent wait (the backup's length varies by machine; 1.6 s on a fast one).
+    assert elapsed and max(elapsed) >= 1.5, run.output
     change(project)
     piped = home.run(["php", "artisan", "test"], cwd=project, timeout=300)
     assert piped.returncode == 0, piped.stderr
