@@ -495,6 +495,13 @@ PRISMA = [
     case("prisma studio", QUERY, "prisma"),
     case("npx prisma migrate reset --force", DESTRUCTIVE, "prisma"),
     case("npx -y prisma migrate reset", DESTRUCTIVE, "prisma"),
+    # An option the catalog does not know may take the next word as its value: then the
+    # program is the word after (a new npm option, a tool's option dbguard lacks).
+    case("npx --some-new-option v1 prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("uv run --new-option x alembic downgrade base", DESTRUCTIVE, "alembic"),
+    case("env --new-option x php artisan migrate:fresh", DESTRUCTIVE, "artisan"),
+    case("npx --yes cowsay prisma", None),  # the word after is no database command
+    case("npx -- --new-option prisma migrate reset", None),  # after --: the program
     case("npx --yes prisma@5.22.0 db push --accept-data-loss", DESTRUCTIVE, "prisma"),
     case("npx -p prisma@5 prisma migrate deploy", MIGRATE, "prisma"),
     case("npx --package=prisma -- prisma migrate reset", DESTRUCTIVE, "prisma"),

@@ -1272,6 +1272,16 @@ class Classifier:
             line_mode = line_mode or name in launcher.line_flags
         own = next((name for name, _ in options if name in launcher.kinds), None)
         rest = list(args[parsed.end :])
+        # `--new-option VALUE tool ...`: an option this catalog does not know to take a
+        # value, right before the program, may have taken it; then the program is the
+        # word after.
+        maybe_value = (
+            parsed.stopped_by is None
+            and 0 < parsed.end < len(args)
+            and args[parsed.end - 1] != "--"
+            and bool(parsed.options)
+            and parsed.options[-1][1] is None
+        )
         if (
             rule.drops_separator
             and "--" in rest[1:]
@@ -1300,6 +1310,9 @@ class Classifier:
             # A=1 from the words into the assignments).
             words, assigned = list(rest), dict(assignments)
             inner = self._launched(launcher, parsed, words, line_mode, assigned, walk, depth)
+            if inner is None and maybe_value and not line_mode and len(rest) > 1:
+                words, assigned = list(rest[1:]), dict(assignments)
+                inner = self._launched(launcher, parsed, words, line_mode, assigned, walk, depth)
             return _merge_context(inner, {}, assigned)
 
         found = self._fan_out(
