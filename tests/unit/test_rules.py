@@ -171,6 +171,8 @@ LARAVEL = [
     case("nohup php artisan migrate --force", MIGRATE, "artisan"),
     case("exec php artisan migrate", MIGRATE, "artisan"),
     case("time php artisan test", TEST, "artisan"),
+    case("time -a -o t.log php artisan migrate:fresh", DESTRUCTIVE, "artisan"),  # -a: a flag
+    case("exec -a worker php artisan migrate:fresh", DESTRUCTIVE, "artisan"),
     case("/usr/bin/time -v php artisan migrate", MIGRATE, "artisan"),
     case("command php artisan migrate", MIGRATE, "artisan"),
     case("nice -n 10 php artisan db:seed", SEED, "artisan"),
@@ -342,6 +344,7 @@ DJANGO = [
     case("coverage run manage.py test", TEST, "django"),
     case("poetry run python manage.py migrate", MIGRATE, "django"),
     case("pipenv run python manage.py migrate", MIGRATE, "django"),
+    case("pipenv --python 3.12 run alembic downgrade base", DESTRUCTIVE, "alembic"),
     case("uv run manage.py migrate", MIGRATE, "django"),
     # read-only counterparts
     case("python manage.py sqlflush", RO, "django", "sqlflush"),
@@ -381,6 +384,7 @@ PYTEST = [
     case("python -X dev -W error -m pytest", TEST, "pytest"),
     case("python -m py.test", TEST, "pytest"),
     case("coverage run -m pytest", TEST, "pytest"),
+    case("coverage run --debug trace -m alembic downgrade base", DESTRUCTIVE, "alembic"),
     case("uv run pytest", TEST, "pytest"),
     case("uv run -m pytest", TEST, "pytest"),
     case("uv run --with pytest-django pytest", TEST, "pytest"),
@@ -515,10 +519,17 @@ PRISMA = [
     case("pnpm exec -c 'prisma migrate reset --force'", DESTRUCTIVE, "prisma"),
     case("lerna exec -- prisma migrate reset --force", DESTRUCTIVE, "prisma"),
     case("deno run -A npm:prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("deno run -A --v8-flags npm:prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("deno x -p prisma prisma migrate reset --force", DESTRUCTIVE, "prisma"),
     case("deno x npm:prisma@6 db push --force-reset", DESTRUCTIVE, "prisma"),
     case("deno run --allow-net -c deno.json main.ts", None),
     case("lerna exec --scope api --concurrency 1 knex migrate:latest", MIGRATE, "knex"),
     case("npm exec -- prisma migrate reset", DESTRUCTIVE, "prisma"),
+    case("npm exec -p prisma migrate reset", DESTRUCTIVE, "prisma"),  # -p: --parseable
+    case("npm --registry https://r.example exec prisma migrate reset", DESTRUCTIVE, "prisma"),
+    # An unknown option before the subcommand may take a value too.
+    case("yarn --mutex network exec prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("pnpm --store-dir /s exec prisma migrate reset --force", DESTRUCTIVE, "prisma"),
     case("npm exec prisma migrate deploy", MIGRATE, "prisma"),
     case("npm x -- prisma db push", MIGRATE, "prisma"),
     case("yarn prisma migrate reset", DESTRUCTIVE, "prisma"),
@@ -589,6 +600,9 @@ JS_TESTS = [
     case("node --experimental-vm-modules node_modules/jest/bin/jest.js", TEST, "jest"),
     case("npx nyc --reporter lcov mocha", TEST, "mocha"),
     case("c8 -r text vitest run", TEST, "vitest"),
+    case("c8 -c .c8rc.json --lines 90 prisma migrate reset --force", DESTRUCTIVE, "prisma"),
+    case("nyc -c prisma migrate reset --force", DESTRUCTIVE, "prisma"),  # nyc's -c: --cache
+    case("nyc --branches 80 mocha", TEST, "mocha"),
     case("npx cypress verify", None),
     # the runtimes' own runners
     case("node --test", TEST, "node", "--test"),
@@ -1222,8 +1236,23 @@ SCRIPT_CASES = [
     script_case("turbo run fresh", DESTRUCTIVE, ("turbo run fresh",)),
     script_case("lerna run fresh", DESTRUCTIVE, ("lerna run fresh",)),
     script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
+    # Options that take a value, before the script or after `run`: listed, or guessed.
+    script_case("bun run -r ./setup.ts fresh", DESTRUCTIVE, ("bun run fresh",)),
+    script_case("bun --title api fresh", DESTRUCTIVE, ("bun run fresh",)),
+    script_case("yarn run --require dotenv/config fresh", DESTRUCTIVE, ("yarn run fresh",)),
+    script_case("yarn --mutex network run fresh", DESTRUCTIVE, ("yarn run fresh",)),
+    script_case("npm --globalconfig /etc/npmrc run fresh", DESTRUCTIVE, ("npm run fresh",)),
+    script_case("npm -L project run fresh", DESTRUCTIVE, ("npm run fresh",)),
+    script_case("pnpm --registry https://r.example run fresh", DESTRUCTIVE, ("pnpm run fresh",)),
+    script_case("lerna run --profile-location /tmp/p fresh", DESTRUCTIVE, ("lerna run fresh",)),
+    script_case(
+        "composer run-script --timeout 0 fresh",
+        DESTRUCTIVE,
+        ("composer run fresh", "composer run reset"),
+    ),
     script_case("deno task db:reset", DESTRUCTIVE, ("deno task db:reset", "deno task wipe")),
     script_case("deno task --cwd web wipe", DESTRUCTIVE, ("deno task wipe",), "prisma"),
+    script_case("deno task -j 2 wipe", DESTRUCTIVE, ("deno task wipe",)),
     script_case("deno task dev", None),
     script_case("deno task", None),  # lists the tasks
     script_case("composer test", TEST, ("composer run test",), "artisan", "test"),
@@ -1544,6 +1573,8 @@ TESTS = {*API, ("vitest", "apps/web")}
         ("nx api:test", API),
         ("nx run api:db:reset", {("prisma", "apps/api")}),  # a target with a colon
         ("nx db:reset api --verbose", {("prisma", "apps/api")}),
+        ("nx --batch db:reset api", {("prisma", "apps/api")}),  # a flag, as --nx-bail
+        ("nx --parallel 3 db:reset api", {("prisma", "apps/api")}),
         ("nx test --project api", API),
         ("nx run-many -t test", TESTS),
         ("nx run-many -t=test", TESTS),  # yargs reads -t=test as -t test

@@ -917,6 +917,34 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
 # ---- compiled launchers and package managers -------------------------------------------
 
 
+_GUESSES = 3  # unknown options before a launcher's first word that may take a value
+
+
+_Handler = TypeVar("_Handler", "_Launcher", "_Scripts")
+
+
+def _guesses(handler: _Handler, args: Sequence[str]) -> Iterator[_Handler]:
+    """`handler` again with each unknown option read as a flag right before its first
+    word (its subcommand, script or program) taking a value instead, one more at a
+    time: `pipenv --python 3.12 run ...`, `npm --globalconfig FILE run reset`. The
+    catalog cannot list every value option of every version of every tool, and one
+    missing turns its value into the word that decides, which then matches nothing."""
+    syntax = handler.syntax
+    for _ in range(_GUESSES):
+        parsed = _parse(args, syntax, first_only=True)
+        if parsed.stopped_by is not None or not parsed.positionals or not parsed.options:
+            return
+        first = parsed.positionals[0][0]
+        name, value = parsed.options[-1]
+        before = args[first - 1] if first > 0 else ""
+        if value is not None or before == "--" or not before.startswith("-"):
+            return
+        if name in syntax.values:
+            return
+        syntax = replace(syntax, values=syntax.values | {name})
+        yield replace(handler, syntax=syntax)
+
+
 @dataclass
 class _Launcher:
     rule: LauncherRule
@@ -1237,10 +1265,20 @@ class Classifier:
                 return found
         for launcher in handlers.launchers:
             applies, found = self._launch(launcher, args, walk, depth)
+            if found is None:  # an unknown option may have taken the word it was read at
+                for guess in _guesses(launcher, args):
+                    _, operation = self._launch(guess, args, walk, depth)
+                    if operation is not None:
+                        return operation
             if applies:
                 return found
         for scripts in handlers.scripts:
-            return self._scripts(scripts, args, walk, depth)
+            found = self._scripts(scripts, args, walk, depth)
+            for runner in _guesses(scripts, args) if found is None else ():
+                found = self._scripts(runner, args, walk, depth)
+                if found is not None:
+                    break
+            return found
         return None
 
     # ---- launchers ---------------------------------------------------------------------------
