@@ -1265,7 +1265,9 @@ class Classifier:
                 return found
         for launcher in handlers.launchers:
             applies, found = self._launch(launcher, args, walk, depth)
-            if found is None:  # an unknown option may have taken the word it was read at
+            # An unknown option may have taken the word it was read at: the subcommand
+            # (`pipenv --python 3.12 run`) here; the program after it, in _launch.
+            if found is None:
                 for guess in _guesses(launcher, args):
                     _, operation = self._launch(guess, args, walk, depth)
                     if operation is not None:
