@@ -1293,6 +1293,32 @@ def test_an_nx_project_folder_reads_its_workspace_s_dbguard_toml(tmp_path: Path)
     assert found.project is not None and not found.project.production.every_database
 
 
+def test_bun_env_file_decides_which_database_a_script_resets(tmp_path: Path) -> None:
+    """`bun --env-file .env.test run reset` runs the script with .env.test loaded over
+    nothing, so prisma there resets .env.test's database, not .env's."""
+    (tmp_path / "package.json").write_text(
+        json.dumps({"scripts": {"reset": "prisma migrate reset --force"}})
+    )
+    (tmp_path / "prisma").mkdir()
+    (tmp_path / "prisma" / "schema.prisma").write_text(
+        'datasource db {\n  provider = "postgresql"\n  url = env("DATABASE_URL")\n}\n'
+    )
+    (tmp_path / ".env").write_text("DATABASE_URL=postgres://app@db/dev\n")
+    (tmp_path / ".env.test").write_text("DATABASE_URL=postgres://app@db/test\n")
+    files = ProjectFiles(tmp_path)
+    operation = classify_with_project(
+        Classifier(builtin_catalog()),
+        None,
+        shlex.split("bun --env-file .env.test run reset"),
+        files.package_script,
+        files.workspace_members,
+        files.workspace_root,
+    )
+    assert operation is not None and operation.kind == Kind.DESTRUCTIVE
+    found = DiscoveryCache().discover(tmp_path, {}, operation)
+    assert [t.name for t in found.targets] == ["test"]
+
+
 # ---- Nx: tests/fixtures/projects/nx -------------------------------------------------------------
 
 NX = FIXTURES / "nx"

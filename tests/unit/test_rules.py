@@ -1266,6 +1266,18 @@ SCRIPT_CASES = [
 ]
 
 
+def test_a_dotenv_file_a_package_manager_loads_reaches_discovery() -> None:
+    """`bun --env-file .env.test run reset`: the script runs with .env.test loaded, so
+    its database is the one to back up (named from where bun runs, after --cwd)."""
+    for line, env_file in [
+        ("bun run --env-file .env.test fresh", ".env.test"),
+        ("bun --env-file=.env.test fresh", ".env.test"),
+    ]:
+        found = CLASSIFIER.classify(shlex.split(line), scripts())
+        assert found is not None and found.kind == DESTRUCTIVE, line
+        assert found.hints.get("env_file") == env_file, found
+
+
 @pytest.mark.parametrize("c", SCRIPT_CASES)
 def test_package_scripts(c: ScriptCase) -> None:
     found = CLASSIFIER.classify(shlex.split(c.line), scripts())

@@ -1137,6 +1137,19 @@ def _in_member(operation: Operation | None) -> Operation | None:
     return replace(operation, member=True, also=also)
 
 
+def _anchor_env_files(hints: dict[str, str], folder: str) -> None:
+    """A launcher's or package manager's dotenv files (`--env-file`) are named from
+    where it runs, after its own move (`uv run --directory api --env-file .env` reads
+    api/.env), not from where the command it starts moves on to (`dotenv -e .env.test
+    -- npm --prefix api ...` reads ./.env.test)."""
+    if CWD_HINT in hints:
+        folder = posixpath.normpath(posixpath.join(folder, hints[CWD_HINT]))
+    if folder and ENV_FILE_HINT in hints:
+        hints[ENV_FILE_HINT] = "\n".join(
+            posixpath.join(folder, name) for name in hints[ENV_FILE_HINT].splitlines()
+        )
+
+
 def _merge_context(
     operation: Operation | None, hints: Mapping[str, str], assignments: Mapping[str, str]
 ) -> Operation | None:
@@ -1328,19 +1341,7 @@ class Classifier:
             and not (parsed.end and args[parsed.end - 1] == "--")
         ):
             del rest[rest.index("--", 1)]  # `npm exec nx -- run-many`: npm's own `--`
-        launched_from = walk.folder
-        if CWD_HINT in hints.values:
-            launched_from = posixpath.normpath(
-                posixpath.join(launched_from, hints.values[CWD_HINT])
-            )
-        if launched_from and ENV_FILE_HINT in hints.values:
-            # A launcher's dotenv file is named from where it runs, not where the command
-            # it starts moves on to (`dotenv -e .env.test -- npm --prefix api ...` reads
-            # ./.env.test).
-            hints.values[ENV_FILE_HINT] = "\n".join(
-                posixpath.join(launched_from, name)
-                for name in hints.values[ENV_FILE_HINT].splitlines()
-            )
+        _anchor_env_files(hints.values, walk.folder)
 
         def run() -> Operation | None:
             if own is not None:  # `node --test`: the launcher's own test runner
@@ -1425,8 +1426,12 @@ class Classifier:
         selectors: list[str] = []  # members named by a word (`yarn workspace api`)
         hints = _Hints(self._repeated)
         hints.from_options(options, rule.targets)
+        _anchor_env_files(hints.values, walk.folder)
+        # `bun --env-file .env.test run reset`: the script runs with that file loaded.
+        env_files = {k: v for k, v in hints.values.items() if k == ENV_FILE_HINT}
         if rule.multiple:
-            return self._run_tasks(scripts, args, options, every, hints.values, walk, depth)
+            found = self._run_tasks(scripts, args, options, every, hints.values, walk, depth)
+            return _merge_context(found, env_files, {})
         word = self._member_word(scripts, parsed, args)
         if word is not None:
             how, rest = word
@@ -1444,7 +1449,7 @@ class Classifier:
             parsed = _parse(args, scripts.syntax, first_only=True)
             if not parsed.positionals:
                 return None
-        return self._fan_out(
+        found = self._fan_out(
             walk,
             rule.manifest,
             options,
@@ -1457,6 +1462,7 @@ class Classifier:
             run=lambda: self._run_scripts(scripts, parsed, args, walk, depth),
             root=_root_file(options, rule.root_options, rule.root_file),
         )
+        return _merge_context(found, env_files, {})
 
     def _run_tasks(
         self,
