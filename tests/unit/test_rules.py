@@ -503,8 +503,15 @@ PRISMA = [
     # program is the word after (a new npm option, a tool's option dbguard lacks).
     case("npx --some-new-option v1 prisma migrate reset --force", DESTRUCTIVE, "prisma"),
     case("uv run --new-option x alembic downgrade base", DESTRUCTIVE, "alembic"),
-    case("env --new-option x php artisan migrate:fresh", DESTRUCTIVE, "artisan"),
     case("npx --yes cowsay prisma", None),  # the word after is no database command
+    # An interpreter's or a prefix's next word is a file or a command: never skipped.
+    case("python -u script.py psql", None),
+    case("node --inspect scripts/run.js prisma migrate reset", None),
+    case("deno run -A main.ts prisma migrate reset", None),
+    case("uv run --frozen script.py psql", None),
+    case("time -p echo psql", None),
+    case("env -i which psql", None),
+    case("bash -e scripts/ci.sh psql", None),
     case("npx -- --new-option prisma migrate reset", None),  # after --: the program
     case("npx --yes prisma@5.22.0 db push --accept-data-loss", DESTRUCTIVE, "prisma"),
     case("npx -p prisma@5 prisma migrate deploy", MIGRATE, "prisma"),
@@ -920,6 +927,7 @@ CLIENTS = [
     case("python manage.py reset_db --noinput", DESTRUCTIVE, "django", "reset_db"),
     case("psql", QUERY, "psql", ""),
     case("psql mydb", QUERY, "psql", hints={"database": "mydb"}),
+    case("psql -At -F= shop", QUERY, "psql", hints={"database": "shop"}),  # "=" separates
     case("psql mydb alice", QUERY, "psql", hints={"database": "mydb", "user": "alice"}),
     case(
         "psql -h db.internal -p 5433 -U app -d shop",
@@ -1236,6 +1244,7 @@ SCRIPT_CASES = [
     script_case("turbo run fresh", DESTRUCTIVE, ("turbo run fresh",)),
     script_case("lerna run fresh", DESTRUCTIVE, ("lerna run fresh",)),
     script_case("bun test", TEST, (), "bun test"),  # bun's own test runner, not the script
+    script_case("bun --hot src/cli.ts migrate", None),  # a file bun runs, never a value
     # Options that take a value, before the script or after `run`: listed, or guessed.
     script_case("bun run -r ./setup.ts fresh", DESTRUCTIVE, ("bun run fresh",)),
     script_case("bun --title api fresh", DESTRUCTIVE, ("bun run fresh",)),
@@ -1586,7 +1595,9 @@ TESTS = {*API, ("vitest", "apps/web")}
         ("nx run api:db:reset", {("prisma", "apps/api")}),  # a target with a colon
         ("nx db:reset api --verbose", {("prisma", "apps/api")}),
         ("nx --batch db:reset api", {("prisma", "apps/api")}),  # a flag, as --nx-bail
-        ("nx --parallel 3 db:reset api", {("prisma", "apps/api")}),
+        ("nx --parallel=3 db:reset api", {("prisma", "apps/api")}),
+        ("nx --parallel 3 db:reset api", {("prisma", "apps/api")}),  # guessed: 3 is no task
+        ("nx run-many --parallel --target=db:reset -p api", {("prisma", "apps/api")}),
         ("nx test --project api", API),
         ("nx run-many -t test", TESTS),
         ("nx run-many -t=test", TESTS),  # yargs reads -t=test as -t test
@@ -1784,6 +1795,24 @@ def test_every_tool_has_a_positive_and_a_read_only_case() -> None:
     for launcher in CATALOG.launcher:  # `node --test`: a launcher's own operations
         for option, kind in launcher.kinds.items():
             assert kind in seen.get(launcher.name, set()), f"no test case for {option}"
+
+
+def test_guessed_option_values_are_bounded_for_the_whole_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each guess reads what follows again, so nested launchers with unknown options
+    multiplied the work at every level: this line took 141 readings unbounded."""
+    readings: list[int] = []
+    real = Classifier._classify
+
+    def counted(self: Classifier, *args: Any, **kwargs: Any) -> Any:
+        readings.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "_classify", counted)
+    line = "npm --a exec --b npm --c exec --d " * 4 + "true"
+    assert CLASSIFIER.classify(shlex.split(line), None) is None
+    assert len(readings) < 30
 
 
 def test_every_launcher_and_package_manager_has_a_case() -> None:

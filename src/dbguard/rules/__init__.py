@@ -485,10 +485,13 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
             # A getopt cluster: -xvf is -x -v -f; a value option ends it (-kVALUE, -xk VALUE).
             # `-t=VALUE` is VALUE, as yargs (nx), clap and others read it: getopt would
             # read "=VALUE", which names no task or database, so that could only unguard.
+            # A lone "=" is the value itself (psql -F= sets the field separator).
             name = word[:2]
             for position in range(1, len(word)):
                 name = "-" + word[position]
-                rest = word[position + 1 :].removeprefix("=")
+                rest = word[position + 1 :]
+                if len(rest) > 1 and rest.startswith("="):
+                    rest = rest[1:]
                 if name in syntax.values:
                     if rest:
                         value = rest
@@ -918,6 +921,10 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
 
 
 _GUESSES = 3  # unknown options before a launcher's first word that may take a value
+_GUESSES_PER_COMMAND = 8  # guessed readings in one classification, nesting included
+# A word with one of these endings is a file the runner executes (python -u app.py,
+# bun --hot src/cli.ts), never an option's value: no guess reads past it.
+_SCRIPT_FILE = re.compile(r"\.(?:py|[cm]?js|[cm]?ts|tsx|jsx|sh|bash|rb|php|pl)$")
 
 
 _Handler = TypeVar("_Handler", "_Launcher", "_Scripts")
@@ -934,12 +941,12 @@ def _guesses(handler: _Handler, args: Sequence[str]) -> Iterator[_Handler]:
         parsed = _parse(args, syntax, first_only=True)
         if parsed.stopped_by is not None or not parsed.positionals or not parsed.options:
             return
-        first = parsed.positionals[0][0]
+        first, word = parsed.positionals[0]
         name, value = parsed.options[-1]
         before = args[first - 1] if first > 0 else ""
         if value is not None or before == "--" or not before.startswith("-"):
             return
-        if name in syntax.values:
+        if name in syntax.values or _SCRIPT_FILE.search(word):
             return
         syntax = replace(syntax, values=syntax.values | {name})
         yield replace(handler, syntax=syntax)
@@ -1038,8 +1045,18 @@ class _Walk:
     members_of: MemberLookup | None = None
     root_of: RootLookup | None = None
     lookups_left: int = _MAX_LOOKUPS
+    guesses_left: int = _GUESSES_PER_COMMAND
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
     folder: str = ""
+
+    def may_guess(self) -> bool:
+        """Whether one more reading with a guessed option value may be tried. Bounded
+        for the whole command: each guess re-reads what follows, so nested launchers
+        (`env -a env -b env ...`) would multiply the work at every level."""
+        if self.guesses_left <= 0:
+            return False
+        self.guesses_left -= 1
+        return True
 
     def manifest(self, name: str) -> str:
         return posixpath.join(self.folder, name) if self.folder else name
@@ -1280,8 +1297,10 @@ class Classifier:
             applies, found = self._launch(launcher, args, walk, depth)
             # An unknown option may have taken the word it was read at: the subcommand
             # (`pipenv --python 3.12 run`) here; the program after it, in _launch.
-            if found is None:
+            if found is None and launcher.subcommands:
                 for guess in _guesses(launcher, args):
+                    if not walk.may_guess():
+                        break
                     _, operation = self._launch(guess, args, walk, depth)
                     if operation is not None:
                         return operation
@@ -1290,6 +1309,8 @@ class Classifier:
         for scripts in handlers.scripts:
             found = self._scripts(scripts, args, walk, depth)
             for runner in _guesses(scripts, args) if found is None else ():
+                if not walk.may_guess():
+                    break
                 found = self._scripts(runner, args, walk, depth)
                 if found is not None:
                     break
@@ -1325,15 +1346,19 @@ class Classifier:
             line_mode = line_mode or name in launcher.line_flags
         own = next((name for name, _ in options if name in launcher.kinds), None)
         rest = list(args[parsed.end :])
-        # `--new-option VALUE tool ...`: an option this catalog does not know to take a
-        # value, right before the program, may have taken it; then the program is the
-        # word after.
+        # `npx --new-option VALUE tool ...`: an option this catalog does not know to take
+        # a value, right before the program, may have taken it; then the program is the
+        # word after. Only where the program is a command by name (npx, uv run, npm
+        # exec): an interpreter's or a prefix's next word (python -u, time -p) is a file
+        # or a command whose own arguments would then be misread as the program.
         maybe_value = (
-            parsed.stopped_by is None
+            (rule.package_specs or bool(launcher.subcommands))
+            and parsed.stopped_by is None
             and 0 < parsed.end < len(args)
             and args[parsed.end - 1] != "--"
             and bool(parsed.options)
             and parsed.options[-1][1] is None
+            and not _SCRIPT_FILE.search(args[parsed.end])
         )
         if (
             rule.drops_separator
@@ -1351,7 +1376,8 @@ class Classifier:
             # A=1 from the words into the assignments).
             words, assigned = list(rest), dict(assignments)
             inner = self._launched(launcher, parsed, words, line_mode, assigned, walk, depth)
-            if inner is None and maybe_value and not line_mode and len(rest) > 1:
+            guess = inner is None and maybe_value and not line_mode and len(rest) > 1
+            if guess and walk.may_guess():
                 words, assigned = list(rest[1:]), dict(assignments)
                 inner = self._launched(launcher, parsed, words, line_mode, assigned, walk, depth)
             return _merge_context(inner, {}, assigned)
