@@ -99,6 +99,11 @@ def make_case(
         yield Case(engine, home, daemon, tool, target, project)
 
 
+@pytest.fixture
+def pg_case(home: Home, pg_database: Target) -> Iterator[Case]:
+    yield from make_case("postgres", home, pg_database)
+
+
 @pytest.fixture(params=["postgres", "mysql"])
 def case(request: pytest.FixtureRequest, home: Home) -> Iterator[Case]:
     fixture = "pg_database" if request.param == "postgres" else "mysql_database"
@@ -149,6 +154,33 @@ def test_a_dump_tool_exiting_non_zero(case: Case) -> None:
     injected(f"dump tool exits 1 ({case.engine})")
 
     assert_refused_cleanly(case, result, f"{case.tool_name} failed with exit status 1")
+    assert_then_served(case)
+
+
+def test_pg_dump_giving_up_on_a_long_batch_of_table_locks_names_the_batch(
+    pg_case: Case,
+) -> None:
+    """Newer pg_dumps lock tables in batches of up to 100 KB of statement, on one line
+    of their error: more than the 4 KB of stderr a failure quotes."""
+    case = pg_case
+    tables = ", ".join(f"public.table_{i:03}" for i in range(300))
+    case.tool.set(
+        "say",
+        stderr=(
+            "pg_dump: error: query failed: ERROR:  canceling statement due to lock timeout\n"
+            f"pg_dump: detail: Query was: LOCK TABLE {tables} IN ACCESS SHARE MODE\n"
+        ),
+    )
+    result = case.migrate_fresh()
+    injected("pg_dump gives up on a 300-table LOCK TABLE batch")
+
+    assert_refused_cleanly(
+        case,
+        result,
+        "for a lock on one of 300 tables (public.table_000, public.table_001, "
+        "public.table_002, ...)",
+        "No session holds a conflicting lock on them now",
+    )
     assert_then_served(case)
 
 

@@ -903,10 +903,11 @@ class _Child:
         self._done.set()
         self._watchdog.join()
 
-    def stderr_tail(self, secret: str | None, lines: int = 12) -> str:
+    def stderr_tail(self, secret: str | None, lines: int = 12, size: int = 4096) -> str:
+        """The last `lines` lines of the tool's stderr, from its last `size` bytes."""
         try:
             with self.stderr_path.open("rb") as file:
-                file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
+                file.seek(max(0, file.seek(0, os.SEEK_END) - size))
                 text = file.read().decode("utf-8", "replace")
         except OSError:
             return ""
@@ -1010,6 +1011,7 @@ _LOCK_TIMEOUT_RE = re.compile(r"canceling statement due to (?:statement|lock) ti
 _LOCK_RELATION_RE = re.compile(r'could not obtain lock on relation "(.+)"')
 _LOOKUP_TIMEOUT_MS = 5_000  # the lookup must never hang the failure it explains
 _NAMED_AT_MOST = 3  # of a batch whose blocked table is not known, the first few named
+_LOCK_STATEMENT_BYTES = 256 * 1024  # of stderr read for the statement: a batch is <= 100 KB
 
 # Every session in the way: the ones holding ACCESS EXCLUSIVE on the table, the ones
 # queued for it (pg_dump's request queues behind theirs), and what those wait for.
@@ -1419,7 +1421,9 @@ class PostgresEngine:
                 f"nothing was kept; run `pg_dump` by hand against {s.dbname} to see more",
             )
             if failure is not None:
-                relations = [] if child.stopped else locked_relations(child.stderr_tail(s.password))
+                # pg_dump's batch LOCK TABLE statement can run to 100 KB on one line.
+                tail = child.stderr_tail(s.password, size=_LOCK_STATEMENT_BYTES)
+                relations = [] if child.stopped else locked_relations(tail)
                 if relations:
                     failure = self._lock_failure(s, relations, failure)
                 raise failure

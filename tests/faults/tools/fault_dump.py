@@ -101,6 +101,9 @@ def main() -> int:
         sys.stderr.write(f"{NAME}: error: connection failed: password={secret} rejected\n")
         sys.stderr.write(f"{NAME}: detail: the server said {secret} is wrong\n")
         return 1
+    if mode == "say":  # the tool's own failure, as given (a lock timeout's message)
+        sys.stderr.write(spec["stderr"])
+        return 1
     if mode == "truncate":
         out = subprocess.run([real_tool(), *ARGS], stdout=subprocess.PIPE, check=False)
         if out.returncode != 0:
