@@ -23,6 +23,15 @@ def file_stamp(path: Path) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def exists(path: Path) -> bool:
+    """Whether `path` exists; False, not an error, for a name too long, an embedded NUL
+    or a folder that cannot be searched."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
     value = env.get(var, "")
     # The spec says relative paths are invalid and must be ignored.

@@ -16,7 +16,7 @@ import yaml
 from dbguard.discovery import FolderLister, Found, discover, nx
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.signs import npm_workspaces, workspace_folders
-from dbguard.paths import Stamp, file_stamp
+from dbguard.paths import Stamp, exists, file_stamp
 from dbguard.rules import Kind, Operation, Script
 
 # A folder holding any of these is a project root.
@@ -109,16 +109,9 @@ def _json(text: str | None) -> object:
 def find_root(cwd: Path) -> Path:
     """The nearest folder at or above `cwd` with a project marker; `cwd` if none."""
     for folder in (cwd, *cwd.parents):
-        if any(_exists(folder / marker) for marker in ROOT_MARKERS):
+        if any(exists(folder / marker) for marker in ROOT_MARKERS):
             return folder
     return cwd
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):  # a name too long, an embedded NUL
-        return False
 
 
 @dataclass
@@ -488,7 +481,7 @@ def argument_roots(args: Sequence[str], cwd: Path, root: Path) -> tuple[list[Pat
         if not word or word.startswith("-"):
             continue
         path = Path(os.path.normpath(cwd / word.split("::", 1)[0]))  # pytest's a.py::test_x
-        if not _exists(path):
+        if not exists(path):
             continue
         other = find_root(path if path.is_dir() else path.parent)
         if other != root:

@@ -70,6 +70,7 @@ from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.model import sqlite_target
 from dbguard.discovery.urls import parse_database_url, url_engine
 from dbguard.engines.base import EngineName, Target
+from dbguard.paths import exists
 from dbguard.production import ProductionSettings, Setting, TargetFacts
 from dbguard.rules import (
     Catalog,
@@ -263,19 +264,12 @@ def project_config_file(root: Path) -> str:
     for an Nx project folder with none, its workspace's (the nearest folder above with
     nx.json; a full path, which messages name), as before project.json made the
     folder a root."""
-    if _exists(root / PROJECT_FILE) or not _exists(root / nx.PROJECT_JSON):
+    if exists(root / PROJECT_FILE) or not exists(root / nx.PROJECT_JSON):
         return PROJECT_FILE
     for folder in root.parents:
-        if _exists(folder / nx.NX_JSON):
+        if exists(folder / nx.NX_JSON):
             return str(folder / PROJECT_FILE)
     return PROJECT_FILE
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return False
 
 
 def load_project_config(
