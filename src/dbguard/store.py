@@ -459,11 +459,20 @@ def _replace_file(path: Path, content: bytes) -> None:
 class Store:
     """The backup folder. Safe to use from several processes at once."""
 
-    def __init__(self, root: Path, compression_level: int = 1, compression_threads: int = 2):
+    def __init__(
+        self,
+        root: Path,
+        compression_level: int = 1,
+        compression_threads: int = 2,
+        on_unfinished: Callable[[list[Unfinished]], None] | None = None,
+    ):
+        """`on_unfinished` hears of what a new work folder's clean-up removed (a killed
+        writer's unfinished backup); dbguardd logs it."""
         self.root = root
         self.tmp = root / ".tmp"
         self.compression_level = compression_level
         self.compression_threads = compression_threads
+        self.on_unfinished = on_unfinished
         self._newest: dict[str, tuple[Stamp, Manifest | None, Stamp]] = {}
         self._intact: dict[str, tuple[Stamp, bool]] = {}
         # The highest commit number of any manifest read: a .seq set back (restored
@@ -503,7 +512,9 @@ class Store:
         self.ensure()
         # What a killed writer left (dbguardctl restore's unpacked copy) goes now, not
         # only when dbguardd next starts: the live writers hold their locks.
-        self.cleanup_stale()
+        removed = self.cleanup_stale()
+        if removed and self.on_unfinished is not None:
+            self.on_unfinished(removed)
         lock_fd, work_id = self._claim_id()
         folder = self.tmp / work_id
         try:

@@ -823,3 +823,31 @@ def test_backups_killed_midway_are_logged_by_who_wrote_them_and_what_waited(home
     assert manual["reason"].endswith("unfinished files were removed")
     assert "dbguardctl restore (pid 41) stopped" in pre_restore["reason"]
     assert pre_restore["reason"].endswith("; nothing was restored")
+
+
+def test_a_killed_restore_s_backup_cleared_by_the_next_backup_is_logged(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    """A dbguardctl restore killed during its pre-restore backup leaves its folder; the
+    running daemon's next backup clears it, and says so in the log."""
+    tmp = home.backups / ".tmp"
+    (tmp / "deadbeef").mkdir(parents=True)
+    about = {
+        "database": "sqlite /srv/app.db",
+        "started": "2026-11-27T04:00:00+00:00",
+        "pid": 41,
+        "kind": "pre-restore",
+        "argv": ["dbguardctl", "restore", "abc123"],
+        "cwd": "/srv",
+    }
+    (tmp / "deadbeef" / "about.json").write_text(json.dumps(about))
+    (tmp / "deadbeef.lock").touch()  # nobody holds it: its writer is gone
+
+    taken = home.ctl("backup", cwd=project)
+
+    assert taken.returncode == 0, taken.stderr
+    assert not (tmp / "deadbeef").exists()
+    [cleared] = [r for r in home.operations() if r.get("argv", [])[:2] == ["dbguardctl", "restore"]]
+    assert cleared["decision"] == "fail"
+    assert "dbguardctl restore (pid 41) stopped during it" in cleared["reason"]
+    assert cleared["reason"].endswith("; nothing was restored")

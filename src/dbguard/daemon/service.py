@@ -151,7 +151,7 @@ class Guard:
         self.config_rejected: str | None = None
         self.restart_needed: list[str] = []
         self.socket_path = config.socket_path(env)
-        self.store = _store(config, env)
+        self.store = _store(config, env, self.log_unfinished_backups)
         self.engines = Engines(config.backup)
         self.oplog = OperationLog(config.operation_log_path(env))
         self.classifier = _classifier(config)
@@ -206,7 +206,7 @@ class Guard:
 
         Raises BackupFailed, with nothing changed, if the new backup folder cannot be
         made."""
-        store = _store(config, self.env)
+        store = _store(config, self.env, self.log_unfinished_backups)
         store.ensure()  # first: a folder that cannot be made leaves the old config whole
         classifier = _classifier(config)  # and a catalog that does not load
         pending = []
@@ -714,10 +714,10 @@ class Guard:
 
     def log_unfinished_backups(self, unfinished: list[Unfinished]) -> None:
         """Backups whose writer was killed in the middle (an earlier dbguardd, or a
-        dbguardctl restore's pre-restore backup), found when this daemon started and
-        removed their folders: logged as failures, since what waited for them did not
-        run; `dbguardctl log` would show nothing of them otherwise. (Leftovers that a
-        dbguardctl restore clears before dbguardd restarts go unlogged.)"""
+        dbguardctl restore's pre-restore backup), whose folders this daemon removed when
+        it started or began a backup: logged as failures, since what waited for them
+        did not run; `dbguardctl log` would show nothing of them otherwise. (Leftovers
+        that a dbguardctl restore clears before dbguardd restarts go unlogged.)"""
         for work in unfinished:
             about = work.about
             if about is None:
@@ -822,11 +822,14 @@ def _classifier(config: Config) -> Classifier:
     return Classifier(builtin_catalog().merged(config.rules))
 
 
-def _store(config: Config, env: dict[str, str]) -> Store:
+def _store(
+    config: Config, env: dict[str, str], on_unfinished: Callable[[list[Unfinished]], None]
+) -> Store:
     return Store(
         config.backup_path(env),
         config.backup.compression_level,
         config.backup.compression_threads,
+        on_unfinished,
     )
 
 
