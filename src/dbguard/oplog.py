@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dbguard.store import Unfinished
 
 MAX_LOG_BYTES = 20 << 20  # rotated to operations.jsonl.1 beyond this
 RUNNING = "running"  # the outcome of an allowed command until it ends
@@ -82,6 +85,13 @@ class OperationLog:
             )
         else:
             self.problem = None
+
+    def append_unfinished(self, unfinished: Iterable[Unfinished]) -> None:
+        """A record for each killed backup whose leftovers were just cleared, by
+        dbguardd or by a dbguardctl restore (see Unfinished.log_record)."""
+        for work in unfinished:
+            if (record := work.log_record()) is not None:
+                self.append(record)
 
     def _write(self, line: str) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

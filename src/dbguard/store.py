@@ -129,6 +129,37 @@ class Unfinished:
     id: str
     about: dict[str, Any] | None
 
+    def log_record(self) -> dict[str, Any] | None:
+        """The operations-log record of a killed backup, whoever clears it (dbguardd, or
+        a dbguardctl restore before dbguardd restarts): a failure, since what waited for
+        it did not run; `dbguardctl log` would show nothing of it otherwise. None for
+        work that was no backup (a restore's unpacked copy)."""
+        about = self.about
+        if about is None:
+            return None
+        kind = about.get("kind")
+        # A pre-restore backup is dbguardctl's own; every other one the daemon's.
+        writer = "dbguardctl restore" if kind == "pre-restore" else "dbguardd"
+        reason = (
+            f"the backup of {about['database']} started at {about.get('started', '?')} "
+            f"did not finish: {writer} (pid {about.get('pid', '?')}) stopped during it "
+            "(killed or crashed), and its unfinished files were removed"
+        )
+        if kind == "command":
+            reason += "; the command was not run"
+        elif kind == "pre-restore":
+            reason += "; nothing was restored"
+        record: dict[str, Any] = {
+            "argv": about.get("argv", []),
+            "cwd": about.get("cwd", ""),
+            "decision": "fail",
+            "databases": [{"database": about["database"]}],
+            "reason": reason,
+        }
+        if about.get("op"):
+            record["op"] = about["op"]
+        return record
+
 
 @dataclass(frozen=True)
 class DamagedBackup:

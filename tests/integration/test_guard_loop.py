@@ -825,23 +825,31 @@ def test_backups_killed_midway_are_logged_by_who_wrote_them_and_what_waited(home
     assert pre_restore["reason"].endswith("; nothing was restored")
 
 
+def leave_a_killed_backup(home: Home, kind: str, argv: list[str], **about: str) -> Path:
+    """The work folder `deadbeef` of a backup whose writer (pid 41) was killed, as it
+    leaves it; returns the store's .tmp."""
+    tmp = home.backups / ".tmp"
+    (tmp / "deadbeef").mkdir(parents=True)
+    note = {
+        "database": "sqlite /srv/app.db",
+        "started": "2026-11-27T04:00:00+00:00",
+        "pid": 41,
+        "kind": kind,
+        "argv": argv,
+        "cwd": "/srv",
+        **about,
+    }
+    (tmp / "deadbeef" / "about.json").write_text(json.dumps(note))
+    (tmp / "deadbeef.lock").touch()  # nobody holds it: its writer is gone
+    return tmp
+
+
 def test_a_killed_restore_s_backup_cleared_by_the_next_backup_is_logged(
     home: Home, daemon: Daemon, project: Path
 ) -> None:
     """A dbguardctl restore killed during its pre-restore backup leaves its folder; the
     running daemon's next backup clears it, and says so in the log."""
-    tmp = home.backups / ".tmp"
-    (tmp / "deadbeef").mkdir(parents=True)
-    about = {
-        "database": "sqlite /srv/app.db",
-        "started": "2026-11-27T04:00:00+00:00",
-        "pid": 41,
-        "kind": "pre-restore",
-        "argv": ["dbguardctl", "restore", "abc123"],
-        "cwd": "/srv",
-    }
-    (tmp / "deadbeef" / "about.json").write_text(json.dumps(about))
-    (tmp / "deadbeef.lock").touch()  # nobody holds it: its writer is gone
+    tmp = leave_a_killed_backup(home, "pre-restore", ["dbguardctl", "restore", "abc123"])
 
     taken = home.ctl("backup", cwd=project)
 
@@ -851,3 +859,23 @@ def test_a_killed_restore_s_backup_cleared_by_the_next_backup_is_logged(
     assert cleared["decision"] == "fail"
     assert "dbguardctl restore (pid 41) stopped during it" in cleared["reason"]
     assert cleared["reason"].endswith("; nothing was restored")
+
+
+def test_a_killed_daemon_s_backup_cleared_by_a_restore_is_logged(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    """A dbguardd killed during a command's backup leaves its folder; a dbguardctl
+    restore run before any dbguardd restarts clears it, and logs it as dbguardd would."""
+    taken = home.ctl("backup", "--json", cwd=project)
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    argv = ["php", "artisan", "migrate:fresh"]
+    tmp = leave_a_killed_backup(home, "command", argv, op="op7")
+
+    restored = home.ctl("restore", backup_id, "--yes", cwd=project)
+
+    assert restored.returncode == 0, restored.stderr
+    assert not (tmp / "deadbeef").exists()
+    [cleared] = [r for r in home.operations() if r.get("op") == "op7"]
+    assert cleared["decision"] == "fail" and cleared["argv"] == argv
+    assert "dbguardd (pid 41) stopped during it" in cleared["reason"]
+    assert cleared["reason"].endswith("; the command was not run")

@@ -43,6 +43,9 @@ class Context:
             self.config.backup_path(self.env),
             backup.compression_level,
             backup.compression_threads,
+            # A killed backup's leftovers that this command clears before a dbguardd
+            # restarts (and would log them): logged here instead.
+            lambda unfinished: self.oplog.append_unfinished(unfinished),
         )
 
     @property

@@ -715,35 +715,8 @@ class Guard:
     def log_unfinished_backups(self, unfinished: list[Unfinished]) -> None:
         """Backups whose writer was killed in the middle (an earlier dbguardd, or a
         dbguardctl restore's pre-restore backup), whose folders this daemon removed when
-        it started or began a backup: logged as failures, since what waited for them
-        did not run; `dbguardctl log` would show nothing of them otherwise. (Leftovers
-        that a dbguardctl restore clears before dbguardd restarts go unlogged.)"""
-        for work in unfinished:
-            about = work.about
-            if about is None:
-                continue  # no backup's (a restore's unpacked copy)
-            kind = about.get("kind")
-            # A pre-restore backup is dbguardctl's own; every other one the daemon's.
-            writer = "dbguardctl restore" if kind == "pre-restore" else "dbguardd"
-            reason = (
-                f"the backup of {about['database']} started at {about.get('started', '?')} "
-                f"did not finish: {writer} (pid {about.get('pid', '?')}) stopped during it "
-                "(killed or crashed), and its unfinished files were removed"
-            )
-            if kind == "command":
-                reason += "; the command was not run"
-            elif kind == "pre-restore":
-                reason += "; nothing was restored"
-            record: dict[str, Any] = {
-                "argv": about.get("argv", []),
-                "cwd": about.get("cwd", ""),
-                "decision": "fail",
-                "databases": [{"database": about["database"]}],
-                "reason": reason,
-            }
-            if about.get("op"):
-                record["op"] = about["op"]
-            self.oplog.append(record)
+        it started or began a backup."""
+        self.oplog.append_unfinished(unfinished)
 
     async def close(self) -> None:
         await self.backups.drain()
