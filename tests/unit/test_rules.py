@@ -1254,6 +1254,13 @@ SCRIPT_CASES = [
     script_case("npm -L project run fresh", DESTRUCTIVE, ("npm run fresh",)),
     script_case("pnpm --registry https://r.example run fresh", DESTRUCTIVE, ("pnpm run fresh",)),
     script_case("lerna run --profile-location /tmp/p fresh", DESTRUCTIVE, ("lerna run fresh",)),
+    # ... and unknown ones right before the script's name after `run`, too.
+    script_case("npm run --new-option V fresh", DESTRUCTIVE, ("npm run fresh",)),
+    script_case("pnpm run --new-option V fresh", DESTRUCTIVE, ("pnpm run fresh",)),
+    script_case("yarn run --new-option V fresh", DESTRUCTIVE, ("yarn run fresh",)),
+    script_case("npm --new-a A run --new-b B fresh", DESTRUCTIVE, ("npm run fresh",)),
+    script_case("bun run --hot src/cli.ts fresh", None),  # a file bun runs, never a value
+    script_case("yarn run --new-option V build", None),
     script_case(
         "composer run-script --timeout 0 fresh",
         DESTRUCTIVE,

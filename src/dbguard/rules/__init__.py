@@ -931,25 +931,41 @@ _Handler = TypeVar("_Handler", "_Launcher", "_Scripts")
 
 
 def _guesses(handler: _Handler, args: Sequence[str]) -> Iterator[_Handler]:
-    """`handler` again with each unknown option read as a flag right before its first
-    word (its subcommand, script or program) taking a value instead, one more at a
-    time: `pipenv --python 3.12 run ...`, `npm --globalconfig FILE run reset`. The
-    catalog cannot list every value option of every version of every tool, and one
-    missing turns its value into the word that decides, which then matches nothing."""
+    """`handler` again with each unknown option read as a flag right before the word
+    that decides (its subcommand, script or program; for a script runner, also the
+    script's name after `run`) taking a value instead, one more at a time: `pipenv
+    --python 3.12 run ...`, `npm --globalconfig FILE run reset`, `pnpm run --newopt V
+    reset`. The catalog cannot list every value option of every version of every tool,
+    and one missing turns its value into the word that decides, which then matches
+    nothing."""
     syntax = handler.syntax
+    run_words: frozenset[str] = handler.run if isinstance(handler, _Scripts) else frozenset()
     for _ in range(_GUESSES):
         parsed = _parse(args, syntax, first_only=True)
-        if parsed.stopped_by is not None or not parsed.positionals or not parsed.options:
-            return
-        first, word = parsed.positionals[0]
-        name, value = parsed.options[-1]
-        before = args[first - 1] if first > 0 else ""
-        if value is not None or before == "--" or not before.startswith("-"):
-            return
-        if name in syntax.values or _SCRIPT_FILE.search(word):
+        name = _unknown_before_word(args, parsed, syntax)
+        if parsed.positionals and parsed.positionals[0][1] in run_words:
+            after_run = args[parsed.end + 1 :]
+            script = _parse(after_run, syntax, first_only=True)
+            name = _unknown_before_word(after_run, script, syntax) or name
+        if name is None:
             return
         syntax = replace(syntax, values=syntax.values | {name})
         yield replace(handler, syntax=syntax)
+
+
+def _unknown_before_word(args: Sequence[str], parsed: _Parsed, syntax: _Syntax) -> str | None:
+    """The option read as a flag right before the first word of `args` (`parsed` with
+    first_only), unless the catalog lists it as one or that word is a file to execute."""
+    if parsed.stopped_by is not None or not parsed.positionals or not parsed.options:
+        return None
+    first, word = parsed.positionals[0]
+    name, value = parsed.options[-1]
+    before = args[first - 1] if first > 0 else ""
+    if value is not None or before == "--" or not before.startswith("-"):
+        return None
+    if name in syntax.values or _SCRIPT_FILE.search(word):
+        return None
+    return name
 
 
 @dataclass
