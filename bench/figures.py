@@ -54,7 +54,7 @@ class Runs:
     callers_count: int = 16
 
 
-FULL_RUNS = Runs(pass_=40, skip=30, backup=5, restore=3, callers=3)
+FULL_RUNS = Runs(pass_=40, skip=30, backup=5, restore=3, callers=5)
 QUICK_RUNS = Runs(pass_=15, skip=15, backup=3, restore=1, callers=2)
 
 
@@ -670,46 +670,29 @@ def many_callers(ctx: Context) -> None:
 
 def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
     project = ctx.inst.home.project(f"callers-{dataset.key}", dataset.env)
-    shim = str(ctx.inst.home.shims / "php")
-    env = ctx.inst.home.env
+    guarded = [str(ctx.inst.home.shims / "php"), "artisan", "test"]
+    python_start = [shims.interpreter(), "-IS", "-c", "pass"]
     count = ctx.runs.callers_count
     single_times: list[float] = []
     many_times: list[float] = []
+    floor_times: list[float] = []
     backups_per_run: list[int] = []
     failures: list[str] = []
     for _ in range(ctx.runs.callers):
-        ctx.data.touch(dataset)
-        os.sync()  # each burst starts with no other round's writeback pending
-        ctx.inst.oplog.skip_to_end()
-        single_times.append(run_timed([shim, "artisan", "test"], cwd=project, env=env))
-        ctx.data.touch(dataset)
-        os.sync()
-        ctx.inst.oplog.skip_to_end()
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen(
-                [shim, "artisan", "test"],
-                cwd=project,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for _ in range(count)
-        ]
-        for proc in procs:
-            _, err = proc.communicate(timeout=900)
-            if proc.returncode != 0:
-                failures.append(err.decode(errors="replace").strip())
-        many_times.append(time.perf_counter() - started)
-        records = ctx.inst.oplog.new_records()
+        single_times.append(_burst(ctx, dataset, project, [guarded], failures)[0])
+        many, records = _burst(ctx, dataset, project, [guarded] * count, failures)
+        many_times.append(many)
         allowed = [r for r in records if r.get("decision") == "allow"]
         if len(allowed) != count:
             failures.append(f"{len(allowed)} of {count} commands were allowed")
         backups_per_run.append(len(fresh_backups(records)))
+        # The floor: the same backup with the other callers' interpreters starting beside
+        # it and doing nothing else, what any Python shim would cost on these cores.
+        beside = [guarded] + [python_start] * (count - 1)
+        floor_times.append(_burst(ctx, dataset, project, beside, failures)[0])
     if failures:
         raise CommandFailed(f"{name}: {failures[0]}")
-    single, many = median(single_times), median(many_times)
+    single, many, floor = median(single_times), median(many_times), median(floor_times)
     ratio = many / single
     exactly_one = all(n == 1 for n in backups_per_run)
     ctx.figures.append(
@@ -717,7 +700,8 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
             "callers",
             f"{name} ({mb(dataset.size)})",
             f"{count} commands {secs(many)}, backups per run {backups_per_run}",
-            f"1 command {secs(single)}",
+            f"1 command {secs(single)}; floor 1 command + {count - 1} bare `python -IS` "
+            f"starts {secs(floor)} ({floor / single:.2f}x)",
             f"{ratio:.2f}x",
             f"1 backup, <= {CALLERS_TARGET}x",
             exactly_one and ratio <= CALLERS_TARGET,
@@ -726,11 +710,43 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
                 "callers": count,
                 "many": _stats(many_times),
                 "single": _stats(single_times),
+                "floor": _stats(floor_times),
                 "ratio": ratio,
+                "floor_ratio": floor / single,
                 "backups_per_run": backups_per_run,
             },
         )
     )
+
+
+def _burst(
+    ctx: Context, dataset: Dataset, project: Path, commands: list[list[str]], failures: list[str]
+) -> tuple[float, list[dict[str, Any]]]:
+    """Seconds from starting `commands` at once on a just-changed database to the last
+    one's exit, and the operations they logged; a failed command's stderr goes to
+    `failures`."""
+    ctx.data.touch(dataset)
+    os.sync()  # each burst starts with no other round's writeback pending
+    ctx.inst.oplog.skip_to_end()
+    env = ctx.inst.home.env
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for argv in commands
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            failures.append(err.decode(errors="replace").strip())
+    elapsed = time.perf_counter() - started
+    return elapsed, ctx.inst.oplog.new_records()
 
 
 # ---- restore ----------------------------------------------------------------------------
