@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -256,6 +257,45 @@ def test_a_database_dropped_and_made_again_by_an_approved_command_keeps_its_mark
     assert [r["outcome"] for r in put_back if r.get("decision") == "mark"] == ["ok"]
 
 
+def clear_mark_outside_dbguard(project: Path) -> None:
+    """What a database made again outside any guarded command looks like: unmarked."""
+    conn = sqlite3.connect(project / "database" / "app.sqlite")
+    conn.execute("PRAGMA application_id = 0")
+    conn.close()
+
+
+def test_a_database_that_lost_its_mark_outside_dbguard_is_still_production(
+    home: Home, daemon: Daemon
+) -> None:
+    """The mark lives inside the database, so a database dropped and made again by a
+    command dbguard did not follow (or while dbguardd was stopped) came back unmarked,
+    and was judged by its name alone: not production."""
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")  # APP_ENV=local: only the mark
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    clear_mark_outside_dbguard(project)
+
+    refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert refused.returncode == 77, refused.stderr
+    assert b"its mark is gone" in refused.stderr
+    outcome = approve_on_terminal(home, code_from(refused.stderr))
+    assert outcome.startswith("exit 0"), outcome
+    assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+    # Marked again once the approved command ended, before the next is judged.
+    again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert again.returncode == 77, again.stderr
+    assert b"itself is marked production" in again.stderr
+    marked = [json.loads(line) for line in home.oplog.read_text().splitlines()]
+    assert [r["outcome"] for r in marked if r.get("decision") == "mark"] == ["ok"]
+
+    # A person lowering the mark, at a terminal, is the one way to forget it.
+    ctl = [*CTL, "mark", "none"]
+    confirmed = run_in_terminal(ctl, home.env, project, {"Type its name": NAME})
+    assert confirmed.returncode == 0, confirmed.output
+    assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+
+
 def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: Daemon) -> None:
     install_stand_in(home, "php")
     project = laravel_sqlite_project(home.root / "app")
@@ -270,6 +310,10 @@ def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: 
     assert b"refuses to replace a production database" in refused.stderr
     assert b"marked production" in refused.stderr
     assert len(json.loads(home.ctl("list-backups", "--json").stdout)) == 1  # nothing ran
+
+    clear_mark_outside_dbguard(project)  # a mark lost with the database still counts
+    lost = home.ctl("restore", backup_id, "--yes")
+    assert lost.returncode == 77 and b"its mark is gone" in lost.stderr, lost.stderr
 
     del home.extra_env["CLAUDECODE"]  # a person, in their own terminal
     assert home.ctl("restore", backup_id, "--yes").returncode == 0

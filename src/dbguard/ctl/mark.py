@@ -8,7 +8,8 @@ comment holds the mark) and outranks names and hosts: a database marked producti
 production wherever it is, and a local copy marked development is not production
 because of an old host name in a .env. `development` and `none` loosen the rules: they
 are typed at a terminal (the database's name confirms them), never in an AI agent's
-environment.
+environment. A production mark is also remembered outside the database (dbguard.marks),
+and only this command forgets it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dbguard.ctl.context import Context, current_folder
 from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker
+from dbguard.marks import ProductionMarks
 from dbguard.policy import agent_markers
 
 
@@ -73,5 +75,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         engines.for_target(target).set_marker(target, marker)
     finally:
         engines.close()
+    # dbguardd remembers production marks, so that one lost with its database still
+    # counts; a person lowering the mark here is the one way to forget it.
+    register = ProductionMarks.in_state_dir(
+        ctx.env, lambda problem: ctx.error(f"dbguardctl: {problem}")
+    )
+    if marker == "production":
+        register.remember(target)
+    else:
+        register.forget(target)
     ctx.print(f"{target.label} is now marked {args.environment}")
     return 0

@@ -19,8 +19,9 @@ from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
 from dbguard.errors import DbguardError
+from dbguard.marks import ProductionMarks
 from dbguard.policy import agent_markers
-from dbguard.production import classify_production
+from dbguard.production import TargetFacts, classify_production
 from dbguard.store import Manifest, Reason
 
 _STOPS = (signal.SIGTERM, signal.SIGHUP)
@@ -221,7 +222,12 @@ def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> st
     finally:
         engines.close()
     root = str(project_root(manifest.reason.cwd)) if manifest.reason.cwd else None
-    verdict = classify_production(target, ctx.env, settings, marker=marker, project_root=root)
+    facts = TargetFacts()
+    if marker is None and (remembered := ProductionMarks.in_state_dir(ctx.env).get(target.key)):
+        facts.marked.append(remembered.reason())  # its mark lost with the database
+    verdict = classify_production(
+        target, ctx.env, settings, marker=marker, facts=facts, project_root=root
+    )
     if verdict.production:
         why = verdict.reasons[0]
     elif any(m.reason.production for m in ctx.store.manifests(target)):

@@ -46,6 +46,7 @@ from dbguard.discovery.project_config import (
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
 from dbguard.errors import BackupFailed, DatabaseMissing, DbguardError
+from dbguard.marks import ProductionMarks
 from dbguard.oplog import RUNNING, OperationLog, redact_argv
 from dbguard.paths import Stamp, file_stamp
 from dbguard.policy import Gate, agent_markers, gate
@@ -154,6 +155,9 @@ class Guard:
         self.store = _store(config, env, self.log_unfinished_backups)
         self.engines = Engines(config.backup)
         self.oplog = OperationLog(config.operation_log_path(env))
+        self.production_marks = ProductionMarks.in_state_dir(
+            env, lambda problem: log.warning("production marks register", problem=problem)
+        )
         self.classifier = _classifier(config)
         self.discovery = DiscoveryCache()
         self.backups = Backups(
@@ -428,12 +432,19 @@ class Guard:
                 found.warn(warning)
         run_env = {**request.env, **operation.assignments}
         verdicts = {}
-        marks = {}
+        marks: dict[str, Marker] = {}
         for target in found.targets:
             # Each database by the rules of the project it came from (its .dbguard.toml).
             origin_root, project = found.origin(target)
             assert origin_root is not None  # every Found from discover() has its root
-            marker = self._marker(target)
+            marker, exists = self._marker(target)
+            facts = found.facts_for(target)
+            if marker == "production":
+                self.production_marks.remember(target)
+            elif marker is None and (remembered := self.production_marks.get(target.key)):
+                facts = replace(facts, marked=[*facts.marked, remembered.reason()])
+                if exists:  # marked again when the command ends, as a dropped one is
+                    marks[target.key] = "production"
             if marker is not None:
                 marks[target.key] = marker
             verdicts[target.key] = classify_production(
@@ -441,7 +452,7 @@ class Guard:
                 run_env,
                 self._settings(project),
                 marker=marker,
-                facts=found.facts_for(target),
+                facts=facts,
                 project_root=str(origin_root),
             )
         return found, self._settings(found.project), verdicts, marks, runs_in[0]
@@ -450,14 +461,15 @@ class Guard:
         settings = self.config.production
         return project.production_settings(settings) if project is not None else settings
 
-    def _marker(self, target: Target) -> Marker | None:
-        """The database's own environment mark. A database that does not exist yet has
-        none; any other failure to read it (unreachable server, SQLite write lock) raises
-        MarkUnread: a mark that cannot be read must not count as "not production"."""
+    def _marker(self, target: Target) -> tuple[Marker | None, bool]:
+        """The database's own environment mark, and whether the database exists: one
+        that does not exist yet has none. Any other failure to read it (unreachable
+        server, SQLite write lock) raises MarkUnread: a mark that cannot be read must
+        not count as "not production"."""
         try:
-            return self.engines.for_target(target).marker(target)
+            return self.engines.for_target(target).marker(target), True
         except DatabaseMissing:
-            return None
+            return None, False
         except BackupFailed as err:
             raise MarkUnread(err.problem, err.fix, database=target.label) from None
 
@@ -560,8 +572,9 @@ class Guard:
     def _put_marks_back(self, marks: list[tuple[Target, Marker]], command: dict[str, Any]) -> None:
         """A command that drops a database and makes it again (`prisma migrate reset` on
         MySQL, `rails db:reset`, a deleted SQLite file) takes the database's own mark
-        with it, and the next command would find it unmarked: put each back, in a
-        worker thread that the next command waits for."""
+        with it, and the next command would find it unmarked: put each back (and a
+        remembered production mark lost before, see dbguard.marks), in a worker thread
+        that the next command waits for."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the daemon's loop (a test's Guard)
@@ -599,8 +612,8 @@ class Guard:
                 outcome, detail = (
                     "ok",
                     (
-                        f"put back the {marker} mark of {target.label}, which the command "
-                        "removed (it dropped and made the database again)"
+                        f"put back the {marker} mark of {target.label}, which it had lost "
+                        "(the database was dropped and made again)"
                     ),
                 )
             log.warning("environment mark", database=target.label, outcome=outcome, detail=detail)
