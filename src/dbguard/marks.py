@@ -7,11 +7,14 @@ and would be judged by its name and host alone. dbguardd remembers each producti
 mark it reads, by the database's key; a database remembered as marked production
 whose mark is gone is still production, and dbguardd marks it again after the next
 command it allows on it. Only `dbguardctl mark` forgets one (`development` and `none`
-are confirmed by a person at a terminal).
+are confirmed by a person at a terminal), and it notes when a person set a mark by
+hand, so that no put-back after a command that was running meanwhile undoes it.
 
 The register is a small JSON file in dbguard's state folder. It adds protection and
-never removes any: one that cannot be read counts as empty, with a warning in
-dbguardd's log, and the marks inside the databases still count.
+never removes any: an entry that cannot be read is kept as it is and ignored; a file
+that cannot be read at all counts as empty, with a warning in dbguardd's log, and is
+moved aside (kept for a person to look at) before a new one is written. The marks
+inside the databases count whatever the register holds.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dbguard import paths
-from dbguard.engines.base import Target
+from dbguard.engines.base import Marker, Target
 from dbguard.paths import Stamp, file_stamp
 
 FILE_NAME = "production-marks.json"
+_PRODUCTION = "production"  # key -> {"label", "since"}: marks read
+_BY_HAND = "set_by_hand"  # key -> when `dbguardctl mark` last set or lowered its mark
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class Remembered:
         )
 
 
+@dataclass(frozen=True)
+class _Known:
+    production: dict[str, Remembered]
+    by_hand: dict[str, datetime]
+
+
 class ProductionMarks:
     """The register at `path`. Safe to use from several processes at once: each change
     is a read-modify-write under an exclusive lock, written to a new file and renamed."""
@@ -58,7 +70,7 @@ class ProductionMarks:
     def __init__(self, path: Path, on_problem: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.on_problem = on_problem  # hears why the register could not be read or written
-        self._cached: tuple[Stamp, dict[str, Remembered]] | None = None
+        self._cached: tuple[Stamp, _Known] | None = None
 
     @classmethod
     def in_state_dir(
@@ -68,64 +80,107 @@ class ProductionMarks:
 
     def get(self, key: str) -> Remembered | None:
         """The remembered mark of the database keyed `key`; one stat() when unchanged."""
-        return self._current().get(key)
+        return self._current().production.get(key)
+
+    def set_by_hand_since(self, key: str, moment: datetime) -> bool:
+        """Whether a person set or lowered the database's mark (`dbguardctl mark`) at
+        `moment` or later: a put-back after a command that started then must not undo it."""
+        when = self._current().by_hand.get(key)
+        return when is not None and when >= moment
 
     def remember(self, target: Target) -> None:
         """Note that `target` is marked production (no write when already noted)."""
-        if target.key in self._current():
-            return
-        since = datetime.now(UTC).isoformat(timespec="seconds")
-        self._change(lambda known: known.setdefault(target.key, Remembered(target.label, since)))
+        if target.key not in self._current().production:
+            self._change(lambda content: _remember(content, target))
 
-    def forget(self, target: Target) -> None:
-        """A person took the mark away (`dbguardctl mark development|none`)."""
-        if target.key in self._current():
-            self._change(lambda known: known.pop(target.key, None))
+    def set_by_hand(self, target: Target, marker: Marker | None) -> None:
+        """`dbguardctl mark`: a person gave `target` this mark (None: `none`)."""
+
+        def change(content: dict[str, Any]) -> None:
+            content.setdefault(_BY_HAND, {})[target.key] = _now().isoformat()
+            if marker == "production":
+                _remember(content, target)
+            else:
+                content.setdefault(_PRODUCTION, {}).pop(target.key, None)
+
+        self._change(change)
 
     # ---- the file --------------------------------------------------------------------
 
-    def _current(self) -> dict[str, Remembered]:
+    def _current(self) -> _Known:
         stamp = file_stamp(self.path)
-        if self._cached is None or self._cached[0] != stamp:
-            self._cached = (stamp, self._read())
-        return self._cached[1]
+        cached = self._cached
+        if cached is None or cached[0] != stamp:
+            content = self._load()
+            cached = self._cached = (stamp, self._parse(content or {}))
+        return cached[1]
 
-    def _read(self) -> dict[str, Remembered]:
+    def _load(self) -> dict[str, Any] | None:
+        """The file's content ({} when there is none), or None when it cannot be read
+        or is no register (said to `on_problem`)."""
         try:
-            raw = json.loads(self.path.read_bytes())
-            return {
-                str(key): Remembered(str(entry["label"]), str(entry["since"]))
-                for key, entry in raw["production"].items()
-            }
+            content = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            self._problem(f"cannot read {self.path} ({err}); it counts as empty")
-            return {}
+        except OSError as err:
+            self._problem(f"cannot read {self.path} ({err.strerror or err}); it counts as empty")
+            return None
+        except ValueError as err:
+            self._problem(f"{self.path} is not JSON ({err}); it counts as empty")
+            return None
+        if not isinstance(content, dict) or not all(
+            isinstance(content.get(section, {}), dict) for section in (_PRODUCTION, _BY_HAND)
+        ):
+            self._problem(f"{self.path} is not a register of marks; it counts as empty")
+            return None
+        return content
 
-    def _change(self, change: Callable[[dict[str, Remembered]], object]) -> None:
+    def _parse(self, content: dict[str, Any]) -> _Known:
+        production: dict[str, Remembered] = {}
+        by_hand: dict[str, datetime] = {}
+        unread: list[str] = []
+        for key, entry in content.get(_PRODUCTION, {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("label"), str):
+                production[key] = Remembered(entry["label"], str(entry.get("since", "?")))
+            else:
+                unread.append(key)
+        for key, when in content.get(_BY_HAND, {}).items():
+            try:
+                by_hand[key] = datetime.fromisoformat(when)
+            except (TypeError, ValueError):
+                unread.append(key)
+        if unread:
+            self._problem(f"{self.path}: entries not understood, left as they are: {unread}")
+        return _Known(production, by_hand)
+
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock = os.open(self.path.with_name(FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                known = self._read()  # another process may have changed it meanwhile
-                change(known)
-                self._write(known)
+                content = self._load()  # another process may have changed it meanwhile
+                if content is None:
+                    # Never written over: what it held may be all there is of a mark.
+                    aside = self.path.with_name(f"{FILE_NAME}.unreadable-{_now():%Y%m%dT%H%M%S}")
+                    os.replace(self.path, aside)
+                    self._problem(f"moved {self.path} to {aside}; a new register starts")
+                    content = {}
+                change(content)
+                self._write(content)
             finally:
                 os.close(lock)
         except OSError as err:
             self._problem(f"cannot write {self.path} ({err.strerror or err})")
         self._cached = None
 
-    def _write(self, known: dict[str, Remembered]) -> None:
-        entries = {key: {"label": r.label, "since": r.since} for key, r in sorted(known.items())}
-        content = json.dumps({"production": entries}, indent=2, ensure_ascii=True) + "\n"
+    def _write(self, content: dict[str, Any]) -> None:
+        text = json.dumps(content, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
         temp = self.path.with_name(f".{FILE_NAME}.{secrets.token_hex(4)}")
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as file:
-                file.write(content.encode())
+                file.write(text.encode())
                 file.flush()
                 os.fsync(fd)
             os.replace(temp, self.path)
@@ -136,3 +191,14 @@ class ProductionMarks:
     def _problem(self, text: str) -> None:
         if self.on_problem is not None:
             self.on_problem(text)
+
+
+def _remember(content: dict[str, Any], target: Target) -> None:
+    since = _now().isoformat(timespec="seconds")
+    content.setdefault(_PRODUCTION, {}).setdefault(
+        target.key, {"label": target.label, "since": since}
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

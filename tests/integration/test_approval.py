@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from dbguard.client.talk import request
 from dbguard.protocol import PROTOCOL_VERSION, ApprovalQuery, Error
+from tests.faults.support import wait_until
 from tests.helpers import (
     Daemon,
     Home,
@@ -294,6 +296,36 @@ def test_a_database_that_lost_its_mark_outside_dbguard_is_still_production(
     confirmed = run_in_terminal(ctl, home.env, project, {"Type its name": NAME})
     assert confirmed.returncode == 0, confirmed.output
     assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+
+
+def test_a_mark_lowered_by_hand_during_a_command_is_not_put_back_after_it(
+    home: Home, daemon: Daemon, tmp_path: Path
+) -> None:
+    """A command allowed on a production database gets its mark back when it ends; a
+    person's `dbguardctl mark none` while it ran must stand, not be undone by that."""
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    clear_mark_outside_dbguard(project)  # remembered: marked again after the next command
+    gate = tmp_path / "finish"
+    command = ["php", "artisan", "test", f"--wait-for-file={gate}"]
+    refused = home.run(command, cwd=project)
+    assert approve_on_terminal(home, code_from(refused.stderr)).startswith("exit 0")
+    running = subprocess.Popen(
+        command, cwd=project, env=home.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(Path(f"{gate}.ready").exists, "the guarded command to start")
+        lowered = run_in_terminal([*CTL, "mark", "none"], home.env, project, {"Type its": NAME})
+        assert lowered.returncode == 0, lowered.output
+    finally:
+        gate.touch()
+        _, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    # The next command waits for any put-back, and finds the database as the person left it.
+    after = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert after.returncode == 0, after.stderr
 
 
 def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: Daemon) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,53 +17,89 @@ def sqlite(path: str) -> Target:
     return Target(engine="sqlite", path=path, source=".env")
 
 
-def test_a_remembered_mark_is_seen_by_another_process_until_forgotten(tmp_path: Path) -> None:
-    daemon, ctl = ProductionMarks(tmp_path / FILE_NAME), ProductionMarks(tmp_path / FILE_NAME)
-    app, other = sqlite("/srv/app.db"), sqlite("/srv/other.db")
+APP, OTHER = sqlite("/srv/app.db"), sqlite("/srv/other.db")
 
-    ctl.remember(app)
-    remembered = daemon.get(app.key)
-    assert remembered is not None and remembered.label == app.label
-    assert daemon.get(other.key) is None
+
+def test_a_remembered_mark_is_seen_by_another_process_until_lowered_by_hand(
+    tmp_path: Path,
+) -> None:
+    daemon, ctl = ProductionMarks(tmp_path / FILE_NAME), ProductionMarks(tmp_path / FILE_NAME)
+
+    ctl.set_by_hand(APP, "production")
+    remembered = daemon.get(APP.key)
+    assert remembered is not None and remembered.label == APP.label
+    assert daemon.get(OTHER.key) is None
     assert "its mark is gone" in remembered.reason()
 
-    daemon.remember(other)  # each change reads the file afresh: nothing is lost
-    assert ctl.get(app.key) is not None and ctl.get(other.key) is not None
-    ctl.forget(app)
-    assert daemon.get(app.key) is None and daemon.get(other.key) is not None
+    daemon.remember(OTHER)  # each change reads the file afresh: nothing is lost
+    assert ctl.get(APP.key) is not None and ctl.get(OTHER.key) is not None
+    ctl.set_by_hand(APP, None)
+    assert daemon.get(APP.key) is None and daemon.get(OTHER.key) is not None
     assert (tmp_path / FILE_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_mark_set_by_hand_is_known_from_then_on(tmp_path: Path) -> None:
+    marks = ProductionMarks(tmp_path / FILE_NAME)
+    before = datetime.now(UTC)
+    marks.set_by_hand(APP, "development")
+
+    assert marks.set_by_hand_since(APP.key, before)
+    assert not marks.set_by_hand_since(APP.key, datetime.now(UTC) + timedelta(seconds=1))
+    assert not marks.set_by_hand_since(OTHER.key, before)
+    assert marks.get(APP.key) is None  # development: nothing to remember
 
 
 def test_remembering_a_known_mark_writes_nothing(tmp_path: Path) -> None:
     marks = ProductionMarks(tmp_path / FILE_NAME)
-    app = sqlite("/srv/app.db")
-    marks.remember(app)
+    marks.remember(APP)
     before = file_stamp(tmp_path / FILE_NAME)
-    since = marks.get(app.key)
+    since = marks.get(APP.key)
 
-    ProductionMarks(tmp_path / FILE_NAME).remember(app)  # what dbguardd does at every read
+    ProductionMarks(tmp_path / FILE_NAME).remember(APP)  # what dbguardd does at every read
 
     assert file_stamp(tmp_path / FILE_NAME) == before
-    assert ProductionMarks(tmp_path / FILE_NAME).get(app.key) == since
+    assert ProductionMarks(tmp_path / FILE_NAME).get(APP.key) == since
 
 
-@pytest.mark.parametrize("content", ["{", "[]", '{"production": {"k": {}}}', "\xff"])
-def test_an_unreadable_register_counts_as_empty_and_says_so(tmp_path: Path, content: str) -> None:
+@pytest.mark.parametrize("content", ["{", "[]", '{"production": []}', "\xff"])
+def test_an_unreadable_register_counts_as_empty_and_is_moved_aside_not_overwritten(
+    tmp_path: Path, content: str
+) -> None:
     path = tmp_path / FILE_NAME
     path.write_bytes(content.encode("latin-1"))
     problems: list[str] = []
     marks = ProductionMarks(path, problems.append)
 
-    assert marks.get("sqlite:/srv/app.db") is None
+    assert marks.get(APP.key) is None
     assert problems and str(path) in problems[0] and "counts as empty" in problems[0]
-    marks.remember(sqlite("/srv/app.db"))  # and is written whole again
-    assert list(json.loads(path.read_text())["production"]) == [sqlite("/srv/app.db").key]
+    marks.remember(APP)
+
+    [aside] = tmp_path.glob(f"{FILE_NAME}.unreadable-*")
+    assert aside.read_bytes() == content.encode("latin-1")  # kept for a person
+    assert marks.get(APP.key) is not None
+    assert any(f"moved {path} to {aside}" in problem for problem in problems), problems
+
+
+def test_an_entry_not_understood_is_kept_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / FILE_NAME
+    good = {"label": APP.label, "since": "2026-11-01T00:00:00+00:00"}
+    path.write_text(json.dumps({"production": {APP.key: good, "odd": {"since": 1}}}))
+    problems: list[str] = []
+    marks = ProductionMarks(path, problems.append)
+
+    assert marks.get(APP.key) is not None and marks.get("odd") is None
+    assert problems and "'odd'" in problems[0]
+    marks.remember(OTHER)
+
+    written = json.loads(path.read_text())["production"]
+    assert written[APP.key] == good and written["odd"] == {"since": 1}
+    assert OTHER.key in written
 
 
 def test_a_register_that_cannot_be_written_is_a_problem_not_a_failure(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("")  # a file where its folder should be
     problems: list[str] = []
 
-    ProductionMarks(tmp_path / "state" / FILE_NAME, problems.append).remember(sqlite("/a.db"))
+    ProductionMarks(tmp_path / "state" / FILE_NAME, problems.append).remember(APP)
 
     assert any("cannot write" in problem for problem in problems), problems

@@ -76,13 +76,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         engines.close()
     # dbguardd remembers production marks, so that one lost with its database still
-    # counts; a person lowering the mark here is the one way to forget it.
-    register = ProductionMarks.in_state_dir(
-        ctx.env, lambda problem: ctx.error(f"dbguardctl: {problem}")
-    )
-    if marker == "production":
-        register.remember(target)
-    else:
-        register.forget(target)
+    # counts; a person lowering the mark here is the one way to forget it, and what a
+    # person sets here stands against a put-back after a command running meanwhile.
+    register = ProductionMarks.in_state_dir(ctx.env, lambda text: ctx.error(f"dbguardctl: {text}"))
+    register.set_by_hand(target, marker)
     ctx.print(f"{target.label} is now marked {args.environment}")
     return 0

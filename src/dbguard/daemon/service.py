@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +129,7 @@ class Running:
     pid: int | None = None
     # The environment marks its databases carry, put back if the command drops them.
     marks: list[tuple[Target, Marker]] = field(default_factory=list)
+    allowed: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Guard:
@@ -567,25 +568,33 @@ class Guard:
             record["outcome"] = "ok" if report.exit == 0 else "failed"
         self.oplog.append(record)
         if running.marks and ran:
-            self._put_marks_back(running.marks, record)
+            self._put_marks_back(running.marks, record, running.allowed)
 
-    def _put_marks_back(self, marks: list[tuple[Target, Marker]], command: dict[str, Any]) -> None:
+    def _put_marks_back(
+        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], allowed: datetime
+    ) -> None:
         """A command that drops a database and makes it again (`prisma migrate reset` on
         MySQL, `rails db:reset`, a deleted SQLite file) takes the database's own mark
         with it, and the next command would find it unmarked: put each back (and a
         remembered production mark lost before, see dbguard.marks), in a worker thread
-        that the next command waits for."""
+        that the next command waits for. A mark a person set or lowered with dbguardctl
+        mark since the command was `allowed` stands."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the daemon's loop (a test's Guard)
-            self._restore_marks(marks, command)
+            self._restore_marks(marks, command, allowed)
             return
-        future = loop.run_in_executor(None, self._restore_marks, marks, command)
+        future = loop.run_in_executor(None, self._restore_marks, marks, command, allowed)
         self._remarking.add(future)
         future.add_done_callback(self._remarking.discard)
 
-    def _restore_marks(self, marks: list[tuple[Target, Marker]], command: dict[str, Any]) -> None:
+    def _restore_marks(
+        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], allowed: datetime
+    ) -> None:
         for target, marker in marks:
+            if self.production_marks.set_by_hand_since(target.key, allowed):
+                log.info("environment mark set by hand during the command", database=target.label)
+                continue
             engine = self.engines.for_target(target)
             try:
                 with contextlib.suppress(DatabaseMissing):  # an empty SQLite file takes one
@@ -604,8 +613,8 @@ class Guard:
                 outcome, detail = (
                     "failed",
                     (
-                        f"the command removed the {marker} mark of {target.label}, and it could "
-                        f"not be put back: {err.problem}; mark it again: dbguardctl mark {marker}"
+                        f"the {marker} mark of {target.label} is gone, and it could not be "
+                        f"put back: {err.problem}; mark it again: dbguardctl mark {marker}"
                     ),
                 )
             else:
