@@ -1261,6 +1261,12 @@ SCRIPT_CASES = [
     script_case("npm --new-a A run --new-b B fresh", DESTRUCTIVE, ("npm run fresh",)),
     script_case("bun run --hot src/cli.ts fresh", None),  # a file bun runs, never a value
     script_case("yarn run --new-option V build", None),
+    # A word that names a script is that script, never a flag's guessed value: most
+    # options are flags, and these run lint (or dev) with an argument.
+    script_case("npm run --silent lint test", None),
+    script_case("pnpm run --parallel lint test", None),
+    script_case("yarn --silent lint test", None),
+    script_case("bun run --watch dev fresh", None),
     script_case(
         "composer run-script --timeout 0 fresh",
         DESTRUCTIVE,

@@ -930,32 +930,39 @@ _SCRIPT_FILE = re.compile(r"\.(?:py|[cm]?js|[cm]?ts|tsx|jsx|sh|bash|rb|php|pl)$"
 _Handler = TypeVar("_Handler", "_Launcher", "_Scripts")
 
 
-def _guesses(handler: _Handler, args: Sequence[str]) -> Iterator[_Handler]:
+def _guesses(
+    handler: _Handler, args: Sequence[str], known: Callable[[str], bool]
+) -> Iterator[_Handler]:
     """`handler` again with each unknown option read as a flag right before the word
     that decides (its subcommand, script or program; for a script runner, also the
     script's name after `run`) taking a value instead, one more at a time: `pipenv
     --python 3.12 run ...`, `npm --globalconfig FILE run reset`, `pnpm run --newopt V
     reset`. The catalog cannot list every value option of every version of every tool,
     and one missing turns its value into the word that decides, which then matches
-    nothing."""
+    nothing. A word `known` as what it was read for (a subcommand, a script the
+    manifest has) is never taken for a value: most options are flags, and `npm run
+    --silent lint test` runs lint, not test."""
     syntax = handler.syntax
     run_words: frozenset[str] = handler.run if isinstance(handler, _Scripts) else frozenset()
     for _ in range(_GUESSES):
         parsed = _parse(args, syntax, first_only=True)
-        name = _unknown_before_word(args, parsed, syntax)
+        name = _unknown_before_word(args, parsed, syntax, known)
         if parsed.positionals and parsed.positionals[0][1] in run_words:
             after_run = args[parsed.end + 1 :]
             script = _parse(after_run, syntax, first_only=True)
-            name = _unknown_before_word(after_run, script, syntax) or name
+            name = _unknown_before_word(after_run, script, syntax, known) or name
         if name is None:
             return
         syntax = replace(syntax, values=syntax.values | {name})
         yield replace(handler, syntax=syntax)
 
 
-def _unknown_before_word(args: Sequence[str], parsed: _Parsed, syntax: _Syntax) -> str | None:
+def _unknown_before_word(
+    args: Sequence[str], parsed: _Parsed, syntax: _Syntax, known: Callable[[str], bool]
+) -> str | None:
     """The option read as a flag right before the first word of `args` (`parsed` with
-    first_only), unless the catalog lists it as one or that word is a file to execute."""
+    first_only), unless the catalog lists it as one, or that word is a file to execute
+    or `known`."""
     if parsed.stopped_by is not None or not parsed.positionals or not parsed.options:
         return None
     first, word = parsed.positionals[0]
@@ -963,7 +970,7 @@ def _unknown_before_word(args: Sequence[str], parsed: _Parsed, syntax: _Syntax) 
     before = args[first - 1] if first > 0 else ""
     if value is not None or before == "--" or not before.startswith("-"):
         return None
-    if name in syntax.values or _SCRIPT_FILE.search(word):
+    if name in syntax.values or _SCRIPT_FILE.search(word) or known(word):
         return None
     return name
 
@@ -1314,7 +1321,7 @@ class Classifier:
             # An unknown option may have taken the word it was read at: the subcommand
             # (`pipenv --python 3.12 run`) here; the program after it, in _launch.
             if found is None and launcher.subcommands:
-                for guess in _guesses(launcher, args):
+                for guess in _guesses(launcher, args, launcher.subcommands.__contains__):
                     if not walk.may_guess():
                         break
                     _, operation = self._launch(guess, args, walk, depth)
@@ -1324,7 +1331,15 @@ class Classifier:
                 return found
         for scripts in handlers.scripts:
             found = self._scripts(scripts, args, walk, depth)
-            for runner in _guesses(scripts, args) if found is None else ():
+
+            def known(word: str, scripts: _Scripts = scripts) -> bool:
+                return (
+                    word in scripts.run
+                    or word in scripts.builtins
+                    or walk.script(scripts.rule.manifest, word) is not None
+                )
+
+            for runner in _guesses(scripts, args, known) if found is None else ():
                 if not walk.may_guess():
                     break
                 found = self._scripts(runner, args, walk, depth)
