@@ -679,7 +679,9 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
     backups_per_run: list[int] = []
     failures: list[str] = []
     for _ in range(ctx.runs.callers):
-        single_times.append(_burst(ctx, dataset, project, [guarded], failures)[0])
+        single, records = _burst(ctx, dataset, project, [guarded], failures)
+        single_times.append(single)
+        _one_backup("the single command", records, failures)
         many, records = _burst(ctx, dataset, project, [guarded] * count, failures)
         many_times.append(many)
         allowed = [r for r in records if r.get("decision") == "allow"]
@@ -689,7 +691,9 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
         # The floor: the same backup with the other callers' interpreters starting beside
         # it and doing nothing else, what any Python shim would cost on these cores.
         beside = [guarded] + [python_start] * (count - 1)
-        floor_times.append(_burst(ctx, dataset, project, beside, failures)[0])
+        floor, records = _burst(ctx, dataset, project, beside, failures)
+        floor_times.append(floor)
+        _one_backup("the floor's command", records, failures)
     if failures:
         raise CommandFailed(f"{name}: {failures[0]}")
     single, many, floor = median(single_times), median(many_times), median(floor_times)
@@ -717,6 +721,13 @@ def _callers_one(ctx: Context, name: str, dataset: Dataset) -> None:
             },
         )
     )
+
+
+def _one_backup(what: str, records: list[dict[str, Any]], failures: list[str]) -> None:
+    """A burst timed as a backup's baseline must have taken exactly one."""
+    taken = len(fresh_backups(records))
+    if taken != 1:
+        failures.append(f"{what} took {taken} backups instead of one")
 
 
 def _burst(
