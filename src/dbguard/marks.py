@@ -11,10 +11,12 @@ are confirmed by a person at a terminal), and it notes when a person set a mark 
 hand, so that no put-back after a command that was running meanwhile undoes it.
 
 The register is a small JSON file in dbguard's state folder. It adds protection and
-never removes any: an entry that cannot be read is kept as it is and ignored; a file
-that cannot be read at all counts as empty, with a warning in dbguardd's log, and is
-moved aside (kept for a person to look at) before a new one is written. The marks
-inside the databases count whatever the register holds.
+never removes any: an entry that cannot be understood is kept as it is and ignored
+(unless its database is remembered anew); a file that cannot be read counts as empty,
+with a warning in dbguardd's log, and is never written over: one that holds no register
+is moved aside (kept for a person to look at) before a new one starts, and one that
+fails to read (an I/O error) is left as it is, the change not made. The marks inside
+the databases count whatever the register holds.
 """
 
 from __future__ import annotations
@@ -111,28 +113,32 @@ class ProductionMarks:
         stamp = file_stamp(self.path)
         cached = self._cached
         if cached is None or cached[0] != stamp:
-            content = self._load()
-            cached = self._cached = (stamp, self._parse(content or {}))
+            try:
+                content = self._load()
+            except (OSError, _NoRegister) as err:
+                why = (
+                    err.problem if isinstance(err, _NoRegister) else _cannot("read", self.path, err)
+                )
+                self._problem(f"{why}; it counts as empty")
+                content = {}
+            cached = self._cached = (stamp, self._parse(content))
         return cached[1]
 
-    def _load(self) -> dict[str, Any] | None:
-        """The file's content ({} when there is none), or None when it cannot be read
-        or is no register (said to `on_problem`)."""
+    def _load(self) -> dict[str, Any]:
+        """The file's content ({} when there is none). Raises OSError when it cannot be
+        read (then nothing may replace it), _NoRegister when what it holds is none."""
         try:
-            content = json.loads(self.path.read_bytes())
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        except OSError as err:
-            self._problem(f"cannot read {self.path} ({err.strerror or err}); it counts as empty")
-            return None
+        try:
+            content = json.loads(raw)
         except ValueError as err:
-            self._problem(f"{self.path} is not JSON ({err}); it counts as empty")
-            return None
+            raise _NoRegister(f"{self.path} is not JSON ({err})") from None
         if not isinstance(content, dict) or not all(
             isinstance(content.get(section, {}), dict) for section in (_PRODUCTION, _BY_HAND)
         ):
-            self._problem(f"{self.path} is not a register of marks; it counts as empty")
-            return None
+            raise _NoRegister(f"{self.path} is not a register of marks")
         return content
 
     def _parse(self, content: dict[str, Any]) -> _Known:
@@ -146,9 +152,12 @@ class ProductionMarks:
                 unread.append(key)
         for key, when in content.get(_BY_HAND, {}).items():
             try:
-                by_hand[key] = datetime.fromisoformat(when)
+                moment = datetime.fromisoformat(when)
             except (TypeError, ValueError):
                 unread.append(key)
+                continue
+            # One edited by hand may lack its zone: UTC, as dbguard writes them.
+            by_hand[key] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         if unread:
             self._problem(f"{self.path}: entries not understood, left as they are: {unread}")
         return _Known(production, by_hand)
@@ -159,19 +168,22 @@ class ProductionMarks:
             lock = os.open(self.path.with_name(FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                content = self._load()  # another process may have changed it meanwhile
-                if content is None:
+                try:
+                    content = self._load()  # another process may have changed it meanwhile
+                except _NoRegister as err:
                     # Never written over: what it held may be all there is of a mark.
-                    aside = self.path.with_name(f"{FILE_NAME}.unreadable-{_now():%Y%m%dT%H%M%S}")
-                    os.replace(self.path, aside)
-                    self._problem(f"moved {self.path} to {aside}; a new register starts")
+                    aside = self.path.with_name(
+                        f"{FILE_NAME}.unreadable-{_now():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+                    )
+                    os.rename(self.path, aside)
+                    self._problem(f"{err.problem}: moved to {aside}; a new register starts")
                     content = {}
                 change(content)
                 self._write(content)
             finally:
                 os.close(lock)
-        except OSError as err:
-            self._problem(f"cannot write {self.path} ({err.strerror or err})")
+        except OSError as err:  # a read that failed included: left as it is
+            self._problem(_cannot("change", self.path, err))
         self._cached = None
 
     def _write(self, content: dict[str, Any]) -> None:
@@ -194,10 +206,24 @@ class ProductionMarks:
 
 
 def _remember(content: dict[str, Any], target: Target) -> None:
-    since = _now().isoformat(timespec="seconds")
-    content.setdefault(_PRODUCTION, {}).setdefault(
-        target.key, {"label": target.label, "since": since}
-    )
+    known = content.setdefault(_PRODUCTION, {})
+    entry = known.get(target.key)
+    if not (isinstance(entry, dict) and isinstance(entry.get("label"), str)):
+        # New, or an entry not understood (which would never count): this one does.
+        since = _now().isoformat(timespec="seconds")
+        known[target.key] = {"label": target.label, "since": since}
+
+
+def _cannot(what: str, path: Path, err: OSError) -> str:
+    return f"cannot {what} {path} ({err.strerror or err})"
+
+
+class _NoRegister(Exception):
+    """The file holds something other than a register of marks."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
 
 
 def _now() -> datetime:

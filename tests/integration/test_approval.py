@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from dbguard.client.talk import request
-from dbguard.protocol import PROTOCOL_VERSION, ApprovalQuery, Error
+from dbguard.config import Config
+from dbguard.daemon.service import Guard
+from dbguard.marks import ProductionMarks
+from dbguard.protocol import (
+    PROTOCOL_VERSION,
+    Allow,
+    ApprovalQuery,
+    Confirm,
+    Deny,
+    Error,
+    Fail,
+    Invoke,
+    Pass,
+    Report,
+)
 from tests.faults.support import wait_until
 from tests.helpers import (
     Daemon,
@@ -328,6 +344,62 @@ def test_a_mark_lowered_by_hand_during_a_command_is_not_put_back_after_it(
     assert after.returncode == 0, after.stderr
 
 
+def invoke_in_process(
+    guard: Guard,
+    home: Home,
+    project: Path,
+    argv: list[str],
+    ask: Callable[[Confirm], Awaitable[str | None]] | None = None,
+) -> Pass | Deny | Fail | Allow:
+    """`argv` run in `project` as a shim would ask `guard`; with `ask`, from a terminal
+    where `ask` answers the confirmation."""
+
+    async def ignore(_progress: object) -> None:
+        return None
+
+    async def no_answer(_question: Confirm) -> None:
+        return None
+
+    asked = Invoke(
+        type="invoke",
+        v=PROTOCOL_VERSION,
+        argv=argv,
+        cwd=str(project),
+        env=home.env,
+        tty=ask is not None,
+        pid=1,
+    )
+    return asyncio.run(guard.invoke(asked, ignore, ask or no_answer))
+
+
+def test_a_mark_lowered_by_hand_during_the_approval_is_not_put_back(home: Home) -> None:
+    """The marks are read before the approval and the backup, which can take minutes:
+    a person's `dbguardctl mark none` meanwhile stands too."""
+    project = laravel_sqlite_project(home.root / "app")
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    clear_mark_outside_dbguard(project)  # remembered: marked again after the command
+    guard = Guard(Config(), home.env)
+
+    async def lower_it_then_approve(question: Confirm) -> str:
+        [target] = guard.discovery.project_databases(project, home.env, "test").targets
+        ProductionMarks.in_state_dir(home.env).set_by_hand(target, None)  # mark none's note
+        return question.names[0]
+
+    command = ["php", "artisan", "migrate:fresh"]
+    try:
+        answer = invoke_in_process(guard, home, project, command, lower_it_then_approve)
+        assert isinstance(answer, Allow), answer
+        ended = Report(type="report", v=PROTOCOL_VERSION, op=answer.op, exit=0, duration_ms=1)
+        guard.finish(answer.op, ended)
+    finally:
+        guard.engines.close()
+    conn = sqlite3.connect(project / "database" / "app.sqlite")
+    try:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
 def test_an_agent_cannot_restore_over_a_production_database(home: Home, daemon: Daemon) -> None:
     install_stand_in(home, "php")
     project = laravel_sqlite_project(home.root / "app")
@@ -371,13 +443,7 @@ def test_a_production_mark_that_cannot_be_read_is_no_pass(
 ) -> None:
     """A writer holding the lock past dbguard's wait once made a marked database look
     unmarked: the command then ran with no human check once the lock was gone."""
-    import asyncio
-    import sqlite3
-
-    from dbguard.config import Config
-    from dbguard.daemon.service import Guard
     from dbguard.engines import sqlite as sqlite_engine
-    from dbguard.protocol import Fail, Invoke
 
     project = laravel_sqlite_project(home.root / "app")  # APP_ENV=local: only the mark says
     assert home.ctl("mark", "production", cwd=project).returncode == 0
@@ -397,23 +463,8 @@ def test_a_production_mark_that_cannot_be_read_is_no_pass(
     monkeypatch.setattr(sqlite_engine.SqliteEngine, "marker", writer_done_just_after)
     guard = Guard(Config(), home.env)
 
-    async def no_answer(_question: object) -> None:
-        return None
-
-    async def ignore(_progress: object) -> None:
-        return None
-
-    request = Invoke(
-        type="invoke",
-        v=PROTOCOL_VERSION,
-        argv=["php", "artisan", "db:wipe"],
-        cwd=str(project),
-        env=home.env,
-        tty=False,
-        pid=1,
-    )
     try:
-        answer = asyncio.run(guard.invoke(request, ignore, no_answer))
+        answer = invoke_in_process(guard, home, project, ["php", "artisan", "db:wipe"])
     finally:
         writer.close()
         guard.engines.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -77,7 +79,36 @@ def test_an_unreadable_register_counts_as_empty_and_is_moved_aside_not_overwritt
     [aside] = tmp_path.glob(f"{FILE_NAME}.unreadable-*")
     assert aside.read_bytes() == content.encode("latin-1")  # kept for a person
     assert marks.get(APP.key) is not None
-    assert any(f"moved {path} to {aside}" in problem for problem in problems), problems
+    assert any(f"moved to {aside}" in problem for problem in problems), problems
+
+
+def test_a_register_that_fails_to_read_is_left_as_it_is(tmp_path: Path) -> None:
+    """An I/O error (EMFILE, EIO) says nothing of what the file holds: it must not be
+    moved aside, and no change is made over it."""
+    path = tmp_path / FILE_NAME
+    ProductionMarks(path).remember(APP)
+    before = path.read_bytes()
+    problems: list[str] = []
+    marks = ProductionMarks(path, problems.append)
+    failing = OSError(errno.EMFILE, "Too many open files")
+
+    with mock.patch.object(Path, "read_bytes", side_effect=failing):
+        marks.remember(OTHER)
+
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.unreadable-*"))
+    assert any("cannot change" in problem for problem in problems), problems
+    assert marks.get(APP.key) is not None
+
+
+def test_two_unreadable_registers_moved_aside_in_one_second_are_both_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / FILE_NAME
+    for content in ("{", "[]"):
+        path.write_text(content)
+        ProductionMarks(path).remember(APP)
+    kept = sorted(p.read_text() for p in tmp_path.glob(f"{FILE_NAME}.unreadable-*"))
+    assert kept == ["[]", "{"]
 
 
 def test_an_entry_not_understood_is_kept_as_it_is(tmp_path: Path) -> None:
@@ -96,10 +127,34 @@ def test_an_entry_not_understood_is_kept_as_it_is(tmp_path: Path) -> None:
     assert OTHER.key in written
 
 
+def test_an_entry_not_understood_gives_way_when_its_database_is_remembered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / FILE_NAME
+    path.write_text(json.dumps({"production": {APP.key: "odd"}}))
+    marks = ProductionMarks(path)
+
+    marks.remember(APP)
+    remembered = marks.get(APP.key)
+    marks.remember(APP)  # known now: nothing more to write
+
+    assert remembered is not None and remembered.label == APP.label
+    assert marks.get(APP.key) == remembered
+
+
+def test_a_time_set_by_hand_without_its_zone_is_utc(tmp_path: Path) -> None:
+    path = tmp_path / FILE_NAME
+    path.write_text(json.dumps({"set_by_hand": {APP.key: "2026-11-27T09:00:00"}}))
+    marks = ProductionMarks(path)
+
+    assert marks.set_by_hand_since(APP.key, datetime(2026, 11, 27, 8, 59, tzinfo=UTC))
+    assert not marks.set_by_hand_since(APP.key, datetime(2026, 11, 27, 9, 1, tzinfo=UTC))
+
+
 def test_a_register_that_cannot_be_written_is_a_problem_not_a_failure(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("")  # a file where its folder should be
     problems: list[str] = []
 
     ProductionMarks(tmp_path / "state" / FILE_NAME, problems.append).remember(APP)
 
-    assert any("cannot write" in problem for problem in problems), problems
+    assert any("cannot change" in problem for problem in problems), problems

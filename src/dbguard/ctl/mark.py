@@ -70,15 +70,16 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             ctx.print("not marked")
             return 1
     marker: Marker | None = None if args.environment == "none" else args.environment
+    # dbguardd remembers production marks, so that one lost with its database still
+    # counts; a person lowering the mark here is the one way to forget it, and what a
+    # person sets here stands against a put-back after a command running meanwhile
+    # (noted first, so that no put-back lands between the mark and the note).
+    register = ProductionMarks.in_state_dir(ctx.env, lambda text: ctx.error(f"dbguardctl: {text}"))
+    register.set_by_hand(target, marker)
     engines = Engines(ctx.config.backup)
     try:
         engines.for_target(target).set_marker(target, marker)
     finally:
         engines.close()
-    # dbguardd remembers production marks, so that one lost with its database still
-    # counts; a person lowering the mark here is the one way to forget it, and what a
-    # person sets here stands against a put-back after a command running meanwhile.
-    register = ProductionMarks.in_state_dir(ctx.env, lambda text: ctx.error(f"dbguardctl: {text}"))
-    register.set_by_hand(target, marker)
     ctx.print(f"{target.label} is now marked {args.environment}")
     return 0

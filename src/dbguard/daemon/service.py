@@ -129,7 +129,8 @@ class Running:
     pid: int | None = None
     # The environment marks its databases carry, put back if the command drops them.
     marks: list[tuple[Target, Marker]] = field(default_factory=list)
-    allowed: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # When those marks were read: one a person sets by hand after that stands.
+    marks_read: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Guard:
@@ -276,6 +277,7 @@ class Guard:
         try:
             if self._remarking:  # the last command's marks are back before this one looks
                 await asyncio.wait(set(self._remarking))
+            marks_read = datetime.now(UTC)
             found, settings, verdicts, marks, folder = await _beating(
                 asyncio.to_thread(self._assess, request, operation), emit
             )
@@ -331,7 +333,9 @@ class Guard:
         record["decision"] = "allow"
         record["decide_ms"] = round((time.monotonic() - started) * 1000, 1)
         self.running[op_id] = Running(
-            record, marks=[(t, marks[t.key]) for t in found.targets if t.key in marks]
+            record,
+            marks=[(t, marks[t.key]) for t in found.targets if t.key in marks],
+            marks_read=marks_read,
         )
         record["notes"] = _notes(found, outcomes)
         # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
@@ -568,31 +572,31 @@ class Guard:
             record["outcome"] = "ok" if report.exit == 0 else "failed"
         self.oplog.append(record)
         if running.marks and ran:
-            self._put_marks_back(running.marks, record, running.allowed)
+            self._put_marks_back(running.marks, record, running.marks_read)
 
     def _put_marks_back(
-        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], allowed: datetime
+        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], read: datetime
     ) -> None:
         """A command that drops a database and makes it again (`prisma migrate reset` on
         MySQL, `rails db:reset`, a deleted SQLite file) takes the database's own mark
         with it, and the next command would find it unmarked: put each back (and a
         remembered production mark lost before, see dbguard.marks), in a worker thread
         that the next command waits for. A mark a person set or lowered with dbguardctl
-        mark since the command was `allowed` stands."""
+        mark since the marks were `read` (during the approval or the backup, say) stands."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the daemon's loop (a test's Guard)
-            self._restore_marks(marks, command, allowed)
+            self._restore_marks(marks, command, read)
             return
-        future = loop.run_in_executor(None, self._restore_marks, marks, command, allowed)
+        future = loop.run_in_executor(None, self._restore_marks, marks, command, read)
         self._remarking.add(future)
         future.add_done_callback(self._remarking.discard)
 
     def _restore_marks(
-        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], allowed: datetime
+        self, marks: list[tuple[Target, Marker]], command: dict[str, Any], read: datetime
     ) -> None:
         for target, marker in marks:
-            if self.production_marks.set_by_hand_since(target.key, allowed):
+            if self.production_marks.set_by_hand_since(target.key, read):
                 log.info("environment mark set by hand during the command", database=target.label)
                 continue
             engine = self.engines.for_target(target)
