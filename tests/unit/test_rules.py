@@ -1353,6 +1353,9 @@ def test_package_scripts(c: ScriptCase) -> None:
         ("npm -C web exec prisma migrate reset", DESTRUCTIVE, "prisma", None),
         # the top folder's own scripts: no move
         ("npm run fresh", DESTRUCTIVE, "artisan", None),
+        # lint is a script of the top folder's, not of web's: a guessed value there
+        ("npm --prefix web run --new-option lint fresh", DESTRUCTIVE, "prisma", "web"),
+        ("yarn --cwd web run --new-option lint fresh", DESTRUCTIVE, "prisma", "web"),
     ],
 )
 def test_options_that_move_the_working_folder_move_scripts_and_discovery(

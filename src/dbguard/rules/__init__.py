@@ -1070,6 +1070,7 @@ class _Walk:
     lookups_left: int = _MAX_LOOKUPS
     guesses_left: int = _GUESSES_PER_COMMAND
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
+    found_scripts: list[str] = field(default_factory=list)  # names the look-up found
     folder: str = ""
 
     def may_guess(self) -> bool:
@@ -1095,7 +1096,10 @@ class _Walk:
                 "run its scripts one at a time: each is guarded on its own",
             )
         self.lookups_left -= 1
-        return self.lookup(self.manifest(manifest), name)
+        script = self.lookup(self.manifest(manifest), name)
+        if script is not None:
+            self.found_scripts.append(name)
+        return script
 
     def members(self, manifest: str, selectors: Sequence[str] = ()) -> list[str]:
         """The workspace members of the project `manifest` (from here) belongs to, or
@@ -1330,16 +1334,12 @@ class Classifier:
             if applies:
                 return found
         for scripts in handlers.scripts:
+            looked_up = len(walk.found_scripts)
             found = self._scripts(scripts, args, walk, depth)
-
-            def known(word: str, scripts: _Scripts = scripts) -> bool:
-                return (
-                    word in scripts.run
-                    or word in scripts.builtins
-                    or walk.script(scripts.rule.manifest, word) is not None
-                )
-
-            for runner in _guesses(scripts, args, known) if found is None else ():
+            # The scripts that reading found, in the folder it ran in (--prefix, -w):
+            # a word naming one of them is that script, not a guessed value.
+            ran = {*scripts.run, *scripts.builtins, *walk.found_scripts[looked_up:]}
+            for runner in _guesses(scripts, args, ran.__contains__) if found is None else ():
                 if not walk.may_guess():
                     break
                 found = self._scripts(runner, args, walk, depth)
