@@ -114,14 +114,13 @@ class ProductionMarks:
         cached = self._cached
         if cached is None or cached[0] != stamp:
             try:
-                content = self._load()
-            except (OSError, _NoRegister) as err:
-                why = (
-                    err.problem if isinstance(err, _NoRegister) else _cannot("read", self.path, err)
-                )
-                self._problem(f"{why}; it counts as empty")
-                content = {}
-            cached = self._cached = (stamp, self._parse(content))
+                cached = self._cached = (stamp, self._parse(self._load()))
+            except _NoRegister as err:  # the same until the file changes
+                self._problem(f"{err.problem}; it counts as empty")
+                cached = self._cached = (stamp, _Known({}, {}))
+            except OSError as err:  # may pass (EMFILE): read again next time
+                self._problem(f"{_cannot('read', self.path, err)}; it counts as empty")
+                return _Known({}, {})
         return cached[1]
 
     def _load(self) -> dict[str, Any]:
