@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -13,13 +14,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbguard import shims
 from dbguard.oplog import OperationLog
+from dbguard.protocol import PROTOCOL_VERSION, Confirm, Invoke
+
+if TYPE_CHECKING:
+    from dbguard.daemon.service import Guard
+    from dbguard.protocol import Allow, Deny, Fail, Pass
 
 READY_TIMEOUT = 20.0  # seconds a daemon may take to start on a loaded CI machine
 
@@ -349,3 +355,31 @@ def fake_daemon(path: Path, answer: Callable[[socket.socket], object]) -> Iterat
             wake.connect(str(path))
         thread.join()
         server.close()
+
+
+def invoke_in_process(
+    guard: Guard,
+    home: Home,
+    project: Path,
+    argv: list[str],
+    ask: Callable[[Confirm], Awaitable[str | None]] | None = None,
+) -> Pass | Deny | Fail | Allow:
+    """`argv` run in `project` as a shim would ask `guard`; with `ask`, from a terminal
+    where `ask` answers the confirmation."""
+
+    async def ignore(_progress: object) -> None:
+        return None
+
+    async def no_answer(_question: Confirm) -> None:
+        return None
+
+    asked = Invoke(
+        type="invoke",
+        v=PROTOCOL_VERSION,
+        argv=argv,
+        cwd=str(project),
+        env=home.env,
+        tty=ask is not None,
+        pid=1,
+    )
+    return asyncio.run(guard.invoke(asked, ignore, ask or no_answer))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,11 +20,8 @@ from dbguard.protocol import (
     Allow,
     ApprovalQuery,
     Confirm,
-    Deny,
     Error,
     Fail,
-    Invoke,
-    Pass,
     Report,
 )
 from tests.faults.support import wait_until
@@ -35,6 +30,7 @@ from tests.helpers import (
     Home,
     count_users,
     install_stand_in,
+    invoke_in_process,
     laravel_sqlite_project,
     run_in_terminal,
 )
@@ -342,34 +338,6 @@ def test_a_mark_lowered_by_hand_during_a_command_is_not_put_back_after_it(
     # The next command waits for any put-back, and finds the database as the person left it.
     after = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
     assert after.returncode == 0, after.stderr
-
-
-def invoke_in_process(
-    guard: Guard,
-    home: Home,
-    project: Path,
-    argv: list[str],
-    ask: Callable[[Confirm], Awaitable[str | None]] | None = None,
-) -> Pass | Deny | Fail | Allow:
-    """`argv` run in `project` as a shim would ask `guard`; with `ask`, from a terminal
-    where `ask` answers the confirmation."""
-
-    async def ignore(_progress: object) -> None:
-        return None
-
-    async def no_answer(_question: Confirm) -> None:
-        return None
-
-    asked = Invoke(
-        type="invoke",
-        v=PROTOCOL_VERSION,
-        argv=argv,
-        cwd=str(project),
-        env=home.env,
-        tty=ask is not None,
-        pid=1,
-    )
-    return asyncio.run(guard.invoke(asked, ignore, ask or no_answer))
 
 
 def test_a_mark_lowered_by_hand_during_the_approval_is_not_put_back(home: Home) -> None:

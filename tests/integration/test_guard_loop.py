@@ -26,6 +26,7 @@ from tests.helpers import (
     count_users,
     fake_daemon,
     install_stand_in,
+    invoke_in_process,
     laravel_sqlite_project,
     poll,
 )
@@ -708,11 +709,9 @@ def test_a_package_json_that_cannot_be_read_refuses_its_scripts(
 def test_prisma_in_every_member_leaves_out_members_without_a_schema(home: Home) -> None:
     # `pnpm -r exec prisma migrate reset` where only apps/api has a schema: Prisma fails
     # in the other members ("Could not find Prisma Schema") and touches nothing there.
-    import asyncio
-
     from dbguard.config import Config
     from dbguard.daemon.service import Guard
-    from dbguard.protocol import Allow, Deny, Invoke
+    from dbguard.protocol import Allow, Deny
 
     top = home.root / "shop"
     (top / "apps" / "api" / "prisma").mkdir(parents=True)
@@ -727,22 +726,7 @@ def test_prisma_in_every_member_leaves_out_members_without_a_schema(home: Home) 
     guard = Guard(Config(), home.env)
 
     def invoke(line: str, cwd: Path = top) -> object:
-        async def ignore(_progress: object) -> None:
-            return None
-
-        async def no_answer(_question: object) -> None:
-            return None
-
-        request = Invoke(
-            type="invoke",
-            v=PROTOCOL_VERSION,
-            argv=line.split(),
-            cwd=str(cwd),
-            env=home.env,
-            tty=False,
-            pid=1,
-        )
-        return asyncio.run(guard.invoke(request, ignore, no_answer))
+        return invoke_in_process(guard, home, cwd, line.split())
 
     try:
         answer = invoke("pnpm -r exec prisma migrate reset --force")

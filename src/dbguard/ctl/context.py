@@ -45,7 +45,7 @@ class Context:
             backup.compression_threads,
             # A killed backup's leftovers that this command clears before a dbguardd
             # restarts (and would log them): logged here instead.
-            lambda unfinished: self.oplog.append_unfinished(unfinished),
+            self.oplog.append_unfinished,
         )
 
     @property

@@ -946,11 +946,12 @@ def _guesses(
     run_words: frozenset[str] = handler.run if isinstance(handler, _Scripts) else frozenset()
     for _ in range(_GUESSES):
         parsed = _parse(args, syntax, first_only=True)
-        name = _unknown_before_word(args, parsed, syntax, known)
         if parsed.positionals and parsed.positionals[0][1] in run_words:
-            after_run = args[parsed.end + 1 :]
+            after_run = args[parsed.end + 1 :]  # the option before the script's name
             script = _parse(after_run, syntax, first_only=True)
-            name = _unknown_before_word(after_run, script, syntax, known) or name
+            name = _unknown_before_word(after_run, script, syntax, known)
+        else:
+            name = _unknown_before_word(args, parsed, syntax, known)
         if name is None:
             return
         syntax = replace(syntax, values=syntax.values | {name})
