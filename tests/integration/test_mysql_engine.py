@@ -527,6 +527,13 @@ def innodb_only(mysql_database: Target) -> Target:
         ("ALTER TABLE parent ALTER COLUMN note SET DEFAULT 'd'", True),  # .frm only
         ("CREATE VIEW another AS SELECT 1 AS one", True),
         ("CREATE OR REPLACE VIEW parent_summary AS SELECT id FROM parent", True),
+        (  # the same view, only its algorithm changed: in MariaDB, the .frm alone
+            "ALTER ALGORITHM=TEMPTABLE VIEW parent_summary AS SELECT p.id, p.name,"
+            " COUNT(c.id) AS children FROM parent p LEFT JOIN child c"
+            " ON c.parent_id = p.id GROUP BY p.id, p.name",
+            True,
+        ),
+        ("ALTER DATABASE COLLATE utf8mb4_unicode_ci", True),  # the schema's defaults
         ("CREATE TRIGGER p_ins BEFORE INSERT ON parent FOR EACH ROW SET NEW.note = 'x'", True),
         ("DROP PROCEDURE count_parents", True),
         ("ALTER EVENT nightly COMMENT 'changed'", True),

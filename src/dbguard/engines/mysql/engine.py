@@ -86,6 +86,10 @@ _MARKER_PREFIX = "dbguard environment: "
 _TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE')"  # what RENAME TABLE moves
 _NAME = re.compile(r"[A-Za-z0-9_]+")  # a character set or collation name
 
+# Columns only MariaDB's catalogs have. ALTER ALGORITHM=... VIEW rewrites only the
+# view's .frm; MySQL keeps views in its InnoDB data dictionary, and has no such column.
+_MARIADB_COLUMNS = {"VIEWS": ("ALGORITHM",)}
+
 # The change signal's second half: a digest of everything in the schema that InnoDB's
 # redo log does not see in MariaDB (views and triggers live in .frm/.TRG files,
 # routines and events in Aria tables, and some ALTERs only rewrite the .frm). Only
@@ -300,6 +304,13 @@ _BUSY_SQL = (
     "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
     "AND COMMAND <> 'Sleep' AND NOT (USER = 'event_scheduler' AND COMMAND = 'Daemon')"
 )
+
+
+def _digest_parts(mariadb: bool) -> list[tuple[str, str, tuple[str, ...]]]:
+    """_DIGEST_PARTS, with the columns only MariaDB has."""
+    if not mariadb:
+        return list(_DIGEST_PARTS)
+    return [(t, s, cols + _MARIADB_COLUMNS.get(t, ())) for t, s, cols in _DIGEST_PARTS]
 
 
 def _catalog_batch(parts: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
@@ -535,7 +546,7 @@ class MysqlEngine:
             raise explain(err, endpoint, database) from None
         try:
             info = server_info(conn, endpoint)
-            parts = list(_DIGEST_PARTS)
+            parts = _digest_parts(info.mariadb)
             with conn.cursor() as cur:
                 try:
                     _run_batch(cur, _catalog_batch(parts), database)
@@ -657,7 +668,9 @@ class MysqlEngine:
             int(foreign_tables),
             int(sequences),
             int(events),
-            _digest(results[1:])[:24],
+            # The defaults too: mariadb-dump writes them, and ALTER DATABASE moves no
+            # InnoDB counter in MariaDB.
+            _digest([[(charset, collation)], *results[1:]])[:24],
         )
         if counters is not None and keep and not defined.events:
             kept.definitions[database] = (counters, defined)
