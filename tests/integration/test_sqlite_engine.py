@@ -183,6 +183,28 @@ def test_a_replaced_file_changes_the_fingerprint(tmp_path: Path) -> None:
         engine.close()
 
 
+def test_a_file_overwritten_in_place_with_its_mtime_kept_changes_the_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """data_version compares only the header's counters, the same in two databases made
+    the same way; `cp -p` keeps the inode, the size and (here) the mtime."""
+    db, other = tmp_path / "app.sqlite", tmp_path / "fixture.sqlite"
+    for path, body in ((db, "precious"), (other, "fixture!")):
+        execute(path, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        execute(path, f"INSERT INTO t (v) VALUES ('{body}')")
+    kept = db.stat()
+    os.utime(other, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    target = Target(engine="sqlite", path=str(db))
+    engine = SqliteEngine()
+    try:
+        before = engine.fingerprint(target)
+        subprocess.run(["cp", "-p", str(other), str(db)], check=True)
+        assert db.stat().st_ino == kept.st_ino and db.stat().st_mtime_ns == kept.st_mtime_ns
+        assert engine.fingerprint(target) != before
+    finally:
+        engine.close()
+
+
 def test_missing_and_broken_databases(tmp_path: Path, engines: Engines) -> None:
     store = Store(tmp_path / "b")
     missing = Target(engine="sqlite", path=str(tmp_path / "nope.sqlite"))

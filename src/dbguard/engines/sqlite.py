@@ -110,9 +110,12 @@ def _stat_signature(path: Path) -> str:
         except (FileNotFoundError, NotADirectoryError):
             parts.append("-")
             continue
-        # Not ctime: SQLite running as root fchown()s the -wal on every open, which
-        # moves ctime without any change to the data.
-        parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}")
+        # The file's ctime too, which no copy tool can set back as `cp -p` sets back
+        # an mtime: data_version misses a file overwritten in place by another made
+        # the same way. Not the -wal's: SQLite running as root fchown()s the -wal on
+        # every open, which moves its ctime without any change to the data.
+        ctime = f".{st.st_ctime_ns}" if candidate == path else ""
+        parts.append(f"{st.st_ino}.{st.st_size}.{st.st_mtime_ns}{ctime}")
     return "/".join(parts)
 
 
