@@ -423,6 +423,24 @@ def test_restore_into_a_deleted_database_gives_it_the_usual_mode(
     assert db.stat().st_mode & 0o777 == 0o644  # what SQLite gives a new file, not 0600
 
 
+def test_restore_through_a_link_whose_file_is_gone_keeps_the_link(
+    tmp_path: Path, engines: Engines
+) -> None:
+    (tmp_path / "data").mkdir()
+    real, link = tmp_path / "data" / "app.sqlite", tmp_path / "app.sqlite"
+    make_db(real)
+    link.symlink_to(real)
+    target = Target(engine="sqlite", path=str(link))
+    store = Store(tmp_path / "b")
+    manifest = operations.take_backup(store, engines, target, REASON)
+    engines.close()
+    real.unlink()
+
+    operations.restore_backup(store, engines, manifest, target, REASON)
+    assert link.is_symlink()
+    assert len(rows(real)) == 100
+
+
 def test_restore_into_a_folder_that_cannot_be_written_says_what_to_fix(
     tmp_path: Path, engines: Engines
 ) -> None:

@@ -473,7 +473,9 @@ class SqliteEngine:
                 if path.exists():
                     self._copy_into(unpacked, path, stops)
                 else:
-                    self._create_from(unpacked, path)
+                    # Through a link whose file is gone, to where it points, as SQLite
+                    # itself would open it: never over the link.
+                    self._create_from(unpacked, Path(os.path.realpath(path)))
                 swapped()
         except OSError as err:
             raise _restore_error(path, err) from None
