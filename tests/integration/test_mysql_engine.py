@@ -517,6 +517,15 @@ def innodb_only(mysql_database: Target) -> Target:
     return mysql_database
 
 
+# Definition-only changes in MariaDB: the view's .frm alone, and the schema's db.opt.
+NEW_VIEW_ALGORITHM = (
+    "ALTER ALGORITHM=TEMPTABLE VIEW parent_summary AS SELECT p.id, p.name,"
+    " COUNT(c.id) AS children FROM parent p LEFT JOIN child c"
+    " ON c.parent_id = p.id GROUP BY p.id, p.name"
+)
+NEW_SCHEMA_COLLATION = "ALTER DATABASE COLLATE utf8mb4_unicode_ci"
+
+
 @pytest.mark.parametrize(
     ("change", "definition"),
     [
@@ -527,13 +536,8 @@ def innodb_only(mysql_database: Target) -> Target:
         ("ALTER TABLE parent ALTER COLUMN note SET DEFAULT 'd'", True),  # .frm only
         ("CREATE VIEW another AS SELECT 1 AS one", True),
         ("CREATE OR REPLACE VIEW parent_summary AS SELECT id FROM parent", True),
-        (  # the same view, only its algorithm changed: in MariaDB, the .frm alone
-            "ALTER ALGORITHM=TEMPTABLE VIEW parent_summary AS SELECT p.id, p.name,"
-            " COUNT(c.id) AS children FROM parent p LEFT JOIN child c"
-            " ON c.parent_id = p.id GROUP BY p.id, p.name",
-            True,
-        ),
-        ("ALTER DATABASE COLLATE utf8mb4_unicode_ci", True),  # the schema's defaults
+        (NEW_VIEW_ALGORITHM, True),
+        (NEW_SCHEMA_COLLATION, True),
         ("CREATE TRIGGER p_ins BEFORE INSERT ON parent FOR EACH ROW SET NEW.note = 'x'", True),
         ("DROP PROCEDURE count_parents", True),
         ("ALTER EVENT nightly COMMENT 'changed'", True),
@@ -583,6 +587,18 @@ def test_a_check_on_unchanged_mariadb_definitions_reads_no_catalog(
     # Retried: a statement another session is running during the first check (on a
     # shared server) rightly stops it from keeping what it read.
     assert poll(lambda: a_second_check_reads_no_catalog(engine, without_events))
+
+
+@pytest.mark.parametrize("change", [NEW_VIEW_ALGORITHM, NEW_SCHEMA_COLLATION])
+def test_kept_definitions_see_a_definition_only_change(
+    without_events: Target, engine: MysqlEngine, change: str
+) -> None:
+    before = engine.fingerprint(without_events)
+    assert engine.fingerprint(without_events) == before  # what was read is kept now
+
+    run(without_events, change)
+
+    assert digest(engine.fingerprint(without_events)) != digest(before)
 
 
 def test_a_schema_with_events_is_read_on_every_check(
