@@ -419,6 +419,59 @@ def test_restore_is_refused_while_another_session_is_connected(
         other.close()
 
 
+def session_pids(target: Target) -> set[int]:
+    """The sessions connected to `target`, this query's own left out."""
+    rows = query(
+        target.model_copy(update={"name": "postgres"}),
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (target.name,),
+    )
+    return {row[0] for row in rows}
+
+
+def test_dbguards_own_kept_connections_in_the_database_do_not_stop_a_restore(
+    rich: Target,
+    store: Store,
+    engines: Engines,
+    engine: PostgresEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database named `postgres` (Supabase, the official Docker image's default) is the
+    one dbguard keeps its connections for change checks and marks in. An ordinary
+    database stands in for it here: the shared server's `postgres` is never swapped."""
+    backup = operations.take_backup(store, engines, rich, REASON)
+    before = contents(rich)
+    run(rich, "DELETE FROM app.customers")
+    daemon = PostgresEngine(BackupSettings())  # dbguardd's, in another process
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(postgres, "MAINTENANCE_DB", rich.name)
+            daemon.fingerprint(rich)  # dbguardd keeps its connection all along
+            engine.marker(rich)  # dbguardctl restore reads the mark first
+        kept = session_pids(rich)
+        assert len(kept) == 2
+        # A session that only looks like dbguard's (its default application name) is
+        # someone else's, and stops the restore as any other does.
+        with connect(rich, application_name="dbguard"):
+            with (
+                pytest.raises(RestoreFailed, match=r"1 other session is connected to .*: dbguard"),
+                store.work_folder() as (_, scratch),
+                store.open_data(backup) as data,
+            ):
+                engine.restore(rich, data, backup.data.format, scratch)
+            assert session_pids(rich) - kept != set()
+
+        with store.work_folder() as (_, scratch), store.open_data(backup) as data:
+            engine.restore(rich, data, backup.data.format, scratch)
+
+        assert contents(rich) == before
+        assert session_pids(rich) == set()  # the kept connections were ended ...
+        assert daemon.fingerprint(rich) is not None  # ... and dbguardd's comes back by itself
+        assert leftovers(rich) == []
+    finally:
+        daemon.close()
+
+
 def test_restoring_a_dropped_database_creates_it(
     rich: Target, store: Store, engines: Engines, engine: PostgresEngine
 ) -> None:
@@ -545,6 +598,30 @@ def quiet(private_server: PrivateServer | None, request: pytest.FixtureRequest) 
     with private_server.database() as target:
         fill(target)
         yield target
+
+
+def test_a_database_named_postgres_restores_without_ending_connections(
+    password_server: PrivateServer, store: Store, engines: Engines, engine: PostgresEngine
+) -> None:
+    """On a cluster of our own: the shared server's `postgres` must not be swapped."""
+    target = password_server.target("postgres", password_server.password)
+    run(target, "CREATE TABLE dbguard_test_t (x int)",
+        "INSERT INTO dbguard_test_t SELECT generate_series(1, 10)")  # fmt: skip
+    daemon = PostgresEngine(BackupSettings())
+    try:
+        backup = operations.take_backup(store, engines, target, REASON)
+        run(target, "DELETE FROM dbguard_test_t")
+        daemon.fingerprint(target)
+        engine.marker(target)  # as dbguardctl restore does first
+
+        operations.restore_backup(store, engines, backup, target, REASON)
+
+        assert query(target, "SELECT count(*) FROM dbguard_test_t") == [(10,)]
+        assert daemon.fingerprint(target) is not None
+        assert leftovers(target) == []
+    finally:
+        daemon.close()
+        run(target, "DROP TABLE IF EXISTS dbguard_test_t")
 
 
 # ---- the change signal ----------------------------------------------------------------
@@ -1207,4 +1284,6 @@ def test_sessions_of_other_roles_count_for_a_user_who_cannot_see_them(
     as_verifier = pg_database.model_copy(update={"user": verifier, "name": "postgres"})
     with connect(pg_database.model_copy(update={"user": owner})), connect(as_verifier) as conn:
         sessions = _sessions(conn, str(pg_database.name))
-    assert [(user, app) for _, user, app in sessions] == [(owner, "a session of another role")]
+    assert [(x.user, x.app, x.kept) for x in sessions] == [
+        (owner, "a session of another role", False)
+    ]

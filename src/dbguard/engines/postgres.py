@@ -35,12 +35,13 @@ and asynchronous commits a backup saw may be lost, their xids handed out again);
 the database's oid, so a dropped and re-created database never matches. Skip checks
 read it on a connection kept open per server to the `postgres` maintenance database,
 never to the target: a session in the target would make the guarded command's own
-`DROP DATABASE` or `CREATE DATABASE ... TEMPLATE` fail. Known limits: a standby gives
-no signal (None: always back up), nor does a database with an unlogged sequence (its
-nextval and setval take no xid at all); and `nextval` on other sequences takes an xid
-(and writes WAL) only every 32 values, so a bare `SELECT nextval(...)` with no row
-written may not move the signal. Such a value is stored nowhere in the database, and a
-restore can hand it out again.
+`DROP DATABASE` or `CREATE DATABASE ... TEMPLATE` fail. (A target named `postgres` is
+the exception: a restore of it ends these connections, see _KEPT_LOCK_CLASS.) Known
+limits: a standby gives no signal (None: always back up), nor does a database with an
+unlogged sequence (its nextval and setval take no xid at all); and `nextval` on other
+sequences takes an xid (and writes WAL) only every 32 values, so a bare
+`SELECT nextval(...)` with no row written may not move the signal. Such a value is
+stored nowhere in the database, and a restore can hand it out again.
 
 Restore. pg_restore fills a new scratch database (the target's owner, encoding and
 locale); the target's database-level settings, grants and comment are copied over; then
@@ -73,7 +74,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, NamedTuple, TypeVar
 
 import psycopg
 import structlog
@@ -602,13 +603,25 @@ WHERE c.relkind = 'r'
 ORDER BY 1, 2
 """
 
+# A connection dbguard keeps open (for change checks and marks, in dbguardd and in
+# dbguardctl) holds a shared advisory lock of this class for as long as it lives. When
+# the target is the maintenance database itself (a database named `postgres`: Supabase,
+# the official Docker image's default), those connections are in the target: a restore
+# tells them from everyone else's by this lock, which no client takes by chance (an
+# application name can be anyone's), and ends them; their owner reconnects when it
+# next reads (`_on_server`).
+_KEPT_LOCK_CLASS = 0x64626B63  # "dbkc"
+
 _SESSIONS_SQL = """
-SELECT pid, coalesce(usename, '?'),
-       coalesce(nullif(application_name, ''), backend_type, 'a session of another role')
-FROM pg_stat_activity
-WHERE datname = %s AND pid <> pg_backend_pid()
-  AND backend_type IS DISTINCT FROM 'autovacuum worker' -- NULL: another role's session
-ORDER BY pid
+SELECT a.pid, coalesce(a.usename, '?'),
+       coalesce(nullif(a.application_name, ''), a.backend_type, 'a session of another role'),
+       EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+                 AND l.classid = %(kept)s::oid AND l.objid = 0 AND l.objsubid = 2)
+FROM pg_stat_activity a
+WHERE a.datname = %(dbname)s AND a.pid <> pg_backend_pid()
+  AND a.backend_type IS DISTINCT FROM 'autovacuum worker' -- NULL: another role's session
+ORDER BY a.pid
 """
 
 
@@ -671,14 +684,32 @@ def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int
     return counts
 
 
-def _sessions(conn: Conn, dbname: str) -> list[tuple[int, str, str]]:
-    return [
-        (int(pid), str(user), str(app)) for pid, user, app in conn.execute(_SESSIONS_SQL, (dbname,))
-    ]
+class Session(NamedTuple):
+    """A session connected to a database, as pg_stat_activity shows it."""
+
+    pid: int
+    user: str
+    app: str
+    kept: bool  # a connection dbguard itself keeps open (see _KEPT_LOCK_CLASS)
 
 
-def _busy(dbname: str, sessions: Sequence[tuple[int, str, str]]) -> RestoreFailed:
-    kinds = Counter((app, user) for _, user, app in sessions)
+def _keep(conn: Conn) -> None:
+    """Mark `conn` as one dbguard keeps open; shared, so the marks never conflict."""
+    conn.execute("SELECT pg_advisory_lock_shared(%s::int4, 0)", (_KEPT_LOCK_CLASS,))
+
+
+def _sessions(conn: Conn, dbname: str) -> list[Session]:
+    rows = conn.execute(_SESSIONS_SQL, {"dbname": dbname, "kept": _KEPT_LOCK_CLASS})
+    return [Session(int(pid), str(user), str(app), bool(kept)) for pid, user, app, kept in rows]
+
+
+def others(sessions: Sequence[Session]) -> list[Session]:
+    """The sessions that are not dbguard's own kept connections: those stop a restore."""
+    return [session for session in sessions if not session.kept]
+
+
+def _busy(dbname: str, sessions: Sequence[Session]) -> RestoreFailed:
+    kinds = Counter((session.app, session.user) for session in sessions)
     described = ", ".join(
         f"{app} as {user}" + (f" (x{count})" if count > 1 else "")
         for (app, user), count in sorted(kinds.items())
@@ -1236,6 +1267,11 @@ class PostgresEngine:
                     self._no_maintenance.add(key)
                 return None
             raise _connect_error(err, s, BackupFailed) from None
+        try:
+            _keep(conn)
+        except psycopg.Error as err:
+            conn.close()
+            raise _query_error(err, s, "opening a connection for checks", BackupFailed) from None
         with self._kept_lock:
             kept = self._kept.get(key)
             if kept is not None:  # another thread connected meanwhile
@@ -1270,7 +1306,8 @@ class PostgresEngine:
                 try:
                     return read(kept.conn)
                 except psycopg.OperationalError as err:
-                    # The kept connection died (server restart, idle timeout, network):
+                    # The kept connection died (server restart, idle timeout, network,
+                    # a restore of the database it is in ended it):
                     # reconnect once; a second failure is the server's real state.
                     self._forget(s)
                     if attempt == 2:
@@ -1568,6 +1605,9 @@ class PostgresEngine:
                 "restore it into a database of the kind it came from",
             )
         s = connection_settings(target, error=RestoreFailed)
+        # This process's own kept connection is in the target when that is the
+        # maintenance database: it would count as a session of someone else's.
+        self._forget(s)
         conn = self._admin(s, RestoreFailed)
         try:
             self._restore(conn, s, data, scratch, end_connections, swapped)
@@ -1594,7 +1634,7 @@ class PostgresEngine:
         )
         existing = _database(conn, s.dbname)
         if existing is not None and not end_connections:
-            busy = _sessions(conn, s.dbname)
+            busy = others(_sessions(conn, s.dbname))
             if busy:
                 raise _busy(s.dbname, busy)  # before spending minutes on pg_restore
         _drop_left_behind(conn)
@@ -1666,9 +1706,10 @@ class PostgresEngine:
                     blocked = True
                     self._end_sessions(conn, s.dbname)
                 else:
-                    busy = _sessions(conn, s.dbname)
+                    busy = others(_sessions(conn, s.dbname))
                     if busy:
                         raise _busy(s.dbname, busy)
+                    self._end_sessions(conn, s.dbname, only_kept=True)
                 # Both renames or neither: there is never a moment without the database.
                 with conn.transaction():
                     conn.execute(
@@ -1697,12 +1738,19 @@ class PostgresEngine:
             raise
         return replaced
 
-    def _end_sessions(self, conn: Conn, dbname: str) -> None:
-        sessions = _sessions(conn, dbname)
+    def _end_sessions(self, conn: Conn, dbname: str, *, only_kept: bool = False) -> None:
+        """End the sessions connected to `dbname` (`only_kept`: dbguard's own kept
+        connections) and wait until they are gone."""
+
+        def connected() -> list[Session]:
+            sessions = _sessions(conn, dbname)
+            return [x for x in sessions if x.kept] if only_kept else sessions
+
+        sessions = connected()
         deadline = time.monotonic() + _SESSIONS_GONE_WAIT
         while sessions:
-            for pid, _, _ in sessions:
-                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            for session in sessions:
+                conn.execute("SELECT pg_terminate_backend(%s)", (session.pid,))
             if time.monotonic() >= deadline:
                 failed = _busy(dbname, sessions)
                 raise RestoreFailed(
@@ -1711,7 +1759,7 @@ class PostgresEngine:
                 )
             # Termination is asynchronous: each backend exits on its next interrupt check.
             time.sleep(0.05)
-            sessions = _sessions(conn, dbname)
+            sessions = connected()
 
     def _drop_quietly(self, conn: Conn, name: str) -> None:
         try:
