@@ -111,12 +111,14 @@ def restore_backup(
     end_connections: bool = False,
     saved: Callable[[Manifest | None], None] = lambda before: None,
     swapped: Callable[[], None] = lambda: None,
+    warn: Callable[[str], None] = lambda note: None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
     Returns the pre-restore backup (None when the database did not exist), also handed
     to `saved` as soon as it is taken (an interrupted restore names it); `swapped` is
-    called once the target holds the backup's contents. Raises
+    called once the target holds the backup's contents, and `warn` told of anything
+    the restored database was left without (a setting the user may not set). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -153,5 +155,6 @@ def restore_backup(
             scratch,
             end_connections=end_connections,
             swapped=swapped,
+            warn=warn,
         )
     return before

@@ -32,7 +32,8 @@ from dbguard.engines.base import Engine, EngineName, Target
 from dbguard.engines.postgres import PostgresEngine, claim_scratch, scratch_name
 from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
-from tests.helpers import poll
+from tests.helpers import Home, poll
+from tests.servers import PG_USER
 
 pytestmark = pytest.mark.postgres
 
@@ -470,6 +471,102 @@ def test_dbguards_own_kept_connections_in_the_database_do_not_stop_a_restore(
         assert leftovers(rich) == []
     finally:
         daemon.close()
+
+
+@pytest.fixture
+def owned(pg_database: Target) -> Iterator[Target]:
+    """The throwaway database, owned by a login role that may create databases but is
+    no superuser; as that role."""
+    role = f"dbguard_test_owner_{secrets.token_hex(4)}"
+    name = sql.Identifier(str(pg_database.name))
+    admin = pg_database.model_copy(update={"name": "postgres"})
+    run(
+        admin,
+        sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)),
+        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(role)),
+    )
+    try:
+        yield pg_database.model_copy(update={"user": role})
+    finally:
+        run(
+            admin,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name),
+            sql.SQL("DROP ROLE {}").format(sql.Identifier(role)),
+        )
+
+
+def database_settings(target: Target) -> dict[str, list[str]]:
+    """ALTER DATABASE ... SET ('') and ALTER ROLE ... IN DATABASE ... SET (the role)."""
+    rows = query(
+        target.model_copy(update={"name": "postgres", "user": PG_USER}),
+        "SELECT coalesce(r.rolname, ''), s.setconfig FROM pg_db_role_setting s "
+        "JOIN pg_database d ON d.oid = s.setdatabase "
+        "LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = %s",
+        (target.name,),
+    )
+    return {role: sorted(config) for role, config in rows}
+
+
+def test_the_owner_restores_without_the_settings_only_a_superuser_may_set_and_is_told(
+    owned: Target, store: Store, engines: Engines
+) -> None:
+    name = sql.Identifier(str(owned.name))
+    superuser = owned.model_copy(update={"user": PG_USER})
+    settings = [
+        sql.SQL("ALTER DATABASE {} SET log_min_duration_statement = 250").format(name),
+        sql.SQL("ALTER DATABASE {} SET work_mem = '8MB'").format(name),  # the owner may
+        sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '5min'").format(
+            sql.Identifier(PG_USER), name
+        ),
+    ]
+    run(superuser, *settings)
+    run(owned, "CREATE TABLE t (x int)", "INSERT INTO t SELECT generate_series(1, 10)")
+    backup = operations.take_backup(store, engines, owned, REASON)
+    run(owned, "DELETE FROM t")
+    warnings: list[str] = []
+
+    operations.restore_backup(store, engines, backup, owned, REASON, warn=warnings.append)
+
+    assert query(owned, "SELECT count(*) FROM t") == [(10,)]
+    assert database_settings(owned) == {"": ["work_mem=8MB"]}
+    assert len(warnings) == 2, warnings
+    said = "\n".join(warnings)
+    assert "without its setting log_min_duration_statement = 250" in said, said
+    assert f"""ALTER DATABASE "{owned.name}" SET "log_min_duration_statement" TO '250'""" in said
+    assert f'GRANT SET ON PARAMETER log_min_duration_statement TO "{owned.user}"' in said
+    assert f'ALTER ROLE "{PG_USER}" IN DATABASE "{owned.name}" SET "statement_timeout"' in said
+
+    # A superuser's restore keeps them all, and has nothing to say.
+    run(superuser, *settings)
+    warnings.clear()
+    operations.restore_backup(store, engines, backup, superuser, REASON, warn=warnings.append)
+    assert warnings == []
+    assert database_settings(owned) == {
+        "": ["log_min_duration_statement=250", "work_mem=8MB"],
+        PG_USER: ["statement_timeout=5min"],
+    }
+
+
+def test_dbguardctl_restore_says_and_logs_which_setting_it_left_out(
+    owned: Target, engines: Engines, home: Home
+) -> None:
+    run(
+        owned.model_copy(update={"user": PG_USER}),
+        sql.SQL("ALTER DATABASE {} SET log_min_duration_statement = 250").format(
+            sql.Identifier(str(owned.name))
+        ),
+    )
+    backup = operations.take_backup(Store(home.backups), engines, owned, REASON)
+
+    restored = home.ctl("restore", backup.id, "--yes")
+
+    assert restored.returncode == 0, restored.stderr
+    said = restored.stderr.decode()
+    assert "dbguardctl: WARNING: " in said, said
+    assert "restored without its setting log_min_duration_statement = 250" in said, said
+    [record] = [op for op in home.operations() if op.get("decision") == "restore"]
+    assert record["outcome"] == "ok"
+    assert ["log_min_duration_statement" in note for note in record["warnings"]] == [True]
 
 
 def test_restoring_a_dropped_database_creates_it(

@@ -79,6 +79,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     }
     saved: list[Manifest | None] = []  # the pre-restore backup, once taken
     swapped: list[bool] = []  # once the target holds the backup's contents
+    left_out: list[str] = []  # what the restored database is without (a setting)
+
+    def warn(note: str) -> None:
+        ctx.error(f"dbguardctl: WARNING: {note}")
+        left_out.append(note)
+
     stopped_after_swap = False
     engines = Engines(ctx.config.backup)
     _say_waits(ctx, engines, target)
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 end_connections=args.end_connections,
                 saved=saved.append,
                 swapped=lambda: swapped.append(True),
+                warn=warn,
             )
     except KeyboardInterrupt:
         if not swapped:
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             + ([{"id": before.id, "pre_restore": True}] if before else []),
             "outcome": "ok",
         }
+        | ({"warnings": left_out} if left_out else {})
     )
     ctx.print(f"restored {manifest.id} into {target.label}")
     if before is not None:

@@ -127,6 +127,7 @@ class Engine(Protocol):
         *,
         end_connections: bool = False,
         swapped: Callable[[], None] = lambda: None,
+        warn: Callable[[str], None] = lambda note: None,
     ) -> None:
         """Replace the database's contents with the dump read from `data`.
 
@@ -135,7 +136,8 @@ class Engine(Protocol):
         other clients connected to the target make it raise RestoreFailed naming them,
         unless `end_connections` is set, which ends their sessions first. `swapped` is
         called once the target holds the backup's contents, so a caller stopped after
-        that point (^C during the clean-up) reports the right state.
+        that point (^C during the clean-up) reports the right state. `warn` is told,
+        after the swap, of anything the restored database was left without.
         """
         ...
 

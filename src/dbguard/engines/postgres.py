@@ -80,7 +80,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.errors import ObjectInUse
+from psycopg.errors import InsufficientPrivilege, ObjectInUse
 
 from dbguard.config import BackupSettings
 from dbguard.engines.base import (
@@ -795,10 +795,50 @@ def _create_database(
     conn.execute(sql.SQL(" ").join(parts))
 
 
-def _copy_database_properties(conn: Conn, source: _Database, dest: str) -> None:
+def _setting_statement(
+    database: str, role: str | None, name: str, values: Sequence[str]
+) -> sql.Composed:
+    literal = sql.SQL(", ").join(sql.Literal(item) for item in values)
+    if role is None:
+        return sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
+            sql.Identifier(database), sql.Identifier(name), literal
+        )
+    return sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
+        sql.Identifier(role), sql.Identifier(database), sql.Identifier(name), literal
+    )
+
+
+def refused_setting(
+    database: str, setting: str, role: str | None, user: str, error: str, put_back: str
+) -> str:
+    """What the person who restored reads about a setting they may not give the restored
+    database: which, why, and how it comes back."""
+    whose = f" for role {role}" if role else ""
+    told = (
+        f"{database} was restored without its setting {setting}{whose}: {user} may not "
+        f"set it ({error}); a superuser can put it back with `{put_back}`"
+    )
+    if role is None and "permission denied to set parameter" in error:
+        name = setting.partition(" = ")[0]
+        grantee = '"' + user.replace('"', '""') + '"'
+        told += (
+            f"; on PostgreSQL 15 and later, `GRANT SET ON PARAMETER {name} TO {grantee}` "
+            f"(as a superuser) lets {user} restore it with the database"
+        )
+    return told
+
+
+def _copy_database_properties(
+    conn: Conn, source: _Database, dest: str, final_name: str
+) -> list[str]:
     """Grants, per-database settings, connection limit and comment live on the database,
     not in the dump: without this, a restore would silently drop e.g. a search_path set
-    with ALTER DATABASE, or a REVOKE CONNECT FROM PUBLIC."""
+    with ALTER DATABASE, or a REVOKE CONNECT FROM PUBLIC.
+
+    A setting this user may not set (a superuser-only one a superuser set, or another
+    role's) is left out rather than stopping the restore for good: the owner could drop
+    and re-create the database without it anyway. Returns what to tell about each one
+    left out (`final_name` is the name the database will have)."""
     target = sql.Identifier(dest)
     if not source.acl_is_default:
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
@@ -828,20 +868,20 @@ def _copy_database_properties(conn: Conn, source: _Database, dest: str) -> None:
         """,
         (source.oid,),
     ).fetchall()
+    refused: list[str] = []
     for role, config in settings:
         for entry in config or ():
             name, _, value = str(entry).partition("=")
             values = split_setting_list(value) if name in _LIST_QUOTE_SETTINGS else [value]
-            literal = sql.SQL(", ").join(sql.Literal(item) for item in values)
-            if role is None:
-                statement = sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
-                    target, sql.Identifier(name), literal
+            try:
+                conn.execute(_setting_statement(dest, role, name, values))
+            except InsufficientPrivilege as err:
+                put_back = _setting_statement(final_name, role, name, values).as_string(conn)
+                error = str(err).strip().splitlines()[0]
+                user = conn.info.user
+                refused.append(
+                    refused_setting(final_name, f"{name} = {value}", role, user, error, put_back)
                 )
-            else:
-                statement = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
-                    sql.Identifier(role), target, sql.Identifier(name), literal
-                )
-            conn.execute(statement)
     if source.connection_limit != -1:
         conn.execute(
             sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
@@ -852,6 +892,7 @@ def _copy_database_properties(conn: Conn, source: _Database, dest: str) -> None:
         conn.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(source.comment))
         )
+    return refused
 
 
 def _drop_database(conn: Conn, name: str) -> None:
@@ -1591,10 +1632,12 @@ class PostgresEngine:
         *,
         end_connections: bool = False,
         swapped: Callable[[], None] = lambda: None,
+        warn: Callable[[str], None] = lambda note: None,
     ) -> None:
         """Restore into a scratch database, then swap it in by renaming; the database it
         replaces is dropped (the store has backed it up). Creates the database when it
-        does not exist.
+        does not exist. Each database setting this user may not carry over is told to
+        `warn` once the swap is done.
 
         Raises RestoreFailed, with the target unchanged, when the server cannot be
         reached, other sessions are connected and `end_connections` is not set (naming
@@ -1610,7 +1653,7 @@ class PostgresEngine:
         self._forget(s)
         conn = self._admin(s, RestoreFailed)
         try:
-            self._restore(conn, s, data, scratch, end_connections, swapped)
+            self._restore(conn, s, data, scratch, end_connections, swapped, warn)
         except psycopg.Error as err:
             # Errors after the swap are only logged (dropping the replaced copy), so
             # whatever arrives here happened while the target was still untouched.
@@ -1628,6 +1671,7 @@ class PostgresEngine:
         scratch: Path,
         end_connections: bool,
         swapped: Callable[[], None],
+        warn: Callable[[str], None],
     ) -> None:
         tool = self._tools.choose(
             "pg_restore", server_version(conn.info.server_version), RestoreFailed
@@ -1650,6 +1694,7 @@ class PostgresEngine:
             ) from None
         replaced: str | None = None
         in_place = False
+        refused: list[str] = []
         try:
             self._pg_restore(
                 tool,
@@ -1660,12 +1705,15 @@ class PostgresEngine:
                 fix=f"the database {s.dbname} was not changed",
             )
             if existing is not None:
-                _copy_database_properties(conn, existing, temp)
+                refused = _copy_database_properties(conn, existing, temp, s.dbname)
             # A stop after the renames' commit must not be reported as "not changed".
             with signals_held(f"the swap of {s.dbname}"):
                 replaced = self._swap(conn, s, temp, existing, end_connections)
                 in_place = True
                 swapped()
+                for note in refused:
+                    log.warning("restored without a database setting", note=note)
+                    warn(note)
                 if replaced is not None:
                     self._drop_quietly(conn, replaced)
         finally:

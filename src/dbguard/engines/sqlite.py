@@ -450,6 +450,7 @@ class SqliteEngine:
         *,
         end_connections: bool = False,  # SQLite's own locking serializes the swap
         swapped: Callable[[], None] = lambda: None,
+        warn: Callable[[str], None] = lambda note: None,  # nothing is left out here
     ) -> None:
         path = Path(str(target.path))
         # Unpacked in the store's work folder, not beside the database: a restore that

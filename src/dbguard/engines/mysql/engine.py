@@ -1353,6 +1353,7 @@ class MysqlEngine:
         *,
         end_connections: bool = False,
         swapped: Callable[[], None] = lambda: None,
+        warn: Callable[[str], None] = lambda note: None,  # nothing is left out here
     ) -> None:
         """Load the dump into a scratch schema, check its views, triggers and routines
         there, then swap: one RENAME TABLE moves the current tables to a holding schema
