@@ -503,6 +503,94 @@ def test_restore_refuses_while_another_session_uses_the_target(
         other.close()
 
 
+# ---- definitions written with the schema's name ----------------------------------------
+
+
+def qualified_trigger(target: Target) -> None:
+    """A trigger written with schema-qualified names, as migration tools and GUIs write
+    it: mariadb-dump keeps its text verbatim, qualifier and all."""
+    db = target.name
+    run(
+        target,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB",
+        "CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT) ENGINE=InnoDB",
+        "INSERT INTO t VALUES (1, 'a')",
+        f"CREATE TRIGGER `{db}`.trg AFTER UPDATE ON `{db}`.`t` FOR EACH ROW"
+        f" INSERT INTO `{db}`.audit (note) VALUES ('updated')",
+    )
+
+
+def triggers_in(target: Target, database: str | None = None) -> list[str]:
+    schema = quote(database or str(target.name))
+    query = f"SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {schema}"
+    return [row[0] for row in run(target, query)]
+
+
+def test_verify_of_a_qualified_trigger_never_touches_the_live_database(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    qualified_trigger(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+
+    assert operations.verify_backup(store, engines, manifest).ok  # the trigger is live
+
+    run(mysql_database, "DROP TRIGGER trg")  # a later migration removed it
+    assert operations.verify_backup(store, engines, manifest).ok
+    assert triggers_in(mysql_database) == []  # verify did not create it here
+
+
+def test_a_qualified_trigger_restores_into_the_target_and_fires(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    qualified_trigger(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    run(mysql_database, "DELETE FROM t")
+
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert run(mysql_database, "SELECT v FROM t") == [("a",)]
+    run(mysql_database, "UPDATE t SET v = 'b'")
+    assert run(mysql_database, "SELECT note FROM audit") == [("updated",)]
+
+    # Into another database: the trigger goes with the tables, the original keeps its
+    # own. (Its body is kept as written: it still names the original's audit table.)
+    copy = mysql_database.model_copy(update={"name": f"{mysql_database.name}_copy"})
+    try:
+        operations.restore_backup(store, engines, manifest, copy, PRE_RESTORE)
+        assert triggers_in(mysql_database, str(copy.name)) == ["trg"]
+        assert triggers_in(mysql_database) == ["trg"]
+    finally:
+        run(mysql_database, f"DROP DATABASE IF EXISTS `{copy.name}`")
+
+
+def test_a_definition_naming_another_schema_is_refused_before_it_runs(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine, tmp_path: Path
+) -> None:
+    """A backup edited (or made by hand) so a trigger names another database: neither
+    verify nor restore may create it there."""
+    qualified_trigger(mysql_database)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    other = f"{mysql_database.name}_other"
+    run(mysql_database, f"CREATE DATABASE `{other}`", f"CREATE TABLE `{other}`.t (id INT)")
+    try:
+        with store.open_data(manifest) as data:
+            whole = data.read()
+        qualifier = f"TRIGGER `{mysql_database.name}`.trg".encode()
+        evil = whole.replace(qualifier, f"TRIGGER `{other}`.trg".encode(), 1)
+        evil = evil.replace(f"ON `{mysql_database.name}`.`t`".encode(), f"ON `{other}`.t".encode())
+        assert evil != whole
+
+        with pytest.raises(Damaged, match=f"names the schema '{other}'"):
+            engine.restored_counts(mysql_database, io.BytesIO(evil), FORMAT, tmp_path)
+        with pytest.raises(RestoreFailed, match=f"names the schema '{other}'"):
+            engine.restore(mysql_database, io.BytesIO(evil), FORMAT, tmp_path)
+
+        assert triggers_in(mysql_database, other) == []
+        assert triggers_in(mysql_database) == ["trg"]
+    finally:
+        run(mysql_database, f"DROP DATABASE IF EXISTS `{other}`")
+
+
 # ---- the change signal -----------------------------------------------------------------
 
 

@@ -16,11 +16,14 @@ from dbguard.engines.mysql.sqltext import (
     DumpSyntaxError,
     classify,
     count_tuples,
+    dumped_database,
     meta_line,
     option_value,
+    qualifiers,
     quote_string,
     statement_head,
     without_database_name,
+    without_schema,
 )
 
 # What mariadb-dump 10.11 writes (shortened): one row per line.
@@ -248,6 +251,104 @@ def test_alter_database_loses_its_name() -> None:
     )
     unnamed = b"ALTER DATABASE CHARACTER SET utf8"
     assert without_database_name(unnamed) == unnamed
+
+
+@pytest.mark.parametrize(
+    ("line", "database"),
+    [
+        (b"-- Host: 127.0.0.1    Database: shop\n", "shop"),
+        (b"-- Host: localhost    Database: my db\r\n", "my db"),
+        (b"-- dbguard fallback dump (PyMySQL) of `a``b`\n", "a`b"),
+        (b"-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB\n", None),
+        (b"-- Table structure for table `t`\n", None),
+        (b"-- Host: localhost    Database: \n", None),
+    ],
+)
+def test_the_dumped_database_is_read_from_the_header(line: bytes, database: str | None) -> None:
+    assert dumped_database(line) == database
+
+
+def test_reader_knows_the_dumped_database() -> None:
+    header = b"-- Host: 127.0.0.1    Database: db\n"
+    dump = MARIADB_DUMP.replace(b"--\n", b"--\n" + header, 1)
+    assert statements(dump)[1].database == "db"
+    assert statements(MARIADB_DUMP)[1].database is None
+
+
+# What mariadb-dump writes for a trigger created as `CREATE TRIGGER db.trg ... ON db.t`.
+QUALIFIED_TRIGGER = (
+    b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`%`*/ /*!50003 TRIGGER `my``db` . `tr``g`"
+    b" AFTER UPDATE ON `my``db`.`t` FOR EACH ROW INSERT INTO `my``db`.audit VALUES (1) */"
+)
+
+
+def test_the_dumped_database_is_taken_off_a_trigger_and_its_table_not_its_body() -> None:
+    assert without_schema(QUALIFIED_TRIGGER, "my`db") == (
+        b"/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`%`*/ /*!50003 TRIGGER `tr``g`"
+        b" AFTER UPDATE ON `t` FOR EACH ROW INSERT INTO `my``db`.audit VALUES (1) */"
+    )
+
+
+@pytest.mark.parametrize(
+    ("statement", "unqualified"),
+    [
+        (
+            b"CREATE TRIGGER db.trg BEFORE INSERT ON db.t FOR EACH ROW SET NEW.a = db.f()",
+            b"CREATE TRIGGER trg BEFORE INSERT ON t FOR EACH ROW SET NEW.a = db.f()",
+        ),
+        (  # only the table qualified; comments between the words
+            b"CREATE TRIGGER /* x */ trg\nAFTER DELETE ON `db` /* y */ . t FOR EACH ROW DO 1",
+            b"CREATE TRIGGER /* x */ trg\nAFTER DELETE ON t FOR EACH ROW DO 1",
+        ),
+        (  # ANSI_QUOTES
+            b'CREATE TRIGGER "db"."trg" AFTER INSERT ON "db"."t" FOR EACH ROW DO 1',
+            b'CREATE TRIGGER "trg" AFTER INSERT ON "t" FOR EACH ROW DO 1',
+        ),
+        (
+            b"/*!50003 DROP PROCEDURE IF EXISTS `db`.`p` */",
+            b"/*!50003 DROP PROCEDURE IF EXISTS `p` */",
+        ),
+        (
+            b"CREATE DEFINER=`u`@`%` PROCEDURE db.p() SELECT * FROM db.t",
+            b"CREATE DEFINER=`u`@`%` PROCEDURE p() SELECT * FROM db.t",
+        ),
+    ],
+)
+def test_without_schema_drops_the_dumped_databases_name(
+    statement: bytes, unqualified: bytes
+) -> None:
+    assert without_schema(statement, "db") == unqualified
+    assert qualifiers(unqualified) == []
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        b"CREATE TRIGGER DB.trg AFTER INSERT ON DB.t FOR EACH ROW DO 1",  # names are case-sensitive
+        b"CREATE TRIGGER other.trg AFTER INSERT ON other.t FOR EACH ROW DO 1",
+        b"CREATE TRIGGER trg AFTER INSERT ON `other`.t FOR EACH ROW DO 1",
+        b"/*!50106 CREATE*/ /*!50117 DEFINER=`r`@`l`*/ /*!50106 EVENT `other`.`e` ON SCHEDULE",
+    ],
+)
+def test_another_schemas_name_is_left_for_the_caller_to_refuse(statement: bytes) -> None:
+    assert without_schema(statement, "db") == statement
+    named = {q.schema for q in qualifiers(statement)}
+    assert named in ({"DB"}, {"other"})
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        b"/*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER=`r`@`l` SQL SECURITY"
+        b" DEFINER */\n/*!50001 VIEW `v` AS select `db`.`t`.`id` AS `id` from `db`.`t` */",
+        b"CREATE DEFINER=`root`@`%` PROCEDURE `p`()\nbegin select db.f(); end",
+        b"/*!50003 CREATE*/ /*!50017 DEFINER=`a`@`b`*/ /*!50003 trigger t after insert on `a``b`"
+        b"\nfor each row insert into other.log values (1) */",
+        b"CREATE PACKAGE BODY IF NOT EXISTS pkg AS BEGIN END",
+    ],
+)
+def test_a_body_that_names_a_schema_is_not_a_qualifier(statement: bytes) -> None:
+    assert qualifiers(statement) == []
 
 
 def test_string_literals_never_hold_a_raw_newline() -> None:

@@ -49,11 +49,13 @@ from dbguard.engines.mysql.sqltext import (
     Kind,
     classify,
     meta_line,
+    qualifiers,
     quote_ident,
     quote_string,
     scrub,
     statement_head,
     without_database_name,
+    without_schema,
 )
 from dbguard.engines.pipe import stdout_chunks
 from dbguard.errors import (
@@ -1169,7 +1171,7 @@ class MysqlEngine:
                             "it was not made by dbguard; nothing was changed",
                         )
                     if kind in ("object", "event"):
-                        deferred.append((kind, statement))
+                        deferred.append((kind, self._own_schema(statement, reader, damage)))
                         continue
                     if kind == "alter-database":
                         deferred.append((kind, without_database_name(statement)))
@@ -1191,6 +1193,25 @@ class MysqlEngine:
                 "use an older backup",
             )
         return deferred, reader.meta
+
+    @staticmethod
+    def _own_schema(statement: bytes, reader: DumpReader, damage: type[DbguardError]) -> bytes:
+        """A deferred definition made to act where it is run (the scratch schema, then
+        the target): the dumped database's name is taken off it. One that still names
+        a schema would create or drop something there, in verify too: it is refused."""
+        if reader.database is not None:
+            statement = without_schema(statement, reader.database)
+        named = qualifiers(statement)
+        if named:
+            made_of = f" (the backup is of {reader.database!r})" if reader.database else ""
+            raise damage(
+                f"a definition in the backup names the schema {named[0].schema!r}{made_of} "
+                "and would act there, outside the database being restored: "
+                f"{statement_head(statement, 200)!r}",
+                "nothing was changed: verify and restore never run a definition that "
+                "names another schema",
+            )
+        return statement
 
     @staticmethod
     def _run(cur: Any, statement: bytes, damage: type[DbguardError]) -> None:

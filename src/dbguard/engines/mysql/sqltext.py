@@ -18,6 +18,7 @@ and `bytes.find`, never a Python loop per byte.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -328,6 +329,7 @@ class DumpReader:
         self._last_line = b""
         self.lexer = _Lexer()
         self.meta: dict[str, str] = {}
+        self.database: str | None = None  # the dumped database, from the dump's header
         self.complete = False
 
     @property
@@ -409,6 +411,8 @@ class DumpReader:
                 if line.startswith(META_PREFIX):
                     self._read_meta(line)
                     continue
+                if self.database is None:
+                    self.database = dumped_database(line)
                 delimiter = _DELIMITER.match(line)
                 if delimiter:
                     lexer.delimiter = delimiter.group(1)
@@ -437,6 +441,27 @@ class DumpReader:
             return
         if isinstance(value, dict):
             self.meta = {str(k): str(v) for k, v in value.items()}
+
+
+_HOST_HEADER = b"-- Host: "  # mysqldump and mariadb-dump: `-- Host: h    Database: db`
+_HOST_DATABASE = b"    Database: "
+_FALLBACK_HEADER = b"-- dbguard fallback dump (PyMySQL) of "  # then the quoted name
+
+
+def dumped_database(line: bytes) -> str | None:
+    """The database a dump was made of, from its header line (None: not that line).
+    The dump tools write the name as it is; dbguard's fallback dumper quotes it."""
+    line = line.rstrip(b"\r\n")
+    if line.startswith(_HOST_HEADER) and _HOST_DATABASE in line:
+        name = line.split(_HOST_DATABASE, 1)[1]
+    elif line.startswith(_FALLBACK_HEADER):
+        quoted = line[len(_FALLBACK_HEADER) :]
+        if len(quoted) < 2 or not (quoted.startswith(b"`") and quoted.endswith(b"`")):
+            return None
+        name = quoted[1:-1].replace(b"``", b"`")
+    else:
+        return None
+    return name.decode("utf-8", "replace") or None
 
 
 # ---- what a statement does -------------------------------------------------------------
@@ -509,3 +534,105 @@ def without_database_name(statement: bytes) -> bytes:
     """`ALTER DATABASE `orig` CHARACTER SET ...` -> `ALTER DATABASE CHARACTER SET ...`,
     which applies to the session's current database (the one being restored)."""
     return _ALTER_DATABASE_NAME.sub(rb"\1", statement, count=1)
+
+
+# ---- schema names on the objects a dump recreates --------------------------------------
+
+# What the head of a CREATE/DROP of a view, trigger, routine or event is made of, up to
+# the names: blanks and comments (skipped), the marks of executable comments (skipped:
+# their content is SQL), quoted names and strings, words, and single characters.
+_HEAD_TOKEN = re.compile(
+    rb"(?P<skip>\s+|/\*M?!\d*|\*/|/\*.*?\*/|(?:--[ \t\r\n]|#)[^\n]*)"
+    rb"|`(?:[^`]|``)*`|\"(?:[^\"\\]|\\.|\"\")*\"|'(?:[^'\\]|\\.|'')*'"
+    rb"|[A-Za-z0-9_$\x80-\xff]+|.",  # the same as _WORD
+    re.DOTALL,
+)
+_OBJECT_KINDS = {b"TRIGGER", b"VIEW", b"PROCEDURE", b"FUNCTION", b"EVENT", b"PACKAGE"}
+_WORD = re.compile(rb"[A-Za-z0-9_$\x80-\xff]+")  # an unquoted name
+_TRIGGER_ON_WITHIN = 8  # a trigger's ON comes a few words after its name (AFTER UPDATE ON)
+
+
+@dataclass(frozen=True)
+class Qualifier:
+    """A schema name written before an object's own name (`db`.`name`): the schema, and
+    the bytes from its start to the object's name (the dot and any blanks with it)."""
+
+    schema: str
+    start: int
+    end: int
+
+
+def _tokens(statement: bytes) -> Iterator[tuple[bytes, int]]:
+    """The head's tokens with their offsets, blanks and comments left out."""
+    for found in _HEAD_TOKEN.finditer(statement):
+        if found.lastgroup != "skip":
+            yield found.group(), found.start()
+
+
+def _identifier(token: bytes) -> str | None:
+    """The name a token spells (`a``b`, "a""b" under ANSI_QUOTES, or a bare word)."""
+    if token[:1] == b"`":
+        return token[1:-1].replace(b"``", b"`").decode("utf-8", "replace")
+    if token[:1] == b'"':
+        return token[1:-1].replace(b'""', b'"').decode("utf-8", "replace")
+    if _WORD.fullmatch(token):
+        return token.decode("utf-8", "replace")
+    return None
+
+
+def _qualifier(tokens: Iterator[tuple[bytes, int]]) -> Qualifier | None:
+    """Read a name (`a` or `a`.`b`) from `tokens`; its schema part, if it has one."""
+    first = next(tokens, None)
+    if first is None or _identifier(first[0]) is None:
+        return None
+    dot = next(tokens, None)
+    if dot is None or dot[0] != b".":
+        return None
+    second = next(tokens, None)
+    if second is None or _identifier(second[0]) is None:
+        return None
+    return Qualifier(str(_identifier(first[0])), first[1], second[1])
+
+
+def qualifiers(statement: bytes) -> list[Qualifier]:
+    """Schema names written on what a deferred statement (see `classify`) creates or
+    drops: the object's name, and a trigger's table (`... ON db.t`). Bodies are not
+    read: a view or trigger may well read or write another schema."""
+    tokens = _tokens(statement)
+    kind = b""
+    for token, _ in tokens:
+        if token.upper() in _OBJECT_KINDS:
+            kind = token.upper()
+            break
+    found: list[Qualifier] = []
+    if not kind:
+        return found
+    ahead = list(itertools.islice(tokens, 3))  # PACKAGE BODY, IF [NOT] EXISTS
+    while ahead and ahead[0][0].upper() in (b"BODY", b"IF", b"NOT", b"EXISTS"):
+        ahead.pop(0)
+    tokens = itertools.chain(ahead, tokens)
+    name = _qualifier(tokens)
+    if name is not None:
+        found.append(name)
+    if kind == b"TRIGGER":
+        for token, _ in itertools.islice(tokens, _TRIGGER_ON_WITHIN):
+            if token.upper() == b"ON":
+                table = _qualifier(tokens)
+                if table is not None:
+                    found.append(table)
+                break
+    return found
+
+
+def without_schema(statement: bytes, database: str) -> bytes:
+    """`statement` with the schema name `database` taken off the object it creates or
+    drops (and a trigger's table), so it acts in the session's current database.
+
+    mariadb-dump keeps a trigger's text as it was written, and `CREATE TRIGGER db.trg
+    ... ON db.t` would act on `db` whichever schema it is loaded into. (The server
+    drops the schema name from views, routines and events itself.) Database names
+    are compared as MariaDB compares them on Linux: case-sensitively."""
+    for qualifier in reversed(qualifiers(statement)):
+        if qualifier.schema == database:
+            statement = statement[: qualifier.start] + statement[qualifier.end :]
+    return statement
