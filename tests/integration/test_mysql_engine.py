@@ -437,23 +437,29 @@ def test_a_failed_restore_leaves_the_target_as_it_was(
 
 
 def test_a_failure_after_the_swap_moves_everything_back(
-    mysql_database: Target, store: Store, engines: Engines, tmp_path: Path
+    mysql_database: Target,
+    store: Store,
+    engines: Engines,
+    grantees: tuple[str, str],
+    tmp_path: Path,
 ) -> None:
     """A user who may do everything but create events: the backup's event fails in the
-    target after the tables moved in, and the restore puts the old state back."""
+    target after the tables moved in, and the restore puts the old state back, the
+    grants on its routines too."""
     name = f"dbg_{secrets.token_hex(4)}"
     pattern = str(mysql_database.name).replace("_", "\\_") + "%"
     run(
         mysql_database,
         f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'",
         "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW,"
-        " SHOW VIEW, TRIGGER, CREATE ROUTINE, ALTER ROUTINE, LOCK TABLES, REFERENCES"
-        f" ON `{pattern}`.* TO '{name}'@'%'",
+        " SHOW VIEW, TRIGGER, CREATE ROUTINE, ALTER ROUTINE, EXECUTE, LOCK TABLES, REFERENCES"
+        f" ON `{pattern}`.* TO '{name}'@'%' WITH GRANT OPTION",
+        f"GRANT SELECT ON mysql.procs_priv TO '{name}'@'%'",
     )
     try:
+        routines_granted(mysql_database, grantees, definer=f"'{name}'@'%'")
         run(
             mysql_database,
-            "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB",
             "INSERT INTO t VALUES (1), (2)",
             f"CREATE DEFINER='{name}'@'%' VIEW v AS SELECT id FROM t",
             f"CREATE DEFINER='{name}'@'%' TRIGGER t_ins BEFORE INSERT ON t FOR EACH ROW"
@@ -463,6 +469,7 @@ def test_a_failure_after_the_swap_moves_everything_back(
         manifest = operations.take_backup(store, engines, mysql_database, REASON)
         run(mysql_database, "DROP EVENT e", "INSERT INTO t VALUES (3)", "DROP VIEW v")
         current = state(mysql_database)
+        granted = grants_of(mysql_database, grantees)
 
         limited = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
         # The engine itself: dbguard's pre-restore backup would need the EVENT privilege.
@@ -474,6 +481,7 @@ def test_a_failure_after_the_swap_moves_everything_back(
 
         assert "EVENT" in str(failed.value) or "event" in str(failed.value)
         assert state(mysql_database) == current
+        assert grants_of(mysql_database, grantees) == granted
         assert schemas_like(f"{mysql_database.name}_dbguard") == []
     finally:
         run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
@@ -589,6 +597,112 @@ def test_a_definition_naming_another_schema_is_refused_before_it_runs(
         assert triggers_in(mysql_database) == ["trg"]
     finally:
         run(mysql_database, f"DROP DATABASE IF EXISTS `{other}`")
+
+
+# ---- grants on routines ----------------------------------------------------------------
+
+
+@pytest.fixture
+def grantees(mysql_database: Target) -> Iterator[tuple[str, str]]:
+    """A user and a role that are granted the database's routines; dropped afterwards."""
+    name = f"dbg_{secrets.token_hex(4)}"
+    run(mysql_database, f"CREATE USER '{name}'@'%'", f"CREATE ROLE '{name}_role'")
+    try:
+        yield f"'{name}'@'%'", f"'{name}_role'"
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'", f"DROP ROLE IF EXISTS {name}_role")
+
+
+def routines_granted(
+    target: Target, grantees: tuple[str, str], definer: str = "CURRENT_USER"
+) -> list[Any]:
+    """A table, a procedure and a function, and grants on them; SHOW GRANTS after."""
+    run(
+        target,
+        "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB",
+        f"CREATE DEFINER={definer} PROCEDURE p() SELECT COUNT(*) FROM t",
+        f"CREATE DEFINER={definer} FUNCTION f() RETURNS INT DETERMINISTIC RETURN 42",
+    )
+    grant_routines(target, grantees)
+    return grants_of(target, grantees)
+
+
+def grant_routines(target: Target, grantees: tuple[str, str]) -> None:
+    db = target.name
+    user, role = grantees
+    run(
+        target,
+        f"GRANT EXECUTE ON PROCEDURE `{db}`.p TO {user}",
+        f"GRANT EXECUTE, ALTER ROUTINE ON FUNCTION `{db}`.f TO {user} WITH GRANT OPTION",
+        f"GRANT EXECUTE ON PROCEDURE `{db}`.p TO {role}",
+        f"GRANT SELECT (id) ON `{db}`.t TO {role}",  # kept by name: RENAME keeps it
+    )
+
+
+def grants_of(target: Target, grantees: tuple[str, str]) -> list[Any]:
+    return [run(target, f"SHOW GRANTS FOR {grantee}") for grantee in grantees]
+
+
+def test_a_restore_keeps_the_grants_on_routines(
+    mysql_database: Target, store: Store, engines: Engines, grantees: tuple[str, str]
+) -> None:
+    """Dropping a routine drops its grants (automatic_sp_privileges), and dumps hold no
+    grants: the swap puts back those on routines the backup has too."""
+    before = routines_granted(mysql_database, grantees)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    db = mysql_database.name
+    run(
+        mysql_database,
+        "CREATE PROCEDURE later() SELECT 1",  # not in the backup: its grant goes with it
+        f"GRANT EXECUTE ON PROCEDURE `{db}`.later TO {grantees[0]}",
+    )
+
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert grants_of(mysql_database, grantees) == before
+
+
+def test_a_restore_that_cannot_put_grants_back_says_which_and_how(
+    mysql_database: Target,
+    store: Store,
+    engines: Engines,
+    engine: MysqlEngine,
+    grantees: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    name = f"dbg_{secrets.token_hex(4)}"
+    pattern = str(mysql_database.name).replace("_", "\\_") + "%"
+    run(  # all it needs to restore, but it may not grant
+        mysql_database,
+        f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{name}'@'%'",
+    )
+    before = routines_granted(mysql_database, grantees, definer=f"'{name}'@'%'")
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    restorer = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
+    warnings: list[str] = []
+    engine.restore_warning = warnings.append
+    try:
+        with store.open_data(manifest) as data:
+            engine.restore(restorer, data, FORMAT, tmp_path)
+        assert len(warnings) == 1
+        assert "SELECT on mysql.procs_priv" in warnings[0]  # it cannot even see them
+
+        grant_routines(mysql_database, grantees)
+        run(mysql_database, f"GRANT SELECT ON mysql.procs_priv TO '{name}'@'%'")
+        warnings.clear()
+        with store.open_data(manifest) as data:
+            engine.restore(restorer, data, FORMAT, tmp_path)
+        assert len(warnings) == 1
+        for grant in ("GRANT EXECUTE ON PROCEDURE", "WITH GRANT OPTION", grantees[1]):
+            assert grant in warnings[0]
+
+        for statement in warnings[0].splitlines():  # what it says to run, as root
+            if statement.strip().startswith("GRANT "):
+                run(mysql_database, statement.strip().rstrip(";"))
+        assert grants_of(mysql_database, grantees) == before
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
 
 
 # ---- the change signal -----------------------------------------------------------------

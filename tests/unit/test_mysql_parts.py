@@ -14,6 +14,7 @@ from dbguard.engines.mysql.sqltext import (
     DumpReader,
     DumpScanner,
     DumpSyntaxError,
+    RoutineGrant,
     classify,
     count_tuples,
     dumped_database,
@@ -349,6 +350,32 @@ def test_another_schemas_name_is_left_for_the_caller_to_refuse(statement: bytes)
 )
 def test_a_body_that_names_a_schema_is_not_a_qualifier(statement: bytes) -> None:
     assert qualifiers(statement) == []
+
+
+@pytest.mark.parametrize(
+    ("grant", "statement"),
+    [
+        (
+            RoutineGrant("app", "%", "PROCEDURE", "p", "Execute"),
+            "GRANT EXECUTE ON PROCEDURE `d``b`.`p` TO 'app'@'%'",
+        ),
+        (
+            RoutineGrant("o'brien", "10.0.0.%", "FUNCTION", "f`x", "Execute,Alter Routine,Grant"),
+            "GRANT EXECUTE, ALTER ROUTINE ON FUNCTION `d``b`.`f``x` TO 'o\\'brien'@'10.0.0.%'"
+            " WITH GRANT OPTION",
+        ),
+        (  # a MariaDB role has no host
+            RoutineGrant("reporting", "", "PROCEDURE", "p", "Execute"),
+            "GRANT EXECUTE ON PROCEDURE `d``b`.`p` TO 'reporting'",
+        ),
+        (
+            RoutineGrant("app", "%", "PROCEDURE", "p", "Grant"),
+            "GRANT USAGE ON PROCEDURE `d``b`.`p` TO 'app'@'%' WITH GRANT OPTION",
+        ),
+    ],
+)
+def test_a_routine_grant_is_given_again_as_it_was(grant: RoutineGrant, statement: str) -> None:
+    assert grant.statement("d`b") == statement
 
 
 def test_string_literals_never_hold_a_raw_newline() -> None:

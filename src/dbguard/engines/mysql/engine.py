@@ -28,6 +28,7 @@ from dbguard.config import BackupSettings
 from dbguard.engines.base import DumpInfo, EngineName, Marker, Sink, Target, signals_held
 from dbguard.engines.mysql import locks, pydump
 from dbguard.engines.mysql.server import (
+    RESET_SESSION,
     SERVER_STATUS_NO_BACKSLASH_ESCAPES,
     Endpoint,
     ObjectDef,
@@ -40,6 +41,7 @@ from dbguard.engines.mysql.server import (
     fetch_text,
     object_names,
     option_file,
+    routine_grants,
     server_info,
 )
 from dbguard.engines.mysql.sqltext import (
@@ -47,6 +49,7 @@ from dbguard.engines.mysql.sqltext import (
     DumpScanner,
     DumpSyntaxError,
     Kind,
+    RoutineGrant,
     classify,
     meta_line,
     qualifiers,
@@ -532,6 +535,9 @@ class MysqlEngine:
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
         self._tools: dict[tuple[str, int], DumpTool | None] = {}
+        # Told what a restore that went through could not carry over (grants on
+        # routines), with what to run about it; `dbguardctl restore` prints it.
+        self.restore_warning: Callable[[str], None] = lambda text: log.warning(text)
 
     # ---- connections ---------------------------------------------------------------
 
@@ -1510,6 +1516,7 @@ class MysqlEngine:
             if not create:
                 self._check_sessions(cur, database, end_connections)
             old_objects = capture_objects(cur, database, _ALL_OBJECTS)
+            grants, unreadable = self._routine_grants(cur, database, old_objects)
             old_tables = self._tables(cur, database)
             new_tables = self._tables(cur, new)
             dropped: list[ObjectDef] = []
@@ -1554,6 +1561,7 @@ class MysqlEngine:
                     )
                     if create:
                         self._drop_schema(cur, database)
+                    self._grant_again(cur, database, grants, unreadable)
                 except pymysql.MySQLError as again:
                     keep_holding = True
                     raise RestoreFailed(
@@ -1567,9 +1575,82 @@ class MysqlEngine:
                     f"in {database!r}: {problem}",
                     "the database was put back as it was",
                 ) from None
+            self._grant_again(cur, database, grants, unreadable)
         finally:
             if not keep_holding:
                 self._discard(cur, holding)
+
+    @staticmethod
+    def _routine_grants(
+        cur: Any, database: str, old_objects: list[ObjectDef]
+    ) -> tuple[list[RoutineGrant], str | None]:
+        """The grants on the routines the swap drops: with automatic_sp_privileges on
+        (the default), DROP PROCEDURE/FUNCTION deletes them, and no dump holds them.
+        Second: why they could not be read (None when they were)."""
+        if not any(o.kind in ("PROCEDURE", "FUNCTION") for o in old_objects):
+            return [], None
+        cur.execute("SELECT @@GLOBAL.automatic_sp_privileges")
+        if not int(cur.fetchone()[0]):
+            return [], None  # dropping a routine keeps its grants
+        try:
+            return routine_grants(cur, database), None
+        except pymysql.MySQLError as err:
+            if error_code(err) in _UNREACHABLE_DURING_USE:
+                raise
+            return [], error_text(err)
+
+    def _grant_again(
+        self, cur: Any, database: str, grants: list[RoutineGrant], unreadable: str | None
+    ) -> None:
+        """Give back the grants the swap's DROPs took, on the routines that exist again
+        with the same name and type. What cannot be given back is told, with the
+        statements to run: the database itself is restored, so this raises nothing."""
+        lost = "dropping a procedure or function takes away the grants on it"
+        if unreadable is not None:
+            self.restore_warning(
+                f"the procedures and functions of {database!r} were dropped and created "
+                f"again ({lost}), and the grants on them could not be read to give them "
+                f"back ({unreadable}): check who may run them (SHOW GRANTS FOR ...) and "
+                "grant it again; to have them kept, restore as a user with SELECT on "
+                "mysql.procs_priv and the privileges it grants, WITH GRANT OPTION"
+            )
+            return
+        existing = {
+            (kind, name.lower())
+            for kind in ("PROCEDURE", "FUNCTION")
+            for name in object_names(cur, database, kind)
+        }
+        failed: list[tuple[str, str]] = []
+        try:
+            self._no_new_accounts(cur)
+            for grant in grants:
+                if (grant.kind, grant.routine.lower()) not in existing:
+                    continue  # not in the backup: its grants went with it
+                statement = grant.statement(database)
+                try:
+                    cur.execute(statement)
+                except pymysql.MySQLError as err:
+                    failed.append((statement, error_text(err)))
+        finally:
+            with contextlib.suppress(pymysql.MySQLError):
+                cur.execute(RESET_SESSION)
+        if failed:
+            self.restore_warning(
+                f"{len(failed)} grant(s) on the procedures and functions of {database!r} "
+                f"could not be given back ({lost}): {failed[0][1]}. Run, as a user who "
+                "may grant them:\n" + "\n".join(f"  {statement};" for statement, _ in failed)
+            )
+
+    @staticmethod
+    def _no_new_accounts(cur: Any) -> None:
+        """GRANT to an account dropped meanwhile would create it, with no password,
+        unless sql_mode has NO_AUTO_CREATE_USER (MariaDB; MySQL 8 never creates one
+        and refuses the mode)."""
+        try:
+            cur.execute("SET SESSION sql_mode = 'NO_AUTO_CREATE_USER'")
+        except pymysql.MySQLError as err:
+            if error_code(err) != 1231:  # a value the variable does not take
+                raise
 
     @staticmethod
     def _rename(cur: Any, moves: list[tuple[str, str, str, str]]) -> None:

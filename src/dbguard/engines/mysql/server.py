@@ -17,7 +17,7 @@ from pymysql.constants import CLIENT
 from pymysql.converters import conversions
 
 from dbguard.engines.base import Target
-from dbguard.engines.mysql.sqltext import option_value, quote_ident, scrub
+from dbguard.engines.mysql.sqltext import RoutineGrant, option_value, quote_ident, scrub
 from dbguard.errors import BackupFailed, DatabaseMissing, DbguardError
 
 CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not stall a guarded command
@@ -355,3 +355,15 @@ def capture_objects(cur: Any, database: str, kinds: tuple[ObjectKind, ...]) -> l
         for name in object_names(cur, database, kind):
             found.append(show_create(cur, kind, name))
     return found
+
+
+def routine_grants(cur: Any, database: str) -> list[RoutineGrant]:
+    """The grants on `database`'s procedures and functions. Needs SELECT on
+    mysql.procs_priv (raises pymysql's access error without it)."""
+    cur.execute(
+        "SELECT User, Host, Routine_type, Routine_name, Proc_priv FROM mysql.procs_priv "
+        "WHERE Db = %s AND Routine_type IN ('PROCEDURE', 'FUNCTION') "
+        "ORDER BY Routine_type, Routine_name, User, Host",
+        (database,),
+    )
+    return [RoutineGrant(*(fetch_text(value) for value in row)) for row in cur.fetchall()]

@@ -636,3 +636,32 @@ def without_schema(statement: bytes, database: str) -> bytes:
         if qualifier.schema == database:
             statement = statement[: qualifier.start] + statement[qualifier.end :]
     return statement
+
+
+# ---- grants on routines ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutineGrant:
+    """One row of mysql.procs_priv: what a user (or, with no host, a MariaDB role) may
+    do with one procedure or function."""
+
+    user: str
+    host: str  # '' for a role: MariaDB stores a user's empty host as '%'
+    kind: str  # PROCEDURE or FUNCTION
+    routine: str
+    privileges: str  # as procs_priv's Proc_priv set reads: "Execute,Alter Routine,Grant"
+
+    def statement(self, database: str) -> str:
+        """The GRANT that gives it again (quoted for a session without
+        NO_BACKSLASH_ESCAPES)."""
+        named = [p.strip() for p in self.privileges.split(",") if p.strip()]
+        granted = [p.upper() for p in named if p.lower() != "grant"]
+        grantee = quote_string(self.user)
+        if self.host:
+            grantee += "@" + quote_string(self.host)
+        return (
+            f"GRANT {', '.join(granted) or 'USAGE'} ON {self.kind} "
+            f"{quote_ident(database)}.{quote_ident(self.routine)} TO {grantee}"
+            + (" WITH GRANT OPTION" if len(granted) < len(named) else "")
+        )
