@@ -35,6 +35,12 @@ class RestoreFailed(DbguardError):
     """The restore did not complete; the target was left as it was."""
 
 
+class RestoreIncomplete(RestoreFailed):
+    """The restore stopped half way (the connection was lost mid-swap, or putting the
+    target back failed): the target is neither as it was nor as the backup has it, and
+    the message says where its previous contents are."""
+
+
 class DatabaseMissing(BackupFailed):
     """The database does not exist (yet): there is nothing to back up or to lose."""
 

@@ -36,7 +36,14 @@ from dbguard.engines.mysql import FORMAT, MysqlEngine
 from dbguard.engines.mysql import engine as mysql_engine
 from dbguard.engines.mysql.engine import claim_scratch
 from dbguard.engines.mysql.server import ServerInfo
-from dbguard.errors import BackupFailed, Cancelled, Damaged, DatabaseMissing, RestoreFailed
+from dbguard.errors import (
+    BackupFailed,
+    Cancelled,
+    Damaged,
+    DatabaseMissing,
+    RestoreFailed,
+    RestoreIncomplete,
+)
 from dbguard.store import Manifest, Reason, Store
 from tests.helpers import poll
 from tests.servers import mysql_connect
@@ -509,6 +516,59 @@ def test_restore_refuses_while_another_session_uses_the_target(
             other.ping(reconnect=False)
     finally:
         other.close()
+
+
+def test_a_connection_lost_mid_swap_says_the_database_is_half_restored(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    """A DBA's KILL, a server restart, a network drop after the tables moved: the
+    error says what state the database is in and where its previous tables are, not
+    just "cannot reach the server" (which means "nothing was changed")."""
+    db = mysql_database.name
+    run(
+        mysql_database,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB",
+        "INSERT INTO t VALUES (1, 'backup')",
+        *(f"CREATE VIEW v{i} AS SELECT id FROM t WHERE id > {i}" for i in range(300)),
+    )
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    run(mysql_database, "UPDATE t SET v = 'current'")
+    killed: list[int] = []
+
+    def kill_once_the_tables_moved() -> None:
+        watcher = mysql_connect()
+        held = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA LIKE %s"
+        sessions = (
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()"
+        )
+        deadline = time.monotonic() + 60
+        with watcher.cursor() as cur:
+            while time.monotonic() < deadline and not killed:
+                if cur.execute(held, (f"{db}\\_dbguard\\_replaced\\_%",)):
+                    cur.execute(sessions, (db,))
+                    for (session,) in cur.fetchall():
+                        cur.execute(f"KILL CONNECTION {int(session)}")
+                        killed.append(int(session))
+                time.sleep(0.002)
+        watcher.close()
+
+    killer = threading.Thread(target=kill_once_the_tables_moved)
+    killer.start()
+    try:
+        with pytest.raises(RestoreIncomplete) as failed:
+            operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+    finally:
+        killer.join()
+    assert killed, "the swap was not caught in time"
+
+    (holding,) = schemas_like(f"{db}_dbguard_replaced_")
+    try:
+        assert holding in failed.value.problem
+        assert "half" in failed.value.problem
+        assert "pre-restore backup" in failed.value.fix
+        assert run(mysql_database, f"SELECT v FROM `{holding}`.t") == [("current",)]
+    finally:
+        run(mysql_database, f"DROP DATABASE `{holding}`")
 
 
 # ---- definitions written with the schema's name ----------------------------------------

@@ -22,6 +22,7 @@ from dbguard.errors import (
     DbguardError,
     NotFound,
     RestoreFailed,
+    RestoreIncomplete,
 )
 
 # command -> module in dbguard.ctl. Modules are imported only when their command runs:
@@ -51,6 +52,7 @@ EXIT_CODES: list[tuple[type[DbguardError], int]] = [
     (NotFound, 2),
     (DaemonUnavailable, 69),  # EX_UNAVAILABLE, as the shims
     (Damaged, 65),  # EX_DATAERR
+    (RestoreIncomplete, 73),  # EX_CANTCREAT: before RestoreFailed, which it is a kind of
     (RestoreFailed, 74),  # EX_IOERR
     (BackupFailed, 75),  # EX_TEMPFAIL
     (DbguardError, 1),

@@ -18,7 +18,7 @@ from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
-from dbguard.errors import DbguardError
+from dbguard.errors import DbguardError, RestoreIncomplete
 from dbguard.marks import ProductionMarks
 from dbguard.policy import agent_markers
 from dbguard.production import TargetFacts, classify_production
@@ -111,7 +111,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         # The log is the audit trail: an attempt that failed is in it too, with why.
         failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
         ctx.oplog.append(record | failed)
-        if saved and saved[0]:
+        if saved and saved[0] and isinstance(err, RestoreIncomplete):
+            ctx.error(
+                f"dbguardctl: the pre-restore backup {saved[0].id} holds what "
+                f"{target.label} had: dbguardctl restore {saved[0].id}"
+            )
+        elif saved and saved[0]:
             ctx.error(f"dbguardctl: the pre-restore backup {saved[0].id} is kept")
         raise
     finally:

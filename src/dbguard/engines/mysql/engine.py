@@ -68,6 +68,7 @@ from dbguard.errors import (
     DatabaseMissing,
     DbguardError,
     RestoreFailed,
+    RestoreIncomplete,
 )
 from dbguard.shims import is_shim
 
@@ -85,6 +86,7 @@ _TRX_CACHE_SECONDS = 0.11  # InnoDB refreshes INNODB_TRX at most every 0.1 s
 _STDERR_TAIL = 4000
 _DEFAULT_TOOL_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/local/mysql/bin", "/opt/homebrew/bin")
 _UNREACHABLE_DURING_USE = {2006, 2013, 2055, 0}  # the kept connection was lost
+_CONNECTION_LOST = _UNREACHABLE_DURING_USE | {1927}  # 1927: this session was killed
 _ALL_OBJECTS: tuple[ObjectKind, ...] = ("TRIGGER", "VIEW", "PROCEDURE", "FUNCTION", "EVENT")
 _MARKER_ROUTINE = "dbguard_environment"
 _MARKER_PREFIX = "dbguard environment: "
@@ -1520,8 +1522,10 @@ class MysqlEngine:
             old_tables = self._tables(cur, database)
             new_tables = self._tables(cur, new)
             dropped: list[ObjectDef] = []
+            changing = False
             try:
                 cur.execute("SET SESSION foreign_key_checks = 0")
+                changing = True
                 for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
                     cur.execute(trigger.drop())
                     dropped.append(trigger)
@@ -1532,8 +1536,18 @@ class MysqlEngine:
                     + [(new, t, database, t) for t in new_tables],
                 )
             except pymysql.MySQLError as err:
-                if error_code(err) in _UNREACHABLE_DURING_USE:
-                    raise
+                if error_code(err) in _CONNECTION_LOST:
+                    if not changing:
+                        raise  # nothing was changed: "cannot reach the server" is true
+                    keep_holding = True
+                    raise self._half_restored(
+                        database,
+                        holding,
+                        err,
+                        "its triggers were being dropped and its tables moved out (by one "
+                        f"RENAME, which happened or not): they are in {database!r} or in "
+                        f"schema {holding!r}, the backup's in {new!r} or in {database!r}",
+                    ) from None
                 for trigger in dropped:
                     trigger.apply(cur)
                 if create:
@@ -1548,12 +1562,17 @@ class MysqlEngine:
                         cur.execute(obj.drop())
                 self._apply(cur, deferred, RestoreFailed, events=True)
             except (RestoreFailed, pymysql.MySQLError) as err:
-                if (
-                    isinstance(err, pymysql.MySQLError)
-                    and error_code(err) in _UNREACHABLE_DURING_USE
-                ):
+                if isinstance(err, pymysql.MySQLError) and error_code(err) in _CONNECTION_LOST:
                     keep_holding = True
-                    raise
+                    raise self._half_restored(
+                        database,
+                        holding,
+                        err,
+                        f"it holds the backup's tables, its previous tables are in schema "
+                        f"{holding!r}, and its views, triggers, routines and events may be "
+                        "missing (its previous ones were being dropped and the backup's "
+                        "created)",
+                    ) from None
                 problem = err.problem if isinstance(err, RestoreFailed) else error_text(err)
                 try:
                     self._roll_back(
@@ -1564,7 +1583,7 @@ class MysqlEngine:
                     self._grant_again(cur, database, grants, unreadable)
                 except pymysql.MySQLError as again:
                     keep_holding = True
-                    raise RestoreFailed(
+                    raise RestoreIncomplete(
                         f"restoring {database!r} failed ({problem}) and putting it back "
                         f"failed too ({error_text(again)}); its previous tables are in "
                         f"schema {holding!r}",
@@ -1579,6 +1598,21 @@ class MysqlEngine:
         finally:
             if not keep_holding:
                 self._discard(cur, holding)
+
+    @staticmethod
+    def _half_restored(
+        database: str, holding: str, err: pymysql.MySQLError, state: str
+    ) -> RestoreIncomplete:
+        """The connection was lost once the swap had begun to change `database`: it
+        is neither as it was nor as the backup has it, and nothing here can reach the
+        server to put it back."""
+        return RestoreIncomplete(
+            f"the connection to the server was lost during the swap ({error_text(err)}), "
+            f"so {database!r} is left half-restored: {state}",
+            "restore the pre-restore backup, which holds everything the database had "
+            f"(dbguardctl list-backups shows it); then drop schema {holding!r}, which "
+            "dbguard never drops itself",
+        )
 
     @staticmethod
     def _routine_grants(
