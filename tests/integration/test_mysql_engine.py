@@ -741,10 +741,9 @@ def test_a_restore_that_cannot_put_grants_back_says_which_and_how(
     manifest = operations.take_backup(store, engines, mysql_database, REASON)
     restorer = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
     warnings: list[str] = []
-    engine.restore_warning = warnings.append
     try:
         with store.open_data(manifest) as data:
-            engine.restore(restorer, data, FORMAT, tmp_path)
+            engine.restore(restorer, data, FORMAT, tmp_path, warn=warnings.append)
         assert len(warnings) == 1
         assert "SELECT on mysql.procs_priv" in warnings[0]  # it cannot even see them
 
@@ -752,7 +751,7 @@ def test_a_restore_that_cannot_put_grants_back_says_which_and_how(
         run(mysql_database, f"GRANT SELECT ON mysql.procs_priv TO '{name}'@'%'")
         warnings.clear()
         with store.open_data(manifest) as data:
-            engine.restore(restorer, data, FORMAT, tmp_path)
+            engine.restore(restorer, data, FORMAT, tmp_path, warn=warnings.append)
         assert len(warnings) == 1
         for grant in ("GRANT EXECUTE ON PROCEDURE", "WITH GRANT OPTION", grantees[1]):
             assert grant in warnings[0]

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     }
     saved: list[Manifest | None] = []  # the pre-restore backup, once taken
     swapped: list[bool] = []  # once the target holds the backup's contents
-    left_out: list[str] = []  # what the restored database is without (a setting)
+    left_out: list[str] = []  # what the restored database is without (a setting, grants)
 
     def warn(note: str) -> None:
         ctx.error(f"dbguardctl: WARNING: {note}")
@@ -88,7 +88,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     stopped_after_swap = False
     engines = Engines(ctx.config.backup)
     _say_waits(ctx, engines, target)
-    _say_warnings(ctx, engines, target)
     mark = _mark(engines, target)
     try:
         with _stops_interrupt():
@@ -160,18 +159,6 @@ def _say_waits(ctx: Context, engines: Engines, target: Target) -> None:
     engine = engines.for_target(target)
     if isinstance(engine, SqliteEngine):
         engine.restore_waits = waiting
-
-
-def _say_warnings(ctx: Context, engines: Engines, target: Target) -> None:
-    """What a MySQL/MariaDB restore that went through could not carry over (the grants
-    on its routines) is said on stderr, with the statements that put it right."""
-    if target.engine != "mysql":
-        return
-    from dbguard.engines.mysql import MysqlEngine  # only the engine in use is loaded
-
-    engine = engines.for_target(target)
-    if isinstance(engine, MysqlEngine):
-        engine.restore_warning = lambda text: ctx.error(f"dbguardctl: WARNING: {text}")
 
 
 def _mark(engines: Engines, target: Target) -> Marker | None:

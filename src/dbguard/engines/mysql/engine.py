@@ -537,9 +537,6 @@ class MysqlEngine:
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
         self._tools: dict[tuple[str, int], DumpTool | None] = {}
-        # Told what a restore that went through could not carry over (grants on
-        # routines), with what to run about it; `dbguardctl restore` prints it.
-        self.restore_warning: Callable[[str], None] = lambda text: log.warning(text)
 
     # ---- connections ---------------------------------------------------------------
 
@@ -1382,7 +1379,7 @@ class MysqlEngine:
         *,
         end_connections: bool = False,
         swapped: Callable[[], None] = lambda: None,
-        warn: Callable[[str], None] = lambda note: None,  # nothing is left out here
+        warn: Callable[[str], None] = lambda note: None,
     ) -> None:
         """Load the dump into a scratch schema, check its views, triggers and routines
         there, then swap: one RENAME TABLE moves the current tables to a holding schema
@@ -1422,6 +1419,7 @@ class MysqlEngine:
                             existing or meta,
                             existing is None,
                             end_connections,
+                            warn,
                         )
                         swapped()
                 finally:
@@ -1497,6 +1495,7 @@ class MysqlEngine:
         defaults: dict[str, str],
         create: bool,
         end_connections: bool,
+        warn: Callable[[str], None],
     ) -> None:
         """Move the restored tables into `database` and recreate its other objects.
 
@@ -1580,7 +1579,7 @@ class MysqlEngine:
                     )
                     if create:
                         self._drop_schema(cur, database)
-                    self._grant_again(cur, database, grants, unreadable)
+                    self._grant_again(cur, database, grants, unreadable, warn)
                 except pymysql.MySQLError as again:
                     keep_holding = True
                     raise RestoreIncomplete(
@@ -1594,7 +1593,7 @@ class MysqlEngine:
                     f"in {database!r}: {problem}",
                     "the database was put back as it was",
                 ) from None
-            self._grant_again(cur, database, grants, unreadable)
+            self._grant_again(cur, database, grants, unreadable, warn)
         finally:
             if not keep_holding:
                 self._discard(cur, holding)
@@ -1634,14 +1633,19 @@ class MysqlEngine:
             return [], error_text(err)
 
     def _grant_again(
-        self, cur: Any, database: str, grants: list[RoutineGrant], unreadable: str | None
+        self,
+        cur: Any,
+        database: str,
+        grants: list[RoutineGrant],
+        unreadable: str | None,
+        warn: Callable[[str], None],
     ) -> None:
         """Give back the grants the swap's DROPs took, on the routines that exist again
         with the same name and type. What cannot be given back is told, with the
         statements to run: the database itself is restored, so this raises nothing."""
         lost = "dropping a procedure or function takes away the grants on it"
         if unreadable is not None:
-            self.restore_warning(
+            warn(
                 f"the procedures and functions of {database!r} were dropped and created "
                 f"again ({lost}), and the grants on them could not be read to give them "
                 f"back ({unreadable}): check who may run them (SHOW GRANTS FOR ...) and "
@@ -1669,7 +1673,7 @@ class MysqlEngine:
             with contextlib.suppress(pymysql.MySQLError):
                 cur.execute(RESET_SESSION)
         if failed:
-            self.restore_warning(
+            warn(
                 f"{len(failed)} grant(s) on the procedures and functions of {database!r} "
                 f"could not be given back ({lost}): {failed[0][1]}. Run, as a user who "
                 "may grant them:\n" + "\n".join(f"  {statement};" for statement, _ in failed)
