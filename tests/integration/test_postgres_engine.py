@@ -445,10 +445,12 @@ def test_dbguards_own_kept_connections_in_the_database_do_not_stop_a_restore(
     run(rich, "DELETE FROM app.customers")
     daemon = PostgresEngine(BackupSettings())  # dbguardd's, in another process
     try:
+        # Checks of another database on the server keep their connections in it.
+        elsewhere = rich.model_copy(update={"name": "postgres"})
         with monkeypatch.context() as patch:
             patch.setattr(postgres, "MAINTENANCE_DB", rich.name)
-            daemon.fingerprint(rich)  # dbguardd keeps its connection all along
-            engine.marker(rich)  # dbguardctl restore reads the mark first
+            daemon.fingerprint(elsewhere)  # dbguardd keeps its connection all along
+            engine.marker(elsewhere)  # and so does dbguardctl, once it has read a mark
         kept = session_pids(rich)
         assert len(kept) == 2
         # A session that only looks like dbguard's (its default application name) is
@@ -471,6 +473,20 @@ def test_dbguards_own_kept_connections_in_the_database_do_not_stop_a_restore(
         assert leftovers(rich) == []
     finally:
         daemon.close()
+
+
+def test_checks_of_the_maintenance_database_itself_keep_no_connection_in_it(
+    rich: Target, engine: PostgresEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database named `postgres` stands in here too: a connection kept in it would make
+    a guarded `DROP DATABASE postgres` (rails db:drop) fail."""
+    monkeypatch.setattr(postgres, "MAINTENANCE_DB", rich.name)
+    first = engine.fingerprint(rich)
+    assert engine.marker(rich) is None
+    assert session_pids(rich) == set()
+    assert engine.fingerprint(rich) == first
+    run(rich, "DELETE FROM app.customers")
+    assert engine.fingerprint(rich) != first
 
 
 @pytest.fixture

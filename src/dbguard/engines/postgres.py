@@ -1289,7 +1289,12 @@ class PostgresEngine:
 
     def _kept_for(self, s: ConnSettings) -> _Kept | None:
         """The kept connection to this server's maintenance database; None when this
-        user cannot use that database (then each check connects to the target)."""
+        user cannot use that database, or when it is the target itself (a database
+        named `postgres`: Supabase's, the official Docker image's), where a connection
+        kept open would make the guarded command's own DROP DATABASE fail. Then each
+        check connects to the target for its own span."""
+        if s.dbname == MAINTENANCE_DB:
+            return None
         key = s.server_key
         with self._kept_lock:
             kept = self._kept.get(key)
