@@ -44,19 +44,23 @@ def slow_daemon(home: Home) -> Iterator[Daemon]:
     running.stop()
 
 
+def add_users(database: Path, count: int) -> None:
+    conn = sqlite3.connect(database)
+    conn.execute(
+        f"WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {count}) "
+        "INSERT INTO users (name) SELECT 'user ' || x || ' ' || hex(randomblob(24)) FROM n"
+    )
+    conn.commit()
+    conn.close()
+
+
 @pytest.fixture
 def project(home: Home) -> Path:
     """A Laravel project on an SQLite database of a few megabytes of varied text."""
     install_stand_in(home, "php")
     home.install_shims("php")
     root = laravel_sqlite_project(home.root / "app")
-    conn = sqlite3.connect(root / "database" / "app.sqlite")
-    conn.execute(
-        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 40000) "
-        "INSERT INTO users (name) SELECT 'user ' || x || ' ' || hex(randomblob(24)) FROM n"
-    )
-    conn.commit()
-    conn.close()
+    add_users(root / "database" / "app.sqlite", 40_000)
     return root
 
 
@@ -139,13 +143,16 @@ def test_a_backup_longer_than_the_silence_timeout_keeps_the_shim_waiting(
     """The shim gives up on a daemon silent for DBGUARD_SILENCE_TIMEOUT; the progress
     messages of a long backup are no silence, on a terminal or not."""
     home.extra_env["DBGUARD_SILENCE_TIMEOUT"] = "1"
+    # Three times the rows: the backup's length varies by machine, and it must outlast
+    # the timeout by a margin (1.0 to 1.5 s for the fixture's rows on a fast AMD EPYC).
+    add_users(project / "database" / "app.sqlite", 80_000)
     run = run_in_terminal(["php", "artisan", "test"], home.env, project, timeout=300)
     assert run.returncode == 0, run.output
     elapsed = [float(update.group("s")) for update in PROGRESS.finditer(run.output)]
     # A line at 1.5 s: the shim still waited half a second after the timeout would have
-    # ended a silent wait (the backup's length varies by machine; 1.6 s on a fast one).
+    # ended a silent wait.
     assert elapsed and max(elapsed) >= 1.5, run.output
     change(project)
     piped = home.run(["php", "artisan", "test"], cwd=project, timeout=300)
     assert piped.returncode == 0, piped.stderr
-    assert count_users(project) == 40004
+    assert count_users(project) == 120_004
