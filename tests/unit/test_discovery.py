@@ -1450,3 +1450,72 @@ def test_nx_targets_of_plugins_and_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "apps" / "api" / "project.json").write_text('{"targets": ')
     with pytest.raises(DiscoveryError, match=r"project\.json is not valid JSON"):
         ProjectFiles(tmp_path).package_script("apps/api/project.json", "test")
+
+
+# ---- an override does not hide a file's production environment -----------------------------
+
+PRODUCTION_LARAVEL = {
+    "artisan": "",
+    ".env": "APP_ENV=production\nDB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+}
+
+
+def production_reasons(found: Found, env: Mapping[str, str]) -> list[str]:
+    target = only(found)
+    verdict = classify_production(target, env, facts=found.facts_for(target))
+    return verdict.reasons if verdict.production else []
+
+
+@pytest.mark.parametrize(
+    ("env", "op", "overridden_by"),
+    [
+        ({"APP_ENV": "local"}, {}, "the invoking environment"),
+        ({}, {"assignments": {"APP_ENV": "local"}}, "the command line"),
+        ({}, {"hints": {"env": "local"}}, "--env=local on the command line"),
+    ],
+    ids=["exported", "assigned", "--env"],
+)
+def test_overriding_app_env_keeps_the_files_production(
+    env: dict[str, str], op: dict[str, object], overridden_by: str
+) -> None:
+    """There is no .env.local, so Laravel still reads .env's database: the one that file
+    says is production. An agent refused for APP_ENV=production tries just this."""
+    found = run(PRODUCTION_LARAVEL, env, **op)  # type: ignore[arg-type]
+    run_env = {**env, **op.get("assignments", {})}  # type: ignore[dict-item]
+    assert f"production because APP_ENV=production (.env, line 1; {overridden_by} " in "".join(
+        production_reasons(found, run_env)
+    )
+
+
+def test_a_test_run_forcing_app_env_testing_onto_dot_env_is_production() -> None:
+    """phpunit.xml's APP_ENV=testing loads .env.testing only where it exists: here the
+    tests read the production .env's database."""
+    files = {
+        **PRODUCTION_LARAVEL,
+        "phpunit.xml": '<phpunit><php><env name="APP_ENV" value="testing" force="true"/>'
+        "</php></phpunit>",
+    }
+    found = run(files, kind=Kind.TEST)
+    assert any(
+        "APP_ENV=production (.env, line 1; phpunit.xml" in r for r in production_reasons(found, {})
+    )
+
+
+def test_an_env_file_of_its_own_leaves_dot_env_unread() -> None:
+    files = {**PRODUCTION_LARAVEL, ".env.local": "DB_CONNECTION=sqlite\nDB_DATABASE=local.db\n"}
+    found = run(files, {"APP_ENV": "local"})
+    assert only(found).path == f"{ROOT}/local.db"
+    assert production_reasons(found, {"APP_ENV": "local"}) == []
+
+
+def test_overriding_node_env_keeps_the_files_production() -> None:
+    """Prisma reads no NODE_ENV at all: DATABASE_URL comes from the same .env."""
+    files = {
+        ".env": "NODE_ENV=production\nDATABASE_URL=postgresql://u@localhost:5432/app\n",
+        "package.json": "{}",
+        "prisma/schema.prisma": 'datasource db {\n  provider = "postgresql"\n'
+        '  url = env("DATABASE_URL")\n}\n',
+    }
+    found = run(files, {"NODE_ENV": "development"}, framework="prisma", tool="prisma")
+    reasons = production_reasons(found, {"NODE_ENV": "development"})
+    assert any("NODE_ENV=production (.env, line 1; the invoking environment" in r for r in reasons)

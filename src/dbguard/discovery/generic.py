@@ -16,12 +16,10 @@ __all__ = ["app_env_facts", "database_url", "pg_environment", "project_databases
 
 
 def app_env_facts(variables: Variables, facts: TargetFacts | None = None) -> TargetFacts:
-    """Record every application-environment variable the layers define."""
+    """Record every application-environment value the layers give, overridden ones too."""
     facts = facts or TargetFacts()
     for name in DEFAULT_APP_ENV_VARIABLES:
-        setting = variables.setting(name)
-        if setting is not None and setting not in facts.app_env:
-            facts.app_env.append(setting)
+        facts.app_env.extend(s for s in variables.settings(name) if s not in facts.app_env)
     return facts
 
 

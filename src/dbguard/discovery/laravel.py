@@ -266,9 +266,7 @@ def _resolve(ctx: Context, loaded: _Loaded, found: Found, role: str = "") -> tup
         detail.append(why_env_file)
     source = origin + (f" — {'; '.join(detail)}" if detail else "")
     facts = TargetFacts()
-    app_env = variables.setting("APP_ENV")
-    if app_env is not None:
-        facts.app_env.append(app_env)
+    facts.app_env.extend(variables.settings("APP_ENV"))
     connection_hint = ctx.hints.get("connection")
     connection = (
         connection_hint or variables.get("DB_CONNECTION") or _default_connection(ctx, found)

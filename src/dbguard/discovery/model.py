@@ -173,37 +173,49 @@ class Context:
         return text
 
 
+_Entry = tuple[str, str, int | None]  # value, origin, line
+
+
 class Variables:
-    """Layered variables that remember where each value came from (file and line)."""
+    """Layered variables that remember where each value came from (file and line), and
+    the values other layers gave that one is hiding."""
 
     def __init__(self) -> None:
-        self._values: dict[str, tuple[str, str, int | None]] = {}
+        self._values: dict[str, _Entry] = {}
+        self._hidden: dict[str, list[_Entry]] = {}
 
     def copy(self) -> Variables:
         other = Variables()
         other._values = dict(self._values)
+        other._hidden = {name: list(entries) for name, entries in self._hidden.items()}
         return other
+
+    def _put(self, name: str, entry: _Entry, *, override: bool) -> None:
+        current = self._values.get(name)
+        if current is None or override:
+            self._values[name] = entry
+        if current is not None:
+            self._hidden.setdefault(name, []).append(current if override else entry)
 
     def layer(self, values: Mapping[str, str], origin: str, *, override: bool) -> None:
         for name, value in values.items():
-            if override or name not in self._values:
-                self._values[name] = (value, origin, None)
+            self._put(name, (value, origin, None), override=override)
 
     def layer_entries(
         self, entries: Mapping[str, tuple[str, int]], origin: str, *, override: bool
     ) -> None:
         for name, (value, line) in entries.items():
-            if override or name not in self._values:
-                self._values[name] = (value, origin, line)
+            self._put(name, (value, origin, line), override=override)
 
     def layer_variables(self, other: Variables, *, override: bool) -> None:
         """Another set of variables, keeping where each came from."""
+        for name, entries in other._hidden.items():
+            self._hidden.setdefault(name, []).extend(entries)
         for name, entry in other._values.items():
-            if override or name not in self._values:
-                self._values[name] = entry
+            self._put(name, entry, override=override)
 
     def set(self, name: str, value: str, origin: str) -> None:
-        self._values[name] = (value, origin, None)
+        self._put(name, (value, origin, None), override=True)
 
     def values(self) -> dict[str, str]:
         return {name: value for name, (value, _, _) in self._values.items()}
@@ -226,11 +238,25 @@ class Variables:
         if found is None:
             return "(not set)"
         _, origin, line = found
-        return f"{origin}, line {line}" if line else origin
+        return _where(origin, line)
 
     def setting(self, name: str) -> Setting | None:
         found = self._values.get(name)
         return Setting(name, found[0], self.where(name)) if found else None
+
+    def settings(self, name: str) -> list[Setting]:
+        """The value in force and every value it hides, each with where it came from:
+        for the application environment, where an override must not hide a file's
+        `APP_ENV=production` from the production check."""
+        current = self.setting(name)
+        if current is None:
+            return []
+        found = [current]
+        for value, origin, line in self._hidden.get(name, []):
+            hidden = Setting(name, value, f"{_where(origin, line)}; {current.origin} overrides it")
+            if value != current.value and hidden not in found:
+                found.append(hidden)
+        return found
 
     def origin(self, *names: str) -> str:
         """'.env.testing (DB_CONNECTION, DB_DATABASE)' for the names that are set."""
@@ -239,6 +265,10 @@ class Variables:
             if name in self._values:
                 by_origin.setdefault(self._values[name][1], []).append(name)
         return "; ".join(f"{o} ({', '.join(n)})" for o, n in by_origin.items()) or "defaults"
+
+
+def _where(origin: str, line: int | None) -> str:
+    return f"{origin}, line {line}" if line else origin
 
 
 def environment(env: Mapping[str, str], assignments: Mapping[str, str]) -> Variables:
