@@ -14,9 +14,10 @@ Signals, strongest first:
 2. The project marking it production (`.dbguard.toml`, passed in as `facts.marked`), and
    the settings' `production_hosts` / `every_database`: explicit declarations.
 3. An application environment saying production: APP_ENV, RAILS_ENV, RACK_ENV, NODE_ENV,
-   DJANGO_ENV, FLASK_ENV or ENVIRONMENT equal to `production` or `prod`, in the invoking
-   environment or in a file discovery read (`facts.app_env`). A `development` marker does
-   not silence these: the run itself says it is production, so a human looks first.
+   DJANGO_ENV, FLASK_ENV or ENVIRONMENT (or the settings' own names) equal to `production`
+   or `prod`, in the invoking environment or in a file discovery read (`facts.app_env`,
+   `facts.variables`), overridden or not. A `development` marker does not silence these:
+   the run itself says it is production, so a human looks first.
 4. Names: the database or host name containing a configured pattern (default: prod,
    production, live) as a word or segment, so `app_prod` and `prod-db.example.com` match
    but `product_catalog` does not. For SQLite, the file name and its folder's name.
@@ -39,7 +40,7 @@ import fnmatch
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -154,22 +155,31 @@ class Setting:
 class TargetFacts:
     """What discovery learned around a target that bears on production.
 
-    app_env  the application-environment settings in force for the run that reaches this
-             target (from the files read and the command line), e.g. APP_ENV=production
-    fields   which setting gave the target's host / name / path / socket, so a reason can
-             name it ("DB_HOST=... (.env, line 4)")
-    marked   why the project declares it production (a `.dbguard.toml` entry), if it does
+    app_env    application-environment settings the framework's own rules chose for the
+               run that reaches this target, e.g. RAILS_ENV=test ("Rails")
+    variables  lookups into the variables of that run (its environment, command line and
+               the files read): every value a name has, in force or overridden. Which
+               names mean the application environment is the settings' call.
+    fields     which setting gave the target's host / name / path / socket, so a reason
+               can name it ("DB_HOST=... (.env, line 4)")
+    marked     why the project declares it production (a `.dbguard.toml` entry), if it does
     """
 
     app_env: list[Setting] = field(default_factory=list)
+    variables: list[Callable[[str], list[Setting]]] = field(default_factory=list)
     fields: dict[str, Setting] = field(default_factory=dict)
     marked: list[str] = field(default_factory=list)
 
     def merge(self, other: TargetFacts) -> None:
         self.app_env.extend(s for s in other.app_env if s not in self.app_env)
+        self.variables.extend(v for v in other.variables if v not in self.variables)
         for name, setting in other.fields.items():
             self.fields.setdefault(name, setting)
         self.marked.extend(m for m in other.marked if m not in self.marked)
+
+    def environment(self) -> TargetFacts:
+        """The run's application environment alone, for another database of that run."""
+        return TargetFacts(list(self.app_env), list(self.variables))
 
 
 @dataclass(frozen=True)
@@ -248,8 +258,8 @@ def _app_env_reasons(
     values = {v.lower() for v in settings.production_values}
     seen = [
         *(Setting(n, env[n], INVOKING_ENV) for n in settings.app_env_variables if n in env),
-        # Discovery records only application-environment settings here, under the
-        # framework's own names ("RAILS_ENV", "APP_ENV", "config.php app.env").
+        *(s for lookup in facts.variables for n in settings.app_env_variables for s in lookup(n)),
+        # Settings under the framework's own names ("RAILS_ENV", "config.php app.env").
         *facts.app_env,
     ]
     return [

@@ -20,7 +20,7 @@ from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roo
 from dbguard.discovery.project_config import classify_with_project
 from dbguard.discovery.signs import workspace_folders
 from dbguard.engines.base import Target
-from dbguard.production import classify_production
+from dbguard.production import ProductionSettings, classify_production
 from dbguard.rules import Classifier, Kind, Operation, Script, builtin_catalog
 
 ROOT = Path("/srv/app")
@@ -111,7 +111,9 @@ def test_laravel_mysql_from_env_with_every_field() -> None:
     assert target.source.startswith(".env (DB_CONNECTION, DB_HOST, DB_PORT, DB_DATABASE")
     assert "config/database.php" in found.looked
     facts = found.facts_for(target)
-    assert [str(s) for s in facts.app_env] == ["APP_ENV=local (.env, line 2)"]
+    assert [str(s) for look_up in facts.variables for s in look_up("APP_ENV")] == [
+        "APP_ENV=local (.env, line 2)"
+    ]
     assert str(facts.fields["host"]) == "DB_HOST=127.0.0.1 (.env, line 4)"
 
 
@@ -1519,3 +1521,22 @@ def test_overriding_node_env_keeps_the_files_production() -> None:
     found = run(files, {"NODE_ENV": "development"}, framework="prisma", tool="prisma")
     reasons = production_reasons(found, {"NODE_ENV": "development"})
     assert any("NODE_ENV=production (.env, line 1; the invoking environment" in r for r in reasons)
+
+
+def test_a_custom_app_env_variable_is_read_from_the_env_file() -> None:
+    """The names that mean the application environment are the settings' (here the
+    project's own `.dbguard.toml`): discovery does not decide them."""
+    files = {
+        "artisan": "",
+        ".env": "STAGE=live\nDB_CONNECTION=sqlite\nDB_DATABASE=database/app.sqlite\n",
+        ".dbguard.toml": '[production]\napp_env_variables = ["STAGE"]\n'
+        'production_values = ["live"]\n',
+    }
+    found = run(files)
+    assert found.project is not None
+    settings = found.project.production_settings(ProductionSettings())
+    target = only(found)
+    verdict = classify_production(target, {}, settings, facts=found.facts_for(target))
+    assert verdict.reasons == ["production because STAGE=live (.env, line 1)"]
+    default = classify_production(target, {}, facts=found.facts_for(target))
+    assert not default.production

@@ -10,16 +10,17 @@ from dbguard.discovery.model import Context, Found, Variables, load_env_files, u
 from dbguard.discovery.signs import flask_sqlalchemy_instances
 from dbguard.discovery.urls import sqlalchemy_relative_sqlite
 from dbguard.engines.base import Target
-from dbguard.production import DEFAULT_APP_ENV_VARIABLES, Setting, TargetFacts
+from dbguard.production import Setting, TargetFacts
 
 __all__ = ["app_env_facts", "database_url", "pg_environment", "project_databases"]
 
 
 def app_env_facts(variables: Variables, facts: TargetFacts | None = None) -> TargetFacts:
-    """Record every application-environment value the layers give, overridden ones too."""
+    """Facts that look the application environment up in `variables`, overridden values
+    too: which names mean it is the production settings' call."""
     facts = facts or TargetFacts()
-    for name in DEFAULT_APP_ENV_VARIABLES:
-        facts.app_env.extend(s for s in variables.settings(name) if s not in facts.app_env)
+    if variables.settings not in facts.variables:
+        facts.variables.append(variables.settings)
     return facts
 
 

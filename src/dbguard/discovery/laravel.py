@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.formats import parse_xml
+from dbguard.discovery.generic import app_env_facts
 from dbguard.discovery.model import (
     Context,
     Found,
@@ -265,8 +266,7 @@ def _resolve(ctx: Context, loaded: _Loaded, found: Found, role: str = "") -> tup
     if why_env_file and (role == "test" or ".env." in why_env_file):
         detail.append(why_env_file)
     source = origin + (f" — {'; '.join(detail)}" if detail else "")
-    facts = TargetFacts()
-    facts.app_env.extend(variables.settings("APP_ENV"))
+    facts = app_env_facts(variables)
     connection_hint = ctx.hints.get("connection")
     connection = (
         connection_hint or variables.get("DB_CONNECTION") or _default_connection(ctx, found)
@@ -461,7 +461,7 @@ def _from_config(
     targets = []
     for host in hosts:
         host_text = _text(host) or "127.0.0.1"
-        host_facts = TargetFacts(list(facts.app_env))
+        host_facts = facts.environment()
         host_facts.fields["host"] = Setting(f"{key}.host", host_text, file)
         if database:
             host_facts.fields["name"] = Setting(f"{key}.database", database, file)

@@ -132,7 +132,8 @@ def rails(ctx: Context, found: Found) -> None:
         and isinstance(data.get("test"), dict)
     )
     if also_test:
-        test_facts = TargetFacts([*facts.app_env, Setting("RAILS_ENV", "test", "Rails")])
+        test_facts = facts.environment()
+        test_facts.app_env.append(Setting("RAILS_ENV", "test", "Rails"))
         origin = f"Rails runs {' '.join(sorted(tasks & _ALSO_ON_TEST))} on it too in development"
         _add_environment(ctx, found, data["test"], "test", origin, tags, variables, test_facts)
 
@@ -217,7 +218,7 @@ def _add(
 ) -> None:
     where = f"{DATABASE_YML} ({path})"
     source = f"{where}, environment from {env_origin}"
-    facts = TargetFacts(list(base_facts.app_env))
+    facts = base_facts.environment()
     url, url_where = None, ""
     if variables.get(url_variable):
         url, url_where = variables.get(url_variable), variables.where(url_variable)
