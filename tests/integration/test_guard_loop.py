@@ -863,3 +863,55 @@ def test_a_killed_daemon_s_backup_cleared_by_a_restore_is_logged(
     assert cleared["decision"] == "fail" and cleared["argv"] == argv
     assert "dbguardd (pid 41) stopped during it" in cleared["reason"]
     assert cleared["reason"].endswith("; the command was not run")
+
+
+def test_a_shell_file_a_package_script_runs_is_guarded(home: Home, daemon: Daemon) -> None:
+    # Inside `npm run`, node_modules/.bin is ahead of the shims: the shell file's prisma
+    # is the project's own, never its shim. dbguard reads the file before npm starts.
+    home.install_shims("npm", "npx", "prisma")
+    project = home.root / "web"
+    (project / "prisma").mkdir(parents=True)
+    (project / "scripts").mkdir()
+    (project / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "web",
+                "scripts": {"db:reset": "sh scripts/reset-db.sh", "build": "sh scripts/build.sh"},
+                "dependencies": {"@prisma/client": "6"},
+            }
+        )
+    )
+    (project / "scripts" / "reset-db.sh").write_text(
+        "#!/bin/sh\nset -e\nif [ -d prisma ]; then\n  prisma migrate reset --force\nfi\n"
+    )
+    (project / "scripts" / "build.sh").write_text("echo built > built.txt\n")
+    (project / "prisma" / "schema.prisma").write_text(
+        'datasource db {\n  provider = "sqlite"\n  url = env("DATABASE_URL")\n}\n'
+    )
+    (project / ".env").write_text('DATABASE_URL="file:./dev.db"\n')
+    db = project / "prisma" / "dev.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("create table t (x)")
+        conn.commit()
+    assert home.ctl("mark", "production", cwd=project).returncode == 0
+    bin_ = project / "node_modules" / ".bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "prisma").write_text(
+        f'#!/bin/sh\nexec {sys.executable} -c "import sqlite3; c = sqlite3.connect('
+        "'prisma/dev.db'); c.execute('drop table t'); c.commit()\"\n"
+    )
+    (bin_ / "prisma").chmod(0o755)
+    agent = {"CLAUDECODE": "1"}
+
+    built = home.run(["npm", "run", "build"], cwd=project, env=agent)
+    assert built.returncode == 0, built.stderr
+    assert (project / "built.txt").exists()
+    assert oplog(home)[-1]["decision"] == "pass"
+
+    reset = home.run(["npm", "run", "db:reset"], cwd=project, env=agent)
+    assert reset.returncode == 77, reset.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("select name from sqlite_master").fetchall() == [("t",)]
+    record = oplog(home)[-1]
+    assert (record["decision"], record["tool"], record["kind"]) == ("deny", "prisma", "destructive")
+    assert record["via"] == ["npm run db:reset", "scripts/reset-db.sh"]

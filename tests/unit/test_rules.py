@@ -178,6 +178,9 @@ LARAVEL = [
     case("nice -n 10 php artisan db:seed", SEED, "artisan"),
     case("sh -c 'php artisan migrate:fresh --seed'", DESTRUCTIVE, "artisan"),
     case("bash -c 'cd /srv && php artisan test'", TEST, "artisan"),
+    case("eval 'php artisan migrate:fresh --force'", DESTRUCTIVE, "artisan"),
+    # a shell file is read only with a file look-up (tests/unit/test_shell_files.py)
+    case("source ./scripts/reset.sh", None),
     # not database operations
     case("php artisan serve", None),
     case("php artisan route:list", None),

@@ -249,6 +249,7 @@ class Guard:
             files.package_script,
             files.workspace_members,
             files.workspace_root,
+            files.file_start,
         )
 
     async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:

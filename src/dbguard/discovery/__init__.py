@@ -210,7 +210,9 @@ def _resolve(
                 raise type(err)(f"in the sub-project {member}/: {err.problem}", err.fix) from None
             found.extend(part)
         signs = [*_signs(ctx), *member_signs]
-        if ctx.is_test and not signs:
+        # A test run, or a shell file that could not be read, in a project with no sign
+        # of a database: it reaches none.
+        if (ctx.is_test or operation.unread) and not signs:
             if not found.targets and not found.notes:
                 found.notes.append(f"{root}: {NO_DATABASE}")
             return found

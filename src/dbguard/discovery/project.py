@@ -3,6 +3,7 @@ read so a cached answer can be reused until one of those files changes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -150,6 +151,19 @@ class ProjectFiles:
             return data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise DiscoveryError(f"{path} is not UTF-8 text (byte {err.start})") from None
+
+    def file_start(self, relative: str, limit: int) -> bytes | None:
+        """The first `limit` bytes of a file (a shell file a script runs), whatever it
+        holds; None when there is none. OSError when it is not a regular file (reading a
+        named pipe could block) or cannot be read."""
+        path = self.root / relative
+        self.stamps[path] = file_stamp(path)
+        if self.stamps[path] is None or path.is_dir():
+            return None
+        if not path.is_file():
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with path.open("rb") as stream:
+            return stream.read(limit)
 
     def listdir(self, relative: str) -> list[str] | None:
         """The names in a folder under `root`; its stamp (the folder's mtime moves when

@@ -75,6 +75,7 @@ from dbguard.production import ProductionSettings, Setting, TargetFacts
 from dbguard.rules import (
     Catalog,
     Classifier,
+    FileLookup,
     Kind,
     MemberLookup,
     Operation,
@@ -496,11 +497,12 @@ def classify_with_project(
     lookup: ScriptLookup | None = None,
     members: MemberLookup | None = None,
     roots: RootLookup | None = None,
+    files: FileLookup | None = None,
 ) -> Operation | None:
     """Classify `argv` with the user's catalog and, if the project adds entries, with
     both merged: the more dangerous answer wins, so a project entry that shadows a
     built-in tool can never make a command less guarded."""
-    base = classifier.classify(argv, lookup, members, roots)
+    base = classifier.classify(argv, lookup, members, roots, files)
     if project is None or project.catalog == Catalog():
         return base
     key = (id(classifier), project.catalog.model_dump_json())
@@ -512,7 +514,7 @@ def classify_with_project(
         merged = _MERGED[key] = Classifier(
             classifier.catalog.merged(project.catalog, replace=False)
         )
-    return stricter(base, merged.classify(argv, lookup, members, roots))
+    return stricter(base, merged.classify(argv, lookup, members, roots, files))
 
 
 _MERGED: dict[tuple[int, str], Classifier] = {}

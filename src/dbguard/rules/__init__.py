@@ -165,6 +165,8 @@ class LauncherRule(_Rule):
     # npm's argument parser takes the first `--` for its own: `npm exec nx -- run-many`
     # runs `nx run-many`, not `nx -- run-many`.
     drops_separator: bool = False
+    # The program word is a shell file whose commands it runs (`sh reset.sh`).
+    shell_files: bool = False
     kinds: dict[str, Kind] = {}
     # Runs the program in workspace members, as a ScriptsRule runs a script (pnpm -r
     # exec, lerna exec): the same keys, and the manifest that holds the workspace.
@@ -317,6 +319,10 @@ class Operation:
     # a member where the tool cannot start (Prisma finding no schema) touches nothing, so
     # discovery may leave it out where another member of the run is found.
     member: bool = False
+    # A shell file dbguard could not read (its path is a variable, it is too large): it
+    # may run anything, so it counts as destructive in every framework the project has,
+    # but in a project with no sign of a database it needs no backup, as a test run.
+    unread: bool = False
 
     def each(self) -> list[Operation]:
         """This operation and the others of its command, each on its own."""
@@ -334,6 +340,7 @@ class Operation:
             tuple(sorted(self.assignments.items())),
             self.app_environment,
             self.member,
+            self.unread,
         )
 
     @property
@@ -368,6 +375,10 @@ MemberLookup = Callable[[str, Sequence[str]], list[str]]
 # folder, or absolute) that holds `file`, in the same terms; None when none does. What
 # `pnpm -w` runs in: the folder with pnpm-workspace.yaml above where it is started.
 RootLookup = Callable[[str, str], str | None]
+# (path, limit) -> the first `limit` bytes of the file at `path` (from the invocation's
+# folder, or absolute), or None when there is no such file; OSError when it is there but
+# cannot be read (not a regular file, no permission). What shell files are read with.
+FileLookup = Callable[[str, int], bytes | None]
 # The hint naming the folder the command runs in, relative to the invocation's (env -C,
 # npm --prefix, yarn --cwd): set on the operation as every folder change joined.
 CWD_HINT = "cwd"
@@ -385,6 +396,7 @@ _MAX_LOOKUPS = 64  # script look-ups for one classification (`a && b` fans out)
 _MAX_MEMBERS = 256  # workspace members a script is run in (npm -ws, turbo run)
 _LOOKUPS_PER_MEMBER = 16  # the script, its pre and post, and the scripts they run
 _MAX_COMMAND_WORDS = 4
+_MAX_SHELL_BYTES = 1 << 16  # a shell file larger than this is not read: it may run anything
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _SEPARATORS = frozenset(";&|()")
 _REDIRECTS = frozenset("<>")
@@ -925,6 +937,7 @@ _GUESSES_PER_COMMAND = 8  # guessed readings in one classification, nesting incl
 # A word with one of these endings is a file the runner executes (python -u app.py,
 # bun --hot src/cli.ts), never an option's value: no guess reads past it.
 _SCRIPT_FILE = re.compile(r"\.(?:py|[cm]?js|[cm]?ts|tsx|jsx|sh|bash|rb|php|pl)$")
+_CODE_FILE = re.compile(r"\.(?:py|[cm]?js|[cm]?ts|tsx|jsx|rb|php|pl)$")  # no shell's
 
 
 _Handler = TypeVar("_Handler", "_Launcher", "_Scripts")
@@ -1068,6 +1081,7 @@ class _Walk:
     lookup: ScriptLookup | None
     members_of: MemberLookup | None = None
     root_of: RootLookup | None = None
+    files: FileLookup | None = None
     lookups_left: int = _MAX_LOOKUPS
     guesses_left: int = _GUESSES_PER_COMMAND
     active: set[tuple[str, str]] = field(default_factory=set)  # scripts being expanded
@@ -1101,6 +1115,21 @@ class _Walk:
         if script is not None:
             self.found_scripts.append(name)
         return script
+
+    def file(self, path: str) -> bytes | None:
+        """The start of the shell file `path` (from this folder): at most one byte more
+        than dbguard reads. Counted with the scripts: each may run more."""
+        if self.files is None:
+            return None
+        if self.lookups_left <= 0:
+            raise TooManyScripts(
+                "the command runs more shell files and package scripts than dbguard follows "
+                f"({_MAX_LOOKUPS} look-ups, and {_LOOKUPS_PER_MEMBER} more per workspace "
+                "member)",
+                "run the files' commands one at a time: each is guarded on its own",
+            )
+        self.lookups_left -= 1
+        return self.files(self.manifest(path), _MAX_SHELL_BYTES + 1)
 
     def members(self, manifest: str, selectors: Sequence[str] = ()) -> list[str]:
         """The workspace members of the project `manifest` (from here) belongs to, or
@@ -1221,6 +1250,13 @@ class Classifier:
             tool = _compile_tool(rule, catalog.help)
             for program in rule.launch:
                 self._handlers(program).tools.append(tool)
+        # The interpreters of a `#!` line that make a file run directly a shell file.
+        self._shells = frozenset(
+            program_name(program)
+            for launcher in catalog.launcher
+            if launcher.shell_files
+            for program in launcher.programs
+        )
         for launcher in catalog.launcher:
             compiled = _compile_launcher(launcher)
             for program in launcher.programs:
@@ -1255,11 +1291,12 @@ class Classifier:
         lookup: ScriptLookup | None = None,
         members: MemberLookup | None = None,
         roots: RootLookup | None = None,
+        files: FileLookup | None = None,
     ) -> Operation | None:
         """The operation `argv` performs, or None when it is not a database tool.
         `lookup` finds package scripts, `members` a workspace's member folders, `roots`
-        a workspace's top folder."""
-        return self._classify(argv, _Walk(lookup, members, roots), 0, None)
+        a workspace's top folder, `files` reads the shell files it runs."""
+        return self._classify(argv, _Walk(lookup, members, roots, files), 0, None)
 
     def classify_command_line(
         self,
@@ -1267,15 +1304,24 @@ class Classifier:
         lookup: ScriptLookup | None = None,
         members: MemberLookup | None = None,
         roots: RootLookup | None = None,
+        files: FileLookup | None = None,
     ) -> Operation | None:
         """Classify a shell command line (a package script): the most dangerous part wins."""
-        return self._line(line, _Walk(lookup, members, roots), 0, None)
+        return self._line(line, _Walk(lookup, members, roots, files), 0, None)
 
     # ---- one command -----------------------------------------------------------------------
 
     def _classify(
-        self, argv: Sequence[str], walk: _Walk, depth: int, within: _Scripts | None
+        self,
+        argv: Sequence[str],
+        walk: _Walk,
+        depth: int,
+        within: _Scripts | None,
+        *,
+        executed: bool = True,
     ) -> Operation | None:
+        """`executed`: argv[0] is a program the system runs, not a file an interpreter
+        reads (`node scripts/reset`)."""
         if depth > _MAX_DEPTH:
             return None
         start = 0
@@ -1298,7 +1344,11 @@ class Classifier:
             word = alias
         handlers = self._programs.get(program_name(word))
         if handlers is None:
-            return None
+            if "/" not in word or not executed:
+                return None  # a program found on PATH (dbguard cannot tell which), or code
+            # `./scripts/reset-db`: a file the shell executes, read when it is a shell file
+            found = self._shell_file(word, walk, depth + 1, direct=True)
+            return _merge_context(found, {}, assignments)
         with walk.moved({CWD_HINT: _project_of_script(word, handlers)}):
             found = self._dispatch(handlers, args, walk, depth)
         return _merge_context(found, {}, assignments)
@@ -1458,9 +1508,12 @@ class Classifier:
             if line_mode:
                 return self._line(" ".join(rest), walk, depth + 1, None)
             inner = rest
+        if rule.shell_files:  # `sh scripts/reset-db.sh`
+            return self._shell_file(inner[0], walk, depth + 1, direct=False)
         if rule.package_specs:
             inner[0] = _package_bin(inner[0])
-        return self._classify(inner, walk, depth + 1, None)
+        interpreter = bool(rule.code_options or rule.script_options or rule.module_options)
+        return self._classify(inner, walk, depth + 1, None, executed=not interpreter)
 
     # ---- package scripts -------------------------------------------------------------------
 
@@ -1831,45 +1884,192 @@ class Classifier:
     def _line(
         self, line: str, walk: _Walk, depth: int, within: _Scripts | None
     ) -> Operation | None:
-        if _SHELL_SYNTAX.isdisjoint(line):
-            tokens = line.split()  # the common `php artisan test`: shlex costs 10x more
-        else:
-            try:
-                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
-                lexer.whitespace_split = True
-                tokens = list(lexer)
-            except ValueError:
-                return None  # an unbalanced quote: the shell refuses the line, nothing runs
+        tokens = _tokens(line)
+        if tokens is None:
+            return None  # an unbalanced quote: the shell refuses the line, nothing runs
+        with walk.moved():  # a `cd` lasts to the end of the line
+            return self._commands(tokens, walk, depth, within)
+
+    def _commands(
+        self, tokens: list[str], walk: _Walk, depth: int, within: _Scripts | None
+    ) -> Operation | None:
+        """The commands of a tokenised line; a `cd` among them moves `walk`."""
         found: list[Operation | None] = []
         current: list[str] = []
         skip = False
-        with walk.moved():  # a `cd` lasts to the end of the line
-            subshells: list[str] = []
-            for token in [*tokens, ";"]:
-                if skip:
-                    skip = False
-                    continue
-                characters = set(token)
-                if token and characters & _REDIRECTS and characters <= _REDIRECTS | _SEPARATORS:
-                    skip = True  # `> file`, `2>&1`: the next word is where output goes
-                    if current and current[-1].isdigit():
-                        current.pop()  # the 2 of 2>&1 is a file descriptor, not an argument
-                    continue
-                if token and characters <= _SEPARATORS:
-                    if current and current[0] == "cd":
-                        walk.move(current[1] if len(current) == 2 and current[1] != "-" else "")
-                    elif current:
-                        found.append(self._classify(current, walk, depth, within))
-                    current = []
-                    # `(cd api && x); y`: a subshell's cd ends with it
-                    for char in token:
-                        if char == "(":
-                            subshells.append(walk.folder)
-                        elif char == ")" and subshells:
-                            walk.folder = subshells.pop()
-                else:
-                    current.append(token)
+        subshells: list[str] = []
+        for token in [*tokens, ";"]:
+            if skip:
+                skip = False
+                continue
+            characters = set(token)
+            if token and characters & _REDIRECTS and characters <= _REDIRECTS | _SEPARATORS:
+                skip = True  # `> file`, `2>&1`: the next word is where output goes
+                if current and current[-1].isdigit():
+                    current.pop()  # the 2 of 2>&1 is a file descriptor, not an argument
+                continue
+            if token and characters <= _SEPARATORS:
+                _drop_reserved(current)
+                if current and current[0] == "cd":
+                    walk.move(current[1] if len(current) == 2 and current[1] != "-" else "")
+                elif current:
+                    found.append(self._classify(current, walk, depth, within))
+                current = []
+                # `(cd api && x); y`: a subshell's cd ends with it
+                for char in token:
+                    if char == "(":
+                        subshells.append(walk.folder)
+                    elif char == ")" and subshells:
+                        walk.folder = subshells.pop()
+            else:
+                current.append(token)
         return _most_dangerous(found)
+
+    # ---- shell files ------------------------------------------------------------------------
+
+    def _shell_file(self, word: str, walk: _Walk, depth: int, *, direct: bool) -> Operation | None:
+        """What the shell file `word` runs: read as a shell reads it (`sh FILE`), or,
+        `direct`ly executed (`./FILE`), when its `#!` line names a shell or it has none.
+        A program (node, python, a binary) is not read: dbguard runs no project code."""
+        if walk.files is None:
+            return None
+        if any(char in word for char in "$`~*?[{"):
+            return _unread(word, "its path is only known when the shell runs", walk)
+        key = ("", posixpath.normpath(walk.manifest(word)))  # "": no manifest is a file
+        if key in walk.active:
+            return None  # a file running itself runs the same commands again
+        if depth >= _MAX_DEPTH:
+            return _unread(word, "shell files nested deeper than dbguard follows", walk)
+        try:
+            data = walk.file(word)
+        except OSError as err:
+            return _unread(word, f"it cannot be read: {err.strerror or err}", walk)
+        if data is None or b"\0" in data:
+            return None  # not there, or a program: the shell runs nothing of it
+        if len(data) > _MAX_SHELL_BYTES:
+            return _unread(word, f"it is larger than {_MAX_SHELL_BYTES} bytes", walk)
+        text = data.decode("utf-8", "replace")
+        if direct and not self._runs_in_shell(word, text):
+            return None
+        lines, documents = _shell_script(text)
+        walk.active.add(key)
+        try:
+            found: list[Operation | None] = []
+            with walk.moved():  # a `cd` lasts to the end of the file
+                tokens = _tokens(" ;\n".join(lines))
+                if tokens is not None:
+                    found.append(self._commands(tokens, walk, depth + 1, None))
+                else:  # a quote left open: what comes before it still runs
+                    for each in map(_tokens, lines):
+                        if each is not None:
+                            found.append(self._commands(each, walk, depth + 1, None))
+            # A here-document's lines: commands when a shell reads them (`bash <<EOF`).
+            found += [self._line(line, walk, depth + 1, None) for line in documents]
+        finally:
+            walk.active.discard(key)
+        operation = _most_dangerous(found)
+        if operation is None:
+            return None
+        return replace(operation, via=(word, *operation.via))
+
+    def _runs_in_shell(self, word: str, text: str) -> bool:
+        """Whether a file run directly is a shell file: its `#!` line names a shell, or
+        it has none (the shell then runs it itself) and its name is no program's."""
+        if not text.startswith("#!"):
+            return not _CODE_FILE.search(word)
+        words = text[2:].partition("\n")[0].split()
+        if words and program_name(words[0]) == "env":  # #!/usr/bin/env -S bash -e
+            words = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+        return bool(words) and program_name(words[0]) in self._shells
+
+
+def _tokens(line: str) -> list[str] | None:
+    """A command line's words and operators; None when a quote is left open."""
+    if _SHELL_SYNTAX.isdisjoint(line):
+        return line.split()  # the common `php artisan test`: shlex costs 10x more
+    try:
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split = True
+        return list(lexer)
+    except ValueError:
+        return None
+
+
+# Words that open or close a compound command: what follows `then` is the command.
+_RESERVED = frozenset({"if", "then", "else", "elif", "fi", "do", "done", "while", "until"})
+_RESERVED_SIGNS = frozenset({"!", "{", "}", "esac"})
+
+
+def _drop_reserved(words: list[str]) -> None:
+    """`then prisma migrate reset` -> `prisma migrate reset`; `function f {` -> []."""
+    while words:
+        if words[0] in _RESERVED or words[0] in _RESERVED_SIGNS:
+            del words[0]
+        elif words[0] == "function":
+            del words[:2]
+        else:
+            return
+
+
+# A shell file's pieces: quoted text (a quote left open runs to the end), a continued
+# line, an escaped character, a comment (a `#` that starts a word), a here-document's
+# start, a backquote, a newline, and runs of anything else.
+_PIECE = re.compile(
+    r"""(?P<quoted>'[^']*'?|"(?:[^"\\]|\\.)*"?)"""
+    r"|(?P<continued>\\\n)"
+    r"|(?P<escaped>\\.)"
+    r"|(?P<comment>(?<![^\s;&|()<>])#[^\n]*)"
+    r"""|(?P<document>(?<!<)<<(?!<)(?P<tabs>-?)[ \t]*"""
+    r"""(?:'(?P<d1>[^'\n]*)'|"(?P<d2>[^"\n]*)"|\\?(?P<d3>\w+)))"""
+    r"|(?P<backquote>`)"
+    r"|(?P<newline>\n)"
+    r"""|[^'"\\#`<\n]+|.""",
+    re.DOTALL,
+)
+
+
+def _shell_script(text: str) -> tuple[list[str], list[str]]:
+    """A shell file as command lines (comments dropped, continued lines joined, a
+    backquoted command on its own) and the lines of its here-documents."""
+    lines: list[str] = []
+    documents: list[str] = []
+    current: list[str] = []
+    pending: list[tuple[str, bool]] = []  # here-documents that start after this line
+    index = 0
+    while index < len(text):
+        match = _PIECE.match(text, index)
+        assert match is not None  # `.` matches any character
+        index = match.end()
+        if match["continued"] is not None or match["comment"] is not None:
+            continue
+        if match["document"] is not None:
+            delimiter = match["d1"] or match["d2"] or match["d3"] or ""
+            pending.append((delimiter, bool(match["tabs"])))
+            current.append(" << _ ")  # the redirection, without its word
+        elif match["backquote"] is not None:
+            current.append(" ; ")  # `cmd` runs cmd
+        elif match["newline"] is not None:
+            lines.append("".join(current))
+            current = []
+            for delimiter, tabs in pending:
+                while index < len(text):
+                    end = text.find("\n", index)
+                    end = len(text) if end < 0 else end
+                    body, index = text[index:end], end + 1
+                    if (body.lstrip("\t") if tabs else body) == delimiter:
+                        break
+                    documents.append(body)
+            pending = []
+        else:
+            current.append(match.group())
+    lines.append("".join(current))
+    return lines, documents
+
+
+def _unread(word: str, why: str, walk: _Walk) -> Operation:
+    """A shell file dbguard cannot read: it may run anything (see Operation.unread)."""
+    operation = Operation("shell file", Kind.DESTRUCTIVE, f"{word} ({why})", unread=True)
+    return replace(operation, hints={CWD_HINT: walk.folder}) if walk.folder else operation
 
 
 class _Tasks(NamedTuple):
