@@ -1,4 +1,5 @@
-"""Production marks dbguard has read, remembered outside the databases.
+"""Production marks dbguard has read, and production verdicts its project's files gave,
+remembered outside the databases.
 
 A mark lives inside its database, so it goes with it: a database dropped and made
 again by a command dbguard did not follow (a migration run outside the shims, a
@@ -9,6 +10,11 @@ whose mark is gone is still production, and dbguardd marks it again after the ne
 command it allows on it. Only `dbguardctl mark` forgets one (`development` and `none`
 are confirmed by a person at a terminal), and it notes when a person set a mark by
 hand, so that no put-back after a command that was running meanwhile undoes it.
+
+A database judged production because of what its project's files say (a `.dbguard.toml`
+entry, APP_ENV=production in `.env`) is remembered the same way, with that reason: a
+file edited afterwards (by an agent refused because of it) does not end it. Such a
+database gets no mark it never had; `dbguardctl mark development|none` forgets it too.
 
 The register is a small JSON file in dbguard's state folder. It adds protection and
 never removes any: an entry that cannot be understood is kept as it is and ignored
@@ -42,14 +48,23 @@ _BY_HAND = "set_by_hand"  # key -> when `dbguardctl mark` last set or lowered it
 
 @dataclass(frozen=True)
 class Remembered:
-    """A database once read as marked production: its label then, and since when."""
+    """A database once read as marked production, or judged production `because` of its
+    project's files: its label then, and since when."""
 
     label: str
     since: str  # ISO date and time the mark was first read
+    because: str | None = None  # None: it was marked
 
     def reason(self) -> str:
-        """Why the database is production though its mark is gone (a TargetFacts.marked
-        entry: "production because " goes before it)."""
+        """Why the database is production though its mark is gone, or its files no longer
+        say so (a TargetFacts.marked entry: "production because " goes before it)."""
+        if self.because is not None:
+            return (
+                f"dbguard judged it production (since {self.since}) because {self.because}, "
+                "and remembers that though nothing says so now (a project file was changed, "
+                "or a command overrides it): `dbguardctl mark development`, at a terminal, "
+                "if it is no longer production"
+            )
         return (
             f"it was marked production when dbguard read it (since {self.since}) and its "
             "mark is gone: the database was dropped and made again, or the mark removed, "
@@ -90,10 +105,12 @@ class ProductionMarks:
         when = self._current().by_hand.get(key)
         return when is not None and when >= moment
 
-    def remember(self, target: Target) -> None:
-        """Note that `target` is marked production (no write when already noted)."""
-        if target.key not in self._current().production:
-            self._change(lambda content: _remember(content, target))
+    def remember(self, target: Target, because: str | None = None) -> None:
+        """Note that `target` is marked production, or was judged production `because` of
+        its project's files (no write when already noted; a mark replaces a verdict)."""
+        known = self._current().production.get(target.key)
+        if known is None or (because is None and known.because is not None):
+            self._change(lambda content: _remember(content, target, because))
 
     def set_by_hand(self, target: Target, marker: Marker | None) -> None:
         """`dbguardctl mark`: a person gave `target` this mark (None: `none`)."""
@@ -146,7 +163,12 @@ class ProductionMarks:
         unread: list[str] = []
         for key, entry in content.get(_PRODUCTION, {}).items():
             if isinstance(entry, dict) and isinstance(entry.get("label"), str):
-                production[key] = Remembered(entry["label"], str(entry.get("since", "?")))
+                because = entry.get("because")
+                production[key] = Remembered(
+                    entry["label"],
+                    str(entry.get("since", "?")),
+                    because if isinstance(because, str) else None,
+                )
             else:
                 unread.append(key)
         for key, when in content.get(_BY_HAND, {}).items():
@@ -204,13 +226,20 @@ class ProductionMarks:
             self.on_problem(text)
 
 
-def _remember(content: dict[str, Any], target: Target) -> None:
+def _remember(content: dict[str, Any], target: Target, because: str | None = None) -> None:
     known = content.setdefault(_PRODUCTION, {})
     entry = known.get(target.key)
-    if not (isinstance(entry, dict) and isinstance(entry.get("label"), str)):
-        # New, or an entry not understood (which would never count): this one does.
-        since = _now().isoformat(timespec="seconds")
-        known[target.key] = {"label": target.label, "since": since}
+    understood = isinstance(entry, dict) and isinstance(entry.get("label"), str)
+    if understood and because is not None:
+        return  # already remembered, marked or judged
+    if understood and isinstance(entry, dict):
+        entry.pop("because", None)  # marked now: a mark to put back when it is gone
+        return
+    # New, or an entry not understood (which would never count): this one does.
+    since = _now().isoformat(timespec="seconds")
+    known[target.key] = {"label": target.label, "since": since}
+    if because is not None:
+        known[target.key]["because"] = because
 
 
 def _cannot(what: str, path: Path, err: OSError) -> str:

@@ -141,11 +141,13 @@ class ProductionSettings(BaseModel):
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration value and where it was read: ('DB_HOST', 'db1', '.env, line 4')."""
+    """One configuration value and where it was read: ('DB_HOST', 'db1', '.env, line 4').
+    `in_file`: a project file gave it, not the run (its environment, command line)."""
 
     name: str
     value: str
     origin: str
+    in_file: bool = False
 
     def __str__(self) -> str:
         return f"{self.name}={self.value} ({self.origin})"
@@ -187,11 +189,15 @@ class Verdict:
     """`production` and the plain-words reasons for it (never empty).
 
     When production, every reason starts with "production because"; when not, the
-    reasons say which signals were checked and found absent or outranked.
+    reasons say which signals were checked and found absent or outranked. `lasting`:
+    those of its reasons that the project's own files give (a `.dbguard.toml` entry, an
+    APP_ENV=production in `.env`), which dbguardd remembers (dbguard.marks), so that
+    editing the file does not end them.
     """
 
     production: bool
     reasons: list[str]
+    lasting: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return "; ".join(self.reasons)
@@ -222,7 +228,12 @@ def classify_production(
     strong.extend(f"production because {why}" for why in facts.marked)
     if settings.every_database:
         strong.append("production because the settings treat every database as production")
-    strong.extend(_app_env_reasons(env, facts, settings))
+    app_env = _app_env_settings(env, facts, settings)
+    strong.extend(f"production because {setting}" for setting in app_env)
+    lasting = [
+        *facts.marked,
+        *(str(setting) for setting in app_env if setting.in_file),
+    ]
     if target.engine == "sqlite":
         named.extend(_sqlite_reasons(target, settings, project_root))
         strong.extend(_production_path_reasons(target, settings))
@@ -232,7 +243,8 @@ def classify_production(
         named.extend(_name_reasons(target, facts, settings))
         named.extend(host_reasons)
     if strong or (named and marker != "development"):
-        return Verdict(True, _unique([*strong, *([] if marker == "development" else named)]))
+        reasons = _unique([*strong, *([] if marker == "development" else named)])
+        return Verdict(True, reasons, _unique(lasting))
     if marker == "development":
         outranked = "; ".join(r.removeprefix("production because ") for r in named)
         if outranked:
@@ -252,9 +264,10 @@ def classify_production(
 # ---- signals ---------------------------------------------------------------------------
 
 
-def _app_env_reasons(
+def _app_env_settings(
     env: Mapping[str, str], facts: TargetFacts, settings: ProductionSettings
-) -> list[str]:
+) -> list[Setting]:
+    """The application-environment settings of the run that say production."""
     values = {v.lower() for v in settings.production_values}
     seen = [
         *(Setting(n, env[n], INVOKING_ENV) for n in settings.app_env_variables if n in env),
@@ -262,11 +275,7 @@ def _app_env_reasons(
         # Settings under the framework's own names ("RAILS_ENV", "config.php app.env").
         *facts.app_env,
     ]
-    return [
-        f"production because {setting}"
-        for setting in seen
-        if setting.value.strip().lower() in values
-    ]
+    return [setting for setting in seen if setting.value.strip().lower() in values]
 
 
 def _name_reasons(target: Target, facts: TargetFacts, settings: ProductionSettings) -> list[str]:

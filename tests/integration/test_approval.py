@@ -439,3 +439,25 @@ def test_a_production_mark_that_cannot_be_read_is_no_pass(
     assert isinstance(answer, Fail), answer
     assert "locked by another connection" in answer.reason
     assert not list(home.backups.glob("*/*/manifest.json"))
+
+
+def test_a_database_its_files_called_production_stays_production_when_they_are_edited(
+    home: Home, daemon: Daemon
+) -> None:
+    """An agent refused because .env says APP_ENV=production edits .env and tries again:
+    dbguardd remembers what the file said."""
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = laravel_sqlite_project(home.root / "app")
+    env_file = project / ".env"
+    env_file.write_text(env_file.read_text().replace("APP_ENV=local", "APP_ENV=production"))
+    refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert refused.returncode == 77, refused.stderr
+    assert b"APP_ENV=production (.env, line 1)" in refused.stderr
+
+    env_file.write_text(env_file.read_text().replace("APP_ENV=production", "APP_ENV=local"))
+    again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert again.returncode == 77, again.stderr
+    assert b"dbguard judged it production" in again.stderr
+    assert b"because APP_ENV=production (.env, line 1)" in again.stderr
+    assert count_users(project) == 3  # nothing ran

@@ -159,3 +159,23 @@ def test_a_register_that_cannot_be_written_is_a_problem_not_a_failure(tmp_path: 
     ProductionMarks(tmp_path / "state" / FILE_NAME, problems.append).remember(APP)
 
     assert any("cannot change" in problem for problem in problems), problems
+
+
+def test_a_verdict_is_remembered_with_its_reason_and_a_mark_replaces_it(tmp_path: Path) -> None:
+    marks = ProductionMarks(tmp_path / FILE_NAME)
+    marks.remember(APP, because="APP_ENV=production (.env, line 1)")
+    judged = ProductionMarks(tmp_path / FILE_NAME).get(APP.key)
+    assert judged is not None and judged.because == "APP_ENV=production (.env, line 1)"
+    assert "because APP_ENV=production (.env, line 1)" in judged.reason()
+    assert "its mark is gone" not in judged.reason()
+
+    marks.remember(APP, because="something else")  # already remembered: kept as it was
+    assert marks.get(APP.key) == judged
+    marks.remember(APP)  # then marked: a mark to put back if it goes
+    marked = marks.get(APP.key)
+    assert marked is not None and marked.because is None and marked.since == judged.since
+    marks.remember(APP, because="a verdict never outranks a mark")
+    assert marks.get(APP.key) == marked
+
+    marks.set_by_hand(APP, "development")  # a person says it is not production
+    assert marks.get(APP.key) is None

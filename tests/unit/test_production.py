@@ -140,6 +140,24 @@ def test_app_env_from_a_file_discovery_read() -> None:
     ).reasons == ["production because APP_ENV=production (.env, line 2)"]
 
 
+def test_only_what_the_projects_files_say_lasts() -> None:
+    """The reasons dbguardd remembers: a file's word and the project's declaration, not
+    the run's environment or command line, nor names and hosts (which are the key)."""
+    facts = TargetFacts(
+        app_env=[Setting("APP_ENV", "production", ".env, line 2", in_file=True)],
+        marked=[".dbguard.toml (database[0]) says so"],
+    )
+    verdict = classify_production(
+        server("db.example.com", "app_prod"), {"NODE_ENV": "production"}, facts=facts
+    )
+    assert verdict.production and len(verdict.reasons) == 5
+    assert verdict.lasting == [
+        ".dbguard.toml (database[0]) says so",
+        "APP_ENV=production (.env, line 2)",
+    ]
+    assert classify_production(server(), {"APP_ENV": "production"}).lasting == []
+
+
 def test_staging_and_other_values_are_not_production() -> None:
     assert not classify_production(
         server(), {"APP_ENV": "staging", "NODE_ENV": "development"}

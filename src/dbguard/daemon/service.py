@@ -445,15 +445,16 @@ class Guard:
             assert origin_root is not None  # every Found from discover() has its root
             marker, exists = self._marker(target)
             facts = found.facts_for(target)
+            remembered = self.production_marks.get(target.key)
             if marker == "production":
                 self.production_marks.remember(target)
-            elif marker is None and (remembered := self.production_marks.get(target.key)):
+            elif marker is None and remembered is not None:
                 facts = replace(facts, marked=[*facts.marked, remembered.reason()])
-                if exists:  # marked again when the command ends, as a dropped one is
-                    marks[target.key] = "production"
+                if exists and remembered.because is None:
+                    marks[target.key] = "production"  # marked again when the command ends
             if marker is not None:
                 marks[target.key] = marker
-            verdicts[target.key] = classify_production(
+            verdict = classify_production(
                 target,
                 run_env,
                 self._settings(project),
@@ -461,6 +462,10 @@ class Guard:
                 facts=facts,
                 project_root=str(origin_root),
             )
+            if remembered is None and verdict.lasting:
+                # What the project's files say now stays said when they are edited.
+                self.production_marks.remember(target, because=verdict.lasting[0])
+            verdicts[target.key] = verdict
         return found, self._settings(found.project), verdicts, marks, runs_in[0]
 
     def _settings(self, project: ProjectConfig | None) -> ProductionSettings:

@@ -173,7 +173,7 @@ class Context:
         return text
 
 
-_Entry = tuple[str, str, int | None]  # value, origin, line
+_Entry = tuple[str, str, int | None, bool]  # value, origin, line, from a project file
 
 
 class Variables:
@@ -198,14 +198,15 @@ class Variables:
             self._hidden.setdefault(name, []).append(current if override else entry)
 
     def layer(self, values: Mapping[str, str], origin: str, *, override: bool) -> None:
+        in_file = origin not in (INVOKING_ENV, COMMAND_LINE)
         for name, value in values.items():
-            self._put(name, (value, origin, None), override=override)
+            self._put(name, (value, origin, None, in_file), override=override)
 
     def layer_entries(
         self, entries: Mapping[str, tuple[str, int]], origin: str, *, override: bool
     ) -> None:
         for name, (value, line) in entries.items():
-            self._put(name, (value, origin, line), override=override)
+            self._put(name, (value, origin, line, True), override=override)
 
     def layer_variables(self, other: Variables, *, override: bool) -> None:
         """Another set of variables, keeping where each came from."""
@@ -215,10 +216,11 @@ class Variables:
             self._put(name, entry, override=override)
 
     def set(self, name: str, value: str, origin: str) -> None:
-        self._put(name, (value, origin, None), override=True)
+        """A value the command line or the tool's defaults give, not a file."""
+        self._put(name, (value, origin, None, False), override=True)
 
     def values(self) -> dict[str, str]:
-        return {name: value for name, (value, _, _) in self._values.items()}
+        return {name: entry[0] for name, entry in self._values.items()}
 
     def get(self, name: str, default: str | None = None) -> str | None:
         found = self._values.get(name)
@@ -237,12 +239,11 @@ class Variables:
         found = self._values.get(name)
         if found is None:
             return "(not set)"
-        _, origin, line = found
-        return _where(origin, line)
+        return _where(found[1], found[2])
 
     def setting(self, name: str) -> Setting | None:
         found = self._values.get(name)
-        return Setting(name, found[0], self.where(name)) if found else None
+        return Setting(name, found[0], self.where(name), found[3]) if found else None
 
     def settings(self, name: str) -> list[Setting]:
         """The value in force and every value it hides, each with where it came from:
@@ -252,8 +253,9 @@ class Variables:
         if current is None:
             return []
         found = [current]
-        for value, origin, line in self._hidden.get(name, []):
-            hidden = Setting(name, value, f"{_where(origin, line)}; {current.origin} overrides it")
+        for value, origin, line, in_file in self._hidden.get(name, []):
+            where = f"{_where(origin, line)}; {current.origin} overrides it"
+            hidden = Setting(name, value, where, in_file)
             if value != current.value and hidden not in found:
                 found.append(hidden)
         return found
