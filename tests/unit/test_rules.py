@@ -132,6 +132,22 @@ LARAVEL = [
     case("php artisan mi:fr --seed", DESTRUCTIVE, "artisan", "migrate:fresh"),
     case("php artisan migrate:st", RO, "artisan", "migrate:status"),
     case("php artisan tin", QUERY, "artisan", "tinker"),
+    # Symfony's Application::find retries a name ignoring case when the exact-case search
+    # finds nothing, and a part may be empty: `:fresh` is the only `*:fresh` command.
+    case("php artisan MIGRATE:FRESH --force", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan Db:Wipe --force", DESTRUCTIVE, "artisan", "db:wipe"),
+    case("php artisan MI:FR", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan :fresh --force", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan :wipe", DESTRUCTIVE, "artisan", "db:wipe"),
+    case("php artisan migrate:", DESTRUCTIVE, "artisan"),  # any migrate:* (ambiguous)
+    case("php artisan Migrate:Status", RO, "artisan", "migrate:status"),
+    case("php artisan Migrate:Status --pretend", RO, "artisan"),
+    case("php artisan MIGRATE:RESET --pretend", RO, "artisan", "migrate:reset --pretend"),
+    # an abbreviation several commands share counts as the most dangerous of them
+    case("php artisan :s", SEED, "artisan", "db:seed"),  # migrate:status, db:seed, db:show
+    case("php artisan :re", DESTRUCTIVE, "artisan"),  # migrate:refresh, migrate:reset
+    case("php artisan ROUTE:LIST", None),
+    case("php artisan :list", None),
     # targets
     case("php artisan test --env=testing", TEST, "artisan", hints={"env": "testing"}),
     case("php artisan migrate --env testing", MIGRATE, "artisan", hints={"env": "testing"}),
@@ -231,6 +247,20 @@ SYMFONY = [
     case("bin/console d:m:m", MIGRATE, "symfony", "doctrine:migrations:migrate"),
     case("bin/console d:d:d --force", DESTRUCTIVE, "symfony"),
     case("bin/console d:f:l", DESTRUCTIVE, "symfony", "doctrine:fixtures:load"),
+    # any case, and empty parts, as Symfony's Application::find reads them
+    case(
+        "php bin/console DOCTRINE:SCHEMA:DROP --force",
+        DESTRUCTIVE,
+        "symfony",
+        "doctrine:schema:drop --force",
+    ),
+    case("bin/console D:S:U --force", DESTRUCTIVE, "symfony", "doctrine:schema:update --force"),
+    case("bin/console ::drop --force", DESTRUCTIVE, "symfony"),  # schema:drop, database:drop
+    case("bin/console :m:m", MIGRATE, "symfony", "doctrine:migrations:migrate"),
+    case("bin/console Doctrine:Migrations:Migrate First", DESTRUCTIVE, "symfony"),
+    case("bin/console D:S:Drop", RO, "symfony", "doctrine:schema:drop"),
+    case("vendor/bin/doctrine ORM:SCHEMA-TOOL:DROP --force", DESTRUCTIVE, "doctrine"),
+    case("vendor/bin/doctrine-migrations MIGRATE first", DESTRUCTIVE, "doctrine-migrations"),
     # read-only counterparts: without --force these only print
     case("php bin/console doctrine:schema:drop", RO, "symfony"),
     case("php bin/console doctrine:schema:drop --dump-sql", RO, "symfony"),

@@ -678,8 +678,8 @@ class _Tool:
     targets: dict[str, str]
     tree: _Node
     global_rules: list[_FlagRule]
-    # Symfony-style abbreviations: first letter -> (parts of a first command word, its node).
-    abbreviations: dict[str, list[tuple[list[str], _Node]]] | None
+    # Symfony-style abbreviations: (lower-case parts of a first command word, its node).
+    abbreviations: list[tuple[list[str], _Node]] | None
     app_environment: bool = False
     env_files: tuple[str, ...] = ()
     project_from_script: str | None = None
@@ -805,12 +805,17 @@ class _Tool:
         return self._with_flags(path[-1].kind, text, rules, present, recognised=True)
 
     def _abbreviated(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
-        """`d:s:u` -> doctrine:schema:update. Ambiguous input fails in the console itself,
-        so counting it as the most dangerous candidate never under-protects."""
-        parts = words[0].split(":")
+        """`d:s:u` -> doctrine:schema:update, as Symfony's Application::find reads a name
+        that is no command: each colon-separated part is a prefix of the command's part,
+        an empty one of any (`:fresh` is migrate:fresh), and where no command matches so,
+        it retries ignoring case (`MIGRATE:FRESH`). Matching ignoring case from the start
+        only adds candidates. Ambiguous input fails in the console itself, so counting it
+        as the most dangerous candidate never under-protects."""
+        if not words[0]:
+            return self._with_flags(self.default, "", [], present, recognised=False)
+        parts = words[0].lower().split(":")
         best: tuple[Kind, str] | None = None
-        candidates = (self.abbreviations or {}).get(words[0][:1], [])
-        for full, node in candidates:
+        for full, node in self.abbreviations or []:
             if len(full) < len(parts) or not all(
                 f.startswith(p) for f, p in zip(full, parts, strict=False)
             ):
@@ -896,11 +901,9 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
             )
         else:
             node.kind = kind
-    abbreviations: dict[str, list[tuple[list[str], _Node]]] | None = None
+    abbreviations: list[tuple[list[str], _Node]] | None = None
     if rule.abbreviations:
-        abbreviations = {}
-        for word, node in tree.exact.items():
-            abbreviations.setdefault(word[:1], []).append((word.split(":"), node))
+        abbreviations = [(word.lower().split(":"), node) for word, node in tree.exact.items()]
     help_items = [*common_help, *rule.help]
     return _Tool(
         name=rule.name,
