@@ -127,6 +127,15 @@ LARAVEL = [
     case("php artisan -V", RO, "artisan"),
     case("php artisan help migrate:fresh", RO, "artisan", "help"),
     case("php artisan list", RO, "artisan"),
+    # Symfony looks for -h/-V in the raw words (ArgvInput::hasParameterOption): `-qh` is
+    # -q plus a help option nobody reads, and the command runs. `-hq` shows help since
+    # symfony/symfony#25893 but ran the command before #24987: only `-h` alone is help.
+    case("php artisan migrate:fresh --force -qh", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan migrate:fresh --force -qV", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan migrate:fresh -hq", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan -nV migrate:fresh", DESTRUCTIVE, "artisan", "migrate:fresh"),
+    case("php artisan migrate:fresh -q -h", RO, "artisan", "-h"),
+    case("php artisan migrate:fresh --help=x", RO, "artisan", "--help"),
     # Symfony-console abbreviations
     case("php artisan migrate:f", DESTRUCTIVE, "artisan", "migrate:fresh"),
     case("php artisan mi:fr --seed", DESTRUCTIVE, "artisan", "migrate:fresh"),
@@ -278,6 +287,11 @@ SYMFONY = [
     case("bin/console d:m:status", RO, "symfony", "doctrine:migrations:status"),
     case("php bin/console list doctrine", RO, "symfony"),
     case("php bin/console doctrine:schema:drop --force --help", RO, "symfony"),
+    case("php bin/console doctrine:schema:drop --force -h", RO, "symfony"),
+    case("bin/console d:s:u --force -qh", DESTRUCTIVE, "symfony"),
+    case("bin/console d:s:u --force -vV", DESTRUCTIVE, "symfony"),
+    case("vendor/bin/doctrine orm:schema-tool:drop --force -qh", DESTRUCTIVE, "doctrine"),
+    case("vendor/bin/doctrine-migrations migrate first -nh", DESTRUCTIVE, "doctrine-migrations"),
     # targets
     case(
         "php bin/console doctrine:migrations:migrate --env=test",
@@ -449,6 +463,7 @@ PYTEST = [
     case("pytest --version", RO, "pytest"),
     case("pytest -V", RO, "pytest"),
     case("pytest -h", RO, "pytest"),
+    case("pytest -qh", RO, "pytest"),  # argparse reads a cluster letter by letter
     case("python -m pytest --help", RO, "pytest"),
     case("python -c 'import pytest'", None),
     case("python -V", None),

@@ -114,6 +114,7 @@ class ToolRule(_Rule):
     multiple: bool = False
     argument_commands: list[str] = []
     abbreviations: bool = False
+    lone_help: bool = False
     task_arguments: bool = False
     app_environment: bool = False
     env_files: list[str] = []
@@ -451,6 +452,7 @@ class _Syntax:
 @dataclass
 class _Parsed:
     options: list[tuple[str, str | None]] = field(default_factory=list)
+    alone: set[str] = field(default_factory=set)  # options written as a word of their own
     positionals: list[tuple[int, str]] = field(default_factory=list)
     end: int = 0  # where parsing stopped (first positional, or after a stop option's value)
     stopped_by: tuple[str, str] | None = None  # (option, value) that ended parsing
@@ -483,6 +485,7 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
         name: str
         value: str | None = None
         takes_next = False
+        alone = True
         if word[1] == "-" or syntax.single_dash:
             name, eq, attached = syntax.normal(word).partition("=")
             if eq:
@@ -494,6 +497,7 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
         elif word in syntax.attached or word in syntax.words:
             name = word
         else:
+            alone = len(word) == 2
             # A getopt cluster: -xvf is -x -v -f; a value option ends it (-kVALUE, -xk VALUE).
             # `-t=VALUE` is VALUE, as yargs (nx), clap and others read it: getopt would
             # read "=VALUE", which names no task or database, so that could only unguard.
@@ -519,6 +523,8 @@ def _parse(args: Sequence[str], syntax: _Syntax, *, first_only: bool = False) ->
             index += 1
             value = args[index]
         parsed.options.append((name, value))
+        if alone:
+            parsed.alone.add(name)
         index += 1
         if name in syntax.stops and value is not None:
             parsed.stopped_by = (name, value)
@@ -666,6 +672,7 @@ class _Tool:
     syntax: _Syntax
     help_options: frozenset[str]
     help_words: frozenset[str]
+    lone_help: bool  # a help option counts only as a word of its own, not in a cluster
     default: Kind | None
     bare: Kind | None
     multiple: bool
@@ -710,7 +717,7 @@ class _Tool:
             words = [w.partition("[")[0] if w.endswith("]") else w for w in words]
         words, arguments = self._arguments(words)
 
-        decided = self._decide(words, present)
+        decided = self._decide(words, present, parsed.alone if self.lone_help else present)
         if decided is None:
             return None
         kind, command = decided
@@ -754,8 +761,11 @@ class _Tool:
                 index += 1
         return kept, arguments
 
-    def _decide(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
-        help_option = next((o for o in self.help_options if o in present), None)
+    def _decide(
+        self, words: list[str], present: set[str], helps: set[str]
+    ) -> tuple[Kind, str] | None:
+        """`helps`: the options that count as help options (see `lone_help`)."""
+        help_option = next((o for o in self.help_options if o in helps), None)
         if help_option is not None or (words and words[0] in self.help_words):
             if self._not_ours(words):
                 return None  # `bun run db:reset -v`: bun's scripts, not `bun test`'s help
@@ -911,6 +921,7 @@ def _compile_tool(rule: ToolRule, common_help: Sequence[str]) -> _Tool:
         syntax=syntax,
         help_options=frozenset(normal(h) for h in help_items if h.startswith("-")),
         help_words=frozenset(h for h in help_items if not h.startswith("-")),
+        lone_help=rule.lone_help,
         default=rule.default,
         bare=rule.bare,
         multiple=rule.multiple,
