@@ -28,8 +28,8 @@ __all__ = ["Config", "ConfigError", "config_path", "load_config", "parse_config"
 DEFAULT_SHIM_COMMANDS = (
     "php", "pytest", "paratest", "phpunit", "pest", "prisma", "npx", "npm", "pnpm", "pnpx",
     "yarn", "bun", "bunx", "deno", "composer", "alembic", "flask", "django-admin", "rails",
-    "rake", "bundle", "rspec", "knex", "sequelize", "typeorm", "flyway", "liquibase",
-    "supabase", "turbo", "nx", "lerna", "uv", "poetry", "pipenv",
+    "rake", "bundle", "rspec", "knex", "sequelize", "typeorm", "drizzle-kit", "flyway",
+    "liquibase", "supabase", "turbo", "nx", "lerna", "uv", "poetry", "pipenv",
 )  # fmt: skip
 
 

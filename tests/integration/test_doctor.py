@@ -260,6 +260,7 @@ def test_project_paths_that_bypass_the_shims_are_named(setup: Home, daemon: Daem
     (project / "package.json").write_text("{}")
     scripts = {
         "node_modules/.bin/prisma": "#!/usr/bin/env node\n",
+        "node_modules/.bin/drizzle-kit": "#!/usr/bin/env node\n",
         "vendor/bin/phpunit": "#!/usr/bin/env php\n<?php\n",
         "vendor/bin/pest": "#!/usr/bin/php\n<?php\n",
         "bin/rails": "#!/usr/bin/env ruby\n",
@@ -278,9 +279,15 @@ def test_project_paths_that_bypass_the_shims_are_named(setup: Home, daemon: Daem
         f["message"].split(" ", 1)[0]: f for f in report["findings"] if f["check"] == "project"
     }
     assert messages["./vendor/bin/phpunit"]["level"] == "ok"  # env php -> the php shim
-    for bypass in ("./node_modules/.bin/prisma", "./vendor/bin/pest", "./bin/rails"):
+    for bypass in (
+        "./node_modules/.bin/prisma",
+        "./node_modules/.bin/drizzle-kit",
+        "./vendor/bin/pest",
+        "./bin/rails",
+    ):
         assert messages[bypass]["level"] == "warn", bypass
     assert "npx prisma" in messages["./node_modules/.bin/prisma"]["fix"]
+    assert "npx drizzle-kit" in messages["./node_modules/.bin/drizzle-kit"]["fix"]
     python_m = messages["`python"]
     assert python_m["level"] == "warn" and ".venv/bin/python" in python_m["message"]
 

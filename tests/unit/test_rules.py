@@ -630,6 +630,48 @@ PRISMA = [
     case("node -e 'require(\"./x\")'", None),
 ]
 
+# drizzle-kit's commands and options as its CLI (drizzle-kit/src/cli/schema.ts) defines them
+DRIZZLE = [
+    # push applies the schema's difference at once; it asks before data loss unless --force
+    case("npx drizzle-kit push --force", DESTRUCTIVE, "drizzle-kit", "push --force"),
+    case("npx drizzle-kit push", MIGRATE, "drizzle-kit", "push"),
+    case("npx drizzle-kit push --strict --verbose", MIGRATE, "drizzle-kit"),
+    case("drizzle-kit push --config=drizzle.prod.ts --force", DESTRUCTIVE, "drizzle-kit"),
+    case("npx drizzle-kit --config drizzle.prod.ts push --force", DESTRUCTIVE, "drizzle-kit"),
+    case("npx drizzle-kit push --dialect postgresql --url x --force", DESTRUCTIVE, "drizzle-kit"),
+    case("npx drizzle-kit push:pg", MIGRATE, "drizzle-kit", "push:pg"),  # before 0.21
+    case("npx drizzle-kit migrate --config drizzle.config.ts", MIGRATE, "drizzle-kit", "migrate"),
+    case("npx drizzle-kit reset", DESTRUCTIVE, "drizzle-kit", "reset"),
+    # through every launcher
+    *(
+        case(f"{launcher} push --force", DESTRUCTIVE, "drizzle-kit", "push --force")
+        for launcher in (
+            "pnpm drizzle-kit",
+            "yarn drizzle-kit",
+            "bunx drizzle-kit",
+            "npx drizzle-kit@latest",
+            "./node_modules/.bin/drizzle-kit",
+            "dotenv -e .env.production -- drizzle-kit",
+        )
+    ),
+    # Studio edits rows in a browser: an interactive client.
+    case("npx drizzle-kit studio --port 4983", QUERY, "drizzle-kit", "studio"),
+    # files only (drop deletes a migration file), or reading the database
+    *(
+        case(f"npx drizzle-kit {command}", RO, "drizzle-kit", command)
+        for command in ("generate", "check", "up", "export", "drop", "pull", "introspect")
+    ),
+    case("npx drizzle-kit generate --name push --custom", RO, "drizzle-kit", "generate"),
+    # help and version (brocli's -h and -v, and its help command)
+    *(
+        case(f"npx drizzle-kit {words}", RO, "drizzle-kit")
+        for words in ("push --help", "push -h", "-v", "--version", "help push")
+    ),
+    # a value that looks like help is the option's (brocli reads it so too)
+    case("npx drizzle-kit push --config -h --force", DESTRUCTIVE, "drizzle-kit"),
+    case("npx drizzle-kit", None),
+]
+
 JS_TESTS = [
     case("jest", TEST, "jest", ""),
     case("npx jest src/a.test.ts -t migrate", TEST, "jest"),
@@ -1129,6 +1171,7 @@ ALL_CASES = [
     *PYTEST,
     *ALEMBIC,
     *PRISMA,
+    *DRIZZLE,
     *JS_TESTS,
     *FLASK,
     *KNEX,
@@ -1185,6 +1228,7 @@ PACKAGE_JSON = {
     "pong": "npm run ping",
     "test:unit": "vitest run --coverage",
     "test:e2e": "playwright test",
+    "db:push": "drizzle-kit push --force",
 }
 COMPOSER_JSON: dict[str, str | list[str]] = {
     "test": ["@clear", "@php artisan test"],
@@ -1249,6 +1293,9 @@ SCRIPT_CASES = [
     ),
     script_case("npm run seed", SEED, ("npm run seed",), "knex", assignments={"NODE_ENV": "test"}),
     script_case("npm run logs", RO, ("npm run logs",), "artisan", "migrate:status"),
+    script_case(
+        "npm run db:push", DESTRUCTIVE, ("npm run db:push",), "drizzle-kit", "push --force"
+    ),
     script_case("npm run quoted", DESTRUCTIVE, ("npm run quoted",), "artisan", "db:wipe"),
     # arguments after the script name are appended to its command line
     script_case("npm run db -- reset", DESTRUCTIVE, ("npm run db",), "prisma", "migrate reset"),

@@ -856,7 +856,10 @@ def check_project(cwd: Path, env: dict[str, str], folder: Path) -> list[Finding]
     findings = []
     scripts = [
         *(root / "vendor/bin" / n for n in ("phpunit", "pest", "paratest")),
-        *(root / "node_modules/.bin" / n for n in ("prisma", "knex", "sequelize", "typeorm")),
+        *(
+            root / "node_modules/.bin" / n
+            for n in ("prisma", "knex", "sequelize", "typeorm", "drizzle-kit")
+        ),
         root / "bin/rails",
     ]
     for script in scripts:
@@ -873,6 +876,7 @@ def check_project(cwd: Path, env: dict[str, str], folder: Path) -> list[Finding]
             "knex": "npx knex",
             "sequelize": "npx sequelize",
             "typeorm": "npx typeorm",
+            "drizzle-kit": "npx drizzle-kit",
         }.get(name, name)
         if not program:
             runs = "is a program of its own"
