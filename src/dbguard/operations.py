@@ -50,9 +50,23 @@ def verify_backup(
     `target` (default: the manifest's, without a password) says how to reach the server
     for the scratch restore. The result is recorded in the manifest.
 
-    Raises RestoreFailed when the check cannot run (server unreachable, no room for the
-    scratch copy), NotFound if the backup was pruned meanwhile."""
-    problems = store.check_data(manifest)
+    Only what proves the backup bad is recorded as a failure: a checksum mismatch, data
+    that does not decompress or restore, row counts that differ. What stops the check
+    for a reason of the machine (a full disk, an unreachable server, a file it may not
+    read) raises RestoreFailed and records nothing: the backup stays as good as it was.
+    Raises NotFound if the backup was pruned meanwhile."""
+    try:
+        mismatch = store.checksum_mismatch(manifest)
+    except FileNotFoundError:
+        mismatch = f"{manifest.data.file} is missing"  # store.update says if all is gone
+    except OSError as err:
+        raise RestoreFailed(
+            f"cannot check backup {manifest.id}: reading "
+            f"{store.folder(manifest) / manifest.data.file} failed: {err.strerror or err}",
+            "make the backup folder readable for this user and verify again; the backup "
+            "is not marked failed",
+        ) from err
+    problems = [mismatch] if mismatch else []
     if not problems:
         engine = engines.get(manifest.target().engine)
         with store.work_folder() as (_, scratch):

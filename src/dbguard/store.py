@@ -762,17 +762,22 @@ class Store:
 
     def check_data(self, manifest: Manifest) -> list[str]:
         """Recompute the stored file's checksum; problems as readable lines."""
-        path = self.folder(manifest) / manifest.data.file
-        digest = hashlib.sha256()
         try:
-            with path.open("rb") as stream:
-                while chunk := stream.read(_CHUNK):
-                    digest.update(chunk)
+            mismatch = self.checksum_mismatch(manifest)
         except OSError as err:
-            return [f"cannot read {path}: {err}"]
+            return [f"cannot read {self.folder(manifest) / manifest.data.file}: {err}"]
+        return [mismatch] if mismatch else []
+
+    def checksum_mismatch(self, manifest: Manifest) -> str | None:
+        """Recompute the stored file's checksum: the problem if it differs, else None.
+        Raises OSError when the file cannot be read, which says nothing of its bytes."""
+        digest = hashlib.sha256()
+        with (self.folder(manifest) / manifest.data.file).open("rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                digest.update(chunk)
         if digest.hexdigest() != manifest.data.sha256:
-            return [f"{manifest.data.file}: checksum mismatch (the file changed after backup)"]
-        return []
+            return f"{manifest.data.file}: checksum mismatch (the file changed after backup)"
+        return None
 
     def remember_intact(self, manifest: Manifest) -> None:
         """Record that `manifest`'s data file, as it is now, matches its checksum."""

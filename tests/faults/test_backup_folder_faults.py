@@ -7,6 +7,7 @@ nothing is listed, .tmp is empty, and once the fault is gone the same command is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -14,11 +15,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from dbguard import operations
+from dbguard.engines import Engines
 from dbguard.engines.base import Target
+from dbguard.retention import RetentionSettings
+from dbguard.space import prune
+from dbguard.store import Manifest, Reason, Store
 from tests.faults.support import (
     FaultDaemon,
     FaultTool,
@@ -424,3 +431,87 @@ def test_a_pin_with_no_room_leaves_no_temp_file(on_tmpfs: Setup) -> None:
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
     (setup.store / "filler").unlink()
     assert setup.home.ctl("pin", backup["id"]).returncode == 0
+
+
+# ---- a nearly full backup folder during verify and restore, in this process -------------
+
+
+def leave_free(folder: Path, free: int) -> Path:
+    """Fill the filesystem holding `folder` until about `free` bytes are left."""
+    info = os.statvfs(folder)
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as file:
+        file.write(b"\0" * (info.f_bavail * info.f_frsize - free))
+    return filler
+
+
+@dataclass
+class WalOnTmpfs:
+    """A WAL database of 2 MiB that does not compress, backed up into a store on an
+    8 MiB tmpfs (in this process: no daemon)."""
+
+    db: Path
+    target: Target
+    engines: Engines
+    folder: Path
+    store: Store
+
+    def backup(self) -> Manifest:
+        return operations.take_backup(self.store, self.engines, self.target, Reason(kind="manual"))
+
+
+@pytest.fixture
+def wal_on_tmpfs(tmp_path: Path) -> Iterator[WalOnTmpfs]:
+    db = tmp_path / "app.sqlite"
+    incompressible_wal_database(db, 2)
+    engines = Engines()
+    try:
+        with tmpfs(tmp_path / "store", "8m") as folder:
+            target = Target(engine="sqlite", path=str(db), source="test")
+            yield WalOnTmpfs(db, target, engines, folder, Store(folder / "backups"))
+    finally:
+        engines.close()
+
+
+def test_a_good_wal_backup_verified_with_little_room_stays_good(wal_on_tmpfs: WalOnTmpfs) -> None:
+    """Room for the unpacked copy, not for the 32 KB -shm SQLite would make beside a copy
+    still in WAL mode. Once that failed as 'disk I/O error', was recorded as FAILED for
+    good, and retention then removed the newest real backup for the older one."""
+    setup, store = wal_on_tmpfs, wal_on_tmpfs.store
+    older = setup.backup()
+    with contextlib.closing(sqlite3.connect(setup.db)) as conn:
+        conn.execute("delete from blobs where id = 1")
+        conn.commit()
+    newest = setup.backup()
+    filler = leave_free(setup.folder, newest.data.raw_size + 8192)
+    injected("backup folder nearly full during the verify of a WAL backup")
+
+    result = operations.verify_backup(store, setup.engines, newest, setup.target)
+
+    filler.unlink()
+    assert result.ok, result.problems
+    assert store.newest(setup.target) == store.get(newest.id)
+    cap = RetentionSettings(max_total_bytes=newest.data.size + 1)
+    removed = prune(store, cap, datetime.now(UTC))
+    assert [m.id for m in removed] == [older.id]
+
+
+def test_a_wal_backup_restores_with_little_room_in_the_backup_folder(
+    wal_on_tmpfs: WalOnTmpfs,
+) -> None:
+    """Once refused as 'damaged' (exit 65), where the backup was good."""
+    setup, store = wal_on_tmpfs, wal_on_tmpfs.store
+    backup = setup.backup()
+    setup.db.unlink()  # nothing to back up first: all the room is the unpacked copy's
+    filler = leave_free(setup.folder, backup.data.raw_size + 8192)
+    injected("backup folder nearly full during the restore of a WAL backup")
+
+    operations.restore_backup(
+        store, setup.engines, backup, setup.target, Reason(kind="pre-restore")
+    )
+
+    filler.unlink()
+    assert store.get(backup.id).verified is None
+    with contextlib.closing(sqlite3.connect(setup.db)) as conn:
+        assert conn.execute("select count(*) from blobs").fetchone() == (2,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # as it was

@@ -371,8 +371,9 @@ def test_a_broken_dump_fails_verify_and_restore_and_changes_nothing(
     run(rich, "DELETE FROM app.orders WHERE id > 10")
     now = contents(rich)
 
-    with pytest.raises(Damaged, match="pg_restore failed"):
+    with pytest.raises(Damaged, match="pg_restore failed") as damaged:
         engine.restored_counts(rich, io.BytesIO(cut), "pg-custom", tmp_path)
+    assert "could not read from input file: end of file" in str(damaged.value)
     with pytest.raises(RestoreFailed) as caught:
         engine.restore(rich, io.BytesIO(cut), "pg-custom", tmp_path)
 
@@ -1400,3 +1401,60 @@ def test_sessions_of_other_roles_count_for_a_user_who_cannot_see_them(
     assert [(x.user, x.app, x.kept) for x in sessions] == [
         (owner, "a session of another role", False)
     ]
+
+
+def restore_stand_in(folder: Path, says: str) -> None:
+    """A pg_restore that reads its input, then fails saying `says` (exit status 1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pg_restore"
+    path.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "pg_restore (PostgreSQL) 99.0"; exit 0; fi\n'
+        f"cat > /dev/null; echo 'pg_restore: error: {says}' >&2; exit 1\n"
+    )
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "says",
+    [
+        'could not execute query: ERROR:  could not extend file "base/16384/16390": '
+        "No space left on device",
+        "could not execute query: server closed the connection unexpectedly",
+        'could not execute query: ERROR:  extension "postgis" is not available',
+    ],
+    ids=["server disk full", "connection lost", "missing extension"],
+)
+def test_a_verify_stopped_by_the_server_does_not_mark_the_backup_failed(
+    rich: Target, store: Store, engines: Engines, tmp_path: Path, says: str
+) -> None:
+    backup = operations.take_backup(store, engines, rich, REASON)
+    restore_stand_in(tmp_path / "tools", says)
+    failing = OnlyEngine(PostgresEngine(BackupSettings(), tool_dirs=[tmp_path / "tools"]))
+    try:
+        with pytest.raises(RestoreFailed) as caught:
+            operations.verify_backup(store, failing, backup)
+    finally:
+        failing.close()
+
+    message = str(caught.value)
+    assert says.split(": ")[-1] in message and "not marked failed" in message, message
+    assert store.get(backup.id).verified is None
+    assert leftovers(rich) == []
+    assert operations.verify_backup(store, engines, backup).ok
+
+
+def test_an_archive_pg_restore_cannot_read_is_marked_failed(
+    rich: Target, store: Store, engines: Engines, tmp_path: Path
+) -> None:
+    backup = operations.take_backup(store, engines, rich, REASON)
+    restore_stand_in(tmp_path / "tools", "input file does not appear to be a valid archive")
+    failing = OnlyEngine(PostgresEngine(BackupSettings(), tool_dirs=[tmp_path / "tools"]))
+    try:
+        result = operations.verify_backup(store, failing, backup)
+    finally:
+        failing.close()
+
+    assert not result.ok
+    assert "not appear to be a valid archive" in result.problems[0]
+    assert store.get(backup.id).verified == result

@@ -13,17 +13,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
 from dbguard import operations
+from dbguard.daemon.health import BackgroundVerifier
 from dbguard.engines import Engines
 from dbguard.engines import sqlite as sqlite_engine
-from dbguard.engines.base import Target
+from dbguard.engines.base import DumpInfo, Target
 from dbguard.engines.sqlite import SqliteEngine
 from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
 from tests.helpers import Daemon, Home, laravel_sqlite_project
+
+if TYPE_CHECKING:
+    from dbguard.daemon.service import Guard
 
 REASON = Reason(kind="manual")
 
@@ -622,3 +628,90 @@ def test_marking_a_database_that_is_not_there_says_so(tmp_path: Path, engines: E
     folderless = Target(engine="sqlite", path=str(tmp_path / "no" / "a.sqlite"), source="test")
     with pytest.raises(DatabaseMissing):
         engines.for_target(folderless).set_marker(folderless, "production")
+
+
+def failing_scratch_opens(monkeypatch: pytest.MonkeyPatch, code: int, text: str) -> None:
+    """SQLite fails to open any copy in the store's work folder as it would on a full or
+    failing disk (the database itself still opens)."""
+    connect = sqlite_engine._connect
+
+    def refuse(path: str | Path, **kwargs: object) -> sqlite3.Connection:
+        if "/.tmp/" in str(path):
+            error = sqlite3.OperationalError(text)
+            error.sqlite_errorcode = code
+            raise error
+        return connect(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_engine, "_connect", refuse)
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (4618, "disk I/O error"),  # SQLITE_IOERR_SHMOPEN
+        (sqlite3.SQLITE_FULL, "database or disk is full"),
+        (sqlite3.SQLITE_CANTOPEN, "unable to open database file"),
+    ],
+)
+def test_a_failing_disk_during_verify_or_restore_is_no_damage_of_the_backup(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch, code: int, text: str
+) -> None:
+    db, target, store, manifest = backed_up(tmp_path, engines)
+    failing_scratch_opens(monkeypatch, code, text)
+
+    with pytest.raises(RestoreFailed) as verifying:
+        operations.verify_backup(store, engines, manifest)
+    db.unlink()
+    with pytest.raises(RestoreFailed) as restoring:
+        operations.restore_backup(store, engines, manifest, target, REASON)
+
+    for caught in (verifying, restoring):
+        message = str(caught.value)
+        assert text in message and str(store.root) in message, message
+        assert "free some space" in message, message
+        assert "not damaged" in message or "not marked" in message, message
+    assert store.get(manifest.id).verified is None  # neither passed nor failed
+    assert not db.exists()
+    monkeypatch.undo()
+    assert operations.verify_backup(store, engines, manifest).ok
+
+
+def test_a_backup_that_is_no_sqlite_database_fails_verify(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    target = Target(engine="sqlite", path=str(tmp_path / "app.sqlite"), source="test")
+    with store.new_backup(target) as pending:
+        with pending.data_writer("data.sqlite", threading.Event()) as sink:
+            sink.write(b"SQLite format 3\0" + b"\xff" * 8192)
+        manifest = pending.commit(
+            DumpInfo(tables={"t": 1}, fingerprint=None, tool="t", format="sqlite-file"),
+            REASON,
+        )
+    engines = Engines()
+    try:
+        result = operations.verify_backup(store, engines, manifest)
+    finally:
+        engines.close()
+    assert not result.ok
+    assert store.get(manifest.id).verified == result
+
+
+def test_the_daemons_background_verify_on_a_failing_disk_records_nothing_and_tells_no_one(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It runs by itself when dbguardd is idle: a full disk then must not brand a good
+    backup FAILED, nor send a verify_failed alert."""
+    _, _, store, manifest = backed_up(tmp_path, engines)
+    sent: list[dict[str, object]] = []
+    guard = SimpleNamespace(
+        store=store, engines=engines, env={}, notifier=SimpleNamespace(send_soon=sent.append)
+    )
+    verifier = BackgroundVerifier(cast("Guard", guard))
+    failing_scratch_opens(monkeypatch, 4618, "disk I/O error")
+    try:
+        with pytest.raises(RestoreFailed):  # run() logs it as "could not run"
+            verifier._verify(manifest)
+        assert sent == []
+        assert store.get(manifest.id).verified is None
+        assert verifier._candidates() == [store.get(manifest.id)]  # tried again when idle
+    finally:
+        verifier._pool.shutdown()

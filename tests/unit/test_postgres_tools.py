@@ -14,6 +14,7 @@ from dbguard.engines.postgres import (
     ConnSettings,
     Tool,
     _connect_error,
+    archive_is_bad,
     choose_tool,
     connection_settings,
     default_tool_dirs,
@@ -255,3 +256,36 @@ def test_a_missing_database_is_not_database_missing_outside_backups() -> None:
     err = psycopg.OperationalError('FATAL:  database "shop" does not exist')
     error = _connect_error(err, settings(), RestoreFailed)
     assert type(error) is RestoreFailed
+
+
+@pytest.mark.parametrize(
+    ("stderr", "bad"),
+    [
+        ("pg_restore: error: could not read from input file: end of file", True),
+        ("pg_restore: error: input file does not appear to be a valid archive", True),
+        ("pg_restore: error: did not find magic string in file header", True),
+        ("pg_restore: error: unsupported version (1.99) in file header", True),
+        ("pg_restore: error: could not find block ID 4242 in archive -- possibly corrupt", True),
+        (
+            'pg_restore: error: COPY failed for table "t": ERROR:  invalid input syntax '
+            'for type integer: "x1"',
+            True,
+        ),
+        ('could not execute query: ERROR:  syntax error at or near "CRATE"', True),
+        # the environment's, or possibly: never proof against the backup
+        (
+            "pg_restore: error: could not execute query: ERROR:  could not extend file "
+            '"base/1/2": No space left on device',
+            False,
+        ),
+        ("pg_restore: error: could not execute query: server closed the connection", False),
+        ('pg_restore: error: connection to server at "db" (10.0.0.1), port 5432 failed', False),
+        ('could not execute query: ERROR:  extension "postgis" is not available', False),
+        ("could not execute query: ERROR:  permission denied for schema public", False),
+        ("pg_restore: error: could not read from input file: Input/output error", False),
+        ("FATAL:  terminating connection due to administrator command", False),
+        ("", False),
+    ],
+)
+def test_only_errors_that_prove_an_archive_bad_count_against_it(stderr: str, bad: bool) -> None:
+    assert archive_is_bad(stderr) is bad

@@ -1048,6 +1048,33 @@ def _check_archive(seen: _Streamed, dbname: str) -> None:
         raise BackupFailed(f"pg_dump's output for {dbname} ends in mid-archive (truncated)", fix)
 
 
+# What pg_restore says only of an archive that is bad: it does not read as one, ends
+# early, or holds statements or table data that do not parse. Everything else (a full
+# disk on the server, a lost connection, a missing extension or role, a permission, a
+# kill) may be the environment's, and no reason to record a backup as failed.
+_BAD_ARCHIVE_RE = re.compile(
+    r"input file does not appear to be a valid archive"
+    r"|input file is too short"
+    r"|did not find magic string in file header"
+    r"|unsupported version \S+ in file header"
+    r"|unrecognized file format"
+    r"|could not read from input file: end of file"
+    r"|unexpected end of file"
+    r"|found unexpected block ID"
+    r"|could not find block ID"
+    r"|unrecognized data block type"
+    r"|could not (?:uncompress|decompress) data"
+    r"|possibly corrupt archive|perhaps a corrupt TOC|corrupt tar header"
+    r"|ERROR:\s+(?:syntax error at or near|invalid input syntax|extra data after last "
+    r"expected column|missing data for column|unterminated CSV quoted field)"
+)
+
+
+def archive_is_bad(stderr: str) -> bool:
+    """Whether pg_restore's error output proves the archive itself bad."""
+    return _BAD_ARCHIVE_RE.search(stderr) is not None
+
+
 def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
     """Copy the dump into the child's stdin; stops quietly when the child stops reading
     (its exit status then says why)."""
@@ -1606,8 +1633,11 @@ class PostgresEngine:
         kind: ErrorKind,
         fix: str,
         options: Sequence[str] = (),
+        damaged: str = "",
     ) -> None:
-        """pg_restore the stream into `s.dbname`; stops at the first error."""
+        """pg_restore the stream into `s.dbname`; stops at the first error, raised as
+        `kind`. With `damaged` (its fix), a failure that proves the archive bad (see
+        archive_is_bad) and data that does not decompress are raised as Damaged."""
         args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}", *options]
         child = self._spawn(
             tool,
@@ -1620,13 +1650,18 @@ class PostgresEngine:
             stdout=subprocess.DEVNULL,
         )
         try:
-            _feed(child, data, kind)
+            _feed(child, data, Damaged if damaged else kind)
             child.proc.wait()
         finally:
             child.close()
         failure = child.failure(kind, s.password, fix)
-        if failure is not None:
-            raise failure
+        if failure is None:
+            return
+        # Stopped or killed, it proved nothing; an exit of its own may name bad input.
+        exited = child.stopped is None and child.proc.returncode > 0
+        if damaged and exited and archive_is_bad(child.stderr_tail(s.password)):
+            raise Damaged(failure.problem, damaged) from None
+        raise failure
 
     def restore(
         self,
@@ -1825,9 +1860,12 @@ class PostgresEngine:
     ) -> dict[str, int]:
         """Restore into a throwaway database, count rows per table, drop it.
 
-        Raises Damaged when the dump does not restore; RestoreFailed when the server
-        cannot be reached, no fitting pg_restore is installed, or the scratch database
-        cannot be created. The throwaway database is dropped in every case."""
+        Raises Damaged when the dump proves bad (it does not decompress, pg_restore does
+        not read it as an archive or the server does not parse its data); RestoreFailed
+        for every other failure, which may be the environment's (the server's disk full,
+        the connection lost, no fitting pg_restore, the scratch database refused): a
+        backup is only recorded as failed on proof. The throwaway database is dropped in
+        every case."""
         if dump_format != FORMAT:
             raise Damaged(f"backup format {dump_format!r} is not a PostgreSQL dump")
         s = connection_settings(target, error=RestoreFailed)
@@ -1847,8 +1885,11 @@ class PostgresEngine:
                     s.for_db(temp),
                     data,
                     scratch,
-                    kind=Damaged,
-                    fix="this backup cannot be restored as it is",
+                    kind=RestoreFailed,
+                    fix="nothing shows the backup is bad, and it is not marked failed: fix "
+                    "what pg_restore names (room on the server's disk, the connection, a "
+                    "missing extension), then verify again",
+                    damaged="this backup cannot be restored as it is",
                     # Rows are what is checked: owners and grants would only make a
                     # user who is not a member of every owning role fail a good backup.
                     options=("--no-owner", "--no-privileges"),

@@ -46,6 +46,7 @@ from dbguard.errors import (
     Cancelled,
     Damaged,
     DatabaseMissing,
+    DbguardError,
     RestoreFailed,
     Unreadable,
 )
@@ -56,6 +57,10 @@ _BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
 # SQLite keeps new readers out (the PENDING lock), so it must not wait for ever.
 _RESTORE_LOCK_WAIT = _BUSY_TIMEOUT
 _KEPT_CONNECTIONS = 64
+# The file format's read/write version bytes (18 and 19): 2 for WAL, 1 for a rollback journal.
+_VERSION_BYTES = 18
+_WAL_VERSION = b"\x02\x02"
+_LEGACY_VERSION = b"\x01\x01"
 # application_id values meaning "marked by dbguard": 'DBGP' and 'DBGD'.
 _MARKERS: dict[int, Marker] = {0x44424750: "production", 0x44424744: "development"}
 
@@ -219,6 +224,36 @@ def _header_byte(path: Path, offset: int) -> int | None:
     except OSError:
         return None
     return byte[0] if byte else None
+
+
+def _read_dump(data: BinaryIO) -> bytes:
+    """The next chunk of the decompressed dump. Its checksum matched, so data that does
+    not decompress was stored so: Damaged. A read of the store's disk that fails is not
+    the backup's fault: the OSError goes on."""
+    try:
+        return data.read(_CHUNK)
+    except OSError:
+        raise
+    except Exception as err:  # the decompressor's errors have no common base
+        raise Damaged(f"the backup data does not decompress: {err}") from None
+
+
+# What only a bad file makes SQLite say. Anything else on the store's own copy (an I/O
+# error, a full disk, a file it cannot open, no memory) is the machine's, not the backup's.
+_BAD_FILE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _copy_error(copy: Path, err: sqlite3.Error) -> DbguardError:
+    """Damaged if SQLite found the unpacked backup bad, else RestoreFailed naming the disk."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _BAD_FILE:
+        return Damaged(f"the backup does not open as an SQLite database: {err}")
+    return RestoreFailed(
+        f"SQLite could not use the unpacked copy of the backup in {copy.parent}: {err}",
+        f"free some space on the filesystem holding {copy.parent} and check that it is "
+        "sound and writable, then try again; the backup is not damaged by this (and is not "
+        "marked failed)",
+    )
 
 
 def _write_error(path: Path, err: sqlite3.Error) -> RestoreFailed:
@@ -423,23 +458,35 @@ class SqliteEngine:
 
     # ---- restore and verify ----------------------------------------------------------
 
-    def _unpack(self, data: BinaryIO, dest: Path) -> None:
-        """Write the dump to a new file (never following a planted link) and check it."""
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    def _unpack(self, data: BinaryIO, dest: Path) -> bool:
+        """Write the dump to a new file (never following a planted link) and check it.
+        Returns whether it is a WAL database's: the copy itself is left in rollback-journal
+        mode (header bytes 18 and 19 set to 1), so SQLite opens it without the 32 KB
+        -shm a WAL file needs beside it, which a nearly full disk has no room for.
+
+        Raises Damaged when the copy is no sound SQLite database (a fact of the backup),
+        RestoreFailed when SQLite cannot use it for a reason of the disk (full, failing:
+        nothing is known about the backup then), OSError when it cannot be written."""
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as file:
-            while chunk := data.read(_CHUNK):
+            while chunk := _read_dump(data):
                 file.write(chunk)
             file.flush()
+            wal = os.pread(fd, 2, _VERSION_BYTES) == _WAL_VERSION
+            if wal:
+                os.pwrite(fd, _LEGACY_VERSION, _VERSION_BYTES)
             os.fsync(file.fileno())
-        conn = _connect(dest)
         try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            conn = _connect(dest)
+            try:
+                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            finally:
+                conn.close()
         except sqlite3.Error as err:
-            raise Damaged(f"the backup does not open as an SQLite database: {err}") from None
-        finally:
-            conn.close()
+            raise _copy_error(dest, err) from None
         if result != "ok":
             raise Damaged(f"the backup fails SQLite's integrity check: {result}")
+        return wal
 
     def restore(
         self,
@@ -457,7 +504,7 @@ class SqliteEngine:
         # is killed leaves nothing in the project (the store clears its work folders).
         unpacked = scratch / f"restore-{secrets.token_hex(4)}.sqlite"
         try:
-            self._unpack(data, unpacked)
+            wal = self._unpack(data, unpacked)
         except OSError as err:
             unpacked.unlink(missing_ok=True)
             raise RestoreFailed(
@@ -476,7 +523,7 @@ class SqliteEngine:
                 else:
                     # Through a link whose file is gone, to where it points, as SQLite
                     # itself would open it: never over the link.
-                    self._create_from(unpacked, Path(os.path.realpath(path)))
+                    self._create_from(unpacked, Path(os.path.realpath(path)), wal=wal)
                 swapped()
         except OSError as err:
             raise _restore_error(path, err) from None
@@ -487,8 +534,9 @@ class SqliteEngine:
         if kept is not None:
             _close(kept)
 
-    def _create_from(self, unpacked: Path, path: Path) -> None:
-        """A deleted database comes back by rename: whole, or not at all."""
+    def _create_from(self, unpacked: Path, path: Path, *, wal: bool) -> None:
+        """A deleted database comes back by rename: whole, or not at all, and in the
+        journal mode of the backup's database (`wal`; its unpacked copy is not)."""
         # Leftovers of a deleted database would be replayed into the new file.
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -499,6 +547,8 @@ class SqliteEngine:
             with os.fdopen(fd, "wb") as file, unpacked.open("rb") as source:
                 shutil.copyfileobj(source, file, _CHUNK)
                 file.flush()
+                if wal:
+                    os.pwrite(file.fileno(), _WAL_VERSION, _VERSION_BYTES)
                 os.fsync(file.fileno())
             os.rename(temp, path)
         finally:
@@ -510,7 +560,10 @@ class SqliteEngine:
         The backup API writes through the target's journal or WAL, so other connections
         see the old contents or the new ones, never a mix, and a crash rolls back.
         """
-        source = _connect(source_path)
+        try:
+            source = _connect(source_path)
+        except sqlite3.Error as err:
+            raise _copy_error(source_path, err) from None
         try:
             dest = _connect(path, timeout=_RESTORE_LOCK_WAIT)
         except sqlite3.Error as err:
@@ -560,11 +613,14 @@ class SqliteEngine:
         copy = scratch / f"verify-{secrets.token_hex(4)}.sqlite"
         try:
             self._unpack(data, copy)
-            conn = _connect(copy)
             try:
-                return count_rows(conn)
-            finally:
-                conn.close()
+                conn = _connect(copy)
+                try:
+                    return count_rows(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as err:
+                raise _copy_error(copy, err) from None
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
