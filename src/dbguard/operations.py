@@ -56,16 +56,9 @@ def verify_backup(
     read) raises RestoreFailed and records nothing: the backup stays as good as it was.
     Raises NotFound if the backup was pruned meanwhile."""
     try:
-        mismatch = store.checksum_mismatch(manifest)
+        mismatch = _checksum(store, manifest, "verify")
     except FileNotFoundError:
         mismatch = f"{manifest.data.file} is missing"  # store.update says if all is gone
-    except OSError as err:
-        raise RestoreFailed(
-            f"cannot check backup {manifest.id}: reading "
-            f"{store.folder(manifest) / manifest.data.file} failed: {err.strerror or err}",
-            "make the backup folder readable for this user and verify again; the backup "
-            "is not marked failed",
-        ) from err
     problems = [mismatch] if mismatch else []
     if not problems:
         engine = engines.get(manifest.target().engine)
@@ -88,6 +81,23 @@ def verify_backup(
     result = Verification(at=datetime.now(UTC), ok=not problems, problems=problems)
     store.update(manifest, verified=result)
     return result
+
+
+def _checksum(store: Store, manifest: Manifest, doing: str) -> str | None:
+    """The backup's checksum mismatch, or None; recomputed, never from a cache (bit rot
+    leaves a file's size and time as they were). Raises FileNotFoundError when its data
+    file is gone, RestoreFailed when it cannot be read: that says nothing of its bytes."""
+    try:
+        return store.checksum_mismatch(manifest)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise RestoreFailed(
+            f"cannot {doing} backup {manifest.id}: reading "
+            f"{store.folder(manifest) / manifest.data.file} failed: {err.strerror or err}",
+            f"make the backup folder readable for this user and {doing} again; the backup "
+            "is not marked failed",
+        ) from err
 
 
 def with_credentials(manifest: Manifest, env: Mapping[str, str]) -> Target:
@@ -138,9 +148,13 @@ def restore_backup(
     does not read as a database), RestoreFailed if the restore fails (the target is
     then unchanged).
     """
-    problems = store.check_data(manifest)
-    if problems:
-        raise Damaged(f"backup {manifest.id} is damaged: {problems[0]}", "it cannot be restored")
+    try:
+        mismatch = _checksum(store, manifest, "restore")
+    except FileNotFoundError:
+        mismatch = f"{manifest.data.file} is missing"
+    if mismatch is not None:
+        store.record_failed(manifest, mismatch)  # no longer the newest good for retention
+        raise Damaged(f"backup {manifest.id} is damaged: {mismatch}", "it cannot be restored")
     try:
         before = take_backup(store, engines, target, reason)
     except DatabaseMissing:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,14 +169,46 @@ def protect_reused(store: Store, manifest: Manifest, now: datetime) -> Manifest:
 
 
 def plan_store(
-    store: Store, policy: RetentionSettings, now: datetime
+    store: Store, policy: RetentionSettings, now: datetime, *, record: bool = False
 ) -> tuple[Plan, dict[str, Manifest]]:
     """The retention plan for the store as it is now, and its manifests by id.
 
     Damaged backups are not in it: they are listed for a person to look at and never
-    removed automatically. Raises nothing beyond what reading the store raises."""
+    removed automatically. Raises nothing beyond what reading the store raises.
+
+    The newest good backup of a database is kept in place of all its others, so before
+    an older backup of a database goes, the checksum of the one protected instead is
+    checked: one whose file changed (a flipped byte keeps the size, only the checksum
+    knows) is no longer taken as good, the next one is protected instead, and the plan
+    is made again. Only those, and only where the plan removes something of their
+    database: a prune that removes nothing reads no backup, and the store hashes each
+    file once per process (a backup just taken is known intact without reading it).
+    `record` writes each mismatch found into its manifest as a failed verification
+    (prune does; a dry run changes nothing)."""
     manifests = {m.id: m for m in store.manifests()}
-    return plan([record_of(m) for m in manifests.values()], policy, now), manifests
+    records = {m.id: record_of(m) for m in manifests.values()}
+    checked: set[str] = set()
+    while True:
+        current = plan(records.values(), policy, now)
+        losing = {r.database_key for r in current.delete}
+        newest_good: dict[str, BackupRecord] = {}
+        for candidate in sorted(records.values(), key=lambda r: (-r.seq, r.id)):  # as plan
+            if candidate.good and candidate.database_key in losing:
+                newest_good.setdefault(candidate.database_key, candidate)
+        suspects = [r for r in newest_good.values() if r.id not in checked]
+        if not suspects:
+            return current, manifests
+        for suspect in suspects:
+            checked.add(suspect.id)
+            manifest = manifests[suspect.id]
+            try:
+                mismatch = store.mismatch(manifest)
+            except OSError:
+                continue  # unreadable now (or removed meanwhile): proves nothing
+            if mismatch is not None:
+                records[suspect.id] = replace(suspect, good=False)
+                if record:
+                    store.record_failed(manifest, mismatch)
 
 
 def prune_with_plan(
@@ -190,7 +222,7 @@ def prune_with_plan(
     stays removed and is listed in the error), BackupFailed if the lock cannot be taken."""
     removed: list[Manifest] = []
     with retention_lock(store, waiting):
-        current, manifests = plan_store(store, policy, now)
+        current, manifests = plan_store(store, policy, now, record=True)
         for record in current.delete:
             manifest = manifests[record.id]
             try:

@@ -505,7 +505,7 @@ class Store:
         self.compression_threads = compression_threads
         self.on_unfinished = on_unfinished
         self._newest: dict[str, tuple[Stamp, Manifest | None, Stamp]] = {}
-        self._intact: dict[str, tuple[Stamp, bool]] = {}
+        self._intact: dict[str, tuple[Stamp, str | None]] = {}  # id -> (file, mismatch)
         # The highest commit number of any manifest read: a .seq set back (restored
         # from an old copy, edited) must not number new backups below old ones. Every
         # manifest is read once, at this process's first backup.
@@ -783,19 +783,39 @@ class Store:
         """Record that `manifest`'s data file, as it is now, matches its checksum."""
         stamp = file_stamp(self.folder(manifest) / manifest.data.file)
         if stamp is not None:
-            self._intact[manifest.id] = (stamp, True)
+            self._intact[manifest.id] = (stamp, None)
 
-    def intact(self, manifest: Manifest) -> bool:
-        """Whether the backup's data file is still the one committed. The checksum is
-        recomputed once per version of the file (its inode, size and mtime); after
-        that, a call costs one stat()."""
-        stamp = file_stamp(self.folder(manifest) / manifest.data.file)
+    def mismatch(self, manifest: Manifest) -> str | None:
+        """`checksum_mismatch`, recomputed once per version of the file (its inode, size
+        and mtime); after that, a call costs one stat(). Raises OSError as it does."""
+        path = self.folder(manifest) / manifest.data.file
+        stamp = file_stamp(path)
         if stamp is None:
-            return False
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
         known = self._intact.get(manifest.id)
         if known is None or known[0] != stamp:
-            known = self._intact[manifest.id] = (stamp, not self.check_data(manifest))
+            known = self._intact[manifest.id] = (stamp, self.checksum_mismatch(manifest))
         return known[1]
+
+    def intact(self, manifest: Manifest) -> bool:
+        """Whether the backup's data file is still the one committed (cached as
+        `mismatch`); False too when it cannot be read."""
+        try:
+            return self.mismatch(manifest) is None
+        except OSError:
+            return False
+
+    def record_failed(self, manifest: Manifest, problem: str) -> Manifest | None:
+        """Record a fault of the backup's own content (a checksum mismatch) as a failed
+        verification, so that nothing takes it for a good backup again: not the reuse
+        check, not retention's protection of each database's newest good backup.
+        Returns the manifest as written, None when it could not be (the backup is gone,
+        or the disk is full: the caller reports the fault itself either way)."""
+        result = Verification(at=datetime.now(UTC), ok=False, problems=[problem])
+        try:
+            return self.update(manifest, verified=result)
+        except (NotFound, Damaged, BackupFailed):
+            return None
 
     @contextlib.contextmanager
     def open_data(self, manifest: Manifest) -> Iterator[BinaryIO]:

@@ -40,14 +40,19 @@ def folder_of(home: Home, backup: dict[str, Any]) -> Path:
     return folder
 
 
+def flip_a_byte(home: Home, backup: dict[str, Any]) -> None:
+    """Bit rot in the backup's data: the same size, only the checksum knows."""
+    data = folder_of(home, backup) / backup["data"]["file"]
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+
+
 def damage(home: Home, backups: list[dict[str, Any]]) -> dict[str, str]:
     """Four kinds of damage, one per backup; returns id -> kind."""
     kinds = {}
     flipped, cut, garbled, missing = backups[:4]
-    data = folder_of(home, flipped) / flipped["data"]["file"]
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    data.write_bytes(bytes(raw))
+    flip_a_byte(home, flipped)
     kinds[flipped["id"]] = "flipped"
     data = folder_of(home, cut) / cut["data"]["file"]
     data.write_bytes(data.read_bytes()[: cut["data"]["size"] // 2])
@@ -162,10 +167,7 @@ def test_a_corrupted_newest_backup_is_not_reused(home: Home) -> None:
         first = home.run(["php", "artisan", "migrate"], cwd=project)
         assert first.returncode == 0, stderr_text(first)
         [backup] = listing(home)
-        data = folder_of(home, backup) / backup["data"]["file"]
-        raw = bytearray(data.read_bytes())
-        raw[len(raw) // 2] ^= 0x01
-        data.write_bytes(bytes(raw))
+        flip_a_byte(home, backup)
         injected("newest backup's data flipped while the database is unchanged")
 
         second = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
@@ -173,5 +175,29 @@ def test_a_corrupted_newest_backup_is_not_reused(home: Home) -> None:
         record = oplog(home)[-1]
         assert record["backups"][0]["id"] != backup["id"], "ran on a corrupted backup"
         assert record["backups"][0]["reused"] is False
+        # ... and what was found is recorded: it is nobody's "newest good backup" again
+        corrupt = {e["id"]: e for e in listing(home)}[backup["id"]]
+        assert corrupt["verified"]["ok"] is False
+        assert "checksum mismatch" in corrupt["verified"]["problems"][0]
+        assert "VERIFY-FAILED" in home.ctl("list-backups").stdout.decode()
+        daemon.assert_no_crash()
     finally:
         daemon.stop()
+
+
+def test_a_restore_that_finds_a_checksum_mismatch_records_it(
+    home: Home, damaged_store: tuple[Path, dict[str, str], str]
+) -> None:
+    project, kinds, _ = damaged_store
+    [flipped] = [backup_id for backup_id, kind in kinds.items() if kind == "flipped"]
+    database = project / "database" / "app.sqlite"
+    before = file_digest(database)
+
+    refused = home.ctl("restore", flipped, "--yes")
+
+    assert refused.returncode == 65, stderr_text(refused)
+    assert "checksum mismatch" in stderr_text(refused)
+    assert file_digest(database) == before
+    after = {e["id"]: e for e in listing(home)}[flipped]
+    assert after["verified"]["ok"] is False
+    assert "checksum mismatch" in after["verified"]["problems"][0]

@@ -33,6 +33,7 @@ from dbguard.space import (
     disk_usage,
     ensure_space_for_backup,
     estimate_backup_size,
+    plan_store,
     prune_after_backup,
     record_of,
     retention_lock,
@@ -122,6 +123,77 @@ def test_prune_leaves_damaged_backups_for_a_person(tmp_path: Path, engines: Engi
 
     assert prune_store(store, KEEP_ONE, NOW) == []
     assert store.folder(broken).exists()
+
+
+def corrupt_newest(tmp_path: Path, engines: Engines) -> tuple[Store, Target, Manifest, Manifest]:
+    """Two backups of one database, the newer one (the smaller) with a flipped byte:
+    bit rot keeps the size, only the checksum knows. Returns the store, the database,
+    the older and the newer backup."""
+    store = Store(tmp_path / "backups")
+    target = sqlite_db(tmp_path / "app.sqlite")
+    older = backup(store, engines, target)
+    newest = backup(store, engines, sqlite_db(Path(target.path or ""), 4))
+    data = store.folder(newest) / newest.data.file
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    return store, target, older, newest
+
+
+def test_a_newest_backup_whose_checksum_fails_does_not_cost_the_intact_one(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """It was kept as the newest good backup, and the cap removed the older intact one."""
+    store, _, older, newest = corrupt_newest(tmp_path, engines)
+    cap = RetentionSettings(max_total_bytes=newest.data.size + 1)
+
+    preview, _ = plan_store(Store(store.root), cap, NOW)  # as `prune --dry-run` sees it
+    removed = prune_store(Store(store.root), cap, NOW)  # as `dbguardctl prune` runs
+
+    assert [r.id for r in preview.delete] == [newest.id]
+    assert [m.id for m in removed] == [newest.id]  # the damaged one, over the cap
+    assert [m.id for m in store.manifests()] == [older.id]
+    assert store.check_data(older) == []
+
+
+def test_the_protected_newest_good_is_checked_and_a_mismatch_recorded(
+    tmp_path: Path, engines: Engines
+) -> None:
+    store, target, older, newest = corrupt_newest(tmp_path, engines)
+
+    preview, _ = plan_store(Store(store.root), KEEP_ONE, NOW)
+    assert [r.id for r in preview.delete] == []  # the older one is kept in its stead ...
+    assert store.get(newest.id).verified is None  # ... and a preview writes nothing
+    assert prune_store(Store(store.root), KEEP_ONE, NOW) == []
+    verified = store.get(newest.id).verified
+    assert verified is not None and not verified.ok
+    assert "checksum mismatch" in verified.problems[0]
+    assert store.newest(target) == store.get(older.id)
+    assert store.get(older.id).verified is None  # never found bad, never marked
+
+
+def test_a_prune_reads_only_the_newest_good_backup_of_a_database_it_removes_from(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "backups")
+    app, blog = sqlite_db(tmp_path / "app.sqlite"), sqlite_db(tmp_path / "blog.sqlite")
+    app_backups = [backup(store, engines, app) for _ in range(3)]
+    blog_backup = backup(store, engines, blog)
+    read: list[str] = []
+    hashed = Store.checksum_mismatch
+
+    def counting(self: Store, manifest: Manifest) -> str | None:
+        read.append(manifest.id)
+        return hashed(self, manifest)
+
+    monkeypatch.setattr(Store, "checksum_mismatch", counting)
+
+    assert prune_store(Store(store.root), RetentionSettings(), NOW) == []
+    assert read == []  # nothing removed: nothing read
+    removed = prune_store(Store(store.root), KEEP_ONE, NOW)
+    assert {m.id for m in removed} == {app_backups[0].id, app_backups[1].id}
+    assert read == [app_backups[2].id]  # not the blog's: nothing of it goes
+    assert {m.id for m in store.manifests()} == {app_backups[2].id, blog_backup.id}
 
 
 def test_the_clock_going_backwards_on_a_real_store(tmp_path: Path, engines: Engines) -> None:

@@ -124,12 +124,22 @@ class Backups:
     def _reusable(self, target: Target) -> Manifest | None:
         """The newest backup if the database provably has not changed since and the
         backup is intact (blocking: one worker-thread hop for the whole skip check).
-        Raises DatabaseMissing, BackupFailed."""
+        One whose checksum no longer matches is recorded as failed, so that retention
+        no longer keeps it as the database's newest good backup. Raises
+        DatabaseMissing, BackupFailed."""
         fingerprint = self.engines.for_target(target).fingerprint(target)
         newest = self.store.newest(target)
         if newest is None or fingerprint is None or newest.fingerprint != fingerprint:
             return None
-        return newest if self.store.intact(newest) else None
+        try:
+            mismatch = self.store.mismatch(newest)
+        except OSError:
+            return None  # unreadable now, which proves nothing of its bytes: back up anew
+        if mismatch is not None:
+            log.warning("backup damaged", id=newest.id, problem=mismatch)
+            self.store.record_failed(newest, mismatch)
+            return None
+        return newest
 
     async def _protect(self, manifest: Manifest, reason: Reason) -> bool:
         """Before a destructive or production command goes ahead on a backup it did not
