@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,14 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
 import zstandard
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
@@ -67,12 +75,32 @@ class Reason(BaseModel):
 class DataFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    file: str
+    file: str  # a plain name in the backup's own folder (see _own_file)
     size: int  # bytes on disk (compressed)
     raw_size: int  # bytes the engine produced
     sha256: str  # of the file on disk
     compression: Literal["zstd"] = "zstd"
     format: str  # how the engine reads it back
+
+    @field_validator("file")
+    @classmethod
+    def _own_file(cls, value: str) -> str:
+        """Only a file of the backup's own folder: a manifest naming another backup's
+        data ('../../<other>/<id>/data.zst', an absolute path) would list, verify and
+        restore as a backup of its database with another database's contents."""
+        if (
+            not value
+            or "/" in value
+            or "\\" in value
+            or "\0" in value
+            or value.startswith(".")
+            or value == MANIFEST
+        ):
+            raise ValueError(
+                f"{value!r} is not a data file of its own folder (a plain file name, not "
+                f"{MANIFEST}, not starting with '.')"
+            )
+        return value
 
 
 class Verification(BaseModel):
@@ -711,7 +739,11 @@ class Store:
         except ValueError as err:  # not JSON, not UTF-8, or a ValidationError
             where = ""
             if isinstance(err, ValidationError):
-                where = " (" + ".".join(str(p) for p in err.errors()[0]["loc"]) + ")"
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                # A check of ours says what is wrong; pydantic's own ones only where.
+                why = first["msg"].removeprefix("Value error, ")
+                where = f" ({where}: {why})" if first["type"] == "value_error" else f" ({where})"
             return DamagedBackup(folder.name, folder, f"manifest.json is corrupt{where}")
         if manifest.id != folder.name:
             return DamagedBackup(folder.name, folder, "manifest.json belongs to another backup")
@@ -726,9 +758,12 @@ class Store:
                 f"manifest.json names a database this version cannot use ({where})",
             )
         try:
-            size = (folder / manifest.data.file).stat().st_size
+            data = (folder / manifest.data.file).lstat()
         except OSError:
             return DamagedBackup(folder.name, folder, f"{manifest.data.file} is missing")
+        if not stat.S_ISREG(data.st_mode):  # a link would lead to another backup's data
+            return DamagedBackup(folder.name, folder, f"{manifest.data.file} is not a regular file")
+        size = data.st_size
         if size != manifest.data.size:
             return DamagedBackup(
                 folder.name,

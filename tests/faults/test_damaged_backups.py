@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,41 @@ def test_a_restore_that_finds_a_checksum_mismatch_records_it(
     after = {e["id"]: e for e in listing(home)}[flipped]
     assert after["verified"]["ok"] is False
     assert "checksum mismatch" in after["verified"]["problems"][0]
+
+
+def test_a_manifest_naming_another_databases_data_is_damaged(home: Home) -> None:
+    """Once listed, verified and restored as a backup of B with A's contents."""
+    install_php(home)
+    first, second = (laravel_sqlite_project(home.root / name) for name in ("a", "b"))
+    daemon = FaultDaemon(home).start()
+    try:
+        for project in (first, second):
+            result = home.run(["php", "artisan", "migrate"], cwd=project)
+            assert result.returncode == 0, stderr_text(result)
+    finally:
+        daemon.stop()
+    theirs, ours = listing(home)[::-1]  # oldest first: a's, then b's
+    manifest = folder_of(home, ours) / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    elsewhere = folder_of(home, theirs) / theirs["data"]["file"]
+    raw["data"] |= {
+        "file": os.path.relpath(elsewhere, manifest.parent),
+        "size": theirs["data"]["size"],
+        "sha256": theirs["data"]["sha256"],
+    }
+    manifest.write_text(json.dumps(raw))
+    (folder_of(home, ours) / ours["data"]["file"]).unlink()
+    injected("manifest.json naming another database's data file")
+    database = second / "database" / "app.sqlite"
+    add_user(second, "after the backup")
+    before = file_digest(database)
+
+    entries = {e["id"]: e for e in listing(home)}
+    assert entries[ours["id"]]["damaged"] is True
+    assert "not a data file of its own folder" in entries[ours["id"]]["problem"]
+    assert "damaged" not in entries[theirs["id"]]
+    for command in (["verify", ours["id"]], ["restore", ours["id"], "--yes"]):
+        refused = home.ctl(*command)
+        assert refused.returncode == 65, stderr_text(refused)
+        assert f"backup {ours['id']} is damaged" in stderr_text(refused)
+    assert file_digest(database) == before

@@ -411,3 +411,60 @@ def test_a_path_and_argument_that_are_not_utf8_read_back_unchanged(tmp_path: Pat
     assert read == manifest
     assert read.target().path == odd and read.reason.argv == ["php", odd]
     assert store.update(read, pinned=True).reason.argv == ["php", odd]
+
+
+OTHER = Target(engine="sqlite", path="/srv/other/database.sqlite", source="test")
+
+
+def point_data_at(store: Store, manifest: Manifest, file: str, like: Manifest) -> None:
+    """Edit `manifest` to name `file` as its data, with `like`'s size and checksum (what
+    a manifest must say for another backup's data to pass every check)."""
+    path = store.folder(manifest) / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["data"] |= {"file": file, "size": like.data.size, "sha256": like.data.sha256}
+    path.write_text(json.dumps(raw))
+    (store.folder(manifest) / manifest.data.file).unlink()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../{slug}/{id}/data.raw.zst",  # another database's backup
+        "../{id}/data.raw.zst",  # another backup of its own database
+        "{folder}/data.raw.zst",  # absolute
+        "sub/../data.raw.zst",
+        "..",
+        ".",
+        "",
+        "manifest.json",
+        ".manifest.json.1234abcd",  # a manifest being rewritten
+        ".update.lock",
+    ],
+)
+def test_a_manifest_whose_data_is_not_its_own_file_is_damaged(tmp_path: Path, name: str) -> None:
+    """Once a backup of one database listed, verified and restored with another's data."""
+    store = Store(tmp_path / "b")
+    theirs = backup(store, b"A" * 5000, target=OTHER)
+    ours = backup(store, b"B" * 5000)
+    file = name.format(slug=OTHER.slug, id=theirs.id, folder=store.folder(theirs))
+    point_data_at(store, ours, file, theirs)
+
+    [entry] = [e for e in store.entries() if e.id == ours.id]
+    assert isinstance(entry, DamagedBackup), f"listed as a good backup of {TARGET.label}"
+    assert "data.file" in entry.problem and "its own folder" in entry.problem, entry.problem
+    with pytest.raises(Damaged, match=f"backup {ours.id} is damaged"):
+        store.get(ours.id)
+    assert store.newest(TARGET) is None
+    assert store.entries(OTHER) == [theirs]
+
+
+def test_a_data_file_that_is_a_link_is_damaged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    theirs = backup(store, b"A" * 5000, target=OTHER)
+    ours = backup(store, b"B" * 5000)
+    point_data_at(store, ours, "data.raw.zst", theirs)
+    (store.folder(ours) / "data.raw.zst").symlink_to(store.folder(theirs) / theirs.data.file)
+
+    [entry] = [e for e in store.entries() if e.id == ours.id]
+    assert isinstance(entry, DamagedBackup)
+    assert "not a regular file" in entry.problem
