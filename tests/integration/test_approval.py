@@ -14,7 +14,7 @@ import pytest
 from dbguard.client.talk import request
 from dbguard.config import Config
 from dbguard.daemon.service import Guard
-from dbguard.marks import ProductionMarks
+from dbguard.marks import FILE_NAME, ProductionMarks
 from dbguard.protocol import (
     PROTOCOL_VERSION,
     Allow,
@@ -401,6 +401,13 @@ def test_an_agent_cannot_restore_over_a_database_its_project_calls_production(
     [backup] = json.loads(home.ctl("list-backups", "--json").stdout)
 
     home.extra_env["CLAUDECODE"] = "1"
+    refused = home.ctl("restore", backup["id"], "--yes")
+    assert refused.returncode == 77, refused.stderr
+    # dbguardd remembered why: what .env said when it judged the database
+    assert b"because APP_ENV=production (.env, line 1)" in refused.stderr
+
+    # Without that register, the backups themselves say what dbguardd judged.
+    (home.root / "state" / "dbguard" / FILE_NAME).unlink()
     refused = home.ctl("restore", backup["id"], "--yes")
     assert refused.returncode == 77, refused.stderr
     assert b"judged it so when it backed it up" in refused.stderr
