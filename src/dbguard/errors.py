@@ -32,7 +32,8 @@ class Damaged(DbguardError):
 
 
 class RestoreFailed(DbguardError):
-    """The restore did not complete; the target was left as it was."""
+    """The restore did not complete; the target was left as it was (RestoreIncomplete
+    is the one exception, and says so)."""
 
 
 class RestoreIncomplete(RestoreFailed):

@@ -146,7 +146,8 @@ def restore_backup(
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
-    then unchanged).
+    then unchanged), RestoreIncomplete if it stopped half way (MySQL's swap: the
+    message says where the previous contents are).
     """
     try:
         mismatch = _checksum(store, manifest, "restore")

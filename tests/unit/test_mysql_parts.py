@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 
+import pymysql
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dbguard.engines.mysql.engine import _digest_parts
+from dbguard.engines.mysql.engine import MysqlEngine, _digest_parts
 from dbguard.engines.mysql.sqltext import (
     DumpReader,
     DumpScanner,
@@ -398,3 +399,36 @@ def test_only_mariadb_digests_columns_mysql_lacks() -> None:
     assert {t: c for t, c in mariadb.items() if t != "VIEWS"} == {
         t: c for t, c in mysql.items() if t != "VIEWS"
     }
+
+
+class LosesItsConnection:
+    """A cursor whose server goes away once the routines are listed: what a restart
+    mid-restore looks like from the grant step, after the swap is done."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[bytes]] = []
+
+    def execute(self, statement: str | bytes, args: object = None) -> None:
+        if isinstance(statement, bytes):
+            return  # resetting the session
+        if "ROUTINES" in statement:
+            self.rows = [(b"p",)] if "'PROCEDURE'" in statement else [(b"f",)]
+        else:
+            raise pymysql.err.OperationalError(2013, "Lost connection to server")
+
+    def fetchall(self) -> list[tuple[bytes]]:
+        return self.rows
+
+
+def test_a_connection_lost_while_grants_are_given_back_is_told_not_raised() -> None:
+    """The database is restored by then: the restore must not report it unchanged."""
+    grants = [
+        RoutineGrant("app", "%", "PROCEDURE", "p", "Execute"),
+        RoutineGrant("app", "%", "FUNCTION", "f", "Execute"),
+    ]
+    told: list[str] = []
+    MysqlEngine()._grant_again(LosesItsConnection(), "shop", grants, None, told.append)
+    [warning] = told
+    assert "could not be given back" in warning
+    for grant in grants:
+        assert grant.statement("shop") in warning

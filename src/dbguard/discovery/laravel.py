@@ -414,7 +414,7 @@ def _read_cache(ctx: Context, found: Found) -> _Cache | None:
     facts = TargetFacts()
     app = data.get("app")
     if isinstance(app, dict) and isinstance(app.get("env"), str):
-        facts.app_env.append(Setting("APP_ENV", app["env"], f"{name} (app.env)"))
+        facts.app_env.append(Setting("APP_ENV", app["env"], f"{name} (app.env)", in_file=True))
     key = f"database.connections.{connection}"
     source = f"{name} ({key}) — Laravel's cached config, used instead of every .env file"
     targets = _from_config(ctx, config, source, name, key, facts)

@@ -1386,7 +1386,8 @@ class MysqlEngine:
         and the restored ones into the target, and the target's views, triggers,
         routines and events are replaced by the backup's. Raises RestoreFailed (target
         unchanged) when loading, checking or the swap fails, and when other sessions
-        use the target (unless `end_connections`, which ends them)."""
+        use the target (unless `end_connections`, which ends them); RestoreIncomplete
+        when the swap stopped half way (the message says where the old tables are)."""
         self._check_format(dump_format, RestoreFailed)
         database = self._name(target, RestoreFailed)
         endpoint = Endpoint.of(target)
@@ -1653,22 +1654,30 @@ class MysqlEngine:
                 "mysql.procs_priv and the privileges it grants, WITH GRANT OPTION"
             )
             return
-        existing = {
-            (kind, name.lower())
-            for kind in ("PROCEDURE", "FUNCTION")
-            for name in object_names(cur, database, kind)
-        }
         failed: list[tuple[str, str]] = []
         try:
+            existing = {
+                (kind, name.lower())
+                for kind in ("PROCEDURE", "FUNCTION")
+                for name in object_names(cur, database, kind)
+            }
+            # Not in the backup: its grants went with it.
+            wanted = [
+                grant.statement(database)
+                for grant in grants
+                if (grant.kind, grant.routine.lower()) in existing
+            ]
             self._no_new_accounts(cur)
-            for grant in grants:
-                if (grant.kind, grant.routine.lower()) not in existing:
-                    continue  # not in the backup: its grants went with it
-                statement = grant.statement(database)
+            for index, statement in enumerate(wanted):
                 try:
                     cur.execute(statement)
                 except pymysql.MySQLError as err:
+                    if error_code(err) in _UNREACHABLE_DURING_USE:  # none of the rest is given
+                        failed += [(rest, error_text(err)) for rest in wanted[index:]]
+                        break
                     failed.append((statement, error_text(err)))
+        except pymysql.MySQLError as err:  # before any grant: all of them, to be sure
+            failed = [(grant.statement(database), error_text(err)) for grant in grants]
         finally:
             with contextlib.suppress(pymysql.MySQLError):
                 cur.execute(RESET_SESSION)
