@@ -129,8 +129,13 @@ def test_shell_syntax_in_a_file_does_not_hide_its_commands(text: str) -> None:
         "#!/bin/sh\nset -e\ntsc -p . && vite build\n",
         "# prisma migrate reset --force\necho 'prisma migrate reset --force'\n",
         "cat <<EOF\nrun prisma migrate reset yourself\nEOF\n",
+        # a usage text: cat prints it, no shell reads it
+        "cat <<EOF\nTo start over:\n  npx prisma migrate reset --force\nEOF\n",
+        # the environment's set-up, outside the project: read no more than PATH's programs
+        '. "$NVM_DIR/nvm.sh"\nsource ~/.bashrc\n. "${HOME}/.mavenrc"\nvite build\n',
         "",
     ],
+    ids=lambda text: text.splitlines()[0][:40] if text else "empty",
 )
 def test_a_shell_file_that_runs_no_database_command_passes(text: str) -> None:
     assert run("sh scripts/build.sh", {"scripts/build.sh": text}) is None
@@ -176,7 +181,7 @@ def test_shell_files_count_against_the_look_ups_a_command_may_make() -> None:
     ("line", "files", "why"),
     [
         ('sh "$ROOT/scripts/reset.sh"', {}, "$ROOT/scripts/reset.sh"),
-        ("bash ~/bin/reset.sh", {}, "~/bin/reset.sh"),
+        ('bash "scripts/$STAGE.sh"', {}, "scripts/$STAGE.sh"),
         ("sh big.sh", {"big.sh": "echo hi\n" * 20000}, "big.sh"),
         ("sh a.sh", {"a.sh": '. "$(dirname "$0")/lib.sh"\n'}, "lib.sh"),
     ],

@@ -1947,6 +1947,8 @@ class Classifier:
         A program (node, python, a binary) is not read: dbguard runs no project code."""
         if walk.files is None:
             return None
+        if _OUTSIDE_THE_PROJECT.match(word):
+            return None  # `. "$NVM_DIR/nvm.sh"`, `source ~/.bashrc`: set-up, as a program on PATH
         if any(char in word for char in "$`~*?[{"):
             return _unread(word, "its path is only known when the shell runs", walk)
         key = ("", posixpath.normpath(walk.manifest(word)))  # "": no manifest is a file
@@ -1965,7 +1967,7 @@ class Classifier:
         text = data.decode("utf-8", "replace")
         if direct and not self._runs_in_shell(word, text):
             return None
-        lines, documents = _shell_script(text)
+        lines, documents = _shell_script(text, self._shells)
         walk.active.add(key)
         try:
             found: list[Operation | None] = []
@@ -2042,13 +2044,14 @@ _PIECE = re.compile(
 )
 
 
-def _shell_script(text: str) -> tuple[list[str], list[str]]:
+def _shell_script(text: str, shells: frozenset[str]) -> tuple[list[str], list[str]]:
     """A shell file as command lines (comments dropped, continued lines joined, a
-    backquoted command on its own) and the lines of its here-documents."""
+    backquoted command on its own) and the lines of the here-documents a shell reads
+    (`bash <<EOF`; a `cat <<EOF` usage text is no command)."""
     lines: list[str] = []
     documents: list[str] = []
     current: list[str] = []
-    pending: list[tuple[str, bool]] = []  # here-documents that start after this line
+    pending: list[tuple[str, bool, bool]] = []  # here-documents that start after this line
     index = 0
     while index < len(text):
         match = _PIECE.match(text, index)
@@ -2058,26 +2061,42 @@ def _shell_script(text: str) -> tuple[list[str], list[str]]:
             continue
         if match["document"] is not None:
             delimiter = match["d1"] or match["d2"] or match["d3"] or ""
-            pending.append((delimiter, bool(match["tabs"])))
+            read_by_shell = program_name(_last_program("".join(current))) in shells
+            pending.append((delimiter, bool(match["tabs"]), read_by_shell))
             current.append(" << _ ")  # the redirection, without its word
         elif match["backquote"] is not None:
             current.append(" ; ")  # `cmd` runs cmd
         elif match["newline"] is not None:
             lines.append("".join(current))
             current = []
-            for delimiter, tabs in pending:
+            for delimiter, tabs, read_by_shell in pending:
                 while index < len(text):
                     end = text.find("\n", index)
                     end = len(text) if end < 0 else end
                     body, index = text[index:end], end + 1
                     if (body.lstrip("\t") if tabs else body) == delimiter:
                         break
-                    documents.append(body)
+                    if read_by_shell:
+                        documents.append(body)
             pending = []
         else:
             current.append(match.group())
     lines.append("".join(current))
     return lines, documents
+
+
+# A path under the home folder or a tool's own folder: the environment's set-up, not
+# the project's (nvm, sdkman, a ~/.bashrc), read no more than a program on PATH is.
+_OUTSIDE_THE_PROJECT = re.compile(
+    r"(?:~|\$\{?(?:HOME|NVM_DIR|SDKMAN_DIR|PYENV_ROOT|RBENV_ROOT|CARGO_HOME|XDG_[A-Z_]+)\}?)(?:/|$)"
+)
+
+
+def _last_program(text: str) -> str:
+    """The program of the last command in `text` (`VAR=1 bash -s` -> `bash`)."""
+    last = re.split(r"[;&|()]", text)[-1].split()
+    words = [word for word in last if not _ASSIGNMENT.match(word)]
+    return words[0] if words else ""
 
 
 def _unread(word: str, why: str, walk: _Walk) -> Operation:
