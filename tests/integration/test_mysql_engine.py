@@ -764,6 +764,32 @@ def test_a_restore_that_cannot_put_grants_back_says_which_and_how(
         run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
 
 
+def test_a_verify_the_server_refuses_for_a_privilege_leaves_the_backup_good(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    """A trigger whose definer is another user needs SUPER to be made again: a verify as
+    a user without it says so, and records nothing against a sound backup."""
+    name = f"dbg_{secrets.token_hex(4)}"
+    pattern = str(mysql_database.name).replace("_", "\\_") + "%"
+    run(
+        mysql_database,
+        "CREATE TABLE t (id INT PRIMARY KEY)",
+        "CREATE DEFINER='root'@'localhost' TRIGGER t_ins BEFORE INSERT ON t FOR EACH ROW "
+        "SET NEW.id = NEW.id",
+        f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO '{name}'@'%'",
+    )
+    try:
+        manifest = operations.take_backup(store, engines, mysql_database, REASON)
+        verifier = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
+        with pytest.raises(RestoreFailed, match="not marked failed"):
+            operations.verify_backup(store, engines, manifest, verifier)
+        assert store.get(manifest.id).verified is None
+        assert operations.verify_backup(store, engines, manifest, mysql_database).ok
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
+
+
 # ---- the change signal -----------------------------------------------------------------
 
 

@@ -92,6 +92,20 @@ _MARKER_ROUTINE = "dbguard_environment"
 _MARKER_PREFIX = "dbguard environment: "
 _TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED', 'SEQUENCE')"  # what RENAME TABLE moves
 _NAME = re.compile(r"[A-Za-z0-9_]+")  # a character set or collation name
+# Server errors on a dump's statement that prove the dump bad: it does not parse, or
+# its rows do not fit the tables it made. Any other error is the server's.
+_DUMP_FAULTS = {
+    1048,  # a NULL in a NOT NULL column
+    1054,  # an unknown column
+    1062,  # a duplicate key
+    1064,  # a syntax error
+    1136,  # a row with the wrong number of values
+    1146,  # a table that does not exist
+    1265,  # data truncated
+    1292,  # an incorrect value
+    1366,  # an incorrect string value
+    1406,  # data too long
+}
 
 # Columns only MariaDB's catalogs have. ALTER ALGORITHM=... VIEW rewrites only the
 # view's .frm; MySQL keeps views in its InnoDB data dictionary, and has no such column.
@@ -1220,14 +1234,24 @@ class MysqlEngine:
 
     @staticmethod
     def _run(cur: Any, statement: bytes, damage: type[DbguardError]) -> None:
+        """Run one statement of the dump. A server error that proves the dump bad (it
+        does not parse, its rows do not fit its tables) raises `damage`; any other (a
+        full disk, a privilege, a limit) says nothing of the backup: RestoreFailed."""
         try:
             cur.execute(statement)
         except pymysql.MySQLError as err:
-            if error_code(err) in _UNREACHABLE_DURING_USE | {2003}:
+            code = error_code(err)
+            if code in _UNREACHABLE_DURING_USE | {2003}:
                 raise
             head = statement_head(statement, 160)
-            raise damage(
-                f"the backup does not load: {error_text(err)} (in: {head[:120]!r})"
+            problem = f"the backup does not load: {error_text(err)} (in: {head[:120]!r})"
+            if code in _DUMP_FAULTS:
+                raise damage(problem) from None
+            raise RestoreFailed(
+                problem,
+                "the server refused it for a reason of its own (space, a privilege, a "
+                "limit such as max_allowed_packet): put that right and run it again; the "
+                "backup is not marked failed by this",
             ) from None
 
     @staticmethod
