@@ -71,12 +71,13 @@ def verify_backup(
                 problems = compare_counts(manifest.tables, counts)
             except Damaged as err:
                 problems = [err.problem]
-            except OSError as err:  # the scratch copy: a full disk, a vanished folder
+            except OSError as err:  # the disks: a full one, a vanished folder, EIO
+                where = f"{err.filename}: " if err.filename else ""
                 raise RestoreFailed(
-                    f"cannot check backup {manifest.id}: writing its scratch copy in "
-                    f"{scratch} failed: {err.strerror or err}",
-                    "free some space on that filesystem and verify again; the backup "
-                    "itself is unchanged",
+                    f"cannot check backup {manifest.id}: reading it or writing its scratch "
+                    f"copy in {scratch} failed: {where}{err.strerror or err}",
+                    "free some space on that filesystem (or mend the disk the error names) "
+                    "and verify again; the backup is not marked failed",
                 ) from err
     result = Verification(at=datetime.now(UTC), ok=not problems, problems=problems)
     store.update(manifest, verified=result)

@@ -795,14 +795,6 @@ class Store:
         found = self._find(manifest.id)
         return found[0] if found else expected
 
-    def check_data(self, manifest: Manifest) -> list[str]:
-        """Recompute the stored file's checksum; problems as readable lines."""
-        try:
-            mismatch = self.checksum_mismatch(manifest)
-        except OSError as err:
-            return [f"cannot read {self.folder(manifest) / manifest.data.file}: {err}"]
-        return [mismatch] if mismatch else []
-
     def checksum_mismatch(self, manifest: Manifest) -> str | None:
         """Recompute the stored file's checksum: the problem if it differs, else None.
         Raises OSError when the file cannot be read, which says nothing of its bytes."""
@@ -832,14 +824,6 @@ class Store:
             known = self._intact[manifest.id] = (stamp, self.checksum_mismatch(manifest))
         return known[1]
 
-    def intact(self, manifest: Manifest) -> bool:
-        """Whether the backup's data file is still the one committed (cached as
-        `mismatch`); False too when it cannot be read."""
-        try:
-            return self.mismatch(manifest) is None
-        except OSError:
-            return False
-
     def record_failed(self, manifest: Manifest, problem: str) -> Manifest | None:
         """Record a fault of the backup's own content (a checksum mismatch) as a failed
         verification, so that nothing takes it for a good backup again: not the reuse
@@ -854,10 +838,11 @@ class Store:
 
     @contextlib.contextmanager
     def open_data(self, manifest: Manifest) -> Iterator[BinaryIO]:
-        """The decompressed dump. Checks the checksum first: raises Damaged on mismatch."""
-        problems = self.check_data(manifest)
-        if problems:
-            raise Damaged(f"backup {manifest.id} is damaged: {problems[0]}", "it cannot be used")
+        """The decompressed dump. Checks the checksum first: raises Damaged on mismatch,
+        OSError when the file cannot be read (which says nothing of its bytes)."""
+        mismatch = self.checksum_mismatch(manifest)
+        if mismatch:
+            raise Damaged(f"backup {manifest.id} is damaged: {mismatch}", "it cannot be used")
         path = self.folder(manifest) / manifest.data.file
         with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
             yield reader

@@ -153,7 +153,7 @@ def test_a_newest_backup_whose_checksum_fails_does_not_cost_the_intact_one(
     assert [r.id for r in preview.delete] == [newest.id]
     assert [m.id for m in removed] == [newest.id]  # the damaged one, over the cap
     assert [m.id for m in store.manifests()] == [older.id]
-    assert store.check_data(older) == []
+    assert store.checksum_mismatch(older) is None
 
 
 def test_the_protected_newest_good_is_checked_and_a_mismatch_recorded(

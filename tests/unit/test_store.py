@@ -46,7 +46,7 @@ def test_a_committed_backup_is_listed_and_reads_back(tmp_path: Path) -> None:
     assert store.entries() == [manifest]
     assert store.newest(TARGET) == manifest
     assert manifest.data.raw_size == 6000
-    assert store.check_data(manifest) == []
+    assert store.checksum_mismatch(manifest) is None
     with store.open_data(manifest) as data:
         assert data.read() == b"hello " * 1000
     assert list(store.tmp.iterdir()) == []
@@ -156,7 +156,7 @@ def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
 
     entries = {e.id: e for e in store.entries()}
     assert isinstance(entries[flipped.id], Manifest)  # same size: only the checksum knows
-    assert store.check_data(flipped)
+    assert store.checksum_mismatch(flipped)
     with pytest.raises(Damaged), store.open_data(flipped):
         pass
     for broken in (truncated, no_manifest, bad_manifest, naive_time):
@@ -231,7 +231,7 @@ def test_a_backup_filed_under_an_older_key_is_found_grouped_and_read(tmp_path: P
     assert first.database_key == second.database_key == server.key
     old = store.get(manifest.id)
     assert store.folder(old) == old_folder
-    assert store.check_data(old) == []
+    assert store.checksum_mismatch(old) is None
     with store.open_data(old) as data:
         assert data.read() == b"old rows"
 
@@ -374,8 +374,8 @@ def test_a_file_changed_in_place_with_its_mtime_put_back_is_not_intact(tmp_path:
     os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # ...and mtime
     # The inode's change time, which no one can set back, tells: the store that wrote
     # it re-reads (it once trusted the checksum it computed), as does a new one.
-    assert not store.intact(manifest)
-    assert not Store(tmp_path / "b").intact(manifest)
+    assert store.mismatch(manifest)
+    assert Store(tmp_path / "b").mismatch(manifest)
 
 
 def test_update_keeps_what_another_process_changed_meanwhile(tmp_path: Path) -> None:
