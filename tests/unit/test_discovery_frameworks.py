@@ -908,6 +908,48 @@ def test_typeorm_data_source_file_and_env_variables() -> None:
     assert only(found).name == "legacy"
 
 
+DRIZZLE_PG = (
+    'import "dotenv/config";\nimport { defineConfig } from "drizzle-kit";\n'
+    "export default defineConfig({\n  out: './drizzle',\n  schema: './src/db/schema.ts',\n"
+    "  dialect: 'postgresql',\n  dbCredentials: {\n    url: process.env.POSTGRES_URL!,\n"
+    "  },\n});\n"
+)
+
+
+def drizzle_kit(files: dict[str, str], **op: object) -> tuple[str, str | None, str | None]:
+    found = run(files, framework="drizzle", tool="drizzle-kit", **op)  # type: ignore[arg-type]
+    target = only(found)
+    return target.engine, target.name or target.path, target.host
+
+
+def test_drizzle_kit_reads_its_config_for_the_database() -> None:
+    """Drizzle's own templates name no DATABASE_URL: POSTGRES_URL, DB_FILE_NAME."""
+    env = ".env"
+    assert drizzle_kit(
+        {"drizzle.config.ts": DRIZZLE_PG, env: "POSTGRES_URL=postgres://app@127.0.0.1/shop\n"}
+    ) == ("postgres", "shop", "127.0.0.1")
+    sqlite = DRIZZLE_PG.replace("'postgresql'", "'sqlite'").replace(
+        "process.env.POSTGRES_URL!", "process.env.DB_FILE_NAME!"
+    )
+    assert drizzle_kit({"drizzle.config.ts": sqlite, env: "DB_FILE_NAME=file:local.db\n"}) == (
+        "sqlite",
+        f"{ROOT}/local.db",
+        None,
+    )
+    literal = sqlite.replace("process.env.DB_FILE_NAME!", '"./data/app.db"')
+    assert drizzle_kit({"drizzle.config.ts": literal}) == ("sqlite", f"{ROOT}/data/app.db", None)
+    # --url on the command line is what it acts on
+    assert drizzle_kit(
+        {"drizzle.config.ts": DRIZZLE_PG}, hints={"url": "postgres://app@127.0.0.1/other"}
+    ) == ("postgres", "other", "127.0.0.1")
+
+
+def test_drizzle_kit_with_a_config_it_cannot_read_says_how_to_name_the_database() -> None:
+    computed = DRIZZLE_PG.replace("process.env.POSTGRES_URL!", "buildUrl()")
+    with pytest.raises(DiscoveryError, match=r"drizzle\.config\.ts: the connection is code"):
+        drizzle_kit({"drizzle.config.ts": computed})
+
+
 def test_malformed_json_names_file_and_line() -> None:
     with pytest.raises(DiscoveryError, match=r"ormconfig\.json, line 2: not valid JSON"):
         run(

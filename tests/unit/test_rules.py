@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from dbguard.rules import (
     Catalog,
     Classifier,
+    Framework,
     Kind,
     LauncherRule,
     Operation,
@@ -1986,10 +1987,12 @@ def test_kinds_are_ordered_by_danger() -> None:
 
 
 def test_every_framework_is_one_discovery_knows() -> None:
-    known: set[str | None] = {"laravel", "symfony", "django", "python", "prisma", "alembic"}
-    known |= {"rails", "knex", "sequelize", "typeorm", "flyway", "liquibase", "supabase"}
-    known |= {"client", None}  # None: a test runner; every framework the project uses
+    from dbguard.discovery import FRAMEWORKS
+
+    # python and None (a test runner): every framework the project uses
+    known: set[str | None] = {*FRAMEWORKS, "python", None}
     assert {t.framework for t in CATALOG.tool} <= known
+    assert set(FRAMEWORKS) <= set(get_args(Framework))
 
 
 @pytest.mark.parametrize(

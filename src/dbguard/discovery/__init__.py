@@ -48,7 +48,7 @@ from dbguard.discovery.model import (
     load_env_files,
     unlisted,
 )
-from dbguard.discovery.node import knex, sequelize, typeorm
+from dbguard.discovery.node import DRIZZLE_CONFIGS, drizzle, knex, sequelize, typeorm
 from dbguard.discovery.prisma import prisma
 from dbguard.discovery.project_config import (
     PROJECT_FILE,
@@ -91,6 +91,7 @@ FRAMEWORKS: dict[str, tuple[Resolver, tuple[str, ...]]] = {
     "knex": (knex, ("knexfile.js", "knexfile.ts", "knexfile.json")),
     "sequelize": (sequelize, (".sequelizerc",)),
     "typeorm": (typeorm, ("ormconfig.json",)),
+    "drizzle": (drizzle, DRIZZLE_CONFIGS),
     "flyway": (flyway, ("flyway.conf", "conf/flyway.conf", "flyway.toml")),
     "liquibase": (liquibase, ("liquibase.properties",)),
     "supabase": (supabase, ("supabase/config.toml",)),

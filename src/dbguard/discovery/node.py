@@ -284,6 +284,74 @@ def _typeorm_env(ctx: Context, found: Found, variables: Variables, facts: Target
     found.add(target, facts=facts)
 
 
+# ---- Drizzle Kit ---------------------------------------------------------------------------
+
+DRIZZLE_CONFIGS = (
+    "drizzle.config.ts",
+    "drizzle.config.js",
+    "drizzle.config.mjs",
+    "drizzle.config.cjs",
+    "drizzle.config.json",
+)
+# dialect (drizzle-kit 0.21 and later) or driver (before) -> engine
+_DRIZZLE_DIALECTS: dict[str, EngineName] = {
+    "postgresql": "postgres",
+    "pg": "postgres",
+    "mysql": "mysql",
+    "mysql2": "mysql",
+    "singlestore": "mysql",
+    "sqlite": "sqlite",
+    "better-sqlite": "sqlite",
+    "turso": "sqlite",  # a local file: libsql:// is a server dbguard cannot back up
+}
+
+
+def drizzle(ctx: Context, found: Found) -> None:
+    """drizzle-kit's database: `--url`, else `dbCredentials` in drizzle.config.*."""
+    if ctx.hints.get("url"):
+        _hint_url(ctx, found)
+        return
+    names = [ctx.hints["config"]] if ctx.hints.get("config") else list(DRIZZLE_CONFIGS)
+    file = _first_existing(ctx, found, names)
+    if file is None:
+        if ctx.operation.framework == "drizzle":
+            _fallback(ctx, found, names[0], "it does not exist", required=True)
+        return
+    name, text = file
+    variables = _variables(ctx, found, text)
+    facts = app_env_facts(variables)
+    try:
+        if name.endswith(".json"):
+            config = parse_json(text, name)
+        else:
+            code = _strip_comments(text)
+            block = _js_object_after(code, r"defineConfig\s*\(") or _js_object_after(
+                code, r"(?:module\.exports\s*=|export\s+default)"
+            )
+            if block is None:
+                raise Ambiguous("no object literal with the connection options")
+            config = _js_fields(block)
+        if not isinstance(config, dict):
+            raise Ambiguous("the top level is not an object")
+        dialect = _literal(config.get("dialect") or config.get("driver"), "dialect") or ""
+        engine = _DRIZZLE_DIALECTS.get(dialect)
+        if engine is None:
+            raise Ambiguous(f"dialect {dialect!r} is not one dbguard can back up")
+        credentials = config.get("dbCredentials")
+        if not isinstance(credentials, dict):
+            raise Ambiguous("dbCredentials is not an object literal")
+        url = credentials.get("url", credentials.get("connectionString"))
+        if engine == "sqlite" and isinstance(url, str) and ":" not in url.removeprefix("file:"):
+            path = url.removeprefix("file:")  # drizzle-kit opens it from where it runs
+            found.add(sqlite_target(path, ctx.root, f"{name} dbCredentials.url"), facts=facts)
+            return
+        connection = url if url is not None else credentials
+        _add(ctx, found, engine, connection, variables, name, "", facts, sqlite_key="url")
+    except Ambiguous as why:
+        # Only drizzle-kit itself needs its database: a test run has other ways to one.
+        _fallback(ctx, found, name, str(why), required=ctx.operation.framework == "drizzle")
+
+
 # ---- shared --------------------------------------------------------------------------------
 
 
@@ -535,6 +603,7 @@ class _Code(str):
 
 
 def _js_value(text: str) -> Any:
+    text = text.removesuffix("!").rstrip()  # TypeScript's non-null assertion
     if re.fullmatch(_JS_STRING, text):
         return re.sub(r"\\(.)", r"\1", text[1:-1])
     if re.fullmatch(r"-?\d+", text):

@@ -61,6 +61,7 @@ Framework = Literal[
     "knex",
     "sequelize",
     "typeorm",
+    "drizzle",
     "flyway",
     "liquibase",
     "supabase",
