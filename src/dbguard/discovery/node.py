@@ -83,6 +83,18 @@ def _variables(ctx: Context, found: Found, code: str) -> Variables:
     return variables
 
 
+def _config_file(
+    ctx: Context, found: Found, names: list[str], framework: str, absent: str
+) -> tuple[str, str] | None:
+    """The first of the tool's config files that exists, as (name, text). Where none
+    does and the command is the tool's own, DATABASE_URL names the database or the
+    command is refused (`absent` says why); for another command, nothing."""
+    file = _first_existing(ctx, found, names)
+    if file is None and ctx.operation.framework == framework:
+        _fallback(ctx, found, names[0], absent, required=True)
+    return file
+
+
 def _first_existing(ctx: Context, found: Found, names: list[str]) -> tuple[str, str] | None:
     for name in names:
         text = ctx.read_looked(name, found)
@@ -100,10 +112,8 @@ def knex(ctx: Context, found: Found) -> None:
         if ctx.hints.get("config")
         else ["knexfile.js", "knexfile.ts", "knexfile.cjs", "knexfile.mjs", "knexfile.json"]
     )
-    file = _first_existing(ctx, found, names)
+    file = _config_file(ctx, found, names, "knex", "there is no knexfile")
     if file is None:
-        if ctx.operation.framework == "knex":
-            _fallback(ctx, found, names[0], "there is no knexfile", required=True)
         return
     name, text = file
     variables = _variables(ctx, found, text)
@@ -139,10 +149,8 @@ def sequelize(ctx: Context, found: Found) -> None:
         if config_name != "config/config.json"
         else ["config/config.json", "config/config.js"]
     )
-    file = _first_existing(ctx, found, names)
+    file = _config_file(ctx, found, names, "sequelize", "it does not exist")
     if file is None:
-        if ctx.operation.framework == "sequelize":
-            _fallback(ctx, found, names[0], "it does not exist", required=True)
         return
     name, text = file
     variables = _variables(ctx, found, text)
@@ -312,10 +320,8 @@ def drizzle(ctx: Context, found: Found) -> None:
         _hint_url(ctx, found)
         return
     names = [ctx.hints["config"]] if ctx.hints.get("config") else list(DRIZZLE_CONFIGS)
-    file = _first_existing(ctx, found, names)
+    file = _config_file(ctx, found, names, "drizzle", "it does not exist")
     if file is None:
-        if ctx.operation.framework == "drizzle":
-            _fallback(ctx, found, names[0], "it does not exist", required=True)
         return
     name, text = file
     variables = _variables(ctx, found, text)
