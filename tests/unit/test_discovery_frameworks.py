@@ -107,6 +107,55 @@ def test_symfony_env_files_override_in_symfony_order() -> None:
     assert run(files, framework="symfony").targets[0].name == "dev_local"
 
 
+SYMFONY_RECIPE = {
+    "bin/console": "",
+    ".env": "APP_ENV=dev\nDATABASE_URL=postgresql://app@127.0.0.1:5432/app?serverVersion=16\n",
+    ".env.test": "KERNEL_CLASS='App\\Kernel'\n",
+    "config/packages/doctrine.yaml": (
+        "doctrine:\n  dbal:\n    url: '%env(resolve:DATABASE_URL)%'\nwhen@test:\n"
+        "  doctrine:\n    dbal:\n      dbname_suffix: '_test%env(default::TEST_TOKEN)%'\n"
+    ),
+}
+
+
+def symfony_names(
+    files: dict[str, str], env: dict[str, str] | None = None, **op: object
+) -> set[str | None]:
+    found = run(files, env, framework="symfony", tool="console", **op)  # type: ignore[arg-type]
+    return {t.name for t in found.targets}
+
+
+def test_symfony_commands_in_the_test_kernel_use_the_test_database() -> None:
+    """Symfony's testing guide: `php bin/console --env=test doctrine:fixtures:load`."""
+    # (DATABASE_URL in .env always contributes too: the dev database beside it)
+    assert "app_test" in symfony_names(SYMFONY_RECIPE, hints={"env": "test"})
+    assert "app_test" in symfony_names(SYMFONY_RECIPE, {"APP_ENV": "test"})
+    assert symfony_names(SYMFONY_RECIPE) == {"app"}
+
+
+def test_symfony_app_env_from_env_local_chooses_the_files() -> None:
+    """Dotenv::loadEnv reads APP_ENV again once .env.local is loaded."""
+    files = {
+        **SYMFONY_RECIPE,
+        ".env.local": "APP_ENV=staging\n",
+        ".env.staging.local": "DATABASE_URL=postgresql://app@127.0.0.1:5432/staging_copy\n",
+    }
+    assert "staging_copy" in symfony_names(files)
+
+
+def test_symfony_expands_a_variable_from_the_files_loaded_before() -> None:
+    files = {
+        **SYMFONY_RECIPE,
+        ".env": "APP_ENV=dev\nDB_NAME=app\nDB_USER=app\n"
+        "DATABASE_URL=postgresql://${DB_USER}@127.0.0.1:5432/${DB_NAME}\n",
+        ".env.local": "DATABASE_URL=postgresql://${DB_USER}@127.0.0.1:5432/${DB_NAME}_local\n",
+    }
+    found = run(files, framework="symfony", tool="console")
+    assert ("app_local", "app") in {(t.name, t.user) for t in found.targets}
+    # the real environment still wins over every file
+    assert "mine_local" in symfony_names(files, {"DB_NAME": "mine"})
+
+
 def test_symfony_dumped_env_wins_when_its_env_matches() -> None:
     files = {
         "bin/console": "",

@@ -2,22 +2,25 @@
 
 Files, later ones winning, the real environment over all of them: `.env` (or
 `.env.dist`), `.env.local` (skipped when APP_ENV=test), `.env.{APP_ENV}`,
-`.env.{APP_ENV}.local`. APP_ENV comes from `--env`/`-e` (hint `env`), the environment,
-phpunit.xml's `<server>`/`<env>` for test runs, `.env`, and defaults to `dev` (`test`
-for a test run with nothing setting it). `.env.local.php` (composer dump-env) replaces
-all the files when its APP_ENV is the one in force, and is read like Laravel's cached
-config: as a PHP literal, never run.
+`.env.{APP_ENV}.local` (neither when APP_ENV=local). A `${VAR}` in a file is expanded
+from the environment and the files loaded before it. APP_ENV comes from `--env`/`-e`
+(hint `env`), the environment, phpunit.xml's `<server>`/`<env>` for test runs, `.env`
+and then `.env.local` (Dotenv::loadEnv reads it again once that is loaded), and
+defaults to `dev` (`test` for a test run with nothing setting it). `.env.local.php`
+(composer dump-env) replaces all the files when its APP_ENV is the one in force, and
+is read like Laravel's cached config: as a PHP literal, never run.
 
 Doctrine's `dbname_suffix` under `when@test` in config/packages/doctrine.yaml (the
-recipe's `_test`) is appended for test runs. A test run also backs up the `dev`
-database when nothing sets APP_ENV=test.
+recipe's `_test`) is appended whenever the kernel runs in `test`: a test run, or
+`bin/console --env=test doctrine:fixtures:load` as Symfony's testing guide does. A
+test run also backs up the `dev` database when nothing sets APP_ENV=test.
 """
 
 from __future__ import annotations
 
 import re
 
-from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
 from dbguard.discovery.generic import app_env_facts
 from dbguard.discovery.laravel import _phpunit
 from dbguard.discovery.model import (
@@ -44,14 +47,13 @@ def symfony(ctx: Context, found: Found) -> None:
             "then run the command again",
         )
     variables, assumed = _variables(ctx, found, test=ctx.is_test)
-    _add(ctx, found, variables, test=ctx.is_test)
+    _add(ctx, found, variables)
     if ctx.is_test and assumed:
         main, _ = _variables(ctx, Found(), test=False)
         _add(
             ctx,
             found,
             main,
-            test=False,
             why="the application (dev) database, backed up too because nothing sets APP_ENV=test "
             "for this run",
         )
@@ -90,17 +92,38 @@ def _variables(ctx: Context, found: Found, *, test: bool) -> tuple[Variables, bo
     assumed = False
     if not app_env:
         app_env, assumed = ("test", True) if test else ("dev", False)
-    # Symfony lets later files win; layered here most specific first, none overriding.
-    files = [f".env.{app_env}.local", f".env.{app_env}"]
+    loaded = [base]  # in Symfony's order
     if app_env != "test":
-        files.append(".env.local")
-    load_env_files(ctx.read, variables, [*files, base], found, ctx.flat_env)
+        loaded.append(".env.local")
+        again = variables.copy()  # Dotenv::loadEnv reads APP_ENV again after .env.local
+        load_env_files(ctx.read, again, [".env.local", base], Found(), ctx.flat_env)
+        app_env = again.get("APP_ENV") or app_env
+    if app_env != "local":
+        loaded += [f".env.{app_env}", f".env.{app_env}.local"]
+    _load_in_order(ctx, found, variables, loaded)
     if "APP_ENV" not in variables:
         variables.set("APP_ENV", app_env, "Symfony's default")
     return variables, assumed
 
 
-def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: str = "") -> None:
+def _load_in_order(ctx: Context, found: Found, variables: Variables, names: list[str]) -> None:
+    """Symfony's dotenv files, `names` in the order it loads them: a later file wins,
+    the real environment over all, and a `${VAR}` is expanded from the environment and
+    the files loaded before it (`.env.local`'s `${DB_NAME}_local` from `.env`)."""
+    scope = dict(ctx.flat_env)
+    scopes = []
+    for name in names:
+        scopes.append(dict(scope))
+        text = ctx.read(name)
+        if text is not None:
+            entries = parse_env_entries(text, name, scope)
+            scope.update((k, v) for k, (v, _) in entries.items() if k not in ctx.flat_env)
+    # Layered most specific first, none overriding.
+    for name, before in reversed(list(zip(names, scopes, strict=True))):
+        load_env_files(ctx.read, variables, [name], found, before)
+
+
+def _add(ctx: Context, found: Found, variables: Variables, *, why: str = "") -> None:
     name = _url_variable(ctx, found)
     url = variables.get(name)
     if not url:
@@ -112,7 +135,8 @@ def _add(ctx: Context, found: Found, variables: Variables, *, test: bool, why: s
         source += f" — {why}"
     facts = app_env_facts(variables)
     target, facts = url_target(url, ctx.root, source, where, name, facts)
-    if target is not None and test and target.engine != "sqlite" and target.name:
+    kernel_in_test = variables.get("APP_ENV") == "test"
+    if target is not None and kernel_in_test and target.engine != "sqlite" and target.name:
         suffix = _test_suffix(ctx, found)
         if suffix:
             target = target.model_copy(
