@@ -192,6 +192,30 @@ def test_prisma_env_url_with_encoded_password_and_sslmode() -> None:
     )
 
 
+POOLED_SCHEMA = (
+    'datasource db {\n  provider = "postgresql"\n  url = env("DATABASE_URL")\n'
+    '  directUrl = env("DIRECT_URL")\n}\n'
+)
+
+
+def test_prisma_s_cli_connects_through_direct_url() -> None:
+    """Prisma's schema reference: CLI commands that need a direct connection use
+    directUrl (Supabase's and Neon's pooler setups); the app uses url."""
+    files = {
+        "prisma/schema.prisma": POOLED_SCHEMA,
+        ".env": "DATABASE_URL=postgresql://app@localhost:6432/app?pgbouncer=true\n"
+        "DIRECT_URL=postgresql://app@localhost:5432/app_direct\n",
+    }
+    found = run(files, framework="prisma", tool="prisma", command="migrate reset")
+    assert {(t.port, t.name) for t in found.targets} == {(6432, "app"), (5432, "app_direct")}
+    # Accelerate's prisma:// is no database: directUrl is the one
+    files[".env"] = "DATABASE_URL=prisma://accelerate.prisma-data.net/?api_key=k\n" + (
+        "DIRECT_URL=postgresql://app@localhost:5432/app\n"
+    )
+    found = run(files, framework="prisma", tool="prisma", command="migrate reset")
+    assert (only(found).port, only(found).name) == (5432, "app")
+
+
 def test_prisma_file_url_is_relative_to_the_schema_folder_and_prisma_env_is_read() -> None:
     files = {
         "prisma/schema.prisma": (

@@ -37,6 +37,8 @@ def database_url(ctx: Context, found: Found) -> None:
         return
     if url.startswith("file:") and not url.startswith("file:/") and _uses_prisma(ctx):
         return  # Prisma's relative SQLite path: from its schema's folder (prisma.py)
+    if url.startswith(("prisma://", "prisma+postgres://")) and _uses_prisma(ctx):
+        return  # Prisma Accelerate: no database of its own (prisma.py reads directUrl)
     where = variables.where("DATABASE_URL")
     source = variables.origin("DATABASE_URL")
     target, facts = url_target(

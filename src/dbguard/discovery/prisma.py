@@ -7,7 +7,9 @@ The schema is the one named by `--schema` (hint `schema`), package.json's `"pris
 the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads); a
 literal `url = "..."` is used as is; Prisma 7 moved the url (and shadowDatabaseUrl) to
 prisma.config.ts, read the same way. `file:` URLs are relative to the schema's folder.
-`directUrl` is not a target: migrations run through `url`. A configured
+`directUrl` is a target too: Prisma's CLI connects through it (migrate, db push,
+db pull), where the app and its tests use `url` (a pooler, or Accelerate's `prisma://`,
+which is then left out: no database of its own). A configured
 `shadowDatabaseUrl` is one for `migrate dev`, which resets it (Prisma creates and drops
 its own shadow database only when none is configured).
 """
@@ -205,8 +207,22 @@ def prisma(ctx: Context, found: Found) -> None:
             "make the datasource provider and the URL name the same kind of database",
         )
     base = ctx.root / folder
-    target, facts = url_target(url, base, source, url_where, setting_name, app_env_facts(variables))
-    found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+    direct = _url(body, "directUrl")
+    direct_url = None
+    if direct is not None:
+        direct_url = variables.get(direct[1]) if direct[0] == "env" else direct[1]
+    if not (direct_url and url_engine(url) is None):  # prisma://: Accelerate, no database
+        target, facts = url_target(
+            url, base, source, url_where, setting_name, app_env_facts(variables)
+        )
+        found.add(target, f"{source}: in-memory SQLite, nothing to back up", facts)
+    if direct is not None and direct_url:
+        said = f"{path}, line {first_line + direct[2]} (directUrl, what Prisma's CLI uses)"
+        name = direct[1] if direct[0] == "env" else "directUrl"
+        direct_target, facts = url_target(
+            direct_url, base, said, said, name, app_env_facts(variables)
+        )
+        found.add(direct_target, facts=facts)
     if ctx.operation.command.startswith("migrate dev"):
         # Prisma resets a shadow database that is configured, where it creates and drops
         # one of its own otherwise: one pointed at real data by mistake is wiped. Backed
