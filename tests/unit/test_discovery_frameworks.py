@@ -494,6 +494,29 @@ def test_django_settings_that_read_database_url_use_it(settings: str) -> None:
     assert only(run(files, env, framework="django", tool="manage.py")).name == "shop"
 
 
+@pytest.mark.parametrize(
+    "databases",
+    [
+        "import dj_database_url\nDATABASES = {'default': dj_database_url.config(\n"
+        "    default='postgres://postgres@localhost:5432/myapp', conn_max_age=600)}\n",
+        "import environ\nenv = environ.Env()\n"
+        "DATABASES = {'default': env.db('DATABASE_URL', default='postgres://postgres@localhost/myapp')}\n",
+    ],
+    ids=["dj_database_url", "django-environ"],
+)
+def test_django_s_server_default_beside_database_url_is_backed_up(databases: str) -> None:
+    """As the SQLite default: DATABASE_URL only in a .env the settings never load, so
+    Django runs on the default."""
+    files = {
+        "manage.py": "",
+        "proj/settings.py": databases,
+        ".env": "DATABASE_URL=postgres://a@127.0.0.1/shop\n",
+    }
+    env = {"DJANGO_SETTINGS_MODULE": "proj.settings"}
+    found = run(files, env, framework="django", tool="manage.py")
+    assert {t.name for t in found.targets} == {"shop", "myapp"}
+
+
 HARD_CODED = "DATABASES = {'default': {'ENGINE': 'x.postgresql', 'NAME': 'shop_test'}}\n"
 FROM_URL = "DATABASES = {'default': env.db('DATABASE_URL')}\n"
 

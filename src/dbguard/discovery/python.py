@@ -244,6 +244,12 @@ _SQLITE_FALLBACK = re.compile(
 )
 # DATABASES = ... as a statement of this module (not DATABASES["default"][...] = ...,
 # which adjusts what another module built).
+# A server URL literal as a DATABASE_URL reader's default (dj_database_url.config(
+# default="postgres://..."), env.db("DATABASE_URL", default="...")): the database when
+# DATABASE_URL is unset where Django runs.
+_URL_DEFAULT = re.compile(
+    r"""default\s*=\s*['"]((?:postgres(?:ql)?|pgsql|mysql|mariadb)://[^'"\s]+)['"]"""
+)
 _ASSIGNS_DATABASES = re.compile(r"^DATABASES\s*(?::[^=]*)?=(?!=)", re.MULTILINE)
 # `from .base import *`: the DATABASES this module adjusts, or leaves as it is, is that
 # module's (followed to a bounded depth).
@@ -360,6 +366,11 @@ def django(ctx: Context, found: Found) -> None:
             line = text.count("\n", 0, fallback.start()) + 1
             source = f"{candidate}, line {line} (the SQLite default when DATABASE_URL is unset)"
             found.add(sqlite_target(name, _base_dir(ctx, candidate), source))
+        for default in _URL_DEFAULT.finditer(text):
+            line = text.count("\n", 0, default.start()) + 1
+            source = f"{candidate}, line {line} (the default when DATABASE_URL is unset)"
+            target, facts = url_target(default.group(1), ctx.root, source, source, "default")
+            found.add(target, facts=facts)
         _other_url_variables(ctx, candidate, text, found)
         in_code = _databases_in_code(ctx, candidate, text)
         if in_code is not None and not ctx.names_databases:
