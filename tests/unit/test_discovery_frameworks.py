@@ -590,6 +590,100 @@ def test_pytest_env_s_database_url_is_the_one_a_test_run_uses(file: str, text: s
         assert only(found).name == "mine"
 
 
+# pytest-dotenv 0.5.2 (pytest_dotenv/plugin.py): `env_files` in the pytest ini, loaded in
+# order by python-dotenv before the tests, under the environment unless
+# env_override_existing_values; --envfile at session start, over everything.
+DOTENV_TEST = "DATABASE_URL=postgresql://app@127.0.0.1/app_test\n"
+DOTENV_DEV = "DATABASE_URL=postgresql://app@127.0.0.1/app_dev\n"
+
+
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("pytest.ini", "[pytest]\nenv_files =\n    {files}\n{override}"),
+        ("setup.cfg", "[tool:pytest]\nenv_files =\n    {files}\n{override}"),
+        ("tox.ini", "[pytest]\nenv_files = {files}\n{override}"),
+        ("pyproject.toml", "[tool.pytest.ini_options]\nenv_files = {list}\n{override}"),
+    ],
+)
+def test_pytest_dotenv_s_env_files_are_the_ones_a_test_run_uses(file: str, text: str) -> None:
+    def ini(files: list[str], override: bool = False) -> dict[str, str]:
+        setting = "env_override_existing_values = 1\n" if override else ""
+        config = text.format(files="\n    ".join(files), list=files, override=setting)
+        return {file: config, ".env.test": DOTENV_TEST, ".env": DOTENV_DEV, ".env.ci": ""}
+
+    found = run(ini([".env.test"]), framework="python", tool="pytest", kind=Kind.TEST)
+    assert only(found).name == "app_test"
+    assert ".env.test (pytest env_files)" in found.looked, found.looked
+    # python-dotenv keeps a variable that is set: the first file's, the environment's
+    ci = {".env.ci": DOTENV_TEST.replace("app_test", "app_ci")}
+    found = run({**ini([".env.test", ".env.ci"]), **ci}, framework="python", tool="pytest")
+    assert only(found).name == "app_test"
+    env = {"DATABASE_URL": "postgresql://app@127.0.0.1/mine"}
+    assert only(run(ini([".env.test"]), env, framework="python", tool="pytest")).name == "mine"
+    # ... unless env_override_existing_values: then each file over the one before
+    files = {**ini([".env.test", ".env.ci"], override=True), **ci}
+    assert only(run(files, env, framework="python", tool="pytest")).name == "app_ci"
+
+
+def test_pytest_dotenv_s_env_files_are_found_from_the_folder_pytest_runs_in_upwards() -> None:
+    files = {
+        "pytest.ini": "[pytest]\nenv_files =\n    .env.test\n",
+        ".env.test": DOTENV_TEST,
+        "api/.env.test": DOTENV_TEST.replace("app_test", "api_test"),
+        "web/conftest.py": "",
+    }
+    assert only(run(files, cwd=ROOT / "api", framework="python", tool="pytest")).name == "api_test"
+    assert only(run(files, cwd=ROOT / "web", framework="python", tool="pytest")).name == "app_test"
+
+
+def test_pytest_dotenv_s_envfile_option_overrides_the_environment() -> None:
+    files = {"pytest.ini": "[pytest]\nenv_files = .env.test\n", ".env.test": DOTENV_TEST}
+    files[".env.ci"] = DOTENV_TEST.replace("app_test", "app_ci")
+    env = {"DATABASE_URL": "postgresql://app@127.0.0.1/mine"}
+    found = run(files, env, framework="python", tool="pytest", hints={"envfile": ".env.ci"})
+    assert only(found).name == "app_ci"
+
+
+# pytest-env 1.8 (pytest_env/plugin.py): [tool.pytest_env] env_files (else the ini's
+# env_files), relative to the rootdir, each file over the environment and the one before
+# unless env_files_skip_if_set; the table's own variables over the files; --envfile PATH
+# instead of the configured files, --envfile +PATH after them.
+def test_pytest_env_s_env_files_are_the_ones_a_test_run_uses() -> None:
+    def project(table: str) -> dict[str, str]:
+        return {
+            "pyproject.toml": f"[tool.pytest_env]\n{table}",
+            ".env.test": DOTENV_TEST,
+            ".env.ci": DOTENV_TEST.replace("app_test", "app_ci"),
+            ".env": DOTENV_DEV,
+        }
+
+    env = {"DATABASE_URL": "postgresql://app@127.0.0.1/mine"}
+    files = project("env_files = ['.env.test']\n")
+    assert only(run(files, env, framework="python", tool="pytest")).name == "app_test"
+    files = project("env_files = ['.env.test', '.env.ci']\n")
+    assert only(run(files, framework="python", tool="pytest")).name == "app_ci"
+    files = project("env_files = ['.env.test', '.env.ci']\nenv_files_skip_if_set = true\n")
+    assert only(run(files, env, framework="python", tool="pytest")).name == "mine"
+    assert only(run(files, framework="python", tool="pytest")).name == "app_ci"
+    inline = 'DATABASE_URL = "postgresql://app@127.0.0.1/inline"\n'
+    files = project(f"env_files = ['.env.test']\n{inline}")
+    assert only(run(files, framework="python", tool="pytest")).name == "inline"
+    files = project("env_files = ['.env.test']\n")
+    for option, name in ((".env.ci", "app_ci"), ("+.env.ci", "app_ci"), ("+.env", "app_dev")):
+        found = run(files, env, framework="python", tool="pytest", hints={"envfile": option})
+        assert only(found).name == name, option
+    # relative to the rootdir, not to the folder pytest runs in
+    found = run(files, cwd=ROOT / "tests", framework="python", tool="pytest")
+    assert only(found).name == "app_test"
+
+
+def test_pytest_env_s_table_values_that_are_not_strings_are_set_as_strings() -> None:
+    table = "[tool.pytest_env]\nDATABASE_URL = 'postgresql://app@h/x'\nPGPORT = 5433\n"
+    files = {"pyproject.toml": table}
+    assert only(run(files, framework="python", tool="pytest")).port == 5433
+
+
 def test_pytest_django_s_settings_module_in_pytest_ini_is_the_one_read() -> None:
     files = {
         "manage.py": "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'proj.settings.base')\n",

@@ -450,6 +450,8 @@ PYTEST = [
         hints={"settings": "mysite.settings_test"},
     ),
     case("pytest -c ci.ini", TEST, "pytest", hints={"config": "ci.ini"}),
+    # pytest-dotenv's / pytest-env's option: the dotenv file the tests run with
+    case("pytest --envfile .env.ci tests", TEST, "pytest", hints={"envfile": ".env.ci"}),
     case(
         "DJANGO_SETTINGS_MODULE=s pytest",
         TEST,

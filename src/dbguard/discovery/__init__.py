@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dbguard.discovery.clients import client, supabase
-from dbguard.discovery.envfile import DiscoveryError
+from dbguard.discovery.envfile import DiscoveryError, parse_env_entries
 from dbguard.discovery.generic import database_url, pg_environment, project_databases
 from dbguard.discovery.jvm import flyway, liquibase
 from dbguard.discovery.laravel import laravel
@@ -61,6 +61,7 @@ from dbguard.discovery.runners import RunnerEnv, runner_env_files
 from dbguard.discovery.signs import (
     SQLITE_SIGN,
     database_signs,
+    pytest_env_files,
     pytest_environment,
     sub_projects,
 )
@@ -228,10 +229,18 @@ def _resolve(
 
 
 def _pytest_environment(ctx: Context, found: Found) -> None:
-    """What pytest sets as it starts, before any test reads it: pytest-env's variables
+    """What pytest sets as it starts, before any test reads it: the dotenv files
+    pytest-env or pytest-dotenv load (env_files, --envfile), then pytest-env's variables
     (a DATABASE_URL there is the one the tests use, not .env's) and pytest-django's
     DJANGO_SETTINGS_MODULE, each under the command's own environment where it says so."""
     assert ctx.base is not None
+    cwd = ctx.cwd.relative_to(ctx.root).as_posix() if ctx.cwd.is_relative_to(ctx.root) else ""
+    for file in pytest_env_files(ctx.read, cwd, ctx.hints.get("envfile", "")):
+        text = ctx.read(file.path)
+        found.look(f"{file.path} ({file.origin})" if text is not None else f"{file.path} (absent)")
+        if text is not None:
+            entries = parse_env_entries(text, file.path, ctx.flat_env)
+            ctx.base.layer_entries(entries, file.path, override=file.override)
     for setting in pytest_environment(ctx.read):
         if setting.override or setting.name not in ctx.base:
             ctx.base.set(setting.name, setting.value, f"{setting.origin} ({setting.name})")

@@ -10,8 +10,9 @@ Signs, read from the project root without running anything (framework files and
 `.dbguard.toml` are checked by the caller):
 - a database variable (a name with a word such as DB, DATABASE, PG, POSTGRES, MYSQL,
   SQLITE, or one of libpq's PG* names) set in a `.env` file, a dotenv file the command
-  loads, the command's own VAR=value, phpunit.xml's <env>/<server>, or pytest-env's
-  `env` setting; or pytest-django's DJANGO_SETTINGS_MODULE;
+  loads (a launcher's, pytest-env's or pytest-dotenv's env_files), the command's own
+  VAR=value, phpunit.xml's <env>/<server>, or pytest-env's `env` setting; or
+  pytest-django's DJANGO_SETTINGS_MODULE;
 - a database driver, ORM or migration tool among the dependencies: pyproject.toml,
   requirements files (and the files they include), Pipfile, setup.cfg, setup.py,
   package.json, composer.json, Gemfile, *.gemspec;
@@ -234,7 +235,12 @@ class _Signs:
         ctx = self.ctx
         self.named("the command sets", ctx.operation.assignments)
         launcher_files = [f for f in ctx.hints.get("env_file", "").splitlines() if f.strip()]
-        self.env_files("", launcher_files)
+        try:
+            envfile = ctx.hints.get("envfile", "")
+            pytest_files = [f.path for f in pytest_env_files(ctx.read, envfile=envfile)]
+        except DiscoveryError:  # reported by _pytest_settings
+            pytest_files = []
+        self.env_files("", [*launcher_files, *pytest_files])
         for file in ("phpunit.xml", "phpunit.xml.dist"):
             self.named(f"{file} sets", self.parsed(file, _phpunit_variables) or [])
         pytest = self._pytest_settings()
@@ -477,46 +483,131 @@ def pytest_environment(read: Callable[[str], str | None]) -> list[PytestSetting]
     picks it), and pytest-env's own [tool.pytest_env]. Raises DiscoveryError for a file
     that cannot be parsed."""
     settings: list[PytestSetting] = []
-
-    def add(lines: Iterable[str], module: object, origin: str) -> None:
-        for line in lines:
+    ini = _pytest_ini(read)
+    if ini is not None:
+        file, option = ini
+        env = option("env")
+        for line in env.splitlines() if isinstance(env, str) else _strings(env):
             head, eq, value = line.strip().partition("=")  # D:R:NAME=value
             flags, _, name = head.rpartition(":")
             if eq and name.strip():  # D: sets it only where the environment has none
                 override = "D" not in flags.upper().split(":")
-                settings.append(PytestSetting(name.strip(), value.strip(), override, origin))
+                settings.append(PytestSetting(name.strip(), value.strip(), override, file))
+        module = option("DJANGO_SETTINGS_MODULE")
         if isinstance(module, str) and module:  # under --ds and the environment's
-            settings.append(PytestSetting("DJANGO_SETTINGS_MODULE", module, False, origin))
+            settings.append(PytestSetting("DJANGO_SETTINGS_MODULE", module, False, file))
+    for name, value in _pytest_env_table(read).items():  # pytest-env 1.x's own table
+        table = value if isinstance(value, dict) else {"value": value}
+        if name in _PYTEST_ENV_OPTIONS or isinstance(table.get("value", {}), (dict, list)):
+            continue
+        if "value" in table and not table.get("unset"):  # pytest-env sets str(value)
+            override = not table.get("skip_if_set")
+            value = str(table["value"])
+            settings.append(PytestSetting(name, value, override, "[tool.pytest_env]"))
+    return settings
 
+
+@dataclass(frozen=True)
+class PytestEnvFile:
+    """A dotenv file a pytest plugin loads before the tests (pytest-env's or
+    pytest-dotenv's `env_files`, their --envfile); `override`: over the environment and
+    the files loaded before it, else under both."""
+
+    path: str
+    override: bool
+    origin: str
+
+
+def pytest_env_files(
+    read: Callable[[str], str | None], cwd: str = "", envfile: str = ""
+) -> list[PytestEnvFile]:
+    """The dotenv files pytest-env or pytest-dotenv load, in the order they load them;
+    `cwd`: the folder pytest runs in, relative to the root (the rootdir); `envfile`: the
+    --envfile option. pytest-env when pyproject.toml has [tool.pytest_env] or the ini
+    sets env_files_skip_if_set, else pytest-dotenv (both read the ini's env_files and
+    both define --envfile, so only one is installed). Raises DiscoveryError for a file
+    that cannot be parsed."""
+    ini = _pytest_ini(read)
+    option = ini[1] if ini is not None else (lambda name: None)
+    configured = option("env_files")
+    names = configured.split() if isinstance(configured, str) else _strings(configured)
+    table = _pytest_env_table(read)
+    if table or option("env_files_skip_if_set") is not None:
+        # pytest-env: the table's env_files, else the ini's; paths from the rootdir;
+        # each file sets its variables over the environment (later files over earlier)
+        # unless env_files_skip_if_set keeps what the environment had before them.
+        if isinstance(table.get("env_files"), list):
+            names = [str(name) for name in table["env_files"]]
+        skip = table.get("env_files_skip_if_set")
+        if not isinstance(skip, bool):
+            skip = _truthy(option("env_files_skip_if_set"))
+        if envfile:  # PATH instead of the configured files, +PATH after them
+            names = [*names, envfile[1:]] if envfile.startswith("+") else [envfile]
+        origin = "pytest-env env_files"
+        if skip:  # under the environment, the last file's value winning
+            return [PytestEnvFile(name, False, origin) for name in reversed(names)]
+        return [PytestEnvFile(name, True, origin) for name in names]
+    # pytest-dotenv: python-dotenv's find_dotenv(name, usecwd=True) from the folder
+    # pytest runs in upwards; a set variable is kept (the first file's value wins)
+    # unless env_override_existing_values; --envfile, at session start, overrides.
+    override = _truthy(option("env_override_existing_values"))
+    files = []
+    for name in names:
+        folder = cwd
+        while True:
+            path = posixpath.normpath(posixpath.join(folder, name))
+            if read(path) is not None or folder in ("", "."):
+                break
+            folder = posixpath.dirname(folder)
+        files.append(PytestEnvFile(path, override, "pytest env_files"))
+    if envfile:
+        path = posixpath.normpath(posixpath.join(cwd, envfile))
+        files.append(PytestEnvFile(path, True, "pytest --envfile"))
+    return files
+
+
+# [tool.pytest_env] keys that are pytest-env's options, not variables
+_PYTEST_ENV_OPTIONS = frozenset({"env_files", "env_files_skip_if_set"})
+
+
+def _truthy(value: object) -> bool:
+    """pytest's "bool" ini type: a TOML boolean, else the text true, 1, yes, on..."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    return str(value).strip().lower() in ("true", "1", "yes", "y", "on", "t")
+
+
+def _pytest_env_table(read: Callable[[str], str | None]) -> dict[str, Any]:
     text = read("pyproject.toml")
-    tool = _table(parse_toml(text, "pyproject.toml") if text is not None else {}, "tool")
+    data = parse_toml(text, "pyproject.toml") if text is not None else {}
+    return _table(_table(data, "tool"), "pytest_env")
+
+
+def _pytest_ini(
+    read: Callable[[str], str | None],
+) -> tuple[str, Callable[[str], object]] | None:
+    """The first of pytest.ini, pyproject.toml, tox.ini and setup.cfg that configures
+    pytest (as pytest picks it), and a getter of its options (None when not set)."""
     for file, section in (
         ("pytest.ini", "pytest"),
         ("pyproject.toml", ""),
         ("tox.ini", "pytest"),
         ("setup.cfg", "tool:pytest"),
     ):
-        if not section:
-            options = _table(_table(tool, "pytest"), "ini_options")
-            if options:
-                env = options.get("env")
-                lines = env.splitlines() if isinstance(env, str) else _strings(env)
-                add(lines, options.get("DJANGO_SETTINGS_MODULE"), file)
-                break
-            continue
         text = read(file)
-        parser = _ini(text, file) if text is not None else None
-        if parser is not None and (parser.has_section(section) or file == "pytest.ini"):
-            if parser.has_section(section):
-                env_lines = parser.get(section, "env", fallback="").splitlines()
-                add(env_lines, parser.get(section, "DJANGO_SETTINGS_MODULE", fallback=""), file)
-            break
-    for name, value in _table(tool, "pytest_env").items():  # pytest-env 1.x's own table
-        table = value if isinstance(value, dict) else {"value": value}
-        if isinstance(table.get("value"), str):
-            override = not table.get("skip_if_set")
-            settings.append(PytestSetting(name, table["value"], override, "[tool.pytest_env]"))
-    return settings
+        if text is None:
+            continue
+        if not section:
+            options = _table(_table(parse_toml(text, file), "tool"), "pytest")
+            if "ini_options" in options:
+                return file, _table(options, "ini_options").get
+            continue
+        parser = _ini(text, file)
+        if parser.has_section(section):
+            return file, partial(parser.get, section, fallback=None)
+        if file == "pytest.ini":  # pytest's config even without [pytest]
+            return file, lambda name: None
+    return None
 
 
 def _ini(text: str, file: str) -> configparser.ConfigParser:
