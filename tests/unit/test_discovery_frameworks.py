@@ -1458,3 +1458,107 @@ def test_a_runner_config_loading_a_dotenv_file_dbguard_cannot_name() -> None:
     del env[".env.test"]
     with pytest.raises(DiscoveryError, match=r"jest\.config\.js, line 2: a dotenv path"):
         run({**env, "jest.config.js": jest}, kind=Kind.TEST, framework=None, tool="jest")
+
+
+_DEV_AND_TEST = {
+    ".env": "DATABASE_URL=postgresql://app@db/shop_dev\n",
+    ".env.test": "DATABASE_URL=postgresql://app@db/shop_test\n",
+}
+
+
+def test_next_jest_loads_the_dotenv_files_of_next_s_test_mode() -> None:
+    # next/jest's config function calls @next/env's loadEnvConfig(dir) with NODE_ENV=test
+    # (jest sets it): .env.test.local, .env.test, .env, never .env.local.
+    config = (
+        "const nextJest = require('next/jest')\n"
+        "const createJestConfig = nextJest({ dir: './' })\n"
+        "module.exports = createJestConfig({ testEnvironment: 'node' })\n"
+    )
+    files = {**_DEV_AND_TEST, "jest.config.js": config}
+    assert _runner(files, "jest") == ["shop_test"]
+    local = "DATABASE_URL=postgresql://app@db/shop_local\n"
+    assert _runner({**files, ".env.test.local": local}, "jest") == ["shop_local"]
+    del files[".env.test"]
+    assert _runner({**files, ".env.local": local}, "jest") == ["shop_dev"]
+    # Under another NODE_ENV, Next's production files (next/jest passes dev=false).
+    files[".env.production"] = "DATABASE_URL=postgresql://app@db/shop_prod\n"
+    found = run(files, {"NODE_ENV": "staging"}, kind=Kind.TEST, framework=None, tool="jest")
+    assert [t.name for t in found.targets] == ["shop_prod"]
+    # The app's folder, as an ES module; without `dir` Next loads no dotenv file.
+    esm = "import nextJest from 'next/jest.js'\nconst create = nextJest({ dir: 'web' })\n"
+    web = {"jest.config.mjs": esm, "web/.env.test": _DEV_AND_TEST[".env.test"]}
+    assert _runner({**_DEV_AND_TEST, **web}, "jest") == ["shop_test"]
+    web["web/.env.test"] = "DATABASE_URL=postgresql://app@db/web_test\n"
+    assert _runner({**_DEV_AND_TEST, **web}, "jest") == ["web_test"]
+    bare = config.replace("{ dir: './' }", "")
+    assert _runner({**_DEV_AND_TEST, "jest.config.js": bare}, "jest") == ["shop_dev"]
+    # A folder dbguard cannot name: both candidates, with a warning.
+    computed = config.replace("'./'", "appDir")
+    found = run(
+        {**_DEV_AND_TEST, "jest.config.js": computed}, kind=Kind.TEST, framework=None, tool="jest"
+    )
+    assert sorted(str(t.name) for t in found.targets) == ["shop_dev", "shop_test"]
+    assert any("jest.config.js, line 2: next/jest's dir" in w for w in found.warnings)
+    computed = config.replace("'./'", "path.join(__dirname, 'web')")
+    found = run(
+        {**_DEV_AND_TEST, "jest.config.js": computed}, kind=Kind.TEST, framework=None, tool="jest"
+    )
+    assert any("jest.config.js, line 2: next/jest's dir" in w for w in found.warnings)
+
+
+def test_dotenv_flow_loads_the_node_env_files_under_a_test_runner() -> None:
+    # dotenv-flow: .env.$NODE_ENV.local over .env.$NODE_ENV over .env.local (skipped under
+    # NODE_ENV=test) over .env over .env.defaults; jest and vitest set NODE_ENV=test.
+    config = "module.exports = { setupFiles: ['<rootDir>/jest.setup.js'] }\n"
+    files = {**_DEV_AND_TEST, "jest.config.js": config}
+    for setup in (
+        "require('dotenv-flow').config()\n",
+        "import dotenvFlow from 'dotenv-flow'\ndotenvFlow.config({ silent: true })\n",
+        "import 'dotenv-flow/config'\n",
+    ):
+        assert _runner({**files, "jest.setup.js": setup}, "jest") == ["shop_test"], setup
+    files["jest.setup.js"] = "require('dotenv-flow').config()\n"
+    # Beside plain dotenv, each call is read as its own module's.
+    both = "require('dotenv').config({ path: '.env.ci' })\n" + files["jest.setup.js"]
+    ci = "DATABASE_URL=postgresql://app@db/shop_ci\n"
+    assert _runner({**files, "jest.setup.js": both, ".env.ci": ci}, "jest") == ["shop_ci"]
+    local = "DATABASE_URL=postgresql://app@db/shop_local\n"
+    assert _runner({**files, ".env.test.local": local}, "jest") == ["shop_local"]
+    del files[".env.test"]
+    assert _runner({**files, ".env.local": local}, "jest") == ["shop_dev"]
+    # node_env given in the call, and dotenv-flow/config named as a vitest setup file.
+    files["jest.setup.js"] = "require('dotenv-flow').config({ node_env: 'ci' })\n"
+    assert _runner({**files, ".env.ci": ci}, "jest") == ["shop_ci"]
+    vitest = "export default { test: { setupFiles: ['dotenv-flow/config'] } }\n"
+    flow = {**_DEV_AND_TEST, "vitest.config.ts": vitest}
+    assert _runner(flow, "vitest") == ["shop_test"]
+    # An option that changes the files: both candidates, with a warning.
+    files["jest.setup.js"] = "require('dotenv-flow').config({ pattern: pattern })\n"
+    files[".env.test"] = _DEV_AND_TEST[".env.test"]
+    found = run(files, kind=Kind.TEST, framework=None, tool="jest")
+    assert sorted(str(t.name) for t in found.targets) == ["shop_dev", "shop_test"]
+    assert any("jest.setup.js, line 1: dotenv-flow options" in w for w in found.warnings)
+
+
+def test_dotenv_config_reads_dotenv_config_path() -> None:
+    # dotenv/config, imported or named as a setup file, takes its path from
+    # DOTENV_CONFIG_PATH (and override from DOTENV_CONFIG_OVERRIDE).
+    configs = {
+        "jest.config.js": "module.exports = { setupFiles: ['dotenv/config'] }\n",
+        "jest.config.ts": "import 'dotenv/config'\nexport default {}\n",
+    }
+    for name, config in configs.items():
+        files = {**_DEV_AND_TEST, name: config}
+        assert _runner(files, "jest") == ["shop_dev"]
+        path = {"DOTENV_CONFIG_PATH": ".env.test"}
+        found = run(files, path, kind=Kind.TEST, framework=None, tool="jest")
+        assert [t.name for t in found.targets] == ["shop_test"], name
+        found = run(files, kind=Kind.TEST, framework=None, tool="jest", assignments=path)
+        assert [t.name for t in found.targets] == ["shop_test"], name
+        # Under the environment, unless DOTENV_CONFIG_OVERRIDE says otherwise.
+        env = {**path, "DATABASE_URL": "postgresql://app@db/shop_env"}
+        found = run(files, env, kind=Kind.TEST, framework=None, tool="jest")
+        assert [t.name for t in found.targets] == ["shop_env"]
+        env["DOTENV_CONFIG_OVERRIDE"] = "true"
+        found = run(files, env, kind=Kind.TEST, framework=None, tool="jest")
+        assert [t.name for t in found.targets] == ["shop_test"]
