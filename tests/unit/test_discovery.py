@@ -1540,3 +1540,19 @@ def test_a_custom_app_env_variable_is_read_from_the_env_file() -> None:
     assert verdict.reasons == ["production because STAGE=live (.env, line 1)"]
     default = classify_production(target, {}, facts=found.facts_for(target))
     assert not default.production
+
+
+def test_laravel_dusk_runs_on_its_own_env_file() -> None:
+    """Dusk's docs: `php artisan dusk` puts .env.dusk.{environment} in place of .env for
+    its run, and DatabaseMigrations then wipes that file's database."""
+    files = {
+        "artisan": "",
+        "phpunit.xml": '<phpunit><php><env name="APP_ENV" value="testing"/></php></phpunit>',
+        ".env": "APP_ENV=local\nDB_CONNECTION=mysql\nDB_HOST=127.0.0.1\nDB_DATABASE=shop\n",
+        ".env.dusk.local": "APP_ENV=local\nDB_CONNECTION=mysql\nDB_HOST=127.0.0.1\n"
+        "DB_DATABASE=shop_dusk\n",
+    }
+    found = run(files, kind=Kind.TEST, command="dusk")
+    assert {t.name for t in found.targets} == {"shop_dusk"}
+    assert "php artisan dusk puts .env.dusk.local in place of .env" in only(found).source
+    assert {t.name for t in run(files, kind=Kind.TEST, command="test").targets} == {"shop"}

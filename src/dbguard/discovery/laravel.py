@@ -204,7 +204,8 @@ def _variables(ctx: Context, found: Found, *, test: bool) -> _Loaded:
     assumed = test and app_env is None
     if assumed:
         app_env = "testing"
-    env_file, why = ".env", ""
+    base, why = _dusk_env_file(ctx, found) or (".env", "")
+    env_file = base
     if app_env:
         specific = f".env.{app_env}"
         if ctx.read_looked(specific, found) is not None:
@@ -212,14 +213,35 @@ def _variables(ctx: Context, found: Found, *, test: bool) -> _Loaded:
             origin = variables.where("APP_ENV") if "APP_ENV" in variables else "a test run"
             why = f"APP_ENV={app_env} ({origin}) loads {specific} instead of .env"
         else:
-            why = f"{specific} is absent, so Laravel reads .env"
+            why = f"{why}; " if why else ""
+            why += f"{specific} is absent, so Laravel reads {base}"
     load_env_files(ctx.read, variables, [env_file], found, ctx.flat_env)
     return _Loaded(variables, env_file, why, app_env, assumed, phpunit)
+
+
+def _dusk_env_file(ctx: Context, found: Found) -> tuple[str, str] | None:
+    """`php artisan dusk` puts `.env.dusk.{environment}` in place of `.env` for its run
+    (the app it drives reads it too): that file and why, when there is one. The
+    environment is the artisan process's: --env, the environment, `.env`'s APP_ENV, else
+    Laravel's default, production."""
+    if ctx.operation.command != "dusk":
+        return None
+    environment = ctx.hints.get("env") or ctx.environment().get("APP_ENV")
+    if not environment:
+        probe = Variables()
+        load_env_files(ctx.read, probe, [".env"], Found(), ctx.flat_env)
+        environment = probe.get("APP_ENV") or "production"
+    name = f".env.dusk.{environment}"
+    if ctx.read_looked(name, found) is None:
+        return None
+    return name, f"php artisan dusk puts {name} in place of .env for its run"
 
 
 def _phpunit(ctx: Context, found: Found) -> PhpUnitVariables | None:
     configured = ctx.hints.get("config")
     names = [configured] if configured else list(PHPUNIT_FILES)
+    if not configured and ctx.operation.command == "dusk":
+        names.insert(0, "phpunit.dusk.xml")  # Dusk's own, where there is one
     if configured and ctx.listdir(configured) is not None:  # -c tests/pg: a folder
         names = [posixpath.join(configured, name) for name in PHPUNIT_FILES]
     for name in names:
