@@ -1556,3 +1556,39 @@ def test_laravel_dusk_runs_on_its_own_env_file() -> None:
     assert {t.name for t in found.targets} == {"shop_dusk"}
     assert "php artisan dusk puts .env.dusk.local in place of .env" in only(found).source
     assert {t.name for t in run(files, kind=Kind.TEST, command="test").targets} == {"shop"}
+
+
+MIGRATION_ON = (
+    "<?php\nreturn new class extends Migration {{\n    protected $connection = '{0}';\n"
+    "    public function down(): void {{ Schema::dropIfExists('events'); }}\n}};\n"
+)
+
+
+@pytest.mark.parametrize("command", ["migrate:rollback", "migrate:reset", "migrate:fresh"])
+def test_a_migration_on_another_connection_is_backed_up_before_its_down_runs(
+    command: str,
+) -> None:
+    """Laravel's "Setting the Migration Connection": a rollback runs that migration's
+    down() on its own connection."""
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=mysql\nDB_HOST=127.0.0.1\nDB_DATABASE=shop\n",
+        "database/migrations/2024_01_01_000000_create_users.php": "<?php // default\n",
+        "database/migrations/2024_02_01_000000_create_events.php": MIGRATION_ON.format("pgsql"),
+    }
+    found = run(files, command=command)
+    assert {(t.engine, t.name) for t in found.targets} == {("mysql", "shop"), ("postgres", "shop")}
+    assert any("create_events.php" in t.source for t in found.targets)
+    # `migrate` itself runs up() only: no other connection is read for it
+    assert {t.engine for t in run(files, command="migrate").targets} == {"mysql"}
+
+
+def test_a_migration_on_a_connection_dbguard_cannot_read_is_refused() -> None:
+    files = {
+        "artisan": "",
+        ".env": "DB_CONNECTION=mysql\nDB_HOST=127.0.0.1\nDB_DATABASE=shop\n",
+        "database/migrations/2024_02_01_000000_create_events.php": MIGRATION_ON.format("analytics"),
+    }
+    with pytest.raises(DiscoveryError, match=r"create_events\.php .*'analytics'") as refused:
+        run(files, command="migrate:rollback")
+    assert ".dbguard.toml" in refused.value.fix

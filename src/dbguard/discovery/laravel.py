@@ -105,6 +105,8 @@ def laravel(ctx: Context, found: Found) -> None:
         _test_run(ctx, found, loaded, cache)
         return
     env_targets, note = _resolve(ctx, loaded, found)
+    if ctx.operation.command in _RUNS_EVERY_MIGRATION:
+        env_targets += _migration_connections(ctx, loaded, found)
     if cache is not None and cache.targets:
         for target, facts in cache.targets:
             found.add(target, facts=facts)
@@ -117,6 +119,40 @@ def laravel(ctx: Context, found: Found) -> None:
     for target, facts in env_targets:
         found.add(target, facts=facts)
     found.add(None, note)
+
+
+# Commands that run migrations' down() (and fresh, their up() again) on the connection
+# each migration names (`protected $connection = 'x'`, `Schema::connection('x')`).
+_RUNS_EVERY_MIGRATION = {"migrate:rollback", "migrate:reset", "migrate:refresh", "migrate:fresh"}
+_MIGRATION_CONNECTION = re.compile(
+    r"""(?:\$connection\s*=\s*|Schema::connection\(\s*)['"]([\w.-]+)['"]"""
+)
+_MIGRATIONS = "database/migrations"
+_MAX_MIGRATION_FILES = 1024
+
+
+def _migration_connections(ctx: Context, loaded: _Loaded, found: Found) -> Resolved:
+    """The databases of the other connections the project's migrations run on: a
+    rollback runs their down() there (Laravel's "Setting the Migration Connection")."""
+    variables = loaded.variables
+    default = (
+        ctx.hints.get("connection")
+        or variables.get("DB_CONNECTION")
+        or _default_connection(ctx, found)
+    ).lower()
+    named: dict[str, str] = {}  # connection -> the first migration that names it
+    files = sorted(ctx.listdir(_MIGRATIONS) or [])
+    for name in [f for f in files if f.endswith(".php")][:_MAX_MIGRATION_FILES]:
+        path = f"{_MIGRATIONS}/{name}"
+        for connection in _MIGRATION_CONNECTION.findall(ctx.read_looked(path, found) or ""):
+            named.setdefault(connection.lower(), path)
+    targets: Resolved = []
+    for connection, path in named.items():
+        if connection != default:
+            said = f"{path} (its migration runs on the connection {connection!r})"
+            more, _ = _resolve(ctx, loaded, found, connection=connection, named_in=said)
+            targets += more
+    return targets
 
 
 def _test_run(ctx: Context, found: Found, loaded: _Loaded, cache: _Cache | None) -> None:
@@ -278,8 +314,17 @@ def _line_of(text: str, name: str) -> int:
 # ---- from variables to targets -------------------------------------------------------------
 
 
-def _resolve(ctx: Context, loaded: _Loaded, found: Found, role: str = "") -> tuple[Resolved, str]:
-    """The targets the variables name, and a note when there is nothing on disk."""
+def _resolve(
+    ctx: Context,
+    loaded: _Loaded,
+    found: Found,
+    role: str = "",
+    *,
+    connection: str | None = None,
+    named_in: str = "",
+) -> tuple[Resolved, str]:
+    """The targets the variables name, and a note when there is nothing on disk. The
+    connection is `connection` (which `named_in` names), --database, else the default."""
     variables, why_env_file = loaded.variables, loaded.why_env_file
     origin = variables.origin(*KEYS)
     detail = []
@@ -287,16 +332,18 @@ def _resolve(ctx: Context, loaded: _Loaded, found: Found, role: str = "") -> tup
         detail.append("the database this test run is configured to use")
     if why_env_file and (role == "test" or ".env." in why_env_file):
         detail.append(why_env_file)
+    if named_in:
+        detail.append(named_in)
     source = origin + (f" — {'; '.join(detail)}" if detail else "")
     facts = app_env_facts(variables)
-    connection_hint = ctx.hints.get("connection")
+    connection_hint = connection or ctx.hints.get("connection")
     connection = (
         connection_hint or variables.get("DB_CONNECTION") or _default_connection(ctx, found)
     )
     connection = connection.lower()
     url_name = next((n for n in _url_variables(ctx, found) if variables.get(n)), "DB_URL")
     url = variables.get(url_name)
-    where = variables.where("DB_CONNECTION") if not connection_hint else "--database"
+    where = named_in or (variables.where("DB_CONNECTION") if not connection_hint else "--database")
     if connection in _UNSUPPORTED_DRIVERS:
         raise DiscoveryError(
             f"{where}: DB_CONNECTION={connection} ({_UNSUPPORTED_DRIVERS[connection]}) is not an "
