@@ -214,6 +214,12 @@ def test_prisma_s_cli_connects_through_direct_url() -> None:
     )
     found = run(files, framework="prisma", tool="prisma", command="migrate reset")
     assert (only(found).port, only(found).name) == (5432, "app")
+    # A test run's code connects through url alone: the pooler's
+    files[".env"] = "DATABASE_URL=postgresql://app@localhost:6432/app\n" + (
+        "DIRECT_URL=postgresql://app@localhost:5432/app\n"
+    )
+    found = run(files, kind=Kind.TEST, framework=None, tool="vitest")
+    assert {t.port for t in found.targets} == {6432}
 
 
 def test_prisma_file_url_is_relative_to_the_schema_folder_and_prisma_env_is_read() -> None:

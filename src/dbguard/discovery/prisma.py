@@ -7,9 +7,9 @@ The schema is the one named by `--schema` (hint `schema`), package.json's `"pris
 the environment, `.env` and the schema folder's `.env` (the files Prisma's CLI loads); a
 literal `url = "..."` is used as is; Prisma 7 moved the url (and shadowDatabaseUrl) to
 prisma.config.ts, read the same way. `file:` URLs are relative to the schema's folder.
-`directUrl` is a target too: Prisma's CLI connects through it (migrate, db push,
-db pull), where the app and its tests use `url` (a pooler, or Accelerate's `prisma://`,
-which is then left out: no database of its own). A configured
+`directUrl` is a target too for Prisma's CLI, which connects through it (migrate, db
+push), where the app, its seed script and its tests use `url` (a pooler, or
+Accelerate's `prisma://`, which is then left out: no database of its own). A configured
 `shadowDatabaseUrl` is one for `migrate dev`, which resets it (Prisma creates and drops
 its own shadow database only when none is configured).
 """
@@ -207,7 +207,8 @@ def prisma(ctx: Context, found: Found) -> None:
             "make the datasource provider and the URL name the same kind of database",
         )
     base = ctx.root / folder
-    direct = _url(body, "directUrl")
+    # Only the CLI connects through directUrl; a test run's code uses url alone.
+    direct = _url(body, "directUrl") if ctx.operation.tool == "prisma" else None
     direct_url = None
     if direct is not None:
         direct_url = variables.get(direct[1]) if direct[0] == "env" else direct[1]
