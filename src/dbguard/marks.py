@@ -229,17 +229,13 @@ class ProductionMarks:
 def _remember(content: dict[str, Any], target: Target, because: str | None = None) -> None:
     known = content.setdefault(_PRODUCTION, {})
     entry = known.get(target.key)
-    understood = isinstance(entry, dict) and isinstance(entry.get("label"), str)
-    if understood and because is not None:
-        return  # already remembered, marked or judged
-    if understood and isinstance(entry, dict):
-        entry.pop("because", None)  # marked now: a mark to put back when it is gone
-        return
+    if isinstance(entry, dict) and isinstance(entry.get("label"), str):
+        if because is None:  # marked now: a mark to put back when it is gone
+            entry.pop("because", None)
+        return  # else already remembered, marked or judged
     # New, or an entry not understood (which would never count): this one does.
-    since = _now().isoformat(timespec="seconds")
-    known[target.key] = {"label": target.label, "since": since}
-    if because is not None:
-        known[target.key]["because"] = because
+    entry = {"label": target.label, "since": _now().isoformat(timespec="seconds")}
+    known[target.key] = entry | ({"because": because} if because is not None else {})
 
 
 def _cannot(what: str, path: Path, err: OSError) -> str:

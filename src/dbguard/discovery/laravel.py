@@ -135,11 +135,7 @@ def _migration_connections(ctx: Context, loaded: _Loaded, found: Found) -> Resol
     """The databases of the other connections the project's migrations run on: a
     rollback runs their down() there (Laravel's "Setting the Migration Connection")."""
     variables = loaded.variables
-    default = (
-        ctx.hints.get("connection")
-        or variables.get("DB_CONNECTION")
-        or _default_connection(ctx, found)
-    ).lower()
+    default = _connection(ctx, variables, found)
     named: dict[str, str] = {}  # connection -> the first migration that names it
     files = sorted(ctx.listdir(_MIGRATIONS) or [])
     for name in [f for f in files if f.endswith(".php")][:_MAX_MIGRATION_FILES]:
@@ -337,10 +333,7 @@ def _resolve(
     source = origin + (f" — {'; '.join(detail)}" if detail else "")
     facts = app_env_facts(variables)
     connection_hint = connection or ctx.hints.get("connection")
-    connection = (
-        connection_hint or variables.get("DB_CONNECTION") or _default_connection(ctx, found)
-    )
-    connection = connection.lower()
+    connection = (connection or _connection(ctx, variables, found)).lower()
     url_name = next((n for n in _url_variables(ctx, found) if variables.get(n)), "DB_URL")
     url = variables.get(url_name)
     where = named_in or (variables.where("DB_CONNECTION") if not connection_hint else "--database")
@@ -408,6 +401,15 @@ def _url_variables(ctx: Context, found: Found) -> tuple[str, ...]:
         return ("DB_URL",)
     names = tuple(n for n in ("DB_URL", "DATABASE_URL") if f"'{n}'" in text or f'"{n}"' in text)
     return names or ("DB_URL",)
+
+
+def _connection(ctx: Context, variables: Variables, found: Found) -> str:
+    """The connection a command uses: --database, DB_CONNECTION, else the default."""
+    return (
+        ctx.hints.get("connection")
+        or variables.get("DB_CONNECTION")
+        or _default_connection(ctx, found)
+    ).lower()
 
 
 def _default_connection(ctx: Context, found: Found) -> str:
