@@ -28,6 +28,7 @@ from dbguard.rules import (
     ToolRule,
     TooManyScripts,
     builtin_catalog,
+    console_alternatives,
     program_name,
 )
 
@@ -158,6 +159,20 @@ LARAVEL = [
     case("php artisan :re", DESTRUCTIVE, "artisan"),  # migrate:refresh, migrate:reset
     case("php artisan ROUTE:LIST", None),
     case("php artisan :list", None),
+    # A name that is no command: the console offers the one command close to it and runs
+    # it on a yes ("Do you want to run db:wipe instead?"), unless it may not ask.
+    case("php artisan wipe --force", DESTRUCTIVE, "artisan", "db:wipe"),
+    case("php artisan schema:dmp --prune", DESTRUCTIVE, "artisan", "schema:dump --prune"),
+    case("php artisan schema:dmp", RO, "artisan", "schema:dump"),
+    case("php artisan tinkr", QUERY, "artisan", "tinker"),
+    case("php artisan wipe -n", None),
+    case("php artisan wipe --no-interaction", None),
+    case("php artisan wipe -q", None),
+    case("php artisan --silent wipe", None),
+    # Several close commands: the console lists them and asks nothing.
+    case("php artisan migrate:frsh", None),  # every migrate:* command is close
+    case("php artisan fresh", None),  # migrate:fresh and migrate:refresh
+    case("php artisan db:wipee", None),
     # targets
     case("php artisan test --env=testing", TEST, "artisan", hints={"env": "testing"}),
     case("php artisan migrate --env testing", MIGRATE, "artisan", hints={"env": "testing"}),
@@ -286,6 +301,7 @@ SYMFONY = [
     case("php bin/console doctrine:migrations:list", RO, "symfony"),
     case("php bin/console doctrine:migrations:diff", RO, "symfony"),
     case("bin/console d:m:status", RO, "symfony", "doctrine:migrations:status"),
+    case("bin/console doctrine:schema:drp --force", None),  # :create, :drop, :update, ...
     case("php bin/console list doctrine", RO, "symfony"),
     case("php bin/console doctrine:schema:drop --force --help", RO, "symfony"),
     case("php bin/console doctrine:schema:drop --force -h", RO, "symfony"),
@@ -1384,6 +1400,26 @@ SCRIPT_CASES = [
     script_case("composer clear", None),
     script_case("composer dump-autoload", None),
 ]
+
+
+LARAVEL_COMMANDS = ["migrate", "migrate:fresh", "migrate:refresh", "db", "db:seed", "db:wipe"]
+
+
+@pytest.mark.parametrize(
+    ("name", "offered"),
+    [
+        ("wipe", ["db:wipe"]),  # contained in it
+        ("db:wip", ["db", "db:seed", "db:wipe"]),  # the namespace alone makes db:* close
+        ("migrate:frsh", ["migrate", "migrate:fresh", "migrate:refresh"]),
+        ("fresh", ["migrate:fresh", "migrate:refresh"]),
+        ("other:frsh", ["migrate:fresh"]),  # a close last part is enough
+        # 1 edit in 6 letters: close to migrate, and so to each migrate:* command's first part
+        ("mgrate", ["migrate", "migrate:fresh", "migrate:refresh"]),
+        ("queue:work", []),
+    ],
+)
+def test_console_alternatives_are_symfonys(name: str, offered: list[str]) -> None:
+    assert console_alternatives(name, LARAVEL_COMMANDS) == offered
 
 
 def test_a_dotenv_file_a_package_manager_loads_reaches_discovery() -> None:

@@ -666,6 +666,49 @@ def _path_from(node: _Node, words: Sequence[str], index: int) -> list[_Node] | N
     return [node] if node.is_entry else None
 
 
+# Options after which Symfony's console asks nothing (Application::configureIO).
+_CONSOLE_NEVER_ASKS = frozenset({"-n", "--no-interaction", "-q", "--quiet", "--silent"})
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edits (insert, delete, replace a character) that turn `a` into `b`."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def console_alternatives(name: str, commands: Sequence[str]) -> list[str]:
+    """The commands Symfony's console offers for `name`, which is none of them
+    (Application::findAlternatives): close in each colon-separated part, or containing
+    it, or close as a whole."""
+    threshold = 1000
+    scores: dict[str, int] = {}
+    for index, sub in enumerate(name.split(":")):
+        for command in commands:
+            parts = command.split(":")
+            known = command in scores
+            if index >= len(parts):
+                if known:
+                    scores[command] += threshold
+                continue
+            distance = levenshtein(sub, parts[index])
+            if distance <= len(sub) / 3 or (sub and sub in parts[index]):
+                scores[command] = scores.get(command, 0) + distance
+            elif known:
+                scores[command] += threshold
+    for command in commands:
+        distance = levenshtein(name, command)
+        if distance <= len(name) / 3 or name in command:
+            scores[command] = scores.get(command, 0) - distance if command in scores else distance
+    return sorted(c for c, score in scores.items() if score < 2 * threshold)
+
+
 @dataclass
 class _Tool:
     name: str
@@ -718,7 +761,8 @@ class _Tool:
             words = [w.partition("[")[0] if w.endswith("]") else w for w in words]
         words, arguments = self._arguments(words)
 
-        decided = self._decide(words, present, parsed.alone if self.lone_help else present)
+        helps = parsed.alone if self.lone_help else present
+        decided = self._decide(words, present, helps, parsed.alone)
         if decided is None:
             return None
         kind, command = decided
@@ -763,9 +807,10 @@ class _Tool:
         return kept, arguments
 
     def _decide(
-        self, words: list[str], present: set[str], helps: set[str]
+        self, words: list[str], present: set[str], helps: set[str], alone: set[str]
     ) -> tuple[Kind, str] | None:
-        """`helps`: the options that count as help options (see `lone_help`)."""
+        """`helps`: the options that count as help options (see `lone_help`); `alone`:
+        the options written as a word of their own."""
         help_option = next((o for o in self.help_options if o in helps), None)
         if help_option is not None or (words and words[0] in self.help_words):
             if self._not_ours(words):
@@ -775,12 +820,12 @@ class _Tool:
             base = self.bare if self.bare is not None else self.default
             return self._with_flags(base, "", [], present, recognised=False)
         if not self.multiple:
-            return self._command(words, present)
+            return self._command(words, present, alone)
         if words[0] in self.argument_commands:
             words = words[:1]  # `rails generate controller db`: the rest are its arguments
         found: list[tuple[Kind, str]] = []
         for word in words:
-            one = self._command([word], present)
+            one = self._command([word], present, alone)
             if one is not None:
                 found.append(one)
         if not found:
@@ -800,12 +845,14 @@ class _Tool:
             and not any(self.tree.children(words[0]))
         )
 
-    def _command(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
+    def _command(
+        self, words: list[str], present: set[str], alone: set[str]
+    ) -> tuple[Kind, str] | None:
         path = _walk(self.tree, words, 0)
         if path is not None:
             return self._on_path(path, words, present)
         if self.abbreviations is not None:
-            return self._abbreviated(words, present)
+            return self._abbreviated(words, present, alone)
         return self._with_flags(self.default, "", [], present, recognised=False)
 
     def _on_path(
@@ -815,7 +862,9 @@ class _Tool:
         text = " ".join(node.word or word for node, word in zip(path, words, strict=False))
         return self._with_flags(path[-1].kind, text, rules, present, recognised=True)
 
-    def _abbreviated(self, words: list[str], present: set[str]) -> tuple[Kind, str] | None:
+    def _abbreviated(
+        self, words: list[str], present: set[str], alone: set[str]
+    ) -> tuple[Kind, str] | None:
         """`d:s:u` -> doctrine:schema:update, as Symfony's Application::find reads a name
         that is no command: each colon-separated part is a prefix of the command's part,
         an empty one of any (`:fresh` is migrate:fresh), and where no command matches so,
@@ -837,7 +886,31 @@ class _Tool:
                 best = found
         if best is not None:
             return best
+        offered = self._offered(words, present, alone)
+        if offered is not None:
+            return offered
         return self._with_flags(self.default, "", [], present, recognised=False)
+
+    def _offered(
+        self, words: list[str], present: set[str], alone: set[str]
+    ) -> tuple[Kind, str] | None:
+        """A name that is no command, not even abbreviated, fails in Symfony's console,
+        which lists the commands it is close to (Application::findAlternatives). Where it
+        finds exactly one and may ask (no -n, -q or --silent), it asks "Do you want to
+        run X instead?" and runs X with the rest of the line on a yes: such a name counts
+        as X. The catalog knows some of the application's commands, not all; the others
+        can only add alternatives, and with more than one the console does not ask, so
+        counting from the catalog's never misses a question."""
+        if alone & _CONSOLE_NEVER_ASKS:
+            return None
+        names = {":".join(full): node for full, node in self.abbreviations or []}
+        offered = console_alternatives(words[0], [*names, *self.help_words])
+        node = names.get(offered[0]) if len(offered) == 1 else None
+        if node is None:
+            return None
+        as_offered = [offered[0], *words[1:]]
+        path = _path_from(node, as_offered, 1)
+        return self._on_path(path, as_offered, present) if path is not None else None
 
     def _with_flags(
         self,
