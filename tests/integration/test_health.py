@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
+from dbguard.config import HealthSettings
+from dbguard.daemon.health import BackgroundVerifier
+from dbguard.store import Manifest, Store
 from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
+
+if TYPE_CHECKING:
+    from dbguard.daemon.service import Guard
 
 
 def poll(condition: object, what: str, timeout: float = 30) -> None:
@@ -65,3 +74,31 @@ def test_status_warns_when_a_backup_shrinks(home: Home, daemon: Daemon) -> None:
     report = json.loads(home.ctl("status", "--json").stdout)
     [database] = report["databases"]
     assert database["warnings"] and database["last_verified"] is None
+
+
+async def test_background_verify_outlives_a_backup_folder_it_cannot_read(tmp_path: Path) -> None:
+    """A store that cannot be listed for a while (a file where the folder was, a folder
+    of another user) is logged and tried again: background verification must not end
+    for good, nor make dbguardd's stop fail before it removes its socket."""
+    store = Store(tmp_path / "backups")
+    store.root.write_text("not a folder")
+    health = HealthSettings(background_verify=True, idle_seconds=1)
+    guard = SimpleNamespace(
+        store=store,
+        config=SimpleNamespace(health=health),
+        last_activity=0.0,
+        backups=SimpleNamespace(in_flight=list),
+    )
+    stop = asyncio.Event()
+    looked: list[bool] = []
+    loop = asyncio.get_running_loop()
+
+    class Counting(BackgroundVerifier):
+        def _candidates(self) -> list[Manifest]:
+            looked.append(True)
+            if len(looked) == 2:  # it looked again after the first failure
+                loop.call_soon_threadsafe(stop.set)
+            return super()._candidates()
+
+    await Counting(cast("Guard", guard)).run(stop)
+    assert len(looked) == 2

@@ -111,7 +111,12 @@ class BackgroundVerifier:
                 await asyncio.wait_for(stop.wait(), timeout=settings.idle_seconds)
             if stop.is_set() or not settings.background_verify:
                 continue
-            for manifest in await asyncio.to_thread(self._candidates):
+            try:
+                candidates = await asyncio.to_thread(self._candidates)
+            except DbguardError as err:  # the folder unreadable for now: its mode, say
+                log.warning("background verify could not list the backups", error=str(err))
+                continue
+            for manifest in candidates:
                 idle = time.monotonic() - self.guard.last_activity
                 if stop.is_set() or idle < settings.idle_seconds or self.guard.backups.in_flight():
                     break  # someone is working: try again after the next quiet spell
