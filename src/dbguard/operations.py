@@ -157,34 +157,37 @@ def restore_backup(
     if mismatch is not None:
         store.record_failed(manifest, mismatch)  # no longer the newest good for retention
         raise Damaged(f"backup {manifest.id} is damaged: {mismatch}", "it cannot be restored")
-    try:
-        before = take_backup(store, engines, target, reason)
-    except DatabaseMissing:
-        before = None
-    except Unreadable as err:
-        # Restoring is the cure for a broken file, but what it holds now cannot be backed
-        # up, and nothing is replaced without a copy: the person moves it aside.
-        aside = f"mv {target.path} {target.path}.broken" if target.path else "move it aside"
-        raise RestoreFailed(
-            f"{err.problem}, so its current contents cannot be backed up before the restore",
-            f"keep it by moving it aside ({aside}), then restore again: a database that "
-            "is not there is restored without a backup first; nothing was changed",
-        ) from None
-    except BackupFailed as err:  # nothing is replaced without a copy of it
-        raise BackupFailed(
-            f"the current contents could not be backed up before the restore: {err.problem}",
-            f"{err.fix}; nothing was restored, the database was not changed".lstrip("; "),
-        ) from None
-    saved(before)
-    engine = engines.for_target(target)
-    with store.work_folder() as (_, scratch), store.open_data(manifest) as data:
-        engine.restore(
-            target,
-            data,
-            manifest.data.format,
-            scratch,
-            end_connections=end_connections,
-            swapped=swapped,
-            warn=warn,
-        )
+    # Opened before the pre-restore backup, which can take minutes: a prune meanwhile
+    # (dbguardd's, after a backup of its own) removes the backup's file, not the open one.
+    with store.open_data(manifest) as data:
+        try:
+            before = take_backup(store, engines, target, reason)
+        except DatabaseMissing:
+            before = None
+        except Unreadable as err:
+            # Restoring is the cure for a broken file, but what it holds now cannot be
+            # backed up, and nothing is replaced without a copy: the person moves it aside.
+            aside = f"mv {target.path} {target.path}.broken" if target.path else "move it aside"
+            raise RestoreFailed(
+                f"{err.problem}, so its current contents cannot be backed up before the restore",
+                f"keep it by moving it aside ({aside}), then restore again: a database that "
+                "is not there is restored without a backup first; nothing was changed",
+            ) from None
+        except BackupFailed as err:  # nothing is replaced without a copy of it
+            raise BackupFailed(
+                f"the current contents could not be backed up before the restore: {err.problem}",
+                f"{err.fix}; nothing was restored, the database was not changed".lstrip("; "),
+            ) from None
+        saved(before)
+        engine = engines.for_target(target)
+        with store.work_folder() as (_, scratch):
+            engine.restore(
+                target,
+                data,
+                manifest.data.format,
+                scratch,
+                end_connections=end_connections,
+                swapped=swapped,
+                warn=warn,
+            )
     return before

@@ -244,6 +244,26 @@ def test_restore_into_a_deleted_database_ignores_its_stale_wal(
     assert rows(db) == expected
 
 
+def test_a_backup_pruned_during_the_pre_restore_backup_is_still_restored(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """The pre-restore backup of a large database takes minutes, and dbguardd prunes
+    after each backup it takes meanwhile (the size cap takes the oldest first): the
+    backup being restored, once checked, must not be taken away before it is read."""
+    db, target, store, manifest = backed_up(tmp_path, engines)
+    expected = rows(db)
+    execute(db, "DELETE FROM items")
+
+    def pruned_meanwhile(before: Manifest | None) -> None:
+        store.delete(manifest)  # as a prune in dbguardd would, between the two steps
+
+    before = operations.restore_backup(
+        store, engines, manifest, target, REASON, saved=pruned_meanwhile
+    )
+    assert rows(db) == expected
+    assert before is not None and before.tables["items"] == 0
+
+
 def test_restore_while_another_connection_is_open(tmp_path: Path, engines: Engines) -> None:
     db, target, store, manifest = backed_up(tmp_path, engines)
     execute(db, "DELETE FROM items")
