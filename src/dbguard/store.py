@@ -906,9 +906,6 @@ class Store:
         os.rename(self.folder(manifest), grave)
         shutil.rmtree(grave, ignore_errors=True)
 
-    def total_size(self) -> int:
-        return sum(m.data.size for m in self.manifests())
-
 
 _SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime
 
