@@ -252,3 +252,27 @@ def test_status_calls_the_dump_size_raw_and_the_total_stored(
 
     assert "RAW SIZE" in text and "DUMP SIZE" not in text
     assert " stored" in text.split("backups: ", 1)[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("when", ["before the answer", "after the answer"])
+def test_a_daemon_gone_while_the_shim_asks_its_question(
+    home: Home, project: Path, when: str
+) -> None:
+    """dbguardd restarted (an upgrade, `systemctl --user restart`) while a person read
+    the production question: the shim says the command was not run and exits 69, as
+    for any daemon it cannot reach; not a traceback, not a protocol error (76)."""
+
+    def asks_then_stops(conn: socket.socket) -> None:
+        conn.makefile("rb").readline()
+        if when == "before the answer":
+            conn.shutdown(socket.SHUT_RD)  # the answer finds no reader: EPIPE
+        question = {"type": "confirm", "v": 1, "code": "abcd", "question": "?", "names": ["x"]}
+        conn.sendall(json.dumps(question).encode() + b"\n")
+        if when == "after the answer":
+            conn.recv(1, socket.MSG_PEEK)  # it came, and is left unread: a reset
+
+    with fake_daemon(home.socket, asks_then_stops):
+        result = home.run(["php", "artisan", "migrate"], cwd=project)
+    text = result.stderr.decode()
+    assert result.returncode == 69, text
+    assert "php was not run: the connection to dbguardd" in text and "Traceback" not in text

@@ -356,6 +356,15 @@ def run_allowed(
     return exit_code, signal
 
 
+def broke(name: str, path: str, err: OSError) -> int:
+    """The connection to the daemon broke before it decided: nothing was run."""
+    say(
+        f"{name} was not run: the connection to dbguardd at {path} broke "
+        f"({err.strerror or err}); run the command again"
+    )
+    return EXIT_UNAVAILABLE
+
+
 def die_like(signal: int) -> None:
     """Exit the way the child did: by the same signal, so callers see the truth."""
     sys.stdout.flush()
@@ -409,11 +418,7 @@ def main(argv: list[str]) -> int | None:
             say(err.fix)
         return EXIT_UNAVAILABLE
     except OSError as err:
-        say(
-            f"{name} was not run: the connection to dbguardd at {path} broke "
-            f"({err.strerror or err}); run the command again"
-        )
-        return EXIT_UNAVAILABLE
+        return broke(name, path, err)
 
     progress = ProgressLine()
     silence = silence_timeout()
@@ -429,7 +434,10 @@ def main(argv: list[str]) -> int | None:
             )
             say("`dbguardctl status` shows whether it answers; restart it, then run the command")
             return EXIT_UNAVAILABLE
-        except (OSError, ValueError) as err:
+        except OSError as err:  # reset: dbguardd was killed or restarted meanwhile
+            progress.clear()
+            return broke(name, path, err)
+        except ValueError as err:
             reply = {"type": "error", "message": f"unreadable reply from dbguardd: {err}"}
         if reply is None:
             progress.clear()
@@ -447,7 +455,10 @@ def main(argv: list[str]) -> int | None:
             progress.update(reply)
         elif kind == "confirm":
             typed = ask_terminal(reply["question"])
-            conn.send(answer_message(reply["code"], typed or ""))
+            try:
+                conn.send(answer_message(reply["code"], typed or ""))
+            except OSError as err:  # it stopped while the person read the question
+                return broke(name, path, err)
         elif kind == "pass":
             conn.close()
             reset_signals_for_exec()
