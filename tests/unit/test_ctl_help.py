@@ -82,3 +82,11 @@ def test_a_commands_own_help_describes_it_in_full() -> None:
     assert "usage: dbguardctl unpin" in text
     assert "A pinned backup is never pruned" in text
     assert "dbguard.ctl.pin" in modules and "dbguard.ctl.status" not in modules
+
+
+@pytest.mark.parametrize("module", sorted(set(ctl.SUBCOMMANDS.values())))
+def test_a_commands_help_names_files_not_python_modules(module: str) -> None:
+    # `dbguardctl mark --help` once said the marks were kept in "dbguard.marks", the
+    # module's name, which tells a user nothing; the systemd units' names are files.
+    doc = inspect.getdoc(importlib.import_module(f"dbguard.ctl.{module}")) or ""
+    assert re.findall(r"\bdbguard\.(?!socket\b|service\b)[a-z_]+", doc) == []

@@ -8,8 +8,8 @@ comment holds the mark) and outranks names and hosts: a database marked producti
 production wherever it is, and a local copy marked development is not production
 because of an old host name in a .env. `development` and `none` loosen the rules: they
 are typed at a terminal (the database's name confirms them), never in an AI agent's
-environment. A production mark is also remembered outside the database (dbguard.marks),
-and only this command forgets it.
+environment. A production mark is also remembered outside the database (in
+production-marks.json in dbguard's state folder), and only this command forgets it.
 """
 
 from __future__ import annotations
