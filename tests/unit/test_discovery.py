@@ -499,6 +499,15 @@ def test_nothing_found_lists_where_it_looked() -> None:
     assert "DATABASE_URL" in str(info.value) and ".dbguard.toml" in str(info.value)
 
 
+def test_nothing_found_for_dbguardctl_names_the_command_without_a_kind() -> None:
+    # `dbguardctl backup` in a folder with no database: the kind it asks under
+    # (migrate) is no business of the person who typed it.
+    with pytest.raises(DiscoveryError) as info:
+        run({}, framework=None, tool="dbguardctl backup")
+    assert str(info.value).startswith("dbguardctl backup could not find a database in /srv/app")
+    assert "(migrate)" not in str(info.value)
+
+
 # ---- a test run in a project with no database ------------------------------------------------
 
 NO_SIGNS = {

@@ -219,10 +219,16 @@ def _resolve(
                 found.notes.append(f"{root}: {NO_DATABASE}")
             return found
         shown = f"; signs of a database: {'; '.join(signs)}" if signs else ""
+        # dbguardctl backup, mark and restore ask for the project's databases under a
+        # kind of their own choosing, which would only puzzle here ("(migrate)").
+        what = (
+            f"{operation.tool} could not find a database"
+            if operation.tool.startswith("dbguardctl ")
+            else f"{operation.description} is a database operation, but dbguard could not "
+            "find its database"
+        )
         raise NothingFound(
-            f"{operation.description} is a database operation, but dbguard could not find "
-            f"its database in {root}; looked at: {', '.join(found.looked) or 'nothing'}"
-            f"{shown}",
+            f"{what} in {root}; looked at: {', '.join(found.looked) or 'nothing'}{shown}",
             _fix(signs),
         )
     return found
