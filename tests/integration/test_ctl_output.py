@@ -39,3 +39,14 @@ def test_list_backups_says_its_size_is_the_stored_one(home: Home, daemon: Daemon
     assert header == ["ID", "CREATED", "AGE", "DATABASE", "STORED", "ROWS", "REASON", "FLAGS"]
     [listed] = json.loads(home.ctl("list-backups", "--json").stdout)
     assert listed["data"]["size"] > 0 and "stored" not in listed  # JSON keys as they were
+
+
+def test_status_says_the_age_of_the_last_verified_backup_is_when_it_was_taken(
+    home: Home, daemon: Daemon
+) -> None:
+    project = laravel_sqlite_project(home.root / "app")
+    [backup] = json.loads(home.ctl("backup", "--json", cwd=project).stdout)["backups"]
+    assert home.ctl("verify", backup["id"]).returncode == 0
+    text = home.ctl("status").stdout.decode()
+    assert "LAST VERIFIED" in text, text
+    assert f"{backup['id']} (taken " in text, text

@@ -121,8 +121,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         rows = [["DATABASE", "LAST BACKUP", "AGE", "RAW SIZE", "TREND", "LAST VERIFIED"]]
         for h in healths:
             trend = "" if h.size_ratio is None else f"{h.size_ratio:.0%} of previous"
+            # The age is the backup's, not the check's: "taken" says so, as a bare age
+            # under LAST VERIFIED read as when the verify ran.
             verified = (
-                f"{h.last_verified.id} ({age(h.last_verified.created_at)})"
+                f"{h.last_verified.id} (taken {age(h.last_verified.created_at)})"
                 if h.last_verified
                 else "never"
             )
