@@ -161,6 +161,20 @@ def test_profile_line_matches_the_login_shell(
     assert line in output
 
 
+def test_run_again_it_does_not_ask_for_a_line_the_profile_has(home: Home, shims_dir: Path) -> None:
+    code, output = ctl(home, "install", "--no-systemd")
+    assert code == 0 and "Add this line to the top of ~/.bashrc" in output, output
+    line = output.split("then open a new shell:\n", 1)[1].strip().splitlines()[0]
+    bashrc = home.root / "home" / ".bashrc"
+    bashrc.parent.mkdir(parents=True, exist_ok=True)
+    bashrc.write_text(f"{line}\n")
+
+    code, output = ctl(home, "install", "--no-systemd")
+    assert code == 0, output
+    assert "Add this line" not in output
+    assert f"shell: {bashrc} runs `dbguardctl shell-init`" in output
+
+
 def test_the_printed_bash_line_puts_the_shims_first(home: Home, shims_dir: Path) -> None:
     code, output = ctl(home, "install", "--no-systemd")
     assert code == 0, output

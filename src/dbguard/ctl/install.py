@@ -236,7 +236,17 @@ def install(ctx: Context, folder: Path, args: argparse.Namespace) -> int:
             ctx.print(f"  start the daemon yourself before guarded commands: {shlex.join(argv)}")
 
     ctx.print()
-    ctx.print(_profile_hint(ctx, folder, args.dir is not None))
+    # Run again, install would tell a user to add a line the profile already has.
+    from dbguard.ctl.doctor import check_shell_hook  # here: doctor imports this module
+
+    hooked = [f for f in check_shell_hook(ctx.env, folder) if f.level == "ok"]
+    if hooked:
+        ctx.print(
+            f"shell: {hooked[0].message}; `dbguardctl doctor` checks the shells with no "
+            "prompt (ssh, agents, cron) too"
+        )
+    else:
+        ctx.print(_profile_hint(ctx, folder, args.dir is not None))
     return status
 
 
