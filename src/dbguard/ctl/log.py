@@ -50,13 +50,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 str(record.get("time", ""))[:19].replace("T", " "),
                 str(record.get("decision", "")),
                 outcome,
-                " ".join(record.get("argv", []))[:60],
+                cut(" ".join(record.get("argv", [])), 60),
                 backups,
-                _why(record)[:100],
+                cut(_why(record), 100),
             ]
         )
     ctx.print(table(rows))
     return 0
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, ending in "…" where some were left out, so
+    a shortened reason is not taken for the whole of it (--json has everything)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _database_tool(record: dict[str, object]) -> bool:
