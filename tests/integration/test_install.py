@@ -87,6 +87,7 @@ def test_install_twice_then_uninstall_twice_without_systemd(home: Home, shims_di
     assert not shims_dir.exists()
     assert f"removed {shims_dir / 'pytest'}" in removed
     assert f"kept the backups in {home.backups}" in removed
+    assert "config" not in removed.split("kept the backups", 1)[1].splitlines()[0]  # none
     assert (backups / "manifest.json").exists()
 
     code, again = ctl(home, "uninstall")
@@ -217,6 +218,7 @@ def test_a_broken_config_stops_install_but_not_uninstall(home: Home, shims_dir: 
     code, output = ctl(home, "uninstall", "--no-systemd")
     assert code == 0, output
     assert not shims_dir.exists()
+    assert f"and your config {config}" in output
 
 
 @without_systemd

@@ -34,7 +34,7 @@ import dbguard
 from dbguard import paths, shims
 from dbguard.client import autostart
 from dbguard.client.talk import DaemonUnavailable, request
-from dbguard.config import Config, ConfigError
+from dbguard.config import Config, ConfigError, config_path
 from dbguard.ctl.context import Context
 from dbguard.errors import DbguardError
 from dbguard.protocol import PROTOCOL_VERSION, Status, StatusQuery
@@ -378,7 +378,11 @@ def uninstall(ctx: Context, folder: Path, use_systemd: bool) -> int:
             ctx.print(line)
     else:
         ctx.print("nothing to remove: dbguard is not installed here")
-    ctx.print(f"kept the backups in {config.backup_path(ctx.env)}, and config.toml")
+    kept = f"kept the backups in {config.backup_path(ctx.env)}"
+    config_file = config_path(ctx.env, ctx.config_file)
+    if config_file.is_file():  # a config.toml never written is not "kept"
+        kept += f", and your config {config_file}"
+    ctx.print(kept)
     ctx.print("  remove the shell profile line that runs `dbguardctl shell-init`, if you added it")
     return 0
 
