@@ -59,11 +59,13 @@ class Remembered:
         """Why the database is production though its mark is gone, or its files no longer
         say so (a TargetFacts.marked entry: "production because " goes before it)."""
         if self.because is not None:
+            # The reason first: "production because dbguard judged it production ...
+            # because X" read as two reasons, or as a loop.
             return (
-                f"dbguard judged it production (since {self.since}) because {self.because}, "
-                "and remembers that though nothing says so now (a project file was changed, "
-                "or a command overrides it): `dbguardctl mark development`, at a terminal, "
-                "if it is no longer production"
+                f"{self.because} when dbguard judged it production ({self.since}), and "
+                "dbguard remembers that though nothing says so now (a project file was "
+                "changed, or a command overrides it): `dbguardctl mark development`, at a "
+                "terminal, if it is no longer production"
             )
         return (
             f"it was marked production when dbguard read it (since {self.since}) and its "

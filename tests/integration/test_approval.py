@@ -465,6 +465,10 @@ def test_a_database_its_files_called_production_stays_production_when_they_are_e
     env_file.write_text(env_file.read_text().replace("APP_ENV=production", "APP_ENV=local"))
     again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
     assert again.returncode == 77, again.stderr
-    assert b"dbguard judged it production" in again.stderr
-    assert b"because APP_ENV=production (.env, line 1)" in again.stderr
+    assert (
+        b"production because APP_ENV=production (.env, line 1) when dbguard judged it "
+        b"production (" in again.stderr
+    )
+    assert b"dbguard remembers that though nothing says so now" in again.stderr
+    assert again.stderr.count(b"because") == 1  # one reason, said once
     assert count_users(project) == 3  # nothing ran

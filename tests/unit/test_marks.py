@@ -166,7 +166,7 @@ def test_a_verdict_is_remembered_with_its_reason_and_a_mark_replaces_it(tmp_path
     marks.remember(APP, because="APP_ENV=production (.env, line 1)")
     judged = ProductionMarks(tmp_path / FILE_NAME).get(APP.key)
     assert judged is not None and judged.because == "APP_ENV=production (.env, line 1)"
-    assert "because APP_ENV=production (.env, line 1)" in judged.reason()
+    assert judged.reason().startswith("APP_ENV=production (.env, line 1) when dbguard judged")
     assert "its mark is gone" not in judged.reason()
 
     marks.remember(APP, because="something else")  # already remembered: kept as it was
