@@ -60,7 +60,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.socket, Approve(type="approve", v=PROTOCOL_VERSION, code=args.code, text=typed)
     )
     if isinstance(reply, Ok):
-        ctx.print("approved: run the same command again (a backup is taken first)")
+        ctx.print(
+            "approved: the same command, run again from the same folder by you or the "
+            "agent, runs once (a backup is taken first)"
+        )
         return 0
     ctx.error(f"dbguardctl: {reply.message if isinstance(reply, Error) else reply.type}")
     return 1

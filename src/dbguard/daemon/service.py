@@ -543,7 +543,9 @@ class Guard:
                 "If you are an AI agent: stop here, explain what you were about to do and "
                 "why, and ask a human. A human who wants it to run approves it once, within "
                 f"{minutes}, in their own terminal with:  dbguardctl approve {pending.code}  "
-                "and then runs the same command again (a backup is still taken first)."
+                f"after which the same command, from the same folder, runs once when run "
+                f"again within {minutes}, by the agent or by them (a backup is still taken "
+                "first)."
             ),
         )
 
