@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     targets = [t for t in found.targets if not args.database or args.database in t.label]
     if len(targets) != 1:
         listing = "\n".join(f"  {t.label}  ({t.source})" for t in found.targets) or "  none"
-        ctx.print(
+        ctx.error(
             f"dbguardctl: {'no' if not targets else len(targets)} databases match; "
             f"choose one with --database TEXT. This project's databases:\n{listing}"
         )
