@@ -17,6 +17,7 @@ from dbguard.engines import Engines
 from dbguard.engines.base import Target, compare_counts
 from dbguard.errors import (
     BackupFailed,
+    Cancelled,
     Damaged,
     DatabaseMissing,
     DbguardError,
@@ -44,11 +45,19 @@ def take_backup(
 
 
 def verify_backup(
-    store: Store, engines: Engines, manifest: Manifest, target: Target | None = None
+    store: Store,
+    engines: Engines,
+    manifest: Manifest,
+    target: Target | None = None,
+    cancel: threading.Event | None = None,
 ) -> Verification:
     """Checksum, then a scratch restore whose row counts must equal the manifest's.
     `target` (default: the manifest's, without a password) says how to reach the server
     for the scratch restore. The result is recorded in the manifest.
+
+    Setting `cancel` (dbguardd stopping) ends the scratch restore soon and raises
+    Cancelled: its scratch copy is dropped and nothing is recorded, since a verify cut
+    short proves nothing either way.
 
     Only what proves the backup bad is recorded as a failure: a checksum mismatch, data
     that does not decompress or restore, row counts that differ. What stops the check
@@ -66,7 +75,7 @@ def verify_backup(
             try:
                 with store.open_data(manifest) as data:
                     counts = engine.restored_counts(
-                        target or manifest.target(), data, manifest.data.format, scratch
+                        target or manifest.target(), data, manifest.data.format, scratch, cancel
                     )
                 problems = compare_counts(manifest.tables, counts)
             except Damaged as err:
@@ -79,6 +88,9 @@ def verify_backup(
                     "free some space on that filesystem (or mend the disk the error names) "
                     "and verify again; the backup is not marked failed",
                 ) from err
+    if cancel is not None and cancel.is_set():
+        # Whatever the engine saw once stopped (a killed tool's error) is no finding.
+        raise Cancelled(f"the verify of backup {manifest.id} was stopped: dbguardd is stopping")
     result = Verification(at=datetime.now(UTC), ok=not problems, problems=problems)
     store.update(manifest, verified=result)
     return result

@@ -19,7 +19,7 @@ import structlog
 
 from dbguard import operations
 from dbguard.config import NotifySettings
-from dbguard.errors import DbguardError
+from dbguard.errors import Cancelled, DbguardError
 from dbguard.store import Manifest
 
 if TYPE_CHECKING:
@@ -81,6 +81,9 @@ class BackgroundVerifier:
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
+        # Set when dbguardd stops: a verify under way ends at its next check (pg_restore
+        # is killed), drops its scratch copy and records nothing.
+        self.cancel = threading.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="verify", initializer=_low_priority)
 
     def _candidates(self) -> list[Manifest]:
@@ -91,7 +94,9 @@ class BackgroundVerifier:
 
     def _verify(self, manifest: Manifest) -> None:
         target = operations.with_credentials(manifest, self.guard.env)
-        result = operations.verify_backup(self.guard.store, self.guard.engines, manifest, target)
+        result = operations.verify_backup(
+            self.guard.store, self.guard.engines, manifest, target, self.cancel
+        )
         log.info("background verify", id=manifest.id, ok=result.ok, problems=result.problems)
         if not result.ok:
             self.guard.notifier.send_soon(
@@ -122,6 +127,8 @@ class BackgroundVerifier:
                     break  # someone is working: try again after the next quiet spell
                 try:
                     await loop.run_in_executor(self._pool, self._verify, manifest)
+                except Cancelled:
+                    log.info("background verify stopped; backup left unverified", id=manifest.id)
                 except DbguardError as err:
                     log.warning("background verify could not run", id=manifest.id, error=str(err))
                 except Exception:  # a bug must not end background verification for good

@@ -114,14 +114,20 @@ async def serve(guard: Guard, activated: socket.socket | None = None) -> None:
             log.warning("an earlier dbguardd stopped while this command ran", op=op)
     except Exception:  # a damaged log must not keep the daemon from serving
         log.exception("could not close the operations an earlier dbguardd left running")
-    verifier = asyncio.create_task(BackgroundVerifier(guard).run(stop))
+    background = BackgroundVerifier(guard)
+    verifier = asyncio.create_task(background.run(stop))
     watcher = asyncio.create_task(_watch_socket(server, stop))
     await stop.wait()
+    # A verify under way would otherwise run to its end (minutes for a large backup)
+    # while the daemon kept serving, until systemd killed it and left its scratch copy.
+    background.cancel.set()
     await watcher
     systemd.notify("STOPPING=1", "STATUS=stopping")
     log.info("dbguardd stopping")
-    await verifier
+    # The server first: no command is accepted while the cancelled verify winds down.
+    # That verify uses connections of its own, which closing the engines leaves alone.
     await server.stop(listener)
+    await verifier
     log.info("dbguardd stopped")
 
 

@@ -142,11 +142,17 @@ class Engine(Protocol):
         ...
 
     def restored_counts(
-        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        cancel: threading.Event | None = None,
     ) -> dict[str, int]:
         """Restore the dump into a throwaway copy, count rows per table, drop the copy.
 
-        Raises Damaged when the dump does not restore. Used by verify.
+        Raises Damaged when the dump does not restore, Cancelled soon after `cancel` is
+        set (the copy is dropped all the same). Used by verify.
         """
         ...
 

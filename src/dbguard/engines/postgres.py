@@ -1636,17 +1636,19 @@ class PostgresEngine:
         fix: str,
         options: Sequence[str] = (),
         damaged: str = "",
+        cancel: threading.Event | None = None,
     ) -> None:
         """pg_restore the stream into `s.dbname`; stops at the first error, raised as
         `kind`. With `damaged` (its fix), a failure that proves the archive bad (see
-        archive_is_bad) and data that does not decompress are raised as Damaged."""
+        archive_is_bad) and data that does not decompress are raised as Damaged.
+        Setting `cancel` kills pg_restore: Cancelled."""
         args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}", *options]
         child = self._spawn(
             tool,
             args,
             s,
             scratch,
-            threading.Event(),
+            cancel or threading.Event(),
             kind,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -1858,7 +1860,12 @@ class PostgresEngine:
             log.warning("could not drop scratch database", database=name, error=str(err).strip())
 
     def restored_counts(
-        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        cancel: threading.Event | None = None,
     ) -> dict[str, int]:
         """Restore into a throwaway database, count rows per table, drop it.
 
@@ -1866,8 +1873,8 @@ class PostgresEngine:
         not read it as an archive or the server does not parse its data); RestoreFailed
         for every other failure, which may be the environment's (the server's disk full,
         the connection lost, no fitting pg_restore, the scratch database refused): a
-        backup is only recorded as failed on proof. The throwaway database is dropped in
-        every case."""
+        backup is only recorded as failed on proof; Cancelled when `cancel` is set
+        (pg_restore is killed at once). The throwaway database is dropped in every case."""
         if dump_format != FORMAT:
             raise Damaged(f"backup format {dump_format!r} is not a PostgreSQL dump")
         s = connection_settings(target, error=RestoreFailed)
@@ -1895,10 +1902,11 @@ class PostgresEngine:
                     # Rows are what is checked: owners and grants would only make a
                     # user who is not a member of every owning role fail a good backup.
                     options=("--no-owner", "--no-privileges"),
+                    cancel=cancel,
                 )
                 counted = _connect(s.for_db(temp), RestoreFailed)
                 try:
-                    return count_rows(counted)
+                    return count_rows(counted, cancel)
                 finally:
                     counted.close()
             finally:

@@ -458,7 +458,7 @@ class SqliteEngine:
 
     # ---- restore and verify ----------------------------------------------------------
 
-    def _unpack(self, data: BinaryIO, dest: Path) -> bool:
+    def _unpack(self, data: BinaryIO, dest: Path, cancel: threading.Event | None = None) -> bool:
         """Write the dump to a new file (never following a planted link) and check it.
         Returns whether it is a WAL database's: the copy itself is left in rollback-journal
         mode (header bytes 18 and 19 set to 1), so SQLite opens it without the 32 KB
@@ -466,10 +466,13 @@ class SqliteEngine:
 
         Raises Damaged when the copy is no sound SQLite database (a fact of the backup),
         RestoreFailed when SQLite cannot use it for a reason of the disk (full, failing:
-        nothing is known about the backup then), OSError when it cannot be written."""
+        nothing is known about the backup then), OSError when it cannot be written;
+        Cancelled when `cancel` is set (checked at each chunk)."""
         fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as file:
             while chunk := _read_dump(data):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("the verify was stopped because dbguardd is stopping")
                 file.write(chunk)
             file.flush()
             wal = os.pread(fd, 2, _VERSION_BYTES) == _WAL_VERSION
@@ -608,11 +611,16 @@ class SqliteEngine:
             source.close()
 
     def restored_counts(
-        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        cancel: threading.Event | None = None,
     ) -> dict[str, int]:
         copy = scratch / f"verify-{secrets.token_hex(4)}.sqlite"
         try:
-            self._unpack(data, copy)
+            self._unpack(data, copy, cancel)
             try:
                 conn = _connect(copy)
                 try:

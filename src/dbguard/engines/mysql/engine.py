@@ -429,6 +429,11 @@ def claim_scratch(cur: Any, schema: str) -> None:
     cur.fetchall()
 
 
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the verify was stopped because dbguardd is stopping")
+
+
 class _Watchdog:
     """Kills the dump tool when the deadline passes or `cancel` is set."""
 
@@ -1160,15 +1165,20 @@ class MysqlEngine:
         return f"{database[:30]}_dbguard_{purpose}_{secrets.token_hex(4)}"
 
     def _load(
-        self, conn: Any, data: BinaryIO, schema: str, damage: type[DbguardError]
+        self,
+        conn: Any,
+        data: BinaryIO,
+        schema: str,
+        damage: type[DbguardError],
+        cancel: threading.Event | None = None,
     ) -> tuple[list[tuple[Kind, bytes]], dict[str, str]]:
         """Create `schema` and run the dump's table statements in it. Returns the
         statements that recreate views, triggers, routines and events, with the
         session settings around them, to be run where the tables end up; and the
         dump's metadata (the original schema's character set and collation).
 
-        Raises `damage` when the dump does not load or is incomplete; pymysql errors
-        that mean the connection was lost pass through.
+        Raises `damage` when the dump does not load or is incomplete, Cancelled when
+        `cancel` is set; pymysql errors that mean the connection was lost pass through.
         """
         reader = DumpReader(data)
         # Definitions only (and the session settings around them): small next to the
@@ -1178,6 +1188,7 @@ class MysqlEngine:
         with conn.cursor() as cur:
             try:
                 for statement in reader:
+                    _check_cancel(cancel)
                     if not created:
                         self._create_scratch(cur, schema, reader.meta)
                         conn.select_db(schema)
@@ -1353,12 +1364,18 @@ class MysqlEngine:
         cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(schema)}")
 
     def restored_counts(
-        self, target: Target, data: BinaryIO, dump_format: str, scratch: Path
+        self,
+        target: Target,
+        data: BinaryIO,
+        dump_format: str,
+        scratch: Path,
+        cancel: threading.Event | None = None,
     ) -> dict[str, int]:
         """Load the dump into a scratch schema, recreate its views, triggers and
         routines there (not its events, which could fire), count rows per table, and
         drop the schema whatever happens. Raises Damaged when the dump does not
-        restore, RestoreFailed when the server cannot be used."""
+        restore, RestoreFailed when the server cannot be used, Cancelled when `cancel`
+        is set (checked between statements)."""
         self._check_format(dump_format, Damaged)
         database = self._name(target, RestoreFailed)
         endpoint = Endpoint.of(target)
@@ -1369,7 +1386,7 @@ class MysqlEngine:
                 self._drop_left_behind(cur)
                 claim_scratch(cur, schema)
                 try:
-                    deferred, _ = self._load(conn, data, schema, Damaged)
+                    deferred, _ = self._load(conn, data, schema, Damaged, cancel)
                     self._apply(cur, deferred, Damaged, events=False)
                     counts: dict[str, int] = {}
                     cur.execute(
@@ -1379,6 +1396,7 @@ class MysqlEngine:
                         (schema,),
                     )
                     for name, engine in cur.fetchall():
+                        _check_cancel(cancel)
                         if fetch_text(engine) in pydump.NO_DATA_ENGINES:
                             continue
                         table = fetch_text(name)
