@@ -9,9 +9,13 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+from structlog.testing import capture_logs
+
 from dbguard.daemon.backups import Backups
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
+from dbguard.errors import Cancelled
 from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.store import Manifest, Reason, Store
 from tests.helpers import Daemon, Home, install_stand_in, laravel_sqlite_project
@@ -85,3 +89,37 @@ async def test_a_caller_whose_look_outlasts_a_whole_backup_reuses_it(tmp_path: P
     assert fast.manifest is not None and not fast.reused
     assert late.reused and late.manifest == fast.manifest
     assert [entry.id for entry in store.entries()] == [fast.manifest.id]
+
+
+async def test_a_skip_check_that_ends_after_the_stop_began_starts_no_backup(
+    tmp_path: Path,
+) -> None:
+    """drain() waits for the backups in flight when it starts; a caller whose skip check
+    was still running must not start one afterwards, which would run on through the
+    stop. It fails saying why, and what to do."""
+    database = tmp_path / "app.sqlite"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    target = Target(engine="sqlite", path=str(database), source="test")
+    looking, release = threading.Event(), threading.Event()
+
+    class SlowLook(Backups):
+        def _reusable(self, target: Target) -> Manifest | None:
+            looking.set()
+            assert release.wait(timeout=30)
+            return super()._reusable(target)
+
+    store = Store(tmp_path / "backups")
+    backups = SlowLook(store, Engines(), 2, RetentionSettings(), SpaceSettings())
+    caller = asyncio.create_task(backups.ensure(target, Reason(kind="manual")))
+    await asyncio.to_thread(looking.wait, 30)
+    await backups.drain()
+    with capture_logs() as logged:
+        release.set()
+        with pytest.raises(Cancelled) as failed:
+            await caller
+    assert "dbguardd is stopping" in failed.value.problem
+    assert "run it again once dbguardd is back" in failed.value.fix
+    assert [e for e in logged if e["event"] == "backup started"] == []
+    assert backups.in_flight() == []
+    assert store.manifests() == []

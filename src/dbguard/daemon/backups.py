@@ -17,12 +17,25 @@ from dbguard import operations, space
 from dbguard.daemon.memory import release_free_memory
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, DbguardError, NotFound
+from dbguard.errors import (
+    BackupFailed,
+    Cancelled,
+    Damaged,
+    DatabaseMissing,
+    DbguardError,
+    NotFound,
+)
 from dbguard.protocol import Progress
 from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.store import Manifest, Reason, Store
 
 log = structlog.get_logger("dbguard.backups")
+
+# What someone whose backup a stop cancelled, or never started, can do.
+_AGAIN = (
+    "run it again once dbguardd is back: systemd's dbguard.socket or auto-start starts it "
+    "for the next command; else start it (`dbguardctl status` says how)"
+)
 
 
 @dataclass
@@ -80,7 +93,7 @@ class Backups:
     async def ensure(self, target: Target, reason: Reason) -> Outcome:
         """A good backup of `target` as it is now: reused if the database has not changed
         since its newest backup, shared if one is being taken, else taken. Raises
-        BackupFailed."""
+        BackupFailed (Cancelled once `drain` has begun)."""
         arrived = time.monotonic()
         while True:
             running = self._in_flight.get(target.key)
@@ -109,6 +122,12 @@ class Backups:
                 since = f"{reusable.created_at:%Y-%m-%d %H:%M:%S}"
                 note = f"reused backup {reusable.id}, unchanged since {since}"
                 return Outcome(target, reusable, reused=True, note=note)
+            if self.cancel.is_set():
+                # drain() began while the skip check ran: it waits only for the backups
+                # it found, so a backup started now would run on through the stop.
+                raise Cancelled(
+                    f"dbguardd is stopping, so no backup of {target.label} was started", _AGAIN
+                )
             if target.key in self._in_flight or self._finished.get(target.key, 0) != finished:
                 # Another caller started a backup while we looked, or even took one
                 # whole (under load, a worker thread can take longer than a small
@@ -215,6 +234,9 @@ class Backups:
                     self.cancel,
                     progress,
                 )
+            except Cancelled as err:
+                log.warning("backup failed", database=entry.target.label, error=str(err))
+                raise Cancelled(err.problem, err.fix or _AGAIN) from None
             except Exception as err:
                 log.warning("backup failed", database=entry.target.label, error=str(err))
                 raise
@@ -265,7 +287,8 @@ class Backups:
         return [entry.target.label for entry in self._in_flight.values()]
 
     async def drain(self) -> None:
-        """Stop: cancel running backups (their partial files are discarded) and wait."""
+        """Stop: cancel running backups (their partial files are discarded) and wait.
+        From now on `ensure` starts no backup (it raises Cancelled)."""
         self.cancel.set()
         tasks = [entry.task for entry in self._in_flight.values()]
         await asyncio.gather(*tasks, return_exceptions=True)
