@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,30 @@ def test_find_real_skips_the_shims_folder(tmp_path: Path, monkeypatch: pytest.Mo
     assert shim.find_real("php", str(shims)) == str(real_bin / "php")
     monkeypatch.setenv("PATH", f"{shims}:{link_dir}")
     assert shim.find_real("php", str(shims)) is None
+
+
+def test_a_command_that_cannot_start_is_126_even_when_the_daemon_is_gone(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The 126 report to a daemon that stopped meanwhile fails: the shim still says why
+    the command did not start and exits 126, not with a traceback."""
+    folder = Path(tempfile.mkdtemp(prefix="dbg", dir="/tmp"))  # short: a socket's path
+    path = folder / "dbguard.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        listener.bind(str(path))
+        listener.listen()
+        conn = shim.Connection(str(path))
+        accepted, _ = listener.accept()
+        accepted.close()  # the daemon stopped after it allowed the command
+        broken = folder / "tool"
+        broken.write_text("#!/nonexistent/interpreter\n")  # posix_spawn: ENOENT
+        broken.chmod(0o755)
+        assert shim.run_allowed(conn, "op1", [str(broken)], {}, []) == (126, None)
+        assert f"cannot run {broken}" in capfd.readouterr().err
+        conn.sock.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # run_allowed blocks some
+        listener.close()
+        shutil.rmtree(folder)

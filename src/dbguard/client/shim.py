@@ -314,7 +314,10 @@ def run_allowed(
         pid = os.posix_spawn(real, argv, env, setsigmask=old_mask, setsigdef=RESET_TO_DEFAULT)
     except OSError as err:
         say(f"cannot run {real}: {err.strerror}")
-        conn.send(report_message(op, 126, None, 0))
+        try:
+            conn.send(report_message(op, 126, None, 0))
+        except OSError:
+            pass  # the daemon went away: its log lacks the outcome, the exit status says it
         return 126, None
     try:
         conn.send(started_message(op, pid))
