@@ -81,13 +81,18 @@ def verify_backup(
             except Damaged as err:
                 problems = [err.problem]
             except OSError as err:  # the disks: a full one, a vanished folder, EIO
-                where = f"{err.filename}: " if err.filename else ""
-                raise RestoreFailed(
-                    f"cannot check backup {manifest.id}: reading it or writing its scratch "
-                    f"copy in {scratch} failed: {where}{err.strerror or err}",
-                    "free some space on that filesystem (or mend the disk the error names) "
-                    "and verify again; the backup is not marked failed",
-                ) from err
+                stored = store.folder(manifest) / manifest.data.file
+                if not isinstance(err, FileNotFoundError) or stored.exists():
+                    where = f"{err.filename}: " if err.filename else ""
+                    raise RestoreFailed(
+                        f"cannot check backup {manifest.id}: reading it or writing its "
+                        f"scratch copy in {scratch} failed: {where}{err.strerror or err}",
+                        "free some space on that filesystem (or mend the disk the error "
+                        "names) and verify again; the backup is not marked failed",
+                    ) from err
+                # Pruned (or deleted) since its checksum was read: as for a file missing
+                # from the start, store.update raises NotFound when all of it is gone.
+                problems = [f"{manifest.data.file} is missing"]
     if cancel is not None and cancel.is_set():
         # Whatever the engine saw once stopped (a killed tool's error) is no finding.
         raise Cancelled(f"the verify of backup {manifest.id} was stopped: dbguardd is stopping")

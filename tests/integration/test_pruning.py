@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
+import pytest
+
+from dbguard import operations
+from dbguard.engines import Engines
+from dbguard.engines.base import Target
+from dbguard.errors import NotFound
+from dbguard.store import Manifest, Reason, Store
 from tests.helpers import Daemon, Home, php_project_with_config
 
 
@@ -31,3 +42,30 @@ def test_daemon_prunes_after_successful_backups(home: Home) -> None:
         assert '"users": 7' in newest.read_text()  # the newest backup is among the kept
     finally:
         daemon.stop()
+
+
+def test_a_prune_between_verify_s_checksum_and_its_restore_is_not_found(tmp_path: Path) -> None:
+    """A prune (dbguardd's, after a backup of its own) can land while a verify runs:
+    after the checksum, before the scratch restore opens the data. The backup is gone,
+    which verify says as NotFound, not as a disk to free space on."""
+    database = tmp_path / "app.sqlite"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    target = Target(engine="sqlite", path=str(database), source="test")
+
+    class PrunedMidVerify(Store):
+        @contextlib.contextmanager
+        def open_data(self, manifest: Manifest) -> Iterator[BinaryIO]:
+            self.delete(manifest)  # as a prune does, right after verify's checksum
+            with super().open_data(manifest) as data:
+                yield data
+
+    store = PrunedMidVerify(tmp_path / "backups")
+    engines = Engines()
+    try:
+        manifest = operations.take_backup(store, engines, target, Reason(kind="manual"))
+        with pytest.raises(NotFound, match=f"backup {manifest.id} is gone"):
+            operations.verify_backup(store, engines, manifest)
+    finally:
+        engines.close()
+    assert store.entries() == []
