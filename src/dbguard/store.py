@@ -295,7 +295,10 @@ def _disk_error(err: OSError, where: Path) -> BackupFailed:
             f"cannot write to {where}: {err.strerror}",
             "make the backup folder writable or point backup_dir elsewhere",
         )
-    return BackupFailed(f"cannot write the backup in {where}: {err}")
+    return BackupFailed(
+        f"cannot write the backup in {where}: {err}",
+        f"make sure {where} is there, writable and on a working disk, then try again",
+    )
 
 
 class _CountingFile(io.RawIOBase):
@@ -393,7 +396,10 @@ class PendingBackup:
         self.id = backup_id
         self.folder = folder
         self.scratch = folder / "scratch"
-        self.scratch.mkdir(mode=0o700)
+        try:
+            self.scratch.mkdir(mode=0o700)
+        except OSError as err:  # the work folder removed under us, a full disk
+            raise _disk_error(err, folder) from err
         about: dict[str, Any] = {
             "database": target.label,
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -642,11 +648,12 @@ class Store:
         return max(seqs, default=0)
 
     def cleanup_stale(self) -> list[Unfinished]:
-        """Remove temporary folders whose writer is gone (crash, SIGKILL, power loss)."""
+        """Remove temporary folders whose writer is gone (crash, SIGKILL, power loss).
+        Raises BackupFailed when `.tmp` cannot be listed."""
         removed: list[Unfinished] = []
         if not self.tmp.is_dir():
             return removed
-        for entry in sorted(self.tmp.iterdir()):
+        for entry in sorted(_listed(self.tmp)):
             name = entry.name.removesuffix(".lock")
             if entry.name.endswith(".lock") or not (self.tmp / f"{name}.lock").exists():
                 lock = self.tmp / f"{name}.lock"
@@ -674,7 +681,7 @@ class Store:
             return []
         return [
             folder / backup_id
-            for folder in self.root.iterdir()
+            for folder in _listed(self.root)
             if not folder.name.startswith(".") and (folder / backup_id).is_dir()
         ]
 

@@ -7,6 +7,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -468,3 +470,62 @@ def test_a_data_file_that_is_a_link_is_damaged(tmp_path: Path) -> None:
     [entry] = [e for e in store.entries() if e.id == ours.id]
     assert isinstance(entry, DamagedBackup)
     assert "not a regular file" in entry.problem
+
+
+# Root reads any folder; without these two capabilities it meets modes as users do.
+AS_A_USER = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.getuid() == 0 else []
+)
+
+
+def store_call_as_a_user(store: Store, call: str) -> str:
+    """What `call` on the store at `store.root` prints, run as a user (BackupFailed's
+    message, or a traceback)."""
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from dbguard.errors import BackupFailed\nfrom dbguard.store import Store\n"
+        "from dbguard.engines.base import Target\n"
+        "store = Store(Path(sys.argv[1]))\n"
+        "target = Target(engine='sqlite', path='/srv/app.sqlite', source='test')\n"
+        f"try:\n    {call}\nexcept BackupFailed as err:\n    print(f'BackupFailed: {{err}}')\n"
+    )
+    result = subprocess.run(
+        [*AS_A_USER, sys.executable, "-c", script, str(store.root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+def test_a_work_folder_it_cannot_list_is_named_with_the_way_out(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    store.ensure()
+    store.tmp.chmod(0o000)
+    try:
+        said = store_call_as_a_user(store, "store.cleanup_stale()")
+    finally:
+        store.tmp.chmod(0o700)
+    assert f"BackupFailed: cannot read the backup folder {store.tmp}: Permission denied" in said
+    assert f"chmod 700 {store.tmp}" in said and "Traceback" not in said
+
+
+def test_a_backup_folder_it_cannot_list_is_named_when_a_backup_starts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    store.ensure()
+    store.root.chmod(0o300)  # it may enter and write, not list: the id check fails
+    try:
+        said = store_call_as_a_user(store, "with store.new_backup(target): pass")
+    finally:
+        store.root.chmod(0o700)
+    assert f"BackupFailed: cannot read the backup folder {store.root}: Permission denied" in said
+    assert f"chmod 700 {store.root}" in said and "Traceback" not in said
+
+
+def test_a_work_folder_removed_under_a_new_backup_is_a_backup_failure(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    store.ensure()
+    gone = store.tmp / "0123abcd"  # removed by someone else before the writer made it
+    with pytest.raises(BackupFailed) as failed:
+        store_module.PendingBackup(store, TARGET, "0123abcd", gone)
+    assert str(gone) in failed.value.problem and failed.value.fix
