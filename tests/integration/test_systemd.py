@@ -483,6 +483,22 @@ def test_daemon_logs_readable_lines_with_priorities_to_the_journal(home: Home) -
     assert not ready[3:].lstrip().startswith("{")  # not JSON
 
 
+@needs_daemon_wiring
+def test_a_stop_as_soon_as_the_socket_answers_stops_the_daemon_in_order(home: Home) -> None:
+    # What a service manager or a script does; the handlers are in place before listening.
+    log = home.root / "daemon.log"
+    with log.open("ab") as stderr:
+        process = subprocess.Popen(DAEMON, env=home.env, stderr=stderr, cwd=home.root)
+    try:
+        poll(lambda: autostart.listening(str(home.socket)), "the daemon did not listen")
+    finally:
+        code = stop(process)
+
+    assert code == 0, log.read_text()
+    assert "dbguardd stopped" in log.read_text()
+    assert not home.socket.exists()
+
+
 @needs_activate
 @needs_daemon_wiring
 def test_a_daemon_started_by_hand_does_not_take_the_socket_from_systemd(home: Home) -> None:

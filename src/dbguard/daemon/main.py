@@ -94,12 +94,14 @@ async def serve(guard: Guard, activated: socket.socket | None = None) -> None:
                 configured=str(guard.socket_path),
             )
             guard.socket_path = passed
-    server = Server(guard, guard.socket_path, activated)
-    listener = await server.start()
+    # Before listening: a stop sent as soon as the socket answers (a test, a service
+    # manager) must stop the daemon in order, not kill it with the socket left behind.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = Server(guard, guard.socket_path, activated)
+    listener = await server.start()
     loop.add_signal_handler(signal.SIGHUP, reload_config, guard)
     log.info(
         "dbguardd ready",
