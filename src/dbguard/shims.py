@@ -98,16 +98,30 @@ def install(folder: Path, names: list[str], socket: Path | None = None) -> list[
     return written
 
 
+def installed(folder: Path) -> list[Path]:
+    """The shims in `folder`, by name; none where there is no such folder."""
+    if not folder.is_dir():
+        return []
+    return [path for path in sorted(folder.iterdir()) if path.is_file() and is_shim(path)]
+
+
+def any_found(folder: Path, names: list[str], path_env: str) -> bool:
+    """Whether `folder` holds a shim, or one of `names` on `path_env` is one (shims
+    installed elsewhere with `--dir`)."""
+    if installed(folder):
+        return True
+    for name in names:
+        found = shutil.which(name, path=path_env)
+        if found is not None and is_shim(Path(found)):
+            return True
+    return False
+
+
 def uninstall(folder: Path, names: list[str] | None = None) -> list[Path]:
     """Remove the shims in `folder` (only those named, when `names` is given)."""
-    removed = []
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if names is not None and path.name not in names:
-                continue
-            if path.is_file() and is_shim(path):
-                path.unlink()
-                removed.append(path)
+    removed = [path for path in installed(folder) if names is None or path.name in names]
+    for path in removed:
+        path.unlink()
     return removed
 
 
@@ -122,11 +136,7 @@ class ShimState:
 
 def state(folder: Path, path_env: str) -> list[ShimState]:
     states: list[ShimState] = []
-    if not folder.is_dir():
-        return states
-    for path in sorted(folder.iterdir()):
-        if not (path.is_file() and is_shim(path)):
-            continue
+    for path in installed(folder):
         found = shutil.which(path.name, path=path_env)
         wins = found is not None and Path(found).resolve() == path.resolve()
         saved = os.environ.get("PATH")

@@ -230,6 +230,18 @@ def test_status_says_how_to_start_this_installation_s_daemon(home: Home) -> None
     assert down["running"] is False and str(beside) in down["fix"]
 
 
+def test_status_says_whether_anything_needs_the_stopped_daemon(home: Home) -> None:
+    without = home.ctl("status").stdout.decode()
+    home.install_shims("php")
+    home.extra_env["DBGUARD_AUTOSTART"] = "0"
+    with_shims = home.ctl("status").stdout.decode()
+
+    assert "or on PATH: no command is guarded" in without, without
+    assert "refuse to run" not in without
+    assert "guarded commands will refuse to run (exit 69) until it is started" in with_shims
+    assert "no shims" not in with_shims
+
+
 def test_status_with_an_error_for_an_answer_is_a_message_and_3(home: Home) -> None:
     def error(conn: socket.socket) -> None:
         conn.recv(65536)

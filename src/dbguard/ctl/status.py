@@ -10,9 +10,10 @@ be read (a file, another user's, unreadable), 78 when the config file is invalid
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from dbguard import paths
+from dbguard import paths, shims
 from dbguard.client import autostart
 from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.ctl.context import Context, age, human_size, table
@@ -90,18 +91,27 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.print("  guarded commands will refuse to run (exit 69) until it answers")
     else:
         ctx.print(f"dbguardd is NOT running: {daemon['problem']}")
+        shims_dir = paths.default_shims_dir(ctx.env)
         autostart_on = ctx.env.get("DBGUARD_AUTOSTART") != "0" and autostart.read_settings(
-            str(paths.default_shims_dir(ctx.env))
+            str(shims_dir)
         )
-        if autostart_on:
+        guarding = shims.any_found(
+            shims_dir, list(ctx.config.shims.commands), ctx.env.get("PATH", os.defpath)
+        )
+        if not guarding:
+            ctx.print(
+                f"  no shims in {shims_dir} or on PATH: no command is guarded "
+                "(`dbguardctl install` puts them there)"
+            )
+        elif autostart_on:
             ctx.print(
                 "  autostart is on: the next guarded command starts it (so does "
                 "`dbguardctl backup`)"
             )
         else:
             ctx.print("  guarded commands will refuse to run (exit 69) until it is started")
-            if daemon["fix"]:
-                ctx.print(f"  {daemon['fix']}")
+        if not autostart_on and daemon["fix"]:
+            ctx.print(f"  {daemon['fix']}")
     ctx.print(
         f"backups: {len(manifests)} in {ctx.store.root}, {human_size(total)} stored"
         + (f", {summary['damaged']} damaged" if summary["damaged"] else "")
