@@ -196,6 +196,9 @@ class DamagedBackup:
     id: str
     path: Path
     problem: str
+    # Its manifest's mode, not its bytes, is what is wrong: the backup may be intact
+    # and usable again once its folder is readable.
+    unreadable: bool = False
 
 
 Entry = Manifest | DamagedBackup
@@ -653,6 +656,8 @@ class Store:
         removed: list[Unfinished] = []
         if not self.tmp.is_dir():
             return removed
+        # _listed: a .tmp of mode 000 is named with its chmod, not a traceback at start
+        # and "internal error" at every guarded command.
         for entry in sorted(_listed(self.tmp)):
             name = entry.name.removesuffix(".lock")
             if entry.name.endswith(".lock") or not (self.tmp / f"{name}.lock").exists():
@@ -739,6 +744,14 @@ class Store:
             raw = (folder / MANIFEST).read_bytes()
         except FileNotFoundError:
             return DamagedBackup(folder.name, folder, "manifest.json is missing")
+        except PermissionError as err:
+            return DamagedBackup(
+                folder.name,
+                folder,
+                f"manifest.json cannot be read ({err.strerror}): make the backup's folder "
+                f"yours to read (`chmod -R u+rwX {folder}`)",
+                unreadable=True,
+            )
         except OSError as err:
             return DamagedBackup(folder.name, folder, f"manifest.json unreadable: {err}")
         try:
@@ -789,6 +802,11 @@ class Store:
             ids = ", ".join(e.id for e in matches)
             raise NotFound(f"{id_or_prefix} matches several backups: {ids}", "give more digits")
         found = matches[0]
+        if isinstance(found, DamagedBackup) and found.unreadable:
+            raise BackupFailed(
+                f"cannot read backup {found.id}: {found.problem}",
+                "then try again; the backup is not marked failed",
+            )
         if isinstance(found, DamagedBackup):
             raise Damaged(f"backup {found.id} is damaged: {found.problem}", "it cannot be used")
         return found

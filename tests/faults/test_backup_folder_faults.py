@@ -312,6 +312,67 @@ def test_a_backup_folder_mode_000_is_named_by_every_command(home: Home) -> None:
         daemon.stop()
 
 
+def test_an_unreadable_tmp_folder_or_manifest_is_named_with_its_chmod(home: Home) -> None:
+    """Once a traceback at dbguardd's start and "internal error" (70) at every shim for a
+    .tmp of mode 000, and an unreadable manifest listed and refused as damaged."""
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    daemon = FaultDaemon(home, prefix=AS_A_USER).start()
+    tmp = home.backups / ".tmp"
+    try:
+        assert home.run(["php", "artisan", "test"], cwd=project).returncode == 0
+        [backup] = listing(home)
+        with sqlite3.connect(project / "database" / "app.sqlite") as conn:
+            conn.execute("create table changed (x)")  # so that the next command backs up
+        tmp.chmod(0o000)
+        injected("backup folder's .tmp mode 000")
+        try:
+            refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        finally:
+            tmp.chmod(0o700)
+        message = stderr_text(refused)
+        assert refused.returncode == 75, message
+        assert f"cannot read the backup folder {tmp}: Permission denied" in message
+        assert f"chmod 700 {tmp}" in message and "internal error" not in message
+        assert len(ran(project)) == 1  # the first command only
+        daemon.assert_no_crash()
+
+        [folder] = home.backups.glob(f"*/{backup['id']}")
+        (folder / "manifest.json").chmod(0o000)
+        injected("a backup's manifest mode 000")
+        try:
+            listed, verified = (
+                home.run([*AS_A_USER, sys.executable, "-m", "dbguard.ctl.main", *args], project)
+                for args in (["list-backups"], ["verify", backup["id"]])
+            )
+        finally:
+            (folder / "manifest.json").chmod(0o600)
+        shown = listed.stdout.decode()
+        assert "UNREADABLE: manifest.json cannot be read (Permission denied)" in shown
+        assert f"chmod -R u+rwX {folder}" in shown and "DAMAGED" not in shown
+        assert verified.returncode == 75, stderr_text(verified)
+        assert f"chmod -R u+rwX {folder}" in stderr_text(verified)
+        assert "damaged" not in stderr_text(verified)
+        again = home.ctl("verify", backup["id"])
+        assert again.returncode == 0, stderr_text(again)
+    finally:
+        daemon.stop()
+
+    tmp.chmod(0o000)
+    try:
+        started = subprocess.run(
+            [*AS_A_USER, sys.executable, "-m", "dbguard.daemon.main"],
+            env=home.env,
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        tmp.chmod(0o700)
+    message = stderr_text(started)
+    assert started.returncode == 1, message
+    assert f"cannot read the backup folder {tmp}" in message and "Traceback" not in message
+
+
 def test_backup_folder_deleted_while_the_daemon_runs(home: Home) -> None:
     install_php(home)
     project = laravel_sqlite_project(home.root / "app")

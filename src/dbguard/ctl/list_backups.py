@@ -43,7 +43,13 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             [
                 e.model_dump(mode="json")
                 if isinstance(e, Manifest)
-                else {"id": e.id, "damaged": True, "problem": e.problem, "path": str(e.path)}
+                else {
+                    "id": e.id,
+                    "damaged": True,
+                    "unreadable": e.unreadable,
+                    "problem": e.problem,
+                    "path": str(e.path),
+                }
                 for e in entries
             ]
         )
@@ -61,7 +67,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     rows = [["ID", "CREATED", "AGE", "DATABASE", "STORED", "ROWS", "REASON", "FLAGS"]]
     for entry in entries:
         if isinstance(entry, DamagedBackup):
-            rows.append([entry.id, "-", "-", "DAMAGED: " + entry.problem, "-", "-", "-", "damaged"])
+            # Unreadable: its mode may be all that is wrong, so it is not called damaged.
+            flag = "unreadable" if entry.unreadable else "damaged"
+            rows.append(
+                [entry.id, "-", "-", f"{flag.upper()}: {entry.problem}", "-", "-", "-", flag]
+            )
             continue
         reason = " ".join(entry.reason.argv) if entry.reason.argv else entry.reason.kind
         rows.append(
