@@ -214,6 +214,7 @@ def test_a_broken_config_stops_install_but_not_uninstall(home: Home, shims_dir: 
     code, output = ctl(home, "install", "--no-systemd")
     assert code == 78, output
     assert "shims.commands" in output
+    assert "fix the file (config.example.toml documents every key" in output
 
     code, output = ctl(home, "uninstall", "--no-systemd")
     assert code == 0, output

@@ -159,8 +159,9 @@ def test_command_words_that_look_like_settings_are_not_loosening() -> None:
     ],
 )
 def test_invalid_files_name_the_problem(text: str, message: str) -> None:
-    with pytest.raises(ProjectConfigError, match=message):
+    with pytest.raises(ProjectConfigError, match=message) as info:
         parse_project_config(text)
+    assert info.value.fix.startswith("fix the file")  # and the way out, every time
 
 
 def test_password_env_must_be_set() -> None:

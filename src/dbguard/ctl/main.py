@@ -136,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except ConfigError as err:
         print(f"dbguardctl: {err}", file=sys.stderr)
+        # dbguardd's own messages add their way out (autostart's, the reload's).
+        print(
+            "  fix the file (config.example.toml documents every key and its default); "
+            "a running dbguardd keeps its previous config until then",
+            file=sys.stderr,
+        )
         return 78
     except DbguardError as err:
         print(f"dbguardctl: {err}", file=sys.stderr)

@@ -107,6 +107,10 @@ _ONLY_USER = (
 )
 
 
+# What the file's own mistakes (not a loosening) say to do; the key table is in the README.
+_FIX_IT = "fix the file (README's `.dbguard.toml` section lists every key), or remove it"
+
+
 class ProjectConfigError(DiscoveryError):
     """A `.dbguard.toml` that is malformed or tries to loosen the rules."""
 
@@ -301,7 +305,7 @@ def parse_project_config(text: str, name: str = PROJECT_FILE) -> ProjectConfig:
     try:
         catalog = Catalog.model_validate(catalog_data)
     except ValidationError as err:
-        raise ProjectConfigError(_describe(name, text, err)) from None
+        raise ProjectConfigError(_describe(name, text, err), _FIX_IT) from None
     # exclude_unset: `extends` takes from its parent only what the entry leaves unset, so
     # the defaults must not come back from the round trip as if written.
     uncompiled = (
@@ -322,7 +326,7 @@ def parse_project_config(text: str, name: str = PROJECT_FILE) -> ProjectConfig:
     try:
         return ProjectConfig.model_validate({**data, "catalog": catalog, "file": name})
     except ValidationError as err:
-        raise ProjectConfigError(_describe(name, text, err)) from None
+        raise ProjectConfigError(_describe(name, text, err), _FIX_IT) from None
 
 
 @functools.lru_cache(maxsize=32)
