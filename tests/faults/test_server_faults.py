@@ -72,6 +72,34 @@ def test_server_unreachable_before_the_backup(home: Home, engine: str) -> None:
         daemon.stop()
 
 
+def test_a_postgres_url_at_another_servers_port_says_so(home: Home, mysql_database: Target) -> None:
+    """MariaDB's port in a PostgreSQL URL: once "not reachable" (start the server) with
+    libpq's "received invalid response to SSL negotiation: d"."""
+    port = mysql_database.port
+    target = Target.model_validate(
+        {"engine": "postgres", "host": "127.0.0.1", "port": port, "user": "app", "name": "shop"}
+    )
+    install_php(home)
+    project = server_project(home.root / "app", target)
+    daemon = FaultDaemon(home).start()
+    try:
+        result = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        injected("a PostgreSQL URL naming MariaDB's port")
+
+        message = assert_failed_cleanly(
+            home,
+            project,
+            result.returncode,
+            result.stderr,
+            f"what answers at 127.0.0.1:{port} is not a PostgreSQL server",
+            "check the port",
+        )
+        assert "not reachable" not in message
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.slow
 def test_postgres_stopped_during_the_backup(home: Home, own_postgres: PrivatePostgres) -> None:
     cluster = own_postgres

@@ -242,6 +242,18 @@ def settings() -> ConnSettings:
             "does not accept this connection",
         ),
         ("failed: FATAL:  the database system is starting up", BackupFailed, "refused"),
+        (  # MariaDB's port, as libpq tells it with and without sslmode=disable
+            'connection failed: connection to server at "127.0.0.1", port 5999 failed: '
+            "received invalid response to SSL negotiation: d",
+            BackupFailed,
+            "what answers at 127.0.0.1:5999 is not a PostgreSQL server",
+        ),
+        (
+            'connection failed: connection to server at "127.0.0.1", port 5999 failed: '
+            "expected authentication request from server, but received d",
+            BackupFailed,
+            "what answers at 127.0.0.1:5999 is not a PostgreSQL server",
+        ),
     ],
 )
 def test_each_connection_failure_has_its_own_message(

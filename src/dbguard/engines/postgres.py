@@ -434,6 +434,15 @@ def _connect_error(err: psycopg.Error, s: ConnSettings, kind: ErrorKind) -> Dbgu
         )
     if "FATAL" in text:
         return kind(f"PostgreSQL at {s.where} refused the connection: {detail}")
+    if "invalid response to ssl negotiation" in lowered or (
+        "expected authentication request from server" in lowered
+    ):
+        # The port answers, but not as PostgreSQL (MySQL's port, a web server): "not
+        # reachable" with libpq's one-letter detail sent users to start a running server.
+        return kind(
+            f"what answers at {s.where} is not a PostgreSQL server ({detail})",
+            "check the port (DB_PORT, DATABASE_URL); PostgreSQL listens on 5432 unless set",
+        )
     return kind(
         f"the PostgreSQL server at {s.where} is not reachable: {detail}",
         "start the server, or check the host and port (DB_HOST, DB_PORT, DATABASE_URL)",
