@@ -373,6 +373,34 @@ def test_an_unreadable_tmp_folder_or_manifest_is_named_with_its_chmod(home: Home
     assert f"cannot read the backup folder {tmp}" in message and "Traceback" not in message
 
 
+def test_an_sqlite_database_or_folder_the_user_may_not_read_says_how_to_fix_it(
+    home: Home,
+) -> None:
+    """Not the backup folder but the database: once SQLite's bare "unable to open
+    database file" for a file of mode 000, and no way out for a folder of mode 000."""
+    install_php(home)
+    project = laravel_sqlite_project(home.root / "app")
+    database = project / "database" / "app.sqlite"
+    daemon = FaultDaemon(home, prefix=AS_A_USER).start()
+    try:
+        for blocked in (database, database.parent):
+            blocked.chmod(0o000)
+            injected(f"SQLite {'database' if blocked == database else 'folder'} mode 000")
+            try:
+                refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+            finally:
+                blocked.chmod(0o700)
+            message = stderr_text(refused)
+            assert refused.returncode == 75, message
+            assert f"cannot read the SQLite database {database}: Permission denied" in message
+            assert f"chmod u+r {database}" in message and f"chmod u+rx {database.parent}" in message
+        assert ran(project) == []
+        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 0
+        daemon.assert_no_crash()
+    finally:
+        daemon.stop()
+
+
 def test_backup_folder_deleted_while_the_daemon_runs(home: Home) -> None:
     install_php(home)
     project = laravel_sqlite_project(home.root / "app")

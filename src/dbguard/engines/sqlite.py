@@ -321,7 +321,19 @@ def _open_error(path: Path, err: sqlite3.Error) -> BackupFailed:
             "check the path in your .env; if this is the database, restore a backup of it "
             "(`dbguardctl list-backups`)",
         )
+    if not os.access(path, os.R_OK):  # SQLite only says "unable to open database file"
+        return _not_allowed(path, "Permission denied")
     return BackupFailed(f"cannot read the SQLite database {path}: {text}")
+
+
+def _not_allowed(path: Path, why: str) -> BackupFailed:
+    """The file's or its folder's mode keeps this user (dbguardd runs as the caller's)
+    from reading the database."""
+    return BackupFailed(
+        f"cannot read the SQLite database {path}: {why}",
+        f"make it and its folder readable for your user (`chmod u+r {path}`, `chmod u+rx "
+        f"{path.parent}`), then run the command again",
+    )
 
 
 class SqliteEngine:
@@ -346,6 +358,8 @@ class SqliteEngine:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             raise _missing(path) from None
+        except PermissionError as err:
+            raise _not_allowed(path, err.strerror or "Permission denied") from None
         except OSError as err:
             raise BackupFailed(f"cannot read the SQLite database {path}: {err.strerror}") from None
         if st.st_size == 0 and _size(Path(f"{path}-wal")) == 0:
