@@ -50,9 +50,15 @@ class _Section(BaseModel):
 def _absolute(value: Path | None) -> Path | None:
     if value is None:
         return None
+    # A NUL byte, or "/" itself (no name to make a file or folder of), once passed here
+    # and ended in a traceback at the first mkdir or open.
+    if "\0" in str(value):
+        raise ValueError("must not contain a NUL byte")
     value = value.expanduser()
     if not value.is_absolute():
         raise ValueError("must be an absolute path (or start with ~)")
+    if not value.name:
+        raise ValueError("must name a file or folder below /, not / itself")
     return value
 
 

@@ -63,6 +63,9 @@ def test_explicit_path_beats_environment(tmp_path: Path) -> None:
             r"backup\.compression_level: .*less than or equal to 19.*got 99",
         ),
         ('backup_dir = "relative/dir"\n', r"backup_dir: .*absolute path"),
+        ('backup_dir = "/tmp/a\\u0000b"\n', r"backup_dir: .*NUL byte"),
+        ('operation_log = "/"\n', r"operation_log: .*not / itself"),
+        ('socket = "//"\n', r"socket: .*not / itself"),
         ("[backup]\nmax_parallel = 'two'\n", r"backup\.max_parallel: .*integer"),
         # inf once passed, then overflowed the PyMySQL dumper's per-read timeout
         ("[backup]\ndump_timeout_seconds = inf\n", r"backup\.dump_timeout_seconds: .*604800"),
