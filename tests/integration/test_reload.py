@@ -88,9 +88,12 @@ def test_an_edited_config_applies_to_the_next_command_without_a_signal(home: Hom
         assert "config reloaded" in daemon.log
 
         # A broken edit keeps the previous config (production rule included), and every
-        # allowed command says so.
+        # command says so: the refused one too, whose way out the edit may have been.
         config.write_text(f'backup_dir = "{second_dir}"\n[backup]\ncompresion_level = 3\n')
-        assert home.run(["php", "artisan", "migrate:fresh"], cwd=project).returncode == 77
+        refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+        assert refused.returncode == 77, refused.stderr
+        assert b"the previous config stays in force" in refused.stderr
+        assert b"backup.compresion_level: unknown key" in refused.stderr
         other = laravel_sqlite_project(home.root / "other")
         allowed = home.run(["php", "artisan", "migrate:fresh"], cwd=other)
         assert allowed.returncode == 0, allowed.stderr

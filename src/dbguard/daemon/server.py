@@ -250,7 +250,7 @@ class Server:
             return None
 
         if isinstance(request, Invoke):
-            reply = await self.guard.invoke(request, emit, ask)
+            reply = self.guard.with_config_problem(await self.guard.invoke(request, emit, ask))
             try:
                 await self._send(writer, reply)
             except BaseException:
@@ -260,7 +260,8 @@ class Server:
             if isinstance(reply, Allow):
                 await self._follow(reply.op, reader, writer)
         elif isinstance(request, BackupNow):
-            await self._send(writer, await self.guard.backup_now(request, emit))
+            done = await self.guard.backup_now(request, emit)
+            await self._send(writer, self.guard.with_config_problem(done))
         elif isinstance(request, StatusQuery):
             await self._send(writer, self.guard.status())
         elif isinstance(request, ApprovalQuery | Approve):

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
+from pydantic import BaseModel
 
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
@@ -88,6 +89,7 @@ PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between l
 
 
 T = TypeVar("T")
+_Reply = TypeVar("_Reply", bound=BaseModel)  # a message to the shim or dbguardctl
 
 
 class MarkUnread(BackupFailed):
@@ -205,6 +207,16 @@ class Guard:
                 log.warning("config reloaded with a change that needs a restart", detail=note)
             log.info("config reloaded", file=str(self._config_path))
             self.config_rejected = None
+
+    def with_config_problem(self, reply: _Reply) -> _Reply:
+        """A refusal or failure says too when the config file's last edit was not
+        applied: the way out it gives (a larger backup_dir, a host that is not
+        production) may be the very edit that was rejected. An allowed command says it
+        in its notes."""
+        if self.config_rejected and isinstance(reply, Deny | Fail):
+            hint = "\n".join(filter(None, [reply.hint, self.config_rejected]))
+            return cast(_Reply, reply.model_copy(update={"hint": hint}))  # the same type
+        return reply
 
     def reload(self, config: Config) -> list[str]:
         """Switch to a new, already validated config (SIGHUP). Backups in flight finish
