@@ -1037,6 +1037,31 @@ def test_a_killed_pg_dump_fails_the_backup_and_leaves_nothing(
     assert children("pg_dump") == []  # reaped: no zombie either
 
 
+def test_a_user_who_may_not_read_a_table_is_told_so_not_that_the_snapshot_is_gone(
+    pg_database: Target, store: Store, engines: Engines
+) -> None:
+    """The row counts share pg_dump's snapshot: the count of a table the user may not
+    read ended the transaction that exported it, and the backup once failed with
+    pg_dump's "could not import the requested snapshot" alone."""
+    role = f"dbguard_test_reader_{secrets.token_hex(4)}"
+    admin = pg_database.model_copy(update={"name": "postgres"})
+    run(pg_database, "CREATE TABLE t (x int)", "INSERT INTO t VALUES (1)")
+    run(admin, sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with pytest.raises(BackupFailed) as failed:
+            operations.take_backup(
+                store, engines, pg_database.model_copy(update={"user": role}), REASON
+            )
+    finally:
+        run(admin, sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    said = str(failed.value)
+    # Whichever of pg_dump and the counts meets the table first says what is wrong.
+    assert "permission denied for table t" in said, said
+    assert "requested snapshot" not in said, said
+    assert nothing_kept(store)
+    assert children("pg_dump") == []
+
+
 def test_cancel_stops_pg_dump(rich: Target, store: Store, engines: Engines) -> None:
     cancel = threading.Event()
 

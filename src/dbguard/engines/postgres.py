@@ -675,6 +675,12 @@ def _read_signal(conn: Conn, s: ConnSettings) -> str | None:
     return f"postgres:{system_id}:{timeline}:{started}:{stats_reset}:{oid}:{snapshot}"
 
 
+_READ_EVERY_TABLE = (
+    "back up as a user that may read every table of the database (its owner, or one "
+    "given SELECT on them: GRANT pg_read_all_data TO <user> on PostgreSQL 14 and later)"
+)
+
+
 def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int]:
     """Rows per ordinary table, keyed 'schema.table', in the connection's snapshot.
 
@@ -1544,6 +1550,17 @@ class PostgresEngine:
             if failure is not None:
                 # pg_dump's batch LOCK TABLE statement can run to 100 KB on one line.
                 tail = child.stderr_tail(s.password, size=_LOCK_STATEMENT_BYTES)
+                if "could not import the requested snapshot" in tail:
+                    # The exporting transaction ended: a count failed in it (a table this
+                    # user may not read), and that error, not pg_dump's, says why.
+                    wait_for([counting], timeout=_STOP_COUNT_WAIT)
+                    counted = counting.exception() if counting.done() else None
+                    if isinstance(counted, psycopg.Error):
+                        denied = counted.sqlstate == "42501"  # insufficient_privilege
+                        fix = _READ_EVERY_TABLE if denied else ""
+                        raise _query_error(
+                            counted, s, f"reading {s.dbname}", BackupFailed, fix
+                        ) from None
                 relations = [] if child.stopped else locked_relations(tail)
                 if relations:
                     failure = self._lock_failure(s, relations, failure)
