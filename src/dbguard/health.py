@@ -111,6 +111,17 @@ def _warnings(
         last = health.failures[-1]
         warnings.append(
             f"{len(health.failures)} backup failure(s) since the last good backup; the last: "
-            f"{str(last.get('reason', '')).splitlines()[0]}"
+            f"{_headline(str(last.get('reason') or ''))}"
         )
     return warnings
+
+
+def _headline(reason: str) -> str:
+    """A logged reason's first line; one that ends in a colon with what it introduces
+    (a dump tool's own error, on the next line), which alone it would not say."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return "(no reason logged)"
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

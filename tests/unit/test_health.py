@@ -83,6 +83,24 @@ def test_failures_since_the_last_good_backup() -> None:
     assert "1 backup failure(s) since the last good backup; the last: disk full" in health.warnings
 
 
+def test_the_last_failure_says_what_its_first_line_introduces() -> None:
+    backup = manifest(1, rows=500)
+    dump_failed = {
+        **failure(T0 + timedelta(hours=5)),
+        "reason": "mariadb-dump failed with exit status 2:\nmariadb-dump: SHOW VIEW command "
+        "denied to user 'ro'\n  fix what it reports and run the command again",
+    }
+    [health] = database_health([backup], [dump_failed])
+    assert health.warnings[-1].endswith(
+        "the last: mariadb-dump failed with exit status 2: mariadb-dump: SHOW VIEW command "
+        "denied to user 'ro'"
+    )
+    # A record with no reason (an older version's, a hand edit) once ended in IndexError.
+    for empty in ("", None):
+        [health] = database_health([backup], [{**dump_failed, "reason": empty}])
+        assert health.warnings[-1].endswith("the last: (no reason logged)")
+
+
 def test_each_database_separately() -> None:
     healths = database_health([manifest(2, 1, key="sqlite:/b.db"), manifest(1, 9)], [])
     assert [h.key for h in healths] == ["sqlite:/b.db", "sqlite:/a.db"]
