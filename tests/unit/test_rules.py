@@ -173,6 +173,9 @@ LARAVEL = [
     case("php artisan migrate:frsh", None),  # every migrate:* command is close
     case("php artisan fresh", None),  # migrate:fresh and migrate:refresh
     case("php artisan db:wipee", None),
+    # The application's own commands, in a namespace the catalog does not know.
+    case("php artisan app:reset", None),
+    case("php artisan app:seed --force", None),
     # targets
     case("php artisan test --env=testing", TEST, "artisan", hints={"env": "testing"}),
     case("php artisan migrate --env testing", MIGRATE, "artisan", hints={"env": "testing"}),

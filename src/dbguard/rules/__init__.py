@@ -900,10 +900,21 @@ class _Tool:
         run X instead?" and runs X with the rest of the line on a yes: such a name counts
         as X. The catalog knows some of the application's commands, not all; the others
         can only add alternatives, and with more than one the console does not ask, so
-        counting from the catalog's never misses a question."""
+        counting from the catalog's never misses a question.
+
+        A name in a namespace the catalog does not know (`app:reset`) is left alone: it is
+        most likely the application's own command, which runs as itself, and where it is
+        not, the console asks nothing unless the namespace exists (findNamespace)."""
         if alone & _CONSOLE_NEVER_ASKS:
             return None
         names = {":".join(full): node for full, node in self.abbreviations or []}
+        namespace = words[0].rpartition(":")[0].split(":") if ":" in words[0] else []
+        if namespace and not any(
+            len(full) > len(namespace)
+            and all(f.startswith(n) for f, n in zip(full, namespace, strict=False))
+            for full, _ in self.abbreviations or []
+        ):
+            return None
         offered = console_alternatives(words[0], [*names, *self.help_words])
         node = names.get(offered[0]) if len(offered) == 1 else None
         if node is None:
