@@ -205,12 +205,15 @@ elif command in ("migrate:fresh", "db:wipe"):
 elif command == "migrate:status":
     print("Migration name ... Ran")
 elif command == "test":
-    # flags: --exit=N, --signal=N, --echo-stdin, --echo-args, --wipe, --wait-for-file=PATH
+    # flags: --exit=N, --signal=N, --echo-stdin, --echo-args, --wipe, --wait-for-file=PATH,
+    # --count-users
     opts = dict(
         a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in args[1:] if a.startswith("--")
     )
     if "wipe" in opts:
         conn = sqlite3.connect(database()); conn.execute("delete from users"); conn.commit()
+    if "count-users" in opts:
+        print(sqlite3.connect(database()).execute("select count(*) from users").fetchone()[0])
     if "echo-stdin" in opts:
         sys.stdout.write(sys.stdin.read())
     if "echo-args" in opts:

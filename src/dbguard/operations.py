@@ -154,13 +154,19 @@ def restore_backup(
     saved: Callable[[Manifest | None], None] = lambda before: None,
     swapped: Callable[[], None] = lambda: None,
     warn: Callable[[str], None] = lambda note: None,
+    waiting: Callable[[], None] = lambda: None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
     Returns the pre-restore backup (None when the database did not exist), also handed
     to `saved` as soon as it is taken (an interrupted restore names it); `swapped` is
     called once the target holds the backup's contents, and `warn` told of anything
-    the restored database was left without (a setting the user may not set). Raises
+    the restored database was left without (a setting the user may not set).
+
+    The database's lock (Store.database_lock) is held exclusive from before the
+    pre-restore backup to the end, so no guarded command is backed up or runs in
+    between; when some hold it, `waiting` is told, then this waits (^C ends the wait,
+    nothing changed). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -176,7 +182,10 @@ def restore_backup(
         raise Damaged(f"backup {manifest.id} is damaged: {mismatch}", "it cannot be restored")
     # Opened before the pre-restore backup, which can take minutes: a prune meanwhile
     # (dbguardd's, after a backup of its own) removes the backup's file, not the open one.
-    with store.open_data(manifest) as data:
+    with (
+        store.open_data(manifest) as data,
+        store.database_lock(target.key).exclusive(waiting),
+    ):
         try:
             before = take_backup(store, engines, target, reason)
         except DatabaseMissing:

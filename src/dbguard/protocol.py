@@ -209,6 +209,7 @@ class Working(_Message):
 
     type: Literal["working"] = "working"
     elapsed: float
+    waiting: str | None = None  # what it waits for, when that is worth a line: "a restore of X"
 
 
 class Confirm(_Message):

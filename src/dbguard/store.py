@@ -5,6 +5,7 @@
       <database-slug>/<id>/<data>.zst
       .tmp/<id>/ + .tmp/<id>.lock             # a backup being written, locked by its writer
       .seq                                    # commit counter: orders backups, whatever the clock
+      .locks/<hash of database key>.lock      # guarded commands (shared) vs. a restore (exclusive)
 
 A backup is correct by construction: data and manifest are written inside `.tmp`,
 checked, fsynced, and only then renamed into place, so a crash at any point leaves
@@ -924,12 +925,70 @@ class Store:
         finally:
             os.close(fd)  # closing releases the flock
 
+    def database_lock(self, key: str) -> DatabaseLock:
+        """The readers-writer lock of the database `key` (Target.key): guarded commands
+        hold it shared while dbguardd backs up for them and they run, a restore holds it
+        exclusive. Raises BackupFailed if its folder or file cannot be made."""
+        folder = self.root / ".locks"
+        try:
+            self.ensure()
+            _mkdir_private(folder)
+        except OSError as err:
+            raise _disk_error(err, folder) from err
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return DatabaseLock(folder / f"{digest}.lock")
+
     def delete(self, manifest: Manifest) -> None:
         """Remove a backup: renamed out of sight first, so it never looks half-present."""
         self.ensure()
         grave = self.tmp / f"deleted-{manifest.id}"
         os.rename(self.folder(manifest), grave)
         shutil.rmtree(grave, ignore_errors=True)
+
+
+class DatabaseLock:
+    """An flock on one database's lock file, across processes; released by `release`
+    (or the process's end: the kernel drops the flock with the last descriptor). Its
+    file is never removed: a process holding the old one would not exclude one that
+    opened a new one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as err:
+            raise _disk_error(err, path) from err
+
+    def try_shared(self) -> bool:
+        """Hold it shared if no restore holds it; never waits."""
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def exclusive(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Hold it exclusive, released on exit; `waiting` is told first when guarded
+        commands hold it (this then waits, ^C ends the wait)."""
+        assert self._fd is not None
+        try:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting()
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 _SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime

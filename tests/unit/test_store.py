@@ -529,3 +529,29 @@ def test_a_work_folder_removed_under_a_new_backup_is_a_backup_failure(tmp_path: 
     with pytest.raises(BackupFailed) as failed:
         store_module.PendingBackup(store, TARGET, "0123abcd", gone)
     assert str(gone) in failed.value.problem and failed.value.fix
+
+
+def test_a_database_lock_is_shared_by_commands_and_exclusive_for_a_restore(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "b")
+    first, second = store.database_lock(TARGET.key), store.database_lock(TARGET.key)
+    assert first.try_shared() and second.try_shared()  # two guarded commands at once
+    assert first.path.parent == store.root / ".locks" and store.manifests() == []
+    waiting, held = threading.Event(), threading.Event()
+
+    def restore() -> None:
+        with store.database_lock(TARGET.key).exclusive(waiting.set):
+            held.set()
+
+    thread = threading.Thread(target=restore)
+    thread.start()
+    assert waiting.wait(10)
+    first.release()
+    assert not held.is_set()  # one command still holds it
+    second.release()
+    thread.join(10)
+    assert held.is_set()
+    # Another database's lock is another file.
+    other = Target(engine="sqlite", path="/srv/other.sqlite", source="test")
+    assert store.database_lock(other.key).path != first.path

@@ -223,6 +223,16 @@ class ProgressLine:
         os.write(2, ("\r\x1b[2K" + text).encode("utf-8", "replace"))
         self.shown = True
 
+    def waiting(self, message: "dict[str, Any]") -> None:
+        """The daemon waits before it can decide (a restore of a database the command
+        uses): long enough that a person wonders why nothing happens."""
+        if not self.enabled:
+            return
+        elapsed = message.get("elapsed", 0.0)
+        text = f"dbguard: waiting for {message.get('waiting', '?')} to end: {elapsed:.1f} s"
+        os.write(2, ("\r\x1b[2K" + text).encode("utf-8", "replace"))
+        self.shown = True
+
     def clear(self) -> None:
         if self.shown:
             os.write(2, b"\r\x1b[2K")
@@ -451,6 +461,8 @@ def main(argv: list[str]) -> int | None:
             return EXIT_UNAVAILABLE
         kind = reply.get("type")
         if kind == "working":
+            if reply.get("waiting"):
+                progress.waiting(reply)
             continue  # the daemon is alive and still deciding
         if kind != "progress":
             progress.clear()

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 saved=saved.append,
                 swapped=lambda: swapped.append(True),
                 warn=warn,
+                waiting=lambda: _say_held(ctx, target),
             )
     except KeyboardInterrupt:
         if not swapped:
@@ -140,6 +141,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _say_held(ctx: Context, target: Target) -> None:
+    """Guarded commands on the database hold its lock: say which (those the log shows
+    running; one still being backed up is not there yet) and how to give up."""
+    running = [
+        record
+        for record in ctx.oplog.unfinished()
+        if any(d.get("database") == target.label for d in record.get("databases") or [])
+    ]
+    which = "".join(
+        f"\n  `{' '.join(map(str, record.get('argv') or []))}` in {record.get('cwd')} "
+        f"(op {record.get('op')})"
+        for record in running
+    )
+    ctx.error(
+        f"dbguardctl: waiting for guarded commands on {target.label} to end{':' if which else ''}"
+        f"{which}\n  ^C gives up; nothing is changed until they end"
+    )
 
 
 def _say_waits(ctx: Context, engines: Engines, target: Target) -> None:

@@ -79,13 +79,14 @@ from dbguard.rules import (
     TooManyScripts,
     builtin_catalog,
 )
-from dbguard.store import Reason, Store, Unfinished
+from dbguard.store import DatabaseLock, Reason, Store, Unfinished
 
 log = structlog.get_logger("dbguard")
 
 Emit = Callable[[Progress | Working], Awaitable[None]]
 Ask = Callable[[Confirm], Awaitable[str | None]]
 PROGRESS_INTERVAL = 0.5  # seconds before the first progress line, and between lines
+LOCK_RETRY = 0.1  # seconds between tries of a database lock a restore holds
 
 
 T = TypeVar("T")
@@ -133,6 +134,8 @@ class Running:
     marks: list[tuple[Target, Marker]] = field(default_factory=list)
     # When those marks were read: one a person sets by hand after that stands.
     marks_read: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Its databases' locks, held shared until it ends: a restore waits for them.
+    locks: list[DatabaseLock] = field(default_factory=list)
 
 
 class Guard:
@@ -330,12 +333,23 @@ class Guard:
             operation_kind=str(operation.kind),
             production=bool(production),
         )
+        # Held from before the backup until the command ends (finish): a `dbguardctl
+        # restore` of one of its databases neither swaps under the backup or the
+        # command, nor is undone by them; one under way is waited for.
+        locks: list[DatabaseLock] = []
         try:
-            outcomes = await self._ensure_all(found.targets, reason, emit)
+            try:
+                await self._share(found.targets, locks, emit)
+                outcomes = await self._ensure_all(found.targets, reason, emit)
+            except BaseException:
+                _release(locks)
+                raise
         except ConnectionError:
             # ^C at the shim during the backup: it goes on (and is kept); the command
             # never runs, and the log says so.
             detail = "the shim disconnected during the backup; the backup went on"
+            if len(locks) < len({t.key for t in found.targets}):  # not all held yet
+                detail = "the shim disconnected while the command waited for a restore"
             self._log(record, "allow", started, outcome="not run", detail=detail)
             raise
         except BackupFailed as err:
@@ -349,6 +363,7 @@ class Guard:
             record,
             marks=[(t, marks[t.key]) for t in found.targets if t.key in marks],
             marks_read=marks_read,
+            locks=locks,
         )
         record["notes"] = _notes(found, outcomes)
         # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
@@ -561,6 +576,29 @@ class Guard:
             ),
         )
 
+    async def _share(self, targets: list[Target], locks: list[DatabaseLock], emit: Emit) -> None:
+        """Hold each database's lock shared, adding it to `locks` once held; while a
+        restore holds one, retry on the loop (a blocking flock would tie up a worker
+        thread for as long as the restore takes), telling the shim what it waits for.
+        Raises BackupFailed when a lock file cannot be made."""
+        for target in {t.key: t for t in targets}.values():
+            lock = self.store.database_lock(target.key)
+            try:
+                started = next_line = time.monotonic()
+                while not lock.try_shared():
+                    now = time.monotonic()
+                    if now >= next_line:
+                        if next_line == started:
+                            log.info("waiting for a restore", database=target.label)
+                        waiting = f"a restore of {target.label}"
+                        await emit(Working(elapsed=round(now - started, 1), waiting=waiting))
+                        next_line = now + PROGRESS_INTERVAL
+                    await asyncio.sleep(LOCK_RETRY)
+            except BaseException:
+                lock.release()
+                raise
+            locks.append(lock)
+
     async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
         work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
         keys = [t.key for t in targets]
@@ -576,6 +614,7 @@ class Guard:
         running = self.running.pop(op_id, None)
         if running is None:
             return
+        _release(running.locks)
         record = running.record
         if not ran:
             record["outcome"] = "not run"
@@ -850,6 +889,11 @@ def _store(
         config.backup.compression_threads,
         on_unfinished,
     )
+
+
+def _release(locks: list[DatabaseLock]) -> None:
+    for lock in locks:
+        lock.release()
 
 
 def _backup_record(outcome: Outcome) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""A restore and the guarded commands on the same database exclude each other: dbguardd
+holds each command's databases' locks shared from its backup to its report, and
+`dbguardctl restore` holds its database's lock exclusive. Real daemon, real shims, real
+SQLite files; a restore is held in the middle by a SQLite transaction it must wait for."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dbguard.engines.base import Target
+from tests.helpers import (
+    Daemon,
+    Home,
+    TerminalRun,
+    install_stand_in,
+    laravel_sqlite_project,
+    poll,
+    run_in_terminal,
+)
+from tests.servers import pg_connect
+
+WAITING = "waiting for a restore"  # dbguardd's log line when a command starts to wait
+
+
+@pytest.fixture
+def project(home: Home) -> Path:
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    return laravel_sqlite_project(home.root / "app", rows=3)
+
+
+def backed_up_then_grown(home: Home, project: Path) -> str:
+    """A backup of the project's 3 users; the database then has 8."""
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    with contextlib.closing(sqlite3.connect(project / "database" / "app.sqlite")) as conn:
+        conn.executemany("insert into users (name) values (?)", [(f"new{i}",) for i in range(5)])
+        conn.commit()
+    return str(json.loads(taken.stdout)["backups"][0]["id"])
+
+
+@contextlib.contextmanager
+def restore_held(home: Home, project: Path, backup_id: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`dbguardctl restore` stopped before its swap, holding the database's lock: it
+    waits for the write transaction held here, which ends when the block does."""
+    holder = sqlite3.connect(project / "database" / "app.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+    assert restore.stderr is not None
+    try:
+        said = restore.stderr.readline().decode()  # past its pre-restore backup
+        assert "to end its transaction" in said, said + restore.communicate()[1].decode()
+        yield restore
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def guarded(home: Home, project: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["php", "artisan", "test", *args],
+        cwd=project,
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def waits_logged(daemon: Daemon, count: int = 1) -> bool:
+    return poll(lambda: daemon.log.count(WAITING) >= count)
+
+
+def pre_restore_backups(home: Home) -> list[dict[str, Any]]:
+    listing = json.loads(home.ctl("list-backups", "--json").stdout)
+    return [b for b in listing if b["reason"]["kind"] == "pre-restore"]
+
+
+def command_records(home: Home) -> list[dict[str, Any]]:
+    return [r for r in home.operations() if r.get("decision") == "allow"]
+
+
+def test_a_guarded_command_during_a_restore_waits_and_sees_the_restored_data(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    result: list[TerminalRun] = []
+    with restore_held(home, project, backup_id) as restore:
+        command = threading.Thread(
+            target=lambda: result.append(
+                run_in_terminal(["php", "artisan", "test", "--count-users"], home.env, project)
+            )
+        )
+        command.start()
+        assert waits_logged(daemon), daemon.log
+        assert not result  # still waiting: it has not run
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err
+    command.join(timeout=60)
+    [run] = result
+    assert run.returncode == 0, run.output
+    # The shim said what it waits for; the command ran on the restored 3 users, and the
+    # backup taken (or reused) for it holds them too, not the 8 the restore replaced.
+    assert "dbguard: waiting for a restore of sqlite " in run.output
+    assert run.output.rstrip().endswith("3"), run.output
+    [record] = command_records(home)
+    [backup] = record["backups"]
+    listing = json.loads(home.ctl("list-backups", "--json").stdout)
+    [listed] = [b for b in listing if b["id"] == backup["id"]]
+    assert listed["tables"]["users"] == 3
+    [restored] = [r for r in home.operations() if r.get("decision") == "restore"]
+    assert restored["outcome"] == "ok" and restored["time"] < record["time"]
+
+
+def test_a_restore_waits_for_a_running_guarded_command_to_report(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    command = guarded(home, project, f"--wait-for-file={gate}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+        assert restore.stderr is not None
+        said = restore.stderr.readline().decode() + restore.stderr.readline().decode()
+        [running] = command_records(home)
+        assert said == (
+            f"dbguardctl: waiting for guarded commands on sqlite "
+            f"{project / 'database' / 'app.sqlite'} to end:\n"
+            f"  `php artisan test --wait-for-file={gate}` in {project} (op {running['op']})\n"
+        ), said
+        # Blocked before its pre-restore backup: nothing taken, nothing replaced.
+        assert restore.poll() is None
+        assert not pre_restore_backups(home)
+    finally:
+        gate.touch()
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    out, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err
+    assert f"restored {backup_id}".encode() in out
+    [ended] = command_records(home)
+    [restored] = [r for r in home.operations() if r.get("decision") == "restore"]
+    assert ended["outcome"] == "ok" and ended["time"] < restored["time"]
+
+
+def test_interrupting_a_restore_that_waits_changes_nothing(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    command = guarded(home, project, f"--wait-for-file={gate}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+        assert restore.stderr is not None
+        assert b"waiting for guarded commands" in restore.stderr.readline()
+        restore.send_signal(signal.SIGINT)
+        _, err = restore.communicate(timeout=60)
+    finally:
+        gate.touch()
+    assert restore.returncode == 130, err
+    assert b"was not changed" in err and b"pre-restore" not in err, err
+    assert command.wait(timeout=60) == 0
+    assert not pre_restore_backups(home)
+    with contextlib.closing(sqlite3.connect(project / "database" / "app.sqlite")) as conn:
+        assert conn.execute("select count(*) from users").fetchone()[0] == 8
+
+
+def test_a_shim_killed_mid_command_lets_the_restore_go_on(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    command = guarded(home, project, f"--wait-for-file={gate}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        command.kill()  # the shim; its command runs on, no longer followed
+        command.wait(timeout=30)
+        # dbguardd sees the connection close and ends the operation, outcome unknown.
+        assert poll(lambda: [r.get("outcome") for r in command_records(home)] == ["unknown"])
+        restored = home.ctl("restore", backup_id, "--yes", cwd=project)
+    finally:
+        gate.touch()
+    assert restored.returncode == 0, restored.stderr
+    assert b"waiting" not in restored.stderr, restored.stderr
+
+
+def test_the_daemon_serves_other_databases_while_a_command_waits(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    other = laravel_sqlite_project(home.root / "other")
+    backup_id = backed_up_then_grown(home, project)
+    with restore_held(home, project, backup_id) as restore:
+        waiting = guarded(home, project)
+        assert waits_logged(daemon), daemon.log
+        elsewhere = home.run(["php", "artisan", "test"], cwd=other, timeout=30)
+        assert elsewhere.returncode == 0, elsewhere.stderr
+        assert waiting.poll() is None  # still held by the restore
+    assert restore.wait(timeout=60) == 0
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+
+
+def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
+    home: Home, daemon: Daemon, pg_database: Target, tmp_path: Path
+) -> None:
+    """The lock goes by the database, whatever the engine: the restore's target, read
+    from the manifest, is the one dbguardd found for the command."""
+    install_stand_in(home, "php")
+    home.install_shims("php")
+    project = home.root / "app"
+    project.mkdir()
+    (project / "artisan").write_text("<?php\n")
+    (project / ".env").write_text(
+        f"APP_ENV=local\nDB_CONNECTION=pgsql\nDB_HOST={pg_database.host}\n"
+        f"DB_PORT={pg_database.port}\nDB_DATABASE={pg_database.name}\n"
+        f"DB_USERNAME={pg_database.user}\n"
+    )
+    with pg_connect(str(pg_database.name)) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY)")
+    taken = home.ctl("backup", "--json", cwd=project)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    gate = tmp_path / "finish"
+    command = guarded(home, project, f"--wait-for-file={gate}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+        assert restore.stderr is not None
+        said = restore.stderr.readline().decode()
+        assert said.startswith(
+            f"dbguardctl: waiting for guarded commands on {pg_database.label} to end:"
+        ), said
+        assert restore.poll() is None and not pre_restore_backups(home)
+    finally:
+        gate.touch()
+    assert command.wait(timeout=60) == 0
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err
