@@ -930,13 +930,18 @@ class Store:
         hold it shared while dbguardd backs up for them and they run, a restore holds it
         exclusive. Raises BackupFailed if its folder or file cannot be made."""
         folder = self.root / ".locks"
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        path = folder / f"{digest}.lock"
+        try:
+            return DatabaseLock(path)
+        except OSError:  # a new store, its folder removed under us, or unusable: say why
+            pass
         try:
             self.ensure()
             _mkdir_private(folder)
+            return DatabaseLock(path)
         except OSError as err:
             raise _disk_error(err, folder) from err
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return DatabaseLock(folder / f"{digest}.lock")
 
     def delete(self, manifest: Manifest) -> None:
         """Remove a backup: renamed out of sight first, so it never looks half-present."""
@@ -953,13 +958,11 @@ class DatabaseLock:
     opened a new one."""
 
     def __init__(self, path: Path) -> None:
+        """Raises OSError when the file cannot be opened or made."""
         self.path = path
-        try:
-            self._fd: int | None = os.open(
-                path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except OSError as err:
-            raise _disk_error(err, path) from err
+        self._fd: int | None = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
 
     def try_shared(self) -> bool:
         """Hold it shared if no restore holds it; never waits."""
