@@ -57,7 +57,10 @@ class Scale:
     small_tables: int = 30  # an application's worth: the MySQL signal reads every definition
 
 
-FULL = Scale("full", pg_scale=22, mysql_rows=2_600_000, sqlite_rows=3_200_000)
+# MariaDB's size is InnoDB's pages: a restore (rows loaded in key order) packs them
+# about 10% tighter than the build; 2.6 million rows measured 329 MB built and 297 MB
+# after the restore figure. 2.9 million stay above 300 MB either way.
+FULL = Scale("full", pg_scale=22, mysql_rows=2_900_000, sqlite_rows=3_200_000)
 QUICK = Scale("quick", pg_scale=4, mysql_rows=500_000, sqlite_rows=600_000)
 
 
