@@ -908,24 +908,15 @@ class Store:
         this one waits. Raises BackupFailed if the folder or the lock file cannot be
         created."""
         self.ensure()
+        path = self.root / name
         try:
-            fd = os.open(
-                self.root / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
+            lock = FileLock(path)
         except OSError as err:
-            raise _disk_error(err, self.root / name) from err
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if waiting is not None:
-                    waiting(self.root / name)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            raise _disk_error(err, path) from err
+        with lock.exclusive(lambda: waiting(path) if waiting is not None else None):
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
-    def database_lock(self, key: str) -> DatabaseLock:
+    def database_lock(self, key: str) -> FileLock:
         """The readers-writer lock of the database `key` (Target.key): guarded commands
         hold it shared while dbguardd backs up for them and they run, a restore holds it
         exclusive. Raises BackupFailed if its folder or file cannot be made."""
@@ -933,13 +924,13 @@ class Store:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         path = folder / f"{digest}.lock"
         try:
-            return DatabaseLock(path)
+            return FileLock(path)
         except OSError:  # a new store, its folder removed under us, or unusable: say why
             pass
         try:
             self.ensure()
             _mkdir_private(folder)
-            return DatabaseLock(path)
+            return FileLock(path)
         except OSError as err:
             raise _disk_error(err, folder) from err
 
@@ -951,11 +942,11 @@ class Store:
         shutil.rmtree(grave, ignore_errors=True)
 
 
-class DatabaseLock:
-    """An flock on one database's lock file, across processes; released by `release`
-    (or the process's end: the kernel drops the flock with the last descriptor). Its
-    file is never removed: a process holding the old one would not exclude one that
-    opened a new one."""
+class FileLock:
+    """An flock on a lock file, across processes; released by `release` (or the
+    process's end: the kernel drops the flock with the last descriptor). Lock files are
+    never removed: a process holding the old one would not exclude one that opened a
+    new one."""
 
     def __init__(self, path: Path) -> None:
         """Raises OSError when the file cannot be opened or made."""
@@ -965,7 +956,7 @@ class DatabaseLock:
         )
 
     def try_shared(self) -> bool:
-        """Hold it shared if no restore holds it; never waits."""
+        """Hold it shared if no one holds it exclusive (a restore); never waits."""
         assert self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -975,8 +966,8 @@ class DatabaseLock:
 
     @contextlib.contextmanager
     def exclusive(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Hold it exclusive, released on exit; `waiting` is told first when guarded
-        commands hold it (this then waits, ^C ends the wait)."""
+        """Hold it exclusive, released on exit; `waiting` is told first when others
+        hold it (guarded commands, another writer), then this waits (^C ends the wait)."""
         assert self._fd is not None
         try:
             try:

@@ -79,7 +79,7 @@ from dbguard.rules import (
     TooManyScripts,
     builtin_catalog,
 )
-from dbguard.store import DatabaseLock, Reason, Store, Unfinished
+from dbguard.store import FileLock, Reason, Store, Unfinished
 
 log = structlog.get_logger("dbguard")
 
@@ -135,7 +135,7 @@ class Running:
     # When those marks were read: one a person sets by hand after that stands.
     marks_read: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Its databases' locks, held shared until it ends: a restore waits for them.
-    locks: list[DatabaseLock] = field(default_factory=list)
+    locks: list[FileLock] = field(default_factory=list)
 
 
 class Guard:
@@ -336,7 +336,7 @@ class Guard:
         # Held from before the backup until the command ends (finish): a `dbguardctl
         # restore` of one of its databases neither swaps under the backup or the
         # command, nor is undone by them; one under way is waited for.
-        locks: list[DatabaseLock] = []
+        locks: list[FileLock] = []
         try:
             try:
                 await self._share(found.targets, locks, emit)
@@ -576,7 +576,7 @@ class Guard:
             ),
         )
 
-    async def _share(self, targets: list[Target], locks: list[DatabaseLock], emit: Emit) -> None:
+    async def _share(self, targets: list[Target], locks: list[FileLock], emit: Emit) -> None:
         """Hold each database's lock shared, adding it to `locks` once held; while a
         restore holds one, retry on the loop (a blocking flock would tie up a worker
         thread for as long as the restore takes), telling the shim what it waits for.
@@ -891,7 +891,7 @@ def _store(
     )
 
 
-def _release(locks: list[DatabaseLock]) -> None:
+def _release(locks: list[FileLock]) -> None:
     for lock in locks:
         lock.release()
 
