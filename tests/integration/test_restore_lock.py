@@ -76,6 +76,18 @@ def guarded(home: Home, project: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@contextlib.contextmanager
+def command_running(home: Home, project: Path, gate: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A guarded command that has started and runs, its database's lock held, until
+    the block ends (it waits for the file `gate`)."""
+    command = guarded(home, project, f"--wait-for-file={gate}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        yield command
+    finally:
+        gate.touch()
+
+
 def waits_logged(daemon: Daemon, count: int = 1) -> bool:
     return poll(lambda: daemon.log.count(WAITING) >= count)
 
@@ -126,9 +138,7 @@ def test_a_restore_waits_for_a_running_guarded_command_to_report(
 ) -> None:
     backup_id = backed_up_then_grown(home, project)
     gate = tmp_path / "finish"
-    command = guarded(home, project, f"--wait-for-file={gate}")
-    try:
-        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+    with command_running(home, project, gate) as command:
         restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
         assert restore.stderr is not None
         said = restore.stderr.readline().decode() + restore.stderr.readline().decode()
@@ -141,8 +151,6 @@ def test_a_restore_waits_for_a_running_guarded_command_to_report(
         # Blocked before its pre-restore backup: nothing taken, nothing replaced.
         assert restore.poll() is None
         assert not pre_restore_backups(home)
-    finally:
-        gate.touch()
     _, err = command.communicate(timeout=60)
     assert command.returncode == 0, err
     out, err = restore.communicate(timeout=60)
@@ -157,17 +165,12 @@ def test_interrupting_a_restore_that_waits_changes_nothing(
     home: Home, daemon: Daemon, project: Path, tmp_path: Path
 ) -> None:
     backup_id = backed_up_then_grown(home, project)
-    gate = tmp_path / "finish"
-    command = guarded(home, project, f"--wait-for-file={gate}")
-    try:
-        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+    with command_running(home, project, tmp_path / "finish") as command:
         restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
         assert restore.stderr is not None
         assert b"waiting for guarded commands" in restore.stderr.readline()
         restore.send_signal(signal.SIGINT)
         _, err = restore.communicate(timeout=60)
-    finally:
-        gate.touch()
     assert restore.returncode == 130, err
     assert b"was not changed" in err and b"pre-restore" not in err, err
     assert command.wait(timeout=60) == 0
@@ -180,17 +183,12 @@ def test_a_shim_killed_mid_command_lets_the_restore_go_on(
     home: Home, daemon: Daemon, project: Path, tmp_path: Path
 ) -> None:
     backup_id = backed_up_then_grown(home, project)
-    gate = tmp_path / "finish"
-    command = guarded(home, project, f"--wait-for-file={gate}")
-    try:
-        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+    with command_running(home, project, tmp_path / "finish") as command:
         command.kill()  # the shim; its command runs on, no longer followed
         command.wait(timeout=30)
         # dbguardd sees the connection close and ends the operation, outcome unknown.
         assert poll(lambda: [r.get("outcome") for r in command_records(home)] == ["unknown"])
         restored = home.ctl("restore", backup_id, "--yes", cwd=project)
-    finally:
-        gate.touch()
     assert restored.returncode == 0, restored.stderr
     assert b"waiting" not in restored.stderr, restored.stderr
 
@@ -231,10 +229,7 @@ def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
     taken = home.ctl("backup", "--json", cwd=project)
     assert taken.returncode == 0, taken.stderr
     backup_id = json.loads(taken.stdout)["backups"][0]["id"]
-    gate = tmp_path / "finish"
-    command = guarded(home, project, f"--wait-for-file={gate}")
-    try:
-        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+    with command_running(home, project, tmp_path / "finish") as command:
         restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
         assert restore.stderr is not None
         said = restore.stderr.readline().decode()
@@ -242,8 +237,6 @@ def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
             f"dbguardctl: waiting for guarded commands on {pg_database.label} to end:"
         ), said
         assert restore.poll() is None and not pre_restore_backups(home)
-    finally:
-        gate.touch()
     assert command.wait(timeout=60) == 0
     _, err = restore.communicate(timeout=60)
     assert restore.returncode == 0, err
