@@ -154,7 +154,8 @@ def restore_backup(
     saved: Callable[[Manifest | None], None] = lambda before: None,
     swapped: Callable[[], None] = lambda: None,
     warn: Callable[[str], None] = lambda note: None,
-    waiting: Callable[[], None] = lambda: None,
+    waiting_for_commands: Callable[[], None] = lambda: None,
+    waiting_for_restore: Callable[[], None] = lambda: None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
@@ -165,8 +166,9 @@ def restore_backup(
 
     The database's lock (Store.database_lock) is held exclusive from before the
     pre-restore backup to the end, so no guarded command is backed up or runs in
-    between; when some hold it, `waiting` is told, then this waits (^C ends the wait,
-    nothing changed). Raises
+    between; when another restore of it is under way or guarded commands hold it,
+    `waiting_for_restore` or `waiting_for_commands` is told, then this waits (^C ends
+    the wait, nothing changed); commands that arrive meanwhile wait for it. Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -184,7 +186,7 @@ def restore_backup(
     # (dbguardd's, after a backup of its own) removes the backup's file, not the open one.
     with (
         store.open_data(manifest) as data,
-        store.database_lock(target.key).exclusive(waiting),
+        store.database_lock(target.key).exclusive(waiting_for_commands, waiting_for_restore),
     ):
         try:
             before = take_backup(store, engines, target, reason)

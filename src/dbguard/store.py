@@ -6,6 +6,7 @@
       .tmp/<id>/ + .tmp/<id>.lock             # a backup being written, locked by its writer
       .seq                                    # commit counter: orders backups, whatever the clock
       .locks/<hash of database key>.lock      # guarded commands (shared) vs. a restore (exclusive)
+      .locks/<hash of database key>.gate      # closed by a waiting restore: newcomers wait
 
 A backup is correct by construction: data and manifest are written inside `.tmp`,
 checked, fsynced, and only then renamed into place, so a crash at any point leaves
@@ -916,21 +917,21 @@ class Store:
         with lock.exclusive(lambda: waiting(path) if waiting is not None else None):
             yield
 
-    def database_lock(self, key: str) -> FileLock:
+    def database_lock(self, key: str) -> DatabaseLock:
         """The readers-writer lock of the database `key` (Target.key): guarded commands
         hold it shared while dbguardd backs up for them and they run, a restore holds it
-        exclusive. Raises BackupFailed if its folder or file cannot be made."""
+        exclusive. Raises BackupFailed if its folder or files cannot be made."""
         folder = self.root / ".locks"
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        path = folder / f"{digest}.lock"
+        lock, gate = folder / f"{digest}.lock", folder / f"{digest}.gate"
         try:
-            return FileLock(path)
+            return DatabaseLock.open(lock, gate)
         except OSError:  # a new store, its folder removed under us, or unusable: say why
             pass
         try:
             self.ensure()
             _mkdir_private(folder)
-            return FileLock(path)
+            return DatabaseLock.open(lock, gate)
         except OSError as err:
             raise _disk_error(err, folder) from err
 
@@ -956,7 +957,7 @@ class FileLock:
         )
 
     def try_shared(self) -> bool:
-        """Hold it shared if no one holds it exclusive (a restore); never waits."""
+        """Hold it shared if no one holds it exclusive; never waits."""
         assert self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -964,10 +965,15 @@ class FileLock:
             return False
         return True
 
+    def unlock(self) -> None:
+        """Let go of the flock, keeping the file open for the next one."""
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def exclusive(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
         """Hold it exclusive, released on exit; `waiting` is told first when others
-        hold it (guarded commands, another writer), then this waits (^C ends the wait)."""
+        hold it, then this waits (^C ends the wait)."""
         assert self._fd is not None
         try:
             try:
@@ -983,6 +989,62 @@ class FileLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+class DatabaseLock:
+    """A database's readers-writer lock (Store.database_lock) that a waiting writer
+    cannot be starved of. flock favours no one: commands that keep overlapping would
+    hold a restore off for as long as they do. So a restore first closes the gate, a
+    second file a command must pass (shared, for a moment) to take the lock; then it
+    waits only for the commands already in. Commands take the locks of their databases
+    in one order (by key), so two restores and the commands between them cannot wait
+    for each other in a circle."""
+
+    def __init__(self, lock: FileLock, gate: FileLock) -> None:
+        self.lock = lock
+        self.gate = gate
+
+    @classmethod
+    def open(cls, lock: Path, gate: Path) -> DatabaseLock:
+        """Raises OSError when either file cannot be opened or made."""
+        held = FileLock(lock)
+        try:
+            return cls(held, FileLock(gate))
+        except OSError:
+            held.release()
+            raise
+
+    def try_shared(self) -> bool:
+        """Hold it shared unless a restore holds it or waits for it; never waits."""
+        if not self.gate.try_shared():
+            return False
+        try:
+            return self.lock.try_shared()
+        finally:
+            self.gate.unlock()
+
+    @contextlib.contextmanager
+    def exclusive(
+        self,
+        waiting_for_commands: Callable[[], None] = lambda: None,
+        waiting_for_restore: Callable[[], None] = lambda: None,
+    ) -> Iterator[None]:
+        """Hold it exclusive, released on exit. Another restore of the database is
+        waited for first (`waiting_for_restore` told when there is one), then the
+        guarded commands already holding it (`waiting_for_commands`); ^C ends either
+        wait, holding nothing."""
+        try:
+            with (
+                self.gate.exclusive(waiting_for_restore),
+                self.lock.exclusive(waiting_for_commands),
+            ):
+                yield
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        self.lock.release()
+        self.gate.release()
 
 
 _SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime

@@ -88,6 +88,16 @@ def command_running(home: Home, project: Path, gate: Path) -> Iterator[subproces
         gate.touch()
 
 
+def ctl_saying(
+    home: Home, project: Path, lines: int, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """dbguardctl `args` started in `project`, and the first `lines` lines it writes
+    to stderr (what it waits for)."""
+    process = home.ctl_process(*args, cwd=project)
+    assert process.stderr is not None
+    return process, "".join(process.stderr.readline().decode() for _ in range(lines))
+
+
 def waits_logged(daemon: Daemon, count: int = 1) -> bool:
     return poll(lambda: daemon.log.count(WAITING) >= count)
 
@@ -139,9 +149,7 @@ def test_a_restore_waits_for_a_running_guarded_command_to_report(
     backup_id = backed_up_then_grown(home, project)
     gate = tmp_path / "finish"
     with command_running(home, project, gate) as command:
-        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
-        assert restore.stderr is not None
-        said = restore.stderr.readline().decode() + restore.stderr.readline().decode()
+        restore, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
         [running] = command_records(home)
         assert said == (
             f"dbguardctl: waiting for guarded commands on sqlite "
@@ -240,3 +248,66 @@ def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
     assert command.wait(timeout=60) == 0
     _, err = restore.communicate(timeout=60)
     assert restore.returncode == 0, err
+
+
+def test_a_command_that_arrives_while_a_restore_waits_goes_after_the_restore(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    """The restore waits for the command already running; one that arrives meanwhile
+    does not slip in ahead of it (commands that keep overlapping would hold it off for
+    good): it waits, then runs on the restored data."""
+    backup_id = backed_up_then_grown(home, project)
+    with command_running(home, project, tmp_path / "finish") as running:
+        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
+        assert restore.stderr is not None
+        assert b"waiting for guarded commands" in restore.stderr.readline()
+        arriving = guarded(home, project, "--count-users")
+        assert waits_logged(daemon), daemon.log
+        assert arriving.poll() is None and restore.poll() is None
+    assert running.wait(timeout=60) == 0
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err
+    out, err = arriving.communicate(timeout=60)
+    assert arriving.returncode == 0, err
+    assert out.decode().rstrip().endswith("3"), out  # the restored 3 users, not 8
+    [restored] = [r for r in home.operations() if r.get("decision") == "restore"]
+    [*_, last] = command_records(home)
+    assert last["argv"][-1] == "--count-users" and restored["time"] < last["time"]
+
+
+def test_dbguardctl_backup_during_a_restore_waits_and_backs_up_the_restored_data(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    with restore_held(home, project, backup_id) as restore:
+        backup, said = ctl_saying(home, project, 1, "backup", "--json")
+        assert said == (
+            f"dbguardctl: waiting for a restore of sqlite {project / 'database' / 'app.sqlite'}"
+            " to end\n"
+        ), said
+        assert backup.poll() is None
+    assert restore.wait(timeout=60) == 0
+    out, err = backup.communicate(timeout=60)
+    assert backup.returncode == 0, err
+    [taken] = json.loads(out)["backups"]
+    listing = json.loads(home.ctl("list-backups", "--json").stdout)
+    [listed] = [b for b in listing if b["id"] == taken["id"]]
+    assert listed["tables"]["users"] == 3  # what the restore put back, not the 8 before
+
+
+def test_a_second_restore_of_the_database_waits_for_the_first(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    backup_id = backed_up_then_grown(home, project)
+    with restore_held(home, project, backup_id) as first:
+        second, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
+        assert said == (
+            f"dbguardctl: waiting for another restore of sqlite "
+            f"{project / 'database' / 'app.sqlite'} to end\n"
+            "  ^C gives up; nothing is changed until it ends\n"
+        ), said
+        assert second.poll() is None
+    assert first.wait(timeout=60) == 0
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert len(pre_restore_backups(home)) == 2  # each backed up what it replaced

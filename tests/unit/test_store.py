@@ -537,7 +537,7 @@ def test_a_database_lock_is_shared_by_commands_and_exclusive_for_a_restore(
     store = Store(tmp_path / "b")
     first, second = store.database_lock(TARGET.key), store.database_lock(TARGET.key)
     assert first.try_shared() and second.try_shared()  # two guarded commands at once
-    assert first.path.parent == store.root / ".locks" and store.manifests() == []
+    assert first.lock.path.parent == store.root / ".locks" and store.manifests() == []
     waiting, held = threading.Event(), threading.Event()
 
     def restore() -> None:
@@ -554,4 +554,66 @@ def test_a_database_lock_is_shared_by_commands_and_exclusive_for_a_restore(
     assert held.is_set()
     # Another database's lock is another file.
     other = Target(engine="sqlite", path="/srv/other.sqlite", source="test")
-    assert store.database_lock(other.key).path != first.path
+    assert store.database_lock(other.key).lock.path != first.lock.path
+
+
+def test_a_waiting_restore_goes_before_commands_that_arrive_after_it(tmp_path: Path) -> None:
+    """flock alone favours no one: commands that keep overlapping would hold a restore
+    off for good. Once a restore waits, a new command waits for it."""
+    store = Store(tmp_path / "b")
+    running = store.database_lock(TARGET.key)
+    assert running.try_shared()
+    waiting, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def restore() -> None:
+        with store.database_lock(TARGET.key).exclusive(waiting.set):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=restore, daemon=True)
+    thread.start()
+    try:
+        assert waiting.wait(10)
+        arriving = store.database_lock(TARGET.key)
+        assert not arriving.try_shared()  # the restore waits: the newcomer is held off
+        running.release()
+        assert held.wait(10)
+        assert not arriving.try_shared()  # and during the restore
+    finally:
+        running.release()
+        release.set()
+        thread.join(10)
+    assert arriving.try_shared()
+
+
+def test_a_second_restore_of_a_database_waits_for_the_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "b")
+    told: list[str] = []
+    waits, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def second() -> None:
+        def waiting_for(what: str) -> Callable[[], None]:
+            def told_and_set() -> None:
+                told.append(what)
+                waits.set()
+
+            return told_and_set
+
+        lock = store.database_lock(TARGET.key)
+        with lock.exclusive(waiting_for("commands"), waiting_for("restore")):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=second, daemon=True)
+    with store.database_lock(TARGET.key).exclusive():
+        thread.start()
+        assert waits.wait(10) and told == ["restore"]
+        assert not held.is_set()
+    try:
+        assert held.wait(10)
+        assert told == ["restore"]  # once the first ended, no command held it
+        assert not store.database_lock(TARGET.key).try_shared()
+    finally:
+        release.set()
+        thread.join(10)
+    assert store.database_lock(TARGET.key).try_shared()

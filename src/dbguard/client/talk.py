@@ -20,15 +20,16 @@ __all__ = ["DaemonNotAnswering", "DaemonUnavailable", "request"]
 def request(
     path: Path,
     message: BaseModel,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[Progress | Working], None] | None = None,
     timeout: float | None = 10.0,
     *,
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
     autostart_say: Callable[[str], None] | None = None,
 ) -> Reply:
-    """Send `message`, return the first reply that is not progress. `timeout` is how
-    long the daemon may stay silent (it sends progress while it works).
+    """Send `message`, return the first reply that is not progress (each is handed to
+    `on_progress`). `timeout` is how long the daemon may stay silent (it sends progress
+    while it works).
 
     With `autostart_say`, a daemon that is not running is started first, exactly as a
     shim starts it (the autostart settings in the default shims folder, the same
@@ -61,9 +62,9 @@ def request(
             sock.sendall(encode(message))
             for line in replies:
                 reply = decode_reply(line)
-                if isinstance(reply, Progress) and on_progress is not None:
-                    on_progress(reply)
                 if isinstance(reply, Progress | Working):
+                    if on_progress is not None:
+                        on_progress(reply)
                     continue  # the timeout counts silence, not the whole request
                 return reply
     except TimeoutError:

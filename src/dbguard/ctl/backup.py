@@ -14,28 +14,39 @@ import sys
 from dbguard.client.shim import silence_timeout
 from dbguard.client.talk import request
 from dbguard.ctl.context import Context, current_folder
-from dbguard.protocol import PROTOCOL_VERSION, BackupNow, Deny, Done, Fail, Progress
+from dbguard.protocol import PROTOCOL_VERSION, BackupNow, Deny, Done, Fail, Progress, Working
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _show_progress(progress: Progress) -> None:
-    if sys.stderr.isatty():
+def _show_progress(update: Progress | Working, said: set[str]) -> None:
+    """An updating line on a terminal; elsewhere only a wait for a restore, once."""
+    terminal = sys.stderr.isatty()
+    if isinstance(update, Working):
+        if update.waiting and terminal:
+            sys.stderr.write(
+                f"\r\x1b[2Kwaiting for {update.waiting} to end: {update.elapsed:.1f} s"
+            )
+        elif update.waiting and update.waiting not in said:
+            said.add(update.waiting)
+            sys.stderr.write(f"dbguardctl: waiting for {update.waiting} to end\n")
+    elif terminal:
         sys.stderr.write(
-            f"\r\x1b[2Kbacking up {progress.database}: {progress.bytes / 1e6:.1f} MB, "
-            f"{progress.elapsed:.1f} s"
+            f"\r\x1b[2Kbacking up {update.database}: {update.bytes / 1e6:.1f} MB, "
+            f"{update.elapsed:.1f} s"
         )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     message = BackupNow(type="backup", v=PROTOCOL_VERSION, cwd=str(current_folder()), env=ctx.env)
     # A daemon that is not running is started as a shim would start it (autostart).
+    said: set[str] = set()
     reply = request(
         ctx.socket,
         message,
-        _show_progress,
+        lambda update: _show_progress(update, said),
         timeout=silence_timeout(),
         env=ctx.env,
         config_file=ctx.config_file,

@@ -101,7 +101,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 saved=saved.append,
                 swapped=lambda: swapped.append(True),
                 warn=warn,
-                waiting=lambda: _say_held(ctx, target),
+                waiting_for_commands=lambda: _say_held(ctx, target),
+                waiting_for_restore=lambda: ctx.error(
+                    f"dbguardctl: waiting for another restore of {target.label} to end"
+                    "\n  ^C gives up; nothing is changed until it ends"
+                ),
             )
     except KeyboardInterrupt:
         if not swapped:

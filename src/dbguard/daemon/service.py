@@ -79,7 +79,7 @@ from dbguard.rules import (
     TooManyScripts,
     builtin_catalog,
 )
-from dbguard.store import FileLock, Reason, Store, Unfinished
+from dbguard.store import DatabaseLock, Reason, Store, Unfinished
 
 log = structlog.get_logger("dbguard")
 
@@ -135,7 +135,7 @@ class Running:
     # When those marks were read: one a person sets by hand after that stands.
     marks_read: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Its databases' locks, held shared until it ends: a restore waits for them.
-    locks: list[FileLock] = field(default_factory=list)
+    locks: list[DatabaseLock] = field(default_factory=list)
 
 
 class Guard:
@@ -336,7 +336,7 @@ class Guard:
         # Held from before the backup until the command ends (finish): a `dbguardctl
         # restore` of one of its databases neither swaps under the backup or the
         # command, nor is undone by them; one under way is waited for.
-        locks: list[FileLock] = []
+        locks: list[DatabaseLock] = []
         try:
             try:
                 await self._share(found.targets, locks, emit)
@@ -576,12 +576,13 @@ class Guard:
             ),
         )
 
-    async def _share(self, targets: list[Target], locks: list[FileLock], emit: Emit) -> None:
+    async def _share(self, targets: list[Target], locks: list[DatabaseLock], emit: Emit) -> None:
         """Hold each database's lock shared, adding it to `locks` once held; while a
-        restore holds one, retry on the loop (a blocking flock would tie up a worker
-        thread for as long as the restore takes), telling the shim what it waits for.
-        Raises BackupFailed when a lock file cannot be made."""
-        for target in {t.key: t for t in targets}.values():
+        restore holds one or waits for it, retry on the loop (a blocking flock would tie
+        up a worker thread for as long as the restore takes), telling the shim what it
+        waits for. In the order of their keys, as every command takes them (see
+        DatabaseLock). Raises BackupFailed when a lock file cannot be made."""
+        for _, target in sorted({t.key: t for t in targets}.items()):
             lock = self.store.database_lock(target.key)
             try:
                 started = next_line = time.monotonic()
@@ -726,15 +727,23 @@ class Guard:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
         reason = Reason(kind="manual", argv=["dbguardctl", "backup"], cwd=request.cwd)
+        # Held as a guarded command holds them: never a backup of a database that a
+        # restore is replacing; one under way is waited for, and then backed up.
+        locks: list[DatabaseLock] = []
         try:
+            await self._share(found.targets, locks, emit)
             outcomes = await self._ensure_all(found.targets, reason, emit)
         except ConnectionError:
             detail = "dbguardctl left during the backup; the backup went on"
+            if len(locks) < len({t.key for t in found.targets}):  # not all held yet
+                detail = "dbguardctl left while it waited for a restore"
             self._log(record, "backup", started, outcome="interrupted", detail=detail)
             raise
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
             return Fail(reason=err.problem, hint=err.fix)
+        finally:
+            _release(locks)
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         self._log(record, "backup", started)
         return Done(backups=_refs(outcomes), notes=_notes(found, outcomes))
@@ -891,7 +900,7 @@ def _store(
     )
 
 
-def _release(locks: list[FileLock]) -> None:
+def _release(locks: list[DatabaseLock]) -> None:
     for lock in locks:
         lock.release()
 
