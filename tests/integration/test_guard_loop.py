@@ -915,3 +915,59 @@ def test_a_shell_file_a_package_script_runs_is_guarded(home: Home, daemon: Daemo
     record = oplog(home)[-1]
     assert (record["decision"], record["tool"], record["kind"]) == ("deny", "prisma", "destructive")
     assert record["via"] == ["npm run db:reset", "scripts/reset-db.sh"]
+
+
+def test_a_command_line_is_read_once_while_the_project_files_stay_as_they_were(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a command line is (npm run reset: whatever package.json's script runs) is
+    remembered per line and folder: a repeat reads no file, only stats them, and an
+    edit, a new .dbguard.toml or a folder made later is seen at once."""
+    from dbguard.config import Config
+    from dbguard.daemon.service import Guard
+    from dbguard.discovery.envfile import DiscoveryError
+    from dbguard.discovery.project import ProjectFiles
+    from dbguard.protocol import Invoke
+    from dbguard.rules import Kind
+
+    app = home.root / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"scripts": {"reset": "echo hello"}}')
+    reset = '{"scripts": {"reset": "prisma migrate reset --force"}}'
+    reads: list[str] = []
+    real_read = ProjectFiles.read
+
+    def counted(files: ProjectFiles, relative: str) -> str | None:
+        reads.append(relative)
+        return real_read(files, relative)
+
+    monkeypatch.setattr(ProjectFiles, "read", counted)
+    guard = Guard(Config(), home.env)
+
+    def kind(*argv: str) -> Kind | None:
+        asked = Invoke(
+            type="invoke", v=PROTOCOL_VERSION, argv=list(argv), cwd=str(app), env={}, tty=False,
+            pid=1,
+        )  # fmt: skip
+        operation = guard.classify(asked)
+        return None if operation is None else operation.kind
+
+    try:
+        assert kind("npm", "run", "reset") is None  # echo: no database operation
+        assert reads
+        reads.clear()
+        assert kind("npm", "run", "reset") is None
+        assert reads == []  # the repeat: stats only
+        (app / "package.json").write_text(reset)
+        assert kind("npm", "run", "reset") is Kind.DESTRUCTIVE
+        # A folder that is not there yet (npm fails: nothing runs), then is.
+        assert kind("npm", "--prefix", "web", "run", "reset") is None
+        (app / "web").mkdir()
+        (app / "web" / "package.json").write_text(reset)
+        assert kind("npm", "--prefix", "web", "run", "reset") is Kind.DESTRUCTIVE
+        # A .dbguard.toml that appears is read (a broken one refuses every command).
+        (app / ".dbguard.toml").write_text("[[tool]\n")
+        with pytest.raises(DiscoveryError):
+            kind("npm", "run", "reset")
+    finally:
+        guard.engines.close()

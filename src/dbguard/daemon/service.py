@@ -35,6 +35,7 @@ from dbguard.discovery.prisma import NoSchema
 from dbguard.discovery.project import (
     DiscoveryCache,
     ProjectFiles,
+    StampedCache,
     argument_roots,
     project_root,
 )
@@ -166,6 +167,9 @@ class Guard:
             env, lambda problem: log.warning("production marks register", problem=problem)
         )
         self.classifier = _classifier(config)
+        # What each command line is, in each folder: read from the project's files
+        # (.dbguard.toml, package.json's scripts), so as long as they are unchanged.
+        self.classified: StampedCache[Operation | None] = StampedCache()
         self.discovery = DiscoveryCache()
         self.backups = Backups(
             self.store, self.engines, config.backup.max_parallel, config.retention, config.space
@@ -235,6 +239,7 @@ class Guard:
             pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
         self.config = config
         self.classifier = classifier
+        self.classified = StampedCache()  # by the old catalog
         self.store = store
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))
@@ -249,23 +254,30 @@ class Guard:
     def classify(self, request: Invoke) -> Operation | None:
         """The operation `request` performs, by the user's catalog and the project's
         additions (which can only make a command more guarded)."""
-        files = ProjectFiles(Path(request.cwd))
         # A .dbguard.toml that is refused (broken, or loosening a rule) raises
         # DiscoveryError: every command of the project is refused, naming the file, as
         # its own [[tool]] entries may be what guards this one; reading past it would
         # let anyone who breaks the file switch those guards off. So does a
         # package.json that cannot be read: a script not read may be a database operation.
+        # (Errors are not cached: the next command reads again.)
         root = project_root(request.cwd)
-        project = load_project_config(ProjectFiles(root).read, project_config_file(root))
-        return classify_with_project(
+        config_file = project_config_file(root)
+        key = (tuple(request.argv), request.cwd, root, config_file)
+        cached = self.classified.get(key)
+        if cached is not None:
+            return cached.value
+        files, root_files = ProjectFiles(Path(request.cwd)), ProjectFiles(root)
+        operation = classify_with_project(
             self.classifier,
-            project,
+            load_project_config(root_files.read, config_file),
             request.argv,
             files.package_script,
             files.workspace_members,
             files.workspace_root,
             files.file_start,
         )
+        self.classified.put(key, operation, files, root_files)
+        return operation
 
     async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:
         """Decide on one invocation; `emit` sends progress, `ask` asks the person at the

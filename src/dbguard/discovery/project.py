@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import yaml
 
@@ -201,10 +203,14 @@ class ProjectFiles:
         workspace member whose package name follows the part of it that exists (`npm -w
         @shop/api`, also in a script that runs in /srv/shop: /srv/shop/@shop/api)."""
         start = Path(os.path.normpath(self.root / folder))
+        # Stamped too: a folder made later (npm --prefix web, web/ not yet there)
+        # changes the answer.
+        self.stamps[start] = file_stamp(start)
         if start.is_dir():
             return start
         base = start.parent
         while not base.is_dir() and base != base.parent:
+            self.stamps[base] = file_stamp(base)
             base = base.parent
         package = os.path.relpath(start, base)
         top, members = self._workspace(base, manifest) or (base, [])
@@ -434,19 +440,47 @@ def _cache_key(
     )
 
 
-@dataclass
-class _Cached:
-    files: ProjectFiles
-    found: Found
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cached(Generic[T]):
+    value: T
+    files: tuple[ProjectFiles, ...]
+
+
+class StampedCache(Generic[T]):
+    """Answers worked out from project files, by key, reused while no file they were
+    read from has changed: a hit costs one stat() per file, and no parse. Holds `limit`
+    answers; the oldest goes first. Safe to use from several threads (dbguardd's
+    workers discover at once)."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._entries: dict[Hashable, Cached[T]] = {}
+        self._limit = limit
+        self._changing = threading.Lock()
+
+    def get(self, key: Hashable) -> Cached[T] | None:
+        cached = self._entries.get(key)
+        if cached is None or not all(files.unchanged() for files in cached.files):
+            return None
+        return cached
+
+    def put(self, key: Hashable, value: T, *files: ProjectFiles) -> None:
+        """`value` as read through `files` (every file it depends on)."""
+        with self._changing:
+            self._entries.pop(key, None)
+            if len(self._entries) >= self._limit:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = Cached(value, files)
 
 
 class DiscoveryCache:
     """Discovery results per (root, operation, environment), reused while no file they
-    were read from has changed; a hit costs one stat() per file."""
+    were read from has changed."""
 
     def __init__(self, limit: int = 256) -> None:
-        self._entries: dict[tuple[object, ...], _Cached] = {}
-        self._limit = limit
+        self._answers: StampedCache[Found] = StampedCache(limit)
 
     def project_databases(self, cwd: Path, env: Mapping[str, str], tool: str) -> Found:
         """Every database of the project at `cwd`: the one it runs against and the one
@@ -469,14 +503,12 @@ class DiscoveryCache:
         """discover() through a cache; `cwd` (default `root`) is where relative client
         arguments (`sqlite3 data.db`) are taken from."""
         key = _cache_key(root, env, operation, cwd)
-        cached = self._entries.get(key)
-        if cached is not None and cached.files.unchanged():
-            return cached.found
+        cached = self._answers.get(key)
+        if cached is not None:
+            return cached.value
         files = ProjectFiles(root)
         found = discover(root, files.read, env, operation, cwd=cwd, listdir=files.listdir)
-        if len(self._entries) >= self._limit:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = _Cached(files, found)
+        self._answers.put(key, found, files)
         return found
 
 
