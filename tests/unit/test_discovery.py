@@ -493,18 +493,6 @@ def test_pg_socket_folder_in_pghost() -> None:
     assert (target.host, target.socket) == (None, "/run/postgresql")
 
 
-def test_a_database_reached_twice_keeps_each_explanation_that_adds_something() -> None:
-    found = Found()
-    database = Target(engine="sqlite", path="/srv/app.db", source="env.py reads DATABASE_URL: .env")
-    found.add(database)
-    found.add(database.model_copy(update={"source": ".env (DATABASE_URL)"}))  # said already
-    found.add(database.model_copy(update={"source": ".env.testing (DATABASE_URL)"}))
-    found.add(database.model_copy(update={"source": ""}))
-    assert [t.source for t in found.targets] == [
-        "env.py reads DATABASE_URL: .env; also .env.testing (DATABASE_URL)"
-    ]
-
-
 def test_nothing_found_lists_where_it_looked() -> None:
     with pytest.raises(DiscoveryError, match="could not find its database") as info:
         run({}, framework=None)

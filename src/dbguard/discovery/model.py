@@ -7,7 +7,6 @@ Pure, like the rest of discovery's parsing: files arrive through a `FileReader`.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +35,6 @@ def unlisted(folder: str) -> list[str] | None:
 
 
 COMMAND_LINE = "the command line"
-# The words of a source that name something (a file, a setting), not its punctuation.
-_NAME = re.compile(r"""[^\s()\[\]:;,="'>\u2014]*\w[^\s()\[\]:;,="'>\u2014]*""")
-
-
-def _names(source: str) -> set[str]:
-    return set(_NAME.findall(source))
 
 
 @dataclass
@@ -88,10 +81,8 @@ class Found:
             )
         for index, known in enumerate(self.targets):
             if known.key == target.key:
-                # The same database reached two ways: keep both explanations, unless the
-                # second names no file or setting the first does not (.env (DATABASE_URL)
-                # after "env.py reads DATABASE_URL: .env").
-                if not _names(target.source) <= _names(known.source):
+                # The same database reached two ways: keep both explanations.
+                if target.source and target.source not in known.source:
                     source = f"{known.source}; also {target.source}"
                     self.targets[index] = known.model_copy(update={"source": source})
                 break
