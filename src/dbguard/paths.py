@@ -23,6 +23,12 @@ def file_stamp(path: Path) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+# A change older than this shows in any later change's stamp; one within the
+# filesystem clock's tick of an earlier one may leave the stamp as it was (same size,
+# same times), so what was read then is not trusted to be current by its stamp alone.
+SETTLED_NS = 1_000_000_000
+
+
 def exists(path: Path) -> bool:
     """Whether `path` exists; False, not an error, for a name too long, an embedded NUL
     or a folder that cannot be searched."""

@@ -48,7 +48,7 @@ from pydantic import (
 
 from dbguard.engines.base import DumpInfo, Target
 from dbguard.errors import BackupFailed, Cancelled, Damaged, NotFound
-from dbguard.paths import Stamp, file_stamp
+from dbguard.paths import SETTLED_NS, Stamp, file_stamp
 
 ID_RE = re.compile(r"[0-9a-f]{8}")
 ID_PREFIX_RE = re.compile(r"[0-9a-f]{4,8}")
@@ -735,7 +735,7 @@ class Store:
         good = [m for m in self.manifests(target) if m.verified is None or m.verified.ok]
         newest = good[0] if good else None
         manifest_stamp = file_stamp(folder / newest.id / MANIFEST) if newest else None
-        if folder_stamp is None or time.time_ns() - folder_stamp[2] > _SETTLED_NS:
+        if folder_stamp is None or time.time_ns() - folder_stamp[2] > SETTLED_NS:
             self._newest[target.key] = (folder_stamp, newest, manifest_stamp)
         else:
             self._newest.pop(target.key, None)
@@ -958,9 +958,16 @@ class FileLock:
 
     def try_shared(self) -> bool:
         """Hold it shared if no one holds it exclusive; never waits."""
+        return self._try(fcntl.LOCK_SH)
+
+    def try_exclusive(self) -> bool:
+        """Hold it exclusive if no one else holds it; never waits."""
+        return self._try(fcntl.LOCK_EX)
+
+    def _try(self, kind: int) -> bool:
         assert self._fd is not None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
@@ -976,9 +983,7 @@ class FileLock:
         hold it, then this waits (^C ends the wait)."""
         assert self._fd is not None
         try:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self.try_exclusive():
                 waiting()
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             yield
@@ -991,6 +996,9 @@ class FileLock:
             self._fd = None
 
 
+_GATE_TRIES, _GATE_PAUSE = 5, 0.01
+
+
 class DatabaseLock:
     """A database's readers-writer lock (Store.database_lock) that a waiting writer
     cannot be starved of. flock favours no one: commands that keep overlapping would
@@ -998,7 +1006,8 @@ class DatabaseLock:
     second file a command must pass (shared, for a moment) to take the lock; then it
     waits only for the commands already in. Commands take the locks of their databases
     in one order (by key), so two restores and the commands between them cannot wait
-    for each other in a circle."""
+    for each other in a circle; a command run inside a running one passes the gate
+    (see try_shared)."""
 
     def __init__(self, lock: FileLock, gate: FileLock) -> None:
         self.lock = lock
@@ -1014,8 +1023,13 @@ class DatabaseLock:
             held.release()
             raise
 
-    def try_shared(self) -> bool:
-        """Hold it shared unless a restore holds it or waits for it; never waits."""
+    def try_shared(self, *, inside: bool = False) -> bool:
+        """Hold it shared unless a restore holds it or waits for it; never waits.
+        `inside`: for a command run by a guarded command that is running (a script's
+        `prisma migrate`), which passes the gate: a waiting restore waits for its parent
+        anyway, and the parent, waiting for it, would never end."""
+        if inside:
+            return self.lock.try_shared()
         if not self.gate.try_shared():
             return False
         try:
@@ -1034,6 +1048,12 @@ class DatabaseLock:
         guarded commands already holding it (`waiting_for_commands`); ^C ends either
         wait, holding nothing."""
         try:
+            # A command holds the gate only while it takes the lock: one closed for
+            # longer than a few tries is another restore's.
+            for _ in range(_GATE_TRIES):
+                if self.gate.try_exclusive():
+                    break
+                time.sleep(_GATE_PAUSE)
             with (
                 self.gate.exclusive(waiting_for_restore),
                 self.lock.exclusive(waiting_for_commands),
@@ -1045,9 +1065,6 @@ class DatabaseLock:
     def release(self) -> None:
         self.lock.release()
         self.gate.release()
-
-
-_SETTLED_NS = 1_000_000_000  # a change older than this shows in any later change's mtime
 
 
 def _newest_first(entry: Entry) -> tuple[int, float]:

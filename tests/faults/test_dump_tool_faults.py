@@ -13,6 +13,7 @@ engine prefers it to the installed ones (it picks the newest fitting pg_dump).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -238,10 +239,26 @@ def test_a_shim_interrupted_during_the_backup_is_logged_not_run(case: Case) -> N
     [record] = oplog(case.home)
     assert (record["decision"], record["outcome"]) == ("allow", "not run")
     assert "during the backup" in record["detail"]
+    # The database stays held while the backup goes on: a restore would wait for it.
+    [lock] = (case.home.backups / ".locks").glob("*.lock")
+    assert not restore_could_start(lock)
     gate.open()
     wait_until(lambda: listing(case.home), "the backup to finish")
+    wait_until(lambda: restore_could_start(lock), "the database's lock to be let go")
     assert len(ran(case.project)) == 0
     case.daemon.assert_no_crash()
+
+
+def restore_could_start(lock: Path) -> bool:
+    """Whether no one holds the database's lock (a restore would take it exclusive)."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def test_a_dump_tool_that_vanished_after_it_was_found(case: Case) -> None:

@@ -926,7 +926,8 @@ def test_a_command_line_is_read_once_while_the_project_files_stay_as_they_were(
     from dbguard.config import Config
     from dbguard.daemon.service import Guard
     from dbguard.discovery.envfile import DiscoveryError
-    from dbguard.discovery.project import ProjectFiles
+    from dbguard.discovery.project import ProjectFiles, StampedCache
+    from dbguard.paths import SETTLED_NS
     from dbguard.protocol import Invoke
     from dbguard.rules import Kind
 
@@ -943,6 +944,9 @@ def test_a_command_line_is_read_once_while_the_project_files_stay_as_they_were(
 
     monkeypatch.setattr(ProjectFiles, "read", counted)
     guard = Guard(Config(), home.env)
+    # As if every file had been written long ago: one changed within the clock's last
+    # tick is never cached (see the test of that in test_discovery).
+    guard.classified = StampedCache(clock=lambda: time.time_ns() + 10 * SETTLED_NS)
 
     def kind(*argv: str) -> Kind | None:
         asked = Invoke(

@@ -311,3 +311,26 @@ def test_a_second_restore_of_the_database_waits_for_the_first(
     _, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     assert len(pre_restore_backups(home)) == 2  # each backed up what it replaced
+
+
+def test_a_command_run_by_a_running_command_passes_a_waiting_restore(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    """`npm run migrate` runs `prisma migrate`: the restore waits for the outer command,
+    which waits for the inner one; were the inner one held at the restore's gate, none
+    of the three would ever end."""
+    backup_id = backed_up_then_grown(home, project)
+    with command_running(home, project, tmp_path / "finish") as outer:
+        restore, _ = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
+        [running] = command_records(home)
+        inner = home.run(
+            ["php", "artisan", "test"],
+            cwd=project,
+            env={"DBGUARD_PARENT_OP": running["op"]},
+            timeout=60,
+        )
+        assert inner.returncode == 0, inner.stderr
+        assert restore.poll() is None  # still waiting for the outer command
+    assert outer.wait(timeout=60) == 0
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err

@@ -16,10 +16,17 @@ import pytest
 
 from dbguard.discovery import NO_DATABASE, FileReader, FolderLister, Found, discover
 from dbguard.discovery.envfile import DiscoveryError
-from dbguard.discovery.project import DiscoveryCache, ProjectFiles, argument_roots, find_root
+from dbguard.discovery.project import (
+    DiscoveryCache,
+    ProjectFiles,
+    StampedCache,
+    argument_roots,
+    find_root,
+)
 from dbguard.discovery.project_config import classify_with_project
 from dbguard.discovery.signs import workspace_folders
 from dbguard.engines.base import Target
+from dbguard.paths import SETTLED_NS
 from dbguard.production import ProductionSettings, classify_production
 from dbguard.rules import Classifier, Kind, Operation, Script, builtin_catalog
 
@@ -846,6 +853,21 @@ def test_discovery_cache_sees_a_file_rewritten_with_its_old_size_and_mtime(
 
     again = cache.discover(root, {}, operation(kind=Kind.MIGRATE))
     assert only(again).path == "/srv/bbb.sqlite"
+
+
+def test_an_answer_read_from_a_file_changed_just_now_is_not_kept(tmp_path: Path) -> None:
+    """A rewrite within the filesystem clock's tick of the read, at the same size,
+    leaves the file's stamp as it was: such an answer is worked out again next time."""
+    (tmp_path / "package.json").write_text('{"scripts": {}}')
+    files = ProjectFiles(tmp_path)
+    assert files.read("package.json") is not None
+    now = StampedCache[str]()
+    now.put("key", "answer", files)
+    assert now.get("key") is None
+    later = StampedCache[str](clock=lambda: time.time_ns() + 2 * SETTLED_NS)
+    later.put("key", "answer", files)
+    cached = later.get("key")
+    assert cached is not None and cached.value == "answer"
 
 
 def test_project_files_reader_reports_absent_files() -> None:

@@ -351,10 +351,10 @@ class Guard:
         locks: list[DatabaseLock] = []
         try:
             try:
-                await self._share(found.targets, locks, emit)
+                await self._share(found.targets, locks, emit, inside=request.parent)
                 outcomes = await self._ensure_all(found.targets, reason, emit)
             except BaseException:
-                _release(locks)
+                self._release_when_backed_up(found.targets, locks)
                 raise
         except ConnectionError:
             # ^C at the shim during the backup: it goes on (and is kept); the command
@@ -588,17 +588,27 @@ class Guard:
             ),
         )
 
-    async def _share(self, targets: list[Target], locks: list[DatabaseLock], emit: Emit) -> None:
+    async def _share(
+        self,
+        targets: list[Target],
+        locks: list[DatabaseLock],
+        emit: Emit,
+        *,
+        inside: str | None = None,
+    ) -> None:
         """Hold each database's lock shared, adding it to `locks` once held; while a
         restore holds one or waits for it, retry on the loop (a blocking flock would tie
         up a worker thread for as long as the restore takes), telling the shim what it
         waits for. In the order of their keys, as every command takes them (see
-        DatabaseLock). Raises BackupFailed when a lock file cannot be made."""
+        DatabaseLock). `inside`: the operation this runs under; while that runs, this
+        passes a waiting restore's gate. Raises BackupFailed when a lock file cannot be
+        made."""
+        nested = inside is not None and inside in self.running
         for _, target in sorted({t.key: t for t in targets}.items()):
             lock = self.store.database_lock(target.key)
             try:
                 started = next_line = time.monotonic()
-                while not lock.try_shared():
+                while not lock.try_shared(inside=nested):
                     now = time.monotonic()
                     if now >= next_line:
                         if next_line == started:
@@ -611,6 +621,11 @@ class Guard:
                 lock.release()
                 raise
             locks.append(lock)
+
+    def _release_when_backed_up(self, targets: list[Target], locks: list[DatabaseLock]) -> None:
+        """Let go of `locks` once the backups of `targets` under way have ended: one goes
+        on when its shim leaves (^C), and a restore must not swap under it."""
+        self.backups.when_done([t.key for t in targets], lambda: _release(locks))
 
     async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
         work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
@@ -743,7 +758,8 @@ class Guard:
         # restore is replacing; one under way is waited for, and then backed up.
         locks: list[DatabaseLock] = []
         try:
-            await self._share(found.targets, locks, emit)
+            inside = request.env.get("DBGUARD_PARENT_OP")  # run by a guarded command's script
+            await self._share(found.targets, locks, emit, inside=inside)
             outcomes = await self._ensure_all(found.targets, reason, emit)
         except ConnectionError:
             detail = "dbguardctl left during the backup; the backup went on"
@@ -755,7 +771,7 @@ class Guard:
             self._log(record, "fail", started, reason=str(err))
             return Fail(reason=err.problem, hint=err.fix)
         finally:
-            _release(locks)
+            self._release_when_backed_up(found.targets, locks)
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         self._log(record, "backup", started)
         return Done(backups=_refs(outcomes), notes=_notes(found, outcomes))

@@ -9,7 +9,8 @@ import os
 import re
 import shlex
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -19,7 +20,7 @@ import yaml
 from dbguard.discovery import FolderLister, Found, discover, nx
 from dbguard.discovery.envfile import DiscoveryError
 from dbguard.discovery.signs import npm_workspaces, workspace_folders
-from dbguard.paths import Stamp, exists, file_stamp
+from dbguard.paths import SETTLED_NS, Stamp, exists, file_stamp
 from dbguard.rules import Kind, Operation, Script
 
 # A folder holding any of these is a project root.
@@ -263,6 +264,13 @@ class ProjectFiles:
     def unchanged(self) -> bool:
         return all(file_stamp(path) == stamp for path, stamp in self.stamps.items())
 
+    def settled(self, now_ns: int) -> bool:
+        """Whether every file read had last changed long enough before `now_ns`
+        (SETTLED_NS) that `unchanged` can be trusted."""
+        return all(
+            stamp is None or now_ns - stamp[3] > SETTLED_NS for stamp in self.stamps.values()
+        )
+
     def package_script(self, manifest: str, script: str) -> Script | None:
         """`script` in package.json / composer.json (deno.json: deno's tasks), if any:
         the nearest one at or above the folder, as npm and composer find it (`npm run
@@ -455,9 +463,10 @@ class StampedCache(Generic[T]):
     answers; the oldest goes first. Safe to use from several threads (dbguardd's
     workers discover at once)."""
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = 256, clock: Callable[[], int] = time.time_ns) -> None:
         self._entries: dict[Hashable, Cached[T]] = {}
         self._limit = limit
+        self._clock = clock
         self._changing = threading.Lock()
 
     def get(self, key: Hashable) -> Cached[T] | None:
@@ -467,7 +476,11 @@ class StampedCache(Generic[T]):
         return cached
 
     def put(self, key: Hashable, value: T, *files: ProjectFiles) -> None:
-        """`value` as read through `files` (every file it depends on)."""
+        """`value` as read through `files` (every file it depends on); not kept when
+        one of them had just changed (see ProjectFiles.settled)."""
+        now = self._clock()
+        if not all(each.settled(now) for each in files):
+            return
         with self._changing:
             self._entries.pop(key, None)
             if len(self._entries) >= self._limit:
