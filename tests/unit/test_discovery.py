@@ -859,12 +859,13 @@ def test_an_answer_read_from_a_file_changed_just_now_is_not_kept(tmp_path: Path)
     """A rewrite within the filesystem clock's tick of the read, at the same size,
     leaves the file's stamp as it was: such an answer is worked out again next time."""
     (tmp_path / "package.json").write_text('{"scripts": {}}')
+    changed = (tmp_path / "package.json").stat().st_ctime_ns
     files = ProjectFiles(tmp_path)
     assert files.read("package.json") is not None
-    now = StampedCache[str]()
+    now = StampedCache[str](clock=lambda: changed + SETTLED_NS // 2)
     now.put("key", "answer", files)
     assert now.get("key") is None
-    later = StampedCache[str](clock=lambda: time.time_ns() + 2 * SETTLED_NS)
+    later = StampedCache[str](clock=lambda: changed + 2 * SETTLED_NS)
     later.put("key", "answer", files)
     cached = later.get("key")
     assert cached is not None and cached.value == "answer"

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -286,15 +285,6 @@ class Backups:
 
     def in_flight(self) -> list[str]:
         return [entry.target.label for entry in self._in_flight.values()]
-
-    def when_done(self, keys: Iterable[str], then: Callable[[], None]) -> None:
-        """Call `then` once the backups of the databases `keys` under way now have ended
-        (at once if there are none)."""
-        tasks = [entry.task for key in set(keys) if (entry := self._in_flight.get(key))]
-        if not tasks:
-            then()
-            return
-        asyncio.gather(*tasks, return_exceptions=True).add_done_callback(lambda _: then())
 
     async def drain(self) -> None:
         """Stop: cancel running backups (their partial files are discarded) and wait.

@@ -350,12 +350,8 @@ class Guard:
         # command, nor is undone by them; one under way is waited for.
         locks: list[DatabaseLock] = []
         try:
-            try:
-                await self._share(found.targets, locks, emit, inside=request.parent)
-                outcomes = await self._ensure_all(found.targets, reason, emit)
-            except BaseException:
-                self._release_when_backed_up(found.targets, locks)
-                raise
+            await self._share(found.targets, locks, emit, inside=request.parent)
+            outcomes = await self._ensure_all(found.targets, reason, emit, locks)
         except ConnectionError:
             # ^C at the shim during the backup: it goes on (and is kept); the command
             # never runs, and the log says so.
@@ -601,8 +597,8 @@ class Guard:
         up a worker thread for as long as the restore takes), telling the shim what it
         waits for. In the order of their keys, as every command takes them (see
         DatabaseLock). `inside`: the operation this runs under; while that runs, this
-        passes a waiting restore's gate. Raises BackupFailed when a lock file cannot be
-        made."""
+        passes a waiting restore's gate. On any failure (BackupFailed when a lock file
+        cannot be made, the client gone) every lock is let go."""
         nested = inside is not None and inside in self.running
         for _, target in sorted({t.key: t for t in targets}.items()):
             lock = self.store.database_lock(target.key)
@@ -619,18 +615,26 @@ class Guard:
                     await asyncio.sleep(LOCK_RETRY)
             except BaseException:
                 lock.release()
+                _release(locks)
                 raise
             locks.append(lock)
 
-    def _release_when_backed_up(self, targets: list[Target], locks: list[DatabaseLock]) -> None:
-        """Let go of `locks` once the backups of `targets` under way have ended: one goes
-        on when its shim leaves (^C), and a restore must not swap under it."""
-        self.backups.when_done([t.key for t in targets], lambda: _release(locks))
-
-    async def _ensure_all(self, targets: list[Target], reason: Reason, emit: Emit) -> list[Outcome]:
-        work = asyncio.gather(*(self.backups.ensure(t, reason) for t in targets))
+    async def _ensure_all(
+        self, targets: list[Target], reason: Reason, emit: Emit, locks: list[DatabaseLock]
+    ) -> list[Outcome]:
+        """A good backup of each of `targets` (taken, shared or reused). When this fails
+        or is left (a backup failed, the client gone), the backups it started or joined
+        go on, and `locks` are let go only once all of them have ended: a restore must
+        not swap under one."""
+        ensures = [asyncio.ensure_future(self.backups.ensure(t, reason)) for t in targets]
         keys = [t.key for t in targets]
-        return await _beating(work, emit, lambda: self.backups.progress(keys))
+        progress = lambda: self.backups.progress(keys)  # noqa: E731
+        try:
+            return await _beating(asyncio.gather(*ensures), emit, progress)
+        except BaseException:
+            ended = asyncio.gather(*ensures, return_exceptions=True)
+            ended.add_done_callback(lambda _: _release(locks))
+            raise
 
     def started_command(self, op_id: str, pid: int) -> None:
         if op_id in self.running:
@@ -760,7 +764,7 @@ class Guard:
         try:
             inside = request.env.get("DBGUARD_PARENT_OP")  # run by a guarded command's script
             await self._share(found.targets, locks, emit, inside=inside)
-            outcomes = await self._ensure_all(found.targets, reason, emit)
+            outcomes = await self._ensure_all(found.targets, reason, emit, locks)
         except ConnectionError:
             detail = "dbguardctl left during the backup; the backup went on"
             if len(locks) < len({t.key for t in found.targets}):  # not all held yet
@@ -770,8 +774,7 @@ class Guard:
         except BackupFailed as err:
             self._log(record, "fail", started, reason=str(err))
             return Fail(reason=err.problem, hint=err.fix)
-        finally:
-            self._release_when_backed_up(found.targets, locks)
+        _release(locks)
         record["backups"] = [_backup_record(o) for o in outcomes if o.manifest is not None]
         self._log(record, "backup", started)
         return Done(backups=_refs(outcomes), notes=_notes(found, outcomes))
