@@ -239,7 +239,7 @@ class Guard:
             pending.append(f"socket stays {self.socket_path} until dbguardd restarts")
         self.config = config
         self.classifier = classifier
-        self.classified = StampedCache()  # by the old catalog
+        self.classified = StampedCache()  # its answers came from the old catalog
         self.store = store
         self.engines.settings = config.backup
         self.oplog = OperationLog(config.operation_log_path(self.env))
