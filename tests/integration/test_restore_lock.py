@@ -174,9 +174,8 @@ def test_interrupting_a_restore_that_waits_changes_nothing(
 ) -> None:
     backup_id = backed_up_then_grown(home, project)
     with command_running(home, project, tmp_path / "finish") as command:
-        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
-        assert restore.stderr is not None
-        assert b"waiting for guarded commands" in restore.stderr.readline()
+        restore, said = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
+        assert "waiting for guarded commands" in said
         restore.send_signal(signal.SIGINT)
         _, err = restore.communicate(timeout=60)
     assert restore.returncode == 130, err
@@ -238,9 +237,7 @@ def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
     assert taken.returncode == 0, taken.stderr
     backup_id = json.loads(taken.stdout)["backups"][0]["id"]
     with command_running(home, project, tmp_path / "finish") as command:
-        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
-        assert restore.stderr is not None
-        said = restore.stderr.readline().decode()
+        restore, said = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
         assert said.startswith(
             f"dbguardctl: waiting for guarded commands on {pg_database.label} to end:"
         ), said
@@ -258,9 +255,8 @@ def test_a_command_that_arrives_while_a_restore_waits_goes_after_the_restore(
     good): it waits, then runs on the restored data."""
     backup_id = backed_up_then_grown(home, project)
     with command_running(home, project, tmp_path / "finish") as running:
-        restore = home.ctl_process("restore", backup_id, "--yes", cwd=project)
-        assert restore.stderr is not None
-        assert b"waiting for guarded commands" in restore.stderr.readline()
+        restore, said = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
+        assert "waiting for guarded commands" in said
         arriving = guarded(home, project, "--count-users")
         assert waits_logged(daemon), daemon.log
         assert arriving.poll() is None and restore.poll() is None
