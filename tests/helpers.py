@@ -206,12 +206,17 @@ elif command == "migrate:status":
     print("Migration name ... Ran")
 elif command == "test":
     # flags: --exit=N, --signal=N, --echo-stdin, --echo-args, --wipe, --wait-for-file=PATH,
-    # --count-users
+    # --count-users, --restore=ID (as a test script that runs `dbguardctl restore ID`)
     opts = dict(
         a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in args[1:] if a.startswith("--")
     )
     if "wipe" in opts:
         conn = sqlite3.connect(database()); conn.execute("delete from users"); conn.commit()
+    if "restore" in opts:
+        import subprocess
+        ctl = [sys.executable, "-m", "dbguard.ctl.main", "restore", opts["restore"], "--yes"]
+        if subprocess.run(ctl, stdin=subprocess.DEVNULL).returncode:
+            sys.exit(1)
     if "count-users" in opts:
         print(sqlite3.connect(database()).execute("select count(*) from users").fetchone()[0])
     if "echo-stdin" in opts:

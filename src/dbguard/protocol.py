@@ -12,6 +12,7 @@ A conversation is one of:
     approve  -> ok | error
     status  -> status
     backup  -> progress* -> done | deny | fail
+    lend    -> lent      (the loan lasts until dbguardctl closes the connection)
     anything malformed -> error, and the daemon closes the connection
 
 Strings may hold lone surrogates: the shim sends argv and environment values that are
@@ -148,8 +149,19 @@ class Approve(_Message):
     text: Text
 
 
+class Lend(_Message):
+    """dbguardctl restore, run by the guarded command `op` (its script): that command
+    lets go of its hold on `database` (a Target.key), which the restore would otherwise
+    wait for while the command waits for the restore, until this connection closes."""
+
+    type: Literal["lend"]
+    v: int
+    op: Text
+    database: Text
+
+
 Request = Annotated[
-    Invoke | Started | Report | StatusQuery | BackupNow | Answer | ApprovalQuery | Approve,
+    Invoke | Started | Report | StatusQuery | BackupNow | Answer | ApprovalQuery | Approve | Lend,
     Field(discriminator="type"),
 ]
 _request_adapter: TypeAdapter[Request] = TypeAdapter(Request)
@@ -241,6 +253,14 @@ class Done(_Message):
     notes: list[str] = []
 
 
+class Lent(_Message):
+    """Reply to `lend`: whether the command held the database and let go of it (False:
+    it did not hold it, or is not running)."""
+
+    type: Literal["lent"] = "lent"
+    lent: bool
+
+
 class Ok(_Message):
     type: Literal["ok"] = "ok"
 
@@ -275,6 +295,7 @@ Reply = Annotated[
     | Confirm
     | ApprovalInfo
     | Done
+    | Lent
     | Ok
     | Error
     | Status,

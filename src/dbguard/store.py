@@ -925,13 +925,13 @@ class Store:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         lock, gate = folder / f"{digest}.lock", folder / f"{digest}.gate"
         try:
-            return DatabaseLock.open(lock, gate)
+            return DatabaseLock.open(key, lock, gate)
         except OSError:  # a new store, its folder removed under us, or unusable: say why
             pass
         try:
             self.ensure()
             _mkdir_private(folder)
-            return DatabaseLock.open(lock, gate)
+            return DatabaseLock.open(key, lock, gate)
         except OSError as err:
             raise _disk_error(err, folder) from err
 
@@ -1009,16 +1009,17 @@ class DatabaseLock:
     for each other in a circle; a command run inside a running one passes the gate
     (see try_shared)."""
 
-    def __init__(self, lock: FileLock, gate: FileLock) -> None:
+    def __init__(self, key: str, lock: FileLock, gate: FileLock) -> None:
+        self.key = key  # the database's (Target.key)
         self.lock = lock
         self.gate = gate
 
     @classmethod
-    def open(cls, lock: Path, gate: Path) -> DatabaseLock:
+    def open(cls, key: str, lock: Path, gate: Path) -> DatabaseLock:
         """Raises OSError when either file cannot be opened or made."""
         held = FileLock(lock)
         try:
-            return cls(held, FileLock(gate))
+            return cls(key, held, FileLock(gate))
         except OSError:
             held.release()
             raise

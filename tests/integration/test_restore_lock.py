@@ -5,6 +5,7 @@ SQLite files; a restore is held in the middle by a SQLite transaction it must wa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from dbguard.config import Config
+from dbguard.daemon.service import Guard, Running
 from dbguard.engines.base import Target
 from tests.helpers import (
     Daemon,
@@ -330,3 +333,69 @@ def test_a_command_run_by_a_running_command_passes_a_waiting_restore(
     assert outer.wait(timeout=60) == 0
     _, err = restore.communicate(timeout=60)
     assert restore.returncode == 0, err
+
+
+def test_a_restore_run_by_a_guarded_command_on_its_own_database_goes_ahead(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    """A test script that starts with `dbguardctl restore`: the restore would wait for
+    the command, which holds the database, and the command for the restore. The command
+    lends its hold to the restore, then holds the database again: a restore from
+    outside waits for it, as for any command."""
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    command = guarded(
+        home, project, f"--restore={backup_id}", "--count-users", f"--wait-for-file={gate}"
+    )
+    try:
+        assert poll(Path(f"{gate}.ready").exists, seconds=30), "the restore inside never ended"
+        outside, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
+        [running] = command_records(home)
+        assert said.startswith(
+            f"dbguardctl: waiting for guarded commands on sqlite "
+            f"{project / 'database' / 'app.sqlite'} to end:\n  `php artisan test "
+        ), said
+        assert f"(op {running['op']})" in said, said
+        assert outside.poll() is None
+    finally:
+        gate.touch()
+        if command.poll() is None and not Path(f"{gate}.ready").exists():
+            command.kill()  # still waiting inside: the loan did not happen
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    assert out.decode().rstrip().endswith("3"), out  # the restored 3 users, not the 8
+    _, err = outside.communicate(timeout=60)
+    assert outside.returncode == 0, err
+    [inside] = [r for r in home.operations() if r.get("parent")]
+    assert inside["decision"] == "restore" and inside["outcome"] == "ok", inside
+    assert inside["parent"] == running["op"]
+
+
+def test_a_command_lends_only_a_database_it_holds_and_takes_it_back_while_it_runs(
+    home: Home,
+) -> None:
+    guard = Guard(Config(), home.env)
+    try:
+        held = guard.store.database_lock("sqlite:/srv/a.db")
+        assert held.try_shared()
+        guard.running["op1"] = Running({}, locks=[held])
+        other = guard.store.database_lock("sqlite:/srv/a.db")  # as a restore's
+        assert not guard.lend("op2", "sqlite:/srv/a.db")  # no such command runs
+        assert not guard.lend("op1", "sqlite:/srv/b.db")  # it does not hold that one
+        assert guard.running["op1"].locks == [held]
+        assert not other.lock.try_exclusive()
+        assert guard.lend("op1", "sqlite:/srv/a.db")
+        assert guard.running["op1"].locks == []
+        assert other.lock.try_exclusive()  # the restore may go ahead
+        other.lock.unlock()
+        asyncio.run(guard.take_back("op1", "sqlite:/srv/a.db"))
+        assert len(guard.running["op1"].locks) == 1
+        assert not other.lock.try_exclusive()  # held again
+        guard.finish("op1", None)
+        assert other.lock.try_exclusive()
+        other.lock.unlock()
+        asyncio.run(guard.take_back("op1", "sqlite:/srv/a.db"))  # ended: nothing to hold
+        assert other.lock.try_exclusive()
+        other.release()
+    finally:
+        guard.engines.close()

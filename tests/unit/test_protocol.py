@@ -10,6 +10,8 @@ from dbguard.protocol import (
     Allow,
     BackupRef,
     Invoke,
+    Lend,
+    Lent,
     ProtocolError,
     decode_reply,
     decode_request,
@@ -86,3 +88,9 @@ def test_replies_round_trip() -> None:
     encoded = encode(reply)
     assert encoded.endswith(b"\n") and encoded.count(b"\n") == 1
     assert decode_reply(encoded) == reply
+
+
+def test_a_loan_and_its_answer_round_trip() -> None:
+    lend = Lend(type="lend", v=PROTOCOL_VERSION, op="abcd1234", database="sqlite:/srv/app.db")
+    assert decode_request(encode(lend)) == lend
+    assert decode_reply(encode(Lent(lent=True))) == Lent(lent=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -14,7 +15,7 @@ from dbguard.client import autostart
 from dbguard.errors import DaemonNotAnswering, DaemonUnavailable
 from dbguard.protocol import Progress, ProtocolError, Reply, Working, decode_reply, encode
 
-__all__ = ["DaemonNotAnswering", "DaemonUnavailable", "request"]
+__all__ = ["DaemonNotAnswering", "DaemonUnavailable", "holding", "request"]
 
 
 def request(
@@ -56,9 +57,33 @@ def request(
                 after_start=autostart_say is not None,
             )
             raise DaemonUnavailable(problem, fix)
+    with sock:
+        return _exchange(sock, path, message, on_progress, timeout)
+
+
+@contextlib.contextmanager
+def holding(path: Path, message: BaseModel, timeout: float = 10.0) -> Iterator[Reply]:
+    """Send `message` and yield its reply with the connection still open until the
+    block ends: for a request whose effect lasts as long as the connection (`lend`).
+    Starts no daemon: raises DaemonUnavailable when none listens at `path`, and
+    DaemonNotAnswering as `request` does."""
+    sock = _connect(path, timeout)
+    if isinstance(sock, OSError):
+        raise DaemonUnavailable(f"no dbguardd answers at {path} ({sock.strerror or sock})", "")
+    with sock:
+        yield _exchange(sock, path, message, None, timeout)
+
+
+def _exchange(
+    sock: socket.socket,
+    path: Path,
+    message: BaseModel,
+    on_progress: Callable[[Progress | Working], None] | None,
+    timeout: float | None,
+) -> Reply:
     restart = "see its log (`dbguardctl doctor` says where), then restart it"
     try:
-        with sock, sock.makefile("rb") as replies:
+        with sock.makefile("rb") as replies:
             sock.sendall(encode(message))
             for line in replies:
                 reply = decode_reply(line)

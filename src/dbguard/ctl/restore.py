@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dbguard import operations
+from dbguard.client.talk import DaemonUnavailable, holding
 from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
@@ -22,6 +23,7 @@ from dbguard.errors import DbguardError, RestoreIncomplete
 from dbguard.marks import ProductionMarks
 from dbguard.policy import agent_markers
 from dbguard.production import TargetFacts, classify_production
+from dbguard.protocol import PROTOCOL_VERSION, Lend
 from dbguard.store import Manifest, Reason
 
 _STOPS = (signal.SIGTERM, signal.SIGHUP)
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         "decision": "restore",
         "databases": [{"database": target.label}],
     }
+    parent = ctx.env.get("DBGUARD_PARENT_OP") or None  # the guarded command running this
+    if parent:
+        record["parent"] = parent
     saved: list[Manifest | None] = []  # the pre-restore backup, once taken
     swapped: list[bool] = []  # once the target holds the backup's contents
     left_out: list[str] = []  # what the restored database is without (a setting, grants)
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     _say_waits(ctx, engines, target)
     mark = _mark(engines, target)
     try:
-        with _stops_interrupt():
+        with _stops_interrupt(), _lent_by(ctx, parent, target):
             before = operations.restore_backup(
                 ctx.store,
                 engines,
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 saved=saved.append,
                 swapped=lambda: swapped.append(True),
                 warn=warn,
-                waiting_for_commands=lambda: _say_held(ctx, target),
+                waiting_for_commands=lambda: _say_held(ctx, target, parent),
                 waiting_for_restore=lambda: ctx.error(
                     f"dbguardctl: waiting for another restore of {target.label} to end"
                     "\n  ^C gives up; nothing is changed until it ends"
@@ -147,13 +152,29 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _say_held(ctx: Context, target: Target) -> None:
+@contextlib.contextmanager
+def _lent_by(ctx: Context, parent: str | None, target: Target) -> Iterator[None]:
+    """A restore run by a guarded command (from its script) of a database that command
+    holds would wait for the command, which waits for the restore: the command lets go
+    of it (`lend`) until the block ends. Anywhere else, and where no dbguardd answers
+    (it holds nothing then), this does nothing."""
+    with contextlib.ExitStack() as loan:
+        if parent:
+            lend = Lend(type="lend", v=PROTOCOL_VERSION, op=parent, database=target.key)
+            with contextlib.suppress(DaemonUnavailable):
+                loan.enter_context(holding(ctx.socket, lend))
+        yield
+
+
+def _say_held(ctx: Context, target: Target, parent: str | None) -> None:
     """Guarded commands on the database hold its lock: say which (those the log shows
-    running; one still being backed up is not there yet) and how to give up."""
+    running, but for the one running this restore, which lent its hold; one still being
+    backed up is not there yet) and how to give up."""
     running = [
         record
         for record in ctx.oplog.unfinished()
         if any(d.get("database") == target.label for d in record.get("databases") or [])
+        and record.get("op") != parent
     ]
     which = "".join(
         f"\n  `{' '.join(map(str, record.get('argv') or []))}` in {record.get('cwd')} "

@@ -27,6 +27,8 @@ from dbguard.protocol import (
     Confirm,
     Error,
     Invoke,
+    Lend,
+    Lent,
     Ok,
     Progress,
     ProtocolError,
@@ -264,6 +266,8 @@ class Server:
             await self._send(writer, self.guard.with_config_problem(done))
         elif isinstance(request, StatusQuery):
             await self._send(writer, self.guard.status())
+        elif isinstance(request, Lend):
+            await self._lend(request, reader, writer)
         elif isinstance(request, ApprovalQuery | Approve):
             try:
                 if isinstance(request, ApprovalQuery):
@@ -275,6 +279,24 @@ class Server:
                 await self._send(writer, Error(message=str(err)))
         else:
             await self._send(writer, Error(message=f"{request.type} without an approved command"))
+
+    async def _lend(
+        self, request: Lend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The loan lasts as long as the connection: dbguardctl closes it when its
+        restore ends, and so does the kernel when dbguardctl dies."""
+        lent = self.guard.lend(request.op, request.database)
+        if not lent:
+            await self._send(writer, Lent(lent=False))
+            return
+        try:
+            await self._send(writer, Lent(lent=True))
+            while await reader.read(1 << 16):
+                pass  # nothing more is expected: only the end of the connection
+        except ConnectionError:
+            pass  # dbguardctl is gone, and with it the restore
+        # (Cancelled instead when dbguardd stops: its locks go with it.)
+        await self.guard.take_back(request.op, request.database)
 
     async def _follow(
         self, op_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -665,6 +665,39 @@ class Guard:
         if running.marks and ran:
             self._put_marks_back(running.marks, record, running.marks_read)
 
+    def lend(self, op_id: str, key: str) -> bool:
+        """A `dbguardctl restore` run by the running command `op_id` (from its script)
+        of a database that command holds: let go of it, or the restore would wait for
+        the command and the command for the restore. False if `op_id` does not hold it."""
+        running = self.running.get(op_id)
+        held = [lock for lock in running.locks if lock.key == key] if running else []
+        if not running or not held:
+            return False
+        for lock in held:
+            running.locks.remove(lock)
+            lock.release()
+        log.info("lent to a restore run by the command", op=op_id)
+        return True
+
+    async def take_back(self, op_id: str, key: str) -> None:
+        """The restore `lend` let in has ended: the command, if it still runs, holds
+        the database again (once the restore has let go of it), as it did before."""
+        try:
+            lock = self.store.database_lock(key)
+        except BackupFailed as err:  # the store's folder is gone: nothing left to hold
+            log.error("cannot hold a database again after a restore", op=op_id, error=str(err))
+            return
+        try:
+            while (running := self.running.get(op_id)) is not None:
+                if lock.try_shared(inside=True):
+                    running.locks.append(lock)
+                    return
+                await asyncio.sleep(LOCK_RETRY)
+        except BaseException:
+            lock.release()
+            raise
+        lock.release()  # the command ended first
+
     def _put_marks_back(
         self, marks: list[tuple[Target, Marker]], command: dict[str, Any], read: datetime
     ) -> None:
