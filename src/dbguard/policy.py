@@ -1,7 +1,9 @@
 """When to say no: pure decisions on top of the production verdicts.
 
 A production database is never touched by a caller that is not a person at a terminal:
-no terminal, or an AI agent's environment (even one with a pseudo-terminal). Such a
+no terminal, or an AI agent's environment or program (even one with a pseudo-terminal:
+an agent's variable set, or an agent's CLI among the processes the command runs
+under). Such a
 caller gets a code a human approves with `dbguardctl approve CODE`. A person at a
 terminal is asked to type the database's name before anything that writes to it runs.
 Nothing here reads a flag or a project file: only the user's own config (the
@@ -10,7 +12,8 @@ ProductionSettings it is given) shapes the answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from dbguard.production import ProductionSettings
@@ -23,9 +26,28 @@ class Gate(StrEnum):
     APPROVE = "approve"  # a human must approve with `dbguardctl approve CODE`
 
 
-def agent_markers(env: Mapping[str, str], settings: ProductionSettings) -> list[str]:
-    """The agent variables set (non-empty) in `env`, e.g. ["CLAUDECODE"]."""
-    return [name for name in settings.agent_variables if env.get(name)]
+@dataclass(frozen=True)
+class Caller:
+    """A process a command runs under (its parent, the parent's parent, ...)."""
+
+    pid: int
+    # What it is called: its process name, its program's file name, and for an
+    # interpreter (node, python) the script's, e.g. ("node", "gemini").
+    names: tuple[str, ...]
+
+
+def agent_markers(
+    env: Mapping[str, str], settings: ProductionSettings, callers: Sequence[Caller] = ()
+) -> list[str]:
+    """What makes the caller an AI agent: each agent variable set (non-empty) in `env`,
+    e.g. "CLAUDECODE set", and each agent program among `callers`, e.g. "run by claude
+    (pid 4242)". Empty for anyone else."""
+    markers = [f"{name} set" for name in settings.agent_variables if env.get(name)]
+    for caller in callers:
+        agents = [name for name in caller.names if name in settings.agent_programs]
+        if agents:
+            markers.append(f"run by {agents[0]} (pid {caller.pid})")
+    return markers
 
 
 def gate(kind: Kind, production: bool, *, terminal: bool, agent: bool) -> Gate:

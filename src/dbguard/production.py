@@ -84,6 +84,20 @@ DEFAULT_AGENT_VARIABLES = (
     "AI_AGENT",
     "AGENT",
 )
+# AI coding agents' command-line programs: a command run under one of them (however
+# many shells and package scripts lie between) is the agent's, whatever its variables.
+# Names other tools also go by are left out (goose is a migration tool too).
+DEFAULT_AGENT_PROGRAMS = (
+    "claude",
+    "codex",
+    "gemini",
+    "cursor-agent",
+    "aider",
+    "opencode",
+    "copilot",
+    "qwen",
+    "crush",
+)
 DEFAULT_NAME_PATTERNS = ("prod", "production", "live")
 DEFAULT_DEVELOPMENT_HOSTS = (
     "localhost",
@@ -114,6 +128,7 @@ class ProductionSettings(BaseModel):
                            globs on the absolute path of SQLite files that are production
     every_database         every database is production (a project that only talks to one)
     agent_variables        environment variables that mark the caller as an AI agent
+    agent_programs         programs that mark a command run under them as an AI agent's
     approval_minutes       how long an approval code (and an approval) stays valid
     """
 
@@ -128,6 +143,7 @@ class ProductionSettings(BaseModel):
     sqlite_production_paths: tuple[str, ...] = ()
     every_database: bool = False
     agent_variables: tuple[str, ...] = DEFAULT_AGENT_VARIABLES
+    agent_programs: tuple[str, ...] = DEFAULT_AGENT_PROGRAMS
     approval_minutes: float = Field(5, gt=0, le=60)
 
     @field_validator("name_patterns", "production_values", "app_env_variables")

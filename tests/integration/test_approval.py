@@ -155,7 +155,7 @@ def test_an_agent_cannot_approve_itself(home: Home, daemon: Daemon, production: 
     outcome = approve_on_terminal(home, code)  # even with a terminal
     assert outcome.startswith("exit 77") and "AI agent" in outcome, outcome
     record = home.operations()[0]
-    assert record["decision"] == "deny" and record["agent"] == ["CLAUDECODE"]
+    assert record["decision"] == "deny" and record["agent"] == ["CLAUDECODE set"]
 
 
 def test_a_person_at_a_terminal_confirms_in_the_shim(
@@ -184,6 +184,34 @@ def test_an_agent_with_a_terminal_is_still_refused(
     assert "dbguardctl approve" in run.output
     # It says why a terminal was not enough (it once said "no person at a terminal").
     assert "AI agent's environment (CURSOR_AGENT set)" in " ".join(run.output.split())
+
+
+def test_a_command_run_by_an_agent_program_is_refused_without_its_variables(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    """An agent that unsets its variables and types into a pseudo-terminal is still
+    the agent: its program is among the processes the command runs under."""
+    claude = home.bin / "claude"  # an agent's CLI, as far as its process name goes
+    claude.write_text('#!/bin/sh\n"$@"\nexit $?\n')
+    claude.chmod(0o755)
+    run = run_in_terminal(
+        [str(claude), "sh", "-c", "php artisan migrate:fresh; exit $?"],
+        home.env,
+        production,
+        {"Type the database": NAME},  # what a person would be asked: not asked here
+    )
+    assert run.returncode == 77, run.output
+    assert count_users(production) == 3
+    assert "AI agent's environment (run by claude (pid " in " ".join(run.output.split())
+    code = code_from(run.output.encode())
+    # Nor can it approve its own command, though it has a terminal to type into.
+    approving = run_in_terminal(
+        [str(claude), *CTL, "approve", code], home.env, home.root, {"Type the database": NAME}
+    )
+    assert approving.returncode == 77, approving.output
+    assert "refuses to run in an AI agent's environment (run by claude" in approving.output
+    # A person runs both from a terminal of their own.
+    assert approve_on_terminal(home, code).startswith("exit 0")
 
 
 def wait_until_expired(home: Home, code: str) -> None:

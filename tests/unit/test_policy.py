@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbguard.policy import Gate, agent_markers, gate
+from dbguard.policy import Caller, Gate, agent_markers, gate
 from dbguard.production import ProductionSettings
 from dbguard.rules import Kind
 
@@ -29,7 +29,22 @@ def test_gate(kind: Kind, production: bool, terminal: bool, agent: bool, expecte
 
 def test_agent_markers() -> None:
     settings = ProductionSettings()
-    assert agent_markers({"CLAUDECODE": "1", "HOME": "/h"}, settings) == ["CLAUDECODE"]
+    assert agent_markers({"CLAUDECODE": "1", "HOME": "/h"}, settings) == ["CLAUDECODE set"]
     assert agent_markers({"CLAUDECODE": ""}, settings) == []
     custom = ProductionSettings(agent_variables=("MY_BOT",))
-    assert agent_markers({"MY_BOT": "yes", "CLAUDECODE": "1"}, custom) == ["MY_BOT"]
+    assert agent_markers({"MY_BOT": "yes", "CLAUDECODE": "1"}, custom) == ["MY_BOT set"]
+
+
+def test_an_agent_program_above_the_command_marks_it_whatever_its_variables() -> None:
+    settings = ProductionSettings()
+    shells = [Caller(30, ("bash",)), Caller(20, ("npm", "node"))]
+    gemini = Caller(10, ("node", "gemini"))  # `node /usr/bin/gemini`
+    assert agent_markers({}, settings, shells) == []
+    assert agent_markers({}, settings, [*shells, gemini]) == ["run by gemini (pid 10)"]
+    assert agent_markers({"GEMINI_CLI": "1"}, settings, [gemini]) == [
+        "GEMINI_CLI set",
+        "run by gemini (pid 10)",
+    ]
+    # The user's own agent, named in config; the defaults can be emptied there too.
+    mine = ProductionSettings(agent_programs=("npm",))
+    assert agent_markers({}, mine, [*shells, gemini]) == ["run by npm (pid 20)"]

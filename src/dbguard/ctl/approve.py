@@ -16,7 +16,6 @@ import argparse
 from dbguard.client.talk import request
 from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context
-from dbguard.policy import agent_markers
 from dbguard.protocol import PROTOCOL_VERSION, ApprovalInfo, ApprovalQuery, Approve, Error, Ok
 
 
@@ -25,11 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    agents = agent_markers(ctx.env, ctx.config.production)
+    agents = ctx.agents()
     if agents:
         ctx.error(
-            f"dbguardctl approve refuses to run in an AI agent's environment ({', '.join(agents)} "
-            "is set): a person approves production commands, in their own terminal"
+            "dbguardctl approve refuses to run in an AI agent's environment "
+            f"({'; '.join(agents)}): a person approves production commands, in their own "
+            "terminal"
         )
         return 77
     info = request(ctx.socket, ApprovalQuery(type="approval", v=PROTOCOL_VERSION, code=args.code))

@@ -58,6 +58,14 @@ class Context:
 
         return OperationLog(self.config.operation_log_path(self.env))
 
+    def agents(self) -> list[str]:
+        """What makes whoever runs dbguardctl an AI agent (policy.agent_markers): the
+        agent variables it has and the agent programs it runs under; empty for a person."""
+        from dbguard.callers import callers
+        from dbguard.policy import agent_markers
+
+        return agent_markers(self.env, self.config.production, callers(os.getpid()))
+
     def print(self, text: str = "") -> None:
         print(text, file=self.out)
 

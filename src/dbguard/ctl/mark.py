@@ -24,7 +24,6 @@ from dbguard.discovery.project import DiscoveryCache
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker
 from dbguard.marks import ProductionMarks
-from dbguard.policy import agent_markers
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +32,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    agents = agent_markers(ctx.env, ctx.config.production)
+    agents = ctx.agents()
     if agents and args.environment != "production":
         # A development mark outranks names and hosts: set by an agent, it would open
         # production to the agent itself. Marking production only adds protection.
         ctx.error(
             f"dbguardctl mark {args.environment} refuses to run in an AI agent's environment "
-            f"({', '.join(agents)} is set): a person decides a database is not production, "
+            f"({'; '.join(agents)}): a person decides a database is not production, "
             "in their own terminal"
         )
         return 77

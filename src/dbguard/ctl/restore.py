@@ -21,7 +21,6 @@ from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
 from dbguard.errors import DbguardError, RestoreIncomplete
 from dbguard.marks import ProductionMarks
-from dbguard.policy import agent_markers
 from dbguard.production import TargetFacts, classify_production
 from dbguard.protocol import PROTOCOL_VERSION, Lend
 from dbguard.store import Manifest, Reason
@@ -269,7 +268,7 @@ def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> st
     """Why an AI agent may not run this restore, or None. Production data is replaced by
     a person, as production commands are approved by one (`dbguardctl approve`)."""
     settings = ctx.config.production
-    agents = agent_markers(ctx.env, settings)
+    agents = ctx.agents()
     if not agents:
         return None
     engines = Engines(ctx.config.backup)
@@ -296,6 +295,6 @@ def _agent_on_production(ctx: Context, manifest: Manifest, target: Target) -> st
         return None
     return (
         f"dbguardctl restore refuses to replace a production database in an AI agent's "
-        f"environment ({', '.join(agents)} is set): {why}; a person runs this restore, "
+        f"environment ({'; '.join(agents)}): {why}; a person runs this restore, "
         "in their own terminal"
     )

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from dbguard import __version__
 from dbguard.approvals import ApprovalError, Approvals
 from dbguard.approvals import Request as ApprovalRequest
+from dbguard.callers import callers
 from dbguard.client.autostart import alive
 from dbguard.config import Config, config_path, load_config
 from dbguard.daemon.backups import Backups, Outcome
@@ -325,10 +326,12 @@ class Guard:
         ]
         if found.warnings:
             record["warnings"] = found.warnings
-        agents = agent_markers(request.env, settings)
+        production = [t for t in found.targets if verdicts[t.key].production]
+        # Who runs it matters only on production: only then is /proc read for the
+        # programs it runs under (an agent's CLI).
+        agents = agent_markers(request.env, settings, callers(request.pid) if production else ())
         if agents:
             record["agent"] = agents
-        production = [t for t in found.targets if verdicts[t.key].production]
         need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
         if need is not Gate.PROCEED:
             refusal = await self._human_check(
@@ -565,9 +568,9 @@ class Guard:
             self.approvals.consume(bound)
             return None
         minutes = f"{settings.approval_minutes:g} minutes"
-        if agents:  # a terminal or not: say which variable made it an agent's
+        if agents:  # a terminal or not: say what made it an agent's
             who = (
-                f"It runs in an AI agent's environment ({', '.join(agents)} set), and an "
+                f"It runs in an AI agent's environment ({'; '.join(agents)}), and an "
                 "agent never touches production without a human's approval."
             )
         else:

@@ -32,6 +32,7 @@ Schema (every table and key optional; unknown keys are errors)::
     app_env_variables = ["STAGE"]          # more variables naming the app environment
     production_values = ["live"]           # more values of those meaning production
     agent_variables = ["MY_AGENT"]         # more variables that mark an AI agent
+    agent_programs = ["my-agent"]          # more programs that mark an AI agent
     single_label_hosts_are_development = false   # do not trust `db`-style names (default true)
     # A key written at its default value adds nothing and is accepted.
 
@@ -163,6 +164,7 @@ class ProjectProduction(_Strict):
     app_env_variables: list[str] = []
     production_values: list[str] = []
     agent_variables: list[str] = []
+    agent_programs: list[str] = []
     single_label_hosts_are_development: StrictBool = True
 
 
@@ -190,6 +192,7 @@ class ProjectConfig(_Strict):
                 ),
                 "every_database": user.every_database or extra.every_database,
                 "agent_variables": _union(user.agent_variables, extra.agent_variables),
+                "agent_programs": _union(user.agent_programs, extra.agent_programs),
             }
         )
 
