@@ -25,18 +25,21 @@ _SCRIPT_SUFFIX_RE = re.compile(r"\.(js|mjs|cjs|ts|py|rb|pl)$")
 
 
 def callers(pid: int, proc: Path = Path("/proc")) -> list[Caller]:
-    """The processes above `pid`, its parent first, up to but not including pid 1 (init,
-    or a container's first process); a process that ends meanwhile ends the list."""
+    """The processes above `pid`, its parent first, up to pid 1 (init, or a container's
+    first process, which may be the agent itself: `docker run ... codex`); a process
+    that ends meanwhile ends the list."""
     found: list[Caller] = []
     current = pid
     for _ in range(MAX_DEPTH):
         parent = _parent(proc, current)
-        if parent is None or parent <= 1:
+        if parent is None or parent < 1:
             break
         names = _names(proc, parent)
         if names is None:
             break
         found.append(Caller(parent, names))
+        if parent == 1:
+            break
         current = parent
     return found
 

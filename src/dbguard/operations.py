@@ -5,6 +5,7 @@ Blocking code, run in worker threads by the daemon and directly by dbguardctl.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -156,6 +157,7 @@ def restore_backup(
     warn: Callable[[str], None] = lambda note: None,
     waiting_for_commands: Callable[[], None] = lambda: None,
     waiting_for_restore: Callable[[], None] = lambda: None,
+    loan: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
@@ -168,7 +170,9 @@ def restore_backup(
     pre-restore backup to the end, so no guarded command is backed up or runs in
     between; when another restore of it is under way or guarded commands hold it,
     `waiting_for_restore` or `waiting_for_commands` is told, then this waits (^C ends
-    the wait, nothing changed); commands that arrive meanwhile wait for it. Raises
+    the wait, nothing changed); commands that arrive meanwhile wait for it. `loan`
+    borrows the hold of the guarded command running this restore, if any (see
+    DatabaseLock.exclusive). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
     does not read as a database), RestoreFailed if the restore fails (the target is
@@ -186,7 +190,7 @@ def restore_backup(
     # (dbguardd's, after a backup of its own) removes the backup's file, not the open one.
     with (
         store.open_data(manifest) as data,
-        store.database_lock(target.key).exclusive(waiting_for_commands, waiting_for_restore),
+        store.database_lock(target.key).exclusive(waiting_for_commands, waiting_for_restore, loan),
     ):
         try:
             before = take_backup(store, engines, target, reason)

@@ -254,11 +254,11 @@ class Done(_Message):
 
 
 class Lent(_Message):
-    """Reply to `lend`: whether the command held the database and let go of it (False:
-    it did not hold it, or is not running)."""
+    """Reply to `lend`: the operations that let go of the database, the command's and
+    those of the running commands it runs under; none when it held no such database."""
 
     type: Literal["lent"] = "lent"
-    lent: bool
+    ops: list[str] = []
 
 
 class Ok(_Message):

@@ -1043,11 +1043,15 @@ class DatabaseLock:
         self,
         waiting_for_commands: Callable[[], None] = lambda: None,
         waiting_for_restore: Callable[[], None] = lambda: None,
+        loan: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> Iterator[None]:
         """Hold it exclusive, released on exit. Another restore of the database is
         waited for first (`waiting_for_restore` told when there is one), then the
         guarded commands already holding it (`waiting_for_commands`); ^C ends either
-        wait, holding nothing."""
+        wait, holding nothing. `loan` is entered once the gate is closed, before the
+        wait for the commands, and left once the lock is let go, before the gate opens:
+        for a restore that a guarded command runs, which borrows that command's hold
+        (see Guard.lend) while no other restore can come between."""
         try:
             # A command holds the gate only while it takes the lock: one closed for
             # longer than a few tries is another restore's.
@@ -1057,6 +1061,7 @@ class DatabaseLock:
                 time.sleep(_GATE_PAUSE)
             with (
                 self.gate.exclusive(waiting_for_restore),
+                loan(),
                 self.lock.exclusive(waiting_for_commands),
             ):
                 yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -371,31 +372,77 @@ def test_a_restore_run_by_a_guarded_command_on_its_own_database_goes_ahead(
     assert inside["parent"] == running["op"]
 
 
-def test_a_command_lends_only_a_database_it_holds_and_takes_it_back_while_it_runs(
+def test_a_restore_from_outside_never_comes_between_a_command_and_its_own_restore(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    """The outside restore arrives while the command's own restore runs on the
+    command's borrowed hold: when that one ends, the command holds the database again
+    before the gate opens, so the outside restore waits for the command to end instead
+    of replacing the database under it."""
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    # The command's restore stops before its swap, waiting for this transaction.
+    holder = sqlite3.connect(project / "database" / "app.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    command = guarded(
+        home, project, f"--restore={backup_id}", "--count-users", f"--wait-for-file={gate}"
+    )
+    assert command.stderr is not None
+    outside: subprocess.Popen[bytes] | None = None
+    try:
+        said = command.stderr.readline().decode()
+        assert "to end its transaction" in said, said + command.communicate()[1].decode()
+        outside, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
+        assert "waiting for another restore of sqlite " in said, said
+        holder.execute("ROLLBACK")
+        assert outside.stderr is not None
+        said = outside.stderr.readline().decode()
+        assert said.startswith("dbguardctl: waiting for guarded commands on sqlite "), said
+        assert poll(Path(f"{gate}.ready").exists)
+        assert outside.poll() is None  # still waiting: the command runs
+    finally:
+        holder.close()
+        gate.touch()
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    assert out.decode().rstrip().endswith("3"), out
+    assert outside is not None
+    _, err = outside.communicate(timeout=60)
+    assert outside.returncode == 0, err
+
+
+def test_commands_lend_only_a_database_they_hold_to_a_process_they_started(
     home: Home,
 ) -> None:
+    """`outer` (a guarded `npm run ci`) runs `inner` (a guarded `npm run db:reset`),
+    whose script runs the restore: both let go of the database for it, and hold it
+    again after, each while it still runs."""
+    a, b = "sqlite:/srv/a.db", "sqlite:/srv/b.db"
     guard = Guard(Config(), home.env)
+    borrower = subprocess.Popen(["sleep", "60"])  # a process this one started
     try:
-        held = guard.store.database_lock("sqlite:/srv/a.db")
-        assert held.try_shared()
-        guard.running["op1"] = Running({}, locks=[held])
-        other = guard.store.database_lock("sqlite:/srv/a.db")  # as a restore's
-        assert not guard.lend("op2", "sqlite:/srv/a.db")  # no such command runs
-        assert not guard.lend("op1", "sqlite:/srv/b.db")  # it does not hold that one
-        assert guard.running["op1"].locks == [held]
-        assert not other.lock.try_exclusive()
-        assert guard.lend("op1", "sqlite:/srv/a.db")
-        assert guard.running["op1"].locks == []
-        assert other.lock.try_exclusive()  # the restore may go ahead
-        other.lock.unlock()
-        asyncio.run(guard.take_back("op1", "sqlite:/srv/a.db"))
-        assert len(guard.running["op1"].locks) == 1
-        assert not other.lock.try_exclusive()  # held again
-        guard.finish("op1", None)
-        assert other.lock.try_exclusive()
-        other.lock.unlock()
-        asyncio.run(guard.take_back("op1", "sqlite:/srv/a.db"))  # ended: nothing to hold
-        assert other.lock.try_exclusive()
-        other.release()
+        held = [guard.store.database_lock(a) for _ in range(2)]
+        assert all(lock.try_shared() for lock in held)
+        me = os.getpid()
+        guard.running["outer"] = Running({}, locks=[held[0]], shim_pid=me)
+        guard.running["inner"] = Running({"parent": "outer"}, locks=[held[1]], shim_pid=me)
+        restore = guard.store.database_lock(a)
+        assert guard.lend("nosuch", a, borrower.pid) == []
+        assert guard.lend("inner", b, borrower.pid) == []  # it does not hold that one
+        assert guard.lend("inner", a, me) == []  # not a process it started
+        assert not restore.lock.try_exclusive()
+        assert guard.lend("inner", a, borrower.pid) == ["inner", "outer"]
+        assert guard.running["inner"].locks == guard.running["outer"].locks == []
+        assert restore.lock.try_exclusive()  # the restore may go ahead
+        restore.lock.unlock()
+        guard.finish("inner", None)  # ended during the restore: nothing to hold again
+        asyncio.run(guard.take_back(["inner", "outer"], a))
+        assert len(guard.running["outer"].locks) == 1
+        assert not restore.lock.try_exclusive()  # held again
+        guard.finish("outer", None)
+        assert restore.lock.try_exclusive()
+        restore.release()
     finally:
+        borrower.kill()
+        borrower.wait()
         guard.engines.close()

@@ -57,3 +57,29 @@ def test_a_name_with_parentheses_and_spaces_keeps_the_chain_whole(tmp_path: Path
 
 def test_no_proc_means_no_callers(tmp_path: Path) -> None:
     assert callers(os.getpid(), proc=tmp_path) == []
+
+
+def fake_proc(root: Path, processes: dict[int, tuple[int, str, list[str]]]) -> Path:
+    """A /proc holding `processes`: pid -> (parent pid, comm, argv)."""
+    for pid, (parent, comm, argv) in processes.items():
+        folder = root / str(pid)
+        folder.mkdir(parents=True)
+        (folder / "stat").write_text(f"{pid} ({comm}) S {parent} {pid} {pid} 0 -1\n")
+        (folder / "comm").write_text(f"{comm}\n")
+        (folder / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    return root
+
+
+def test_a_container_whose_first_process_is_the_agent_names_it(tmp_path: Path) -> None:
+    proc = fake_proc(
+        tmp_path,
+        {
+            9: (5, "php", ["php", "artisan", "migrate:fresh"]),
+            5: (1, "bash", ["/bin/bash", "-c", "php artisan migrate:fresh"]),
+            1: (0, "node", ["node", "/usr/local/bin/codex", "--full-auto"]),
+        },
+    )
+    assert [(c.pid, c.names) for c in callers(9, proc)] == [
+        (5, ("bash",)),
+        (1, ("node", "codex")),
+    ]

@@ -93,4 +93,4 @@ def test_replies_round_trip() -> None:
 def test_a_loan_and_its_answer_round_trip() -> None:
     lend = Lend(type="lend", v=PROTOCOL_VERSION, op="abcd1234", database="sqlite:/srv/app.db")
     assert decode_request(encode(lend)) == lend
-    assert decode_reply(encode(Lent(lent=True))) == Lent(lent=True)
+    assert decode_reply(encode(Lent(ops=["abcd1234"]))) == Lent(ops=["abcd1234"])

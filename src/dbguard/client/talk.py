@@ -63,15 +63,23 @@ def request(
 
 @contextlib.contextmanager
 def holding(path: Path, message: BaseModel, timeout: float = 10.0) -> Iterator[Reply]:
-    """Send `message` and yield its reply with the connection still open until the
-    block ends: for a request whose effect lasts as long as the connection (`lend`).
-    Starts no daemon: raises DaemonUnavailable when none listens at `path`, and
-    DaemonNotAnswering as `request` does."""
+    """Send `message` and yield its reply, for a request whose effect lasts until the
+    block ends (`lend`): the end is told by half-closing the connection, and waited for
+    until the daemon has acted on it (its last word, or its closing the connection;
+    at most `timeout` seconds). Starts no daemon: raises DaemonUnavailable when none
+    listens at `path`, and DaemonNotAnswering as `request` does."""
     sock = _connect(path, timeout)
     if isinstance(sock, OSError):
         raise DaemonUnavailable(f"no dbguardd answers at {path} ({sock.strerror or sock})", "")
     with sock:
-        yield _exchange(sock, path, message, None, timeout)
+        reply = _exchange(sock, path, message, None, timeout)
+        try:
+            yield reply
+        finally:
+            with contextlib.suppress(OSError):  # a daemon gone has acted on it too
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(1 << 12):
+                    pass
 
 
 def _exchange(

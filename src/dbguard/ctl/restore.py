@@ -22,7 +22,7 @@ from dbguard.engines.base import Marker, Target, signal_handlers
 from dbguard.errors import DbguardError, RestoreIncomplete
 from dbguard.marks import ProductionMarks
 from dbguard.production import TargetFacts, classify_production
-from dbguard.protocol import PROTOCOL_VERSION, Lend
+from dbguard.protocol import PROTOCOL_VERSION, Error, Lend, Lent
 from dbguard.store import Manifest, Reason
 
 _STOPS = (signal.SIGTERM, signal.SIGHUP)
@@ -93,8 +93,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     engines = Engines(ctx.config.backup)
     _say_waits(ctx, engines, target)
     mark = _mark(engines, target)
+    loan = _Loan(ctx, parent, target)
     try:
-        with _stops_interrupt(), _lent_by(ctx, parent, target):
+        with _stops_interrupt():
             before = operations.restore_backup(
                 ctx.store,
                 engines,
@@ -105,11 +106,12 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 saved=saved.append,
                 swapped=lambda: swapped.append(True),
                 warn=warn,
-                waiting_for_commands=lambda: _say_held(ctx, target, parent),
+                waiting_for_commands=lambda: _say_held(ctx, target, loan.lenders),
                 waiting_for_restore=lambda: ctx.error(
                     f"dbguardctl: waiting for another restore of {target.label} to end"
                     "\n  ^C gives up; nothing is changed until it ends"
                 ),
+                loan=loan.borrowing,
             )
     except KeyboardInterrupt:
         if not swapped:
@@ -151,29 +153,48 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _lent_by(ctx: Context, parent: str | None, target: Target) -> Iterator[None]:
-    """A restore run by a guarded command (from its script) of a database that command
-    holds would wait for the command, which waits for the restore: the command lets go
-    of it (`lend`) until the block ends. Anywhere else, and where no dbguardd answers
-    (it holds nothing then), this does nothing."""
-    with contextlib.ExitStack() as loan:
-        if parent:
-            lend = Lend(type="lend", v=PROTOCOL_VERSION, op=parent, database=target.key)
-            with contextlib.suppress(DaemonUnavailable):
-                loan.enter_context(holding(ctx.socket, lend))
-        yield
+class _Loan:
+    """A restore that a guarded command runs (from its script) of a database that
+    command holds would wait for the command, which waits for the restore: once this
+    restore has closed the database's gate, the command lends it its hold (`lend`),
+    and holds it again before the gate opens (DatabaseLock.exclusive). Anywhere else,
+    and where no dbguardd answers (nothing holds the database then), it does nothing."""
+
+    def __init__(self, ctx: Context, parent: str | None, target: Target) -> None:
+        self.ctx, self.parent, self.target = ctx, parent, target
+        self.lenders: list[str] = []  # the commands that lent their hold
+
+    @contextlib.contextmanager
+    def borrowing(self) -> Iterator[None]:
+        if not self.parent:
+            yield
+            return
+        lend = Lend(type="lend", v=PROTOCOL_VERSION, op=self.parent, database=self.target.key)
+        with contextlib.ExitStack() as loan:
+            try:
+                reply = loan.enter_context(holding(self.ctx.socket, lend))
+            except DaemonUnavailable:
+                reply = None
+            if isinstance(reply, Lent):
+                self.lenders = reply.ops
+            elif isinstance(reply, Error):  # a dbguardd from before `lend`
+                self.ctx.error(
+                    f"dbguardctl: dbguardd cannot let this restore go before the command "
+                    f"running it ({reply.message}): restart dbguardd after an upgrade"
+                )
+            yield
+        self.lenders = []
 
 
-def _say_held(ctx: Context, target: Target, parent: str | None) -> None:
+def _say_held(ctx: Context, target: Target, lenders: list[str]) -> None:
     """Guarded commands on the database hold its lock: say which (those the log shows
-    running, but for the one running this restore, which lent its hold; one still being
+    running, but for those running this restore that lent it their hold; one still being
     backed up is not there yet) and how to give up."""
     running = [
         record
         for record in ctx.oplog.unfinished()
         if any(d.get("database") == target.label for d in record.get("databases") or [])
-        and record.get("op") != parent
+        and record.get("op") not in lenders
     ]
     which = "".join(
         f"\n  `{' '.join(map(str, record.get('argv') or []))}` in {record.get('cwd')} "

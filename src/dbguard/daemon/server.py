@@ -74,13 +74,15 @@ def _listening(path: Path) -> bool:
     return True
 
 
-def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+def _peer(writer: asyncio.StreamWriter) -> tuple[int, int] | None:
+    """The connecting process's (pid, uid), as the kernel names them in this daemon's
+    namespaces."""
     sock = writer.get_extra_info("socket")
     if sock is None:
         return None
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return int(pid), int(uid)
 
 
 class Server:
@@ -216,7 +218,8 @@ class Server:
             raise ProtocolError(f"message too large (limit {MAX_MESSAGE_BYTES} bytes)") from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid = _peer_uid(writer)
+        peer = _peer(writer)
+        pid, uid = peer if peer is not None else (None, None)
         if uid != os.getuid():
             log.warning("refused connection from another user", peer_uid=uid)
             await self._send(
@@ -252,7 +255,9 @@ class Server:
             return None
 
         if isinstance(request, Invoke):
-            reply = self.guard.with_config_problem(await self.guard.invoke(request, emit, ask))
+            reply = self.guard.with_config_problem(
+                await self.guard.invoke(request, emit, ask, peer=pid)
+            )
             try:
                 await self._send(writer, reply)
             except BaseException:
@@ -267,7 +272,7 @@ class Server:
         elif isinstance(request, StatusQuery):
             await self._send(writer, self.guard.status())
         elif isinstance(request, Lend):
-            await self._lend(request, reader, writer)
+            await self._lend(request, pid, reader, writer)
         elif isinstance(request, ApprovalQuery | Approve):
             try:
                 if isinstance(request, ApprovalQuery):
@@ -281,22 +286,30 @@ class Server:
             await self._send(writer, Error(message=f"{request.type} without an approved command"))
 
     async def _lend(
-        self, request: Lend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        request: Lend,
+        borrower: int | None,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
-        """The loan lasts as long as the connection: dbguardctl closes it when its
-        restore ends, and so does the kernel when dbguardctl dies."""
-        lent = self.guard.lend(request.op, request.database)
+        """The loan lasts until dbguardctl half-closes the connection, once its restore
+        has let go of the database (or the kernel closes it, when dbguardctl dies): the
+        commands then hold it again, and `ok` tells dbguardctl so before it opens the
+        gate to other restores."""
+        lent = self.guard.lend(request.op, request.database, borrower)
         if not lent:
-            await self._send(writer, Lent(lent=False))
+            await self._send(writer, Lent())
             return
         try:
-            await self._send(writer, Lent(lent=True))
+            await self._send(writer, Lent(ops=lent))
             while await reader.read(1 << 16):
-                pass  # nothing more is expected: only the end of the connection
+                pass  # nothing more is expected: only the end of the restore
         except ConnectionError:
             pass  # dbguardctl is gone, and with it the restore
         # (Cancelled instead when dbguardd stops: its locks go with it.)
-        await self.guard.take_back(request.op, request.database)
+        await self.guard.take_back(lent, request.database)
+        with contextlib.suppress(ConnectionError):
+            await self._send(writer, Ok())
 
     async def _follow(
         self, op_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

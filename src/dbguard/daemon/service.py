@@ -138,6 +138,7 @@ class Running:
     marks_read: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Its databases' locks, held shared until it ends: a restore waits for them.
     locks: list[DatabaseLock] = field(default_factory=list)
+    shim_pid: int | None = None  # the shim that runs it: the command's parent
 
 
 class Guard:
@@ -280,10 +281,15 @@ class Guard:
         self.classified.put(key, operation, files, root_files)
         return operation
 
-    async def invoke(self, request: Invoke, emit: Emit, ask: Ask) -> Pass | Deny | Fail | Allow:
+    async def invoke(
+        self, request: Invoke, emit: Emit, ask: Ask, peer: int | None = None
+    ) -> Pass | Deny | Fail | Allow:
         """Decide on one invocation; `emit` sends progress, `ask` asks the person at the
-        shim's terminal a question and returns what they typed (None: no answer)."""
+        shim's terminal a question and returns what they typed (None: no answer).
+        `peer`: the shim's pid as the kernel gave it with the connection, in this
+        daemon's PID namespace (the pid the shim sends is in its own)."""
         started = self.last_activity = time.monotonic()
+        shim_pid = request.pid if peer is None else peer
         record: dict[str, Any] = {
             "argv": request.argv,
             "cwd": request.cwd,
@@ -329,7 +335,7 @@ class Guard:
         production = [t for t in found.targets if verdicts[t.key].production]
         # Who runs it matters only on production: only then is /proc read for the
         # programs it runs under (an agent's CLI).
-        agents = agent_markers(request.env, settings, callers(request.pid) if production else ())
+        agents = agent_markers(request.env, settings, callers(shim_pid) if production else ())
         if agents:
             record["agent"] = agents
         need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
@@ -375,6 +381,7 @@ class Guard:
             marks=[(t, marks[t.key]) for t in found.targets if t.key in marks],
             marks_read=marks_read,
             locks=locks,
+            shim_pid=shim_pid,
         )
         record["notes"] = _notes(found, outcomes)
         # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
@@ -668,23 +675,42 @@ class Guard:
         if running.marks and ran:
             self._put_marks_back(running.marks, record, running.marks_read)
 
-    def lend(self, op_id: str, key: str) -> bool:
-        """A `dbguardctl restore` run by the running command `op_id` (from its script)
-        of a database that command holds: let go of it, or the restore would wait for
-        the command and the command for the restore. False if `op_id` does not hold it."""
+    def lend(self, op_id: str, key: str, borrower: int | None) -> list[str]:
+        """A `dbguardctl restore` (process `borrower`) that the running command `op_id`
+        runs, from its script, of a database the command holds would wait for the
+        command, which waits for it: the command lets go of the database, and so do the
+        running commands it runs under (a guarded `npm run ci` that runs a guarded `npm
+        run db:reset`). The restore has closed the database's gate first, so no other
+        restore comes in until they hold it again (take_back). Returns the operations
+        that let go: none when the command holds no such database, or `borrower` is not
+        a process it started (a DBGUARD_PARENT_OP left in some other environment)."""
         running = self.running.get(op_id)
-        held = [lock for lock in running.locks if lock.key == key] if running else []
-        if not running or not held:
-            return False
-        for lock in held:
-            running.locks.remove(lock)
-            lock.release()
-        log.info("lent to a restore run by the command", op=op_id)
-        return True
+        if running is None or borrower is None:
+            return []
+        if running.shim_pid not in {caller.pid for caller in callers(borrower)}:
+            log.warning("refused to lend to a process the command did not start", op=op_id)
+            return []
+        lent: list[str] = []
+        op: str | None = op_id
+        while op is not None and op not in lent and (running := self.running.get(op)):
+            held = [lock for lock in running.locks if lock.key == key]
+            for lock in held:
+                running.locks.remove(lock)
+                lock.release()
+            if held:
+                lent.append(op)
+            op = running.record.get("parent")
+        if lent:
+            log.info("lent to a restore run by the command", ops=lent)
+        return lent
 
-    async def take_back(self, op_id: str, key: str) -> None:
-        """The restore `lend` let in has ended: the command, if it still runs, holds
-        the database again (once the restore has let go of it), as it did before."""
+    async def take_back(self, ops: list[str], key: str) -> None:
+        """The restore `lend` let in has let go of the database: each command that lent
+        it, if it still runs, holds it again, as it did before."""
+        for op_id in ops:
+            await self._hold_again(op_id, key)
+
+    async def _hold_again(self, op_id: str, key: str) -> None:
         try:
             lock = self.store.database_lock(key)
         except BackupFailed as err:  # the store's folder is gone: nothing left to hold
