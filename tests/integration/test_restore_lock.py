@@ -15,7 +15,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -92,14 +92,25 @@ def command_running(home: Home, project: Path, gate: Path) -> Iterator[subproces
         gate.touch()
 
 
+def line_within(stream: IO[bytes] | None, seconds: float = 30.0) -> str:
+    """The next line `stream` gives: a wait that turned into a deadlock fails the test
+    instead of hanging it."""
+    assert stream is not None
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert got, f"no line within {seconds} s"
+    return got[0].decode()
+
+
 def ctl_saying(
     home: Home, project: Path, lines: int, *args: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     """dbguardctl `args` started in `project`, and the first `lines` lines it writes
     to stderr (what it waits for)."""
     process = home.ctl_process(*args, cwd=project)
-    assert process.stderr is not None
-    return process, "".join(process.stderr.readline().decode() for _ in range(lines))
+    return process, "".join(line_within(process.stderr) for _ in range(lines))
 
 
 def waits_logged(daemon: Daemon, count: int = 1) -> bool:
@@ -387,16 +398,14 @@ def test_a_restore_from_outside_never_comes_between_a_command_and_its_own_restor
     command = guarded(
         home, project, f"--restore={backup_id}", "--count-users", f"--wait-for-file={gate}"
     )
-    assert command.stderr is not None
     outside: subprocess.Popen[bytes] | None = None
     try:
-        said = command.stderr.readline().decode()
-        assert "to end its transaction" in said, said + command.communicate()[1].decode()
+        said = line_within(command.stderr)
+        assert "to end its transaction" in said, said
         outside, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
         assert "waiting for another restore of sqlite " in said, said
         holder.execute("ROLLBACK")
-        assert outside.stderr is not None
-        said = outside.stderr.readline().decode()
+        said = line_within(outside.stderr)
         assert said.startswith("dbguardctl: waiting for guarded commands on sqlite "), said
         assert poll(Path(f"{gate}.ready").exists)
         assert outside.poll() is None  # still waiting: the command runs
@@ -445,4 +454,26 @@ def test_commands_lend_only_a_database_they_hold_to_a_process_they_started(
     finally:
         borrower.kill()
         borrower.wait()
+        guard.engines.close()
+
+
+def test_a_loan_stops_at_a_parent_the_restore_does_not_run_under(home: Home) -> None:
+    """A command started by a detached watcher of `watcher`'s script names `watcher` as
+    its parent: its restore borrows its own hold, never the watcher's."""
+    a = "sqlite:/srv/a.db"
+    guard = Guard(Config(), home.env)
+    unrelated, borrower = (subprocess.Popen(["sleep", "60"]) for _ in range(2))
+    try:
+        held = [guard.store.database_lock(a) for _ in range(2)]
+        assert all(lock.try_shared() for lock in held)
+        guard.running["watcher"] = Running({}, locks=[held[0]], shim_pid=unrelated.pid)
+        inner = Running({"parent": "watcher"}, locks=[held[1]], shim_pid=os.getpid())
+        guard.running["inner"] = inner
+        assert guard.lend("inner", a, borrower.pid) == ["inner"]
+        assert guard.running["watcher"].locks == [held[0]]
+        assert not guard.store.database_lock(a).lock.try_exclusive()  # still held
+    finally:
+        for process in (unrelated, borrower):
+            process.kill()
+            process.wait()
         guard.engines.close()

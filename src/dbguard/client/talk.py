@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -76,10 +77,17 @@ def holding(path: Path, message: BaseModel, timeout: float = 10.0) -> Iterator[R
         try:
             yield reply
         finally:
-            with contextlib.suppress(OSError):  # a daemon gone has acted on it too
-                sock.shutdown(socket.SHUT_WR)
-                while sock.recv(1 << 12):
-                    pass
+            # ^C and the stop signals wait for the daemon's answer: the caller's
+            # handlers would otherwise end this wait before the daemon has acted.
+            stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+            try:
+                with contextlib.suppress(OSError):  # a daemon gone has acted on it too
+                    sock.shutdown(socket.SHUT_WR)
+                    while sock.recv(1 << 12):
+                        pass
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _exchange(

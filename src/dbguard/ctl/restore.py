@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dbguard import operations
-from dbguard.client.talk import DaemonUnavailable, holding
+from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, holding
 from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
@@ -173,7 +173,13 @@ class _Loan:
         with contextlib.ExitStack() as loan:
             try:
                 reply = loan.enter_context(holding(self.ctx.socket, lend))
-            except DaemonUnavailable:
+            except DaemonNotAnswering as err:
+                self.ctx.error(
+                    f"dbguardctl: {err.problem}, so the command running this restore keeps "
+                    "its hold on the database: if it holds it, this restore waits for it"
+                )
+                reply = None
+            except DaemonUnavailable:  # none runs, so nothing holds the database
                 reply = None
             if isinstance(reply, Lent):
                 self.lenders = reply.ops

@@ -684,15 +684,17 @@ class Guard:
         restore comes in until they hold it again (take_back). Returns the operations
         that let go: none when the command holds no such database, or `borrower` is not
         a process it started (a DBGUARD_PARENT_OP left in some other environment)."""
-        running = self.running.get(op_id)
-        if running is None or borrower is None:
+        if borrower is None or op_id not in self.running:
             return []
-        if running.shim_pid not in {caller.pid for caller in callers(borrower)}:
+        above = {caller.pid for caller in callers(borrower)}
+        if self.running[op_id].shim_pid not in above:
             log.warning("refused to lend to a process the command did not start", op=op_id)
             return []
         lent: list[str] = []
         op: str | None = op_id
         while op is not None and op not in lent and (running := self.running.get(op)):
+            if running.shim_pid not in above:
+                break  # named as a parent, but the restore does not run under it
             held = [lock for lock in running.locks if lock.key == key]
             for lock in held:
                 running.locks.remove(lock)
