@@ -12,7 +12,8 @@ A conversation is one of:
     approve  -> ok | error
     status  -> status
     backup  -> progress* -> done | deny | fail
-    lend    -> lent      (the loan lasts until dbguardctl closes the connection)
+    lend    -> lent -> ok  (the loan lasts until dbguardctl half-closes the connection;
+                           ok once the commands hold the database again)
     anything malformed -> error, and the daemon closes the connection
 
 Strings may hold lone surrogates: the shim sends argv and environment values that are
@@ -151,8 +152,9 @@ class Approve(_Message):
 
 class Lend(_Message):
     """dbguardctl restore, run by the guarded command `op` (its script): that command
-    lets go of its hold on `database` (a Target.key), which the restore would otherwise
-    wait for while the command waits for the restore, until this connection closes."""
+    (and the running commands it runs under) lets go of its hold on `database` (a
+    Target.key), which the restore would otherwise wait for while the command waits for
+    the restore, until dbguardctl half-closes this connection."""
 
     type: Literal["lend"]
     v: int

@@ -158,7 +158,7 @@ class _Loan:
     command holds would wait for the command, which waits for the restore: once this
     restore has closed the database's gate, the command lends it its hold (`lend`),
     and holds it again before the gate opens (DatabaseLock.exclusive). Anywhere else,
-    and where no dbguardd answers (nothing holds the database then), it does nothing."""
+    and where no dbguardd runs (nothing holds the database then), it does nothing."""
 
     def __init__(self, ctx: Context, parent: str | None, target: Target) -> None:
         self.ctx, self.parent, self.target = ctx, parent, target
@@ -188,8 +188,10 @@ class _Loan:
                     f"dbguardctl: dbguardd cannot let this restore go before the command "
                     f"running it ({reply.message}): restart dbguardd after an upgrade"
                 )
-            yield
-        self.lenders = []
+            try:
+                yield
+            finally:
+                self.lenders = []
 
 
 def _say_held(ctx: Context, target: Target, lenders: list[str]) -> None:
