@@ -231,26 +231,31 @@ def test_the_daemon_serves_other_databases_while_a_command_waits(
     assert waiting.returncode == 0, err
 
 
-def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
-    home: Home, daemon: Daemon, pg_database: Target, tmp_path: Path
-) -> None:
-    """The lock goes by the database, whatever the engine: the restore's target, read
-    from the manifest, is the one dbguardd found for the command."""
+def pg_project_backed_up(home: Home, database: Target) -> tuple[Path, str]:
+    """A Laravel-shaped project on `database` (a users table), and a backup of it."""
     install_stand_in(home, "php")
     home.install_shims("php")
     project = home.root / "app"
     project.mkdir()
     (project / "artisan").write_text("<?php\n")
     (project / ".env").write_text(
-        f"APP_ENV=local\nDB_CONNECTION=pgsql\nDB_HOST={pg_database.host}\n"
-        f"DB_PORT={pg_database.port}\nDB_DATABASE={pg_database.name}\n"
-        f"DB_USERNAME={pg_database.user}\n"
+        f"APP_ENV=local\nDB_CONNECTION=pgsql\nDB_HOST={database.host}\n"
+        f"DB_PORT={database.port}\nDB_DATABASE={database.name}\n"
+        f"DB_USERNAME={database.user}\n"
     )
-    with pg_connect(str(pg_database.name)) as conn:
+    with pg_connect(str(database.name)) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY)")
     taken = home.ctl("backup", "--json", cwd=project)
     assert taken.returncode == 0, taken.stderr
-    backup_id = json.loads(taken.stdout)["backups"][0]["id"]
+    return project, str(json.loads(taken.stdout)["backups"][0]["id"])
+
+
+def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
+    home: Home, daemon: Daemon, pg_database: Target, tmp_path: Path
+) -> None:
+    """The lock goes by the database, whatever the engine: the restore's target, read
+    from the manifest, is the one dbguardd found for the command."""
+    project, backup_id = pg_project_backed_up(home, pg_database)
     with command_running(home, project, tmp_path / "finish") as command:
         restore, said = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
         assert said.startswith(
@@ -260,6 +265,38 @@ def test_a_postgres_restore_waits_for_a_guarded_command_on_its_database(
     assert command.wait(timeout=60) == 0
     _, err = restore.communicate(timeout=60)
     assert restore.returncode == 0, err
+
+
+def test_a_restore_that_waits_for_dbguardctl_backup_names_it(
+    home: Home, daemon: Daemon, pg_database: Target
+) -> None:
+    project, backup_id = pg_project_backed_up(home, pg_database)
+    with pg_connect(str(pg_database.name)) as conn:
+        conn.execute("INSERT INTO users VALUES (1)")  # changed: a new backup is taken
+        with conn.transaction():  # pg_dump waits for this lock, the backup half done
+            conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            backup = home.ctl_process("backup", cwd=project)
+
+            def backing_up() -> bool:
+                return any(
+                    r.get("argv") == ["dbguardctl", "backup"] and r.get("outcome") == "running"
+                    for r in home.operations()
+                )
+
+            assert poll(backing_up), backup.communicate()
+            restore, said = ctl_saying(home, project, 2, "restore", backup_id, "--yes")
+            [running] = [r for r in home.operations() if r.get("outcome") == "running"]
+            assert said == (
+                f"dbguardctl: waiting for guarded commands on {pg_database.label} to end:\n"
+                f"  `dbguardctl backup` in {project} (op {running['op']})\n"
+            ), said
+            assert restore.poll() is None
+    _, err = backup.communicate(timeout=60)
+    assert backup.returncode == 0, err
+    _, err = restore.communicate(timeout=60)
+    assert restore.returncode == 0, err
+    [done] = [r for r in home.operations() if r.get("op") == running["op"]]
+    assert done["decision"] == "backup" and done["backups"], done
 
 
 def test_a_command_that_arrives_while_a_restore_waits_goes_after_the_restore(

@@ -384,15 +384,7 @@ class Guard:
             shim_pid=shim_pid,
         )
         record["notes"] = _notes(found, outcomes)
-        # Logged now as well as when it ends: a daemon killed meanwhile leaves this line.
-        self.oplog.append(
-            {
-                **{k: record[k] for k in ("argv", "cwd", "op", "decision", "backups")},
-                "databases": [{"database": d["database"]} for d in record["databases"]],
-                "outcome": RUNNING,
-                "daemon": self.identity,
-            }
-        )
+        self._log_running(record)
         # The shim prints only warnings; what was reused or skipped goes to the log.
         rejected = [self.config_rejected] if self.config_rejected else []
         return Allow(op=op_id, backups=_refs(outcomes), notes=[*found.warnings, *rejected])
@@ -796,6 +788,23 @@ class Guard:
                 }
             )
 
+    def _log_running(self, record: dict[str, Any]) -> None:
+        """An operation is logged when it starts as well as when it ends: a daemon killed
+        meanwhile leaves this line (close_orphans), and a restore that waits for it
+        names it (dbguardctl restore)."""
+        self.oplog.append(
+            {
+                **{
+                    k: record[k]
+                    for k in ("argv", "cwd", "op", "decision", "backups")
+                    if k in record
+                },
+                "databases": [{"database": d["database"]} for d in record["databases"]],
+                "outcome": RUNNING,
+                "daemon": self.identity,
+            }
+        )
+
     def _log(self, record: dict[str, Any], decision: str, started: float, **extra: Any) -> None:
         record.update(extra)
         record["decision"] = decision
@@ -822,12 +831,15 @@ class Guard:
             self._log(record, "deny", started, reason=str(err))
             return Deny(reason=err.problem, hint=err.fix)
         reason = Reason(kind="manual", argv=["dbguardctl", "backup"], cwd=request.cwd)
+        record["op"] = secrets.token_hex(8)
+        record["databases"] = [{"database": t.label} for t in found.targets]
         # Held as a guarded command holds them: never a backup of a database that a
         # restore is replacing; one under way is waited for, and then backed up.
         locks: list[DatabaseLock] = []
         try:
             inside = request.env.get("DBGUARD_PARENT_OP")  # run by a guarded command's script
             await self._share(found.targets, locks, emit, inside=inside)
+            self._log_running(record | {"decision": "backup"})
             outcomes = await self._ensure_all(found.targets, reason, emit, locks)
         except ConnectionError:
             detail = "dbguardctl left during the backup; the backup went on"
@@ -896,7 +908,11 @@ class Guard:
                 continue  # ours, or another dbguardd's on the same log
             record = {k: v for k, v in record.items() if k not in ("time", "daemon")}
             record["outcome"] = "unknown"
-            record["detail"] = "dbguardd stopped while the command ran (killed or crashed)"
+            record["detail"] = (
+                "dbguardd stopped during the backup (killed or crashed)"
+                if record.get("decision") == "backup"
+                else "dbguardd stopped while the command ran (killed or crashed)"
+            )
             self.oplog.append(record)
             closed.append(str(record.get("op")))
         return closed
