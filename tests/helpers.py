@@ -206,17 +206,22 @@ elif command == "migrate:status":
     print("Migration name ... Ran")
 elif command == "test":
     # flags: --exit=N, --signal=N, --echo-stdin, --echo-args, --wipe, --wait-for-file=PATH,
-    # --count-users, --restore=ID (as a test script that runs `dbguardctl restore ID`)
+    # --count-users, --restore=ID (as a test script that runs `dbguardctl restore ID`),
+    # --then-restore=ID (the same, after --wait-for-file)
     opts = dict(
         a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in args[1:] if a.startswith("--")
     )
+
+    def restore(backup):
+        import subprocess
+        ctl = [sys.executable, "-m", "dbguard.ctl.main", "restore", backup, "--yes"]
+        if subprocess.run(ctl, stdin=subprocess.DEVNULL).returncode:
+            sys.exit(1)
+
     if "wipe" in opts:
         conn = sqlite3.connect(database()); conn.execute("delete from users"); conn.commit()
     if "restore" in opts:
-        import subprocess
-        ctl = [sys.executable, "-m", "dbguard.ctl.main", "restore", opts["restore"], "--yes"]
-        if subprocess.run(ctl, stdin=subprocess.DEVNULL).returncode:
-            sys.exit(1)
+        restore(opts["restore"])
     if "count-users" in opts:
         print(sqlite3.connect(database()).execute("select count(*) from users").fetchone()[0])
     if "echo-stdin" in opts:
@@ -230,6 +235,8 @@ elif command == "test":
         deadline = time.monotonic() + 60
         while not os.path.exists(opts["wait-for-file"]) and time.monotonic() < deadline:
             time.sleep(0.01)
+    if "then-restore" in opts:
+        restore(opts["then-restore"])
     if "signal" in opts:
         sys.stdout.flush()
         os.kill(os.getpid(), int(opts["signal"]))

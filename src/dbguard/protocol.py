@@ -160,6 +160,9 @@ class Lend(_Message):
     v: int
     op: Text
     database: Text
+    # Only say which commands would lend, letting go of nothing: asked by a restore
+    # that finds another restore of the database under way (see dbguardctl restore).
+    probe: bool = False
 
 
 Request = Annotated[

@@ -457,6 +457,31 @@ def test_a_restore_from_outside_never_comes_between_a_command_and_its_own_restor
     assert outside.returncode == 0, err
 
 
+def test_a_command_that_restores_while_an_outside_restore_waits_for_it_stops_at_once(
+    home: Home, daemon: Daemon, project: Path, tmp_path: Path
+) -> None:
+    """An outside restore waits for the command, whose script then restores too: the
+    outside restore holds the gate, and the command's hold cannot be lent without it, so
+    neither restore could go on. The command's restore stops at once, changing nothing;
+    the outside one goes on once the command ends."""
+    backup_id = backed_up_then_grown(home, project)
+    gate = tmp_path / "finish"
+    command = guarded(home, project, f"--wait-for-file={gate}", f"--then-restore={backup_id}")
+    try:
+        assert poll(Path(f"{gate}.ready").exists), command.communicate(timeout=5)
+        outside, said = ctl_saying(home, project, 1, "restore", backup_id, "--yes")
+        assert said.startswith("dbguardctl: waiting for guarded commands on sqlite "), said
+    finally:
+        gate.touch()
+    _, err = command.communicate(timeout=60)
+    said = " ".join(err.decode().split())
+    assert command.returncode == 1, said
+    assert "another restore of sqlite " in said and "neither could go on" in said, said
+    _, err = outside.communicate(timeout=60)
+    assert outside.returncode == 0, err
+    assert len(pre_restore_backups(home)) == 1  # only the outside restore went ahead
+
+
 def test_commands_lend_only_a_database_they_hold_to_a_process_they_started(
     home: Home,
 ) -> None:

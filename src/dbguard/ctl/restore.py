@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from dbguard import operations
-from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, holding
+from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, holding, request
 from dbguard.ctl.confirm import EndOfInput, ask_on_terminal
 from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
-from dbguard.errors import DbguardError, RestoreIncomplete
+from dbguard.errors import DbguardError, RestoreFailed, RestoreIncomplete
 from dbguard.marks import ProductionMarks
 from dbguard.production import TargetFacts, classify_production
 from dbguard.protocol import PROTOCOL_VERSION, Error, Lend, Lent
@@ -107,10 +107,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 swapped=lambda: swapped.append(True),
                 warn=warn,
                 waiting_for_commands=lambda: _say_held(ctx, target, loan.lenders),
-                waiting_for_restore=lambda: ctx.error(
-                    f"dbguardctl: waiting for another restore of {target.label} to end"
-                    "\n  ^C gives up; nothing is changed until it ends"
-                ),
+                waiting_for_restore=lambda: _say_restore_under_way(ctx, target, loan),
                 loan=loan.borrowing,
             )
     except KeyboardInterrupt:
@@ -164,6 +161,20 @@ class _Loan:
         self.ctx, self.parent, self.target = ctx, parent, target
         self.lenders: list[str] = []  # the commands that lent their hold
 
+    def holders(self) -> list[str]:
+        """The commands running this restore that hold its database (and would lend
+        it, see Guard.lenders): none outside a guarded command, or with no dbguardd."""
+        if not self.parent:
+            return []
+        probe = Lend(
+            type="lend", v=PROTOCOL_VERSION, op=self.parent, database=self.target.key, probe=True
+        )
+        try:
+            reply = request(self.ctx.socket, probe)
+        except DaemonUnavailable:
+            return []
+        return reply.ops if isinstance(reply, Lent) else []
+
     @contextlib.contextmanager
     def borrowing(self) -> Iterator[None]:
         if not self.parent:
@@ -192,6 +203,25 @@ class _Loan:
                 yield
             finally:
                 self.lenders = []
+
+
+def _say_restore_under_way(ctx: Context, target: Target, loan: _Loan) -> None:
+    """Another restore of the database is under way: wait for it, unless it waits for
+    the commands running this restore, which hold the database and wait for this one;
+    then none could go on, and this one stops, changing nothing."""
+    holders = loan.holders()
+    if holders:
+        raise RestoreFailed(
+            f"another restore of {target.label} is under way and waits for the guarded "
+            f"command running this restore (op {holders[0]}) to end, which waits for "
+            "this restore: neither could go on",
+            "nothing was changed; run this restore before that command, outside it, or "
+            "let the other restore go first",
+        )
+    ctx.error(
+        f"dbguardctl: waiting for another restore of {target.label} to end"
+        "\n  ^C gives up; nothing is changed until it ends"
+    )
 
 
 def _say_held(ctx: Context, target: Target, lenders: list[str]) -> None:

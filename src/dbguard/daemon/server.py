@@ -296,7 +296,11 @@ class Server:
         has let go of the database (or the kernel closes it, when dbguardctl dies): the
         commands then hold it again, and `ok` tells dbguardctl so before it opens the
         gate to other restores."""
-        lent = self.guard.lend(request.op, request.database, borrower)
+        loan = (request.op, request.database, borrower)
+        if request.probe:
+            await self._send(writer, Lent(ops=self.guard.lenders(*loan)))
+            return
+        lent = self.guard.lend(*loan)
         if not lent:
             await self._send(writer, Lent())
             return

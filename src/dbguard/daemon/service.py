@@ -667,33 +667,42 @@ class Guard:
         if running.marks and ran:
             self._put_marks_back(running.marks, record, running.marks_read)
 
-    def lend(self, op_id: str, key: str, borrower: int | None) -> list[str]:
-        """A `dbguardctl restore` (process `borrower`) that the running command `op_id`
-        runs, from its script, of a database the command holds would wait for the
-        command, which waits for it: the command lets go of the database, and so do the
-        running commands it runs under (a guarded `npm run ci` that runs a guarded `npm
-        run db:reset`). The restore has closed the database's gate first, so no other
-        restore comes in until they hold it again (take_back). Returns the operations
-        that let go: none when the command holds no such database, or `borrower` is not
-        a process it started (a DBGUARD_PARENT_OP left in some other environment)."""
+    def lenders(self, op_id: str, key: str, borrower: int | None) -> list[str]:
+        """The running commands that hold the database `key` and would lend it to a
+        `dbguardctl restore` (process `borrower`) that the command `op_id` runs from its
+        script: that command and the running commands it runs under (a guarded `npm run
+        ci` that runs a guarded `npm run db:reset`), each only if the restore runs under
+        its shim. None when `borrower` is not a process `op_id` started (a
+        DBGUARD_PARENT_OP left in some other environment)."""
         if borrower is None or op_id not in self.running:
             return []
         above = {caller.pid for caller in callers(borrower)}
         if self.running[op_id].shim_pid not in above:
             log.warning("refused to lend to a process the command did not start", op=op_id)
             return []
-        lent: list[str] = []
+        holding: list[str] = []
+        seen: set[str] = set()
         op: str | None = op_id
-        while op is not None and op not in lent and (running := self.running.get(op)):
+        while op is not None and op not in seen and (running := self.running.get(op)):
             if running.shim_pid not in above:
                 break  # named as a parent, but the restore does not run under it
-            held = [lock for lock in running.locks if lock.key == key]
-            for lock in held:
+            seen.add(op)
+            if any(lock.key == key for lock in running.locks):
+                holding.append(op)
+            op = running.record.get("parent")
+        return holding
+
+    def lend(self, op_id: str, key: str, borrower: int | None) -> list[str]:
+        """Such a restore would wait for the commands holding its database, which wait
+        for it: they let go of it (see lenders). The restore has closed the database's
+        gate first, so no other restore comes in until they hold it again (take_back).
+        Returns the operations that let go."""
+        lent = self.lenders(op_id, key, borrower)
+        for op in lent:
+            running = self.running[op]
+            for lock in [lock for lock in running.locks if lock.key == key]:
                 running.locks.remove(lock)
                 lock.release()
-            if held:
-                lent.append(op)
-            op = running.record.get("parent")
         if lent:
             log.info("lent to a restore run by the command", ops=lent)
         return lent
