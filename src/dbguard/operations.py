@@ -158,6 +158,7 @@ def restore_backup(
     waiting_for_commands: Callable[[], None] = lambda: None,
     waiting_for_restore: Callable[[], None] = lambda: None,
     loan: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    still_waiting_for_restore: Callable[[], None] | None = None,
 ) -> Manifest | None:
     """Put `manifest`'s data back into `target`, after backing up what is there now.
 
@@ -171,7 +172,8 @@ def restore_backup(
     between; when another restore of it is under way or guarded commands hold it,
     `waiting_for_restore` or `waiting_for_commands` is told, then this waits (^C ends
     the wait, nothing changed); commands that arrive meanwhile wait for it. `loan`
-    borrows the hold of the guarded command running this restore, if any (see
+    borrows the hold of the guarded command running this restore, if any, and
+    `still_waiting_for_restore` may end a wait for another restore by raising (see
     DatabaseLock.exclusive). Raises
     Damaged before touching anything if the backup does not check out, BackupFailed
     if the current state cannot be saved (RestoreFailed, saying how to go on, when it
@@ -190,7 +192,9 @@ def restore_backup(
     # (dbguardd's, after a backup of its own) removes the backup's file, not the open one.
     with (
         store.open_data(manifest) as data,
-        store.database_lock(target.key).exclusive(waiting_for_commands, waiting_for_restore, loan),
+        store.database_lock(target.key).exclusive(
+            waiting_for_commands, waiting_for_restore, loan, still_waiting_for_restore
+        ),
     ):
         try:
             before = take_backup(store, engines, target, reason)

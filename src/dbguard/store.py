@@ -978,14 +978,27 @@ class FileLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def exclusive(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+    def exclusive(
+        self,
+        waiting: Callable[[], None] = lambda: None,
+        still_waiting: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
         """Hold it exclusive, released on exit; `waiting` is told first when others
-        hold it, then this waits (^C ends the wait)."""
+        hold it, then this waits (^C ends the wait). With `still_waiting`, the wait
+        tries again and again instead, calling it every _RECHECK seconds, so that it
+        can look at what it waits for and end the wait by raising."""
         assert self._fd is not None
         try:
             if not self.try_exclusive():
                 waiting()
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if still_waiting is None:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                next_check = time.monotonic() + _RECHECK
+                while still_waiting is not None and not self.try_exclusive():
+                    if time.monotonic() >= next_check:
+                        still_waiting()
+                        next_check = time.monotonic() + _RECHECK
+                    time.sleep(_GATE_PAUSE)
             yield
         finally:
             self.release()
@@ -997,6 +1010,7 @@ class FileLock:
 
 
 _GATE_TRIES, _GATE_PAUSE = 5, 0.01
+_RECHECK = 0.5  # seconds between looks at what a polled wait waits for
 
 
 class DatabaseLock:
@@ -1044,9 +1058,11 @@ class DatabaseLock:
         waiting_for_commands: Callable[[], None] = lambda: None,
         waiting_for_restore: Callable[[], None] = lambda: None,
         loan: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+        still_waiting_for_restore: Callable[[], None] | None = None,
     ) -> Iterator[None]:
         """Hold it exclusive, released on exit. Another restore of the database is
-        waited for first (`waiting_for_restore` told when there is one), then the
+        waited for first (`waiting_for_restore` told when there is one, and
+        `still_waiting_for_restore` now and then, see FileLock.exclusive), then the
         guarded commands already holding it (`waiting_for_commands`); ^C ends either
         wait, holding nothing. `loan` is entered once the gate is closed, before the
         wait for the commands, and left once the lock is let go, before the gate opens:
@@ -1060,7 +1076,7 @@ class DatabaseLock:
                     break
                 time.sleep(_GATE_PAUSE)
             with (
-                self.gate.exclusive(waiting_for_restore),
+                self.gate.exclusive(waiting_for_restore, still_waiting_for_restore),
                 loan(),
                 self.lock.exclusive(waiting_for_commands),
             ):

@@ -107,7 +107,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                 swapped=lambda: swapped.append(True),
                 warn=warn,
                 waiting_for_commands=lambda: _say_held(ctx, target, loan.lenders),
-                waiting_for_restore=lambda: _say_restore_under_way(ctx, target, loan),
+                waiting_for_restore=lambda: ctx.error(
+                    f"dbguardctl: waiting for another restore of {target.label} to end"
+                    "\n  ^C gives up; nothing is changed until it ends"
+                ),
+                still_waiting_for_restore=loan.check_waiting if parent else None,
                 loan=loan.borrowing,
             )
     except KeyboardInterrupt:
@@ -160,6 +164,25 @@ class _Loan:
     def __init__(self, ctx: Context, parent: str | None, target: Target) -> None:
         self.ctx, self.parent, self.target = ctx, parent, target
         self.lenders: list[str] = []  # the commands that lent their hold
+        self.held_at_last_look: list[str] = []  # see check_waiting
+
+    def check_waiting(self) -> None:
+        """Called now and then while another restore of the database holds its gate.
+        When the commands running this restore hold the database, that restore waits
+        for them to end, and they wait for this one: none could go on, and this one
+        stops, changing nothing. Only when they held it at two looks in a row: at one
+        alone, the other may be a restore of theirs about to borrow it or just giving
+        it back."""
+        holders = self.holders()
+        if holders and self.held_at_last_look:
+            raise RestoreFailed(
+                f"another restore of {self.target.label} is under way and waits for the "
+                f"guarded command running this restore (op {holders[0]}) to end, which "
+                "waits for this restore: neither could go on",
+                "nothing was changed; run this restore before that command, outside it, "
+                "or let the other restore go first",
+            )
+        self.held_at_last_look = holders
 
     def holders(self) -> list[str]:
         """The commands running this restore that hold its database (and would lend
@@ -203,25 +226,6 @@ class _Loan:
                 yield
             finally:
                 self.lenders = []
-
-
-def _say_restore_under_way(ctx: Context, target: Target, loan: _Loan) -> None:
-    """Another restore of the database is under way: wait for it, unless it waits for
-    the commands running this restore, which hold the database and wait for this one;
-    then none could go on, and this one stops, changing nothing."""
-    holders = loan.holders()
-    if holders:
-        raise RestoreFailed(
-            f"another restore of {target.label} is under way and waits for the guarded "
-            f"command running this restore (op {holders[0]}) to end, which waits for "
-            "this restore: neither could go on",
-            "nothing was changed; run this restore before that command, outside it, or "
-            "let the other restore go first",
-        )
-    ctx.error(
-        f"dbguardctl: waiting for another restore of {target.label} to end"
-        "\n  ^C gives up; nothing is changed until it ends"
-    )
 
 
 def _say_held(ctx: Context, target: Target, lenders: list[str]) -> None:
