@@ -158,8 +158,10 @@ class _Loan:
     """A restore that a guarded command runs (from its script) of a database that
     command holds would wait for the command, which waits for the restore: once this
     restore has closed the database's gate, the command lends it its hold (`lend`),
-    and holds it again before the gate opens (DatabaseLock.exclusive). Anywhere else,
-    and where no dbguardd runs (nothing holds the database then), it does nothing."""
+    and holds it again before the gate opens (DatabaseLock.exclusive); while another
+    restore holds the gate, check_waiting stops this one if the two could never go on.
+    Anywhere else, and where no dbguardd runs (nothing holds the database then), it
+    does nothing."""
 
     def __init__(self, ctx: Context, parent: str | None, target: Target) -> None:
         self.ctx, self.parent, self.target = ctx, parent, target
@@ -189,24 +191,25 @@ class _Loan:
         it, see Guard.lenders): none outside a guarded command, or with no dbguardd."""
         if not self.parent:
             return []
-        probe = Lend(
-            type="lend", v=PROTOCOL_VERSION, op=self.parent, database=self.target.key, probe=True
-        )
         try:
-            reply = request(self.ctx.socket, probe)
+            reply = request(self.ctx.socket, self._lend(self.parent, probe=True))
         except DaemonUnavailable:
             return []
         return reply.ops if isinstance(reply, Lent) else []
+
+    def _lend(self, parent: str, *, probe: bool = False) -> Lend:
+        return Lend(
+            type="lend", v=PROTOCOL_VERSION, op=parent, database=self.target.key, probe=probe
+        )
 
     @contextlib.contextmanager
     def borrowing(self) -> Iterator[None]:
         if not self.parent:
             yield
             return
-        lend = Lend(type="lend", v=PROTOCOL_VERSION, op=self.parent, database=self.target.key)
         with contextlib.ExitStack() as loan:
             try:
-                reply = loan.enter_context(holding(self.ctx.socket, lend))
+                reply = loan.enter_context(holding(self.ctx.socket, self._lend(self.parent)))
             except DaemonNotAnswering as err:
                 self.ctx.error(
                     f"dbguardctl: {err.problem}, so the command running this restore keeps "
