@@ -6,6 +6,8 @@ an agent's variable set, or an agent's CLI among the processes the command runs
 under). Such a
 caller gets a code a human approves with `dbguardctl approve CODE`. A person at a
 terminal is asked to type the database's name before anything that writes to it runs.
+What the approved command runs in turn is covered by that approval, as far as the human
+was told (Approval.covers).
 Nothing here reads a flag or a project file: only the user's own config (the
 ProductionSettings it is given) shapes the answer.
 """
@@ -62,3 +64,19 @@ def gate(kind: Kind, production: bool, *, terminal: bool, agent: bool) -> Gate:
     if agent or not terminal:
         return Gate.APPROVE
     return Gate.PROCEED if kind is Kind.QUERY else Gate.CONFIRM
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What a human let a command do on production: as much as `kind` does, to the
+    production databases `databases` (their keys)."""
+
+    kind: Kind
+    databases: frozenset[str]
+
+    def covers(self, kind: Kind, databases: frozenset[str]) -> bool:
+        """Whether a command that the approved one runs (`npm run db:reset` running
+        `prisma migrate reset`) is part of what the human approved: nothing judged more
+        dangerous than the approved command itself, on no production database they were
+        not asked about. Anything more is asked for again."""
+        return kind.severity <= self.kind.severity and databases <= self.databases

@@ -500,3 +500,64 @@ def test_a_database_its_files_called_production_stays_production_when_they_are_e
     assert b"dbguard remembers that though nothing says so now" in again.stderr
     assert again.stderr.count(b"because") == 1  # one reason, said once
     assert count_users(project) == 3  # nothing ran
+
+
+def npm_running_artisan(home: Home, production: Path, script: str) -> None:
+    """A stand-in npm whose `run db:reset` runs `php artisan <script>` as npm would: the
+    package script's command, found on PATH (the `php` shim)."""
+    npm = home.bin / "npm"
+    npm.write_text(f"#!/bin/sh\nexec php artisan {script}\n")
+    npm.chmod(0o755)
+    home.install_shims("npm")
+    (production / "package.json").write_text(
+        json.dumps({"scripts": {"db:reset": f"php artisan {script}"}})
+    )
+
+
+def test_an_approval_covers_what_the_approved_command_runs(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    """The human approved `npm run db:reset`, told it would wipe the production
+    database; the `php artisan migrate:fresh` its script runs is not refused again."""
+    npm_running_artisan(home, production, "migrate:fresh")
+    refused = home.run(["npm", "run", "db:reset"], cwd=production)
+    assert refused.returncode == 77, refused.stderr
+    assert approve_on_terminal(home, code_from(refused.stderr)).startswith("exit 0")
+
+    allowed = home.run(["npm", "run", "db:reset"], cwd=production)
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert count_users(production) is None  # the script's reset ran
+    allowed_ops = {r["argv"][0]: r for r in home.operations() if r["decision"] == "allow"}
+    outer, inner = allowed_ops["npm"], allowed_ops["php"]
+    assert outer["approved"] and inner["argv"] == ["php", "artisan", "migrate:fresh"]
+    assert inner["approved_with"] == inner["parent"] == outer["op"]
+
+
+def test_an_approval_is_not_lent_to_a_process_that_names_it_from_outside(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    """DBGUARD_PARENT_OP is in the command's environment, and the op in the log: a
+    command that is not run by the approved one gets nothing from naming it."""
+    gate = home.root / "go"
+    argv = ["php", "artisan", "test", f"--wait-for-file={gate}"]
+    code = code_from(home.run(argv, cwd=production).stderr)
+    assert approve_on_terminal(home, code).startswith("exit 0")
+    approved = subprocess.Popen(
+        argv, cwd=production, env=home.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: Path(f"{gate}.ready").exists(), "the approved command")
+        [running] = [r for r in home.operations() if r["decision"] == "allow"]
+        forged = home.run(
+            ["php", "artisan", "test", "--wipe"],
+            cwd=production,
+            env={"DBGUARD_PARENT_OP": running["op"]},
+        )
+        assert forged.returncode == 77, forged.stderr
+        assert b"PRODUCTION" in forged.stderr
+        assert count_users(production) == 3
+    finally:
+        gate.touch()
+        approved.communicate(timeout=60)
+    assert approved.returncode == 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbguard.policy import Caller, Gate, agent_markers, gate
+from dbguard.policy import Approval, Caller, Gate, agent_markers, gate
 from dbguard.production import ProductionSettings
 from dbguard.rules import Kind
 
@@ -48,3 +48,17 @@ def test_an_agent_program_above_the_command_marks_it_whatever_its_variables() ->
     # The user's own agent, named in config; the defaults can be emptied there too.
     mine = ProductionSettings(agent_programs=("npm",))
     assert agent_markers({}, mine, [*shells, gemini]) == ["run by npm (pid 20)"]
+
+
+def test_an_approval_covers_no_more_than_the_human_was_told() -> None:
+    """What an approved command runs is covered as far as the kind and the production
+    databases named in the question go; a wider step is asked for again."""
+    wipe = Approval(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:audit"}))
+    assert wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))
+    assert wipe.covers(Kind.MIGRATE, frozenset({"pg:app", "pg:audit"}))
+    assert wipe.covers(Kind.TEST, frozenset())
+    assert not wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:billing"}))
+    tests = Approval(Kind.TEST, frozenset({"pg:app"}))
+    assert tests.covers(Kind.TEST, frozenset({"pg:app"}))
+    assert not tests.covers(Kind.MIGRATE, frozenset({"pg:app"}))
+    assert not tests.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))

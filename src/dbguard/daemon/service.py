@@ -52,7 +52,7 @@ from dbguard.errors import BackupFailed, DatabaseMissing, DbguardError
 from dbguard.marks import ProductionMarks
 from dbguard.oplog import RUNNING, OperationLog, redact_argv
 from dbguard.paths import Stamp, file_stamp
-from dbguard.policy import Gate, agent_markers, gate
+from dbguard.policy import Approval, Gate, agent_markers, gate
 from dbguard.production import Marker, ProductionSettings, Verdict, classify_production
 from dbguard.protocol import (
     Allow,
@@ -139,6 +139,8 @@ class Running:
     # Its databases' locks, held shared until it ends: a restore waits for them.
     locks: list[DatabaseLock] = field(default_factory=list)
     shim_pid: int | None = None  # the shim that runs it: the command's parent
+    # What a human approved for it on production; what it runs in turn shares it.
+    approval: Approval | None = None
 
 
 class Guard:
@@ -339,13 +341,20 @@ class Guard:
         if agents:
             record["agent"] = agents
         need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
+        approval = None
         if need is not Gate.PROCEED:
-            refusal = await self._human_check(
-                request, production, verdicts, need, ask, settings, agents
-            )
-            if refusal is not None:
-                self._log(record, "deny", started, reason=refusal.reason)
-                return refusal
+            approval = Approval(operation.kind, frozenset(t.key for t in production))
+            inherited = self._approved_parent(request.parent, shim_pid, approval)
+            if inherited is not None:
+                approval = inherited
+                record["approved_with"] = request.parent
+            else:
+                refusal = await self._human_check(
+                    request, production, verdicts, need, ask, settings, agents
+                )
+                if refusal is not None:
+                    self._log(record, "deny", started, reason=refusal.reason)
+                    return refusal
             record["approved"] = True
         reason = Reason(
             kind="command",
@@ -382,12 +391,30 @@ class Guard:
             marks_read=marks_read,
             locks=locks,
             shim_pid=shim_pid,
+            approval=approval,
         )
         record["notes"] = _notes(found, outcomes)
         self._log_running(record)
         # The shim prints only warnings; what was reused or skipped goes to the log.
         rejected = [self.config_rejected] if self.config_rejected else []
         return Allow(op=op_id, backups=_refs(outcomes), notes=[*found.warnings, *rejected])
+
+    def _approved_parent(
+        self, parent: str | None, shim_pid: int, wanted: Approval
+    ) -> Approval | None:
+        """The approval of the running command `parent`, when it covers `wanted` and the
+        command asking (shim `shim_pid`) runs under it: a human who approved `npm run
+        db:reset` is not asked again for the `prisma migrate reset` its script runs. A
+        DBGUARD_PARENT_OP copied into another process's environment gets nothing."""
+        running = self.running.get(parent) if parent else None
+        if running is None or running.approval is None:
+            return None
+        if not running.approval.covers(wanted.kind, wanted.databases):
+            return None
+        if running.shim_pid not in {caller.pid for caller in callers(shim_pid)}:
+            log.warning("a command named an approved parent it does not run under", op=parent)
+            return None
+        return running.approval
 
     def _failed(
         self,
