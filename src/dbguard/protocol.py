@@ -88,6 +88,7 @@ class Invoke(_Message):
     pid: int
     parent: Text | None = None  # the operation this one runs under, if any
     executable: Text = ""  # the real binary the shim found
+    shims: Text = ""  # the shims folder the shim lives in
 
 
 class Started(_Message):
@@ -185,6 +186,7 @@ class Pass(_Message):
     """Not a database operation: run the command at once."""
 
     type: Literal["pass"] = "pass"
+    env: dict[str, str] = {}  # set for the command (script_shell.py)
 
 
 class Allow(_Message):
@@ -194,6 +196,7 @@ class Allow(_Message):
     op: str
     backups: list[BackupRef] = []
     notes: list[str] = []
+    env: dict[str, str] = {}  # set for the command (script_shell.py)
 
 
 class Deny(_Message):

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbguard import script_shell
 from dbguard.client import shim as shim_client
 
 MARKER = shim_client.SHIM_MARKER.decode()
@@ -81,7 +82,8 @@ def is_shim(path: Path) -> bool:
 
 
 def install(folder: Path, names: list[str], socket: Path | None = None) -> list[Path]:
-    """Write (or rewrite) one shim per name; never overwrites a file that is not a shim."""
+    """Write (or rewrite) one shim per name, and the shell package scripts run in (see
+    dbguard/script_shell.py); never overwrites a file that is not a shim."""
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError, py_compile.PyCompileError):
         py_compile.compile(shim_client.__file__, doraise=True)  # the bytecode shims load
@@ -90,12 +92,18 @@ def install(folder: Path, names: list[str], socket: Path | None = None) -> list[
         path = folder / name
         if path.exists() and not is_shim(path):
             raise FileExistsError(f"{path} exists and is not a dbguard shim; not replacing it")
-        temp = folder / f".{name}.tmp"
-        temp.write_text(render(name, folder, socket), encoding="utf-8")  # as Python reads it
-        temp.chmod(0o755)
-        os.replace(temp, path)
+        _write(path, render(name, folder, socket))
         written.append(path)
+    _write(folder / script_shell.WRAPPER_NAME, script_shell.render(folder))
     return written
+
+
+def _write(path: Path, text: str) -> None:
+    """`text` as the executable file `path`, replaced in one step."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")  # as Python reads it
+    temp.chmod(0o755)
+    os.replace(temp, path)
 
 
 def installed(folder: Path) -> list[Path]:
@@ -122,6 +130,8 @@ def uninstall(folder: Path, names: list[str] | None = None) -> list[Path]:
     removed = [path for path in installed(folder) if names is None or path.name in names]
     for path in removed:
         path.unlink()
+    if not installed(folder):  # no shim left to run the package managers that use it
+        (folder / script_shell.WRAPPER_NAME).unlink(missing_ok=True)
     return removed
 
 

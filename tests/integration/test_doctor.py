@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dbguard import shims
+from dbguard import script_shell, shims
 from dbguard.client import autostart
 from dbguard.config import DEFAULT_SHIM_COMMANDS
 from dbguard.ctl import install
@@ -231,6 +231,20 @@ def test_a_shim_whose_interpreter_is_gone_is_stale(setup: Home, daemon: Daemon) 
     assert code == 1
     assert "/nonexistent/python3" in finding(report, "shim alembic", "fail")["message"]
     assert first.startswith("#!/")
+
+
+def test_shims_without_the_script_shell_are_named(setup: Home, daemon: Daemon) -> None:
+    """Shims written by a dbguard from before package scripts got a shell of their own
+    still guard what they are named for: a warning, with the way to get the rest."""
+    assert "script shell" not in {f["check"] for f in doctor(setup)[1]["findings"]}
+    (setup.shims / script_shell.WRAPPER_NAME).unlink()
+
+    code, report = doctor(setup)
+
+    assert code == 0, failures(report)
+    warning = finding(report, "script shell", "warn")
+    assert "node_modules/.bin unguarded" in warning["message"]
+    assert warning["fix"].startswith("dbguardctl install")
 
 
 @pytest.mark.parametrize(("folder", "stale"), [("/gone/client", True), ("josé 😀", False)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -975,3 +976,48 @@ def test_a_command_line_is_read_once_while_the_project_files_stay_as_they_were(
             kind("npm", "run", "reset")
     finally:
         guard.engines.close()
+
+
+# As `npm run NAME` runs a script: its text, in npm's script shell, with the project's
+# node_modules/.bin first on PATH.
+NPM_STAND_IN = """#!/bin/sh
+read_script='import json, sys; print(json.load(open("package.json"))["scripts"][sys.argv[1]])'
+script=$('{python}' -c "$read_script" "$2")
+PATH="$PWD/node_modules/.bin:$PATH" exec "${{npm_config_script_shell:-sh}}" -c "$script"
+"""
+
+
+@pytest.mark.parametrize("npm", ["stand-in", "real"])
+def test_a_program_a_package_script_starts_meets_the_shims(
+    home: Home, daemon: Daemon, project: Path, npm: str
+) -> None:
+    """`npm run db:reset` runs `python scripts/reset.py`, a program dbguard does not
+    read, which runs `php artisan migrate:fresh`. npm puts node_modules/.bin first,
+    where the project's own php lies; the script shell puts the shims first again."""
+    if npm == "real" and shutil.which("npm") is None:
+        pytest.skip("npm is not installed here: only the stand-in's run is checked")
+    if npm == "stand-in":
+        stand_in = home.bin / "npm"
+        stand_in.write_text(NPM_STAND_IN.format(python=sys.executable))
+        stand_in.chmod(0o755)
+    home.install_shims("npm")
+    package_bin = project / "node_modules" / ".bin"
+    package_bin.mkdir(parents=True)
+    (package_bin / "php").symlink_to(home.bin / "php")  # the project's own, unguarded
+    (project / "scripts").mkdir()
+    (project / "scripts" / "reset.py").write_text(
+        "import subprocess, sys\n"
+        "sys.exit(subprocess.run(['php', 'artisan', 'migrate:fresh']).returncode)\n"
+    )
+    script = f"{sys.executable} scripts/reset.py"
+    (project / "package.json").write_text(json.dumps({"scripts": {"db:reset": script}}))
+
+    result = home.run(["npm", "run", "db:reset"], cwd=project)
+
+    assert result.returncode == 0, result.stderr
+    assert count_users(project) is None  # the reset ran
+    reset = [r for r in oplog(home) if r["argv"] == ["php", "artisan", "migrate:fresh"]]
+    assert [r["decision"] for r in reset] == ["allow"]  # through the shim
+    [backup] = backups(home)  # taken before it
+    assert home.ctl("restore", backup["id"], "--yes").returncode == 0
+    assert count_users(project) == 3

@@ -243,7 +243,7 @@ class ProgressLine:
 # the daemon's pydantic models in dbguard.protocol) ------------------------------------
 
 
-def invoke_message(command: list[str], real: str, cwd: str) -> "dict[str, Any]":
+def invoke_message(command: list[str], real: str, cwd: str, shims: str) -> "dict[str, Any]":
     return {
         "type": "invoke",
         "v": PROTOCOL_VERSION,
@@ -254,6 +254,7 @@ def invoke_message(command: list[str], real: str, cwd: str) -> "dict[str, Any]":
         "pid": os.getpid(),
         "parent": os.environ.get("DBGUARD_PARENT_OP") or None,
         "executable": real,
+        "shims": shims,
     }
 
 
@@ -424,7 +425,7 @@ def main(argv: list[str]) -> int | None:
     path = socket_path()
     try:
         conn = connect(path, shims_dir)
-        conn.send(invoke_message(command, real, cwd))
+        conn.send(invoke_message(command, real, cwd, shims_dir))
     except Unreachable as err:
         say(f"{name} was not run: {err.problem}.")
         if err.fix:
@@ -476,6 +477,7 @@ def main(argv: list[str]) -> int | None:
                 return broke(name, path, err)
         elif kind == "pass":
             conn.close()
+            child_env.update(reply.get("env", {}))
             reset_signals_for_exec()
             try:
                 os.execve(real, runs, child_env)  # noqa: S606
@@ -483,6 +485,7 @@ def main(argv: list[str]) -> int | None:
                 say(f"cannot run {real}: {err.strerror}")
                 return 126
         elif kind == "allow":
+            child_env.update(reply.get("env", {}))
             child_env["DBGUARD_PARENT_OP"] = reply["op"]
             # A nested guarded command that fails leaves the undo lines of backups this
             # shim names itself when the whole command fails: once, from the outermost.

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from dbguard import __version__, paths, shims
+from dbguard import __version__, paths, script_shell, shims
 from dbguard.client import autostart
 from dbguard.client.talk import DaemonNotAnswering, DaemonUnavailable, request
 from dbguard.config import Config, ConfigError, config_path, load_config
@@ -249,6 +249,16 @@ def check_shims(env: dict[str, str], folder: Path, commands: list[str]) -> list[
             findings.append(Finding(check, "ok", f"guarded ({name} itself is not installed)"))
         else:
             findings.append(Finding(check, "ok", f"guarded; runs {state.real}"))
+    if states and script_shell.wrapper_in(folder) is None:
+        findings.append(
+            Finding(
+                "script shell",
+                "warn",
+                f"no {script_shell.WRAPPER_NAME} in {folder} (shims from an older dbguard): "
+                "a program a package script starts reaches node_modules/.bin unguarded",
+                "dbguardctl install (rewrites the shims for this installation)",
+            )
+        )
     return findings
 
 

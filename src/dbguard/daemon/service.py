@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import structlog
 from pydantic import BaseModel
 
-from dbguard import __version__
+from dbguard import __version__, script_shell
 from dbguard.approvals import ApprovalError, Approvals
 from dbguard.approvals import Request as ApprovalRequest
 from dbguard.callers import callers
@@ -80,6 +80,7 @@ from dbguard.rules import (
     Operation,
     TooManyScripts,
     builtin_catalog,
+    program_name,
 )
 from dbguard.store import DatabaseLock, Reason, Store, Unfinished
 
@@ -310,7 +311,7 @@ class Guard:
                 record["via"] = list(operation.via)
         if operation is None or not operation.kind.needs_backup:
             self._log(record, "pass", started)
-            return Pass()
+            return Pass(env=self._script_env(request))
         try:
             if self._remarking:  # the last command's marks are back before this one looks
                 await asyncio.wait(set(self._remarking))
@@ -397,7 +398,27 @@ class Guard:
         self._log_running(record)
         # The shim prints only warnings; what was reused or skipped goes to the log.
         rejected = [self.config_rejected] if self.config_rejected else []
-        return Allow(op=op_id, backups=_refs(outcomes), notes=[*found.warnings, *rejected])
+        return Allow(
+            op=op_id,
+            backups=_refs(outcomes),
+            notes=[*found.warnings, *rejected],
+            env=self._script_env(request),
+        )
+
+    def _script_env(self, request: Invoke) -> dict[str, str]:
+        """For a package manager that runs scripts with npm's script-shell setting: what
+        its shim sets so the programs its scripts start meet the shims too (see
+        script_shell.py). Nothing for other commands, nor from a shims folder without
+        that shell (written by an older dbguard)."""
+        if program_name(request.argv[0]) not in self.classifier.catalog.script_shell:
+            return {}
+        wrapper = script_shell.wrapper_in(Path(request.shims)) if request.shims else None
+        if wrapper is None:
+            return {}
+        from_files = None
+        if script_shell.configured(request.env) is None:
+            from_files = script_shell.npmrc_setting(Path(request.cwd), request.env)
+        return script_shell.environment(request.env, wrapper, from_files)
 
     def _approved_parent(
         self, parent: str | None, shim_pid: int, wanted: Approval

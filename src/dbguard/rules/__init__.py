@@ -246,6 +246,9 @@ class Catalog(_Rule):
     tool: list[ToolRule] = []
     launcher: list[LauncherRule] = []
     scripts: list[ScriptsRule] = []
+    script_shell: list[str] = []
+
+    _shell_names = field_validator("script_shell")(_check_program_names)
 
     @model_validator(mode="after")
     def _script_runs(self) -> Catalog:
@@ -278,6 +281,7 @@ class Catalog(_Rule):
             tool=combine(extra.tool, self.tool),
             launcher=combine(extra.launcher, self.launcher),
             scripts=combine(extra.scripts, self.scripts),
+            script_shell=_unique([*self.script_shell, *extra.script_shell]),
         )
 
     def programs(self) -> list[str]:
