@@ -66,17 +66,30 @@ def gate(kind: Kind, production: bool, *, terminal: bool, agent: bool) -> Gate:
     return Gate.PROCEED if kind is Kind.QUERY else Gate.CONFIRM
 
 
+# What an approval of a command of each kind covers in the commands it runs: what the
+# human could expect from it. A wipe takes in a migration, a seed and a test run, which
+# do no more to the data; a migration takes in a seed (`migrate && db seed`). A test run
+# truncates and re-seeds, which neither a migration nor a seed does. A query client's
+# SQL is unknown to dbguard, so nothing covers it.
+_COVERS = {
+    Kind.DESTRUCTIVE: frozenset({Kind.DESTRUCTIVE, Kind.MIGRATE, Kind.SEED, Kind.TEST}),
+    Kind.MIGRATE: frozenset({Kind.MIGRATE, Kind.SEED}),
+    Kind.SEED: frozenset({Kind.SEED}),
+    Kind.TEST: frozenset({Kind.TEST}),
+}
+
+
 @dataclass(frozen=True)
 class Approval:
-    """What a human let a command do on production: as much as `kind` does, to the
-    production databases `databases` (their keys)."""
+    """What a human let a command do on production: what a command of `kind` does, to
+    the production databases `databases` (their keys)."""
 
     kind: Kind
     databases: frozenset[str]
 
     def covers(self, kind: Kind, databases: frozenset[str]) -> bool:
         """Whether a command that the approved one runs (`npm run db:reset` running
-        `prisma migrate reset`) is part of what the human approved: nothing judged more
-        dangerous than the approved command itself, on no production database they were
-        not asked about. Anything more is asked for again."""
-        return kind.severity <= self.kind.severity and databases <= self.databases
+        `prisma migrate reset`) is part of what the human approved: a kind the approved
+        one takes in (_COVERS; never a query client's SQL), on no production database
+        they were not asked about. Anything more is asked for again."""
+        return kind in _COVERS.get(self.kind, frozenset()) and databases <= self.databases

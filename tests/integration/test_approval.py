@@ -502,11 +502,12 @@ def test_a_database_its_files_called_production_stays_production_when_they_are_e
     assert count_users(project) == 3  # nothing ran
 
 
-def npm_running_artisan(home: Home, production: Path, script: str) -> None:
+def npm_running_artisan(home: Home, production: Path, script: str, runs: str = "") -> None:
     """A stand-in npm whose `run db:reset` runs `php artisan <script>` as npm would: the
-    package script's command, found on PATH (the `php` shim)."""
+    package script's command, found on PATH (the `php` shim). With `runs`, it runs `php
+    artisan <runs>` instead, as a script's program would that dbguard does not read."""
     npm = home.bin / "npm"
-    npm.write_text(f"#!/bin/sh\nexec php artisan {script}\n")
+    npm.write_text(f"#!/bin/sh\nexec php artisan {runs or script}\n")
     npm.chmod(0o755)
     home.install_shims("npm")
     (production / "package.json").write_text(
@@ -532,6 +533,24 @@ def test_an_approval_covers_what_the_approved_command_runs(
     outer, inner = allowed_ops["npm"], allowed_ops["php"]
     assert outer["approved"] and inner["argv"] == ["php", "artisan", "migrate:fresh"]
     assert inner["approved_with"] == inner["parent"] == outer["op"]
+
+
+@pytest.mark.parametrize("runs", ["migrate:fresh", "tinker"])
+def test_an_approval_does_not_cover_more_than_the_approved_command_does(
+    home: Home, daemon: Daemon, production: Path, runs: str
+) -> None:
+    """Approved as a test run, the script turns out to wipe the database, or to open a
+    query client whose SQL could do anything: that is asked for again, and refused
+    without a person."""
+    npm_running_artisan(home, production, "test", runs=runs)
+    code = code_from(home.run(["npm", "run", "db:reset"], cwd=production).stderr)
+    assert approve_on_terminal(home, code).startswith("exit 0")
+
+    run = home.run(["npm", "run", "db:reset"], cwd=production)
+
+    assert run.returncode == 77, run.stderr
+    assert f"`php artisan {runs}` would touch the PRODUCTION database".encode() in run.stderr
+    assert count_users(production) == 3
 
 
 def test_an_approval_is_not_lent_to_a_process_that_names_it_from_outside(

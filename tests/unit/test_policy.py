@@ -51,14 +51,23 @@ def test_an_agent_program_above_the_command_marks_it_whatever_its_variables() ->
 
 
 def test_an_approval_covers_no_more_than_the_human_was_told() -> None:
-    """What an approved command runs is covered as far as the kind and the production
-    databases named in the question go; a wider step is asked for again."""
+    """What an approved command runs is covered as far as its kind takes in what runs
+    and the production databases named in the question go; a wider step, and any query
+    client's SQL, is asked for again."""
     wipe = Approval(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:audit"}))
     assert wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))
     assert wipe.covers(Kind.MIGRATE, frozenset({"pg:app", "pg:audit"}))
     assert wipe.covers(Kind.TEST, frozenset())
     assert not wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:billing"}))
+    assert not wipe.covers(Kind.QUERY, frozenset({"pg:app"}))  # `psql -c '...'`
+    migration = Approval(Kind.MIGRATE, frozenset({"pg:app"}))
+    assert migration.covers(Kind.SEED, frozenset({"pg:app"}))
+    assert not migration.covers(Kind.TEST, frozenset({"pg:app"}))  # truncates tables
+    seed = Approval(Kind.SEED, frozenset({"pg:app"}))
+    assert not seed.covers(Kind.TEST, frozenset({"pg:app"}))
     tests = Approval(Kind.TEST, frozenset({"pg:app"}))
     assert tests.covers(Kind.TEST, frozenset({"pg:app"}))
-    assert not tests.covers(Kind.MIGRATE, frozenset({"pg:app"}))
-    assert not tests.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))
+    for kind in (Kind.QUERY, Kind.SEED, Kind.MIGRATE, Kind.DESTRUCTIVE):
+        assert not tests.covers(kind, frozenset({"pg:app"}))
+    query = Approval(Kind.QUERY, frozenset({"pg:app"}))
+    assert not query.covers(Kind.QUERY, frozenset({"pg:app"}))
