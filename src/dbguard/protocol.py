@@ -88,7 +88,6 @@ class Invoke(_Message):
     pid: int
     parent: Text | None = None  # the operation this one runs under, if any
     executable: Text = ""  # the real binary the shim found
-    shims: Text = ""  # the shims folder the shim lives in
 
 
 class Started(_Message):

@@ -101,7 +101,9 @@ def install(folder: Path, names: list[str], socket: Path | None = None) -> list[
 def _write(path: Path, text: str) -> None:
     """`text` as the executable file `path`, replaced in one step."""
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")  # as Python reads it
+    # As Python reads it; a folder name that is not UTF-8 keeps its bytes (the shims
+    # spell it as a Python literal, the script shell as it is).
+    temp.write_bytes(text.encode("utf-8", "surrogateescape"))
     temp.chmod(0o755)
     os.replace(temp, path)
 

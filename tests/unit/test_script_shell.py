@@ -3,58 +3,83 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from dbguard import script_shell, shims
-from dbguard.script_shell import INNER_VARIABLE, VARIABLE, environment, ini_value
+from dbguard.script_shell import INNER_VARIABLE, VARIABLE, environment, names_setting
 
 WRAPPER = Path("/home/u/.local/share/dbguard/shims/.dbguard-script-shell")
 
 
 def test_a_package_manager_gets_the_wrapper_and_keeps_the_shell_it_would_have_had() -> None:
-    assert environment({}, WRAPPER, None) == {VARIABLE: str(WRAPPER)}
-    assert environment({}, WRAPPER, "/bin/bash") == {
-        VARIABLE: str(WRAPPER),
-        INNER_VARIABLE: "/bin/bash",
-    }
-    # The environment's own setting outranks an .npmrc's, as in npm, in its own case.
-    assert environment({"NPM_CONFIG_SCRIPT_SHELL": "/bin/zsh"}, WRAPPER, "/bin/bash") == {
+    assert environment({}, WRAPPER) == {VARIABLE: str(WRAPPER)}
+    # The environment's own choice is kept, in every spelling it is given in (npm takes
+    # the last of two).
+    assert environment({"NPM_CONFIG_SCRIPT_SHELL": "/bin/zsh"}, WRAPPER) == {
         "NPM_CONFIG_SCRIPT_SHELL": str(WRAPPER),
         INNER_VARIABLE: "/bin/zsh",
     }
-    # A script's own `npm run` inherits the wrapper: nothing to change, and the shell
-    # the outer one chose stays.
-    inherited = {VARIABLE: str(WRAPPER), INNER_VARIABLE: "/bin/zsh"}
-    assert environment(inherited, WRAPPER, "/bin/bash") == {}
+    both = {"NPM_CONFIG_SCRIPT_SHELL": "/bin/zsh", VARIABLE: "/bin/bash"}
+    assert environment(both, WRAPPER) == {
+        "NPM_CONFIG_SCRIPT_SHELL": str(WRAPPER),
+        VARIABLE: str(WRAPPER),
+        INNER_VARIABLE: "/bin/bash",
+    }
+    # A script's own `npm run` inherits the wrapper: nothing to change.
+    assert environment({VARIABLE: str(WRAPPER), INNER_VARIABLE: "/bin/zsh"}, WRAPPER) == {}
+    # Another shims folder's wrapper is replaced, never run by this one: the shell it
+    # was to run is still in the environment.
+    other = {VARIABLE: "/opt/shims/.dbguard-script-shell", INNER_VARIABLE: "/bin/zsh"}
+    assert environment(other, WRAPPER) == {VARIABLE: str(WRAPPER)}
 
 
-def test_npmrc_values() -> None:
-    text = '; comment\n# another\nregistry=https://r.example\nscript-shell = "/bin/bash"\n'
-    assert ini_value(text, "script-shell") == "/bin/bash"
-    assert ini_value("script_shell=/bin/zsh\nscript-shell=/bin/dash\n", "script-shell") == (
-        "/bin/dash"  # the last one counts
-    )
-    assert ini_value("script-shell-x=/bin/zsh\n#script-shell=/bin/zsh\n", "script-shell") is None
+def test_a_script_shell_set_in_a_file_is_seen() -> None:
+    assert names_setting('; comment\nregistry=https://r.example\nscript-shell = "/bin/bash"\n')
+    assert names_setting("script_shell=${HOME}/bin/bash ; mine\n")
+    assert names_setting('script-shell "/bin/bash"\n')  # .yarnrc
+    assert not names_setting("script-shell-x=/bin/zsh\n#script-shell=/bin/zsh\n;script-shell=a")
 
 
-def test_the_npmrc_setting_comes_from_the_project_then_the_user(tmp_path: Path) -> None:
-    project, home = tmp_path / "app", tmp_path / "home"
-    (project / "src").mkdir(parents=True)
+def test_files_from_the_project_up_then_the_user_then_global(tmp_path: Path) -> None:
+    root, home, etc = tmp_path / "repo", tmp_path / "home", tmp_path / "etc"
+    member = root / "packages" / "api"
+    member.mkdir(parents=True)
     home.mkdir()
-    (project / "package.json").write_text("{}")
-    env = {"HOME": str(home)}
-    assert script_shell.npmrc_setting(project / "src", env) is None
+    etc.mkdir()
+    env, global_files = {"HOME": str(home)}, (str(etc / "npmrc"),)
+
+    def found(extra: dict[str, str] | None = None) -> Path | None:
+        return script_shell.set_in_files(member, {**env, **(extra or {})}, global_files)
+
+    assert found() is None
+    (etc / "npmrc").write_text("script-shell=/bin/ksh\n")
+    assert found() == etc / "npmrc"
     (home / ".npmrc").write_text("script-shell=/bin/zsh\n")
-    assert script_shell.npmrc_setting(project / "src", env) == "/bin/zsh"
-    (project / ".npmrc").write_text("script-shell=/bin/bash\n")
-    assert script_shell.npmrc_setting(project / "src", env) == "/bin/bash"
+    assert found() == home / ".npmrc"
+    (root / ".yarnrc").write_text('script-shell "/bin/bash"\n')  # a workspace's root
+    assert found() == root / ".yarnrc"
+    (root / ".yarnrc").unlink()
+    (home / ".npmrc").unlink()
     elsewhere = tmp_path / "npmrc"
-    elsewhere.write_text("script-shell=/bin/dash\n")
-    (project / ".npmrc").unlink()
-    assert script_shell.npmrc_setting(
-        project, {**env, "npm_config_userconfig": str(elsewhere)}
-    ) == ("/bin/dash")
+    elsewhere.write_text("script_shell=/bin/dash\n")
+    assert found({"NPM_CONFIG_USERCONFIG": str(elsewhere)}) == elsewhere
+
+
+def test_the_shims_folder_is_found_on_the_callers_path(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    (first / "npm").write_text("#!/bin/sh\n")  # not a shim
+    shims.install(second, ["npm"])
+    path = f"{first}:relative:{second}"
+    assert script_shell.shims_folder("npm", {"PATH": path}, str(tmp_path)) == second
+    assert script_shell.shims_folder("pnpm", {"PATH": path}, str(tmp_path)) is None
+    (tmp_path / "relative").mkdir()
+    shims.install(tmp_path / "relative", ["npm"])
+    assert script_shell.shims_folder("npm", {"PATH": path}, str(tmp_path)) == (
+        tmp_path / "relative"
+    )
 
 
 def test_the_wrapper_puts_the_shims_first_and_runs_the_chosen_shell(tmp_path: Path) -> None:
@@ -81,6 +106,20 @@ def test_the_wrapper_puts_the_shims_first_and_runs_the_chosen_shell(tmp_path: Pa
         check=True,
     )
     assert bash.stdout.strip()  # the shell the user had chosen ran the script
+    # Another folder's wrapper named as the shell to run is not run (it would run
+    # itself for ever): sh is. And with no PATH at all, the shims' folder is the PATH.
+    loop = {**env, INNER_VARIABLE: f"/opt/shims/{script_shell.WRAPPER_NAME}"}
+    ran = subprocess.run(
+        [str(wrapper), "-c", 'echo "$0"'], env=loop, capture_output=True, check=True
+    )
+    assert ran.stdout.decode().strip() == "sh"
+    alone = subprocess.run(
+        [str(wrapper), "-c", 'echo "$PATH"'],
+        env={"PATH": "", INNER_VARIABLE: "/bin/sh"},
+        capture_output=True,
+        check=True,
+    )
+    assert alone.stdout.decode().strip() == str(folder.resolve())
 
 
 def test_the_wrapper_goes_with_the_last_shim(tmp_path: Path) -> None:
@@ -93,3 +132,14 @@ def test_the_wrapper_goes_with_the_last_shim(tmp_path: Path) -> None:
     assert wrapper.exists()
     shims.uninstall(folder)
     assert not wrapper.exists() and list(folder.iterdir()) == []
+
+
+def test_a_shims_folder_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    folder = tmp_path / os.fsdecode(b"shims-\xff")
+    shims.install(folder, ["npm"])
+    wrapper = script_shell.wrapper_in(folder)
+    assert wrapper is not None
+    ran = subprocess.run(
+        [str(wrapper), "-c", 'echo "$PATH"'], env={"PATH": "/bin"}, capture_output=True
+    )
+    assert ran.stdout.split(b":")[0] == os.fsencode(folder)

@@ -243,7 +243,7 @@ class ProgressLine:
 # the daemon's pydantic models in dbguard.protocol) ------------------------------------
 
 
-def invoke_message(command: list[str], real: str, cwd: str, shims: str) -> "dict[str, Any]":
+def invoke_message(command: list[str], real: str, cwd: str) -> "dict[str, Any]":
     return {
         "type": "invoke",
         "v": PROTOCOL_VERSION,
@@ -254,7 +254,6 @@ def invoke_message(command: list[str], real: str, cwd: str, shims: str) -> "dict
         "pid": os.getpid(),
         "parent": os.environ.get("DBGUARD_PARENT_OP") or None,
         "executable": real,
-        "shims": shims,
     }
 
 
@@ -425,7 +424,7 @@ def main(argv: list[str]) -> int | None:
     path = socket_path()
     try:
         conn = connect(path, shims_dir)
-        conn.send(invoke_message(command, real, cwd, shims_dir))
+        conn.send(invoke_message(command, real, cwd))
     except Unreachable as err:
         say(f"{name} was not run: {err.problem}.")
         if err.fix:

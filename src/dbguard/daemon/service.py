@@ -409,16 +409,21 @@ class Guard:
         """For a package manager that runs scripts with npm's script-shell setting: what
         its shim sets so the programs its scripts start meet the shims too (see
         script_shell.py). Nothing for other commands, nor from a shims folder without
-        that shell (written by an older dbguard)."""
-        if program_name(request.argv[0]) not in self.classifier.catalog.script_shell:
+        that shell (written by an older dbguard), nor where a settings file names a
+        script shell of its own."""
+        name = program_name(request.argv[0])
+        if name not in self.classifier.catalog.script_shell:
             return {}
-        wrapper = script_shell.wrapper_in(Path(request.shims)) if request.shims else None
+        folder = script_shell.shims_folder(name, request.env, request.cwd)
+        wrapper = script_shell.wrapper_in(folder) if folder is not None else None
         if wrapper is None:
             return {}
-        from_files = None
-        if script_shell.configured(request.env) is None:
-            from_files = script_shell.npmrc_setting(Path(request.cwd), request.env)
-        return script_shell.environment(request.env, wrapper, from_files)
+        if not any(k.lower() == script_shell.VARIABLE for k in request.env):
+            chosen = script_shell.set_in_files(Path(request.cwd), request.env)
+            if chosen is not None:
+                log.info("script shell left to the settings file", file=str(chosen))
+                return {}
+        return script_shell.environment(request.env, wrapper)
 
     def _approved_parent(
         self, parent: str | None, shim_pid: int, wanted: Approval
