@@ -580,3 +580,21 @@ def test_an_approval_is_not_lent_to_a_process_that_names_it_from_outside(
         gate.touch()
         approved.communicate(timeout=60)
     assert approved.returncode == 0
+
+
+def test_a_client_given_the_projects_production_database_directly_is_refused(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    """`sqlite3 database/app.sqlite "drop table users"` in a project whose .env says
+    production: the file is the one `php artisan` would reach, so it is production
+    before any project command has been judged, not only after."""
+    install_stand_in(home, "sqlite3")
+    home.install_shims("sqlite3")
+
+    run = home.run(["sqlite3", "database/app.sqlite", "drop table users"], cwd=production)
+
+    assert run.returncode == 77, run.stderr
+    assert b"production because APP_ENV=production" in run.stderr
+    # A file of its own in the same project is judged by what it is.
+    scratch = home.run(["sqlite3", "scratch.sqlite", "create table t (x)"], cwd=production)
+    assert scratch.returncode == 0, scratch.stderr

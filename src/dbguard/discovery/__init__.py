@@ -66,6 +66,7 @@ from dbguard.discovery.signs import (
     sub_projects,
 )
 from dbguard.discovery.symfony import symfony
+from dbguard.production import TargetFacts
 from dbguard.rules import Kind, Operation
 
 __all__ = [
@@ -145,6 +146,8 @@ def _discover(
     place: _Place, env: Mapping[str, str], operation: Operation, *, nested: bool = False
 ) -> Found:
     found = _resolve(place, env, operation, nested=nested)
+    if operation.framework == "client" and not nested:
+        _project_facts(place, env, found)
     if operation.app_environment:
         # An end-to-end run: the app it drives uses the databases of its own
         # environment, whatever the test settings say.
@@ -152,6 +155,19 @@ def _discover(
         with contextlib.suppress(NothingFound):  # else the test settings' answer stands
             found.extend(_resolve(place, env, app, nested=True))
     return found
+
+
+def _project_facts(place: _Place, env: Mapping[str, str], found: Found) -> None:
+    """A client given a database directly (`sqlite3 database/app.sqlite`, a psql URL)
+    is judged by what the project says of that database too: where the project's own
+    commands reach it, their facts (APP_ENV=production in its .env) count, as they would
+    for `php artisan migrate`. Only facts: the client touches its own database alone."""
+    project = Operation(tool="", kind=Kind.MIGRATE)  # the app's own environment
+    with contextlib.suppress(DiscoveryError):
+        known = _resolve(place, env, project, nested=True)
+        for target in found.targets:
+            if target.key in known.facts:
+                found.facts.setdefault(target.key, TargetFacts()).merge(known.facts[target.key])
 
 
 def _resolve(
