@@ -81,15 +81,17 @@ _COVERS = {
 
 @dataclass(frozen=True)
 class Approval:
-    """What a human let a command do on production: what a command of `kind` does, to
-    the production databases `databases` (their keys)."""
+    """What a human let a command do on production: what its steps do (their kinds: a
+    script `migrate && test` has two), to the production databases `databases` (their
+    keys)."""
 
-    kind: Kind
+    kinds: frozenset[Kind]
     databases: frozenset[str]
 
     def covers(self, kind: Kind, databases: frozenset[str]) -> bool:
         """Whether a command that the approved one runs (`npm run db:reset` running
-        `prisma migrate reset`) is part of what the human approved: a kind the approved
-        one takes in (_COVERS; never a query client's SQL), on no production database
+        `prisma migrate reset`) is part of what the human approved: a kind one of its
+        steps takes in (_COVERS; never a query client's SQL), on no production database
         they were not asked about. Anything more is asked for again."""
-        return kind in _COVERS.get(self.kind, frozenset()) and databases <= self.databases
+        taken_in = frozenset().union(*(_COVERS.get(kind, frozenset()) for kind in self.kinds))
+        return kind in taken_in and databases <= self.databases

@@ -20,6 +20,7 @@ always did (README, Limits).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +35,7 @@ MARKER = "# dbguard script shell"
 # from the project up: the user's file, and the global files of the usual prefixes.
 USER_FILES = (".npmrc", ".yarnrc")
 GLOBAL_FILES = ("/etc/npmrc", "/usr/etc/npmrc", "/usr/local/etc/npmrc", "/etc/yarnrc")
+MAX_SETTINGS_BYTES = 64 * 1024  # a longer file is no settings file; not read
 
 # The inner shell is never a wrapper (one from another shims folder, inherited): that
 # would run itself for ever.
@@ -72,27 +74,50 @@ def environment(env: Mapping[str, str], wrapper: Path) -> dict[str, str]:
 
 
 def set_in_files(
-    cwd: Path, env: Mapping[str, str], global_files: tuple[str, ...] = GLOBAL_FILES
+    cwd: Path,
+    env: Mapping[str, str],
+    prefix: Path | None = None,
+    global_files: tuple[str, ...] = GLOBAL_FILES,
 ) -> Path | None:
     """The first settings file that sets a script shell: .npmrc or .yarnrc in `cwd` or
-    a folder above it, the user's (NPM_CONFIG_USERCONFIG, else in HOME), or a global
-    one. Only whether the setting is there is read; what it says is npm's to work out.
-    Files that cannot be read say nothing."""
+    a folder above it, the user's (NPM_CONFIG_USERCONFIG, else in HOME), the global one
+    of the package manager installed under `prefix` (nvm's, Homebrew's), or one of the
+    usual global ones. Only whether the setting is there is read; what it says is npm's
+    to work out. A file that cannot be read, is no regular file (a FIFO would block,
+    /dev/zero never end), is larger than 64 KiB, or belongs to another user (a
+    /tmp/.npmrc) says nothing."""
     files = [folder / name for folder in (cwd, *cwd.parents) for name in USER_FILES]
     for name, value in env.items():
         if name.lower() in ("npm_config_userconfig", "npm_config_globalconfig") and value:
             files.append(Path(value))
     if env.get("HOME"):
         files += [Path(env["HOME"]) / name for name in USER_FILES]
+    if prefix is not None:
+        files.append(prefix / "etc" / "npmrc")
     files += [Path(name) for name in global_files]
     for file in files:
-        try:
-            text = file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        if names_setting(text):
+        text = _settings_text(file)
+        if text is not None and names_setting(text):
             return file
     return None
+
+
+def _settings_text(file: Path) -> str | None:
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SETTINGS_BYTES:
+            return None
+        if info.st_uid not in (os.getuid(), 0):
+            return None
+        return os.read(fd, MAX_SETTINGS_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def names_setting(text: str) -> bool:
@@ -102,8 +127,8 @@ def names_setting(text: str) -> bool:
         line = line.strip()
         if not line or line[0] in ";#":
             continue
-        key = line.split("=", 1)[0].split(None, 1)[0]
-        if key.strip("\"'").replace("_", "-").lower() == SETTING:
+        words = line.split("=", 1)[0].split(None, 1)
+        if words and words[0].strip("\"'").replace("_", "-").lower() == SETTING:
             return True
     return False
 

@@ -535,6 +535,28 @@ def test_an_approval_covers_what_the_approved_command_runs(
     assert inner["approved_with"] == inner["parent"] == outer["op"]
 
 
+def test_an_approval_covers_every_step_of_an_approved_script(
+    home: Home, daemon: Daemon, production: Path
+) -> None:
+    """`migrate && test`: approved as a whole, its test run is not asked for again
+    after the migration has run (a migration alone takes in no test run)."""
+    steps = "php artisan migrate && php artisan test --count-users"
+    npm = home.bin / "npm"
+    npm.write_text(f"#!/bin/sh\n{steps}\n")
+    npm.chmod(0o755)
+    home.install_shims("npm")
+    (production / "package.json").write_text(json.dumps({"scripts": {"ci": steps}}))
+    code = code_from(home.run(["npm", "run", "ci"], cwd=production).stderr)
+    assert approve_on_terminal(home, code).startswith("exit 0")
+
+    run = home.run(["npm", "run", "ci"], cwd=production)
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == b"3"  # the test step ran
+    approved_with = [r.get("approved_with") for r in home.operations() if r["argv"][0] == "php"]
+    assert len(approved_with) == 2 and all(approved_with)
+
+
 @pytest.mark.parametrize("runs", ["migrate:fresh", "tinker"])
 def test_an_approval_does_not_cover_more_than_the_approved_command_does(
     home: Home, daemon: Daemon, production: Path, runs: str

@@ -54,20 +54,25 @@ def test_an_approval_covers_no_more_than_the_human_was_told() -> None:
     """What an approved command runs is covered as far as its kind takes in what runs
     and the production databases named in the question go; a wider step, and any query
     client's SQL, is asked for again."""
-    wipe = Approval(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:audit"}))
+    wipe = Approval(frozenset({Kind.DESTRUCTIVE}), frozenset({"pg:app", "pg:audit"}))
     assert wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))
     assert wipe.covers(Kind.MIGRATE, frozenset({"pg:app", "pg:audit"}))
     assert wipe.covers(Kind.TEST, frozenset())
     assert not wipe.covers(Kind.DESTRUCTIVE, frozenset({"pg:app", "pg:billing"}))
     assert not wipe.covers(Kind.QUERY, frozenset({"pg:app"}))  # `psql -c '...'`
-    migration = Approval(Kind.MIGRATE, frozenset({"pg:app"}))
+    migration = Approval(frozenset({Kind.MIGRATE}), frozenset({"pg:app"}))
     assert migration.covers(Kind.SEED, frozenset({"pg:app"}))
     assert not migration.covers(Kind.TEST, frozenset({"pg:app"}))  # truncates tables
-    seed = Approval(Kind.SEED, frozenset({"pg:app"}))
+    seed = Approval(frozenset({Kind.SEED}), frozenset({"pg:app"}))
     assert not seed.covers(Kind.TEST, frozenset({"pg:app"}))
-    tests = Approval(Kind.TEST, frozenset({"pg:app"}))
+    tests = Approval(frozenset({Kind.TEST}), frozenset({"pg:app"}))
     assert tests.covers(Kind.TEST, frozenset({"pg:app"}))
     for kind in (Kind.QUERY, Kind.SEED, Kind.MIGRATE, Kind.DESTRUCTIVE):
         assert not tests.covers(kind, frozenset({"pg:app"}))
-    query = Approval(Kind.QUERY, frozenset({"pg:app"}))
+    query = Approval(frozenset({Kind.QUERY}), frozenset({"pg:app"}))
     assert not query.covers(Kind.QUERY, frozenset({"pg:app"}))
+    # A script of several steps (`migrate && test`) covers what each step takes in.
+    script = Approval(frozenset({Kind.MIGRATE, Kind.TEST}), frozenset({"pg:app"}))
+    assert script.covers(Kind.TEST, frozenset({"pg:app"}))
+    assert script.covers(Kind.SEED, frozenset({"pg:app"}))
+    assert not script.covers(Kind.DESTRUCTIVE, frozenset({"pg:app"}))

@@ -40,6 +40,7 @@ def test_a_script_shell_set_in_a_file_is_seen() -> None:
     assert names_setting("script_shell=${HOME}/bin/bash ; mine\n")
     assert names_setting('script-shell "/bin/bash"\n')  # .yarnrc
     assert not names_setting("script-shell-x=/bin/zsh\n#script-shell=/bin/zsh\n;script-shell=a")
+    assert not names_setting("=odd\n = \n")  # no key: no crash either
 
 
 def test_files_from_the_project_up_then_the_user_then_global(tmp_path: Path) -> None:
@@ -51,7 +52,9 @@ def test_files_from_the_project_up_then_the_user_then_global(tmp_path: Path) -> 
     env, global_files = {"HOME": str(home)}, (str(etc / "npmrc"),)
 
     def found(extra: dict[str, str] | None = None) -> Path | None:
-        return script_shell.set_in_files(member, {**env, **(extra or {})}, global_files)
+        return script_shell.set_in_files(
+            member, {**env, **(extra or {})}, global_files=global_files
+        )
 
     assert found() is None
     (etc / "npmrc").write_text("script-shell=/bin/ksh\n")
@@ -143,3 +146,29 @@ def test_a_shims_folder_whose_name_is_not_utf8(tmp_path: Path) -> None:
         [str(wrapper), "-c", 'echo "$PATH"'], env={"PATH": "/bin"}, capture_output=True
     )
     assert ran.stdout.split(b":")[0] == os.fsencode(folder)
+
+
+def test_only_small_regular_files_of_this_user_or_root_are_read(tmp_path: Path) -> None:
+    """A FIFO named .npmrc would block the daemon, /dev/zero never end, and another
+    user's /tmp/.npmrc is not this user's setting: none of them is read."""
+    project = tmp_path / "app"
+    project.mkdir()
+    os.mkfifo(project / ".npmrc")  # opened and read, this would hang the test
+    (project / ".yarnrc").symlink_to("/dev/zero")
+    assert script_shell.set_in_files(project, {}, global_files=()) is None
+    big = tmp_path / ".npmrc"
+    big.write_text("script-shell=/bin/bash\n" + "#" * script_shell.MAX_SETTINGS_BYTES)
+    assert script_shell.set_in_files(project, {}, global_files=()) is None
+    big.write_text("script-shell=/bin/bash\n")
+    assert script_shell.set_in_files(project, {}, global_files=()) == big
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(big, 4321, 4321)
+        assert script_shell.set_in_files(project, {}, global_files=()) is None
+
+
+def test_a_package_managers_own_global_file(tmp_path: Path) -> None:
+    prefix = tmp_path / "nvm" / "versions" / "node" / "v20"
+    (prefix / "etc").mkdir(parents=True)
+    (prefix / "etc" / "npmrc").write_text("script-shell=/bin/bash\n")
+    found = script_shell.set_in_files(tmp_path, {}, prefix, global_files=())
+    assert found == prefix / "etc" / "npmrc"

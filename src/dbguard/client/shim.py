@@ -121,7 +121,8 @@ def silence_timeout() -> float:
 def is_shim(path: str) -> bool:
     """Whether `path` is a dbguard shim (of any shims folder): its first bytes say so."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Not blocking: a FIFO found by that name reads as nothing, at once.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
     try:

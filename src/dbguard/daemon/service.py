@@ -309,9 +309,10 @@ class Guard:
             record.update(tool=operation.tool, kind=str(operation.kind), command=operation.command)
             if operation.via:
                 record["via"] = list(operation.via)
+        script_env = self._script_env(request)  # before anything is held for it
         if operation is None or not operation.kind.needs_backup:
             self._log(record, "pass", started)
-            return Pass(env=self._script_env(request))
+            return Pass(env=script_env)
         try:
             if self._remarking:  # the last command's marks are back before this one looks
                 await asyncio.wait(set(self._remarking))
@@ -344,7 +345,10 @@ class Guard:
         need = gate(operation.kind, bool(production), terminal=request.tty, agent=bool(agents))
         approval = None
         if need is not Gate.PROCEED:
-            approval = Approval(operation.kind, frozenset(t.key for t in production))
+            approval = Approval(
+                frozenset(step.kind for step in operation.each()),
+                frozenset(t.key for t in production),
+            )
             inherited = self._approved_parent(request.parent, shim_pid, approval)
             if inherited is not None:
                 approval = inherited
@@ -402,7 +406,7 @@ class Guard:
             op=op_id,
             backups=_refs(outcomes),
             notes=[*found.warnings, *rejected],
-            env=self._script_env(request),
+            env=script_env,
         )
 
     def _script_env(self, request: Invoke) -> dict[str, str]:
@@ -418,8 +422,10 @@ class Guard:
         wrapper = script_shell.wrapper_in(folder) if folder is not None else None
         if wrapper is None:
             return {}
-        if not any(k.lower() == script_shell.VARIABLE for k in request.env):
-            chosen = script_shell.set_in_files(Path(request.cwd), request.env)
+        if not any(k.lower() == script_shell.VARIABLE and v for k, v in request.env.items()):
+            real = os.path.realpath(request.executable) if request.executable else None
+            prefix = Path(real).parent.parent if real is not None else None  # where it lives
+            chosen = script_shell.set_in_files(Path(request.cwd), request.env, prefix)
             if chosen is not None:
                 log.info("script shell left to the settings file", file=str(chosen))
                 return {}
@@ -435,7 +441,7 @@ class Guard:
         running = self.running.get(parent) if parent else None
         if running is None or running.approval is None:
             return None
-        if not running.approval.covers(wanted.kind, wanted.databases):
+        if not all(running.approval.covers(kind, wanted.databases) for kind in wanted.kinds):
             return None
         if running.shim_pid not in {caller.pid for caller in callers(shim_pid)}:
             log.warning("a command named an approved parent it does not run under", op=parent)
