@@ -6,8 +6,8 @@ an agent's variable set, or an agent's CLI among the processes the command runs
 under). Such a
 caller gets a code a human approves with `dbguardctl approve CODE`. A person at a
 terminal is asked to type the database's name before anything that writes to it runs.
-What the approved command runs in turn is covered by that approval, as far as the human
-was told (Approval.covers).
+What the approved command runs in turn is covered by that approval, as far as the steps
+of the approved command take it in (Approval.covers).
 Nothing here reads a flag or a project file: only the user's own config (the
 ProductionSettings it is given) shapes the answer.
 """
