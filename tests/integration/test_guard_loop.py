@@ -1012,7 +1012,11 @@ def test_a_program_a_package_script_starts_meets_the_shims(
     script = f"{sys.executable} scripts/reset.py"
     (project / "package.json").write_text(json.dumps({"scripts": {"db:reset": script}}))
 
-    result = home.run(["npm", "run", "db:reset"], cwd=project)
+    # A HOME of its own: a developer's ~/.npmrc that sets script-shell would be left
+    # to npm (as it should), and this test would fail on their machine.
+    (home.root / "npm-home").mkdir()
+    user = {"HOME": str(home.root / "npm-home")}
+    result = home.run(["npm", "run", "db:reset"], cwd=project, env=user)
 
     assert result.returncode == 0, result.stderr
     assert count_users(project) is None  # the reset ran
