@@ -362,6 +362,95 @@ def test_the_two_dumpers_give_the_same_database(
             run(mysql_database, f"DROP DATABASE IF EXISTS `{copy}`")
 
 
+# Text a dump under binary names would get wrong, where the definitions come back in
+# UTF-8 but the column is not: ENUM, SET and DEFAULT values of a latin1 column. And
+# Shift JIS letters whose second byte is 0x5C, a backslash in ASCII.
+OTHER_CHARACTER_SETS = (
+    "CREATE TABLE legacy_text (id INT PRIMARY KEY, kind ENUM('programmée', 'inopinée')"
+    " NOT NULL, label VARCHAR(20) NOT NULL DEFAULT 'café', tags SET('à', 'ü') DEFAULT 'à')"
+    " CHARSET=latin1",
+    "INSERT INTO legacy_text (id, kind) VALUES (1, 'inopinée'), (2, 'programmée')",
+    "CREATE TABLE shift_jis (id INT PRIMARY KEY, t VARCHAR(20)) CHARSET=sjis",
+    "INSERT INTO shift_jis VALUES (1, CONVERT(_utf8mb4'表ソ能' USING sjis))",
+)
+
+
+def on_mariadb(target: Target) -> bool:
+    return "mariadb" in str(run(target, "SELECT VERSION()")[0][0]).lower()
+
+
+def test_text_in_other_character_sets_comes_back_exactly(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    run(mysql_database, *OTHER_CHARACTER_SETS)
+    before = state(mysql_database)
+
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    run(mysql_database, "DROP TABLE legacy_text", "DELETE FROM shift_jis")
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert state(mysql_database) == before
+    assert run(mysql_database, "SELECT kind FROM legacy_text ORDER BY id") == [
+        ("inopinée",),
+        ("programmée",),
+    ]
+
+
+def test_a_mariadb_schema_all_in_utf8_is_dumped_as_stored_and_comes_back_exactly(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    """Under binary names the tool escapes nothing but what SQL needs: blobs are not
+    written in hex, and UTF-8 ENUM values and defaults are not converted."""
+    if not on_mariadb(mysql_database):
+        pytest.skip("binary names are for MariaDB only (MySQL refuses them for JSON)")
+    create_schema(mysql_database)
+    run(
+        mysql_database,
+        "CREATE TABLE moods (id INT PRIMARY KEY, mood ENUM('ça va', '✓') DEFAULT '✓',"
+        " note VARCHAR(20) DEFAULT 'ünï') CHARSET=utf8mb4",
+        "INSERT INTO moods (id) VALUES (1)",
+        "INSERT INTO moods VALUES (2, 'ça va', 'ß')",
+    )
+    before = state(mysql_database)
+
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    with store.open_data(manifest) as data:
+        dump = data.read()
+    run(mysql_database, "DROP TABLE moods", "UPDATE child SET payload = NULL")
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert state(mysql_database) == before
+    assert b"SET NAMES binary" in dump
+    assert ALL_BYTES.hex().upper().encode() not in dump  # the blob as bytes, not hex
+
+
+def test_a_column_in_another_character_set_made_during_the_dump_fails_the_backup(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    """The tool's names were chosen for UTF-8 text before it ran; a latin1 column
+    that appeared meanwhile may be in the dump, and would not come back exactly."""
+    if not on_mariadb(mysql_database):
+        pytest.skip("binary names are for MariaDB only")
+    create_schema(mysql_database)
+    created: list[int] = []
+
+    def create_latin1_table(written: int) -> None:
+        if not created:
+            created.append(written)
+            run(mysql_database, OTHER_CHARACTER_SETS[0])
+
+    with pytest.raises(BackupFailed, match="character set other than UTF-8") as failed:
+        operations.take_backup(store, engines, mysql_database, REASON, progress=create_latin1_table)
+
+    assert created
+    assert "run the command again" in failed.value.fix
+    assert store.entries() == []
+    # The next backup sees the column and keeps its text exactly.
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    with store.open_data(manifest) as data:
+        assert b"SET NAMES utf8mb4" in data.read()
+
+
 def test_the_next_verify_drops_a_scratch_schema_a_killed_one_left(
     mysql_database: Target, store: Store, engines: Engines
 ) -> None:
