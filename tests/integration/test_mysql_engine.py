@@ -362,16 +362,23 @@ def test_the_two_dumpers_give_the_same_database(
             run(mysql_database, f"DROP DATABASE IF EXISTS `{copy}`")
 
 
-# Text a dump under binary names would get wrong, where the definitions come back in
-# UTF-8 but the column is not: ENUM, SET and DEFAULT values of a latin1 column. And
-# Shift JIS letters whose second byte is 0x5C, a backslash in ASCII.
-OTHER_CHARACTER_SETS = (
+# Values a dump under binary names would get wrong: ENUM, SET and DEFAULT values of a
+# latin1 column (the server writes definitions in UTF-8), and MariaDB's INET6 and UUID
+# (written as text, read back from a binary string as raw bytes). And Shift JIS
+# letters whose second byte is 0x5C, a backslash in ASCII.
+NOT_AS_STORED = (
     "CREATE TABLE legacy_text (id INT PRIMARY KEY, kind ENUM('programmée', 'inopinée')"
     " NOT NULL, label VARCHAR(20) NOT NULL DEFAULT 'café', tags SET('à', 'ü') DEFAULT 'à')"
     " CHARSET=latin1",
     "INSERT INTO legacy_text (id, kind) VALUES (1, 'inopinée'), (2, 'programmée')",
     "CREATE TABLE shift_jis (id INT PRIMARY KEY, t VARCHAR(20)) CHARSET=sjis",
     "INSERT INTO shift_jis VALUES (1, CONVERT(_utf8mb4'表ソ能' USING sjis))",
+)
+PLUGIN_TYPES = (
+    "CREATE TABLE addresses (id INT PRIMARY KEY, ip INET6 DEFAULT '::1',"
+    " u UUID DEFAULT '123e4567-e89b-12d3-a456-426614174000')",
+    "INSERT INTO addresses (id) VALUES (1)",
+    "INSERT INTO addresses VALUES (2, '1:22:3:4:5:6:7:8', '00000000-0000-0000-0000-000000000001')",
 )
 
 
@@ -382,7 +389,7 @@ def on_mariadb(target: Target) -> bool:
 def test_text_in_other_character_sets_comes_back_exactly(
     mysql_database: Target, store: Store, engines: Engines
 ) -> None:
-    run(mysql_database, *OTHER_CHARACTER_SETS)
+    run(mysql_database, *NOT_AS_STORED)
     before = state(mysql_database)
 
     manifest = operations.take_backup(store, engines, mysql_database, REASON)
@@ -393,6 +400,26 @@ def test_text_in_other_character_sets_comes_back_exactly(
     assert run(mysql_database, "SELECT kind FROM legacy_text ORDER BY id") == [
         ("inopinée",),
         ("programmée",),
+    ]
+
+
+def test_mariadb_inet6_and_uuid_values_and_defaults_come_back_exactly(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    if not on_mariadb(mysql_database):
+        pytest.skip("INET6 and UUID are MariaDB's")
+    run(mysql_database, *PLUGIN_TYPES)
+    before = state(mysql_database)
+
+    manifest = operations.take_backup(store, engines, mysql_database, REASON)
+    assert operations.verify_backup(store, engines, manifest).ok
+    run(mysql_database, "DELETE FROM addresses")
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+
+    assert state(mysql_database) == before
+    assert run(mysql_database, "SELECT CAST(ip AS CHAR) FROM addresses ORDER BY id") == [
+        ("::1",),
+        ("1:22:3:4:5:6:7:8",),
     ]
 
 
@@ -407,9 +434,11 @@ def test_a_mariadb_schema_all_in_utf8_is_dumped_as_stored_and_comes_back_exactly
     run(
         mysql_database,
         "CREATE TABLE moods (id INT PRIMARY KEY, mood ENUM('ça va', '✓') DEFAULT '✓',"
-        " note VARCHAR(20) DEFAULT 'ünï') CHARSET=utf8mb4",
+        " note VARCHAR(20) DEFAULT 'ünï', day DATE DEFAULT '2024-02-29', at TIME(3),"
+        " stamp TIMESTAMP(6) NULL, y YEAR, f FLOAT, spot POINT, j JSON) CHARSET=utf8mb4",
         "INSERT INTO moods (id) VALUES (1)",
-        "INSERT INTO moods VALUES (2, 'ça va', 'ß')",
+        "INSERT INTO moods VALUES (2, 'ça va', 'ß', '1000-01-01', '-838:59:59.000',"
+        " '2038-01-19 03:14:07.999999', 2155, -1.5e-3, POINT(1.5, -2), '{\"k\": \"ü✓\"}')",
     )
     before = state(mysql_database)
 
@@ -424,31 +453,54 @@ def test_a_mariadb_schema_all_in_utf8_is_dumped_as_stored_and_comes_back_exactly
     assert ALL_BYTES.hex().upper().encode() not in dump  # the blob as bytes, not hex
 
 
-def test_a_column_in_another_character_set_made_during_the_dump_fails_the_backup(
-    mysql_database: Target, store: Store, engines: Engines
+def test_a_column_in_latin1_for_the_length_of_the_dump_fails_the_backup(
+    mysql_database: Target,
+    store: Store,
+    engines: Engines,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The tool's names were chosen for UTF-8 text before it ran; a latin1 column
-    that appeared meanwhile may be in the dump, and would not come back exactly."""
+    """The tool's names are chosen from the catalogs before it runs. Another session
+    turns a column latin1 after that, before the tool reads the table, and back to
+    utf8mb4 as soon as the tool is done: the catalogs are as they were, but the dump
+    holds the latin1 column, whose ENUM values would not come back."""
     if not on_mariadb(mysql_database):
         pytest.skip("binary names are for MariaDB only")
-    create_schema(mysql_database)
-    created: list[int] = []
+    run(
+        mysql_database,
+        "CREATE TABLE flip (id INT PRIMARY KEY, e ENUM('é', 'ü') CHARSET utf8mb4)",
+        "INSERT INTO flip VALUES (1, 'ü')",
+    )
+    to_latin1 = "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET latin1"
+    back = "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET utf8mb4"
+    dump_with_tool = MysqlEngine._dump_with_tool
 
-    def create_latin1_table(written: int) -> None:
-        if not created:
-            created.append(written)
-            run(mysql_database, OTHER_CHARACTER_SETS[0])
+    def and_back(self: MysqlEngine, *args: Any) -> Any:
+        scanner = dump_with_tool(self, *args)
+        run(mysql_database, back)
+        return scanner
 
-    with pytest.raises(BackupFailed, match="character set other than UTF-8") as failed:
-        operations.take_backup(store, engines, mysql_database, REASON, progress=create_latin1_table)
+    monkeypatch.setattr(MysqlEngine, "_dump_with_tool", and_back)
+    flipped: list[int] = []
 
-    assert created
+    def flip(written: int) -> None:  # first called for dbguard's own first line
+        if not flipped:
+            flipped.append(written)
+            run(mysql_database, to_latin1)
+
+    with pytest.raises(BackupFailed, match=r"changed while it was being dumped.* latin1") as failed:
+        operations.take_backup(store, engines, mysql_database, REASON, progress=flip)
+
+    assert flipped
     assert "run the command again" in failed.value.fix
     assert store.entries() == []
-    # The next backup sees the column and keeps its text exactly.
+    # The next backup of this database keeps its text exactly, and comes back so.
+    before = state(mysql_database)
     manifest = operations.take_backup(store, engines, mysql_database, REASON)
     with store.open_data(manifest) as data:
         assert b"SET NAMES utf8mb4" in data.read()
+    run(mysql_database, "DELETE FROM flip")
+    operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
+    assert state(mysql_database) == before
 
 
 def test_the_next_verify_drops_a_scratch_schema_a_killed_one_left(

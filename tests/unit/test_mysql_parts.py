@@ -20,10 +20,12 @@ from dbguard.engines.mysql.sqltext import (
     count_tuples,
     dumped_database,
     meta_line,
+    not_as_stored,
     option_value,
     qualifiers,
     quote_string,
     statement_head,
+    type_word,
     without_database_name,
     without_schema,
 )
@@ -44,8 +46,10 @@ MARIADB_DUMP = (
 DROP TABLE IF EXISTS `a``b`;
 CREATE TABLE `a``b` (
   `id` int(11) NOT NULL COMMENT 'a;b',
+  `ip` inet6 DEFAULT NULL,
+  `name` varchar(5) CHARACTER SET sjis COLLATE sjis_bin DEFAULT NULL,
   PRIMARY KEY (`id`)
-) ENGINE=InnoDB;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;
 
 --
 -- Dumping data for table `a``b`
@@ -151,6 +155,46 @@ def test_scanner_counts_the_same_however_the_stream_is_cut(sizes: list[int]) -> 
         assert scanner.complete
 
 
+# What the table definitions in MARIADB_DUMP name; not the routines section's
+# `ALTER DATABASE ... CHARACTER SET latin1`.
+DEFINED = ({"sjis", "utf8mb4"}, {"int", "inet6", "varchar"})
+
+
+@given(st.lists(st.integers(min_value=1, max_value=64), max_size=80))
+def test_scanner_collects_what_table_definitions_name_however_the_stream_is_cut(
+    sizes: list[int],
+) -> None:
+    scanner = scan(MARIADB_DUMP, sizes)
+    assert (scanner.charsets, scanner.column_types) == DEFINED
+    assert not_as_stored(*DEFINED) == ["inet6", "sjis"]
+
+
+def test_only_utf8_text_and_built_in_types_are_dumped_as_stored() -> None:
+    utf8 = ["utf8mb4", "utf8mb3", "utf8", "ascii", "binary"]
+    built_in = ["int", "decimal", "varchar", "enum", "longblob", "datetime", "point", "bit"]
+    assert not_as_stored(utf8, built_in) == []
+    assert not_as_stored(["latin1", "utf8mb4"], ["uuid", "int", "inet4"]) == [
+        "inet4",
+        "latin1",
+        "uuid",
+    ]
+    assert not_as_stored([], ["vector"]) == ["vector"]  # a type not known here counts as odd
+
+
+@pytest.mark.parametrize(
+    ("column_type", "word"),
+    [
+        ("int(11) unsigned", "int"),
+        ("enum('a)','b')", "enum"),
+        ("INET6", "inet6"),
+        ("double", "double"),
+        ("", ""),
+    ],
+)
+def test_type_word_is_the_name_a_column_type_starts_with(column_type: str, word: str) -> None:
+    assert type_word(column_type) == word
+
+
 def test_scanner_notices_a_missing_trailer() -> None:
     assert not scan(MARIADB_DUMP[:-45], []).complete
     assert not scan(MARIADB_DUMP + b"INSERT INTO `x` VALUES (1);\n", []).complete
@@ -172,7 +216,8 @@ def test_reader_splits_a_dump_into_statements(chunk_size: int) -> None:
 
     heads = [statement_head(s, 40) for s in found]
     assert heads[0] == "SET NAMES utf8mb4"  # the sandbox line and comments are skipped
-    assert found[3].startswith(b"CREATE TABLE `a``b`") and found[3].endswith(b"ENGINE=InnoDB")
+    assert found[3].startswith(b"CREATE TABLE `a``b`")
+    assert found[3].endswith(b"COLLATE=utf8mb4_general_ci")
     inserts = [s for s in found if s.startswith(b"INSERT")]
     assert inserts[0] == b"INSERT INTO `a``b` VALUES\n(1,'x;'),\n(2,'it\\'s ),( here;'),\n(3,NULL)"
     assert inserts[1].endswith(b"(4,'\\n(not a row)')")

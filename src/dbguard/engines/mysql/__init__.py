@@ -3,9 +3,10 @@
 Backup. mariadb-dump or mysqldump (the one matching the server's flavour first) runs
 with `--single-transaction --quick`, routines, triggers and events, and without
 `--databases`, so the dump holds no CREATE DATABASE or USE and restores into any
-schema. On MariaDB, where every text column is UTF-8, it writes text as stored (binary
-names: the tool's cheapest escaping); elsewhere utf8mb4, with hex for binary data
-(engine.MysqlEngine._tool_argv says why). Its output streams into the sink a megabyte at a time;
+schema. On MariaDB, where every text column is UTF-8 and every column of a built-in
+type, it writes values as stored (binary names: the tool's cheapest escaping); a dump
+whose own table definitions show otherwise (a table changed meanwhile) fails. Elsewhere
+utf8mb4, with hex for binary data (engine.MysqlEngine._tool_argv says why). Its output streams into the sink a megabyte at a time;
 nothing holds the whole dump. The password reaches the tool in a 0600 option file in
 the backup's scratch folder (created O_EXCL|O_NOFOLLOW, removed afterwards), never in
 argv or the environment; the tool reads no other option file. Without either tool, a

@@ -52,11 +52,13 @@ from dbguard.engines.mysql.sqltext import (
     RoutineGrant,
     classify,
     meta_line,
+    not_as_stored,
     qualifiers,
     quote_ident,
     quote_string,
     scrub,
     statement_head,
+    type_word,
     without_database_name,
     without_schema,
 )
@@ -256,14 +258,17 @@ _DIGEST_PARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
 )
 
-# Where each text column's character set is in the digest's rows.
-_COLUMNS_RESULT = 1 + [part[0] for part in _DIGEST_PARTS].index("COLUMNS")  # after _SCHEMA_SQL
-_COLUMN_CHARSET = _DIGEST_PARTS[_COLUMNS_RESULT - 1][2].index("CHARACTER_SET_NAME")
-# Character sets whose text a dump under binary names carries exactly: the server
-# writes every definition (SHOW CREATE TABLE) in UTF-8, whatever the client asks for,
-# and a restore under SET NAMES binary stores those bytes as they are. In a latin1
-# column's ENUM, SET or DEFAULT values that would double-encode every non-ASCII letter.
-_UTF8_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4", "ascii", "binary"})
+
+def _catalog_field(table: str, column: str) -> tuple[int, int]:
+    """Where a catalog column is in _definitions' results: (result set, field)."""
+    at = [part[0] for part in _DIGEST_PARTS].index(table)
+    return 1 + at, _DIGEST_PARTS[at][2].index(column)  # 1 +: after _SCHEMA_SQL
+
+
+# What decides whether a dump can run under binary names (sqltext.not_as_stored).
+_TABLE_COLLATION = _catalog_field("TABLES", "TABLE_COLLATION")
+_COLUMN_TYPE = _catalog_field("COLUMNS", "COLUMN_TYPE")
+_COLUMN_CHARSET = _catalog_field("COLUMNS", "CHARACTER_SET_NAME")
 
 _SCHEMA_SQL = (
     "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, "
@@ -353,6 +358,22 @@ def _catalog_batch(parts: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
     return "; ".join([_SCHEMA_SQL, *selects])
 
 
+def _catalogs_not_as_stored(results: Sequence[Sequence[tuple[Any, ...]]]) -> list[str]:
+    """sqltext.not_as_stored for the catalogs read by _definitions: each table's default
+    character set (its collation's first word) and each column's, and the columns'
+    types."""
+
+    def values(where: tuple[int, int]) -> list[str]:
+        result, field = where
+        return [fetch_text(row[field]) for row in results[result] if row[field] is not None]
+
+    return not_as_stored(
+        [collation.split("_")[0] for collation in values(_TABLE_COLLATION)]
+        + values(_COLUMN_CHARSET),
+        [type_word(column_type) for column_type in values(_COLUMN_TYPE)],
+    )
+
+
 def _digest(catalogs: Sequence[Sequence[tuple[Any, ...]]]) -> str:
     """A hash of the catalog rows, independent of the order the server returns them in."""
     digest = hashlib.sha256()
@@ -387,7 +408,7 @@ class _Definitions:
     sequences: int
     events: int
     digest: str
-    utf8_text: bool  # every text column is in _UTF8_CHARSETS
+    as_stored: bool  # a dump under binary names gives back every value exactly
 
 
 @dataclass
@@ -413,7 +434,7 @@ class _Signal:
     fingerprint: str | None
     charset: str
     collation: str
-    utf8_text: bool
+    as_stored: bool
 
 
 T = TypeVar("T")
@@ -566,6 +587,9 @@ class MysqlEngine:
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
         self._tools: dict[tuple[str, int], DumpTool | None] = {}
+        # (server, database) whose dump under binary names showed what it cannot give
+        # back: dumped with utf8mb4 from then on (see dump).
+        self._not_as_stored: set[tuple[str, str]] = set()
 
     # ---- connections ---------------------------------------------------------------
 
@@ -676,12 +700,8 @@ class MysqlEngine:
             fingerprint,
             fetch_text(defined.charset),
             fetch_text(defined.collation),
-            defined.utf8_text,
+            defined.as_stored,
         )
-
-    def _utf8_text(self, kept: _Kept, database: str) -> bool:
-        with kept.conn.cursor() as cur:
-            return self._definitions(cur, kept, database).utf8_text
 
     @staticmethod
     def _definitions(cur: Any, kept: _Kept, database: str) -> _Definitions:
@@ -716,10 +736,7 @@ class MysqlEngine:
             # The defaults too: mariadb-dump writes them, and ALTER DATABASE moves no
             # InnoDB counter in MariaDB.
             _digest([[(charset, collation)], *results[1:]])[:24],
-            all(
-                row[_COLUMN_CHARSET] is None or fetch_text(row[_COLUMN_CHARSET]) in _UTF8_CHARSETS
-                for row in results[_COLUMNS_RESULT]
-            ),
+            not _catalogs_not_as_stored(results),
         )
         if counters is not None and keep and not defined.events:
             kept.definitions[database] = (counters, defined)
@@ -931,20 +948,23 @@ class MysqlEngine:
                     target,
                     lambda kept: locks.LockWatch.before(kept.conn, endpoint, database, limit),
                 )
-            binary = info.mariadb and signal.utf8_text  # see _tool_argv
-            tables = self._dump_with_tool(
+            where = (endpoint.key, database)
+            binary = info.mariadb and signal.as_stored and where not in self._not_as_stored
+            scanner = self._dump_with_tool(
                 tool, endpoint, database, out, scratch, cancel, watch, binary
             )
-            # A column in another character set made while the tool ran (or just
-            # before it read that table) may be in the dump under binary names.
-            if binary and not self._with_kept(target, lambda k: self._utf8_text(k, database)):
+            # The names were chosen from the catalogs before the tool ran; what it read
+            # is in the dump. A table changed meanwhile, if only for a moment, shows there.
+            if binary and (odd := not_as_stored(scanner.charsets, scanner.column_types)):
+                self._not_as_stored.add(where)  # also if the catalogs and the dump disagree
                 raise BackupFailed(
-                    f"a column in a character set other than UTF-8 appeared in {database!r} "
-                    "while it was being dumped: the dump, made for UTF-8 text, might not "
-                    "give back its ENUM, SET or DEFAULT values exactly, so it was not kept",
-                    "run the command again: the next dump sees that column and keeps "
-                    "its text exactly",
+                    f"a table of {database!r} changed while it was being dumped: the dump, "
+                    f"made for UTF-8 text and built-in types, has {', '.join(odd)} columns, "
+                    "whose values it might not give back exactly, so it was not kept",
+                    "run the command again: the next dump of this database keeps such "
+                    "columns exactly",
                 )
+            tables = scanner.rows
             used = " ".join(tool.version.split())
         else:
             tables = self._dump_with_pymysql(endpoint, database, out, cancel)
@@ -1005,7 +1025,8 @@ class MysqlEngine:
         text column counts as binary and would be written in hex, twice its size; and
         where nothing is converted, a blob's bytes need no hex. Elsewhere utf8mb4, with
         hex for binary data: other character sets need their definitions read as UTF-8
-        (see _UTF8_CHARSETS), and MySQL refuses a binary string for a JSON column."""
+        (see sqltext.AS_STORED_CHARSETS), and values of MariaDB's plugin types (INET6,
+        UUID) text; MySQL refuses a binary string for a JSON column."""
         names = (
             ["--default-character-set=binary"]
             if binary
@@ -1047,9 +1068,10 @@ class MysqlEngine:
         cancel: threading.Event,
         watch: locks.LockWatch | None,
         binary: bool,
-    ) -> dict[str, int]:
+    ) -> DumpScanner:
         """Run the tool, stream its output into `out`, and count rows on the way;
         `watch` stops it when it waits too long for a lock; `binary` as for _tool_argv.
+        Returns the scanner that read the output.
 
         Row counts come from the dump's own rows (DumpScanner), so they are exactly
         what mysqldump read in its snapshot: --single-transaction gives one
@@ -1130,7 +1152,7 @@ class MysqlEngine:
                 "completed' line): the dump is incomplete and was not kept",
                 "run the command again; if it repeats, check the server's error log",
             )
-        return scanner.rows
+        return scanner
 
     @staticmethod
     def _tail(fd: int, password: str) -> str:

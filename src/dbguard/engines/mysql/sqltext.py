@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
@@ -83,9 +83,50 @@ def meta_line(meta: dict[str, str]) -> bytes:
     return META_PREFIX + json.dumps(meta, sort_keys=True).encode() + b"\n"
 
 
+# ---- what a dump under binary names gives back exactly ---------------------------------
+
+# Under binary names (`--default-character-set=binary`) the dump tool writes every value
+# as stored, and a restore under SET NAMES binary reads each literal as bytes. That gives
+# back text in these character sets: the server writes every definition in UTF-8 whatever
+# the client asks for, so a latin1 column's non-ASCII ENUM, SET and DEFAULT values would
+# be double-encoded. And values of these built-in types (as SHOW CREATE TABLE spells them):
+# the tool writes a MariaDB plugin type's value as text ('::1'), which INET4, INET6 and
+# UUID read from a binary string as their raw bytes.
+AS_STORED_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4", "ascii", "binary"})
+AS_STORED_TYPES = frozenset(
+    {
+        *("tinyint", "smallint", "mediumint", "int", "bigint", "decimal", "float", "double"),
+        *("bit", "char", "varchar", "binary", "varbinary", "enum", "set"),
+        *("tinytext", "text", "mediumtext", "longtext"),
+        *("tinyblob", "blob", "mediumblob", "longblob"),
+        *("date", "time", "datetime", "timestamp", "year"),
+        *("geometry", "point", "linestring", "polygon", "geometrycollection"),
+        *("multipoint", "multilinestring", "multipolygon"),
+    }
+)
+_TYPE_WORD = re.compile(r"[a-z0-9_]*")
+
+
+def type_word(column_type: str) -> str:
+    """A column type's name: `int(11) unsigned` -> `int`, `enum('a','b')` -> `enum`."""
+    match = _TYPE_WORD.match(column_type.lower())
+    return match[0] if match else ""
+
+
+def not_as_stored(charsets: Iterable[str], types: Iterable[str]) -> list[str]:
+    """The character sets and column types a dump under binary names would not give
+    back exactly (none: it may run under binary names)."""
+    return sorted({*charsets} - AS_STORED_CHARSETS | {*types} - AS_STORED_TYPES)
+
+
 # ---- counting rows in a dump as it streams by -----------------------------------------
 
 _DATA_HEADER = b"-- Dumping data for table "
+_STRUCTURE_HEADER = b"-- Table structure for table "
+# In SHOW CREATE TABLE's text: a column and its type, and a character set, as the
+# server writes them.
+_COLUMN_LINE = re.compile(rb"  `(?:[^`]|``)*` ([a-z0-9_]+)")
+_CHARSET = re.compile(rb"(?:CHARSET=|CHARACTER SET )(\w+)")
 _END_OF_TABLES = (
     b"-- Dumping events for database ",
     b"-- Dumping routines for database ",
@@ -136,7 +177,8 @@ def _statement_end(chunk: bytes | bytearray, pos: int) -> int:
 
 
 class DumpScanner:
-    """Counts the rows of each table in mysqldump-format output and checks its ending.
+    """Counts the rows of each table in mysqldump-format output and checks its ending;
+    collects the character sets and column types its table definitions name.
 
     Feed it the dump in chunks of any size. Data sections start at mysqldump's
     `-- Dumping data for table` comment and end at `UNLOCK TABLES;` (the tool runs
@@ -147,6 +189,9 @@ class DumpScanner:
 
     def __init__(self) -> None:
         self.rows: dict[str, int] = {}
+        self.charsets: set[str] = set()  # in CREATE TABLE statements
+        self.column_types: set[str] = set()  # as type_word gives them
+        self._structure = False  # inside a table's structure section
         self._table: str | None = None  # inside this table's data section
         self._partial: list[bytes | bytearray] = []  # the start of a line we need whole
         self._in_row = False  # inside a row line (not needed whole)
@@ -201,6 +246,7 @@ class DumpScanner:
     def _line(self, line: bytes | bytearray) -> None:
         if line.startswith(b"-- "):  # a section header (the "--" lines around it are not)
             self._table = None
+            self._structure = line.startswith(_STRUCTURE_HEADER)
             if line.startswith(_DATA_HEADER):
                 name = _ident_in_comment(line[len(_DATA_HEADER) :])
                 if name is not None:
@@ -208,6 +254,11 @@ class DumpScanner:
                     self.rows.setdefault(name, 0)
             elif line.startswith(_END_OF_TABLES):
                 self._tables_done = True
+        elif self._structure:
+            column = _COLUMN_LINE.match(line)
+            if column:
+                self.column_types.add(column[1].decode())
+            self.charsets.update(name.decode() for name in _CHARSET.findall(line))
         elif self._table is not None:
             if line.startswith(b"UNLOCK TABLES;"):
                 self._table = None
