@@ -6,11 +6,12 @@ with `--single-transaction --quick`, routines, triggers and events, and without
 schema. On MariaDB, where every text column is UTF-8 and every column of a built-in
 type, it writes values as stored (binary names: the tool's cheapest escaping); a dump
 whose own table definitions show otherwise (a table changed meanwhile) fails. Elsewhere
-utf8mb4, with hex for binary data (engine.MysqlEngine._tool_argv says why). Its output streams into the sink a megabyte at a time;
-nothing holds the whole dump. The password reaches the tool in a 0600 option file in
-the backup's scratch folder (created O_EXCL|O_NOFOLLOW, removed afterwards), never in
-argv or the environment; the tool reads no other option file. Without either tool, a
-PyMySQL dumper (pydump.py) writes the same layout from one consistent snapshot. Row
+utf8mb4, with hex for binary data (engine.MysqlEngine._tool_argv says why). Its output
+streams into the sink a megabyte at a time; nothing holds the whole dump. The password
+reaches the tool in a 0600 option file in the backup's scratch folder (created
+O_EXCL|O_NOFOLLOW, removed afterwards), never in argv or the environment; the tool
+reads no other option file. Without either tool, a PyMySQL dumper (pydump.py) writes
+the same layout from one consistent snapshot. Row
 counts for the manifest come from the dump itself (sqltext.DumpScanner), so they are
 exactly the snapshot's. A tool that fails, is killed, times out or ends without its
 `-- Dump completed` line fails the backup. So does a dump that waits more than 60 s

@@ -1017,16 +1017,16 @@ class MysqlEngine:
         return self._tools[key]
 
     def _tool_argv(self, tool: DumpTool, options: Path, database: str, binary: bool) -> list[str]:
-        """`binary`: the server is MariaDB and every text column is UTF-8. The tool then
-        runs under binary names and writes text as it is stored. Under utf8mb4 it tests
+        """`binary`: the server is MariaDB, and a dump under binary names gives back
+        every column's values (sqltext.AS_STORED_CHARSETS and AS_STORED_TYPES say
+        which). The tool then writes values as stored. Under utf8mb4 it tests
         each byte it escapes for the start of a multibyte character: 2.1 to 2.5 CPU s
         for the bench's 367 MB table against 1.4 s under binary (the tool alone), the
         largest part of a backup's CPU. Not --hex-blob then: under binary names every
         text column counts as binary and would be written in hex, twice its size; and
         where nothing is converted, a blob's bytes need no hex. Elsewhere utf8mb4, with
-        hex for binary data: other character sets need their definitions read as UTF-8
-        (see sqltext.AS_STORED_CHARSETS), and values of MariaDB's plugin types (INET6,
-        UUID) text; MySQL refuses a binary string for a JSON column."""
+        hex for binary data; and on MySQL too, which refuses a binary string for a JSON
+        column."""
         names = (
             ["--default-character-set=binary"]
             if binary
