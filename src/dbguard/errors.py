@@ -19,6 +19,11 @@ class BackupFailed(DbguardError):
     """No good backup could be made; the guarded command must not run (exit 75)."""
 
 
+class DumpAgain(BackupFailed):
+    """The dump cannot be kept, and one taken again will be: take_backup takes it once
+    more (the engine has seen to the difference)."""
+
+
 class Cancelled(BackupFailed):
     """The daemon is stopping; the partial backup is discarded."""
 

@@ -22,6 +22,7 @@ from dbguard.errors import (
     Damaged,
     DatabaseMissing,
     DbguardError,
+    DumpAgain,
     RestoreFailed,
     Unreadable,
 )
@@ -37,12 +38,20 @@ def take_backup(
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Dump `target` into a new backup. Raises BackupFailed (and its kinds); on any
-    failure nothing is left in the store."""
+    failure nothing is left in the store. A dump the engine says to take again
+    (DumpAgain) is taken once more."""
     engine = engines.for_target(target)
-    with store.new_backup(target, reason) as pending:
-        with pending.data_writer(engine.data_suffix, cancel or threading.Event(), progress) as sink:
-            info = engine.dump(target, sink, pending.scratch, cancel or threading.Event())
-        return pending.commit(info, reason)
+    stop = cancel or threading.Event()
+    for attempt in (1, 2):
+        try:
+            with store.new_backup(target, reason) as pending:
+                with pending.data_writer(engine.data_suffix, stop, progress) as sink:
+                    info = engine.dump(target, sink, pending.scratch, stop)
+                return pending.commit(info, reason)
+        except DumpAgain:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def verify_backup(

@@ -12,6 +12,7 @@ all attempts.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import secrets
 import shutil
@@ -453,7 +454,12 @@ def test_a_mariadb_schema_all_in_utf8_is_dumped_as_stored_and_comes_back_exactly
     assert ALL_BYTES.hex().upper().encode() not in dump  # the blob as bytes, not hex
 
 
-def test_a_column_in_latin1_for_the_length_of_the_dump_fails_the_backup(
+def dump_of(store: Store, manifest: Manifest) -> bytes:
+    with store.open_data(manifest) as data:
+        return data.read()
+
+
+def test_a_column_in_latin1_for_the_length_of_the_dump_is_dumped_again(
     mysql_database: Target,
     store: Store,
     engines: Engines,
@@ -462,7 +468,8 @@ def test_a_column_in_latin1_for_the_length_of_the_dump_fails_the_backup(
     """The tool's names are chosen from the catalogs before it runs. Another session
     turns a column latin1 after that, before the tool reads the table, and back to
     utf8mb4 as soon as the tool is done: the catalogs are as they were, but the dump
-    holds the latin1 column, whose ENUM values would not come back."""
+    holds the latin1 column, whose ENUM values would not come back. It is taken again
+    under utf8mb4 names, and so is every later one of this database."""
     if not on_mariadb(mysql_database):
         pytest.skip("binary names are for MariaDB only")
     run(
@@ -470,37 +477,61 @@ def test_a_column_in_latin1_for_the_length_of_the_dump_fails_the_backup(
         "CREATE TABLE flip (id INT PRIMARY KEY, e ENUM('é', 'ü') CHARSET utf8mb4)",
         "INSERT INTO flip VALUES (1, 'ü')",
     )
-    to_latin1 = "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET latin1"
-    back = "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET utf8mb4"
+    before = state(mysql_database)
     dump_with_tool = MysqlEngine._dump_with_tool
+    flips: list[str] = []
 
     def and_back(self: MysqlEngine, *args: Any) -> Any:
         scanner = dump_with_tool(self, *args)
-        run(mysql_database, back)
+        if flips == ["latin1"]:
+            flips.append("utf8mb4")
+            run(mysql_database, "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET utf8mb4")
         return scanner
 
-    monkeypatch.setattr(MysqlEngine, "_dump_with_tool", and_back)
-    flipped: list[int] = []
-
     def flip(written: int) -> None:  # first called for dbguard's own first line
-        if not flipped:
-            flipped.append(written)
-            run(mysql_database, to_latin1)
+        if not flips:
+            flips.append("latin1")
+            run(mysql_database, "ALTER TABLE flip MODIFY e ENUM('é', 'ü') CHARSET latin1")
 
-    with pytest.raises(BackupFailed, match=r"changed while it was being dumped.* latin1") as failed:
-        operations.take_backup(store, engines, mysql_database, REASON, progress=flip)
+    monkeypatch.setattr(MysqlEngine, "_dump_with_tool", and_back)
+    manifest = operations.take_backup(store, engines, mysql_database, REASON, progress=flip)
 
-    assert flipped
-    assert "run the command again" in failed.value.fix
-    assert store.entries() == []
-    # The next backup of this database keeps its text exactly, and comes back so.
-    before = state(mysql_database)
-    manifest = operations.take_backup(store, engines, mysql_database, REASON)
-    with store.open_data(manifest) as data:
-        assert b"SET NAMES utf8mb4" in data.read()
+    assert flips == ["latin1", "utf8mb4"]
+    assert [m.id for m in store.entries()] == [manifest.id]
+    assert b"SET NAMES utf8mb4" in dump_of(store, manifest)
     run(mysql_database, "DELETE FROM flip")
     operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
     assert state(mysql_database) == before
+    later = operations.take_backup(store, engines, mysql_database, REASON)
+    assert b"SET NAMES utf8mb4" in dump_of(store, later)
+
+
+def test_a_dump_that_met_a_definition_change_is_taken_again_once(
+    mysql_database: Target, store: Store, engines: Engines
+) -> None:
+    """A table altered between the tool's reading of its definition and of its rows
+    has its rows dumped as the new definition stores them: a dump under binary names
+    that met any definition change on the server is taken again under utf8mb4."""
+    if not on_mariadb(mysql_database):
+        pytest.skip("binary names are for MariaDB only")
+    create_schema(mysql_database)
+    written: list[int] = []
+
+    def create_a_table(count: int) -> None:
+        if len(written) == 1:  # the tool's first output; the first was dbguard's line
+            run(mysql_database, "CREATE TABLE made_meanwhile (id INT)")
+        written.append(count)
+
+    manifest = operations.take_backup(
+        store, engines, mysql_database, REASON, progress=create_a_table
+    )
+
+    assert any(later < earlier for earlier, later in itertools.pairwise(written))  # again
+    assert b"SET NAMES utf8mb4" in dump_of(store, manifest)
+    assert [m.id for m in store.entries()] == [manifest.id]
+    assert b"SET NAMES binary" in dump_of(
+        store, operations.take_backup(store, engines, mysql_database, REASON)
+    )
 
 
 def test_the_next_verify_drops_a_scratch_schema_a_killed_one_left(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dbguard.engines.mysql.engine import MysqlEngine, _digest_parts
 from dbguard.engines.mysql.sqltext import (
+    UNREADABLE,
     DumpReader,
     DumpScanner,
     DumpSyntaxError,
@@ -167,6 +168,43 @@ def test_scanner_collects_what_table_definitions_name_however_the_stream_is_cut(
     scanner = scan(MARIADB_DUMP, sizes)
     assert (scanner.charsets, scanner.column_types) == DEFINED
     assert not_as_stored(*DEFINED) == ["inet6", "sjis"]
+
+
+# Text that says CHARSET where no character set is: in a COMMENT, a DEFAULT, a CHECK, a
+# partition's comment, and a trigger body dumped after a MERGE table's definition (such
+# a table has no data section).
+SAYS_CHARSET = b"""\
+--
+-- Table structure for table `t`
+--
+
+CREATE TABLE `t` (
+  `a` varchar(10) DEFAULT 'CHARSET=cp1252' COMMENT 'legacy: CHARACTER SET latin1',
+  `b` enum('x) CHARACTER SET y','z') CHARACTER SET utf8mb3 COLLATE utf8mb3_bin,
+  `c` int(11) DEFAULT NULL,
+  CONSTRAINT `k` CHECK (`a` <> 'CHARACTER SET x')
+) ENGINE=MRG_MyISAM DEFAULT CHARSET=utf8mb4 COMMENT='DEFAULT CHARSET=latin1'
+ PARTITION BY HASH (`c`)
+(PARTITION `p0` COMMENT = 'CHARSET=latin1' ENGINE = InnoDB);
+DELIMITER ;;
+/*!50003 CREATE*/ /*!50003 TRIGGER `g` BEFORE INSERT ON `t` FOR EACH ROW SET NEW.a =
+  `c` is null ;;
+DELIMITER ;
+-- Dump completed on 2024-01-01 10:00:00
+"""
+
+
+def test_only_the_character_sets_a_definition_declares_are_collected() -> None:
+    scanner = scan(SAYS_CHARSET, [])
+    assert scanner.charsets == {"utf8mb3", "utf8mb4"}
+    assert scanner.column_types == {"varchar", "enum", "int"}
+
+
+def test_a_definition_line_that_cannot_be_read_counts_as_not_as_stored() -> None:
+    newline_in_name = MARIADB_DUMP.replace(b"  `ip` inet6", b"  `i\np` int(11)")
+    no_charset = MARIADB_DUMP.replace(b" DEFAULT CHARSET=utf8mb4", b"")
+    assert UNREADABLE in scan(newline_in_name, []).column_types
+    assert UNREADABLE in scan(no_charset, []).charsets
 
 
 def test_only_utf8_text_and_built_in_types_are_dumped_as_stored() -> None:

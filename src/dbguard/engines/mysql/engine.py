@@ -69,6 +69,7 @@ from dbguard.errors import (
     Damaged,
     DatabaseMissing,
     DbguardError,
+    DumpAgain,
     RestoreFailed,
     RestoreIncomplete,
 )
@@ -270,6 +271,21 @@ _TABLE_COLLATION = _catalog_field("TABLES", "TABLE_COLLATION")
 _COLUMN_TYPE = _catalog_field("COLUMNS", "COLUMN_TYPE")
 _COLUMN_CHARSET = _catalog_field("COLUMNS", "CHARACTER_SET_NAME")
 
+# mariadb-dump reads a table's definition, then its rows, each in a statement of its
+# own: a table altered in between (into latin1, say) has its rows dumped as the new
+# definition stores them, after the old definition. Under utf8mb4 names the server
+# converts them to fit; under binary names they are written as stored, and a restore
+# would read them wrong. So a dump under binary names is kept only if no table was
+# created, altered or renamed anywhere on the server while it ran (the statement
+# counters, which count a statement as it starts), and starts only if none is running
+# then that this user can see.
+_DDL_SQL = (
+    "SELECT SUM(VARIABLE_VALUE) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME"
+    " IN ('COM_ALTER_TABLE', 'COM_CREATE_TABLE', 'COM_RENAME_TABLE'); "
+    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
+    " AND COMMAND = 'Query' AND INFO REGEXP '(ALTER|CREATE|RENAME)[[:space:]]+TABLE'"
+)
+
 _SCHEMA_SQL = (
     "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, "
     "(SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %(db)s "
@@ -356,6 +372,14 @@ def _catalog_batch(parts: Sequence[tuple[str, str, tuple[str, ...]]]) -> str:
         for table, schema_column, columns in parts
     ]
     return "; ".join([_SCHEMA_SQL, *selects])
+
+
+def _definition_changes(kept: _Kept) -> tuple[Any, int]:
+    """_DDL_SQL: the server's count of CREATE, ALTER and RENAME TABLE statements, and
+    how many of them are running now."""
+    with kept.conn.cursor() as cur:
+        counted, running = _run_batch(cur, _DDL_SQL, "")
+    return counted[0][0], int(running[0][0])
 
 
 def _catalogs_not_as_stored(results: Sequence[Sequence[tuple[Any, ...]]]) -> list[str]:
@@ -588,8 +612,10 @@ class MysqlEngine:
         self._kept_lock = threading.Lock()
         self._tools: dict[tuple[str, int], DumpTool | None] = {}
         # (server, database) whose dump under binary names showed what it cannot give
-        # back: dumped with utf8mb4 from then on (see dump).
+        # back: dumped with utf8mb4 from then on (see dump); and once, after a dump
+        # that met a definition change (_DDL_SQL).
         self._not_as_stored: set[tuple[str, str]] = set()
+        self._not_as_stored_once: set[tuple[str, str]] = set()
 
     # ---- connections ---------------------------------------------------------------
 
@@ -948,28 +974,51 @@ class MysqlEngine:
                     target,
                     lambda kept: locks.LockWatch.before(kept.conn, endpoint, database, limit),
                 )
-            where = (endpoint.key, database)
-            binary = info.mariadb and signal.as_stored and where not in self._not_as_stored
+            binary, ddl = self._binary_names(target, info, signal)
             scanner = self._dump_with_tool(
                 tool, endpoint, database, out, scratch, cancel, watch, binary
             )
-            # The names were chosen from the catalogs before the tool ran; what it read
-            # is in the dump. A table changed meanwhile, if only for a moment, shows there.
-            if binary and (odd := not_as_stored(scanner.charsets, scanner.column_types)):
-                self._not_as_stored.add(where)  # also if the catalogs and the dump disagree
-                raise BackupFailed(
-                    f"a table of {database!r} changed while it was being dumped: the dump, "
-                    f"made for UTF-8 text and built-in types, has {', '.join(odd)} columns, "
-                    "whose values it might not give back exactly, so it was not kept",
-                    "run the command again: the next dump of this database keeps such "
-                    "columns exactly",
-                )
+            if binary:
+                self._check_as_stored(target, scanner, ddl)
             tables = scanner.rows
             used = " ".join(tool.version.split())
         else:
             tables = self._dump_with_pymysql(endpoint, database, out, cancel)
             used = f"dbguard PyMySQL dumper (PyMySQL {pymysql.__version__}; no dump tool found)"
         return DumpInfo(tables=tables, fingerprint=signal.fingerprint, tool=used, format=FORMAT)
+
+    def _binary_names(self, target: Target, info: ServerInfo, signal: _Signal) -> tuple[bool, Any]:
+        """Whether the dump runs under binary names (see _tool_argv), and if so the
+        definition-change counter it starts at (_DDL_SQL)."""
+        where = (Endpoint.of(target).key, self._name(target))
+        if where in self._not_as_stored_once:
+            self._not_as_stored_once.discard(where)
+            return False, None
+        if not (info.mariadb and signal.as_stored) or where in self._not_as_stored:
+            return False, None
+        changes, running = self._with_kept(target, _definition_changes)
+        return not running, changes
+
+    def _check_as_stored(self, target: Target, scanner: DumpScanner, ddl: Any) -> None:
+        """Raise DumpAgain (under utf8mb4 names) when a dump under binary names may not
+        give its values back: its own table definitions name a character set or a type
+        outside the bounds (the catalogs said otherwise before it ran), or a table
+        definition changed on the server while it ran."""
+        where = (Endpoint.of(target).key, self._name(target))
+        odd = not_as_stored(scanner.charsets, scanner.column_types)
+        if odd:
+            self._not_as_stored.add(where)  # also if the catalogs and the dump disagree
+            why = f"its table definitions name {', '.join(odd)}"
+        elif self._with_kept(target, _definition_changes)[0] != ddl:
+            self._not_as_stored_once.add(where)
+            why = "a table was created, altered or renamed on the server meanwhile"
+        else:
+            return
+        log.info("dumping again under utf8mb4 names", database=where[1], why=why)
+        raise DumpAgain(
+            f"the dump of {where[1]!r} under binary names might not give back every value "
+            f"exactly: {why}"
+        )
 
     def _folders(self) -> list[Path]:
         if self._tool_dirs is not None:

@@ -123,10 +123,17 @@ def not_as_stored(charsets: Iterable[str], types: Iterable[str]) -> list[str]:
 
 _DATA_HEADER = b"-- Dumping data for table "
 _STRUCTURE_HEADER = b"-- Table structure for table "
-# In SHOW CREATE TABLE's text: a column and its type, and a character set, as the
-# server writes them.
-_COLUMN_LINE = re.compile(rb"  `(?:[^`]|``)*` ([a-z0-9_]+)")
-_CHARSET = re.compile(rb"(?:CHARSET=|CHARACTER SET )(\w+)")
+# In SHOW CREATE TABLE's text, as the server writes it: a column line (its name, its
+# type with any arguments, quoted ENUM values included, then the column's own character
+# set, if any); and the closing line's options, where the default character set comes
+# before a COMMENT, whose text could say anything. Anything else in a column's line
+# (a DEFAULT, a COMMENT) is never read as a character set.
+_COLUMN_LINE = re.compile(
+    rb"  `(?:[^`]|``)*` ([a-z0-9_]+)(?:\((?:'(?:[^'\\]|\\.|'')*'|[^')])*\))?"
+    rb"(?: CHARACTER SET (\w+))?"
+)
+_TABLE_OPTIONS = re.compile(rb"\)(?: [A-Z_]+=\S+)*? DEFAULT CHARSET=(\w+)")
+UNREADABLE = "(a definition not read)"  # in column_types: counts as not as stored
 _END_OF_TABLES = (
     b"-- Dumping events for database ",
     b"-- Dumping routines for database ",
@@ -192,6 +199,7 @@ class DumpScanner:
         self.charsets: set[str] = set()  # in CREATE TABLE statements
         self.column_types: set[str] = set()  # as type_word gives them
         self._structure = False  # inside a table's structure section
+        self._create = False  # inside its CREATE TABLE statement
         self._table: str | None = None  # inside this table's data section
         self._partial: list[bytes | bytearray] = []  # the start of a line we need whole
         self._in_row = False  # inside a row line (not needed whole)
@@ -247,6 +255,7 @@ class DumpScanner:
         if line.startswith(b"-- "):  # a section header (the "--" lines around it are not)
             self._table = None
             self._structure = line.startswith(_STRUCTURE_HEADER)
+            self._create = False
             if line.startswith(_DATA_HEADER):
                 name = _ident_in_comment(line[len(_DATA_HEADER) :])
                 if name is not None:
@@ -254,16 +263,30 @@ class DumpScanner:
                     self.rows.setdefault(name, 0)
             elif line.startswith(_END_OF_TABLES):
                 self._tables_done = True
+        elif self._create:
+            self._definition_line(line)
         elif self._structure:
-            column = _COLUMN_LINE.match(line)
-            if column:
-                self.column_types.add(column[1].decode())
-            self.charsets.update(name.decode() for name in _CHARSET.findall(line))
+            self._create = line.startswith(b"CREATE TABLE ")
         elif self._table is not None:
             if line.startswith(b"UNLOCK TABLES;"):
                 self._table = None
             elif line.startswith(b"INSERT INTO ") and not line.rstrip().endswith(b"VALUES"):
                 self.rows[self._table] += count_tuples(line)
+
+    def _definition_line(self, line: bytes | bytearray) -> None:
+        """A line of a CREATE TABLE statement after its first."""
+        if line.startswith(b")"):  # the statement's last line: nothing after it counts
+            self._create = self._structure = False
+            options = _TABLE_OPTIONS.match(line)
+            self.charsets.add(options[1].decode() if options else UNREADABLE)
+        elif line.startswith(b"  `"):
+            column = _COLUMN_LINE.match(line)
+            if column is None:  # a column name with a newline in it, say
+                self.column_types.add(UNREADABLE)
+                return
+            self.column_types.add(column[1].decode())
+            if column[2] is not None:
+                self.charsets.add(column[2].decode())
 
 
 # ---- splitting a dump into statements --------------------------------------------------
