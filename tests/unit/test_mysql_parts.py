@@ -200,6 +200,16 @@ def test_only_the_character_sets_a_definition_declares_are_collected() -> None:
     assert scanner.column_types == {"varchar", "enum", "int"}
 
 
+def test_a_compressed_column_s_character_set_is_collected() -> None:
+    compressed = MARIADB_DUMP.replace(
+        b"  `ip` inet6 DEFAULT NULL,",
+        b"  `t` mediumtext /*M!100301 COMPRESSED*/ CHARACTER SET latin1 DEFAULT NULL,",
+    )
+    scanner = scan(compressed, [])
+    assert "latin1" in scanner.charsets
+    assert "mediumtext" in scanner.column_types
+
+
 def test_a_definition_line_that_cannot_be_read_counts_as_not_as_stored() -> None:
     newline_in_name = MARIADB_DUMP.replace(b"  `ip` inet6", b"  `i\np` int(11)")
     no_charset = MARIADB_DUMP.replace(b" DEFAULT CHARSET=utf8mb4", b"")

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,14 +276,17 @@ _COLUMN_CHARSET = _catalog_field("COLUMNS", "CHARACTER_SET_NAME")
 # definition stores them, after the old definition. Under utf8mb4 names the server
 # converts them to fit; under binary names they are written as stored, and a restore
 # would read them wrong. So a dump under binary names is kept only if no table was
-# created, altered or renamed anywhere on the server while it ran (the statement
-# counters, which count a statement as it starts), and starts only if none is running
-# then that this user can see.
+# altered, dropped or renamed anywhere on the server while it ran (the statement
+# counters, which count a statement as it starts; not CREATE TABLE, which a verify's
+# scratch schema runs for every table, and which changes no table the tool has read
+# unless it is CREATE OR REPLACE), and starts only if no such statement (CREATE too)
+# is running then in a session this user can see.
 _DDL_SQL = (
     "SELECT SUM(VARIABLE_VALUE) FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME"
-    " IN ('COM_ALTER_TABLE', 'COM_CREATE_TABLE', 'COM_RENAME_TABLE'); "
+    " IN ('COM_ALTER_TABLE', 'COM_DROP_TABLE', 'COM_RENAME_TABLE'); "
     "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()"
-    " AND COMMAND = 'Query' AND INFO REGEXP '(ALTER|CREATE|RENAME)[[:space:]]+TABLE'"
+    " AND COMMAND <> 'Sleep' AND INFO REGEXP '(ALTER|CREATE|RENAME|DROP)[^;]*[[:space:]]TABLE'"
+    " AND INFO NOT REGEXP '^[[:space:]]*SHOW'"  # another dump tool's SHOW CREATE TABLE
 )
 
 _SCHEMA_SQL = (
@@ -611,11 +614,17 @@ class MysqlEngine:
         self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._kept_lock = threading.Lock()
         self._tools: dict[tuple[str, int], DumpTool | None] = {}
-        # (server, database) whose dump under binary names showed what it cannot give
-        # back: dumped with utf8mb4 from then on (see dump); and once, after a dump
-        # that met a definition change (_DDL_SQL).
+        # (server, database) dumped under utf8mb4 names for as long as the daemon runs:
+        # a dump under binary names showed what it cannot give back, or met a
+        # definition change (_DDL_SQL) a second time. And for the next dump only: the
+        # one taken again (see _check_as_stored).
         self._not_as_stored: set[tuple[str, str]] = set()
-        self._not_as_stored_once: set[tuple[str, str]] = set()
+        self._not_as_stored_next: set[tuple[str, str]] = set()
+        self._met_changes: Counter[tuple[str, str]] = Counter()
+        # Verifies and restores loading a dump now: their ALTER TABLE ... DISABLE KEYS
+        # move the counters of _DDL_SQL, so no dump starts under binary names meanwhile.
+        self._loads = 0
+        self._loads_lock = threading.Lock()
 
     # ---- connections ---------------------------------------------------------------
 
@@ -991,10 +1000,12 @@ class MysqlEngine:
         """Whether the dump runs under binary names (see _tool_argv), and if so the
         definition-change counter it starts at (_DDL_SQL)."""
         where = (Endpoint.of(target).key, self._name(target))
-        if where in self._not_as_stored_once:
-            self._not_as_stored_once.discard(where)
+        if where in self._not_as_stored_next:
+            self._not_as_stored_next.discard(where)
             return False, None
         if not (info.mariadb and signal.as_stored) or where in self._not_as_stored:
+            return False, None
+        if self._loads:
             return False, None
         changes, running = self._with_kept(target, _definition_changes)
         return not running, changes
@@ -1010,8 +1021,11 @@ class MysqlEngine:
             self._not_as_stored.add(where)  # also if the catalogs and the dump disagree
             why = f"its table definitions name {', '.join(odd)}"
         elif self._with_kept(target, _definition_changes)[0] != ddl:
-            self._not_as_stored_once.add(where)
-            why = "a table was created, altered or renamed on the server meanwhile"
+            self._not_as_stored_next.add(where)
+            self._met_changes[where] += 1
+            if self._met_changes[where] >= 2:  # a server where that is common
+                self._not_as_stored.add(where)
+            why = "a table was altered, dropped or renamed on the server meanwhile"
         else:
             return
         log.info("dumping again under utf8mb4 names", database=where[1], why=why)
@@ -1301,6 +1315,22 @@ class MysqlEngine:
         Raises `damage` when the dump does not load or is incomplete, Cancelled when
         `cancel` is set; pymysql errors that mean the connection was lost pass through.
         """
+        with self._loads_lock:
+            self._loads += 1
+        try:
+            return self._load_statements(conn, data, schema, damage, cancel)
+        finally:
+            with self._loads_lock:
+                self._loads -= 1
+
+    def _load_statements(
+        self,
+        conn: Any,
+        data: BinaryIO,
+        schema: str,
+        damage: type[DbguardError],
+        cancel: threading.Event | None,
+    ) -> tuple[list[tuple[Kind, bytes]], dict[str, str]]:
         reader = DumpReader(data)
         # Definitions only (and the session settings around them): small next to the
         # data, which streams through and is never held.

@@ -125,12 +125,13 @@ _DATA_HEADER = b"-- Dumping data for table "
 _STRUCTURE_HEADER = b"-- Table structure for table "
 # In SHOW CREATE TABLE's text, as the server writes it: a column line (its name, its
 # type with any arguments, quoted ENUM values included, then the column's own character
-# set, if any); and the closing line's options, where the default character set comes
-# before a COMMENT, whose text could say anything. Anything else in a column's line
-# (a DEFAULT, a COMMENT) is never read as a character set.
+# set, if any, after MariaDB's COMPRESSED); and the closing line's options, where the
+# default character set comes before a COMMENT, whose text could say anything.
+# Anything else in a column's line (a DEFAULT, a COMMENT) is never read as a character
+# set.
 _COLUMN_LINE = re.compile(
     rb"  `(?:[^`]|``)*` ([a-z0-9_]+)(?:\((?:'(?:[^'\\]|\\.|'')*'|[^')])*\))?"
-    rb"(?: CHARACTER SET (\w+))?"
+    rb"(?: /\*M!\d+ COMPRESSED\*/)?(?: CHARACTER SET (\w+))?"
 )
 _TABLE_OPTIONS = re.compile(rb"\)(?: [A-Z_]+=\S+)*? DEFAULT CHARSET=(\w+)")
 UNREADABLE = "(a definition not read)"  # in column_types: counts as not as stored
