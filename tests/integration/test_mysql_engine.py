@@ -444,8 +444,7 @@ def test_a_mariadb_schema_all_in_utf8_is_dumped_as_stored_and_comes_back_exactly
     before = state(mysql_database)
 
     manifest = operations.take_backup(store, engines, mysql_database, REASON)
-    with store.open_data(manifest) as data:
-        dump = data.read()
+    dump = dump_of(store, manifest)
     run(mysql_database, "DROP TABLE moods", "UPDATE child SET payload = NULL")
     operations.restore_backup(store, engines, manifest, mysql_database, PRE_RESTORE)
 
