@@ -545,6 +545,39 @@ def test_a_dump_that_met_a_definition_change_is_taken_again(
     assert b"SET NAMES utf8mb4" in plain_backup()
 
 
+def test_no_dump_runs_under_binary_names_while_the_engine_loads_one(
+    mysql_database: Target, store: Store, engines: Engines, engine: MysqlEngine, tmp_path: Path
+) -> None:
+    """A verify or a restore runs the dump's ALTER TABLE ... DISABLE KEYS, which would
+    make a dump beside it look as if it met a definition change, and be taken twice."""
+    if not on_mariadb(mysql_database):
+        pytest.skip("binary names are for MariaDB only")
+    create_schema(mysql_database)
+    whole = dump_of(store, operations.take_backup(store, engines, mysql_database, REASON))
+    assert b"SET NAMES binary" in whole
+    read_end, write_end = os.pipe()
+    counted: dict[str, int] = {}
+
+    def verify() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as data:  # reads what has come
+            counted.update(engine.restored_counts(mysql_database, data, FORMAT, tmp_path))
+
+    loader = threading.Thread(target=verify)
+    loader.start()
+    with os.fdopen(write_end, "wb") as feed:
+        feed.write(whole[: whole.index(b"INSERT INTO")])  # the load then waits for more
+        feed.flush()
+        assert poll(lambda: schemas_like(f"{mysql_database.name}_dbguard_verify") != [])
+        beside = operations.take_backup(store, engines, mysql_database, REASON)
+        feed.write(whole[whole.index(b"INSERT INTO") :])
+    loader.join(timeout=60)
+
+    assert b"SET NAMES utf8mb4" in dump_of(store, beside)
+    assert counted == row_counts(mysql_database)
+    after = operations.take_backup(store, engines, mysql_database, REASON)
+    assert b"SET NAMES binary" in dump_of(store, after)
+
+
 def test_the_next_verify_drops_a_scratch_schema_a_killed_one_left(
     mysql_database: Target, store: Store, engines: Engines
 ) -> None:
