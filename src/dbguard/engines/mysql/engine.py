@@ -983,12 +983,13 @@ class MysqlEngine:
                     target,
                     lambda kept: locks.LockWatch.before(kept.conn, endpoint, database, limit),
                 )
-            binary, ddl = self._binary_names(target, info, signal)
+            where = (endpoint.key, database)  # what the engine remembers per database
+            binary, ddl = self._binary_names(target, where, info, signal)
             scanner = self._dump_with_tool(
                 tool, endpoint, database, out, scratch, cancel, watch, binary
             )
             if binary:
-                self._check_as_stored(target, scanner, ddl)
+                self._check_as_stored(target, where, scanner, ddl)
             tables = scanner.rows
             used = " ".join(tool.version.split())
         else:
@@ -996,10 +997,11 @@ class MysqlEngine:
             used = f"dbguard PyMySQL dumper (PyMySQL {pymysql.__version__}; no dump tool found)"
         return DumpInfo(tables=tables, fingerprint=signal.fingerprint, tool=used, format=FORMAT)
 
-    def _binary_names(self, target: Target, info: ServerInfo, signal: _Signal) -> tuple[bool, Any]:
+    def _binary_names(
+        self, target: Target, where: tuple[str, str], info: ServerInfo, signal: _Signal
+    ) -> tuple[bool, Any]:
         """Whether the dump runs under binary names (see _tool_argv), and if so the
         definition-change counter it starts at (_DDL_SQL)."""
-        where = (Endpoint.of(target).key, self._name(target))
         if where in self._not_as_stored_next:
             self._not_as_stored_next.discard(where)
             return False, None
@@ -1010,12 +1012,13 @@ class MysqlEngine:
         changes, running = self._with_kept(target, _definition_changes)
         return not running, changes
 
-    def _check_as_stored(self, target: Target, scanner: DumpScanner, ddl: Any) -> None:
+    def _check_as_stored(
+        self, target: Target, where: tuple[str, str], scanner: DumpScanner, ddl: Any
+    ) -> None:
         """Raise DumpAgain (under utf8mb4 names) when a dump under binary names may not
         give its values back: its own table definitions name a character set or a type
         outside the bounds (the catalogs said otherwise before it ran), or a table
         definition changed on the server while it ran."""
-        where = (Endpoint.of(target).key, self._name(target))
         odd = not_as_stored(scanner.charsets, scanner.column_types)
         if odd:
             self._not_as_stored.add(where)  # also if the catalogs and the dump disagree
