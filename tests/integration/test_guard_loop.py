@@ -97,6 +97,44 @@ def test_artisan_run_from_another_folder_backs_up_its_own_app(
     assert backup["database"]["path"] == str(project / "database" / "app.sqlite")
 
 
+def test_manage_py_run_from_another_folder_backs_up_its_own_project(
+    home: Home, daemon: Daemon
+) -> None:
+    # `python backend/manage.py flush` from a monorepo's top: Django finds its settings
+    # from manage.py's folder, so the top's .env names some other database.
+    top = home.root / "mono"
+    (top / "backend" / "mysite").mkdir(parents=True)
+    (top / ".env").write_text(f"DATABASE_URL=sqlite:///{top / 'other.db'}\n")
+    empty_users_table(top / "other.db")
+    (top / "backend" / "mysite" / "settings.py").write_text(
+        "from pathlib import Path\n"
+        "BASE_DIR = Path(__file__).resolve().parent.parent\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3',\n"
+        "                         'NAME': BASE_DIR / 'db.sqlite3'}}\n"
+    )
+    database = top / "backend" / "db.sqlite3"
+    empty_users_table(database)
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.executemany("insert into users values (?)", [(1,), (2,)])
+        conn.commit()
+    (top / "backend" / "manage.py").write_text(
+        "import os, sqlite3, sys\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
+        "here = os.path.dirname(os.path.abspath(__file__))\n"
+        "if sys.argv[1] == 'flush':\n"
+        "    conn = sqlite3.connect(os.path.join(here, 'db.sqlite3'))\n"
+        "    conn.execute('delete from users'); conn.commit()\n"
+    )
+    home.install_shims("python")
+
+    result = home.run(["python", "backend/manage.py", "flush", "--noinput"], cwd=top)
+
+    assert result.returncode == 0, result.stderr
+    [backup] = backups(home)
+    assert backup["database"]["path"] == str(database)
+    assert backup["tables"] == {"users": 2}
+
+
 def test_read_only_commands_pass_without_a_backup(
     home: Home, daemon: Daemon, project: Path
 ) -> None:
