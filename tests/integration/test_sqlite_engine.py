@@ -127,6 +127,42 @@ def test_backup_is_one_consistent_snapshot_while_another_process_writes(
         assert operations.verify_backup(store, engines, manifest).ok
 
 
+def test_a_wal_database_committed_to_between_every_step_of_its_copy_is_copied_once(
+    tmp_path: Path, engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite restarts a copy when another connection commits between two of its steps
+    unless the copy holds a read transaction: an app writing a few times a second kept
+    a guarded command waiting, silent, until the writes stopped."""
+    monkeypatch.setattr(sqlite_engine, "_COPY_STEP_PAGES", 8)
+    db = tmp_path / "busy.sqlite"
+    target = make_db(db, rows=1_000, wal=True)
+    with sqlite3.connect(db) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert pages > 4 * 8
+    writer = sqlite3.connect(db, isolation_level=None)
+    steps = 0
+
+    class CommitAtEachStep(threading.Event):
+        """The copy asks whether to stop after each step: commit a row right then."""
+
+        def is_set(self) -> bool:
+            nonlocal steps
+            steps += 1
+            if steps <= 10 * pages:  # a bound, so a restarting copy still ends
+                writer.execute("INSERT INTO items (body) VALUES ('meanwhile')")
+            return False
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    try:
+        info = engines.for_target(target).dump(target, io.BytesIO(), scratch, CommitAtEachStep())
+    finally:
+        writer.close()
+
+    assert steps <= pages // 8 + 3  # each step once: no restarts
+    assert info.tables["items"] == 1_000  # the rows as the copy began
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -57,6 +57,7 @@ _BUSY_TIMEOUT = 30.0  # seconds to wait for a writer to finish its transaction
 # SQLite keeps new readers out (the PENDING lock), so it must not wait for ever.
 _RESTORE_LOCK_WAIT = _BUSY_TIMEOUT
 _KEPT_CONNECTIONS = 64
+_COPY_STEP_PAGES = 16384  # pages per step of a WAL database's copy (module level for tests)
 # The file format's read/write version bytes (18 and 19): 2 for WAL, 1 for a rollback journal.
 _VERSION_BYTES = 18
 _WAL_VERSION = b"\x02\x02"
@@ -449,11 +450,15 @@ class SqliteEngine:
                 if cancel.is_set():
                     raise Cancelled("the backup was cancelled because dbguardd is stopping")
 
-            # Steps of 16k pages let a stop request interrupt a large copy; if another
-            # connection writes between steps, SQLite restarts the copy, so the result
-            # is still one consistent snapshot.
+            # Steps of _COPY_STEP_PAGES let a stop request interrupt a large copy. The read
+            # transaction held across them pins one snapshot: without it SQLite
+            # restarts the copy whenever another connection commits between two steps,
+            # and a database written a few times a second (an app's job queue) was
+            # never copied at all. In WAL mode that reader blocks no writer.
+            conn.execute("BEGIN")
             try:
-                conn.backup(copy, pages=16384, progress=check_cancel)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot
+                conn.backup(copy, pages=_COPY_STEP_PAGES, progress=check_cancel)
             except sqlite3.Error as err:
                 if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                     # The copy's disk is full, not the database's: say which.
@@ -463,6 +468,8 @@ class SqliteEngine:
                         "free some space on that filesystem or point backup_dir at a larger disk",
                     ) from None
                 raise
+            finally:
+                conn.execute("ROLLBACK")
             tables = count_rows(copy)
         finally:
             copy.close()
