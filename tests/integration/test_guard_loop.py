@@ -21,6 +21,7 @@ import pytest
 from dbguard import shims
 from dbguard.discovery import NO_DATABASE
 from dbguard.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
+from dbguard.store import Store
 from tests.helpers import (
     Daemon,
     Home,
@@ -95,6 +96,33 @@ def test_artisan_run_from_another_folder_backs_up_its_own_app(
     [backup] = backups(home)
     assert backup["tables"] == {"users": 3}
     assert backup["database"]["path"] == str(project / "database" / "app.sqlite")
+
+
+def test_restore_refuses_a_backup_that_failed_verification_and_names_a_good_one(
+    home: Home, daemon: Daemon, project: Path
+) -> None:
+    good = json.loads(home.ctl("backup", "--json", cwd=project).stdout)["backups"][0]
+    with contextlib.closing(sqlite3.connect(project / "database" / "app.sqlite")) as conn:
+        conn.execute("delete from users where id = 1")
+        conn.commit()
+    bad = json.loads(home.ctl("backup", "--json", cwd=project).stdout)["backups"][0]
+    store = Store(home.backups)
+    store.record_failed(store.get(bad["id"]), "table users: 1 rows restored, manifest says 2")
+    with contextlib.closing(sqlite3.connect(project / "database" / "app.sqlite")) as conn:
+        conn.execute("delete from users")
+        conn.commit()
+
+    refused = home.ctl("restore", bad["id"], "--yes")
+
+    assert refused.returncode == 65, refused.stderr
+    said = refused.stderr.decode()
+    assert f"backup {bad['id']} FAILED verification" in said, said
+    assert "1 rows restored, manifest says 2" in said, said
+    assert f"dbguardctl restore {good['id']}" in said, said
+    assert count_users(project) == 0  # nothing changed
+    forced = home.ctl("restore", bad["id"], "--yes", "--even-if-failed")
+    assert forced.returncode == 0, forced.stderr
+    assert count_users(project) == 2
 
 
 def test_manage_py_run_from_another_folder_backs_up_its_own_project(

@@ -19,7 +19,7 @@ from dbguard.ctl.context import Context, backup_id, counted, human_size
 from dbguard.discovery.project import project_root
 from dbguard.engines import Engines
 from dbguard.engines.base import Marker, Target, signal_handlers
-from dbguard.errors import DbguardError, RestoreFailed, RestoreIncomplete
+from dbguard.errors import Damaged, DbguardError, RestoreFailed, RestoreIncomplete
 from dbguard.marks import ProductionMarks
 from dbguard.production import TargetFacts, classify_production
 from dbguard.protocol import PROTOCOL_VERSION, Error, Lend, Lent
@@ -36,6 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="end other sessions connected to the database (PostgreSQL, MySQL) instead of stopping",
     )
+    parser.add_argument(
+        "--even-if-failed",
+        action="store_true",
+        help="restore a backup whose last verification failed",
+    )
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"{counted(tables, 'table')}, {counted(rows, 'row')}, "
         f"{human_size(manifest.data.size)}"
     )
+    if manifest.verified is not None and not manifest.verified.ok and not args.even_if_failed:
+        raise _failed_verification(ctx, manifest, target)
     refusal = _agent_on_production(ctx, manifest, target)
     if refusal:
         ctx.error(refusal)
@@ -152,6 +159,25 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _failed_verification(ctx: Context, manifest: Manifest, target: Target) -> Damaged:
+    """Refuse a backup whose last verification failed: what it would bring back is
+    known not to be what the database held. Points at the newest good one instead."""
+    assert manifest.verified is not None
+    problems = "; ".join(manifest.verified.problems) or "no reason recorded"
+    good = ctx.store.newest(target)
+    instead = (
+        f"the newest good backup of {target.label} is {good.id} (dbguardctl restore {good.id})"
+        if good is not None
+        else f"{target.label} has no good backup"
+    )
+    return Damaged(
+        f"backup {manifest.id} FAILED verification "
+        f"{manifest.verified.at.astimezone():%Y-%m-%d %H:%M:%S}: {problems}; "
+        "nothing was changed",
+        f"{instead}; to restore {manifest.id} all the same, pass --even-if-failed",
+    )
 
 
 class _Loan:
