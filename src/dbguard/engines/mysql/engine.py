@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -594,6 +595,139 @@ def _run_batch(cur: Any, batch: str, database: str) -> list[tuple[tuple[Any, ...
     while cur.nextset():
         results.append(cur.fetchall())
     return results
+
+
+# ---- restore: what the swap decides before it touches anything ---------------------------
+
+# Foreign keys of other databases' tables that reference the target's: one
+# information_schema query (two catalogs joined, each filtered by the schema).
+_FOREIGN_KEYS_IN_SQL = (
+    "SELECT k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, "
+    "k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME, r.UPDATE_RULE, r.DELETE_RULE "
+    "FROM information_schema.KEY_COLUMN_USAGE k "
+    "JOIN information_schema.REFERENTIAL_CONSTRAINTS r "
+    "ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.TABLE_NAME = k.TABLE_NAME "
+    "AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME "
+    "WHERE k.REFERENCED_TABLE_SCHEMA = %(db)s AND k.TABLE_SCHEMA <> %(db)s "
+    "AND r.UNIQUE_CONSTRAINT_SCHEMA = %(db)s "
+    "ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION"
+)
+
+
+@dataclass(frozen=True)
+class _ForeignKeyIn:
+    """A foreign key of another database's table that references one of the target's
+    tables. InnoDB keeps a foreign key on the table it references through RENAME
+    TABLE: the swap would leave it pointing into the schema of replaced tables, which
+    it then drops."""
+
+    schema: str
+    table: str
+    name: str
+    columns: tuple[str, ...]
+    referenced: str  # the target's table
+    referenced_columns: tuple[str, ...]
+    on_update: str
+    on_delete: str
+
+    @property
+    def where(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+
+    def drop(self) -> str:
+        return f"ALTER TABLE {self.where} DROP FOREIGN KEY {quote_ident(self.name)}"
+
+    def add(self, database: str) -> str:
+        columns = ", ".join(map(quote_ident, self.columns))
+        referenced = ", ".join(map(quote_ident, self.referenced_columns))
+        return (
+            f"ALTER TABLE {self.where} ADD CONSTRAINT {quote_ident(self.name)} "
+            f"FOREIGN KEY ({columns}) REFERENCES {quote_ident(database)}."
+            f"{quote_ident(self.referenced)} ({referenced}) "
+            f"ON DELETE {self.on_delete} ON UPDATE {self.on_update}"
+        )
+
+
+def _foreign_keys_in(rows: Sequence[Sequence[str]]) -> list[_ForeignKeyIn]:
+    """_FOREIGN_KEYS_IN_SQL's rows (one per column, in order), one entry per key."""
+    keys: dict[tuple[str, str, str], list[Sequence[str]]] = {}
+    for row in rows:
+        keys.setdefault((row[0], row[1], row[2]), []).append(row)
+    return [
+        _ForeignKeyIn(
+            schema,
+            table,
+            name,
+            tuple(column[3] for column in columns),
+            columns[0][4],
+            tuple(column[5] for column in columns),
+            columns[0][6],
+            columns[0][7],
+        )
+        for (schema, table, name), columns in keys.items()
+    ]
+
+
+def _refuse_foreign_keys_in(database: str, keys: Sequence[_ForeignKeyIn]) -> RestoreFailed:
+    """Why a restore of `database` does not start while other databases' foreign keys
+    reference it, and the statements to run around it."""
+    listed = "\n".join(
+        f"  - {key.where} constraint {quote_ident(key.name)} references "
+        f"{quote_ident(database)}.{quote_ident(key.referenced)}"
+        for key in keys
+    )
+    before = "\n".join(f"  {key.drop()};" for key in keys)
+    after = "\n".join(f"  {key.add(database)};" for key in keys)
+    return RestoreFailed(
+        f"{len(keys)} foreign key(s) of other databases reference {database!r}:\n{listed}\n"
+        "A restore moves the database's tables out and the backup's in; InnoDB would "
+        "take these keys along with the tables moved out, which the restore then drops, "
+        "and leave the other database pointing at nothing",
+        "the database was not changed. Drop the keys, restore, then add them again. "
+        f"Before:\n{before}\nAfter (this checks the rows against the restored tables; "
+        "SET foreign_key_checks = 0 first to add them without checking):\n" + after,
+    )
+
+
+def _schema_clause(meta: dict[str, str]) -> str | None:
+    """The dump's default character set and collation (its first line) as a clause of
+    CREATE/ALTER DATABASE; None when the dump does not record them (not one of
+    dbguard's) or names something that is not a plain name."""
+    charset = meta.get("charset", "")
+    collation = meta.get("collation", "")
+    if _NAME.fullmatch(charset) and _NAME.fullmatch(collation):
+        return f"CHARACTER SET {charset} COLLATE {collation}"
+    return None
+
+
+def _defaults_to_set(existing: dict[str, str], meta: dict[str, str]) -> str | None:
+    """The ALTER DATABASE clause that gives an existing target the backup's defaults,
+    which the views, triggers and routines created next take as their own; None when
+    they are already the backup's, or the backup does not record them."""
+    wanted = _schema_clause(meta)
+    if wanted is None:
+        return None
+    keys = ("charset", "collation")
+    same = all(existing.get(key, "").lower() == meta[key].lower() for key in keys)
+    return None if same else wanted
+
+
+_ASIDE = "dbguard_aside_"
+
+
+def _aside_names(names: Sequence[str], tag: str, taken: Sequence[str]) -> dict[str, str]:
+    """A name in the target for each of its tables and views while the swap sets them
+    aside (`dbguard_aside_<tag>_<n>`, well within the 64-character limit), none of
+    them one in `taken` (compared without case, as some servers compare names)."""
+    used = {name.lower() for name in taken}
+    numbers = itertools.count(1)
+    aside: dict[str, str] = {}
+    for name in names:
+        candidate = f"{_ASIDE}{tag}_{next(numbers)}"
+        while candidate.lower() in used:
+            candidate = f"{_ASIDE}{tag}_{next(numbers)}"
+        aside[name] = candidate
+    return aside
 
 
 class MysqlEngine:
@@ -1423,11 +1557,7 @@ class MysqlEngine:
     def _create_schema(cur: Any, schema: str, meta: dict[str, str]) -> None:
         """Create `schema` with the original's default character set and collation
         (recorded in the dump's first line), which routines and new columns inherit."""
-        charset = meta.get("charset", "")
-        collation = meta.get("collation", "")
-        clause = "CHARACTER SET utf8mb4"
-        if _NAME.fullmatch(charset) and _NAME.fullmatch(collation):
-            clause = f"CHARACTER SET {charset} COLLATE {collation}"
+        clause = _schema_clause(meta) or "CHARACTER SET utf8mb4"
         cur.execute(f"CREATE DATABASE {quote_ident(schema)} {clause}")
 
     def _create_scratch(self, cur: Any, schema: str, meta: dict[str, str]) -> None:
@@ -1594,6 +1724,7 @@ class MysqlEngine:
                 existing = self._schema_defaults(cur, database)
                 if existing is not None:
                     self._check_sessions(cur, database, end_connections)
+                    self._check_foreign_keys_in(cur, database)
                 self._drop_left_behind(cur)
                 claim_scratch(cur, new)
                 try:
@@ -1610,11 +1741,12 @@ class MysqlEngine:
                         self._swap(
                             conn,
                             cur,
+                            endpoint,
                             database,
                             new,
                             deferred,
-                            existing or meta,
-                            existing is None,
+                            meta,
+                            existing,
                             end_connections,
                             warn,
                         )
@@ -1682,55 +1814,83 @@ class MysqlEngine:
             "the database was not changed; try again",
         )
 
+    @staticmethod
+    def _check_foreign_keys_in(cur: Any, database: str) -> None:
+        """Refuse while another database's foreign keys reference the target's tables
+        (_ForeignKeyIn says why): the restore must not change another database."""
+        cur.execute(_FOREIGN_KEYS_IN_SQL, {"db": database})
+        rows = [tuple(fetch_text(value) for value in row) for row in cur.fetchall()]
+        if rows:
+            raise _refuse_foreign_keys_in(database, _foreign_keys_in(rows))
+
     def _swap(
         self,
         conn: Any,
         cur: Any,
+        endpoint: Endpoint,
         database: str,
         new: str,
         deferred: list[tuple[Kind, bytes]],
-        defaults: dict[str, str],
-        create: bool,
+        meta: dict[str, str],
+        existing: dict[str, str] | None,
         end_connections: bool,
         warn: Callable[[str], None],
     ) -> None:
-        """Move the restored tables into `database` and recreate its other objects.
+        """Move the restored tables into `database`, give it the backup's defaults
+        (`meta`; `existing`: its own, None when it is created here) and recreate its
+        other objects.
 
-        The window: between dropping the target's triggers and recreating the backup's
-        (milliseconds, or seconds for hundreds of views; the caller holds stop signals
-        through it), the target's tables have no triggers, and views and routines are
-        being replaced. Nothing writes in that window: sessions on the target were
-        refused or ended just before, and the swap waits for their metadata locks. A
-        client connecting in that instant could write without triggers firing; the
-        pre-restore backup holds what the target was.
+        The first change is one RENAME TABLE that sets the target's tables and views
+        aside, under other names within the target: a table keeps its triggers only
+        within its own schema (MariaDB refuses to move one with triggers to another,
+        and refuses RENAME TABLE under LOCK TABLES, so the triggers cannot be dropped
+        first under locks taken beforehand). It waits for every metadata lock it needs
+        (a session's open transaction on one of the tables, from any database) up to
+        lock_wait_timeout, and until it has them all nothing has changed: when it gives
+        up, the restore fails with the database as it was, naming who held the lock.
+        What follows touches only the names set aside, which no other session holds:
+        their triggers are dropped, and a second RENAME moves them to the holding
+        schema and the restored tables in. (Not in the first one: a foreign key's name
+        is unique per schema, and the restored table's would meet the one set aside.)
+
+        The windows: between the two RENAMEs (milliseconds) the target's tables are
+        missing, so a write fails rather than run without its triggers; from the second
+        RENAME to the last routine created (milliseconds, or seconds for hundreds of
+        views; the caller holds stop signals through it), the restored tables have no
+        triggers yet, and views and routines are being replaced. Nothing writes then:
+        sessions on the target were refused or ended just before, and those that held
+        its tables from elsewhere held up the first RENAME. A client connecting in that
+        instant could write without triggers firing; the pre-restore backup holds what
+        the target was.
         """
+        create = existing is None
         holding = self._scratch_name(database, "replaced")
         cur.execute(f"CREATE DATABASE {quote_ident(holding)}")
         keep_holding = False
         try:
             if create:
-                self._create_schema(cur, database, defaults)
+                self._create_schema(cur, database, meta)
             conn.select_db(database)
             if not create:
                 self._check_sessions(cur, database, end_connections)
+                self._check_foreign_keys_in(cur, database)
             old_objects = capture_objects(cur, database, _ALL_OBJECTS)
             grants, unreadable = self._routine_grants(cur, database, old_objects)
             old_tables = self._tables(cur, database)
+            old_views = [o.name for o in old_objects if o.kind == "VIEW"]
             new_tables = self._tables(cur, new)
-            dropped: list[ObjectDef] = []
+            aside = _aside_names(
+                [*old_tables, *old_views],
+                holding.rsplit("_", 1)[1],
+                [*old_tables, *old_views, *new_tables],
+            )
+            defaults = None if existing is None else _defaults_to_set(existing, meta)
             changing = False
             try:
                 cur.execute("SET SESSION foreign_key_checks = 0")
                 changing = True
-                for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
-                    cur.execute(trigger.drop())
-                    dropped.append(trigger)
-                # One statement: all tables move, or none (RENAME TABLE is atomic).
-                self._rename(
-                    cur,
-                    [(database, t, holding, t) for t in old_tables]
-                    + [(new, t, database, t) for t in new_tables],
-                )
+                # One statement: all of them move, or none (RENAME TABLE is atomic).
+                self._rename(cur, [(database, name, database, aside[name]) for name in aside])
             except pymysql.MySQLError as err:
                 if error_code(err) in _CONNECTION_LOST:
                     if not changing:
@@ -1740,22 +1900,43 @@ class MysqlEngine:
                         database,
                         holding,
                         err,
-                        "its triggers were being dropped and its tables moved out (by one "
-                        f"RENAME, which happened or not): they are in {database!r} or in "
-                        f"schema {holding!r}, the backup's in {new!r} or in {database!r}",
+                        "its tables and views were being set aside within it (by one "
+                        "RENAME, which happened or not): they are in it under their own "
+                        f"names or, with their triggers, named {_ASIDE}*; the backup's "
+                        f"tables are in {new!r}",
                     ) from None
-                for trigger in dropped:
-                    trigger.apply(cur)
                 if create:
                     self._drop_schema(cur, database)
+                if error_code(err) == 1205:  # lock wait timeout: someone holds a table
+                    blocked = locks.look_up(
+                        endpoint,
+                        dump=conn.thread_id(),
+                        seconds=_LOCK_WAIT_SECONDS,  # as _connect set it
+                        database=database,
+                        table=None,
+                        state=None,
+                        cur=cur,
+                    )
+                    raise locks.restore_failure(blocked) from None
                 raise RestoreFailed(
                     f"could not move the restored tables into {database!r}: {error_text(err)}",
                     "the database was not changed",
                 ) from None
             try:
+                for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
+                    cur.execute(trigger.drop())  # on a table set aside: nobody holds it
+                self._rename(
+                    cur,
+                    [(database, aside[t], holding, t) for t in old_tables]
+                    + [(new, t, database, t) for t in new_tables],
+                )
+                for view in old_views:
+                    cur.execute(f"DROP VIEW IF EXISTS {quote_ident(aside[view])}")
                 for obj in old_objects:
-                    if obj.kind != "TRIGGER":
+                    if obj.kind not in ("TRIGGER", "VIEW"):
                         cur.execute(obj.drop())
+                if defaults is not None:
+                    cur.execute(f"ALTER DATABASE {quote_ident(database)} {defaults}")
                 self._apply(cur, deferred, RestoreFailed, events=True)
             except (RestoreFailed, pymysql.MySQLError) as err:
                 if isinstance(err, pymysql.MySQLError) and error_code(err) in _CONNECTION_LOST:
@@ -1764,15 +1945,25 @@ class MysqlEngine:
                         database,
                         holding,
                         err,
-                        f"it holds the backup's tables, its previous tables are in schema "
-                        f"{holding!r}, and its views, triggers, routines and events may be "
-                        "missing (its previous ones were being dropped and the backup's "
-                        "created)",
+                        f"its previous tables are in schema {holding!r} and it holds the "
+                        f"backup's (or, by one RENAME that happened or not, its previous "
+                        f"ones are still in it, named {_ASIDE}*, and the backup's in "
+                        f"{new!r}); its default character set may be the backup's, and its "
+                        "views, triggers, routines and events may be missing (its previous "
+                        "ones were being dropped and the backup's created)",
                     ) from None
                 problem = err.problem if isinstance(err, RestoreFailed) else error_text(err)
                 try:
                     self._roll_back(
-                        cur, database, new, holding, old_tables, new_tables, old_objects
+                        cur,
+                        database,
+                        new,
+                        holding,
+                        aside,
+                        old_tables,
+                        new_tables,
+                        old_objects,
+                        None if defaults is None or existing is None else _schema_clause(existing),
                     )
                     if create:
                         self._drop_schema(cur, database)
@@ -1782,7 +1973,7 @@ class MysqlEngine:
                     raise RestoreIncomplete(
                         f"restoring {database!r} failed ({problem}) and putting it back "
                         f"failed too ({error_text(again)}); its previous tables are in "
-                        f"schema {holding!r}",
+                        f"schema {holding!r} (or still in it, named {_ASIDE}*)",
                         "restore the pre-restore backup (dbguardctl list-backups shows it)",
                     ) from None
                 raise RestoreFailed(
@@ -1912,20 +2103,33 @@ class MysqlEngine:
         database: str,
         new: str,
         holding: str,
+        aside: dict[str, str],
         old_tables: list[str],
         new_tables: list[str],
         old_objects: list[ObjectDef],
+        defaults: str | None,
     ) -> None:
-        """Put the target back as it was before the swap: the new objects go, the
-        tables move back in one RENAME, and the old objects are recreated."""
+        """Put the target back as it was before the swap: the new objects go (and the
+        old triggers and views still on names set aside), the tables move back in one
+        RENAME (the restored ones, if they got in; the old ones from the holding schema,
+        or from the names set aside if they had not got there), its defaults
+        (`defaults`, when the swap changed them) come back, and the old objects are
+        recreated."""
         for kind in _ALL_OBJECTS:
             for name in object_names(cur, database, kind):
                 cur.execute(f"DROP {kind} IF EXISTS {quote_ident(name)}")
+        held = set(self._tables(cur, holding))
+        here = set(self._tables(cur, database))
         self._rename(
             cur,
-            [(database, t, new, t) for t in new_tables]
-            + [(holding, t, database, t) for t in old_tables],
+            [(database, t, new, t) for t in new_tables if t in here]
+            + [
+                (holding, t, database, t) if t in held else (database, aside[t], database, t)
+                for t in old_tables
+            ],
         )
+        if defaults is not None:
+            cur.execute(f"ALTER DATABASE {quote_ident(database)} {defaults}")
         pending = [o for o in old_objects if o.kind != "VIEW"]
         for obj in pending:
             obj.apply(cur)

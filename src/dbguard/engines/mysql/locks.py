@@ -41,7 +41,7 @@ import structlog
 from dbguard.engines.base import human_duration
 from dbguard.engines.mysql.server import Endpoint, error_code, error_text, fetch_text
 from dbguard.engines.mysql.sqltext import quote_ident, scrub
-from dbguard.errors import BackupFailed
+from dbguard.errors import BackupFailed, RestoreFailed
 
 log = structlog.get_logger("dbguard.mysql")
 
@@ -192,6 +192,25 @@ def describe(holder: Holder) -> str:
 def failure(tool: str, blocked: Blocked) -> BackupFailed:
     """The message for a dump that gave up on a lock: the table, who holds the lock (or
     could), and the way out."""
+    return BackupFailed(
+        *_explain(blocked, f"{tool} waited", "was stopped; nothing was kept", "run the command")
+    )
+
+
+def restore_failure(blocked: Blocked) -> RestoreFailed:
+    """The same for a restore whose swap gave up on a lock before it changed anything."""
+    return RestoreFailed(
+        *_explain(
+            blocked,
+            "the restore waited",
+            "gave up; the database was not changed",
+            "restore",
+        )
+    )
+
+
+def _explain(blocked: Blocked, waited: str, outcome: str, again: str) -> tuple[str, str]:
+    """(problem, fix) for `waited` ... `outcome`; the fix ends with "then `again` again"."""
     # The lock tables' word over the one read from the tool's statement.
     table = (blocked.blockers.table if blocked.blockers else None) or blocked.table
     what = (
@@ -200,21 +219,17 @@ def failure(tool: str, blocked: Blocked) -> BackupFailed:
         else f"a table of {quote_ident(blocked.database)}"
     )
     state = f" ({blocked.state[:1].lower()}{blocked.state[1:]})" if blocked.state else ""
-    problem = (
-        f"{tool} waited {blocked.seconds:g} s for a lock on {what}{state} and "
-        "was stopped; nothing was kept."
-    )
+    problem = f"{waited} {blocked.seconds:g} s for a lock on {what}{state} and {outcome}."
+    then = f"then {again} again"
     generic_fix = (
         "find the session that holds it (SHOW PROCESSLIST, as a user with the PROCESS "
         "privilege), end its transaction (COMMIT or ROLLBACK) or UNLOCK TABLES, or "
-        "`KILL <id>` it; then run the command again"
+        f"`KILL <id>` it; {then}"
     )
     found = blocked.blockers
     if found is None:
         why = blocked.lookup_error or "unknown error"
-        return BackupFailed(
-            f"{problem} Who holds the lock could not be looked up: {why}", generic_fix
-        )
+        return f"{problem} Who holds the lock could not be looked up: {why}", generic_fix
     lines = "\n".join(f"  - {describe(h)}" for h in found.holders)
     if found.exact and found.holders:
         problem += f" In the way:\n{lines}"
@@ -234,8 +249,7 @@ def failure(tool: str, blocked: Blocked) -> BackupFailed:
             "the list may be incomplete.)"
         )
     if not found.holders:
-        fix = "run the command again" if found.exact else generic_fix
-        return BackupFailed(problem, fix)
+        return problem, (f"{again} again" if found.exact else generic_fix)
     if found.exact:
         ids = [h.id for h in found.holders]
         kills = " or ".join(f"`KILL {i}`" for i in ids)
@@ -243,16 +257,13 @@ def failure(tool: str, blocked: Blocked) -> BackupFailed:
         whose = "that session's transaction" if one else "those sessions' transactions"
         if any(h.session is None for h in found.holders):
             kills += " (as its user, or one with CONNECTION ADMIN or SUPER)"
-        fix = (
-            f"end {whose} (COMMIT or ROLLBACK) or UNLOCK TABLES, or {kills}; "
-            "then run the command again"
-        )
+        fix = f"end {whose} (COMMIT or ROLLBACK) or UNLOCK TABLES, or {kills}; {then}"
     else:
         fix = (
             "end the transaction (COMMIT or ROLLBACK) or the UNLOCK TABLES of the one that "
-            "holds it, or `KILL <id>` it; then run the command again"
+            f"holds it, or `KILL <id>` it; {then}"
         )
-    return BackupFailed(problem, fix)
+    return problem, fix
 
 
 # ---- the server ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -263,6 +264,10 @@ class ObjectDef:
     collation_connection: str
     sql_mode: str | None = None  # views keep none
     time_zone: str | None = None  # events only
+    # The database's default collation it was created under (not views'): what it does
+    # not declare (a routine's parameters, a trigger's variables) takes that one's
+    # character set.
+    database_collation: str | None = None
 
     def settings(self) -> list[bytes]:
         statements = [
@@ -280,13 +285,31 @@ class ObjectDef:
         return f"DROP {self.kind} IF EXISTS {quote_ident(self.name)}".encode()
 
     def apply(self, cur: Any) -> None:
-        """Create it through `cur` (whose session's current database is the home)."""
-        for statement in self.settings():
-            cur.execute(statement)
+        """Create it through `cur` (whose session's current database is the home),
+        under the database collation it was created under: the home's default is
+        switched to it for the statement where it differs, as mysqldump's output does
+        around routines."""
+        was = None
+        if self.database_collation and _COLLATION.fullmatch(self.database_collation):
+            cur.execute("SELECT @@collation_database")
+            current = fetch_text(cur.fetchone()[0])
+            if _COLLATION.fullmatch(current) and current.lower() != self.database_collation.lower():
+                was = current
+        if was is not None:
+            cur.execute(f"ALTER DATABASE COLLATE {self.database_collation}")
         try:
-            cur.execute(self.create)
+            for statement in self.settings():
+                cur.execute(statement)
+            try:
+                cur.execute(self.create)
+            finally:
+                cur.execute(RESET_SESSION)
         finally:
-            cur.execute(RESET_SESSION)
+            if was is not None:
+                cur.execute(f"ALTER DATABASE COLLATE {was}")
+
+
+_COLLATION = re.compile(r"[A-Za-z0-9_]+")
 
 
 # Back to the session settings restores and dumps run with after an object's own.
@@ -333,9 +356,13 @@ def show_create(cur: Any, kind: ObjectKind, name: str) -> ObjectDef:
         create = row[1]
         return ObjectDef(kind, name, _raw(create, kind, name), text[2], text[3])
     if kind == "EVENT":  # Event, sql_mode, time_zone, Create Event, cs, collation, db coll
-        return ObjectDef(kind, name, _raw(row[3], kind, name), text[4], text[5], text[1], text[2])
+        return ObjectDef(
+            kind, name, _raw(row[3], kind, name), text[4], text[5], text[1], text[2], text[6]
+        )
     # Trigger/Procedure/Function: name, sql_mode, statement, cs, collation, db collation
-    return ObjectDef(kind, name, _raw(row[2], kind, name), text[3], text[4], text[1])
+    return ObjectDef(
+        kind, name, _raw(row[2], kind, name), text[3], text[4], text[1], database_collation=text[5]
+    )
 
 
 def _raw(value: Any, kind: str, name: str) -> bytes:
