@@ -680,6 +680,51 @@ _READ_EVERY_TABLE = (
     "given SELECT on them: GRANT pg_read_all_data TO <user> on PostgreSQL 14 and later)"
 )
 
+# pg_dump, and the row counts beside it, read with row_security off: a table whose
+# policies apply to the user fails with this (42501, as a missing privilege does) rather
+# than be dumped in part. Neither owning the table nor SELECT nor pg_read_all_data gets
+# past a policy: a superuser or a BYPASSRLS role does, and the owner does unless the
+# table is set to FORCE ROW LEVEL SECURITY. The server adds its hint about NO FORCE
+# only when the user is the owner (check_enable_rls), so that case is told apart.
+_ROW_SECURITY_RE = re.compile(
+    r'query would be affected by row-level security policy for table "(.+?)"'
+)
+
+
+def _quoted(name: str) -> str:
+    """`name` as SQL writes it: bare when it may be, else in double quotes."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def row_security_fix(error: str, user: str | None) -> str | None:
+    """The way out of a backup stopped by row-level security, from the server's error
+    (pg_dump's or the counts'); None for any other error. `user`: who backed up."""
+    match = _ROW_SECURITY_RE.search(error)
+    if match is None:
+        return None
+    table = _quoted(match.group(1))
+    role = _quoted(user) if user else "<user>"
+    bypass = (
+        f"back up as a superuser, or as a role with BYPASSRLS (a superuser can give it: "
+        f"`ALTER ROLE {role} BYPASSRLS`)"
+    )
+    user = user or "the user"
+    if "NO FORCE ROW LEVEL SECURITY" in error:
+        return (
+            f"table {table} is set to FORCE ROW LEVEL SECURITY, so its policies bind its "
+            f"owner {user} too, and a backup must read every row (neither owning it nor "
+            f"pg_read_all_data gets past a policy): {bypass}, or, if the policies need "
+            f"not bind the owner, `ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY`"
+        )
+    return (
+        f"row-level security policies on table {table} apply to {user}, and a backup "
+        f"must read every row (neither SELECT on it nor pg_read_all_data gets past a "
+        f"policy): {bypass}, or as the table's owner, unless the table is set to FORCE "
+        f"ROW LEVEL SECURITY"
+    )
+
 
 def count_rows(conn: Conn, stop: threading.Event | None = None) -> dict[str, int]:
     """Rows per ordinary table, keyed 'schema.table', in the connection's snapshot.
@@ -1088,6 +1133,223 @@ _BAD_ARCHIVE_RE = re.compile(
 def archive_is_bad(stderr: str) -> bool:
     """Whether pg_restore's error output proves the archive itself bad."""
     return _BAD_ARCHIVE_RE.search(stderr) is not None
+
+
+# ---- a function of the backup that cannot run while pg_restore restores it -----------
+# pg_restore (like pg_dump) runs with search_path set to '' and qualifies every name it
+# writes, but a function's body is kept as written. A body that names a table, function
+# or type without its schema works in the application's sessions and fails when
+# pg_restore makes the server run it: building an index or an exclusion constraint on
+# the function, creating a table whose generated column it computes, refreshing a
+# materialized view, or loading rows a CHECK constraint, a domain or a generated column
+# runs it on. The server's error then names what did not resolve, and its CONTEXT the
+# function whose body holds the name, innermost first:
+#   pg_restore: error: could not execute query: ERROR:  function norm(text) does not exist
+#   ...
+#   CONTEXT:  SQL function "norm2" during inlining
+#   Command was: CREATE INDEX items_norm ON public.items USING btree (public.norm2(name));
+# or, for rows (a PL/pgSQL function's CONTEXT names it with its schema and arguments):
+#   pg_restore: error: COPY failed for table "uses_codes": ERROR:  relation "ref_codes" ...
+#   CONTEXT:  PL/pgSQL function public.code_ok(text) line 1 at RETURN
+#   COPY uses_codes, line 1: "1	a"
+#
+# Why this proves the backup bad, and no environment's fault. Only the three "does not
+# exist" errors of a name lookup are read (a missing extension, role, tablespace,
+# collation, a full disk, a lost connection or a permission say something else), only
+# with a CONTEXT that puts the lookup inside a function's body (a name pg_dump wrote
+# itself is schema-qualified and would fail without one), and only while pg_restore
+# runs one of the statements above. Then the scratch database pg_restore was filling
+# is asked (it stopped at that error, and keeps everything it restored before): the
+# function must be there, as one of the backup's own (an extension's function comes
+# from whatever version the server has installed, so its failure may be the server's),
+# and so must the name it did not find, in a schema of the backup. A name that is in
+# the restored copy and still did not resolve failed for the empty search_path alone,
+# which every pg_restore of this archive runs with, on any server. dbguard verifies
+# and restores only on the server the backup was taken from: `dbguardctl verify`,
+# dbguardd's idle verify and `dbguardctl restore` all reach it through with_credentials,
+# which keeps the manifest's host, port and socket (only the password is added), so
+# every extension of the source is installed there. The lookup does not lean on that:
+# another server can answer at the same address (a container replaced by one without
+# the extension), and then the restore stops earlier, at CREATE EXTENSION, which is not
+# read here. Messages in another language (lc_messages) do not match: such a failure
+# is told as any other, and nothing is marked.
+_UNRESOLVED_RE = re.compile(
+    r"(?:could not execute query|COPY failed for table \"(?P<copy>[^\n]+?)\"): "
+    r"ERROR:\s+(?P<error>function (?P<function>[^\s(]+)\((?P<arguments>[^)\n]*)\) does not exist"
+    r"|relation \"(?P<relation>[^\"\n]+)\" does not exist"
+    r"|type \"(?P<type>[^\"\n]+)\" does not exist)[ \t]*$",
+    re.M,
+)
+# The innermost function of the CONTEXT (its first line that names one): a SQL
+# function by name alone, a PL/pgSQL one as its regprocedure ('public.code_ok(text)');
+# a line before it ('SQL statement "..."' of a PL/pgSQL EXECUTE) is skipped.
+_CONTEXT_FUNCTION_RE = re.compile(
+    r'^(?:CONTEXT:\s+)?(?:SQL function "(?P<sql>[^"\n]+)"'
+    r"|PL/pgSQL function (?P<plpgsql>[^\n]+?\([^\n]*?\)) line \d+)",
+    re.M,
+)
+# The statements of a dump that run a function of the user's (see above), and what
+# pg_restore was doing, said in words.
+_RUNS_FUNCTIONS_RE = re.compile(
+    r"^Command was: (?:CREATE (?:UNIQUE )?INDEX (?P<index>\S+) ON (?:ONLY )?(?P<on>\S+)"
+    r"|ALTER TABLE (?:ONLY )?(?P<altered>\S+)\s+ADD CONSTRAINT (?P<constraint>\S+)"
+    r"|CREATE (?:UNLOGGED )?TABLE (?P<created>\S+)"
+    r"|REFRESH MATERIALIZED VIEW (?P<view>\S+?);?$)",
+    re.M,
+)
+_USER_SCHEMA = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+    "AND n.nspname !~ '^pg_(toast_)?temp_'"
+)
+# The function whose body failed: one of the backup's own, no extension's.
+_CALLER_SQL = f"""
+SELECT p.oid::pg_catalog.regprocedure::text, n.nspname
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE CASE WHEN %(signature)s::text IS NULL THEN p.proname = %(name)s
+            ELSE p.oid = pg_catalog.to_regprocedure(%(signature)s) END
+  AND {_USER_SCHEMA}
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                    AND d.objid = p.oid AND d.deptype = 'e')
+-- of a SQL function's overloads, the one whose body names what was not found
+ORDER BY pg_catalog.strpos(pg_catalog.lower(p.prosrc), pg_catalog.lower(%(unresolved)s)) = 0, 1
+"""
+# Where the backup has the name that did not resolve (an extension's object counts: the
+# backup creates the extension in the schema it names).
+_DEFINED_SQL = {
+    "function": f"""
+        SELECT DISTINCT n.nspname FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE p.proname = %(name)s AND (p.provariadic <> 0
+               OR %(arguments)s BETWEEN p.pronargs - p.pronargdefaults AND p.pronargs)
+          AND {_USER_SCHEMA} ORDER BY 1""",
+    "relation": f"""
+        SELECT DISTINCT n.nspname FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %(name)s AND {_USER_SCHEMA} ORDER BY 1""",
+    "type": f"""
+        SELECT DISTINCT n.nspname FROM pg_catalog.pg_type t
+        JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+        WHERE t.typname = %(name)s AND {_USER_SCHEMA} ORDER BY 1""",
+}
+_STDERR_READ = 256 * 1024  # a failed CREATE TABLE's statement can run long
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A name a function's body did not resolve while pg_restore ran it, as read from
+    pg_restore's error output (see unresolved_in_function)."""
+
+    kind: str  # 'function', 'relation' or 'type'
+    name: str  # as the server wrote it: 'norm', 'ref_codes'
+    arguments: int  # a function's argument count as called; 0 for the others
+    caller: str  # the function whose body names it: 'norm2', 'public.code_ok(text)'
+    doing: str  # what pg_restore was doing, in words
+    error: str  # the server's error: 'function norm(text) does not exist'
+
+    @property
+    def caller_name(self) -> str:
+        """A PL/pgSQL caller's bare name ('public.code_ok(text)' -> 'code_ok')."""
+        return self.caller.split("(", 1)[0].rsplit(".", 1)[-1].strip('"')
+
+
+def _doing(copy: str | None, command: re.Match[str] | None) -> str | None:
+    if copy is not None:
+        return f"loading the rows of table {copy}"
+    if command is None:
+        return None
+    if command["index"]:
+        return f"building index {command['index']} on {command['on']}"
+    if command["constraint"]:
+        return f"adding constraint {command['constraint']} to {command['altered']}"
+    if command["created"]:
+        return f"creating table {command['created']}"
+    return f"filling materialized view {command['view']}"
+
+
+def unresolved_in_function(stderr: str) -> Unresolved | None:
+    """What pg_restore's error output says did not resolve inside a function's body
+    while it ran one of the statements that run functions; None for any other failure.
+    The error output alone proves nothing: see _UNRESOLVED_RE's comment."""
+    errors = list(_UNRESOLVED_RE.finditer(stderr))
+    if not errors:
+        return None
+    error = errors[-1]
+    rest = stderr[error.end() :]
+    if re.search(r"^pg_restore: ", rest, re.M):
+        return None  # pg_restore went on and stopped at another error
+    # The CONTEXT block: from its label to the statement pg_restore ran.
+    at = re.search(r"^CONTEXT:", rest, re.M)
+    if at is None:
+        return None
+    block = rest[at.start() :]
+    end = re.search(r"^Command was: ", block, re.M)
+    command = _RUNS_FUNCTIONS_RE.match(block, end.start()) if end is not None else None
+    context = _CONTEXT_FUNCTION_RE.search(block, 0, end.start() if end is not None else len(block))
+    if context is None or (error["copy"] is None and command is None):
+        return None
+    doing = _doing(error["copy"], command)
+    assert doing is not None
+    if error["function"]:
+        kind, name = "function", error["function"]
+        arguments = error["arguments"].strip()
+        count = 0 if not arguments else arguments.count(",") + 1
+    else:
+        kind, name, count = ("relation", error["relation"], 0)
+        if error["type"]:
+            kind, name = "type", error["type"]
+    caller = context["sql"] or context["plpgsql"]
+    return Unresolved(kind, name, count, caller, doing, error["error"])
+
+
+class SearchPathFailure(NamedTuple):
+    """A function of the backup's that names something without its schema."""
+
+    problem: str  # what happened and why, ending with the database it is of
+    fix: str  # the change to the function that lets backups taken afterwards restore
+    alter: str  # that change as one statement: ALTER FUNCTION ... SET search_path
+
+
+def _search_path_failure(conn: Conn, found: Unresolved, dbname: str) -> SearchPathFailure | None:
+    """What to tell when the restored copy in `conn` proves `found` a name that its own
+    function's body left unqualified; None when it does not (then nothing is claimed)."""
+    conn.execute("SET search_path = ''")  # regprocedure output with its schema
+    callers = conn.execute(
+        _CALLER_SQL,
+        {
+            # A PL/pgSQL caller comes with its arguments, a SQL one by name alone.
+            "signature": found.caller if "(" in found.caller else None,
+            "name": found.caller_name,
+            "unresolved": found.name,
+        },
+    ).fetchall()
+    if not callers:
+        return None
+    schemas = [
+        str(row[0])
+        for row in conn.execute(
+            _DEFINED_SQL[found.kind], {"name": found.name, "arguments": found.arguments}
+        )
+    ]
+    if not schemas:
+        return None
+    signature, caller_schema = callers[0]
+    # Which one the application's sessions found is not known: the function's own
+    # schema if it has the name, else the first.
+    schema = caller_schema if caller_schema in schemas else schemas[0]
+    alter = f"ALTER FUNCTION {signature} SET search_path = {_quoted(schema)}"
+    problem = (
+        f"this backup cannot be restored as it is: pg_restore stopped {found.doing}, "
+        f"which runs function {signature}: its body refers to {found.kind} {found.name} "
+        f"without a schema, and pg_restore runs with an empty search_path, so the name "
+        f"does not resolve ({found.error}). This backup and every new one of {dbname} "
+        f"fail the same way until the function is changed"
+    )
+    fix = (
+        f"qualify the name in the function's body ({_quoted(schema)}.{_quoted(found.name)}),"
+        f" or give the function a search path of its own: `{alter}`"
+    )
+    return SearchPathFailure(problem, fix, alter)
 
 
 def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
@@ -1557,13 +1819,18 @@ class PostgresEngine:
                     counted = counting.exception() if counting.done() else None
                     if isinstance(counted, psycopg.Error):
                         denied = counted.sqlstate == "42501"  # insufficient_privilege
-                        fix = _READ_EVERY_TABLE if denied else ""
+                        fix = row_security_fix(str(counted), s.user) or (
+                            _READ_EVERY_TABLE if denied else ""
+                        )
                         raise _query_error(
                             counted, s, f"reading {s.dbname}", BackupFailed, fix
                         ) from None
                 relations = [] if child.stopped else locked_relations(tail)
                 if relations:
                     failure = self._lock_failure(s, relations, failure)
+                elif (rls_fix := row_security_fix(tail, s.user)) and not child.stopped:
+                    # pg_dump met the table before the counts did.
+                    failure = BackupFailed(failure.problem, rls_fix)
                 raise failure
             _check_archive(seen, s.dbname)
             tables = counting.result()
@@ -1663,11 +1930,14 @@ class PostgresEngine:
         options: Sequence[str] = (),
         damaged: str = "",
         cancel: threading.Event | None = None,
+        dbname: str,
     ) -> None:
-        """pg_restore the stream into `s.dbname`; stops at the first error, raised as
-        `kind`. With `damaged` (its fix), a failure that proves the archive bad (see
-        archive_is_bad) and data that does not decompress are raised as Damaged.
-        Setting `cancel` kills pg_restore: Cancelled."""
+        """pg_restore the stream into `s.dbname`, a scratch copy of `dbname`; stops at
+        the first error, raised as `kind`. With `damaged` (its fix), a failure that
+        proves the archive bad (see archive_is_bad) and data that does not decompress
+        are raised as Damaged. A function of the backup's whose body names something
+        without its schema (see _UNRESOLVED_RE) is told as such: Damaged with
+        `damaged`, else `kind`. Setting `cancel` kills pg_restore: Cancelled."""
         args = ["--exit-on-error", "--no-password", f"--dbname={s.tool_conninfo()}", *options]
         child = self._spawn(
             tool,
@@ -1691,7 +1961,42 @@ class PostgresEngine:
         exited = child.stopped is None and child.proc.returncode > 0
         if damaged and exited and archive_is_bad(child.stderr_tail(s.password)):
             raise Damaged(failure.problem, damaged) from None
+        if exited:
+            # All of its last statement (a CREATE TABLE runs to many lines), not the tail.
+            stderr = child.stderr_tail(s.password, lines=1_000_000, size=_STDERR_READ)
+            found = unresolved_in_function(stderr)
+            told = self._unresolved_told(s, found, dbname) if found is not None else None
+            if told is not None:
+                if damaged:
+                    # verify records the problem alone: it carries the way out too.
+                    raise Damaged(f"{told.problem}: {told.fix}", told.fix) from None
+                # This backup keeps the old body: it restores only by hand, in steps.
+                by_hand = (
+                    f"{told.fix}. To get this backup's data back, restore it by hand into "
+                    "a new database NEW: `zstd -dc <the backup's folder>/data.pgdump.zst | "
+                    f"pg_restore --section=pre-data -d NEW`, then `{told.alter}` in NEW, "
+                    "then the same pg_restore with `--section=data --section=post-data`"
+                )
+                raise kind(f"{told.problem}; {fix}", by_hand) from None
         raise failure
+
+    @staticmethod
+    def _unresolved_told(
+        s: ConnSettings, found: Unresolved, dbname: str
+    ) -> SearchPathFailure | None:
+        """_search_path_failure, asked of the half-restored copy in `s.dbname`; None
+        when it cannot be asked (then the failure is told as pg_restore gave it)."""
+        try:
+            conn = psycopg.connect(autocommit=True, **s.psycopg_kwargs())
+        except psycopg.Error:
+            return None
+        try:
+            return _search_path_failure(conn, found, dbname)
+        except psycopg.Error as err:
+            log.warning("could not look up what pg_restore did not find", error=str(err))
+            return None
+        finally:
+            conn.close()
 
     def restore(
         self,
@@ -1773,6 +2078,7 @@ class PostgresEngine:
                 scratch,
                 kind=RestoreFailed,
                 fix=f"the database {s.dbname} was not changed",
+                dbname=s.dbname,
             )
             if existing is not None:
                 refused = _copy_database_properties(conn, existing, temp, s.dbname)
@@ -1896,7 +2202,8 @@ class PostgresEngine:
         """Restore into a throwaway database, count rows per table, drop it.
 
         Raises Damaged when the dump proves bad (it does not decompress, pg_restore does
-        not read it as an archive or the server does not parse its data); RestoreFailed
+        not read it as an archive, the server does not parse its data, or a function of
+        its own names something without a schema, see _UNRESOLVED_RE); RestoreFailed
         for every other failure, which may be the environment's (the server's disk full,
         the connection lost, no fitting pg_restore, the scratch database refused): a
         backup is only recorded as failed on proof; Cancelled when `cancel` is set
@@ -1929,6 +2236,7 @@ class PostgresEngine:
                     # user who is not a member of every owning role fail a good backup.
                     options=("--no-owner", "--no-privileges"),
                     cancel=cancel,
+                    dbname=s.dbname,
                 )
                 counted = _connect(s.for_db(temp), RestoreFailed)
                 try:
