@@ -489,6 +489,11 @@ def test_a_database_its_files_called_production_stays_production_when_they_are_e
     refused = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
     assert refused.returncode == 77, refused.stderr
     assert b"APP_ENV=production (.env, line 1)" in refused.stderr
+    # While the file still says so, that is the reason, said once, not also remembered.
+    still = home.run(["php", "artisan", "migrate:fresh"], cwd=project)
+    assert still.returncode == 77, still.stderr
+    assert still.stderr.count(b"APP_ENV=production (.env, line 1)") == 1, still.stderr
+    assert b"nothing says so now" not in still.stderr
 
     env_file.write_text(env_file.read_text().replace("APP_ENV=production", "APP_ENV=local"))
     again = home.run(["php", "artisan", "migrate:fresh"], cwd=project)

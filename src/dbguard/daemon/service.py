@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -544,20 +545,23 @@ class Guard:
             remembered = self.production_marks.get(target.key)
             if marker == "production":
                 self.production_marks.remember(target)
-            elif marker is None and remembered is not None:
-                facts = replace(facts, marked=[*facts.marked, remembered.reason()])
-                if exists and remembered.because is None:
-                    marks[target.key] = "production"  # marked again when the command ends
+            elif marker is None and exists and remembered and remembered.because is None:
+                marks[target.key] = "production"  # marked again when the command ends
             if marker is not None:
                 marks[target.key] = marker
-            verdict = classify_production(
+            judge = functools.partial(
+                classify_production,
                 target,
                 run_env,
                 self._settings(project),
                 marker=marker,
-                facts=facts,
                 project_root=str(origin_root),
             )
+            verdict = judge(facts=facts)
+            if marker is None and remembered is not None and not verdict.production:
+                # Only when nothing says so now: a project file that still says it would
+                # be told twice, once as remembered "though nothing says so now".
+                verdict = judge(facts=replace(facts, marked=[*facts.marked, remembered.reason()]))
             if remembered is None and verdict.lasting:
                 # What the project's files say now stays said when they are edited.
                 self.production_marks.remember(target, because=verdict.lasting[0])
