@@ -25,6 +25,7 @@ from dbguard.engines.postgres import (
     scrub,
     server_version,
     split_setting_list,
+    without_queries,
 )
 from dbguard.errors import BackupFailed, DatabaseMissing, RestoreFailed
 
@@ -301,3 +302,27 @@ def test_a_missing_database_is_not_database_missing_outside_backups() -> None:
 )
 def test_only_errors_that_prove_an_archive_bad_count_against_it(stderr: str, bad: bool) -> None:
     assert archive_is_bad(stderr) is bad
+
+
+def test_a_quoted_query_is_cut_to_its_first_line_so_the_error_stays_in_view() -> None:
+    # pg_dump whose session was ended mid-dump (pg_terminate_backend): the query it
+    # quotes ran to 15 lines and filled the 12 a message shows, hiding the error.
+    query = "\n".join(f"  p.col{i}, p.other{i}," for i in range(15))
+    stderr = (
+        "pg_dump: error: query failed: FATAL:  terminating connection due to "
+        "administrator command\n"
+        f"pg_dump: detail: Query was: SELECT p.tableoid, p.oid, p.proname,\n{query}\n"
+        "  FROM pg_proc p\n"
+        "pg_dump: warning: something after it\n"
+    )
+
+    said = without_queries(stderr, "pg_dump").splitlines()
+
+    assert said == [
+        "pg_dump: error: query failed: FATAL:  terminating connection due to administrator command",
+        "pg_dump: detail: Query was: SELECT p.tableoid, p.oid, p.proname,",
+        "pg_dump: warning: something after it",
+    ]
+    # Lines of another kind, and another tool's, are kept as they are.
+    other = "pg_restore: error: could not execute query: ERROR:  x\nLINE 1: y\nCommand was: z"
+    assert without_queries(other, "pg_restore") == other

@@ -1057,7 +1057,8 @@ class _Child:
                 "raise backup.dump_timeout_seconds in config.toml, or find what holds it up "
                 "(a long-held lock: look at pg_stat_activity)",
             )
-        tail = self.stderr_tail(secret)
+        tail = without_queries(self.stderr_tail(secret, lines=1_000, size=_SAID_BYTES), name)
+        tail = "\n".join(tail.splitlines()[-12:])
         said = f":\n{tail}" if tail else " (it printed nothing)"
         if code < 0:
             try:
@@ -1068,6 +1069,26 @@ class _Child:
         if code > 0:
             return kind(f"{name} failed with exit status {code}{said}", fix)
         return None
+
+
+_SAID_BYTES = 64 * 1024  # enough to reach the error above a long query's text
+
+
+def without_queries(stderr: str, tool: str) -> str:
+    """`stderr` with each query the tool quotes ("pg_dump: detail: Query was: SELECT
+    ...", often dozens of lines) cut to its first line: quoted in full it pushed the
+    error that says what happened out of the lines a message shows."""
+    kept: list[str] = []
+    in_query = False
+    for line in stderr.splitlines():
+        if line.startswith(f"{tool}: "):
+            in_query = "detail: Query was:" in line
+            if in_query and len(line) > 120:
+                line = line[:120] + " ..."
+        elif in_query:
+            continue
+        kept.append(line)
+    return "\n".join(kept)
 
 
 @dataclass
