@@ -24,7 +24,7 @@ from dbguard.ctl import pin, prune
 from dbguard.ctl.context import Context
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
-from dbguard.errors import BackupFailed, NotFound
+from dbguard.errors import BackupFailed, NotFound, RestoreFailed
 from dbguard.retention import RetentionSettings, SpaceSettings
 from dbguard.space import (
     LOCK_FILE,
@@ -333,6 +333,37 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_restore_stopped_by_a_full_disk_leaves_the_database_file_as_it_was(
+    tiny_filesystem: Path, tmp_path: Path, engines: Engines
+) -> None:
+    """The copy grows the file and journals its old pages; stopped by the full disk, it
+    left that journal hot, and the file alone (a copy of it, or the file once the
+    journal is deleted as clutter) was a corrupt database."""
+    db = tiny_filesystem / "app.sqlite"
+    target = sqlite_db(db, 2 * 1024)
+    store = Store(tmp_path / "backups")
+    taken = backup(store, engines, target)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("DELETE FROM blobs WHERE rowid > 10")
+        conn.commit()
+        conn.execute("VACUUM")
+    before = db.read_bytes()
+    filler = tiny_filesystem / "filler"
+    with filler.open("wb") as file, contextlib.suppress(OSError):
+        while True:  # until the filesystem is full
+            file.write(b"\0" * 65536)
+            file.flush()
+    filler.write_bytes(b"\0" * (filler.stat().st_size - 512 * 1024))  # 512 KiB free
+
+    with pytest.raises(RestoreFailed) as failed:
+        operations.restore_backup(store, engines, taken, target, Reason(kind="manual"))
+
+    assert "no space left" in failed.value.problem
+    assert "the database was not changed" in failed.value.fix
+    assert not Path(f"{db}-journal").exists()
+    assert db.read_bytes() == before
 
 
 def test_a_really_full_filesystem(tiny_filesystem: Path, tmp_path: Path, engines: Engines) -> None:

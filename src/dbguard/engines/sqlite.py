@@ -279,6 +279,20 @@ def _write_error(path: Path, err: sqlite3.Error) -> RestoreFailed:
     return RestoreFailed(f"cannot write {path}: {err}", unchanged)
 
 
+def _finish_rollback(path: Path) -> None:
+    """A copy into `path` stopped by a full disk leaves its journal hot: the file had
+    grown and taken new pages, and SQLite's rollback of them waits for the next
+    connection that reads it. Reading it now makes the file alone the database as it
+    was again, so a copy of it, or a journal deleted as clutter, loses nothing. If this
+    fails too, the journal stays, and the next reader rolls it back as SQLite would."""
+    with contextlib.suppress(sqlite3.Error):
+        conn = _connect(path, timeout=_RESTORE_LOCK_WAIT)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+
+
 def _restore_error(path: Path, err: OSError) -> RestoreFailed:
     unchanged = "the database was not changed"
     if isinstance(err, FileNotFoundError):
@@ -626,6 +640,9 @@ class SqliteEngine:
                 "then restore again; the database was not changed",
             ) from None
         except sqlite3.Error as err:
+            if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                dest.close()
+                _finish_rollback(path)
             raise _write_error(path, err) from None
         finally:
             dest.close()
