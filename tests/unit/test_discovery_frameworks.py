@@ -412,6 +412,30 @@ def test_alembic_without_url_falls_back_to_database_url_and_says_so() -> None:
     assert "DATABASE_URL (.env, line 1)" in target.source
 
 
+def test_alembic_init_placeholder_replaced_by_env_py_code_takes_the_dbguard_toml_database() -> None:
+    # alembic init's alembic.ini, and an env.py that sets the URL from the app's code.
+    files = {
+        "alembic.ini": (
+            "[alembic]\nscript_location = migrations\n"
+            "sqlalchemy.url = driver://user:pass@localhost/dbname\n"
+        ),
+        "migrations/env.py": (
+            "from myapp.settings import SQLALCHEMY_URL\n"
+            'config.set_main_option("sqlalchemy.url", SQLALCHEMY_URL)\n'
+        ),
+    }
+    with pytest.raises(DiscoveryError) as refused:
+        run(files, framework="alembic", tool="alembic")
+    assert "migrations/env.py sets sqlalchemy.url from code dbguard does not run" in str(
+        refused.value
+    )
+    assert "pass" not in refused.value.problem  # the placeholder's password stays unshown
+    assert ".dbguard.toml" in refused.value.fix
+
+    files[".dbguard.toml"] = '[[database]]\nurl = "sqlite:///app.db"\n'
+    assert only(run(files, framework="alembic", tool="alembic")).path == "/srv/app/app.db"
+
+
 def test_alembic_bad_inputs_name_file_and_line() -> None:
     with pytest.raises(DiscoveryError, match=r"alembic\.ini, line 2"):
         run(

@@ -39,6 +39,8 @@ X_URL_KEYS = ("url", "sqlalchemy.url", "sqlalchemy_url", "db_url", "database_url
 _ENV_READ = re.compile(
     r"""(?:os\.)?(?:environ\s*\[\s*|environ\.get\(\s*|getenv\(\s*|environ\.setdefault\(\s*)['"]([A-Za-z_][A-Za-z0-9_]*)['"]"""
 )
+# env.py replacing alembic.ini's URL: config.set_main_option("sqlalchemy.url", ...).
+_SETS_URL = re.compile(r"""set_main_option\(\s*["']sqlalchemy\.url["']""")
 _URLISH = re.compile(r"URL|DSN|DATABASE|_DB|DB_", re.IGNORECASE)
 # A value that is a database URL whatever its name (SQLAlchemy's dialect+driver://).
 _DATABASE_URL = re.compile(
@@ -109,12 +111,27 @@ def alembic(ctx: Context, found: Found) -> None:
                 ini_url, ctx.root, source, where, "sqlalchemy.url", facts
             )
         except DiscoveryError:
-            if not added:
+            if added:
+                found.notes.append(
+                    f"{where}: sqlalchemy.url is not a usable URL; env.py takes it from the "
+                    "environment instead"
+                )
+            elif env_py is not None and _SETS_URL.search(env_py):
+                # alembic init's placeholder (driver://user:pass@localhost/dbname), which
+                # env.py replaces from code dbguard does not run: only .dbguard.toml can
+                # say which database that is.
+                if ctx.project is None or not ctx.project.database:
+                    raise DiscoveryError(
+                        f"{env_py_name} sets sqlalchemy.url from code dbguard does not run, "
+                        f"and {where} holds no database URL dbguard understands",
+                        'name the database in .dbguard.toml ([[database]] url = "...")',
+                    ) from None
+                found.notes.append(
+                    f"{where}: sqlalchemy.url is not a URL, and {env_py_name} sets its own: "
+                    "the databases of .dbguard.toml are the ones backed up"
+                )
+            else:
                 raise
-            found.notes.append(
-                f"{where}: sqlalchemy.url is not a usable URL; env.py takes it from the "
-                "environment instead"
-            )
         else:
             found.add(target, f"{source}: in-memory SQLite", ini_facts)
         return
