@@ -16,7 +16,9 @@ from dbguard.ctl.context import Context, table
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", type=int, default=20, metavar="COUNT", help="how many (default 20)")
+    parser.add_argument(
+        "-n", type=_count, default=20, metavar="COUNT", help="how many (default 20)"
+    )
     parser.add_argument(
         "--all", action="store_true", help="also commands that are no database tool (php -v)"
     )
@@ -80,3 +82,15 @@ def _why(record: dict[str, object]) -> str:
     if isinstance(notes, list) and notes:
         return str(notes[0]).splitlines()[0]
     return ""
+
+
+def _count(value: str) -> int:
+    """argparse type for -n: a whole number of at least 1 (0 or -5 showed nothing, and
+    said nothing)."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
+    return count
