@@ -54,8 +54,18 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"{counted(tables, 'table')}, {counted(rows, 'row')}, "
         f"{human_size(manifest.data.size)}"
     )
+    record = {
+        "argv": ["dbguardctl", "restore", manifest.id],
+        "decision": "restore",
+        "databases": [{"database": target.label}],
+    }
+    parent = ctx.env.get("DBGUARD_PARENT_OP") or None  # the guarded command running this
+    if parent:
+        record["parent"] = parent
     if manifest.verified is not None and not manifest.verified.ok and not args.even_if_failed:
-        raise _failed_verification(ctx, manifest, target)
+        refused = _failed_verification(ctx, manifest, target)
+        _log_failed(ctx, record, manifest, refused)
+        raise refused
     refusal = _agent_on_production(ctx, manifest, target)
     if refusal:
         ctx.error(refusal)
@@ -80,14 +90,6 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     reason = Reason(
         kind="pre-restore", argv=["dbguardctl", "restore", manifest.id], cwd=manifest.reason.cwd
     )
-    record = {
-        "argv": ["dbguardctl", "restore", manifest.id],
-        "decision": "restore",
-        "databases": [{"database": target.label}],
-    }
-    parent = ctx.env.get("DBGUARD_PARENT_OP") or None  # the guarded command running this
-    if parent:
-        record["parent"] = parent
     saved: list[Manifest | None] = []  # the pre-restore backup, once taken
     swapped: list[bool] = []  # once the target holds the backup's contents
     left_out: list[str] = []  # what the restored database is without (a setting, grants)
@@ -126,9 +128,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             return _stopped_before_swap(ctx, record, manifest, target, saved)
         before, stopped_after_swap = saved[0], True  # the restore itself is done
     except DbguardError as err:
-        # The log is the audit trail: an attempt that failed is in it too, with why.
-        failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
-        ctx.oplog.append(record | failed)
+        _log_failed(ctx, record, manifest, err)
         if saved and saved[0] and isinstance(err, RestoreIncomplete):
             ctx.error(
                 f"dbguardctl: the pre-restore backup {saved[0].id} holds what "
@@ -159,6 +159,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         ctx.error("dbguardctl: interrupted; it stopped once the restore was complete")
         return 130
     return 0
+
+
+def _log_failed(
+    ctx: Context, record: dict[str, Any], manifest: Manifest, err: DbguardError
+) -> None:
+    """The log is the audit trail: an attempt that failed is in it too, with why."""
+    failed = {"backups": [{"id": manifest.id}], "outcome": "failed", "reason": str(err)}
+    ctx.oplog.append(record | failed)
 
 
 def _failed_verification(ctx: Context, manifest: Manifest, target: Target) -> Damaged:
