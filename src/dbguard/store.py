@@ -74,6 +74,33 @@ class Reason(BaseModel):
     production: bool = False  # the command targeted a production database
 
 
+class _WholeDump(io.RawIOBase):
+    """A backup's decompressed dump, checked at its end against the size the backup
+    recorded: zstd's stream reader ends a frame cut short without an error, so a
+    truncated file whose checksum was made to match read as a shorter, valid dump."""
+
+    def __init__(self, reader: IO[bytes], expected: int, backup_id: str) -> None:
+        super().__init__()
+        self._reader = reader
+        self._expected = expected
+        self._backup_id = backup_id
+        self._seen = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._reader.readinto(buffer)  # type: ignore[attr-defined]
+        self._seen += n
+        if n == 0 and len(buffer) and self._seen != self._expected:
+            raise Damaged(
+                f"backup {self._backup_id} is damaged: its data ends after {self._seen} "
+                f"bytes, and the backup recorded {self._expected}",
+                "it cannot be used",
+            )
+        return int(n)
+
+
 class DataFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -872,7 +899,8 @@ class Store:
             raise Damaged(f"backup {manifest.id} is damaged: {mismatch}", "it cannot be used")
         path = self.folder(manifest) / manifest.data.file
         with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
-            yield reader
+            whole = _WholeDump(reader, manifest.data.raw_size, manifest.id)
+            yield io.BufferedReader(whole, buffer_size=_CHUNK)
 
     # ---- updating ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -166,6 +167,26 @@ def test_damage_is_detected_listed_and_refused(tmp_path: Path) -> None:
         assert isinstance(entry, DamagedBackup), broken.id
         with pytest.raises(Damaged):
             store.get(broken.id)
+
+
+def test_a_dump_cut_short_with_a_checksum_to_match_is_damaged_at_its_end(tmp_path: Path) -> None:
+    # zstd's stream reader ends a frame cut short without an error: only the size the
+    # backup recorded tells the dump is not whole.
+    store = Store(tmp_path / "b")
+    manifest = backup(store, os.urandom(200_000))
+    data = store.folder(manifest) / manifest.data.file
+    data.write_bytes(data.read_bytes()[: manifest.data.size // 2])
+    sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+    forged = manifest.model_dump(mode="json")
+    forged["data"] |= {"size": data.stat().st_size, "sha256": sha256}
+    (store.folder(manifest) / "manifest.json").write_text(json.dumps(forged))
+    manifest = store.get(manifest.id)
+    assert store.checksum_mismatch(manifest) is None
+
+    with store.open_data(manifest) as dump, pytest.raises(Damaged) as damaged:
+        while dump.read(65536):
+            pass
+    assert "recorded 200000" in damaged.value.problem
 
 
 def test_stale_temporary_folders_are_cleaned_but_live_ones_kept(tmp_path: Path) -> None:

@@ -1382,8 +1382,8 @@ def _feed(child: _Child, data: BinaryIO, unreadable: ErrorKind) -> None:
         while True:
             try:
                 chunk = data.read(_CHUNK)
-            except OSError:
-                raise  # the store's disk, not the backup: the caller says which
+            except (OSError, Damaged):
+                raise  # the store's disk (the caller says which), or a dump that ends short
             except Exception as err:  # the decompressor's errors have no common base
                 raise unreadable(f"the backup data cannot be read: {err}") from None
             if not chunk:

@@ -233,7 +233,7 @@ def _read_dump(data: BinaryIO) -> bytes:
     the backup's fault: the OSError goes on."""
     try:
         return data.read(_CHUNK)
-    except OSError:
+    except (OSError, Damaged):  # the store's disk; a dump that ends short (store.py)
         raise
     except Exception as err:  # the decompressor's errors have no common base
         raise Damaged(f"the backup data does not decompress: {err}") from None
