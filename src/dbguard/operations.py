@@ -226,13 +226,21 @@ def restore_backup(
         saved(before)
         engine = engines.for_target(target)
         with store.work_folder() as (_, scratch):
-            engine.restore(
-                target,
-                data,
-                manifest.data.format,
-                scratch,
-                end_connections=end_connections,
-                swapped=swapped,
-                warn=warn,
-            )
+            try:
+                engine.restore(
+                    target,
+                    data,
+                    manifest.data.format,
+                    scratch,
+                    end_connections=end_connections,
+                    swapped=swapped,
+                    warn=warn,
+                )
+            except Damaged as err:
+                # Found while reading the dump (it ends short, does not parse), which
+                # every engine does whole before it changes anything.
+                store.record_failed(manifest, err.problem)
+                raise Damaged(
+                    err.problem, "it cannot be restored; the database was not changed"
+                ) from None
     return before

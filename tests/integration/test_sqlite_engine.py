@@ -26,7 +26,7 @@ from dbguard.engines.base import DumpInfo, Target
 from dbguard.engines.sqlite import SqliteEngine
 from dbguard.errors import BackupFailed, Damaged, DatabaseMissing, RestoreFailed
 from dbguard.store import Manifest, Reason, Store
-from tests.helpers import Daemon, Home, laravel_sqlite_project
+from tests.helpers import Daemon, Home, cut_short_keeping_checksum, laravel_sqlite_project
 
 if TYPE_CHECKING:
     from dbguard.daemon.service import Guard
@@ -552,6 +552,24 @@ def test_restore_over_a_broken_file_says_to_move_it_aside_first(
     db.rename(f"{db}.broken")
     operations.restore_backup(store, engines, manifest, target, REASON)
     assert len(rows(db)) == 100
+
+
+def test_a_restore_that_finds_the_dump_cut_short_records_it_and_changes_nothing(
+    tmp_path: Path, engines: Engines
+) -> None:
+    db, target, store, manifest = backed_up(tmp_path, engines)
+    execute(db, "DELETE FROM items WHERE id > 10")
+    before = rows(db)
+    manifest = cut_short_keeping_checksum(store, manifest)
+
+    with pytest.raises(Damaged) as damaged:
+        operations.restore_backup(store, engines, manifest, target, REASON)
+
+    assert "ends after" in damaged.value.problem
+    assert "the database was not changed" in damaged.value.fix
+    assert rows(db) == before
+    recorded = store.get(manifest.id).verified
+    assert recorded is not None and not recorded.ok  # no longer taken for a good backup
 
 
 def test_verify_catches_a_manifest_that_disagrees(tmp_path: Path, engines: Engines) -> None:
