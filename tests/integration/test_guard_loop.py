@@ -123,6 +123,11 @@ def test_restore_refuses_a_backup_that_failed_verification_and_names_a_good_one(
     forced = home.ctl("restore", bad["id"], "--yes", "--even-if-failed")
     assert forced.returncode == 0, forced.stderr
     assert count_users(project) == 2
+    restores = [r for r in oplog(home) if r["decision"] == "restore"]
+    assert [(r["argv"][3:], r["outcome"]) for r in restores] == [
+        ([], "failed"),
+        (["--even-if-failed"], "ok"),
+    ]
 
 
 def test_manage_py_run_from_another_folder_backs_up_its_own_project(

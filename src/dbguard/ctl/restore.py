@@ -55,7 +55,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         f"{human_size(manifest.data.size)}"
     )
     record = {
-        "argv": ["dbguardctl", "restore", manifest.id],
+        "argv": ["dbguardctl", "restore", manifest.id]
+        + (["--even-if-failed"] if args.even_if_failed else []),
         "decision": "restore",
         "databases": [{"database": target.label}],
     }

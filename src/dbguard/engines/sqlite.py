@@ -483,7 +483,8 @@ class SqliteEngine:
                     ) from None
                 raise
             finally:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # never in place of the error above
+                    conn.execute("ROLLBACK")
             tables = count_rows(copy)
         finally:
             copy.close()
