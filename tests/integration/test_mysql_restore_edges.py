@@ -8,6 +8,7 @@ named `dbguard_test_*`, and dropped.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,12 @@ from typing import Any
 
 import pymysql
 import pytest
+from pydantic import SecretStr
 
 from dbguard import operations
 from dbguard.engines import Engines
 from dbguard.engines.base import Target
+from dbguard.engines.mysql import FORMAT
 from dbguard.engines.mysql import engine as mysql_engine
 from dbguard.engines.mysql.engine import (
     MysqlEngine,
@@ -170,6 +173,57 @@ def test_a_foreign_key_from_another_database_stops_the_restore_before_anything_c
     assert orphan.value.args[0] == 1452
     run(mysql_database, "DELETE FROM parent WHERE k1 = 1")  # ON DELETE CASCADE still
     assert run_as_root(f"SELECT COUNT(*) FROM `{other}`.child")[0][0] == 0
+
+
+def unquoted(found: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.replace("`", "") if isinstance(value, str) else value
+            for key, value in found.items()}  # fmt: skip
+
+
+def test_triggers_that_cannot_be_dropped_leave_the_database_as_it_was(
+    mysql_database: Target, store: Store, engines: Engines, tmp_path: Path
+) -> None:
+    """A user given TRIGGER on a table by its name, not on the database: the swap's
+    first RENAME sets the table aside, under a name that grant does not cover, and
+    dropping its trigger fails. The names go back and the trigger stays, where the
+    tables were left set aside before."""
+    db = str(mysql_database.name)
+    name = f"dbg_{secrets.token_hex(4)}"
+    scratch = db.replace("_", "\\_") + "\\_dbguard\\_%"
+    run(
+        mysql_database,
+        "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE seen (id INT) ENGINE=InnoDB",
+        "CREATE TRIGGER t_seen AFTER INSERT ON t FOR EACH ROW INSERT INTO seen VALUES (NEW.id)",
+        "INSERT INTO t VALUES (1)",
+        f"CREATE USER '{name}'@'%' IDENTIFIED BY 'pw'",
+        "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, CREATE VIEW,"
+        f" SHOW VIEW, LOCK TABLES, REFERENCES ON `{db}`.* TO '{name}'@'%'",
+        f"GRANT ALL ON `{scratch}`.* TO '{name}'@'%'",
+        f"GRANT SET USER ON *.* TO '{name}'@'%'",  # to load root's trigger into scratch
+        # TRIGGER on the table by its name: a grant that does not follow it aside.
+        f"GRANT TRIGGER ON `{db}`.t TO '{name}'@'%'",
+    )
+    try:
+        manifest = operations.take_backup(store, engines, mysql_database, REASON)
+        run(mysql_database, "INSERT INTO t VALUES (2)")
+        current = state(mysql_database)
+
+        limited = mysql_database.model_copy(update={"user": name, "password": SecretStr("pw")})
+        with (
+            pytest.raises(RestoreFailed, match="could not drop the triggers") as failed,
+            store.open_data(manifest) as data,
+        ):
+            engines.for_target(limited).restore(limited, data, FORMAT, tmp_path)
+
+        assert "the database was not changed" in failed.value.fix
+        # The same, but for quotes: RENAME TABLE writes the trigger's table name quoted.
+        assert unquoted(state(mysql_database)) == unquoted(current)
+        run(mysql_database, "INSERT INTO t VALUES (3)")  # under its own name, trigger firing
+        assert run(mysql_database, "SELECT id FROM seen ORDER BY id") == [(1,), (2,), (3,)]
+        assert schemas_like(f"{db}_dbguard") == []
+    finally:
+        run(mysql_database, f"DROP USER IF EXISTS '{name}'@'%'")
 
 
 BACKUP_COLLATION = "utf8mb4_unicode_ci"

@@ -715,6 +715,14 @@ def _defaults_to_set(existing: dict[str, str], meta: dict[str, str]) -> str | No
 _ASIDE = "dbguard_aside_"
 
 
+def _aside_state(new: str) -> str:
+    """Where things are while the target's tables are set aside, for a message."""
+    return (
+        f"its tables and views are in it, named {_ASIDE}*, and some of their triggers may "
+        f"be dropped; the backup's tables are in {new!r}"
+    )
+
+
 def _aside_names(names: Sequence[str], tag: str, taken: Sequence[str]) -> dict[str, str]:
     """A name in the target for each of its tables and views while the swap sets them
     aside (`dbguard_aside_<tag>_<n>`, well within the 64-character limit), none of
@@ -1919,12 +1927,16 @@ class MysqlEngine:
                     )
                     raise locks.restore_failure(blocked) from None
                 raise RestoreFailed(
-                    f"could not move the restored tables into {database!r}: {error_text(err)}",
+                    f"could not set the tables of {database!r} aside to swap in the "
+                    f"restored ones: {error_text(err)}",
                     "the database was not changed",
                 ) from None
             try:
-                for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
-                    cur.execute(trigger.drop())  # on a table set aside: nobody holds it
+                self._drop_triggers_aside(cur, database, new, aside, old_objects)
+            except pymysql.MySQLError as err:  # the connection was lost
+                keep_holding = True
+                raise self._half_restored(database, holding, err, _aside_state(new)) from None
+            try:
                 self._rename(
                     cur,
                     [(database, aside[t], holding, t) for t in old_tables]
@@ -1985,6 +1997,42 @@ class MysqlEngine:
         finally:
             if not keep_holding:
                 self._discard(cur, holding)
+
+    def _drop_triggers_aside(
+        self,
+        cur: Any,
+        database: str,
+        new: str,
+        aside: dict[str, str],
+        old_objects: list[ObjectDef],
+    ) -> None:
+        """Drop the target's triggers, on its tables set aside. If one cannot be dropped
+        (no TRIGGER privilege on the target), nothing of the backup's is in yet: the
+        names go back in one RENAME, the triggers dropped so far are made again, and the
+        database is as it was. A lost connection is raised as it is."""
+        dropped: list[ObjectDef] = []
+        try:
+            for trigger in (o for o in old_objects if o.kind == "TRIGGER"):
+                cur.execute(trigger.drop())  # on a table set aside: nobody holds it
+                dropped.append(trigger)
+        except pymysql.MySQLError as err:
+            if error_code(err) in _CONNECTION_LOST:
+                raise
+            try:
+                self._rename(cur, [(database, aside[name], database, name) for name in aside])
+                for trigger in dropped:
+                    trigger.apply(cur)
+            except pymysql.MySQLError as again:
+                raise RestoreIncomplete(
+                    f"restoring {database!r} failed (could not drop its triggers: "
+                    f"{error_text(err)}) and putting it back failed too "
+                    f"({error_text(again)}): {_aside_state(new)}",
+                    "restore the pre-restore backup (dbguardctl list-backups shows it)",
+                ) from None
+            raise RestoreFailed(
+                f"could not drop the triggers of {database!r} to replace them: {error_text(err)}",
+                "grant this user TRIGGER on the database; the database was not changed",
+            ) from None
 
     @staticmethod
     def _half_restored(
