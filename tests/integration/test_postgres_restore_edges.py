@@ -183,21 +183,20 @@ def test_the_by_hand_restore_it_gives_brings_the_rows_back(
     with pytest.raises(RestoreFailed) as caught:
         operations.restore_backup(store, engines, backup, pg_database, REASON)
     steps = re.findall(r"`([^`]+)`", caught.value.fix.split("by hand", 1)[1])
-    assert len(steps) == 3 and steps[2] == "--section=data --section=post-data", steps
+    assert len(steps) == 4 and steps[3] == "--section=data --section=post-data", steps
     new = pg_database.model_copy(update={"name": f"dbguard_test_{secrets.token_hex(4)}"})
     admin = pg_database.model_copy(update={"name": "postgres"})
     run(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(new.name))))
     conninfo = make_conninfo(host=new.host, port=new.port, user=new.user, dbname=new.name)
-    pre_data = (
-        steps[0]
-        .replace("<the backup's folder>", shlex.quote(str(store.folder(backup))))
-        .replace("-d NEW", f"-d {shlex.quote(conninfo)}")
-    )
+    unpack = steps[0].replace("<the backup's folder>", shlex.quote(str(store.folder(backup))))
+    pre_data = steps[1].replace("-d NEW", f"-d {shlex.quote(conninfo)}")
+    here = store.folder(backup).parent
     try:
-        subprocess.run(["sh", "-ec", pre_data], check=True, capture_output=True)
-        run(new, steps[1].removesuffix(" in NEW"))
-        rest = pre_data.replace("--section=pre-data", steps[2])
-        subprocess.run(["sh", "-ec", rest], check=True, capture_output=True)
+        for step in (unpack, pre_data):
+            subprocess.run(["sh", "-ec", step], check=True, capture_output=True, cwd=here)
+        run(new, steps[2])
+        rest = pre_data.replace("--section=pre-data", steps[3])
+        subprocess.run(["sh", "-ec", rest], check=True, capture_output=True, cwd=here)
         assert query(new, "SELECT id, c FROM uses_codes") == [(1, "a")]
     finally:
         run(

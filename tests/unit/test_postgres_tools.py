@@ -323,6 +323,12 @@ def test_a_quoted_query_is_cut_to_its_first_line_so_the_error_stays_in_view() ->
         "pg_dump: detail: Query was: SELECT p.tableoid, p.oid, p.proname,",
         "pg_dump: warning: something after it",
     ]
+    # pg_dump before 15 said "error: query was:".
+    older = f"pg_dump: error: query failed: x\npg_dump: error: query was: SELECT a,\n{query}\n"
+    assert without_queries(older, "pg_dump").splitlines() == [
+        "pg_dump: error: query failed: x",
+        "pg_dump: error: query was: SELECT a,",
+    ]
     # Lines of another kind, and another tool's, are kept as they are.
     other = "pg_restore: error: could not execute query: ERROR:  x\nLINE 1: y\nCommand was: z"
     assert without_queries(other, "pg_restore") == other

@@ -1082,7 +1082,8 @@ def without_queries(stderr: str, tool: str) -> str:
     in_query = False
     for line in stderr.splitlines():
         if line.startswith(f"{tool}: "):
-            in_query = "detail: Query was:" in line
+            # "detail: Query was:" (PostgreSQL 15 and later), "error: query was:" before.
+            in_query = "query was:" in line.lower()
             if in_query and len(line) > 120:
                 line = line[:120] + " ..."
         elif in_query:
@@ -1992,12 +1993,22 @@ class PostgresEngine:
                     # verify records the problem alone: it carries the way out too.
                     raise Damaged(f"{told.problem}: {told.fix}", told.fix) from None
                 # This backup keeps the old body: it restores only by hand, in steps.
-                by_hand = (
-                    f"{told.fix}. To get this backup's data back, restore it by hand into "
-                    "a new database NEW: `zstd -dc <the backup's folder>/data.pgdump.zst | "
-                    f"pg_restore --section=pre-data -d NEW`, then `{told.alter}` in NEW, "
-                    "then the same pg_restore with `--section=data --section=post-data`"
-                )
+                unpack = "zstd -dc <the backup's folder>/data.pgdump.zst > dump.pgdump"
+                if found is not None and found.doing.startswith("creating table"):
+                    # The table is pre-data itself: the function must be fixed before it.
+                    steps = (
+                        f"`{unpack}`, `pg_restore -l dump.pgdump > list`, restore the "
+                        "entries of list up to the function's with `pg_restore -L` into "
+                        f"a new database NEW, run `{told.alter}` in NEW, then restore the "
+                        "rest of list"
+                    )
+                else:
+                    steps = (
+                        f"`{unpack}`, `pg_restore --section=pre-data -d NEW dump.pgdump` "
+                        f"into a new database NEW, `{told.alter}` in NEW, then the same "
+                        "pg_restore with `--section=data --section=post-data`"
+                    )
+                by_hand = f"{told.fix}. To get this backup's data back by hand: {steps}"
                 raise kind(f"{told.problem}; {fix}", by_hand) from None
         raise failure
 
