@@ -77,7 +77,13 @@ class OneEngine(Engines):
 
 def run(target: Target, *statements: str) -> list[Any]:
     """Run statements as root in the target database; the last one's rows."""
-    conn = mysql_connect(target.name)
+    return run_in(target.name, *statements)
+
+
+def run_in(database: str | None, *statements: str) -> list[Any]:
+    """Run statements as root on one connection, in `database` (None: none selected);
+    the last one's rows."""
+    conn = mysql_connect(database)
     try:
         rows: list[Any] = []
         with conn.cursor() as cur:

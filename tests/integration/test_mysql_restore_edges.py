@@ -41,6 +41,7 @@ from tests.integration.test_mysql_engine import (
     engines,
     quote,
     run,
+    run_in,
     schemas_like,
     state,
     store,
@@ -105,16 +106,7 @@ def other_database() -> Iterator[str]:
 
 def run_as_root(*statements: str) -> list[Any]:
     """Run statements with no database selected; the last one's rows."""
-    conn = mysql_connect()
-    try:
-        rows: list[Any] = []
-        with conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-        return rows
-    finally:
-        conn.close()
+    return run_in(None, *statements)
 
 
 def references(schema: str) -> list[Any]:
